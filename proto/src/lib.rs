@@ -1,0 +1,59 @@
+//! Ferry's shared vocabulary: the data model, its MessagePack encoding and the
+//! framing of the two links, for firmware, agent and collector alike.
+//!
+//! `#![no_std]` and sans-IO: no sockets, no clocks, no async. Features:
+//! `alloc` for the owned batch types, `std` (default) for the `rmp-serde`
+//! encoder. Without features the crate builds for microcontrollers and keeps
+//! the device link ([`link`], [`serial`]) and the stream framing ([`stream`]).
+//!
+//! # Layout
+//! - [`wire`]: the pinned MessagePack representation (arrays and tags) and the
+//!   macros that declare wire types;
+//! - [`codec`]: encode and decode single messages with either encoder;
+//! - [`series`], [`batch`], [`sketch`], [`session`], [`health`] (`alloc`):
+//!   what agents send collectors;
+//! - [`link`]: what devices and gateways say to each other (no allocation);
+//! - [`stream`]: length-prefixed frames on QUIC streams;
+//! - [`serial`]: COBS + CRC-32C frames on serial links.
+//!
+//! The byte-level specification is docs/protocol.md; its test vectors in
+//! docs/protocol-vectors.json are checked against this crate through both
+//! encoders.
+#![no_std]
+#![warn(missing_docs)]
+
+#[cfg(feature = "alloc")]
+extern crate alloc;
+#[cfg(feature = "std")]
+extern crate std;
+
+pub mod codec;
+pub mod link;
+pub mod serial;
+pub mod stream;
+pub mod wire;
+
+#[cfg(feature = "alloc")]
+pub mod batch;
+#[cfg(feature = "alloc")]
+pub mod series;
+#[cfg(feature = "alloc")]
+pub mod session;
+#[cfg(feature = "alloc")]
+pub mod sketch;
+
+/// [`HealthRecord::kind`](batch::HealthRecord::kind) codes.
+pub mod health {
+    /// Readings dropped by the agent because its journal reached its disk
+    /// budget under the `drop_oldest` policy.
+    pub const DROPPED_JOURNAL_FULL: u16 = 1;
+    /// Reports a device dropped because its retry buffer was full.
+    pub const DROPPED_DEVICE_RING: u16 = 2;
+    /// Readings too late for their window and configured to be dropped.
+    pub const DROPPED_LATE: u16 = 3;
+    /// Input refused by a source (malformed line, bad frame).
+    pub const REJECTED_INPUT: u16 = 4;
+    /// Readings refused because a source's queue was full (backpressure
+    /// could not be applied, e.g. UDP).
+    pub const DROPPED_QUEUE_FULL: u16 = 5;
+}
