@@ -1,0 +1,329 @@
+//! The protocol test vectors (docs/protocol-vectors.json) against both
+//! encoders and both decoders, and against docs/protocol.md.
+//!
+//! For every vector: `rmp-serde` and `messagepack-serde` each encode the Rust
+//! value to exactly the vector's bytes; each decodes the bytes back to the
+//! value; and the bytes, read as generic MessagePack, equal the vector's
+//! `msgpack` field (the structure a third-party implementer reads). Set
+//! `FERRY_WRITE_VECTORS=1` to rewrite the file from the values below after a
+//! deliberate protocol change.
+
+use ferry_proto::batch::{Batch, DecimalValues, HealthRecord, Reading, ReadingBlock, Values, WindowAggregate};
+use ferry_proto::codec;
+use ferry_proto::link::{
+    Channel, DeviceHello, DeviceId, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig, Report, Uplink,
+    WindowReport,
+};
+use ferry_proto::series::SeriesKey;
+use ferry_proto::session::{Ack, ErrorMsg, Hello, PROTOCOL_VERSION, Welcome, compression, reason};
+use ferry_proto::sketch::DdSketch;
+use ferry_proto::stream::{self, FrameType};
+use ferry_proto::{health, serial};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value as Json, json};
+use std::fmt::Debug;
+
+const VECTORS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol-vectors.json");
+const SPEC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md");
+
+fn key(metric: &str, tags: &[(&str, &str)]) -> SeriesKey {
+    SeriesKey::new(metric, tags.iter().copied()).unwrap()
+}
+
+fn hs<const N: usize>(s: &str) -> heapless::String<N> {
+    heapless::String::try_from(s).unwrap()
+}
+
+fn sample_aggregate() -> WindowAggregate {
+    let mut sketch = DdSketch::new();
+    for v in [20.5, 21.0, 21.0, 22.5] {
+        sketch.add(v);
+    }
+    WindowAggregate {
+        series: 0,
+        start_ns: 1_700_000_000_000_000_000,
+        len_ns: 60_000_000_000,
+        count: 4,
+        sum: 85.0,
+        min: 20.5,
+        max: 22.5,
+        first: 20.5,
+        last: 22.5,
+        sketch: Some(sketch),
+    }
+}
+
+fn sample_block() -> ReadingBlock {
+    let readings: Vec<Reading> = [21.5, 21.52, 21.52, 21.49]
+        .iter()
+        .enumerate()
+        .map(|(i, &value)| Reading {
+            ts_ns: 1_700_000_000_000_000_000 + i as i64 * 1_000_000_000,
+            value,
+        })
+        .collect();
+    ReadingBlock::encode(0, &readings)
+}
+
+fn sample_batch() -> Batch {
+    Batch {
+        seq: 42,
+        created_ns: 1_700_000_004_000_000_000,
+        series: vec![key("temperature", &[("device", "a1b2"), ("unit", "Cel")])],
+        blocks: vec![sample_block()],
+        aggregates: vec![],
+        health: vec![HealthRecord {
+            source: "a1b2".into(),
+            kind: health::DROPPED_DEVICE_RING,
+            count: 3,
+        }],
+    }
+}
+
+fn device_hello() -> DeviceHello {
+    let mut channels = heapless::Vec::new();
+    channels
+        .push(Channel {
+            id: 0,
+            sensor: hs("sht4x"),
+            quantity: hs("temperature"),
+            unit: hs("Cel"),
+        })
+        .unwrap();
+    DeviceHello {
+        link_version: LINK_VERSION,
+        device_id: DeviceId::from_bytes(&[0xf0, 0x0d, 0xca, 0xfe]).unwrap(),
+        boot: 7,
+        firmware: hs("ferry-fw 0.1.0"),
+        uptime_ms: 1500,
+        channels,
+    }
+}
+
+fn report() -> Report {
+    let mut windows = heapless::Vec::new();
+    windows
+        .push(WindowReport {
+            channel: 0,
+            start_ms: 10_000,
+            len_ms: 10_000,
+            count: 10,
+            sum: 215.0,
+            min: 21.0,
+            max: 22.0,
+            first: 21.0,
+            last: 22.0,
+        })
+        .unwrap();
+    Report { seq: 1, windows }
+}
+
+/// One checked vector: its name, the message type, and what to do with it.
+struct Case {
+    name: &'static str,
+    message: &'static str,
+    about: &'static str,
+    /// Encodes with rmp-serde, with messagepack-serde, and checks decoding.
+    check: Box<dyn Fn(&[u8]) -> Vec<u8>>,
+}
+
+/// A message vector: both encoders must produce `bytes`; both decoders must
+/// give back `value`. Returns the rmp-serde encoding.
+fn message<T>(name: &'static str, message: &'static str, about: &'static str, value: T) -> Case
+where
+    T: Serialize + DeserializeOwned + PartialEq + Debug + 'static,
+{
+    Case {
+        name,
+        message,
+        about,
+        check: Box::new(move |expected: &[u8]| {
+            let rmp = codec::to_vec(&value).unwrap();
+            let mut buf = vec![0u8; 4096];
+            let n = codec::to_slice(&value, &mut buf).unwrap();
+            assert_eq!(hex::encode(&buf[..n]), hex::encode(&rmp), "{name}: messagepack-serde and rmp-serde differ");
+            if !expected.is_empty() {
+                assert_eq!(hex::encode(&rmp), hex::encode(expected), "{name}: encoding differs from the vector");
+                let a: T = codec::from_bytes(message, expected).unwrap();
+                assert_eq!(a, value, "{name}: rmp-serde decode");
+                let b: T = codec::from_slice(message, expected).unwrap();
+                assert_eq!(b, value, "{name}: messagepack-serde decode");
+            }
+            rmp
+        }),
+    }
+}
+
+/// A raw-bytes vector (frames): produced by a function, checked for equality.
+fn raw(name: &'static str, message: &'static str, about: &'static str, make: fn() -> Vec<u8>) -> Case {
+    Case {
+        name,
+        message,
+        about,
+        check: Box::new(move |expected: &[u8]| {
+            let bytes = make();
+            if !expected.is_empty() {
+                assert_eq!(hex::encode(&bytes), hex::encode(expected), "{name}");
+            }
+            bytes
+        }),
+    }
+}
+
+fn ack_frame() -> Vec<u8> {
+    let mut out = Vec::new();
+    stream::write_frame(&mut out, FrameType::Ack, compression::NONE, &codec::to_vec(&Ack::stored(42)).unwrap());
+    out
+}
+
+fn serial_ack() -> Vec<u8> {
+    let mut payload = [0u8; 64];
+    let n = codec::to_slice(&Downlink::Ack(LinkAck { boot: 7, up_to: 1 }), &mut payload).unwrap();
+    let mut out = [0u8; serial::MAX_SERIAL_FRAME];
+    let m = serial::encode_frame(&payload[..n], &mut out).unwrap();
+    out[..m].to_vec()
+}
+
+fn cases() -> Vec<Case> {
+    vec![
+        message("series_key", "SeriesKey", "temperature{device=\"a1b2\",unit=\"Cel\"}",
+            key("temperature", &[("device", "a1b2"), ("unit", "Cel")])),
+        message("reading_block_decimal", "ReadingBlock",
+            "4 readings 1 s apart from 2023-11-14T22:13:20Z: 21.5, 21.52, 21.52, 21.49 (decimal, scale 2)",
+            sample_block()),
+        message("reading_block_float", "ReadingBlock",
+            "2 readings 10 ms apart: 0.1+0.2 and NaN, which are not short decimals",
+            ReadingBlock::encode(1, &[
+                Reading { ts_ns: 5_000_000, value: 0.1 + 0.2 },
+                Reading { ts_ns: 15_000_000, value: f64::NAN.copysign(1.0) },
+            ]).with_float_check()),
+        message("values_decimal", "Values", "scale 1, values 1.5 and 1.7",
+            Values::Decimal(DecimalValues { scale: 1, deltas: vec![15, 2] })),
+        message("window_aggregate", "WindowAggregate",
+            "one 60 s window of 20.5, 21.0, 21.0, 22.5 with its DDSketch", sample_aggregate()),
+        message("batch", "Batch", "batch 42: one series, one block, one health record", sample_batch()),
+        message("hello", "Hello", "agent hello offering zstd then none", Hello {
+            protocol: PROTOCOL_VERSION,
+            agent_version: "ferry-agent 0.1.0".into(),
+            compression: vec![compression::ZSTD, compression::NONE],
+        }),
+        message("welcome", "Welcome", "collector accepts zstd, 4 MiB frames, 64 streams", Welcome {
+            protocol: PROTOCOL_VERSION,
+            collector_version: "ferry-collector 0.1.0".into(),
+            compression: compression::ZSTD,
+            max_frame: 4 << 20,
+            max_streams: 64,
+        }),
+        message("ack_stored", "Ack", "batch 42 stored", Ack::stored(42)),
+        message("ack_duplicate", "Ack", "batch 42 was stored before", Ack::duplicate(42)),
+        message("ack_rejected", "Ack", "batch 43 rejected: invalid series name",
+            Ack::rejected(43, reason::INVALID, "series 0: metric name \"9x\": must start with a letter or '_'")),
+        message("error", "ErrorMsg", "unsupported protocol version", ErrorMsg {
+            code: reason::UNSUPPORTED,
+            message: "protocol version 9 is not supported; this collector speaks 1".into(),
+        }),
+        raw("frame_ack", "stream frame", "an Ack frame: type 4, no flags, 6-byte body", ack_frame),
+        message("uplink_hello", "Uplink", "device f00dcafe, boot 7, one SHT4x temperature channel",
+            Uplink::Hello(device_hello())),
+        message("uplink_report", "Uplink", "report 1: one 10 s window of 10 samples", Uplink::Report(report())),
+        message("uplink_heartbeat", "Uplink", "uptime 60 s, 2 dropped, 1 queued, next seq 5",
+            Uplink::Heartbeat(Heartbeat { uptime_ms: 60_000, dropped: 2, queued: 1, next_seq: 5 })),
+        message("downlink_ack", "Downlink", "ack boot 7 up to seq 1",
+            Downlink::Ack(LinkAck { boot: 7, up_to: 1 })),
+        message("downlink_config", "Downlink", "sample every 1 s, 10 s windows",
+            Downlink::Config(LinkConfig { sample_period_ms: 1000, window_ms: 10_000 })),
+        message("downlink_hello_request", "Downlink", "ask the device for its hello",
+            Downlink::HelloRequest(())),
+        raw("serial_downlink_ack", "serial frame", "downlink_ack framed: COBS(payload ‖ CRC-32C LE) ‖ 00",
+            serial_ack),
+    ]
+}
+
+trait FloatCheck {
+    fn with_float_check(self) -> Self;
+}
+impl FloatCheck for ReadingBlock {
+    fn with_float_check(self) -> Self {
+        assert!(matches!(self.values, Values::Float(_)));
+        self
+    }
+}
+
+/// NaN != NaN: compare blocks by bits for the float vector.
+fn json_of(bytes: &[u8]) -> Json {
+    rmp_serde::from_slice::<Json>(bytes).unwrap_or(Json::Null)
+}
+
+#[test]
+fn vectors_match_both_encoders_and_the_spec() {
+    let write = std::env::var_os("FERRY_WRITE_VECTORS").is_some();
+    let file: Json = if write {
+        json!({"vectors": []})
+    } else {
+        serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap()
+    };
+    let spec = std::fs::read_to_string(SPEC).unwrap();
+    let mut out = Vec::new();
+    let cases = cases();
+    for case in &cases {
+        let expected = if write {
+            Vec::new()
+        } else {
+            let v = file["vectors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == case.name)
+                .unwrap_or_else(|| panic!("vector {} missing from the file", case.name));
+            let bytes = hex::decode(v["hex"].as_str().unwrap()).unwrap();
+            if v["message"].as_str().unwrap().ends_with("frame") {
+                assert_eq!(v["msgpack"], Json::Null);
+            } else if case.name != "reading_block_float" {
+                assert_eq!(v["msgpack"], json_of(&bytes), "{}: msgpack structure", case.name);
+            }
+            assert!(
+                spec.contains(v["hex"].as_str().unwrap()),
+                "docs/protocol.md does not show vector {}",
+                case.name
+            );
+            bytes
+        };
+        let bytes = (case.check)(&expected);
+        let structure = if case.message.ends_with("frame") { Json::Null } else { json_of(&bytes) };
+        out.push(json!({
+            "name": case.name,
+            "message": case.message,
+            "about": case.about,
+            "msgpack": structure,
+            "hex": hex::encode(&bytes),
+        }));
+    }
+    if write {
+        let text = serde_json::to_string_pretty(&json!({
+            "about": "Ferry protocol test vectors; see docs/protocol.md. `msgpack` is the \
+                      MessagePack structure as JSON (bin as arrays of bytes, NaN as null).",
+            "vectors": out,
+        }))
+        .unwrap();
+        std::fs::write(VECTORS, text + "\n").unwrap();
+    } else {
+        assert_eq!(file["vectors"].as_array().unwrap().len(), cases.len(), "vectors without a case");
+    }
+}
+
+#[test]
+fn float_block_vector_decodes_bit_exact() {
+    let file: Json = serde_json::from_str(&std::fs::read_to_string(VECTORS).unwrap()).unwrap();
+    let v = file["vectors"].as_array().unwrap().iter().find(|v| v["name"] == "reading_block_float").unwrap();
+    let bytes = hex::decode(v["hex"].as_str().unwrap()).unwrap();
+    for block in [
+        codec::from_bytes::<ReadingBlock>("ReadingBlock", &bytes).unwrap(),
+        codec::from_slice::<ReadingBlock>("ReadingBlock", &bytes).unwrap(),
+    ] {
+        let r = block.readings().unwrap();
+        assert_eq!(r[0].value.to_bits(), (0.1f64 + 0.2).to_bits());
+        assert!(r[1].value.is_nan());
+        assert_eq!(r[1].ts_ns, 15_000_000);
+    }
+}
