@@ -1,0 +1,31 @@
+//! Ferry's sensor node: drivers, sampler, on-device windows and the device
+//! side of the serial link, for microcontrollers without a heap.
+//!
+//! # Layout
+//! - [`drivers`]: embedded-hal 1.0 drivers for real parts (Sensirion SHT4x,
+//!   TI TMP102), one module each, no knowledge of anything else here;
+//! - [`sensor`]: the [`Sensor`](sensor::Sensor) trait the sampler reads,
+//!   implemented for each driver;
+//! - [`window`]: tumbling windows (count, sum, min, max, first, last);
+//! - [`sampler`]: reads each sensor on its own period into the windows;
+//! - [`link`]: hello, reports with sequence numbers, the retry ring, acks,
+//!   heartbeats, sans-IO with explicit instants;
+//! - [`node`]: sampler + link + deframer, what a board's main loop drives;
+//! - [`sim`]: the emulated board's simulated sensors and their deterministic
+//!   waveforms, which tests use to predict windows exactly.
+//!
+//! **Architecture invariant:** nothing here needs `std`, an allocator, a clock
+//! or a peripheral. Time is a `u64` of milliseconds passed in by the caller;
+//! bytes come in and frames go out through plain buffers. The board crates
+//! under `firmware/boards/` are the only code that touches hardware.
+#![no_std]
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod drivers;
+pub mod link;
+pub mod node;
+pub mod sampler;
+pub mod sensor;
+pub mod sim;
+pub mod window;
