@@ -225,14 +225,17 @@ pub enum BlockError {
     },
 }
 
-const POW10: [f64; MAX_DECIMAL_SCALE as usize + 1] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
+const POW10: [f64; MAX_DECIMAL_SCALE as usize + 1] =
+    [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
 /// Integers up to 2^53 are exact in an f64.
 const EXACT_INT: f64 = 9_007_199_254_740_992.0;
 
 fn scaled(value: f64, scale: u8) -> Option<i64> {
     let p = POW10[scale as usize];
     let n = libm::round(value * p);
-    if !(n.abs() < EXACT_INT) {
+    // Also false for NaN and infinities.
+    let exact = libm::fabs(n) < EXACT_INT;
+    if !exact {
         return None;
     }
     // `n / p` is correctly rounded, so it equals `value` exactly when `value`
@@ -291,8 +294,12 @@ impl Values {
         match self {
             Values::Float(v) => Ok(v[i]),
             Values::Decimal(d) => {
-                let p = *POW10.get(d.scale as usize).ok_or(BlockError::BadScale { scale: d.scale })?;
-                *acc = acc.checked_add(d.deltas[i]).ok_or(BlockError::Overflow { at: i })?;
+                let p = *POW10
+                    .get(d.scale as usize)
+                    .ok_or(BlockError::BadScale { scale: d.scale })?;
+                *acc = acc
+                    .checked_add(d.deltas[i])
+                    .ok_or(BlockError::Overflow { at: i })?;
                 Ok(*acc as f64 / p)
             }
         }
@@ -386,7 +393,8 @@ impl Batch {
         too_many("aggregates", self.aggregates.len(), MAX_BATCH_AGGREGATES)?;
         too_many("health records", self.health.len(), MAX_BATCH_HEALTH)?;
         for (index, s) in self.series.iter().enumerate() {
-            s.validate().map_err(|source| BatchError::Series { index, source })?;
+            s.validate()
+                .map_err(|source| BatchError::Series { index, source })?;
         }
         let len = self.series.len();
         for (index, b) in self.blocks.iter().enumerate() {
@@ -398,7 +406,8 @@ impl Batch {
                     len,
                 });
             }
-            b.for_each(|_| {}).map_err(|source| BatchError::Block { index, source })?;
+            b.for_each(|_| {})
+                .map_err(|source| BatchError::Block { index, source })?;
         }
         for (index, a) in self.aggregates.iter().enumerate() {
             if a.series as usize >= len {
@@ -424,7 +433,9 @@ impl Batch {
                 return Err(BatchError::Aggregate { index, why });
             }
             if let Some(sketch) = &a.sketch {
-                sketch.validate().map_err(|source| BatchError::Sketch { index, source })?;
+                sketch
+                    .validate()
+                    .map_err(|source| BatchError::Sketch { index, source })?;
             }
         }
         Ok(())

@@ -14,7 +14,7 @@ use core::fmt::{self, Write as _};
 use crate::wire::Pinned;
 
 /// Longest error detail kept; longer texts are cut (devices have no heap).
-pub const MAX_DETAIL: usize = 160;
+pub const MAX_DETAIL: usize = 96;
 
 /// Why a message could not be decoded: which message, and what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,7 +66,10 @@ impl fmt::Write for Truncating {
 }
 
 /// Encodes `value` into `buf` without allocating; returns the length written.
-pub fn to_slice<T: serde::Serialize + ?Sized>(value: &T, buf: &mut [u8]) -> Result<usize, EncodeError> {
+pub fn to_slice<T: serde::Serialize + ?Sized>(
+    value: &T,
+    buf: &mut [u8],
+) -> Result<usize, EncodeError> {
     use messagepack_serde::messagepack_core::encode::Error as CoreError;
     use messagepack_serde::ser::Error;
     messagepack_serde::to_slice_with_config(value, buf, Pinned).map_err(|e| match e {

@@ -85,7 +85,9 @@ pub fn encode_frame(payload: &[u8], out: &mut [u8]) -> Result<usize, SerialError
     let raw = &raw[..payload.len() + CRC_LEN];
     let need = cobs::max_encoding_length(raw.len()) + 1;
     if out.len() < need {
-        return Err(SerialError::BufferTooSmall { capacity: out.len() });
+        return Err(SerialError::BufferTooSmall {
+            capacity: out.len(),
+        });
     }
     let n = cobs::encode(raw, out);
     out[n] = 0;
@@ -198,7 +200,10 @@ mod tests {
         stream.extend_from_slice(&buf[..n]).unwrap();
         let got = frames(&stream);
         assert_eq!(got.len(), 3);
-        assert!(matches!(got[0], Err(SerialError::BadCobs { .. }) | Err(SerialError::TooShort { .. })));
+        assert!(matches!(
+            got[0],
+            Err(SerialError::BadCobs { .. }) | Err(SerialError::TooShort { .. })
+        ));
         assert_eq!(got[1].as_deref(), Ok(&[1, 0, 2, 0, 0, 3][..]));
         assert_eq!(got[2].as_deref(), Ok(&[1, 0, 2, 0, 0, 3][..]));
     }
@@ -229,9 +234,17 @@ mod tests {
     fn payload_limits() {
         let mut buf = [0u8; MAX_SERIAL_FRAME];
         let big = [1u8; MAX_LINK_PAYLOAD + 1];
-        assert_eq!(encode_frame(&big, &mut buf), Err(SerialError::PayloadTooLong { len: MAX_LINK_PAYLOAD + 1 }));
+        assert_eq!(
+            encode_frame(&big, &mut buf),
+            Err(SerialError::PayloadTooLong {
+                len: MAX_LINK_PAYLOAD + 1
+            })
+        );
         let max = [1u8; MAX_LINK_PAYLOAD];
         assert_eq!(encode_frame(&max, &mut buf), Ok(MAX_SERIAL_FRAME));
-        assert_eq!(encode_frame(&max, &mut buf[..10]), Err(SerialError::BufferTooSmall { capacity: 10 }));
+        assert_eq!(
+            encode_frame(&max, &mut buf[..10]),
+            Err(SerialError::BufferTooSmall { capacity: 10 })
+        );
     }
 }

@@ -129,7 +129,10 @@ fn check_value(value: &str) -> Result<(), &'static str> {
 
 impl SeriesKey {
     /// Builds a canonical series key: tags are sorted by key, then checked.
-    pub fn new<M, K, V>(metric: M, tags: impl IntoIterator<Item = (K, V)>) -> Result<Self, SeriesError>
+    pub fn new<M, K, V>(
+        metric: M,
+        tags: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<Self, SeriesError>
     where
         M: Into<String>,
         K: Into<String>,
@@ -223,7 +226,10 @@ mod tests {
     #[test]
     fn new_sorts_tags_and_formats() {
         let key = SeriesKey::new("temperature", [("sensor", "sht4x"), ("device", "a1")]).unwrap();
-        assert_eq!(key.to_string(), r#"temperature{device="a1",sensor="sht4x"}"#);
+        assert_eq!(
+            key.to_string(),
+            r#"temperature{device="a1",sensor="sht4x"}"#
+        );
         assert_eq!(key.tag("sensor"), Some("sht4x"));
         assert_eq!(key.tag("unit"), None);
     }
@@ -231,9 +237,15 @@ mod tests {
     #[test]
     fn rules_are_enforced_with_named_errors() {
         let err = SeriesKey::new("9lives", [("a", "b")]).unwrap_err();
-        assert_eq!(err.to_string(), r#"metric name "9lives": must start with a letter or '_'"#);
+        assert_eq!(
+            err.to_string(),
+            r#"metric name "9lives": must start with a letter or '_'"#
+        );
         let err = SeriesKey::new("m", [("a b", "c")]).unwrap_err();
-        assert_eq!(err.to_string(), r#"tag key "a b": only A-Z a-z 0-9 _ . : - / are allowed"#);
+        assert_eq!(
+            err.to_string(),
+            r#"tag key "a b": only A-Z a-z 0-9 _ . : - / are allowed"#
+        );
         let err = SeriesKey::new("m", [("a", "")]).unwrap_err();
         assert_eq!(err.to_string(), r#"value of tag "a": empty"#);
         let err = SeriesKey::new("m", [("a", "x"), ("a", "y")]).unwrap_err();
@@ -249,7 +261,10 @@ mod tests {
         let long = "x".repeat(MAX_METRIC_LEN + 1);
         assert!(matches!(
             SeriesKey::new(long, [("a", "b")]),
-            Err(SeriesError::BadMetric { why: "too long", .. })
+            Err(SeriesError::BadMetric {
+                why: "too long",
+                ..
+            })
         ));
     }
 

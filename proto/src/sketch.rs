@@ -257,7 +257,10 @@ mod tests {
         for q in [0.0, 0.1, 0.5, 0.9, 0.99, 1.0] {
             let want = exact_quantile(&values, q);
             let got = s.quantile(q).unwrap();
-            assert!((got - want).abs() <= want * RELATIVE_ACCURACY, "q={q} got={got} want={want}");
+            assert!(
+                (got - want).abs() <= want * RELATIVE_ACCURACY,
+                "q={q} got={got} want={want}"
+            );
         }
         assert_eq!(s.quantile(1.5), None);
         assert_eq!(DdSketch::new().quantile(0.5), None);

@@ -116,7 +116,11 @@ impl FrameHeader {
     pub fn parse(bytes: &[u8; HEADER_LEN], max: u32) -> Result<Self, FrameError> {
         let frame_type = FrameType::from_u8(bytes[0]).ok_or(FrameError::UnknownType(bytes[0]))?;
         let flags = bytes[1];
-        let allowed = if frame_type == FrameType::Batch { FLAG_ZSTD } else { 0 };
+        let allowed = if frame_type == FrameType::Batch {
+            FLAG_ZSTD
+        } else {
+            0
+        };
         if flags & !allowed != 0 {
             return Err(FrameError::BadFlags { flags, frame_type });
         }
@@ -138,7 +142,11 @@ impl FrameHeader {
 
     /// The header's six bytes.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
-        let flags = if self.compression == compression::ZSTD { FLAG_ZSTD } else { 0 };
+        let flags = if self.compression == compression::ZSTD {
+            FLAG_ZSTD
+        } else {
+            0
+        };
         let l = self.len.to_be_bytes();
         [self.frame_type as u8, flags, l[0], l[1], l[2], l[3]]
     }
@@ -168,7 +176,12 @@ pub fn parse(buf: &[u8], max: u32) -> Result<Parsed<'_>, FrameError> {
 
 /// Appends a frame with `body` to `out`.
 #[cfg(feature = "alloc")]
-pub fn write_frame(out: &mut alloc::vec::Vec<u8>, frame_type: FrameType, compression: u8, body: &[u8]) {
+pub fn write_frame(
+    out: &mut alloc::vec::Vec<u8>,
+    frame_type: FrameType,
+    compression: u8,
+    body: &[u8],
+) {
     let header = FrameHeader {
         frame_type,
         compression,
@@ -188,7 +201,10 @@ mod tests {
     fn incomplete_is_not_invalid() {
         assert_eq!(parse(&[], 100), Ok(Parsed::Incomplete { needed: 6 }));
         assert_eq!(parse(&[3, 0, 0], 100), Ok(Parsed::Incomplete { needed: 6 }));
-        assert_eq!(parse(&[3, 0, 0, 0, 0, 4, 1], 100), Ok(Parsed::Incomplete { needed: 10 }));
+        assert_eq!(
+            parse(&[3, 0, 0, 0, 0, 4, 1], 100),
+            Ok(Parsed::Incomplete { needed: 10 })
+        );
         let frame = [3, 1, 0, 0, 0, 2, 0xaa, 0xbb, 0xcc];
         assert_eq!(
             parse(&frame, 100),

@@ -131,6 +131,8 @@ macro_rules! wire_enum {
         }
     ) => {
         $(#[$meta])*
+        // Variants are stored inline: devices have no heap to box them in.
+        #[allow(clippy::large_enum_variant)]
         pub enum $name {
             $( $(#[$vmeta])* $variant($ty), )*
         }
