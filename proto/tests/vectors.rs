@@ -121,13 +121,16 @@ fn report() -> Report {
     Report { seq: 1, windows }
 }
 
+/// Checks a vector's expected bytes (empty when writing) and returns the encoding.
+type Check = Box<dyn Fn(&[u8]) -> Vec<u8>>;
+
 /// One checked vector: its name, the message type, and what to do with it.
 struct Case {
     name: &'static str,
     message: &'static str,
     about: &'static str,
     /// Encodes with rmp-serde, with messagepack-serde, and checks decoding.
-    check: Box<dyn Fn(&[u8]) -> Vec<u8>>,
+    check: Check,
 }
 
 /// A message vector: both encoders must produce `bytes`; both decoders must
