@@ -1,0 +1,329 @@
+//! Operator access for the CLI: through the running server's HTTP API on
+//! loopback, or, when no server runs, by opening the data directory.
+//!
+//! The running server writes its HTTP address to `<data_dir>/collector.http`
+//! at start and removes it at shutdown. The CLI connects there; when the
+//! file is missing or nobody answers (a server killed with `kill -9` leaves
+//! the file behind), it opens the store itself. redb locks the store file,
+//! so the two never write at once.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+use crate::pki;
+use crate::query::{QueryError, QueryParams, Selector};
+use crate::server::LiveConnection;
+use crate::store::{AgentRecord, SeriesInfo, SeriesResult, Store, StoreError};
+
+/// File in the data directory holding the running server's HTTP address.
+pub const ADDR_FILE: &str = "collector.http";
+
+/// One row of the agents table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentView {
+    /// Agent id.
+    pub id: String,
+    /// `connected`, `idle` (seen before, not connected), `enrolled` (never
+    /// seen) or `revoked`.
+    pub state: String,
+    /// Last stored batch, ns since the epoch (0: never).
+    pub last_seen_ns: i64,
+    /// Remote address of the live connection, or of the last stored batch.
+    pub remote: String,
+    /// Batches stored.
+    pub batches: u64,
+    /// Readings stored.
+    pub readings: u64,
+    /// Highest batch sequence stored.
+    pub last_seq: Option<u64>,
+    /// Readings the agent reported as dropped.
+    pub dropped: u64,
+    /// Open connections.
+    pub connections: usize,
+}
+
+/// Builds the agents table from the store, the enrolled certificates and
+/// the live connections.
+pub fn agent_views(
+    records: Vec<AgentRecord>,
+    enrolled: Vec<String>,
+    live: &[LiveConnection],
+) -> Vec<AgentView> {
+    let mut by_id: std::collections::BTreeMap<String, AgentRecord> =
+        records.into_iter().map(|r| (r.id.clone(), r)).collect();
+    for id in enrolled {
+        by_id.entry(id.clone()).or_insert_with(|| AgentRecord {
+            id,
+            ..AgentRecord::default()
+        });
+    }
+    for c in live {
+        by_id.entry(c.agent.clone()).or_insert_with(|| AgentRecord {
+            id: c.agent.clone(),
+            ..AgentRecord::default()
+        });
+    }
+    by_id
+        .into_values()
+        .map(|r| {
+            let conns: Vec<&LiveConnection> = live.iter().filter(|c| c.agent == r.id).collect();
+            let state = if r.revoked {
+                "revoked"
+            } else if !conns.is_empty() {
+                "connected"
+            } else if r.batches > 0 {
+                "idle"
+            } else {
+                "enrolled"
+            };
+            AgentView {
+                state: state.into(),
+                last_seen_ns: r.last_seen_ns,
+                remote: conns
+                    .first()
+                    .map_or(r.last_addr.clone(), |c| c.remote.to_string()),
+                batches: r.batches,
+                readings: r.readings,
+                last_seq: r.last_seq,
+                dropped: r.dropped,
+                connections: conns.len(),
+                id: r.id,
+            }
+        })
+        .collect()
+}
+
+/// Why an admin operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The store could not be opened or read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The query is invalid.
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    /// The agent id is invalid.
+    #[error(transparent)]
+    Pki(#[from] pki::PkiError),
+    /// The server answered with an error.
+    #[error("the collector at {addr} answered {status}: {message}")]
+    Server {
+        /// Its address.
+        addr: SocketAddr,
+        /// HTTP status.
+        status: u16,
+        /// Its error text.
+        message: String,
+    },
+    /// Talking to the server failed midway.
+    #[error("talking to the collector at {addr}: {message}")]
+    Http {
+        /// Its address.
+        addr: SocketAddr,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// Where the CLI gets its answers.
+#[derive(Debug)]
+pub enum Admin {
+    /// A running server's HTTP API.
+    Remote(SocketAddr),
+    /// The data directory, opened directly.
+    Local {
+        /// The data directory.
+        data_dir: PathBuf,
+        /// Its store.
+        store: Store,
+    },
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: String,
+}
+
+/// Result of a revocation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeResult {
+    /// The agent.
+    pub agent: String,
+    /// False if it was already revoked.
+    pub changed: bool,
+    /// Connections closed (0 when no server ran).
+    pub closed: usize,
+}
+
+impl Admin {
+    /// Finds the running server for `data_dir`, or opens the store.
+    pub async fn connect(data_dir: &Path) -> Result<Self, AdminError> {
+        if let Ok(text) = std::fs::read_to_string(data_dir.join(ADDR_FILE))
+            && let Ok(addr) = text.trim().parse::<SocketAddr>()
+            && TcpStream::connect(addr).await.is_ok()
+        {
+            return Ok(Admin::Remote(addr));
+        }
+        let store = Store::open(&data_dir.join(crate::STORE_FILE))?;
+        Ok(Admin::Local {
+            data_dir: data_dir.to_owned(),
+            store,
+        })
+    }
+
+    /// The agents table.
+    pub async fn agents(&self) -> Result<Vec<AgentView>, AdminError> {
+        match self {
+            Admin::Remote(addr) => request(*addr, "GET", "/api/v1/agents").await,
+            Admin::Local { data_dir, store } => Ok(agent_views(
+                store.agents()?,
+                pki::enrolled_agents(data_dir),
+                &[],
+            )),
+        }
+    }
+
+    /// Known series matching `selector`.
+    pub async fn series(&self, selector: &str) -> Result<Vec<SeriesInfo>, AdminError> {
+        match self {
+            Admin::Remote(addr) => {
+                let path = format!("/api/v1/series?match={}", encode_query(selector));
+                request(*addr, "GET", &path).await
+            }
+            Admin::Local { store, .. } => Ok(store.series(&Selector::parse(selector)?)?),
+        }
+    }
+
+    /// Runs a query.
+    pub async fn query(&self, params: &QueryParams) -> Result<Vec<SeriesResult>, AdminError> {
+        match self {
+            Admin::Remote(addr) => {
+                let mut qs = Vec::new();
+                for (k, v) in [
+                    ("match", &params.selector),
+                    ("from", &params.from),
+                    ("to", &params.to),
+                    ("step", &params.step),
+                    ("kind", &params.kind),
+                ] {
+                    if let Some(v) = v {
+                        qs.push(format!("{k}={}", encode_query(v)));
+                    }
+                }
+                request(*addr, "GET", &format!("/api/v1/query?{}", qs.join("&"))).await
+            }
+            Admin::Local { store, .. } => Ok(store.query(&params.resolve(crate::now_ns())?)?),
+        }
+    }
+
+    /// Revokes an agent.
+    pub async fn revoke(&self, agent: &str) -> Result<RevokeResult, AdminError> {
+        pki::validate_agent_id(agent)?;
+        match self {
+            Admin::Remote(addr) => {
+                request(*addr, "POST", &format!("/api/v1/agents/{agent}/revoke")).await
+            }
+            Admin::Local { store, .. } => Ok(RevokeResult {
+                agent: agent.to_owned(),
+                changed: store.revoke(agent)?,
+                closed: 0,
+            }),
+        }
+    }
+}
+
+/// Percent-encodes a query-string value.
+pub fn encode_query(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for b in v.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// A minimal HTTP/1.1 client for the loopback admin API: one request per
+/// connection, `Connection: close`, JSON answers.
+async fn request<T: serde::de::DeserializeOwned>(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+) -> Result<T, AdminError> {
+    let http = |message: String| AdminError::Http { addr, message };
+    let mut stream = TcpStream::connect(addr)
+        .await
+        .map_err(|e| http(e.to_string()))?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+    );
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| http(e.to_string()))?;
+    let mut raw = Vec::new();
+    stream
+        .read_to_end(&mut raw)
+        .await
+        .map_err(|e| http(e.to_string()))?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| http("incomplete HTTP response".into()))?;
+    let status: u16 = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| http(format!("bad status line {:?}", head.lines().next())))?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase().starts_with("transfer-encoding:")
+            && l.to_ascii_lowercase().contains("chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    if status != 200 {
+        let message = serde_json::from_str::<ErrorBody>(&body).map_or(body, |e| e.error);
+        return Err(AdminError::Server {
+            addr,
+            status,
+            message,
+        });
+    }
+    serde_json::from_str(&body).map_err(|e| http(format!("bad JSON answer: {e}")))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].strip_prefix("\r\n").unwrap_or(&rest[n..]);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_values_are_encoded() {
+        assert_eq!(encode_query(r#"t{a="b c"}"#), "t%7Ba%3D%22b%20c%22%7D");
+        assert_eq!(dechunk("3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"), "abcde");
+    }
+}

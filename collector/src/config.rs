@@ -1,0 +1,384 @@
+//! The collector's configuration: `collector.toml`, written commented by
+//! [`crate::init`] and read by `ferry-collector run`.
+//!
+//! Every bound the server keeps (connections, streams, frame size, series,
+//! rates) is here, so that "bounded by configuration" is checkable in one
+//! place.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Default UDP port of the QUIC endpoint agents connect to.
+pub const DEFAULT_QUIC_PORT: u16 = 7410;
+/// Default TCP port of the HTTP API (query, agents, `/metrics`, `/healthz`).
+pub const DEFAULT_HTTP_PORT: u16 = 7411;
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown or mistyped key.
+    #[error("invalid configuration {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said, with line and column.
+        message: String,
+    },
+    /// A value is out of its allowed range.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration. `Default` is what `collector.toml` says when
+/// freshly written by `init`, with `data_dir` = `.`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory holding `ca.crt`, `ca.key`, `server.crt`, `server.key`, the
+    /// store `ferry.redb` and `agents/`. Relative paths in a file are
+    /// relative to the file's directory.
+    pub data_dir: PathBuf,
+    /// The QUIC endpoint.
+    pub quic: QuicConfig,
+    /// The HTTP API.
+    pub http: HttpConfig,
+    /// Bounds on what agents may send.
+    pub limits: Limits,
+    /// The embedded store.
+    pub storage: StorageConfig,
+    /// Test-only fault injection; never set from a file.
+    #[serde(skip)]
+    #[doc(hidden)]
+    pub faults: crate::writer::Faults,
+}
+
+/// `[quic]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QuicConfig {
+    /// UDP address to listen on; default `0.0.0.0:7410`.
+    pub listen: SocketAddr,
+    /// Close a connection silent for this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// How long an agent has to send its `Hello` after the handshake.
+    #[serde(with = "humantime_serde")]
+    pub hello_timeout: Duration,
+}
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// TCP address to listen on; default `127.0.0.1:7411`. The admin
+    /// endpoint (revoke) answers loopback clients only, whatever this is.
+    pub listen: SocketAddr,
+}
+
+/// `[limits]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Most agent connections at once; more are refused.
+    pub max_connections: usize,
+    /// Most batch streams one connection may have open at once.
+    pub max_streams_per_connection: u32,
+    /// Largest frame body in bytes, compressed or not (also the largest
+    /// decompressed batch).
+    pub max_frame_bytes: u32,
+    /// Most readings in one batch.
+    pub max_batch_readings: usize,
+    /// Most distinct series in the store; batches adding more are rejected.
+    pub max_series: u64,
+    /// Per-agent rate in readings per second (token bucket, 2 s burst);
+    /// 0 means unlimited.
+    pub agent_readings_per_sec: u64,
+    /// Readings older than this (relative to the collector's clock) are
+    /// rejected as a bad timestamp.
+    #[serde(with = "humantime_serde")]
+    pub max_past: Duration,
+    /// Readings further in the future than this are rejected.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+}
+
+/// `[storage]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Raw readings older than this are downsampled into windows of
+    /// `downsample_window` and then deleted. `0s` keeps raw data forever.
+    #[serde(with = "humantime_serde")]
+    pub raw_retention: Duration,
+    /// Window length that old raw readings are merged into.
+    #[serde(with = "humantime_serde")]
+    pub downsample_window: Duration,
+    /// Aggregates (sent by agents or downsampled) older than this are
+    /// deleted. `0s` keeps them forever.
+    #[serde(with = "humantime_serde")]
+    pub aggregate_retention: Duration,
+    /// When the readings stored exceed this many bytes, the oldest chunks
+    /// are deleted first. 0 means no limit.
+    pub max_bytes: u64,
+    /// Most batches committed in one write transaction (group commit).
+    pub max_batches_per_commit: usize,
+    /// How often retention, downsampling and chunk compaction run.
+    #[serde(with = "humantime_serde")]
+    pub maintenance_interval: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("."),
+            quic: QuicConfig::default(),
+            http: HttpConfig::default(),
+            limits: Limits::default(),
+            storage: StorageConfig::default(),
+            faults: crate::writer::Faults::default(),
+        }
+    }
+}
+
+impl Default for QuicConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_QUIC_PORT)),
+            idle_timeout: Duration::from_secs(30),
+            hello_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_streams_per_connection: 64,
+            max_frame_bytes: ferry_proto::stream::DEFAULT_MAX_FRAME,
+            max_batch_readings: ferry_proto::batch::MAX_BATCH_READINGS,
+            max_series: 1_000_000,
+            agent_readings_per_sec: 0,
+            max_past: Duration::from_secs(30 * 86_400),
+            max_future: Duration::from_secs(600),
+        }
+    }
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            raw_retention: Duration::from_secs(7 * 86_400),
+            downsample_window: Duration::from_secs(300),
+            aggregate_retention: Duration::from_secs(400 * 86_400),
+            max_bytes: 0,
+            max_batches_per_commit: 512,
+            maintenance_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Config {
+    /// A configuration for `data_dir` with both listeners on `127.0.0.1`
+    /// port 0 (the OS picks; ask [`crate::Collector::quic_addr`]). For tests
+    /// and embedding.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            quic: QuicConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..QuicConfig::default()
+            },
+            http: HttpConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            },
+            ..Self::default()
+        }
+    }
+
+    /// Reads a `collector.toml`; a relative `data_dir` is resolved against
+    /// the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        if config.data_dir.is_relative() {
+            let base = path.parent().unwrap_or_else(|| Path::new("."));
+            config.data_dir = base.join(&config.data_dir);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks ranges that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        if l.max_connections == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_connections must be at least 1".into(),
+            ));
+        }
+        if l.max_streams_per_connection == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_streams_per_connection must be at least 1".into(),
+            ));
+        }
+        if l.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "limits.max_frame_bytes must be at least 1024".into(),
+            ));
+        }
+        if l.max_batch_readings == 0
+            || l.max_batch_readings > ferry_proto::batch::MAX_BATCH_READINGS
+        {
+            return Err(ConfigError::Invalid(format!(
+                "limits.max_batch_readings must be between 1 and {}",
+                ferry_proto::batch::MAX_BATCH_READINGS
+            )));
+        }
+        let s = &self.storage;
+        if s.downsample_window.is_zero() {
+            return Err(ConfigError::Invalid(
+                "storage.downsample_window must be positive".into(),
+            ));
+        }
+        if s.max_batches_per_commit == 0 {
+            return Err(ConfigError::Invalid(
+                "storage.max_batches_per_commit must be at least 1".into(),
+            ));
+        }
+        if s.maintenance_interval.is_zero() {
+            return Err(ConfigError::Invalid(
+                "storage.maintenance_interval must be positive".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Path of the redb store file.
+    pub fn store_path(&self) -> PathBuf {
+        self.data_dir.join(crate::STORE_FILE)
+    }
+}
+
+/// The commented `collector.toml` written by `init`.
+pub const DEFAULT_TOML: &str = r#"# Ferry collector configuration (ferry-collector run --config collector.toml).
+# Every key is optional; the values shown are the defaults.
+
+# Directory with the CA (ca.crt, ca.key), the server certificate
+# (server.crt, server.key), enrolled agents (agents/) and the store
+# (ferry.redb). Relative to this file.
+data_dir = "."
+
+[quic]
+# UDP address agents connect to: QUIC, ALPN "ferry/1", TLS 1.3 with client
+# certificates issued by this collector's CA.
+listen = "0.0.0.0:7410"
+# Close connections silent for this long.
+idle_timeout = "30s"
+# How long a new connection may take to send its Hello.
+hello_timeout = "10s"
+
+[http]
+# TCP address of the HTTP API: /api/v1/query, /api/v1/series,
+# /api/v1/agents, /metrics, /healthz. Admin calls (revoke) are answered for
+# loopback clients only.
+listen = "127.0.0.1:7411"
+
+[limits]
+# Agent connections at once; more are refused.
+max_connections = 4096
+# Batch streams open at once per connection.
+max_streams_per_connection = 64
+# Largest frame body in bytes, also after decompression (4 MiB).
+max_frame_bytes = 4194304
+# Readings in one batch.
+max_batch_readings = 1048576
+# Distinct series in the store.
+max_series = 1000000
+# Readings per second per agent (2 s burst); 0 = unlimited.
+agent_readings_per_sec = 0
+# Timestamp sanity window: readings older than max_past or further than
+# max_future ahead of the collector's clock reject the whole batch.
+max_past = "30days"
+max_future = "10m"
+
+[storage]
+# Raw readings older than this are merged into windows of downsample_window
+# (count, sum, min, max, first, last and a quantile sketch), then deleted.
+# "0s" keeps raw readings forever.
+raw_retention = "7days"
+downsample_window = "5m"
+# Aggregates older than this are deleted; "0s" keeps them forever.
+aggregate_retention = "400days"
+# Bytes of readings kept at most; the oldest go first. 0 = no limit.
+max_bytes = 0
+# Batches per write transaction (group commit; each commit is one fsync).
+max_batches_per_commit = 512
+# How often retention, downsampling and compaction run.
+maintenance_interval = "60s"
+"#;
+
+/// serde adapter for human-readable durations (`"30s"`, `"7days"`).
+mod humantime_serde {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("duration {text:?}: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_toml_parses_to_defaults() {
+        let parsed: Config = toml::from_str(DEFAULT_TOML).unwrap();
+        let d = Config::default();
+        assert_eq!(parsed.quic.listen, d.quic.listen);
+        assert_eq!(parsed.http.listen, d.http.listen);
+        assert_eq!(parsed.limits.max_past, d.limits.max_past);
+        assert_eq!(parsed.storage.raw_retention, d.storage.raw_retention);
+        assert_eq!(
+            parsed.storage.max_batches_per_commit,
+            d.storage.max_batches_per_commit
+        );
+        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = toml::from_str::<Config>("[limits]\nmax_conections = 3\n").unwrap_err();
+        assert!(err.to_string().contains("max_conections"), "{err}");
+    }
+}

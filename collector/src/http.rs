@@ -1,0 +1,132 @@
+//! The HTTP API (axum): queries, agents, `/metrics`, `/healthz`, and the
+//! loopback-only admin call that revokes an agent.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+
+use crate::admin::{AgentView, RevokeResult, agent_views};
+use crate::pki;
+use crate::query::{QueryParams, Selector};
+use crate::server::{RevokeError, Shared};
+use crate::store::StoreError;
+
+/// An error answered as `{"error": "..."}` with a status.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::TooLarge(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            _ => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        }
+    }
+}
+
+/// The routes.
+pub fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/query", get(query))
+        .route("/api/v1/series", get(series))
+        .route("/api/v1/agents", get(agents))
+        .route("/api/v1/agents/{id}/revoke", post(revoke))
+        .with_state(shared)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    shared
+        .metrics
+        .store_file_bytes
+        .set(shared.store.file_bytes());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        shared.metrics.render(),
+    )
+}
+
+async fn query(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<QueryParams>,
+) -> Result<Json<Vec<crate::store::SeriesResult>>, ApiError> {
+    let q = params
+        .resolve(crate::now_ns())
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let store = shared.store.clone();
+    Ok(Json(blocking(move || Ok(store.query(&q)?)).await?))
+}
+
+#[derive(Deserialize)]
+struct SeriesParams {
+    #[serde(rename = "match", default)]
+    selector: Option<String>,
+}
+
+async fn series(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<SeriesParams>,
+) -> Result<Json<Vec<crate::store::SeriesInfo>>, ApiError> {
+    let sel = Selector::parse(params.selector.as_deref().unwrap_or(""))
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let store = shared.store.clone();
+    Ok(Json(blocking(move || Ok(store.series(&sel)?)).await?))
+}
+
+async fn agents(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<AgentView>>, ApiError> {
+    let store = shared.store.clone();
+    let data_dir = shared.config.data_dir.clone();
+    let records = blocking(move || Ok(store.agents()?)).await?;
+    Ok(Json(agent_views(
+        records,
+        pki::enrolled_agents(&data_dir),
+        &shared.live(),
+    )))
+}
+
+async fn revoke(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+) -> Result<Json<RevokeResult>, ApiError> {
+    if !peer.ip().is_loopback() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("revoke is answered for loopback clients only, not {peer}"),
+        ));
+    }
+    let closed = shared.live().iter().filter(|c| c.agent == id).count();
+    let changed = shared.revoke(&id).await.map_err(|e| match e {
+        RevokeError::BadId(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+        _ => ApiError(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    })?;
+    Ok(Json(RevokeResult {
+        agent: id,
+        changed,
+        closed,
+    }))
+}

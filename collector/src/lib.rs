@@ -1,0 +1,382 @@
+//! Ferry's central collector: agents connect over QUIC with client
+//! certificates, ship batches, and get an ack for each once it is durably
+//! stored; operators query readings over HTTP and manage agents with the
+//! `ferry-collector` CLI.
+//!
+//! # Layout
+//! - [`config`]: `collector.toml`, every bound in one place;
+//! - [`pki`]: the collector's CA, `init`, `enroll`, and the client
+//!   certificate verifier (identity = certificate Common Name; revocation);
+//! - `server`: the QUIC endpoint: hello/welcome, one batch per stream;
+//! - [`ingest`]: decompress, decode, validate, split into chunks (plain
+//!   functions with a `now` parameter), rate limiter, log limiter;
+//! - `writer`: the single writer thread doing group commits;
+//! - [`store`]: the redb layout (docs/storage.md), dedupe, queries,
+//!   maintenance (compaction, downsampling, retention);
+//! - [`query`]: selectors and time ranges;
+//! - `http`: the axum API; [`admin`]: the CLI's access, through the running
+//!   server or the data directory; [`metrics`]: Prometheus.
+//!
+//! # Ports
+//! QUIC on UDP [`config::DEFAULT_QUIC_PORT`] (7410), HTTP on TCP
+//! [`config::DEFAULT_HTTP_PORT`] (7411, loopback by default).
+//!
+//! # Embedding (and tests)
+//! ```no_run
+//! # async fn demo() -> Result<(), ferry_collector::Error> {
+//! use ferry_collector::{Collector, Config, init, enroll, pki::InitOptions};
+//! let dir = std::path::Path::new("/tmp/ferry-demo");
+//! init(&InitOptions::new(dir.join("data")))?;
+//! let bundle = enroll(&dir.join("data"), "gw-1", &dir.join("gw-1"))?;
+//! let collector = Collector::bind(Config::for_data_dir(dir.join("data"))).await?;
+//! println!("QUIC on {}, HTTP on {}", collector.quic_addr(), collector.http_addr());
+//! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! let server = tokio::spawn(collector.run(async { let _ = stopped.await; }));
+//! // ... connect an agent with bundle.cert / bundle.key / bundle.ca ...
+//! let _ = stop.send(());
+//! server.await.expect("collector task")?;
+//! # Ok(()) }
+//! ```
+//!
+//! **Architecture invariant:** an ack is sent only after the write
+//! transaction holding the batch and its dedupe entry has committed durably.
+
+pub mod admin;
+pub mod config;
+mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod pki;
+pub mod query;
+mod server;
+pub mod store;
+mod udp;
+mod writer;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use config::{Config, ConfigError};
+pub use pki::{Bundle, EnrollOptions, InitOptions, PkiError, enroll, enroll_with, init};
+pub use server::{LiveConnection, RevokeError};
+pub use store::{MaintenanceReport, RetentionPlan, Store, StoreError};
+pub use writer::Faults;
+
+/// Name of the store file in the data directory.
+pub const STORE_FILE: &str = "ferry.redb";
+
+/// Why the collector could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Certificates could not be loaded or issued.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    /// The store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A socket could not be bound or used.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The QUIC or TLS setup failed.
+    #[error("QUIC setup: {0}")]
+    Quic(String),
+}
+
+/// Resolves when the watched flag is true (or its sender is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+/// Nanoseconds since the Unix epoch by the system clock.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A bound, not yet running collector. See the crate docs for an example.
+#[derive(Debug)]
+pub struct Collector {
+    endpoint: quinn::Endpoint,
+    http: tokio::net::TcpListener,
+    quic_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shared: Arc<server::Shared>,
+    writer_rx: mpsc::Receiver<writer::Command>,
+    writer_state: store::WriterState,
+}
+
+/// A handle to a running collector, for embedding and tests.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    shared: Arc<server::Shared>,
+}
+
+impl Handle {
+    /// Revokes an agent, as `POST /api/v1/agents/{id}/revoke` does: recorded
+    /// durably, open connections closed with `close::REVOKED`.
+    pub async fn revoke(&self, agent: &str) -> Result<bool, RevokeError> {
+        self.shared.revoke(agent).await
+    }
+
+    /// Runs one maintenance pass with `plan` now and returns its report.
+    pub async fn maintain(&self, plan: RetentionPlan) -> Result<MaintenanceReport, String> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .writer
+            .send(writer::Command::Maintain {
+                plan,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| "the collector is shutting down".to_owned())?;
+        rx.await
+            .map_err(|_| "the collector is shutting down".to_owned())?
+    }
+
+    /// The metrics registry.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    /// The store, for reads.
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    /// Live agent connections.
+    pub fn live(&self) -> Vec<LiveConnection> {
+        self.shared.live()
+    }
+}
+
+impl Collector {
+    /// Opens the store, loads the certificates from `config.data_dir`
+    /// (created by [`init`]) and binds both sockets. Must run inside a tokio
+    /// runtime. Listening on port 0 picks a free port: ask
+    /// [`Collector::quic_addr`] and [`Collector::http_addr`].
+    pub async fn bind(config: Config) -> Result<Self, Error> {
+        config.validate()?;
+        let store = Arc::new(Store::open(&config.store_path())?);
+        let revoked = Arc::new(pki::RevocationList::new(store.revoked()?));
+        let metrics = Arc::new(metrics::Metrics::new());
+        let tls = pki::server_tls(&config.data_dir, revoked.clone())?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| Error::Quic(e.to_string()))?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        let mut transport = quinn::TransportConfig::default();
+        // One extra stream for the hello.
+        transport
+            .max_concurrent_bidi_streams((config.limits.max_streams_per_connection + 1).into());
+        transport.max_concurrent_uni_streams(0u8.into());
+        transport.max_idle_timeout(Some(
+            config
+                .quic
+                .idle_timeout
+                .try_into()
+                .map_err(|_| Error::Quic("quic.idle_timeout is too long".into()))?,
+        ));
+        transport.keep_alive_interval(Some(config.quic.idle_timeout / 3));
+        server_config.transport_config(Arc::new(transport));
+
+        let socket = std::net::UdpSocket::bind(config.quic.listen).map_err(|source| Error::Io {
+            what: format!("binding QUIC on udp {}", config.quic.listen),
+            source,
+        })?;
+        let runtime: Arc<dyn quinn::Runtime> = Arc::new(quinn::TokioRuntime);
+        let wrapped = runtime
+            .wrap_udp_socket(socket)
+            .map_err(|source| Error::Io {
+                what: "QUIC socket".into(),
+                source,
+            })?;
+        let counting = Arc::new(udp::CountingSocket::new(wrapped, metrics.clone()));
+        let mut endpoint_config = quinn::EndpointConfig::default();
+        // Peers must keep the fixed bit set, so a clear bit marks garbage.
+        endpoint_config.grease_quic_bit(false);
+        let endpoint = quinn::Endpoint::new_with_abstract_socket(
+            endpoint_config,
+            Some(server_config),
+            counting,
+            runtime,
+        )
+        .map_err(|source| Error::Io {
+            what: "QUIC endpoint".into(),
+            source,
+        })?;
+        let quic_addr = endpoint.local_addr().map_err(|source| Error::Io {
+            what: "QUIC address".into(),
+            source,
+        })?;
+        let http = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| Error::Io {
+                what: format!("binding HTTP on tcp {}", config.http.listen),
+                source,
+            })?;
+        let http_addr = http.local_addr().map_err(|source| Error::Io {
+            what: "HTTP address".into(),
+            source,
+        })?;
+        let writer_state = store.writer_state()?;
+        metrics.series.set(writer_state.series_count());
+        metrics.store_chunk_bytes.set(writer_state.chunk_bytes());
+        let (writer_tx, writer_rx) = mpsc::channel(config.storage.max_batches_per_commit * 2);
+        let shared = Arc::new(server::Shared::new(
+            config, store, writer_tx, metrics, revoked,
+        ));
+        Ok(Self {
+            endpoint,
+            http,
+            quic_addr,
+            http_addr,
+            shared,
+            writer_rx,
+            writer_state,
+        })
+    }
+
+    /// The bound QUIC (UDP) address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound HTTP (TCP) address.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// A handle for revocation, maintenance and metrics while running.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, finishes
+    /// in-flight batches (committed and acked), closes connections with
+    /// `close::SHUTDOWN` and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let Collector {
+            endpoint,
+            http,
+            quic_addr,
+            http_addr,
+            shared,
+            writer_rx,
+            writer_state,
+        } = self;
+        let config = shared.config.clone();
+        let writer = {
+            let store = shared.store.clone();
+            let metrics = shared.metrics.clone();
+            let faults = config.faults.clone();
+            let max_group = config.storage.max_batches_per_commit;
+            let max_series = config.limits.max_series;
+            std::thread::Builder::new()
+                .name("ferry-writer".into())
+                .spawn(move || {
+                    writer::run(
+                        store,
+                        writer_state,
+                        writer_rx,
+                        max_group,
+                        max_series,
+                        faults,
+                        metrics,
+                    )
+                })
+                .map_err(|source| Error::Io {
+                    what: "starting the writer thread".into(),
+                    source,
+                })?
+        };
+        let addr_file = config.data_dir.join(admin::ADDR_FILE);
+        if let Err(e) = std::fs::write(&addr_file, format!("{http_addr}\n")) {
+            tracing::warn!(
+                "cannot write {}: {e}; the CLI will not find this server",
+                addr_file.display()
+            );
+        }
+        tracing::info!(%quic_addr, %http_addr, data_dir = %config.data_dir.display(), "collector running");
+
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let http_task = {
+            let app = http::router(shared.clone());
+            let mut stop = stop_rx.clone();
+            tokio::spawn(async move {
+                let serve = axum::serve(
+                    http,
+                    app.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!("HTTP server: {e}");
+                }
+            })
+        };
+        let maintenance = {
+            let shared = shared.clone();
+            let mut stop = stop_rx.clone();
+            let every = config.storage.maintenance_interval;
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = crate::stopped(&mut stop) => break,
+                        _ = tick.tick() => {
+                            let plan = RetentionPlan::at(now_ns(), &shared.config.storage);
+                            let cmd = writer::Command::Maintain { plan, reply: None };
+                            if shared.writer.send(cmd).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            })
+        };
+        let accept = tokio::spawn(server::accept_loop(
+            endpoint.clone(),
+            shared.clone(),
+            stop_rx,
+        ));
+
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight batches");
+        let _ = stop_tx.send(true);
+        let _ = accept.await;
+        let _ = http_task.await;
+        let _ = maintenance.await;
+        endpoint.close(
+            quinn::VarInt::from_u32(ferry_proto::session::close::SHUTDOWN),
+            b"shutdown",
+        );
+        // Everything queued before Stop is committed and answered first.
+        let _ = shared.writer.send(writer::Command::Stop).await;
+        drop(shared);
+        let joined = tokio::task::spawn_blocking(move || writer.join()).await;
+        if !matches!(joined, Ok(Ok(()))) {
+            tracing::error!("the writer thread panicked");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        let _ = std::fs::remove_file(&addr_file);
+        tracing::info!("collector stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,207 @@
+//! Prometheus metrics, served as text at `/metrics`.
+
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use ferry_proto::session::reason;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::ingest::{BadInput, LogLimiter};
+
+type Labels1 = [(&'static str, &'static str); 1];
+type Labels2 = [(&'static str, &'static str); 2];
+
+/// The collector's metrics. Names start with `ferry_collector_`.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Open agent connections.
+    pub connections: Gauge,
+    /// Agent connections accepted (handshake completed).
+    pub connections_accepted: Counter,
+    /// Connections refused, by reason (`busy`, `shutting_down`, `revoked`).
+    pub connections_refused: Family<Labels1, Counter>,
+    /// Batches by outcome (`stored`, `duplicate`, `rejected`) and reason.
+    pub batches: Family<Labels2, Counter>,
+    /// Readings by outcome.
+    pub readings: Family<Labels1, Counter>,
+    /// Bad input by class.
+    pub bad_input: Family<Labels1, Counter>,
+    /// Duration of one group commit (write transaction + fsync).
+    pub commit_seconds: Histogram,
+    /// Batches per group commit.
+    pub commit_batches: Histogram,
+    /// Failed commits.
+    pub commit_errors: Counter,
+    /// Size of the store file.
+    pub store_file_bytes: Gauge<u64, AtomicU64>,
+    /// Bytes of chunk data.
+    pub store_chunk_bytes: Gauge<u64, AtomicU64>,
+    /// Series in the store.
+    pub series: Gauge<u64, AtomicU64>,
+    /// Agents revoked while running.
+    pub revocations: Counter,
+    /// Maintenance runs and what they did, by action.
+    pub maintenance_chunks: Family<Labels1, Counter>,
+    log: Mutex<LogLimiter>,
+}
+
+/// The metric label of a reason code.
+pub fn reason_label(code: u16) -> &'static str {
+    match code {
+        0 => "",
+        reason::MALFORMED => "malformed",
+        reason::TOO_LARGE => "too_large",
+        reason::INVALID => "invalid",
+        reason::BAD_TIMESTAMP => "bad_timestamp",
+        reason::UNSUPPORTED => "unsupported",
+        reason::UNEXPECTED => "unexpected",
+        reason::RATE_LIMITED => "rate_limited",
+        reason::STORAGE => "storage",
+        reason::SHUTTING_DOWN => "shutting_down",
+        _ => "other",
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut m = Self {
+            registry: Registry::with_prefix("ferry_collector"),
+            connections: Gauge::default(),
+            connections_accepted: Counter::default(),
+            connections_refused: Family::default(),
+            batches: Family::default(),
+            readings: Family::default(),
+            bad_input: Family::default(),
+            commit_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            commit_batches: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            commit_errors: Counter::default(),
+            store_file_bytes: Gauge::default(),
+            store_chunk_bytes: Gauge::default(),
+            series: Gauge::default(),
+            revocations: Counter::default(),
+            maintenance_chunks: Family::default(),
+            log: Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10))),
+        };
+        m.registry.register(
+            "connections",
+            "Open agent connections",
+            m.connections.clone(),
+        );
+        m.registry.register(
+            "connections_accepted",
+            "Agent connections whose handshake completed",
+            m.connections_accepted.clone(),
+        );
+        m.registry.register(
+            "connections_refused",
+            "Connections refused, by reason",
+            m.connections_refused.clone(),
+        );
+        m.registry.register(
+            "batches",
+            "Batches by outcome and reason",
+            m.batches.clone(),
+        );
+        m.registry
+            .register("readings", "Raw readings by outcome", m.readings.clone());
+        m.registry
+            .register("bad_input", "Bad input by class", m.bad_input.clone());
+        m.registry.register(
+            "commit_seconds",
+            "Duration of one group commit, fsync included",
+            m.commit_seconds.clone(),
+        );
+        m.registry.register(
+            "commit_batches",
+            "Batches per group commit",
+            m.commit_batches.clone(),
+        );
+        m.registry.register(
+            "commit_errors",
+            "Failed group commits",
+            m.commit_errors.clone(),
+        );
+        m.registry.register(
+            "store_file_bytes",
+            "Size of the store file",
+            m.store_file_bytes.clone(),
+        );
+        m.registry.register(
+            "store_chunk_bytes",
+            "Bytes of raw-reading chunks stored",
+            m.store_chunk_bytes.clone(),
+        );
+        m.registry
+            .register("series", "Series in the store", m.series.clone());
+        m.registry
+            .register("revocations", "Agents revoked", m.revocations.clone());
+        m.registry.register(
+            "maintenance_chunks",
+            "Chunks handled by maintenance, by action",
+            m.maintenance_chunks.clone(),
+        );
+        for kind in BadInput::ALL {
+            let _ = m.bad_input.get_or_create(&[("kind", kind.label())]);
+        }
+        m
+    }
+
+    /// Counts a batch outcome.
+    pub fn batch(&self, outcome: &'static str, code: u16, readings: u64) {
+        self.batches
+            .get_or_create(&[("outcome", outcome), ("reason", reason_label(code))])
+            .inc();
+        self.readings
+            .get_or_create(&[("outcome", outcome)])
+            .inc_by(readings);
+    }
+
+    /// Counts bad input and logs it, at most one line per class per 10 s.
+    pub fn bad(&self, kind: BadInput, detail: &dyn std::fmt::Display) {
+        self.bad_input
+            .get_or_create(&[("kind", kind.label())])
+            .inc();
+        let now = crate::now_ns();
+        let suppressed = self
+            .log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(kind, now);
+        if let Some(suppressed) = suppressed {
+            match kind {
+                BadInput::GarbageDatagram | BadInput::RateLimited => {
+                    tracing::info!(kind = kind.label(), suppressed, "{detail}");
+                }
+                _ => tracing::warn!(kind = kind.label(), suppressed, "{detail}"),
+            }
+        }
+    }
+
+    /// Current value of a bad-input counter.
+    pub fn bad_count(&self, kind: BadInput) -> u64 {
+        self.bad_input
+            .get_or_create(&[("kind", kind.label())])
+            .get()
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,614 @@
+//! The collector's own certificate authority: `init` creates it, `enroll`
+//! issues agent certificates, and the QUIC endpoint checks client
+//! certificates against it and the revocation list.
+//!
+//! **Invariant:** an agent's identity is the Common Name of the client
+//! certificate it completed the TLS handshake with; nothing in a payload can
+//! change it.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::fs;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime, pem::PemObject};
+use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
+
+use crate::config::{DEFAULT_QUIC_PORT, DEFAULT_TOML};
+
+/// CA certificate file in the data directory (and in agent bundles).
+pub const CA_CERT: &str = "ca.crt";
+/// CA private key file in the data directory.
+pub const CA_KEY: &str = "ca.key";
+/// Server certificate file in the data directory.
+pub const SERVER_CERT: &str = "server.crt";
+/// Server private key file in the data directory.
+pub const SERVER_KEY: &str = "server.key";
+/// Directory of issued agent certificates, `<agent id>.crt`.
+pub const AGENTS_DIR: &str = "agents";
+/// Configuration file written by `init`.
+pub const CONFIG_FILE: &str = "collector.toml";
+/// Longest agent id, in bytes.
+pub const MAX_AGENT_ID_LEN: usize = 64;
+
+const CA_NAME: &str = "Ferry collector CA";
+const SERVER_NAME: &str = "ferry-collector";
+
+/// Why a PKI operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PkiError {
+    /// `init` found an existing CA and refuses to overwrite it.
+    #[error("{0} already exists: refusing to overwrite an existing certificate authority")]
+    AlreadyInitialized(PathBuf),
+    /// The data directory has no CA: run `init` first.
+    #[error("no certificate authority at {0}: run `ferry-collector init` first")]
+    NotInitialized(PathBuf),
+    /// `enroll` refuses to overwrite an existing bundle.
+    #[error("{0} already exists: refusing to overwrite an agent key")]
+    BundleExists(PathBuf),
+    /// The agent id breaks the naming rule.
+    #[error("agent id {id:?}: {why}")]
+    BadAgentId {
+        /// The id.
+        id: String,
+        /// The rule it breaks.
+        why: &'static str,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A certificate or key file is not valid PEM of the expected kind.
+    #[error("{path}: not a valid PEM {what}")]
+    BadPem {
+        /// The file.
+        path: PathBuf,
+        /// `certificate` or `private key`.
+        what: &'static str,
+    },
+    /// Certificate generation failed.
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// TLS configuration failed.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
+    move |source| PkiError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// What `init` should create.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    /// The data directory (created if missing).
+    pub data_dir: PathBuf,
+    /// Subject alternative names of the server certificate: DNS names or IP
+    /// addresses agents use to reach the collector.
+    pub sans: Vec<String>,
+}
+
+impl InitOptions {
+    /// Defaults: SANs `localhost` and `127.0.0.1`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            sans: vec!["localhost".into(), "127.0.0.1".into()],
+        }
+    }
+}
+
+/// What `init` wrote.
+#[derive(Debug, Clone)]
+pub struct InitReport {
+    /// The CA certificate.
+    pub ca_cert: PathBuf,
+    /// The server certificate.
+    pub server_cert: PathBuf,
+    /// The configuration file (`None` if one existed and was kept).
+    pub config: Option<PathBuf>,
+}
+
+/// Creates the data directory, a CA, a server certificate and a commented
+/// `collector.toml` (kept if present). Refuses to overwrite an existing CA.
+pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
+    let dir = &opts.data_dir;
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let ca_cert_path = dir.join(CA_CERT);
+    if ca_cert_path.exists() || dir.join(CA_KEY).exists() {
+        return Err(PkiError::AlreadyInitialized(ca_cert_path));
+    }
+    fs::create_dir_all(dir.join(AGENTS_DIR)).map_err(io_err(dir))?;
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::default();
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, CA_NAME);
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    set_validity(&mut ca_params, 20 * 365);
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca_params, &ca_key);
+
+    let server_key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(opts.sans.clone())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, SERVER_NAME);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params, 10 * 365);
+    let server_cert = params.signed_by(&server_key, &issuer)?;
+
+    write_private(&dir.join(CA_KEY), &ca_key.serialize_pem())?;
+    write_file(&ca_cert_path, &ca_cert.pem())?;
+    write_private(&dir.join(SERVER_KEY), &server_key.serialize_pem())?;
+    write_file(&dir.join(SERVER_CERT), &server_cert.pem())?;
+    let config_path = dir.join(CONFIG_FILE);
+    let config = if config_path.exists() {
+        None
+    } else {
+        write_file(&config_path, DEFAULT_TOML)?;
+        Some(config_path)
+    };
+    Ok(InitReport {
+        ca_cert: ca_cert_path,
+        server_cert: dir.join(SERVER_CERT),
+        config,
+    })
+}
+
+/// What `enroll` should issue.
+#[derive(Debug, Clone)]
+pub struct EnrollOptions {
+    /// The collector's data directory (with the CA).
+    pub data_dir: PathBuf,
+    /// The agent's id: the certificate's Common Name.
+    pub agent_id: String,
+    /// Where the bundle is written (created if missing).
+    pub out_dir: PathBuf,
+    /// The collector address written into `agent.toml`.
+    pub address: String,
+    /// The TLS server name written into `agent.toml` (a SAN of the server
+    /// certificate).
+    pub server_name: String,
+    /// Days the certificate is valid from now; negative values issue an
+    /// already-expired certificate (for tests of expiry handling).
+    pub valid_days: i64,
+}
+
+impl EnrollOptions {
+    /// Defaults: address `127.0.0.1:7410`, server name `localhost`, 5 years.
+    pub fn new(
+        data_dir: impl Into<PathBuf>,
+        agent_id: impl Into<String>,
+        out_dir: impl Into<PathBuf>,
+    ) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            agent_id: agent_id.into(),
+            out_dir: out_dir.into(),
+            address: format!("127.0.0.1:{DEFAULT_QUIC_PORT}"),
+            server_name: "localhost".into(),
+            valid_days: 5 * 365,
+        }
+    }
+}
+
+/// The files of an agent bundle.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The agent id.
+    pub agent_id: String,
+    /// `agent.crt`: the client certificate.
+    pub cert: PathBuf,
+    /// `agent.key`: its private key (mode 0600).
+    pub key: PathBuf,
+    /// `ca.crt`: the collector's CA, to verify the server.
+    pub ca: PathBuf,
+    /// `agent.toml`: the agent configuration snippet.
+    pub config: PathBuf,
+}
+
+/// Issues a client certificate for `agent_id` and writes the bundle
+/// (`agent.crt`, `agent.key`, `ca.crt`, `agent.toml`) to `out_dir`, with the
+/// defaults of [`EnrollOptions::new`].
+pub fn enroll(data_dir: &Path, agent_id: &str, out_dir: &Path) -> Result<Bundle, PkiError> {
+    enroll_with(&EnrollOptions::new(data_dir, agent_id, out_dir))
+}
+
+/// [`enroll`] with every option.
+pub fn enroll_with(opts: &EnrollOptions) -> Result<Bundle, PkiError> {
+    validate_agent_id(&opts.agent_id)?;
+    let dir = &opts.data_dir;
+    let ca_cert_path = dir.join(CA_CERT);
+    let ca_key_path = dir.join(CA_KEY);
+    if !ca_cert_path.exists() || !ca_key_path.exists() {
+        return Err(PkiError::NotInitialized(dir.clone()));
+    }
+    let ca_pem = fs::read_to_string(&ca_cert_path).map_err(io_err(&ca_cert_path))?;
+    let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|_| PkiError::BadPem {
+        path: ca_key_path.clone(),
+        what: "private key",
+    })?;
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key).map_err(|_| PkiError::BadPem {
+        path: ca_cert_path.clone(),
+        what: "certificate",
+    })?;
+
+    let out = &opts.out_dir;
+    fs::create_dir_all(out).map_err(io_err(out))?;
+    let key_path = out.join("agent.key");
+    if key_path.exists() {
+        return Err(PkiError::BundleExists(key_path));
+    }
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, opts.agent_id.as_str());
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    set_validity(&mut params, opts.valid_days);
+    let cert = params.signed_by(&key, &issuer)?;
+
+    let cert_path = out.join("agent.crt");
+    let ca_out = out.join(CA_CERT);
+    let config_path = out.join("agent.toml");
+    write_private(&key_path, &key.serialize_pem())?;
+    write_file(&cert_path, &cert.pem())?;
+    write_file(&ca_out, &ca_pem)?;
+    write_file(&config_path, &agent_toml(opts))?;
+    let agents = dir.join(AGENTS_DIR);
+    fs::create_dir_all(&agents).map_err(io_err(&agents))?;
+    let record = agents.join(format!("{}.crt", opts.agent_id));
+    write_file(&record, &cert.pem())?;
+    Ok(Bundle {
+        agent_id: opts.agent_id.clone(),
+        cert: cert_path,
+        key: key_path,
+        ca: ca_out,
+        config: config_path,
+    })
+}
+
+fn agent_toml(opts: &EnrollOptions) -> String {
+    format!(
+        "# Issued by `ferry-collector enroll {id}`. Paths are relative to this file.\n\
+         [collector]\n\
+         # QUIC address of the collector (UDP).\n\
+         address = \"{address}\"\n\
+         # Name the collector's certificate is checked against.\n\
+         server_name = \"{server_name}\"\n\
+         ca = \"ca.crt\"\n\
+         cert = \"agent.crt\"\n\
+         key = \"agent.key\"\n\
+         # For logs only: the collector takes the agent's identity from its certificate.\n\
+         agent_id = \"{id}\"\n",
+        id = opts.agent_id,
+        address = opts.address,
+        server_name = opts.server_name,
+    )
+}
+
+/// Agent ids: 1 to [`MAX_AGENT_ID_LEN`] bytes of `A-Z a-z 0-9 . _ -`,
+/// starting with a letter or digit (they name files and appear in URLs).
+pub fn validate_agent_id(id: &str) -> Result<(), PkiError> {
+    let bad = |why| {
+        Err(PkiError::BadAgentId {
+            id: id.to_owned(),
+            why,
+        })
+    };
+    let Some(first) = id.bytes().next() else {
+        return bad("empty");
+    };
+    if id.len() > MAX_AGENT_ID_LEN {
+        return bad("longer than 64 bytes");
+    }
+    if !first.is_ascii_alphanumeric() {
+        return bad("must start with a letter or digit");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+    {
+        return bad("only A-Z a-z 0-9 . _ - are allowed");
+    }
+    Ok(())
+}
+
+/// Agents enrolled in `data_dir` (from `agents/*.crt`), sorted.
+pub fn enrolled_agents(data_dir: &Path) -> Vec<String> {
+    let mut out: Vec<String> = fs::read_dir(data_dir.join(AGENTS_DIR))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".crt").map(str::to_owned)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn set_validity(params: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    if days >= 0 {
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(days);
+    } else {
+        params.not_before = now + time::Duration::days(days * 2);
+        params.not_after = now + time::Duration::days(days);
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), PkiError> {
+    fs::write(path, text).map_err(io_err(path))
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), PkiError> {
+    let mut opts = fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path).map_err(io_err(path))?;
+    f.write_all(text.as_bytes()).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
+}
+
+/// The agent id (Common Name) of a DER certificate.
+pub fn agent_id_of(cert: &CertificateDer<'_>) -> Option<String> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let cn = parsed.subject().iter_common_name().next()?;
+    let id = cn.as_str().ok()?;
+    validate_agent_id(id).ok()?;
+    Some(id.to_owned())
+}
+
+/// Revoked agent ids, shared by the TLS verifier, the connection registry
+/// and the store. Revocation is by agent id and covers every certificate
+/// issued for that id.
+#[derive(Debug, Default)]
+pub struct RevocationList {
+    ids: RwLock<HashSet<String>>,
+}
+
+impl RevocationList {
+    /// A list holding `ids`.
+    pub fn new(ids: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            ids: RwLock::new(ids.into_iter().collect()),
+        }
+    }
+
+    /// True if `id` is revoked.
+    pub fn contains(&self, id: &str) -> bool {
+        self.ids
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
+    /// Adds `id`; true if it was not revoked before.
+    pub fn insert(&self, id: &str) -> bool {
+        self.ids
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned())
+    }
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, PkiError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .map_err(|_| PkiError::BadPem {
+            path: path.to_owned(),
+            what: "certificate",
+        })?
+        .collect();
+    match certs {
+        Ok(c) if !c.is_empty() => Ok(c),
+        _ => Err(PkiError::BadPem {
+            path: path.to_owned(),
+            what: "certificate",
+        }),
+    }
+}
+
+fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, PkiError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|_| PkiError::BadPem {
+        path: path.to_owned(),
+        what: "private key",
+    })
+}
+
+/// The crypto provider: ring, TLS 1.3 only.
+pub(crate) fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's TLS configuration: TLS 1.3, ALPN `ferry/1`, client
+/// certificates required, issued by the CA in `data_dir` and not revoked.
+pub fn server_tls(
+    data_dir: &Path,
+    revoked: Arc<RevocationList>,
+) -> Result<rustls::ServerConfig, PkiError> {
+    let ca_path = data_dir.join(CA_CERT);
+    if !ca_path.exists() {
+        return Err(PkiError::NotInitialized(data_dir.to_owned()));
+    }
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(&ca_path)? {
+        roots
+            .add(cert)
+            .map_err(|e| PkiError::Tls(format!("{}: {e}", ca_path.display())))?;
+    }
+    let inner = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .build()
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    let verifier = Arc::new(AgentVerifier { inner, revoked });
+    let chain = read_certs(&data_dir.join(SERVER_CERT))?;
+    let key = read_key(&data_dir.join(SERVER_KEY))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![ferry_proto::session::ALPN.to_vec()];
+    Ok(config)
+}
+
+/// A client TLS configuration from an agent bundle's files, for tests and
+/// tools that speak to the collector like an agent does.
+pub fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::ClientConfig, PkiError> {
+    let mut roots = RootCertStore::empty();
+    for c in read_certs(ca)? {
+        roots
+            .add(c)
+            .map_err(|e| PkiError::Tls(format!("{}: {e}", ca.display())))?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|e| PkiError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+        .map_err(|e| PkiError::Tls(e.to_string()))?;
+    config.alpn_protocols = vec![ferry_proto::session::ALPN.to_vec()];
+    Ok(config)
+}
+
+/// WebPKI verification against the CA, then the revocation list and the
+/// agent-id rule on the certificate's Common Name.
+struct AgentVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    revoked: Arc<RevocationList>,
+}
+
+impl fmt::Debug for AgentVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AgentVerifier")
+    }
+}
+
+impl ClientCertVerifier for AgentVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        let Some(id) = agent_id_of(end_entity) else {
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::BadEncoding,
+            ));
+        };
+        if self.revoked.contains(&id) {
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids_follow_the_rule() {
+        validate_agent_id("gw-01.site_a").unwrap();
+        for (id, why) in [
+            ("", "empty"),
+            ("-x", "must start with a letter or digit"),
+            ("a/b", "only A-Z a-z 0-9 . _ - are allowed"),
+        ] {
+            match validate_agent_id(id) {
+                Err(PkiError::BadAgentId { why: w, .. }) => assert_eq!(w, why),
+                other => panic!("{id:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn init_enroll_and_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        init(&InitOptions::new(&data)).unwrap();
+        assert!(matches!(
+            init(&InitOptions::new(&data)),
+            Err(PkiError::AlreadyInitialized(_))
+        ));
+        let bundle = enroll(&data, "gw-1", &dir.path().join("gw-1")).unwrap();
+        let cert = read_certs(&bundle.cert).unwrap();
+        assert_eq!(agent_id_of(&cert[0]).as_deref(), Some("gw-1"));
+        assert_eq!(enrolled_agents(&data), vec!["gw-1".to_owned()]);
+        let toml = fs::read_to_string(&bundle.config).unwrap();
+        assert!(toml.contains("[collector]\n"));
+        assert!(toml.contains("address = \"127.0.0.1:7410\"\n"));
+        assert!(toml.contains("agent_id = \"gw-1\"\n"));
+        assert!(matches!(
+            enroll(&data, "gw-1", &dir.path().join("gw-1")),
+            Err(PkiError::BundleExists(_))
+        ));
+        server_tls(&data, Arc::new(RevocationList::default())).unwrap();
+        client_tls(&bundle.ca, &bundle.cert, &bundle.key).unwrap();
+    }
+}

@@ -1,0 +1,345 @@
+//! Queries: series selectors, time ranges and steps, shared by the HTTP API
+//! and the CLI.
+//!
+//! A selector is `metric{key="value",…}`: the metric name must be equal and
+//! every listed tag must be present with that value (other tags may exist).
+//! `{key="value"}` matches any metric; an empty selector or `*` matches
+//! every series.
+
+use ferry_proto::series::SeriesKey;
+use serde::{Deserialize, Serialize};
+
+/// Why a query could not be understood.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum QueryError {
+    /// The selector does not parse.
+    #[error("selector {selector:?} at byte {at}: {why}")]
+    Selector {
+        /// The selector text.
+        selector: String,
+        /// Byte offset of the problem.
+        at: usize,
+        /// What was expected.
+        why: &'static str,
+    },
+    /// A time does not parse.
+    #[error(
+        "{what} {text:?}: expected `now`, `-<duration>` (e.g. -15m), nanoseconds since the epoch or RFC 3339"
+    )]
+    Time {
+        /// `from` or `to`.
+        what: &'static str,
+        /// The text.
+        text: String,
+    },
+    /// The step does not parse or is zero.
+    #[error("step {0:?}: expected a positive duration such as 10s, 5m or 1h")]
+    Step(String),
+    /// `from` is not before `to`.
+    #[error("empty time range: from ({from}) must be before to ({to})")]
+    EmptyRange {
+        /// Start, ns.
+        from: i64,
+        /// End, ns.
+        to: i64,
+    },
+    /// `kind` is not one of the known values.
+    #[error("kind {0:?}: expected raw, aggregates or all")]
+    Kind(String),
+}
+
+/// A parsed series selector; see the module docs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selector {
+    /// Metric name to match, if any.
+    pub metric: Option<String>,
+    /// Tags that must be present with these values.
+    pub tags: Vec<(String, String)>,
+}
+
+impl Selector {
+    /// Matches every series.
+    pub fn all() -> Self {
+        Self::default()
+    }
+
+    /// Parses `metric{k="v",…}`.
+    pub fn parse(text: &str) -> Result<Self, QueryError> {
+        let err = |at, why| QueryError::Selector {
+            selector: text.to_owned(),
+            at,
+            why,
+        };
+        let s = text.trim();
+        if s.is_empty() || s == "*" {
+            return Ok(Self::all());
+        }
+        let bytes = s.as_bytes();
+        let name_end = s.find('{').unwrap_or(s.len());
+        let metric = s[..name_end].trim();
+        let mut sel = Selector {
+            metric: (!metric.is_empty()).then(|| metric.to_owned()),
+            tags: Vec::new(),
+        };
+        if let Some(m) = &sel.metric
+            && let Some(pos) = m.find(|c: char| !(c.is_ascii_alphanumeric() || "_.:-/".contains(c)))
+        {
+            return Err(err(pos, "metric names use A-Z a-z 0-9 _ . : - /"));
+        }
+        if name_end == s.len() {
+            return Ok(sel);
+        }
+        let mut i = name_end + 1;
+        loop {
+            while i < bytes.len() && bytes[i] == b' ' {
+                i += 1;
+            }
+            if i < bytes.len() && bytes[i] == b'}' {
+                i += 1;
+                break;
+            }
+            let key_start = i;
+            while i < bytes.len()
+                && (bytes[i].is_ascii_alphanumeric() || b"_.:-/".contains(&bytes[i]))
+            {
+                i += 1;
+            }
+            if i == key_start {
+                return Err(err(i, "expected a tag key or `}`"));
+            }
+            let key = s[key_start..i].to_owned();
+            if bytes.get(i) != Some(&b'=') {
+                return Err(err(i, "expected `=` after the tag key"));
+            }
+            i += 1;
+            if bytes.get(i) != Some(&b'"') {
+                return Err(err(i, "expected `\"` to open the tag value"));
+            }
+            i += 1;
+            let mut value = String::new();
+            let mut chars = s[i..].char_indices();
+            let mut closed = None;
+            while let Some((off, c)) = chars.next() {
+                match c {
+                    '"' => {
+                        closed = Some(i + off + 1);
+                        break;
+                    }
+                    '\\' => match chars.next() {
+                        Some((_, e)) => value.push(e),
+                        None => return Err(err(i + off, "dangling `\\` in the tag value")),
+                    },
+                    c => value.push(c),
+                }
+            }
+            let Some(next) = closed else {
+                return Err(err(s.len(), "unterminated tag value"));
+            };
+            i = next;
+            sel.tags.push((key, value));
+            while i < bytes.len() && bytes[i] == b' ' {
+                i += 1;
+            }
+            match bytes.get(i) {
+                Some(b',') => i += 1,
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return Err(err(i, "expected `,` or `}`")),
+            }
+        }
+        if i != bytes.len() {
+            return Err(err(i, "unexpected text after `}`"));
+        }
+        Ok(sel)
+    }
+
+    /// True if `key` matches.
+    pub fn matches(&self, key: &SeriesKey) -> bool {
+        if let Some(m) = &self.metric
+            && *m != key.metric
+        {
+            return false;
+        }
+        self.tags
+            .iter()
+            .all(|(k, v)| key.tag(k) == Some(v.as_str()))
+    }
+}
+
+/// A resolved query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    /// Which series.
+    pub selector: Selector,
+    /// Start, inclusive, ns since the epoch.
+    pub from_ns: i64,
+    /// End, exclusive, ns since the epoch.
+    pub to_ns: i64,
+    /// Re-bucket into aligned windows of this many ns.
+    pub step_ns: Option<u64>,
+    /// Include raw readings.
+    pub raw: bool,
+    /// Include stored window aggregates.
+    pub aggregates: bool,
+}
+
+/// Query parameters as text, from a URL query string or the command line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueryParams {
+    /// Series selector; all series when absent.
+    #[serde(rename = "match", default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// Start: `now`, `-15m`, ns since the epoch or RFC 3339; default `-1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// End (exclusive), same forms; default `now` plus one second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// Re-bucket by this duration (`10s`, `5m`), merging aggregates and
+    /// sketches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    /// `raw`, `aggregates` or `all` (default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
+/// Parses a time: `now`, `-<duration>`, integer ns since the epoch, or RFC
+/// 3339.
+pub fn parse_time(what: &'static str, text: &str, now_ns: i64) -> Result<i64, QueryError> {
+    let bad = || QueryError::Time {
+        what,
+        text: text.to_owned(),
+    };
+    let t = text.trim();
+    if t == "now" {
+        return Ok(now_ns);
+    }
+    if let Some(rel) = t.strip_prefix('-')
+        && let Ok(d) = humantime::parse_duration(rel)
+    {
+        let ns = i64::try_from(d.as_nanos()).map_err(|_| bad())?;
+        return Ok(now_ns.saturating_sub(ns));
+    }
+    if let Ok(ns) = t.parse::<i64>() {
+        return Ok(ns);
+    }
+    let st = humantime::parse_rfc3339_weak(t).map_err(|_| bad())?;
+    let d = st
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_err(|_| bad())?;
+    i64::try_from(d.as_nanos()).map_err(|_| bad())
+}
+
+impl QueryParams {
+    /// Resolves relative times against `now_ns` and checks everything.
+    pub fn resolve(&self, now_ns: i64) -> Result<Query, QueryError> {
+        let selector = Selector::parse(self.selector.as_deref().unwrap_or(""))?;
+        let from_ns = match &self.from {
+            Some(t) => parse_time("from", t, now_ns)?,
+            None => now_ns.saturating_sub(3_600_000_000_000),
+        };
+        let to_ns = match &self.to {
+            Some(t) => parse_time("to", t, now_ns)?,
+            None => now_ns.saturating_add(1_000_000_000),
+        };
+        if from_ns >= to_ns {
+            return Err(QueryError::EmptyRange {
+                from: from_ns,
+                to: to_ns,
+            });
+        }
+        let step_ns = match &self.step {
+            None => None,
+            Some(s) => {
+                let d = humantime::parse_duration(s).map_err(|_| QueryError::Step(s.clone()))?;
+                let ns = u64::try_from(d.as_nanos()).map_err(|_| QueryError::Step(s.clone()))?;
+                if ns == 0 {
+                    return Err(QueryError::Step(s.clone()));
+                }
+                Some(ns)
+            }
+        };
+        let (raw, aggregates) = match self.kind.as_deref() {
+            None | Some("all") => (true, true),
+            Some("raw") => (true, false),
+            Some("aggregates") => (false, true),
+            Some(other) => return Err(QueryError::Kind(other.to_owned())),
+        };
+        Ok(Query {
+            selector,
+            from_ns,
+            to_ns,
+            step_ns,
+            raw,
+            aggregates,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_parse_and_match() {
+        let sel = Selector::parse(r#"temp{device="a\"1", unit="Cel"}"#).unwrap();
+        assert_eq!(sel.metric.as_deref(), Some("temp"));
+        assert_eq!(
+            sel.tags,
+            vec![
+                ("device".into(), "a\"1".into()),
+                ("unit".into(), "Cel".into())
+            ]
+        );
+        let key =
+            SeriesKey::new("temp", [("device", "a\"1"), ("unit", "Cel"), ("x", "y")]).unwrap();
+        assert!(sel.matches(&key));
+        assert!(!Selector::parse(r#"temp{unit="F"}"#).unwrap().matches(&key));
+        assert!(Selector::parse(r#"{x="y"}"#).unwrap().matches(&key));
+        assert!(Selector::parse("*").unwrap().matches(&key));
+        assert_eq!(
+            Selector::parse(r#"temp{unit=Cel}"#)
+                .unwrap_err()
+                .to_string(),
+            r#"selector "temp{unit=Cel}" at byte 10: expected `"` to open the tag value"#
+        );
+        assert!(Selector::parse(r#"temp{unit="Cel""#).is_err());
+    }
+
+    #[test]
+    fn times_resolve_against_now() {
+        let now = 10_000_000_000_000;
+        assert_eq!(parse_time("from", "now", now), Ok(now));
+        assert_eq!(parse_time("from", "-1s", now), Ok(now - 1_000_000_000));
+        assert_eq!(parse_time("from", "42", now), Ok(42));
+        assert_eq!(
+            parse_time("from", "1970-01-01T00:00:01Z", now),
+            Ok(1_000_000_000)
+        );
+        assert!(parse_time("from", "yesterday", now).is_err());
+        let q = QueryParams {
+            from: Some("5".into()),
+            to: Some("5".into()),
+            ..QueryParams::default()
+        };
+        assert_eq!(
+            q.resolve(now),
+            Err(QueryError::EmptyRange { from: 5, to: 5 })
+        );
+        let q = QueryParams {
+            step: Some("1m".into()),
+            kind: Some("raw".into()),
+            ..QueryParams::default()
+        }
+        .resolve(now)
+        .unwrap();
+        assert_eq!(
+            (q.step_ns, q.raw, q.aggregates),
+            (Some(60_000_000_000), true, false)
+        );
+    }
+}

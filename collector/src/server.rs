@@ -1,0 +1,502 @@
+//! The QUIC side: accept connections, identify the agent by its
+//! certificate, run the hello exchange, and serve one batch per stream.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use ferry_proto::codec;
+use ferry_proto::session::{self, Ack, ErrorMsg, Hello, PROTOCOL_VERSION, Welcome, close, reason};
+use ferry_proto::stream::{FrameHeader, FrameType, HEADER_LEN, compression, write_frame};
+use quinn::{Connection, RecvStream, SendStream, VarInt};
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+
+use crate::config::Config;
+use crate::ingest::{self, BadInput, RateLimiter, Rejection};
+use crate::metrics::Metrics;
+use crate::pki::{RevocationList, agent_id_of};
+use crate::store::{Applied, Store};
+use crate::writer::Command;
+
+/// A live agent connection, for `agents` and revocation.
+#[derive(Debug, Clone)]
+pub struct LiveConnection {
+    /// Connection number (process-unique).
+    pub id: u64,
+    /// The agent.
+    pub agent: String,
+    /// Its address.
+    pub remote: SocketAddr,
+    /// When it connected, ns since the epoch.
+    pub since_ns: i64,
+    conn: Connection,
+}
+
+/// State shared by every connection task and the HTTP API.
+#[derive(Debug)]
+pub struct Shared {
+    pub(crate) config: Config,
+    pub(crate) store: Arc<Store>,
+    pub(crate) writer: mpsc::Sender<Command>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) revoked: Arc<RevocationList>,
+    live: Mutex<HashMap<u64, LiveConnection>>,
+    next_conn: AtomicU64,
+    rate: Mutex<RateLimiter>,
+}
+
+/// Why a revocation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RevokeError {
+    /// The agent id is not a valid id.
+    #[error(transparent)]
+    BadId(#[from] crate::pki::PkiError),
+    /// The store could not record it.
+    #[error("recording the revocation: {0}")]
+    Store(String),
+    /// The server is stopping.
+    #[error("the collector is shutting down")]
+    ShuttingDown,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        config: Config,
+        store: Arc<Store>,
+        writer: mpsc::Sender<Command>,
+        metrics: Arc<Metrics>,
+        revoked: Arc<RevocationList>,
+    ) -> Self {
+        let rate = RateLimiter::new(config.limits.agent_readings_per_sec);
+        Self {
+            config,
+            store,
+            writer,
+            metrics,
+            revoked,
+            live: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+            rate: Mutex::new(rate),
+        }
+    }
+
+    /// Live connections, sorted by agent.
+    pub fn live(&self) -> Vec<LiveConnection> {
+        let mut v: Vec<_> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.agent.cmp(&b.agent).then(a.id.cmp(&b.id)));
+        v
+    }
+
+    /// Revokes `agent`: durably recorded, refused at handshake from now on,
+    /// and its open connections closed with `close::REVOKED`. True if it was
+    /// not revoked before.
+    pub async fn revoke(&self, agent: &str) -> Result<bool, RevokeError> {
+        crate::pki::validate_agent_id(agent)?;
+        let (tx, rx) = oneshot::channel();
+        self.writer
+            .send(Command::Revoke {
+                agent: agent.to_owned(),
+                reply: tx,
+            })
+            .await
+            .map_err(|_| RevokeError::ShuttingDown)?;
+        let changed = rx
+            .await
+            .map_err(|_| RevokeError::ShuttingDown)?
+            .map_err(RevokeError::Store)?;
+        self.revoked.insert(agent);
+        self.metrics.revocations.inc();
+        let conns: Vec<Connection> = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|c| c.agent == agent)
+            .map(|c| c.conn.clone())
+            .collect();
+        for conn in &conns {
+            conn.close(VarInt::from_u32(close::REVOKED), b"agent revoked");
+        }
+        tracing::info!(agent, closed = conns.len(), "agent revoked");
+        Ok(changed)
+    }
+}
+
+/// Accepts connections until `shutdown` turns true; then waits for every
+/// connection task to finish its in-flight batches.
+pub async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = JoinSet::new();
+    loop {
+        let incoming = tokio::select! {
+            _ = crate::stopped(&mut shutdown) => break,
+            i = endpoint.accept() => match i {
+                Some(i) => i,
+                None => break,
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        if tasks.len() >= shared.config.limits.max_connections {
+            shared
+                .metrics
+                .connections_refused
+                .get_or_create(&[("reason", "busy")])
+                .inc();
+            tracing::warn!(remote = %incoming.remote_address(), "connection refused: at max_connections");
+            incoming.refuse();
+            continue;
+        }
+        tasks.spawn(connection(incoming, shared.clone(), shutdown.clone()));
+    }
+    endpoint.set_server_config(None);
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn connection(
+    incoming: quinn::Incoming,
+    shared: Arc<Shared>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            shared.metrics.bad(
+                BadInput::Handshake,
+                &format_args!("handshake from {remote} failed: {e}"),
+            );
+            return;
+        }
+    };
+    let agent = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .and_then(|certs| certs.first().and_then(agent_id_of));
+    let Some(agent) = agent else {
+        // The verifier accepts no certificate without a valid id; defensive.
+        conn.close(VarInt::from_u32(close::PROTOCOL), b"no agent identity");
+        return;
+    };
+    if shared.revoked.contains(&agent) {
+        shared
+            .metrics
+            .connections_refused
+            .get_or_create(&[("reason", "revoked")])
+            .inc();
+        conn.close(VarInt::from_u32(close::REVOKED), b"agent revoked");
+        return;
+    }
+    let id = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            id,
+            LiveConnection {
+                id,
+                agent: agent.clone(),
+                remote,
+                since_ns: crate::now_ns(),
+                conn: conn.clone(),
+            },
+        );
+    shared.metrics.connections.inc();
+    shared.metrics.connections_accepted.inc();
+    tracing::info!(agent, %remote, "agent connected");
+    let agent: Arc<str> = Arc::from(agent);
+    let reason = session(&conn, &shared, &agent, remote, shutdown).await;
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&id);
+    shared.metrics.connections.dec();
+    tracing::info!(agent = &*agent, %remote, reason, "agent disconnected");
+}
+
+async fn session(
+    conn: &Connection,
+    shared: &Arc<Shared>,
+    agent: &Arc<str>,
+    remote: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) -> String {
+    let limits = &shared.config.limits;
+    let hello = tokio::time::timeout(shared.config.quic.hello_timeout, conn.accept_bi()).await;
+    let (mut send, mut recv) = match hello {
+        Err(_) => {
+            conn.close(VarInt::from_u32(close::PROTOCOL), b"no hello in time");
+            return "no hello in time".into();
+        }
+        Ok(Err(e)) => return e.to_string(),
+        Ok(Ok(s)) => s,
+    };
+    let hello = match read_frame(&mut recv, limits.max_frame_bytes).await {
+        Ok(Some((h, body))) if h.frame_type == FrameType::Hello => {
+            codec::from_bytes::<Hello>("Hello", &body).map_err(|e| Rejection {
+                kind: BadInput::MalformedMessage,
+                code: reason::MALFORMED,
+                reason: e.to_string(),
+            })
+        }
+        Ok(Some((h, _))) => Err(Rejection {
+            kind: BadInput::UnexpectedFrame,
+            code: reason::UNEXPECTED,
+            reason: format!("expected a Hello frame first, got {:?}", h.frame_type),
+        }),
+        Ok(None) => return "hello stream ended".into(),
+        Err(r) => Err(r),
+    };
+    let hello = hello.and_then(|h| {
+        if h.protocol == PROTOCOL_VERSION {
+            Ok(h)
+        } else {
+            Err(Rejection {
+                kind: BadInput::UnsupportedVersion,
+                code: reason::UNSUPPORTED,
+                reason: format!(
+                    "protocol version {} is not supported; this collector speaks {PROTOCOL_VERSION}",
+                    h.protocol
+                ),
+            })
+        }
+    });
+    let hello = match hello {
+        Ok(h) => h,
+        Err(r) => {
+            shared.metrics.bad(
+                r.kind,
+                &format_args!("agent {agent} ({remote}): {}", r.reason),
+            );
+            let body = codec::to_vec(&ErrorMsg {
+                code: r.code,
+                message: r.reason.clone(),
+            })
+            .unwrap_or_default();
+            let mut frame = Vec::new();
+            write_frame(&mut frame, FrameType::Error, compression::NONE, &body);
+            let _ = send.write_all(&frame).await;
+            let _ = send.finish();
+            let _ = send.stopped().await;
+            let code = if r.kind == BadInput::UnsupportedVersion {
+                close::VERSION
+            } else {
+                close::PROTOCOL
+            };
+            conn.close(VarInt::from_u32(code), r.reason.as_bytes());
+            return r.reason;
+        }
+    };
+    let compression = if hello.compression.contains(&session::compression::ZSTD) {
+        session::compression::ZSTD
+    } else {
+        session::compression::NONE
+    };
+    let welcome = Welcome {
+        protocol: PROTOCOL_VERSION,
+        collector_version: concat!("ferry-collector ", env!("CARGO_PKG_VERSION")).into(),
+        compression,
+        max_frame: limits.max_frame_bytes,
+        max_streams: limits.max_streams_per_connection,
+    };
+    let mut frame = Vec::new();
+    write_frame(
+        &mut frame,
+        FrameType::Welcome,
+        compression::NONE,
+        &codec::to_vec(&welcome).unwrap_or_default(),
+    );
+    if let Err(e) = send.write_all(&frame).await {
+        return e.to_string();
+    }
+    let _ = send.finish();
+
+    let mut streams = JoinSet::new();
+    let why = loop {
+        tokio::select! {
+            _ = crate::stopped(&mut shutdown) => break "collector shutting down".to_owned(),
+            s = conn.accept_bi() => match s {
+                Ok((send, recv)) => {
+                    streams.spawn(batch_stream(shared.clone(), agent.clone(), remote, send, recv));
+                }
+                Err(e) => break e.to_string(),
+            },
+            Some(_) = streams.join_next(), if !streams.is_empty() => {}
+        }
+    };
+    // Finish in-flight batches (their acks are sent if the connection lives).
+    while streams.join_next().await.is_some() {}
+    if *shutdown.borrow() {
+        conn.close(
+            VarInt::from_u32(close::SHUTDOWN),
+            b"collector shutting down",
+        );
+    }
+    why
+}
+
+/// Reads one frame; `Ok(None)` if the stream ended or was reset before a
+/// whole header arrived.
+async fn read_frame(
+    recv: &mut RecvStream,
+    max: u32,
+) -> Result<Option<(FrameHeader, Vec<u8>)>, Rejection> {
+    let mut head = [0u8; HEADER_LEN];
+    if recv.read_exact(&mut head).await.is_err() {
+        return Ok(None);
+    }
+    let header = FrameHeader::parse(&head, max).map_err(|e| ingest::frame_rejection(&e))?;
+    let mut body = vec![0u8; header.len as usize];
+    if recv.read_exact(&mut body).await.is_err() {
+        return Ok(None);
+    }
+    Ok(Some((header, body)))
+}
+
+async fn batch_stream(
+    shared: Arc<Shared>,
+    agent: Arc<str>,
+    remote: SocketAddr,
+    mut send: SendStream,
+    mut recv: RecvStream,
+) {
+    let Some(ack) = batch_ack(&shared, &agent, remote, &mut recv).await else {
+        // No ack can be given (stream reset, connection lost, or the writer
+        // dropped the reply): the agent resends.
+        let _ = send.reset(VarInt::from_u32(0));
+        return;
+    };
+    let _ = recv.stop(VarInt::from_u32(0));
+    let mut frame = Vec::new();
+    write_frame(
+        &mut frame,
+        FrameType::Ack,
+        compression::NONE,
+        &codec::to_vec(&ack).unwrap_or_default(),
+    );
+    if send.write_all(&frame).await.is_ok() {
+        let _ = send.finish();
+        let _ = send.stopped().await;
+    }
+}
+
+async fn batch_ack(
+    shared: &Shared,
+    agent: &Arc<str>,
+    remote: SocketAddr,
+    recv: &mut RecvStream,
+) -> Option<Ack> {
+    let limits = &shared.config.limits;
+    let reject = |seq: u64, r: Rejection| {
+        shared.metrics.bad(
+            r.kind,
+            &format_args!("agent {agent} ({remote}) batch {seq}: {}", r.reason),
+        );
+        shared.metrics.batch("rejected", r.code, 0);
+        Some(Ack::rejected(seq, r.code, r.reason))
+    };
+    let (header, body) = match read_frame(recv, limits.max_frame_bytes).await {
+        Ok(Some(f)) => f,
+        Ok(None) => return None,
+        Err(r) => return reject(0, r),
+    };
+    if header.frame_type != FrameType::Batch {
+        return reject(
+            0,
+            Rejection {
+                kind: BadInput::UnexpectedFrame,
+                code: reason::UNEXPECTED,
+                reason: format!(
+                    "expected a Batch frame on a batch stream, got {:?}",
+                    header.frame_type
+                ),
+            },
+        );
+    }
+    let batch = match ingest::decode_batch(&header, &body, limits.max_frame_bytes) {
+        Ok(b) => b,
+        Err(r) => return reject(0, r),
+    };
+    let now = crate::now_ns();
+    let readings = batch.reading_count() as u64;
+    let admitted = shared
+        .rate
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .admit(agent, readings, now);
+    if !admitted {
+        return reject(
+            batch.seq,
+            Rejection {
+                kind: BadInput::RateLimited,
+                code: reason::RATE_LIMITED,
+                reason: format!(
+                    "agent is over its rate of {} readings per second",
+                    limits.agent_readings_per_sec
+                ),
+            },
+        );
+    }
+    let prepared = match ingest::prepare(agent, &remote.to_string(), &batch, limits, now) {
+        Ok(p) => p,
+        Err(r) => return reject(batch.seq, r),
+    };
+    let seq = batch.seq;
+    let (tx, rx) = oneshot::channel();
+    if shared
+        .writer
+        .send(Command::Batch {
+            batch: prepared,
+            reply: tx,
+        })
+        .await
+        .is_err()
+    {
+        shared.metrics.batch("rejected", reason::SHUTTING_DOWN, 0);
+        return Some(Ack::rejected(
+            seq,
+            reason::SHUTTING_DOWN,
+            "the collector is shutting down",
+        ));
+    }
+    match rx.await.ok()? {
+        Ok(Applied::Stored) => {
+            shared.metrics.batch("stored", 0, readings);
+            Some(Ack::stored(seq))
+        }
+        Ok(Applied::Duplicate) => {
+            shared.metrics.batch("duplicate", 0, readings);
+            Some(Ack::duplicate(seq))
+        }
+        Ok(Applied::Rejected { code, reason }) => reject(
+            seq,
+            Rejection {
+                kind: BadInput::InvalidBatch,
+                code,
+                reason,
+            },
+        ),
+        Err(e) => {
+            shared.metrics.batch("rejected", reason::STORAGE, 0);
+            Some(Ack::rejected(
+                seq,
+                reason::STORAGE,
+                format!("commit failed: {e}"),
+            ))
+        }
+    }
+}

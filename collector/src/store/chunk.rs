@@ -1,0 +1,201 @@
+//! Chunks: the unit of raw-reading storage, and window aggregates.
+//!
+//! A chunk is a [`ReadingBlock`] (delta-of-delta timestamps, scaled decimal
+//! value deltas where exact) with `series = 0`, MessagePack-encoded, holding
+//! readings of one series that all fall in one aligned bucket of
+//! [`CHUNK_SPAN_NS`], sorted by timestamp.
+
+use ferry_proto::batch::{BlockError, Reading, ReadingBlock, WindowAggregate};
+use ferry_proto::codec::{self, DecodeError};
+use ferry_proto::sketch::DdSketch;
+
+/// Width of a chunk bucket: one hour. Every reading of chunk
+/// `(series, bucket, id)` has `bucket <= ts < bucket + CHUNK_SPAN_NS`.
+pub const CHUNK_SPAN_NS: i64 = 3_600_000_000_000;
+
+/// Start of the aligned window of width `span` holding `ts`.
+pub fn align(ts: i64, span: i64) -> i64 {
+    ts.saturating_sub(ts.rem_euclid(span))
+}
+
+/// Start of the chunk bucket holding `ts`.
+pub fn bucket_of(ts: i64) -> i64 {
+    align(ts, CHUNK_SPAN_NS)
+}
+
+/// Splits a block into per-bucket chunk blocks (series 0), sorted by time.
+/// A block that is already sorted and inside one bucket is kept as it came.
+pub fn split_block(block: &ReadingBlock) -> Result<Vec<(i64, ReadingBlock)>, BlockError> {
+    let mut sorted = true;
+    let mut first_bucket = None;
+    let mut one_bucket = true;
+    let mut prev = i64::MIN;
+    block.for_each(|r| {
+        sorted &= r.ts_ns >= prev;
+        prev = r.ts_ns;
+        let b = bucket_of(r.ts_ns);
+        match first_bucket {
+            None => first_bucket = Some(b),
+            Some(f) => one_bucket &= f == b,
+        }
+    })?;
+    let Some(bucket) = first_bucket else {
+        return Ok(Vec::new());
+    };
+    if sorted && one_bucket {
+        let mut chunk = block.clone();
+        chunk.series = 0;
+        return Ok(vec![(bucket, chunk)]);
+    }
+    let mut readings = block.readings()?;
+    readings.sort_by_key(|r| r.ts_ns);
+    Ok(chunks_of_sorted(&readings))
+}
+
+/// Encodes sorted readings of one series into per-bucket chunk blocks.
+pub fn chunks_of_sorted(readings: &[Reading]) -> Vec<(i64, ReadingBlock)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < readings.len() {
+        let bucket = bucket_of(readings[start].ts_ns);
+        let end = readings[start..]
+            .iter()
+            .position(|r| bucket_of(r.ts_ns) != bucket)
+            .map_or(readings.len(), |n| start + n);
+        out.push((bucket, ReadingBlock::encode(0, &readings[start..end])));
+        start = end;
+    }
+    out
+}
+
+/// Chunk bytes.
+pub fn encode(block: &ReadingBlock) -> Vec<u8> {
+    // A ReadingBlock of plain integers and floats always encodes.
+    codec::to_vec(block).unwrap_or_default()
+}
+
+/// Reads a stored chunk back.
+pub fn decode(bytes: &[u8]) -> Result<Vec<Reading>, DecodeError> {
+    let block: ReadingBlock = codec::from_bytes("chunk", bytes)?;
+    block.readings().map_err(|e| DecodeError::new("chunk", e))
+}
+
+/// A window aggregate as stored: [`WindowAggregate`] with `series = 0`.
+pub fn encode_aggregate(agg: &WindowAggregate) -> Vec<u8> {
+    let mut a = agg.clone();
+    a.series = 0;
+    codec::to_vec(&a).unwrap_or_default()
+}
+
+/// Reads a stored aggregate back.
+pub fn decode_aggregate(bytes: &[u8]) -> Result<WindowAggregate, DecodeError> {
+    codec::from_bytes("aggregate", bytes)
+}
+
+/// Folds `later` into `acc`: counts and sums add, extremes widen, `first`
+/// stays, `last` is taken from `later`; sketches merge when both have one and
+/// are dropped otherwise (a sketch must describe every value it counts).
+/// Callers merge in time order, so `first`/`last` stay exact.
+pub fn merge_aggregate(acc: &mut WindowAggregate, later: &WindowAggregate) {
+    acc.count = acc.count.saturating_add(later.count);
+    acc.sum += later.sum;
+    acc.min = acc.min.min(later.min);
+    acc.max = acc.max.max(later.max);
+    acc.last = later.last;
+    match (&mut acc.sketch, &later.sketch) {
+        (Some(a), Some(b)) => a.merge(b),
+        _ => acc.sketch = None,
+    }
+}
+
+/// An aggregate of one reading, to fold raw readings into windows.
+pub fn aggregate_of(start_ns: i64, len_ns: u64, value: f64) -> WindowAggregate {
+    let mut sketch = DdSketch::new();
+    sketch.add(value);
+    WindowAggregate {
+        series: 0,
+        start_ns,
+        len_ns,
+        count: 1,
+        sum: value,
+        min: value,
+        max: value,
+        first: value,
+        last: value,
+        sketch: Some(sketch),
+    }
+}
+
+/// Folds sorted readings into aligned windows of `len_ns`, in time order.
+pub fn downsample(readings: &[Reading], len_ns: u64) -> Vec<WindowAggregate> {
+    let span = i64::try_from(len_ns).unwrap_or(i64::MAX).max(1);
+    let mut out: Vec<WindowAggregate> = Vec::new();
+    for r in readings {
+        let start = align(r.ts_ns, span);
+        let one = aggregate_of(start, len_ns, r.value);
+        match out.last_mut() {
+            Some(acc) if acc.start_ns == start => merge_aggregate(acc, &one),
+            _ => out.push(one),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(ts_ns: i64, value: f64) -> Reading {
+        Reading { ts_ns, value }
+    }
+
+    #[test]
+    fn unsorted_blocks_are_split_by_bucket_and_sorted() {
+        let h = CHUNK_SPAN_NS;
+        let block = ReadingBlock::encode(7, &[r(h + 5, 1.0), r(3, 2.0), r(h + 1, 3.0), r(1, 4.0)]);
+        let chunks = split_block(&block).unwrap();
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].0, 0);
+        assert_eq!(chunks[0].1.readings().unwrap(), vec![r(1, 4.0), r(3, 2.0)]);
+        assert_eq!(chunks[1].0, h);
+        assert_eq!(
+            chunks[1].1.readings().unwrap(),
+            vec![r(h + 1, 3.0), r(h + 5, 1.0)]
+        );
+        assert_eq!(
+            decode(&encode(&chunks[1].1)).unwrap(),
+            vec![r(h + 1, 3.0), r(h + 5, 1.0)]
+        );
+    }
+
+    #[test]
+    fn sorted_single_bucket_blocks_are_kept() {
+        let block = ReadingBlock::encode(3, &[r(10, 1.5), r(20, 1.5)]);
+        let chunks = split_block(&block).unwrap();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].1.series, 0);
+        assert_eq!(chunks[0].1.dods, block.dods);
+        assert_eq!(align(-1, 10), -10);
+    }
+
+    #[test]
+    fn downsampling_keeps_first_last_and_counts() {
+        let rs = [r(0, 5.0), r(4, 1.0), r(9, 3.0), r(10, 7.0)];
+        let w = downsample(&rs, 10);
+        assert_eq!(w.len(), 2);
+        assert_eq!(
+            (w[0].count, w[0].sum, w[0].min, w[0].max),
+            (3, 9.0, 1.0, 5.0)
+        );
+        assert_eq!((w[0].first, w[0].last), (5.0, 3.0));
+        assert_eq!(w[0].sketch.as_ref().unwrap().count(), 3);
+        assert_eq!((w[1].start_ns, w[1].count, w[1].first), (10, 1, 7.0));
+        let mut merged = w[0].clone();
+        merge_aggregate(&mut merged, &w[1]);
+        assert_eq!(
+            (merged.count, merged.first, merged.last, merged.max),
+            (4, 5.0, 7.0, 7.0)
+        );
+        assert_eq!(merged.sketch.unwrap().count(), 4);
+    }
+}

@@ -1,0 +1,456 @@
+//! The embedded store: one redb file, `ferry.redb`, in the data directory.
+//!
+//! docs/storage.md describes the tables and their invariants; in short:
+//! raw readings live in per-series, per-hour chunks keyed
+//! `(series, bucket, chunk id)`, window aggregates in `(series, start, len)`,
+//! and the dedupe set `(agent, seq)` is written in the same transaction as the
+//! data it vouches for.
+//!
+//! **Invariant:** only the writer thread ([`crate::writer`]) opens write
+//! transactions while the server runs; readers (queries, `/metrics`) use read
+//! transactions and never block it.
+
+mod chunk;
+mod maintain;
+mod write;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use ferry_proto::batch::WindowAggregate;
+use ferry_proto::codec;
+use ferry_proto::series::SeriesKey;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+pub use chunk::{CHUNK_SPAN_NS, align, bucket_of, merge_aggregate};
+pub(crate) use chunk::{encode as encode_chunk, split_block};
+pub use maintain::{MaintenanceReport, RetentionPlan};
+pub use write::{Applied, DedupeWindow, PreparedBatch, PreparedChunk, WriterState};
+
+use crate::query::{Query, Selector};
+
+/// `name -> u64`: counters (`next_series`, `next_chunk`, `chunk_bytes`).
+pub(crate) const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+/// `series id -> SeriesKey` (MessagePack).
+pub(crate) const SERIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("series");
+/// `SeriesKey (MessagePack) -> series id`.
+pub(crate) const SERIES_BY_KEY: TableDefinition<'_, &[u8], u64> =
+    TableDefinition::new("series_by_key");
+/// `(series, bucket start, chunk id) -> chunk`.
+pub(crate) const CHUNKS: TableDefinition<'_, (u64, i64, u64), &[u8]> =
+    TableDefinition::new("chunks");
+/// `(bucket start, series, chunk id) -> chunk length`: the time index that
+/// retention and downsampling walk oldest first.
+pub(crate) const CHUNKS_BY_TIME: TableDefinition<'_, (i64, u64, u64), u32> =
+    TableDefinition::new("chunks_by_time");
+/// `(bucket start, series) -> ()`: buckets written since their last
+/// compaction.
+pub(crate) const DIRTY: TableDefinition<'_, (i64, u64), ()> = TableDefinition::new("dirty");
+/// `(series, window start, window length) -> WindowAggregate`.
+pub(crate) const AGGREGATES: TableDefinition<'_, (u64, i64, u64), &[u8]> =
+    TableDefinition::new("aggregates");
+/// `(agent, batch seq) -> commit time`: the dedupe set.
+pub(crate) const BATCHES: TableDefinition<'_, (&str, u64), i64> = TableDefinition::new("batches");
+/// `agent -> AgentRecord`.
+pub(crate) const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("agents");
+/// `(agent, source, kind) -> total`: health counters agents reported.
+pub(crate) const HEALTH: TableDefinition<'_, (&str, &str, u16), u64> =
+    TableDefinition::new("health");
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The store is open in another process (a running collector).
+    #[error("the store {0} is in use by another process (is the collector running?)")]
+    Locked(PathBuf),
+    /// redb reported an error.
+    #[error("store: {0}")]
+    Redb(#[from] redb::Error),
+    /// Stored bytes did not decode: the file is damaged or from a newer
+    /// version.
+    #[error("corrupt store record: {0}")]
+    Corrupt(String),
+    /// A query asked for more than the store will return at once.
+    #[error("query too large: {0}")]
+    TooLarge(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Redb(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+/// What the store knows about one agent.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AgentRecord {
+    /// The agent id (certificate Common Name).
+    pub id: String,
+    /// Refused from now on.
+    pub revoked: bool,
+    /// When its first batch was stored, ns since the epoch (0: never).
+    pub first_seen_ns: i64,
+    /// When its last batch was stored, ns since the epoch (0: never).
+    pub last_seen_ns: i64,
+    /// Remote address of its last stored batch.
+    pub last_addr: String,
+    /// Batches stored.
+    pub batches: u64,
+    /// Raw readings stored.
+    pub readings: u64,
+    /// Highest batch sequence stored.
+    pub last_seq: Option<u64>,
+    /// Readings the agent reported as dropped (health kinds 1, 2, 3, 5).
+    pub dropped: u64,
+    /// Dedupe window: every sequence below this counts as seen.
+    pub dedupe_floor: u64,
+    /// Dedupe window: entries held in the `batches` table.
+    pub dedupe_entries: u64,
+}
+
+/// One series as listed by [`Store::series`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesInfo {
+    /// Store id.
+    pub id: u64,
+    /// The series in Prometheus text form.
+    pub name: String,
+    /// The key.
+    pub metric: String,
+    /// Its tags, sorted by key.
+    pub tags: Vec<(String, String)>,
+}
+
+/// Readings and aggregates of one series, as a query returns them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SeriesResult {
+    /// The series in Prometheus text form.
+    pub series: String,
+    /// Raw readings `[ts_ns, value]` in timestamp order (without a step).
+    pub readings: Vec<(i64, f64)>,
+    /// Windows in start order: stored aggregates, or with a step the
+    /// re-bucketed readings and aggregates.
+    pub windows: Vec<WindowRow>,
+}
+
+/// One window of a query result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WindowRow {
+    /// Window start, ns since the epoch.
+    pub start_ns: i64,
+    /// Window length, ns.
+    pub len_ns: u64,
+    /// Readings in the window.
+    pub count: u64,
+    /// Sum.
+    pub sum: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Largest.
+    pub max: f64,
+    /// Earliest value.
+    pub first: f64,
+    /// Latest value.
+    pub last: f64,
+    /// Median from the sketch (1% relative error), when there is one.
+    pub p50: Option<f64>,
+    /// 90th percentile.
+    pub p90: Option<f64>,
+    /// 99th percentile.
+    pub p99: Option<f64>,
+}
+
+impl WindowRow {
+    fn of(a: &WindowAggregate) -> Self {
+        let q = |q| a.sketch.as_ref().and_then(|s| s.quantile(q));
+        Self {
+            start_ns: a.start_ns,
+            len_ns: a.len_ns,
+            count: a.count,
+            sum: a.sum,
+            min: a.min,
+            max: a.max,
+            first: a.first,
+            last: a.last,
+            p50: q(0.5),
+            p90: q(0.9),
+            p99: q(0.99),
+        }
+    }
+}
+
+/// Most raw readings one query returns; ask for a step beyond that.
+pub const MAX_QUERY_READINGS: usize = 2_000_000;
+/// Most windows one query returns.
+pub const MAX_QUERY_WINDOWS: usize = 1_000_000;
+
+/// The store; see the module docs.
+pub struct Store {
+    db: Database,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish()
+    }
+}
+
+fn corrupt(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(e.to_string())
+}
+
+impl Store {
+    /// Opens (or creates) the store file and its tables.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked(path.to_owned()));
+            }
+            Err(e) => return Err(StoreError::Redb(e.into())),
+        };
+        let txn = db.begin_write()?;
+        {
+            txn.open_table(META)?;
+            txn.open_table(SERIES)?;
+            txn.open_table(SERIES_BY_KEY)?;
+            txn.open_table(CHUNKS)?;
+            txn.open_table(CHUNKS_BY_TIME)?;
+            txn.open_table(DIRTY)?;
+            txn.open_table(AGGREGATES)?;
+            txn.open_table(BATCHES)?;
+            txn.open_table(AGENTS)?;
+            txn.open_table(HEALTH)?;
+        }
+        txn.commit()?;
+        Ok(Self {
+            db,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The store file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size of the store file in bytes.
+    pub fn file_bytes(&self) -> u64 {
+        std::fs::metadata(&self.path).map_or(0, |m| m.len())
+    }
+
+    /// Bytes of chunk data stored (the figure `max_bytes` bounds).
+    pub fn chunk_bytes(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get("chunk_bytes")?.map_or(0, |v| v.value()))
+    }
+
+    /// Number of series.
+    pub fn series_count(&self) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(SERIES)?.len()?)
+    }
+
+    /// Loads what the writer keeps in memory.
+    pub fn writer_state(&self) -> Result<WriterState, StoreError> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get =
+            |k: &str| -> Result<u64, StoreError> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+        let mut dict = HashMap::new();
+        for entry in txn.open_table(SERIES_BY_KEY)?.iter()? {
+            let (k, v) = entry?;
+            dict.insert(k.value().to_vec(), v.value());
+        }
+        Ok(WriterState::new(
+            dict,
+            get("next_series")?,
+            get("next_chunk")?,
+            get("chunk_bytes")?,
+        ))
+    }
+
+    /// Every agent the store knows, sorted by id.
+    pub fn agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(AGENTS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (_, v) = entry?;
+            out.push(codec::from_bytes::<AgentRecord>("AgentRecord", v.value()).map_err(corrupt)?);
+        }
+        Ok(out)
+    }
+
+    /// Ids of revoked agents.
+    pub fn revoked(&self) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .agents()?
+            .into_iter()
+            .filter(|a| a.revoked)
+            .map(|a| a.id)
+            .collect())
+    }
+
+    /// Health totals agents reported: `(agent, source, kind, total)`.
+    pub fn health(&self) -> Result<Vec<(String, String, u16, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(HEALTH)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (agent, source, kind) = k.value();
+            out.push((agent.to_owned(), source.to_owned(), kind, v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Series matching `selector`, by id.
+    pub fn series(&self, selector: &Selector) -> Result<Vec<SeriesInfo>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(SERIES)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (id, bytes) = entry?;
+            let key: SeriesKey = codec::from_bytes("SeriesKey", bytes.value()).map_err(corrupt)?;
+            if selector.matches(&key) {
+                out.push(SeriesInfo {
+                    id: id.value(),
+                    name: key.to_string(),
+                    tags: key
+                        .tags
+                        .iter()
+                        .map(|t| (t.key.clone(), t.value.clone()))
+                        .collect(),
+                    metric: key.metric,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs a query; see [`Query`].
+    pub fn query(&self, q: &Query) -> Result<Vec<SeriesResult>, StoreError> {
+        let series = self.series(&q.selector)?;
+        let txn = self.db.begin_read()?;
+        let chunks = txn.open_table(CHUNKS)?;
+        let aggs = txn.open_table(AGGREGATES)?;
+        let mut out = Vec::new();
+        let mut total_readings = 0usize;
+        let mut total_windows = 0usize;
+        for s in series {
+            let mut readings = Vec::new();
+            if q.raw {
+                let lo = (s.id, bucket_of(q.from_ns), 0u64);
+                let hi = (s.id, q.to_ns, 0u64);
+                for entry in chunks.range(lo..hi)? {
+                    let (_, bytes) = entry?;
+                    for r in chunk::decode(bytes.value()).map_err(corrupt)? {
+                        if r.ts_ns >= q.from_ns && r.ts_ns < q.to_ns {
+                            readings.push(r);
+                        }
+                    }
+                    if q.step_ns.is_none() && total_readings + readings.len() > MAX_QUERY_READINGS {
+                        return Err(StoreError::TooLarge(format!(
+                            "more than {MAX_QUERY_READINGS} readings; narrow the range or give a step"
+                        )));
+                    }
+                }
+                readings.sort_by_key(|r| r.ts_ns);
+            }
+            let mut windows = Vec::new();
+            if q.aggregates {
+                let lo = (s.id, q.from_ns, 0u64);
+                let hi = (s.id, q.to_ns, 0u64);
+                for entry in aggs.range(lo..hi)? {
+                    let (_, bytes) = entry?;
+                    windows.push(chunk::decode_aggregate(bytes.value()).map_err(corrupt)?);
+                }
+            }
+            let (readings, windows) = match q.step_ns {
+                None => (
+                    readings.iter().map(|r| (r.ts_ns, r.value)).collect(),
+                    windows,
+                ),
+                Some(step) => (Vec::new(), rebucket(&readings, &windows, step)),
+            };
+            if readings.is_empty() && windows.is_empty() {
+                continue;
+            }
+            total_readings += readings.len();
+            total_windows += windows.len();
+            if total_windows > MAX_QUERY_WINDOWS {
+                return Err(StoreError::TooLarge(format!(
+                    "more than {MAX_QUERY_WINDOWS} windows; use a larger step"
+                )));
+            }
+            out.push(SeriesResult {
+                series: s.name,
+                readings,
+                windows: windows.iter().map(WindowRow::of).collect(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks `agent` revoked (creating its record if needed) in its own
+    /// durable transaction; true if it was not revoked before. For the CLI
+    /// when no server runs; a running server revokes through its writer.
+    pub fn revoke(&self, agent: &str) -> Result<bool, StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(redb::Durability::Immediate)?;
+        let changed = write::revoke_in(&txn, agent)?;
+        txn.commit()?;
+        Ok(changed)
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+}
+
+/// Re-buckets raw readings and stored windows into aligned windows of
+/// `step` ns, merging sketches; windows are assigned by their start.
+fn rebucket(
+    readings: &[ferry_proto::batch::Reading],
+    windows: &[WindowAggregate],
+    step: u64,
+) -> Vec<WindowAggregate> {
+    let span = i64::try_from(step).unwrap_or(i64::MAX).max(1);
+    let mut parts: Vec<WindowAggregate> = windows
+        .iter()
+        .map(|w| {
+            let mut w = w.clone();
+            w.start_ns = align(w.start_ns, span);
+            w.len_ns = step;
+            w
+        })
+        .collect();
+    parts.extend(chunk::downsample(readings, step));
+    // Stable: equal starts keep stored windows before raw readings.
+    parts.sort_by_key(|w| w.start_ns);
+    let mut out: Vec<WindowAggregate> = Vec::new();
+    for p in parts {
+        match out.last_mut() {
+            Some(acc) if acc.start_ns == p.start_ns => merge_aggregate(acc, &p),
+            _ => out.push(p),
+        }
+    }
+    out
+}

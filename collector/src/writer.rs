@@ -1,0 +1,179 @@
+//! The writer thread: the only writer of the store while the server runs.
+//!
+//! Group commit: the thread blocks for one command, then takes every batch
+//! already queued (up to `max_batches_per_commit`) into the same write
+//! transaction, commits it durably (one fsync), and only then answers each
+//! batch's caller, who sends the ack. While one commit syncs, the next group
+//! queues up, so the number of batches per commit grows with the load.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::metrics::Metrics;
+use crate::store::{Applied, MaintenanceReport, PreparedBatch, RetentionPlan, Store, WriterState};
+
+/// Fault injection for tests; all off by default.
+#[derive(Debug, Clone, Default)]
+pub struct Faults {
+    /// When set, the writer commits the next group durably and then drops
+    /// every reply of that group, as if the process died between the commit
+    /// and the acks. The flag is cleared when it fires.
+    pub crash_after_commit: Arc<AtomicBool>,
+}
+
+/// What the writer answers for a batch: what the store did, or why the
+/// commit failed (transient for the agent).
+pub type BatchReply = Result<Applied, String>;
+
+/// A request to the writer.
+#[derive(Debug)]
+pub enum Command {
+    /// Store a batch; the reply comes after the durable commit.
+    Batch {
+        /// The batch.
+        batch: PreparedBatch,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<BatchReply>,
+    },
+    /// Mark an agent revoked, durably.
+    Revoke {
+        /// The agent id.
+        agent: String,
+        /// True if it was not revoked before.
+        reply: oneshot::Sender<Result<bool, String>>,
+    },
+    /// Run one maintenance pass with this plan.
+    Maintain {
+        /// What to do.
+        plan: RetentionPlan,
+        /// The report, if someone waits for it.
+        reply: Option<oneshot::Sender<Result<MaintenanceReport, String>>>,
+    },
+    /// Stop after everything queued before this.
+    Stop,
+}
+
+/// Runs until every sender is dropped. Blocking: call on its own thread.
+pub fn run(
+    store: Arc<Store>,
+    mut state: WriterState,
+    mut rx: mpsc::Receiver<Command>,
+    max_group: usize,
+    max_series: u64,
+    faults: Faults,
+    metrics: Arc<Metrics>,
+) {
+    let mut pending = None;
+    loop {
+        let Some(first) = pending.take().or_else(|| rx.blocking_recv()) else {
+            break;
+        };
+        let mut group = Vec::new();
+        let mut replies = Vec::new();
+        let mut other = None;
+        match first {
+            Command::Batch { batch, reply } => {
+                group.push(batch);
+                replies.push(reply);
+                while group.len() < max_group {
+                    match rx.try_recv() {
+                        Ok(Command::Batch { batch, reply }) => {
+                            group.push(batch);
+                            replies.push(reply);
+                        }
+                        // Keep the order: the command waits for this group.
+                        Ok(cmd) => {
+                            pending = Some(cmd);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            cmd => other = Some(cmd),
+        }
+        if !group.is_empty() {
+            commit_group(
+                &store, &mut state, &group, replies, max_series, &faults, &metrics,
+            );
+        }
+        match other {
+            Some(Command::Revoke { agent, reply }) => {
+                let r = store.revoke(&agent).map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    tracing::error!(agent, "revocation failed: {e}");
+                }
+                let _ = reply.send(r);
+            }
+            Some(Command::Maintain { plan, reply }) => {
+                let started = Instant::now();
+                let r = store.maintain(&mut state, &plan);
+                match &r {
+                    Ok(report) => {
+                        let m = &metrics.maintenance_chunks;
+                        m.get_or_create(&[("action", "compacted")])
+                            .inc_by(report.compacted_chunks);
+                        m.get_or_create(&[("action", "downsampled")])
+                            .inc_by(report.downsampled_chunks);
+                        m.get_or_create(&[("action", "evicted")])
+                            .inc_by(report.chunks_evicted);
+                        m.get_or_create(&[("action", "aggregates_expired")])
+                            .inc_by(report.aggregates_deleted);
+                        tracing::debug!(?report, elapsed = ?started.elapsed(), "maintenance");
+                    }
+                    Err(e) => tracing::error!("maintenance failed: {e}"),
+                }
+                metrics.store_chunk_bytes.set(state.chunk_bytes());
+                if let Some(reply) = reply {
+                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                }
+            }
+            Some(Command::Stop) => break,
+            Some(Command::Batch { .. }) | None => {}
+        }
+    }
+    tracing::debug!("writer stopped");
+}
+
+fn commit_group(
+    store: &Store,
+    state: &mut WriterState,
+    group: &[PreparedBatch],
+    replies: Vec<oneshot::Sender<BatchReply>>,
+    max_series: u64,
+    faults: &Faults,
+    metrics: &Metrics,
+) {
+    let started = Instant::now();
+    let result = store.apply_group(state, group, max_series, crate::now_ns());
+    metrics
+        .commit_seconds
+        .observe(started.elapsed().as_secs_f64());
+    metrics.commit_batches.observe(group.len() as f64);
+    match result {
+        Ok(applied) => {
+            metrics.store_chunk_bytes.set(state.chunk_bytes());
+            metrics.series.set(state.series_count());
+            if faults.crash_after_commit.swap(false, Ordering::SeqCst) {
+                tracing::warn!(
+                    batches = group.len(),
+                    "fault injection: dropping acks after commit"
+                );
+                return;
+            }
+            for (reply, outcome) in replies.into_iter().zip(applied) {
+                let _ = reply.send(Ok(outcome));
+            }
+        }
+        Err(e) => {
+            metrics.commit_errors.inc();
+            tracing::error!(batches = group.len(), "group commit failed: {e}");
+            for reply in replies {
+                let _ = reply.send(Err(e.to_string()));
+            }
+        }
+    }
+}
