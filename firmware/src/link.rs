@@ -117,6 +117,7 @@ pub struct Link<const N: usize, const W: usize = MAX_REPORT_WINDOWS> {
     next_seq: u32,
     ring: heapless::Deque<Pending<W>, N>,
     hello_due_ms: Option<u64>,
+    hello_sent: bool,
     heard_gateway: bool,
     heartbeat_due_ms: u64,
     stats: LinkStats,
@@ -133,6 +134,7 @@ impl<const N: usize, const W: usize> Link<N, W> {
             next_seq: 1,
             ring: heapless::Deque::new(),
             hello_due_ms: Some(now_ms),
+            hello_sent: false,
             heard_gateway: false,
             heartbeat_due_ms: now_ms + u64::from(timers.heartbeat_every_ms),
             stats: LinkStats::default(),
@@ -203,7 +205,13 @@ impl<const N: usize, const W: usize> Link<N, W> {
 
     /// Handles one downlink message.
     pub fn handle_downlink(&mut self, now_ms: u64, msg: Downlink) -> Event {
-        self.heard_gateway = true;
+        if !self.heard_gateway {
+            self.heard_gateway = true;
+            // Stop repeating the hello, once it has gone out at all.
+            if self.hello_sent {
+                self.hello_due_ms = None;
+            }
+        }
         match msg {
             Downlink::Ack(ack) => self.handle_ack(ack),
             Downlink::Config(config) => Event::Config(config),
@@ -260,6 +268,7 @@ impl<const N: usize, const W: usize> Link<N, W> {
 
     fn next_message(&mut self, now_ms: u64) -> Option<Uplink> {
         if self.hello_due_ms.is_some_and(|t| t <= now_ms) {
+            self.hello_sent = true;
             self.hello_due_ms =
                 (!self.heard_gateway).then(|| now_ms + u64::from(self.timers.hello_every_ms));
             return Some(Uplink::Hello(DeviceHello {

@@ -53,7 +53,7 @@ impl<const N: usize, const W: usize> Node<N, W> {
         boot: u32,
         config: LinkConfig,
         timers: LinkTimers,
-        sensors: &[&mut dyn Sensor],
+        sensors: &[&dyn Sensor],
         every: &[u32],
     ) -> Result<Self, ConfigError> {
         let mut channels = heapless::Vec::new();
