@@ -11,6 +11,7 @@
 //! - [`link`]: hello, reports with sequence numbers, the retry ring, acks,
 //!   heartbeats, sans-IO with explicit instants;
 //! - [`node`]: sampler + link + deframer, what a board's main loop drives;
+//! - [`emulated`]: the emulated board's command-line settings;
 //! - [`sim`]: the emulated board's simulated sensors and their deterministic
 //!   waveforms, which tests use to predict windows exactly.
 //!
@@ -23,6 +24,7 @@
 #![warn(missing_docs)]
 
 pub mod drivers;
+pub mod emulated;
 pub mod link;
 pub mod node;
 pub mod sampler;

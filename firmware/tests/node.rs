@@ -315,3 +315,49 @@ fn waveforms_are_triangles() {
     assert_eq!(sim::sample(2, 0), Some(15.0));
     assert_eq!(sim::sample(3, 0), None);
 }
+
+#[test]
+fn emulated_board_arguments() {
+    use ferry_firmware::emulated::{ArgError, BootArgs, DEFAULT_CONFIG, DEFAULT_DEVICE_ID};
+    let a = BootArgs::parse(
+        "ferry device=0a1B2c boot=7 period=20 window=200 resend=300 exit_after=5000",
+    )
+    .unwrap();
+    assert_eq!(a.device_id.as_bytes(), [0x0a, 0x1b, 0x2c]);
+    assert_eq!(a.boot, Some(7));
+    assert_eq!(a.config, cfg(20, 200));
+    assert_eq!(a.timers.resend_after_ms, 300);
+    assert_eq!(
+        a.timers.heartbeat_every_ms,
+        LinkTimers::default().heartbeat_every_ms
+    );
+    assert_eq!(a.exit_after_ms, Some(5_000));
+    let d = BootArgs::parse("").unwrap();
+    assert_eq!(d.device_id.as_bytes(), DEFAULT_DEVICE_ID);
+    assert_eq!(
+        (d.boot, d.config, d.exit_after_ms),
+        (None, DEFAULT_CONFIG, None)
+    );
+    assert_eq!(
+        BootArgs::parse("x colour=red"),
+        Err(ArgError::UnknownKey("colour=red"))
+    );
+    assert_eq!(
+        BootArgs::parse("device=abc"),
+        Err(ArgError::BadValue("device=abc"))
+    );
+    assert_eq!(
+        BootArgs::parse("device="),
+        Err(ArgError::BadValue("device="))
+    );
+    assert_eq!(
+        BootArgs::parse("device=zz"),
+        Err(ArgError::BadValue("device=zz"))
+    );
+    let long = format!("device={}", "00".repeat(17));
+    assert!(matches!(BootArgs::parse(&long), Err(ArgError::BadValue(_))));
+    assert_eq!(
+        BootArgs::parse("boot=-1"),
+        Err(ArgError::BadValue("boot=-1"))
+    );
+}
