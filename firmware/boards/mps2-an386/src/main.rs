@@ -60,8 +60,10 @@ fn main() -> ! {
     let mut sht = Simulated::new(&sim_clock, sht);
     let mut tmp = Simulated::new(&sim_clock, Tmp102::new(SimTmp102Bus::new(&sim_clock)));
 
+    // Device time 0 is when the clock started: the sim waveforms and the
+    // window grid count from there.
     let node = Node::new(
-        clock::now_ms(),
+        0,
         args.device_id.clone(),
         boot,
         args.config,
