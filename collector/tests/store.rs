@@ -1,0 +1,182 @@
+//! The store without sockets: compaction, downsampling, retention by age
+//! and by size, under a fake clock (plans are computed from a given `now`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_collector::config::{Limits, StorageConfig};
+use ferry_collector::ingest::prepare;
+use ferry_collector::query::{QueryParams, Selector};
+use ferry_collector::store::{Applied, RetentionPlan, Store};
+use ferry_proto::batch::{Batch, Reading, ReadingBlock};
+use ferry_proto::series::SeriesKey;
+
+const T0: i64 = 1_700_000_000_000_000_000 - 1_700_000_000_000_000_000 % 3_600_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+fn one_series_batch(seq: u64, readings: &[Reading]) -> Batch {
+    Batch {
+        seq,
+        created_ns: T0,
+        series: vec![SeriesKey::new("level", [("tank", "1")]).unwrap()],
+        blocks: vec![ReadingBlock::encode(0, readings)],
+        ..Batch::default()
+    }
+}
+
+fn store_with(
+    batches: &[Batch],
+) -> (
+    tempfile::TempDir,
+    Store,
+    ferry_collector::store::WriterState,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ferry.redb")).unwrap();
+    let mut state = store.writer_state().unwrap();
+    let agent: Arc<str> = Arc::from("gw-1");
+    let limits = Limits {
+        max_past: Duration::from_secs(86_400 * 365),
+        max_future: Duration::from_secs(86_400),
+        ..Limits::default()
+    };
+    let prepared: Vec<_> = batches
+        .iter()
+        .map(|b| prepare(&agent, "test", b, &limits, T0).unwrap())
+        .collect();
+    let applied = store.apply_group(&mut state, &prepared, 1000, T0).unwrap();
+    assert!(applied.iter().all(|a| *a == Applied::Stored));
+    (dir, store, state)
+}
+
+fn all(store: &Store, kind: &str, step: Option<&str>) -> ferry_collector::store::SeriesResult {
+    let q = QueryParams {
+        selector: Some("level".into()),
+        from: Some((T0 - 86_400 * SEC).to_string()),
+        to: Some((T0 + 86_400 * SEC).to_string()),
+        step: step.map(str::to_owned),
+        kind: Some(kind.into()),
+    }
+    .resolve(T0)
+    .unwrap();
+    let mut r = store.query(&q).unwrap();
+    assert_eq!(r.len(), 1);
+    r.remove(0)
+}
+
+fn readings(range: std::ops::Range<i64>) -> Vec<Reading> {
+    range
+        .map(|i| Reading {
+            ts_ns: T0 + i * SEC,
+            value: 10.0 + (i % 7) as f64 * 0.5,
+        })
+        .collect()
+}
+
+#[test]
+fn small_chunks_of_a_settled_bucket_are_compacted_into_one() {
+    let (_dir, store, mut state) = store_with(&[
+        one_series_batch(1, &readings(0..10)),
+        one_series_batch(2, &readings(20..30)),
+        one_series_batch(3, &readings(10..20)),
+    ]);
+    let before = all(&store, "raw", None).readings;
+    let bytes_before = store.chunk_bytes().unwrap();
+    let plan = RetentionPlan {
+        raw_before: None,
+        downsample_len: 60 * SEC as u64,
+        aggregates_before: None,
+        max_bytes: None,
+        compact_before: T0 + 3 * 3_600 * SEC,
+    };
+    let report = store.maintain(&mut state, &plan).unwrap();
+    assert_eq!(report.compacted_chunks, 3);
+    let after = all(&store, "raw", None).readings;
+    assert_eq!(after, before);
+    assert_eq!(after.len(), 30);
+    assert!(after.windows(2).all(|w| w[0].0 < w[1].0));
+    assert!(store.chunk_bytes().unwrap() < bytes_before);
+    // Nothing left to do.
+    assert_eq!(
+        store.maintain(&mut state, &plan).unwrap().compacted_chunks,
+        0
+    );
+}
+
+#[test]
+fn old_readings_are_downsampled_into_windows_with_sketches() {
+    let rs = readings(0..120);
+    let (_dir, store, mut state) = store_with(&[one_series_batch(1, &rs)]);
+    let cfg = StorageConfig {
+        raw_retention: Duration::from_secs(3_600),
+        downsample_window: Duration::from_secs(60),
+        aggregate_retention: Duration::ZERO,
+        ..StorageConfig::default()
+    };
+    // Fake clock: three hours later, the bucket of T0 is past retention.
+    let plan = RetentionPlan::at(T0 + 3 * 3_600 * SEC, &cfg);
+    let report = store.maintain(&mut state, &plan).unwrap();
+    assert_eq!(report.downsampled_chunks, 1);
+    assert_eq!(store.chunk_bytes().unwrap(), 0);
+    let r = all(&store, "all", None);
+    assert!(r.readings.is_empty());
+    assert_eq!(r.windows.len(), 2);
+    for (w, part) in r.windows.iter().zip(rs.chunks(60)) {
+        assert_eq!(w.count, 60);
+        assert_eq!(w.len_ns, 60 * SEC as u64);
+        assert_eq!(w.sum, part.iter().map(|r| r.value).sum::<f64>());
+        assert_eq!(w.first, part[0].value);
+        assert_eq!(w.last, part[59].value);
+        assert_eq!(w.min, 10.0);
+        assert_eq!(w.max, 13.0);
+        let p50 = w.p50.unwrap();
+        assert!((p50 - 11.5).abs() <= 11.5 * 0.01, "{p50}");
+    }
+    // Re-bucketed into 2 minutes: one window, sketches merged.
+    let r = all(&store, "aggregates", Some("2m"));
+    assert_eq!(r.windows.len(), 1);
+    assert_eq!(r.windows[0].count, 120);
+    assert_eq!(r.windows[0].first, rs[0].value);
+    assert_eq!(r.windows[0].last, rs[119].value);
+
+    // Aggregate retention deletes them once they are old enough.
+    let cfg = StorageConfig {
+        aggregate_retention: Duration::from_secs(86_400),
+        ..cfg
+    };
+    let report = store
+        .maintain(&mut state, &RetentionPlan::at(T0 + 2 * 86_400 * SEC, &cfg))
+        .unwrap();
+    assert_eq!(report.aggregates_deleted, 2);
+    let q = QueryParams {
+        selector: Some("level".into()),
+        from: Some((T0 - SEC).to_string()),
+        to: Some((T0 + 86_400 * SEC).to_string()),
+        ..QueryParams::default()
+    };
+    assert!(store.query(&q.resolve(T0).unwrap()).unwrap().is_empty());
+    assert_eq!(store.series(&Selector::all()).unwrap().len(), 1);
+}
+
+#[test]
+fn size_retention_evicts_oldest_chunks_first() {
+    let hour = 3_600;
+    let (_dir, store, mut state) = store_with(&[
+        one_series_batch(1, &readings(0..100)),
+        one_series_batch(2, &readings(hour..hour + 100)),
+        one_series_batch(3, &readings(2 * hour..2 * hour + 100)),
+    ]);
+    let total = store.chunk_bytes().unwrap();
+    let plan = RetentionPlan {
+        raw_before: None,
+        downsample_len: 60,
+        aggregates_before: None,
+        max_bytes: Some(total * 2 / 3),
+        compact_before: i64::MIN,
+    };
+    let report = store.maintain(&mut state, &plan).unwrap();
+    assert_eq!(report.chunks_evicted, 1);
+    let r = all(&store, "raw", None);
+    assert_eq!(r.readings.len(), 200);
+    assert_eq!(r.readings[0].0, T0 + hour * SEC);
+}
