@@ -96,7 +96,7 @@ impl BootArgs {
 
 fn parse_hex_id(hex: &str) -> Option<DeviceId> {
     let digits = hex.as_bytes();
-    if digits.len() % 2 != 0 || digits.len() > 2 * MAX_DEVICE_ID {
+    if !digits.len().is_multiple_of(2) || digits.len() > 2 * MAX_DEVICE_ID {
         return None;
     }
     let mut bytes = heapless::Vec::<u8, MAX_DEVICE_ID>::new();
