@@ -76,7 +76,17 @@ fn main() -> ! {
             uart.write_all(&state.tx[..n]);
         }
         if args.exit_after_ms.is_some_and(|t| now >= t) {
-            heprintln!("ferry: exit at {} ms: {:?}", now, state.node.stats());
+            let s = state.node.stats();
+            heprintln!(
+                "ferry: exit at {} ms: samples {} read_errors {} acked {} resent {} dropped {} bad_frames {}",
+                now,
+                s.sampler.samples,
+                s.sampler.read_errors,
+                s.link.acked,
+                s.link.resent,
+                s.link.dropped,
+                s.link.bad_frames
+            );
             debug::exit(debug::EXIT_SUCCESS);
         }
         // SysTick wakes us every millisecond.

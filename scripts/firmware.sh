@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Firmware: cross-build the boards, report and check their sizes, lint them for
+# their target, and boot the emulated board in QEMU as a gateway would.
+#
+#   scripts/firmware.sh setup    # rustup target + apt packages (idempotent)
+#   scripts/firmware.sh build    # release builds (profile `firmware`) + sizes + budget
+#   scripts/firmware.sh clippy   # clippy -D warnings of each board for its target
+#   scripts/firmware.sh smoke    # build the QEMU board, run tests/qemu_smoke.rs
+#   scripts/firmware.sh all      # build, clippy, smoke (the default)
+#
+# Host tests of the library are plain `cargo test -p ferry-firmware`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TARGET=thumbv7em-none-eabihf
+PROFILE=firmware
+TARGET_DIR=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+# board package : binary : flash budget (bytes) : static RAM budget (bytes); 0 = none
+BOARDS=(
+    "ferry-board-mps2-an386:ferry-mps2-an386:32768:8192"
+    "ferry-board-nrf52840-dk:ferry-nrf52840-dk:0:0"
+)
+
+setup() {
+    rustup target add "$TARGET"
+    if ! command -v qemu-system-arm >/dev/null || ! command -v arm-none-eabi-size >/dev/null; then
+        apt-get update
+        apt-get install -y qemu-system-arm binutils-arm-none-eabi
+    fi
+}
+
+sizer() {
+    if command -v arm-none-eabi-size >/dev/null; then
+        echo arm-none-eabi-size
+    elif command -v llvm-size >/dev/null; then
+        echo llvm-size
+    else
+        echo "no arm-none-eabi-size or llvm-size: apt-get install binutils-arm-none-eabi" >&2
+        exit 1
+    fi
+}
+
+build() {
+    local size over=0
+    size=$(sizer)
+    for entry in "${BOARDS[@]}"; do
+        IFS=: read -r pkg bin flash_budget ram_budget <<<"$entry"
+        # One package per invocation: cargo must not unify features across
+        # boards (the nRF PAC turns on cortex-m-rt's `device`).
+        cargo build -p "$pkg" --target "$TARGET" --profile "$PROFILE"
+        local elf="$TARGET_DIR/$TARGET/$PROFILE/$bin"
+        read -r text data bss _ < <("$size" -B "$elf" | tail -n 1)
+        local flash=$((text + data)) ram=$((data + bss))
+        printf 'firmware size: %-20s flash %6d B (%5.1f KiB)  static RAM %6d B (%4.1f KiB)' \
+            "$bin" "$flash" "$(awk "BEGIN{print $flash/1024}")" "$ram" "$(awk "BEGIN{print $ram/1024}")"
+        if [ "$flash_budget" -gt 0 ]; then
+            printf '  budget %d / %d B' "$flash_budget" "$ram_budget"
+            if [ "$flash" -gt "$flash_budget" ] || [ "$ram" -gt "$ram_budget" ]; then
+                printf '  OVER BUDGET'
+                over=1
+            fi
+        fi
+        printf '\n'
+    done
+    if [ "$over" -ne 0 ]; then
+        echo "firmware: a board is over its size budget" >&2
+        exit 1
+    fi
+}
+
+clippy() {
+    for entry in "${BOARDS[@]}"; do
+        IFS=: read -r pkg _ <<<"$entry"
+        cargo clippy -p "$pkg" --target "$TARGET" --profile "$PROFILE" -- -D warnings
+    done
+}
+
+smoke() {
+    cargo build -p ferry-board-mps2-an386 --target "$TARGET" --profile "$PROFILE"
+    FERRY_MPS2_ELF="$TARGET_DIR/$TARGET/$PROFILE/ferry-mps2-an386" \
+        cargo test -p ferry-firmware --features qemu-smoke --test qemu_smoke
+}
+
+case "${1:-all}" in
+setup) setup ;;
+build) build ;;
+clippy) clippy ;;
+smoke) smoke ;;
+all)
+    build
+    clippy
+    smoke
+    ;;
+*)
+    echo "usage: $0 [setup|build|clippy|smoke|all]" >&2
+    exit 2
+    ;;
+esac
