@@ -145,10 +145,10 @@ enum Command {
         /// Series selector: metric{key="value",...}; every series if absent.
         selector: Option<String>,
         /// Start: now, -15m, -2h, ns since the epoch or RFC 3339. Default -1h.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         from: Option<String>,
         /// End (exclusive), same forms. Default: now.
-        #[arg(long)]
+        #[arg(long, allow_hyphen_values = true)]
         to: Option<String>,
         /// Re-bucket into windows of this length (10s, 5m, 1h), merging
         /// aggregates and their quantile sketches.
@@ -239,14 +239,14 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
             let admin = Admin::connect(&location.data_dir()?).await?;
             let r = admin.revoke(&agent_id).await?;
             let via = match admin {
-                Admin::Remote(addr) => format!("through the running collector at {addr}"),
+                Admin::Remote(addr) => format!(
+                    "through the running collector at {addr}; {} connection(s) closed",
+                    r.closed
+                ),
                 Admin::Local { .. } => "in the store (no collector running)".into(),
             };
             if r.changed {
-                println!(
-                    "revoked {} {via}; {} connection(s) closed",
-                    r.agent, r.closed
-                );
+                println!("revoked {} {via}", r.agent);
             } else {
                 println!("{} was already revoked", r.agent);
             }

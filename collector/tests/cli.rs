@@ -1,0 +1,163 @@
+//! The binary as an operator uses it: init, enroll, run, agents, query,
+//! revoke (through the running server, then through the data directory),
+//! graceful stop on SIGTERM.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ferry-collector");
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap()
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = cli(args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn every_subcommand_explains_itself() {
+    for sub in [
+        "init", "enroll", "revoke", "agents", "run", "query", "series",
+    ] {
+        let help = ok(&[sub, "--help"]);
+        assert!(help.contains("Usage: ferry-collector"), "{sub}: {help}");
+    }
+    let top = ok(&["--help"]);
+    assert!(top.contains("UDP 7410"));
+}
+
+#[test]
+fn operator_workflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&["init", "--data-dir", s(&data)]);
+    let again = cli(&["init", "--data-dir", s(&data)]);
+    assert!(!again.status.success());
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        err.contains("refusing to overwrite an existing certificate authority"),
+        "{err}"
+    );
+
+    let bundle = dir.path().join("gw-1");
+    ok(&[
+        "enroll",
+        "gw-1",
+        "--data-dir",
+        s(&data),
+        "--out",
+        s(&bundle),
+    ]);
+    for f in ["agent.crt", "agent.key", "ca.crt", "agent.toml"] {
+        assert!(bundle.join(f).exists(), "{f}");
+    }
+    let bad = cli(&[
+        "enroll",
+        "no/slash",
+        "--data-dir",
+        s(&data),
+        "--out",
+        s(&dir.path().join("x")),
+    ]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("agent id \"no/slash\": only A-Z a-z 0-9 . _ - are allowed")
+    );
+
+    // Port 0 for both listeners; the CLI finds the server via collector.http.
+    let config = data.join("collector.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("0.0.0.0:7410", "127.0.0.1:0")
+        .replace("127.0.0.1:7411", "127.0.0.1:0");
+    std::fs::write(&config, text).unwrap();
+    let mut server = Command::new(BIN)
+        .args(["run", "--config", s(&config), "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("collector running") {
+            assert!(line.starts_with('{'), "JSON logs: {line}");
+            break;
+        }
+    }
+
+    let agents = ok(&["agents", "--data-dir", s(&data), "-f", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&agents).unwrap();
+    assert_eq!(v[0]["id"], "gw-1");
+    assert_eq!(v[0]["state"], "enrolled");
+    let out = ok(&["revoke", "gw-1", "--data-dir", s(&data)]);
+    assert!(
+        out.starts_with("revoked gw-1 through the running collector at 127.0.0.1:"),
+        "{out}"
+    );
+    let out = ok(&[
+        "query",
+        "temperature",
+        "--from",
+        "-1h",
+        "--data-dir",
+        s(&data),
+        "-f",
+        "csv",
+    ]);
+    assert_eq!(
+        out,
+        "SERIES,TIME,VALUE,WINDOW,COUNT,SUM,MIN,MAX,FIRST,LAST,P50,P90,P99\n"
+    );
+    let bad = cli(&["query", "t{a=b}", "--data-dir", s(&data)]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .contains("answered 400: selector \"t{a=b}\" at byte 4"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(server.wait().unwrap().success());
+    assert!(
+        rest.iter().any(|l| l.contains("SIGTERM received")),
+        "{rest:?}"
+    );
+    assert!(
+        rest.iter().any(|l| l.contains("collector stopped")),
+        "{rest:?}"
+    );
+    assert!(!data.join("collector.http").exists());
+
+    // No server: the CLI opens the data directory itself.
+    let out = ok(&["revoke", "gw-2", "--data-dir", s(&data)]);
+    assert_eq!(out, "revoked gw-2 in the store (no collector running)\n");
+    let out = ok(&["agents", "--data-dir", s(&data), "-f", "csv"]);
+    assert_eq!(
+        out,
+        "AGENT,STATE,LAST SEEN,REMOTE,BATCHES,READINGS,LAST SEQ,DROPPED\n\
+         gw-1,revoked,never,,0,0,-,0\n\
+         gw-2,revoked,never,,0,0,-,0\n"
+    );
+}
