@@ -105,9 +105,21 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
         START.sample_period_ms, START.window_ms
     );
     let child = Command::new("qemu-system-arm")
-        .args(["-machine", "mps2-an386", "-cpu", "cortex-m4", "-display", "none", "-monitor", "none"])
+        .args([
+            "-machine",
+            "mps2-an386",
+            "-cpu",
+            "cortex-m4",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+        ])
         .args(["-semihosting-config", &semihosting])
-        .args(["-chardev", &format!("socket,id=s0,host=127.0.0.1,port={port},server=off")])
+        .args([
+            "-chardev",
+            &format!("socket,id=s0,host=127.0.0.1,port={port},server=off"),
+        ])
         .args(["-serial", "chardev:s0", "-kernel"])
         .arg(&elf)
         .stdin(Stdio::null())
@@ -123,7 +135,10 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
             Ok((s, _)) => break s,
             Err(e) if e.kind() == ErrorKind::WouldBlock => {
                 if let Ok(Some(status)) = qemu.0.try_wait() {
-                    panic!("qemu exited with {status} before connecting: {}", qemu.stderr());
+                    panic!(
+                        "qemu exited with {status} before connecting: {}",
+                        qemu.stderr()
+                    );
                 }
                 assert!(started.elapsed() < DEADLINE, "qemu never connected");
                 // Waiting for another process to start, bounded by DEADLINE.
@@ -133,7 +148,9 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
         }
     };
     stream.set_nonblocking(false).unwrap();
-    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
 
     let mut deframer = Deframer::new();
     let mut hello = None;
@@ -160,7 +177,9 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
             Err(e) => panic!("read: {e}"),
         };
         for &b in &buf[..n] {
-            let Some(frame) = deframer.push(b) else { continue };
+            let Some(frame) = deframer.push(b) else {
+                continue;
+            };
             let payload = frame.unwrap_or_else(|e| panic!("bad frame from the board: {e}"));
             match codec::from_bytes::<Uplink>("Uplink", payload).unwrap() {
                 Uplink::Hello(h) => {
@@ -187,14 +206,23 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
                     let start = r.windows[0].start_ms;
                     if let Some(prev) = reports.last() {
                         let p = prev.windows[0];
-                        assert_eq!(start, p.start_ms + u64::from(p.len_ms), "windows not contiguous");
+                        assert_eq!(
+                            start,
+                            p.start_ms + u64::from(p.len_ms),
+                            "windows not contiguous"
+                        );
                     }
                     if r.windows[0].len_ms == NEXT.window_ms && config == START {
                         config = NEXT;
                         epoch = start;
                     }
                     let want = sim::expected_windows(epoch, config, start);
-                    assert_eq!(&r.windows[..], &want[..], "report {} differs from the waveform", r.seq);
+                    assert_eq!(
+                        &r.windows[..],
+                        &want[..],
+                        "report {} differs from the waveform",
+                        r.seq
+                    );
                     if r.seq == 1 {
                         report1_copies += 1;
                     }
@@ -223,7 +251,13 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
         }
     }
     assert!(!heartbeats.is_empty(), "heartbeats every 500 ms");
-    assert_eq!(hello.unwrap().firmware.as_str(), ferry_firmware::node::FIRMWARE);
+    assert_eq!(
+        hello.unwrap().firmware.as_str(),
+        ferry_firmware::node::FIRMWARE
+    );
     let log = qemu.stderr();
-    assert!(log.contains(&format!("device {DEVICE} boot {BOOT}")), "{log}");
+    assert!(
+        log.contains(&format!("device {DEVICE} boot {BOOT}")),
+        "{log}"
+    );
 }
