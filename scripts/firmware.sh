@@ -4,7 +4,7 @@
 #
 #   scripts/firmware.sh setup    # rustup target + apt packages (idempotent)
 #   scripts/firmware.sh build    # release builds (profile `firmware`) + sizes + budget
-#   scripts/firmware.sh clippy   # clippy -D warnings of each board for its target
+#   scripts/firmware.sh clippy   # clippy -D warnings: each board for its target, the smoke test
 #   scripts/firmware.sh smoke    # build the QEMU board, run tests/qemu_smoke.rs
 #   scripts/firmware.sh all      # build, clippy, smoke (the default)
 #
@@ -69,6 +69,8 @@ build() {
 }
 
 clippy() {
+    # The library with its feature-gated QEMU smoke test, on the host.
+    cargo clippy -p ferry-firmware --all-targets --features qemu-smoke -- -D warnings
     for entry in "${BOARDS[@]}"; do
         IFS=: read -r pkg _ <<<"$entry"
         cargo clippy -p "$pkg" --target "$TARGET" --profile "$PROFILE" -- -D warnings
