@@ -17,9 +17,10 @@
 //!   reaches the collector as a figure rather than as silence.
 //! - **Heartbeats** every `heartbeat_every_ms`.
 //!
-//! **Invariants:** ring entries have strictly increasing consecutive-or-gapped
-//! sequence numbers (gaps only where a report was dropped and counted);
-//! `next_seq - 1 == acked + queued + dropped` counted in reports.
+//! **Invariants:** the ring holds consecutive sequence numbers, oldest
+//! first (a drop removes only the oldest, so no gap opens inside the ring);
+//! every sequence number handed out is acked, queued or dropped, exactly one
+//! of them: `next_seq - 1 == acked + queued + dropped`.
 
 use ferry_proto::codec;
 use ferry_proto::link::{
