@@ -89,6 +89,17 @@ pub fn from_slice<'de, T: serde::Deserialize<'de>>(
     messagepack_serde::from_slice(bytes).map_err(|e| DecodeError::new(message, e))
 }
 
+/// Encodes `value` into a new vector with `messagepack-serde`: the same bytes
+/// as [`to_vec`], available to `alloc`-only builds (the agent's journal on a
+/// device).
+#[cfg(feature = "alloc")]
+pub fn encode_alloc<T: serde::Serialize + ?Sized>(
+    value: &T,
+) -> Result<alloc::vec::Vec<u8>, EncodeError> {
+    messagepack_serde::ser::to_vec_with_config(value, Pinned)
+        .map_err(|_| EncodeError::Unrepresentable)
+}
+
 /// Encodes `value` with `rmp-serde`.
 #[cfg(feature = "std")]
 pub fn to_vec<T: serde::Serialize + ?Sized>(value: &T) -> Result<alloc::vec::Vec<u8>, EncodeError> {

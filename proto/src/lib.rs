@@ -56,4 +56,7 @@ pub mod health {
     /// Readings refused because a source's queue was full (backpressure
     /// could not be applied, e.g. UDP).
     pub const DROPPED_QUEUE_FULL: u16 = 5;
+    /// Readings in batches the collector rejected permanently (a reason code
+    /// below 100): counted so that the loss still reaches the collector.
+    pub const DROPPED_REJECTED: u16 = 6;
 }

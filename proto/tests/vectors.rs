@@ -146,6 +146,11 @@ where
         about,
         check: Box::new(move |expected: &[u8]| {
             let rmp = codec::to_vec(&value).unwrap();
+            assert_eq!(
+                codec::encode_alloc(&value).unwrap(),
+                rmp,
+                "{name}: encode_alloc"
+            );
             let mut buf = vec![0u8; 4096];
             let n = codec::to_slice(&value, &mut buf).unwrap();
             assert_eq!(

@@ -1,0 +1,81 @@
+//! How sources hand work to the journal writer and learn that it is durable.
+//!
+//! A source calls [`Intake::submit`] with a [`Work`] and awaits the answer:
+//! `Ok` means the work is committed to the journal (fsynced), so the source
+//! may now acknowledge it to its sender (a device ack, reading the next
+//! chunk of a TCP stream). The channel to the writer is bounded: a source
+//! that submits faster than the writer commits waits in `submit` — that is
+//! the backpressure path for TCP and serial sources.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::journal::{CommitReport, Work};
+
+/// Why a submission was not committed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubmitError {
+    /// The journal is at its disk budget under the `backpressure` policy:
+    /// retry later (TCP sources stop reading; UDP sources drop and count).
+    #[error("journal full ({used} of {budget} bytes)")]
+    Full {
+        /// Bytes in use.
+        used: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// The agent is shutting down; nothing was committed.
+    #[error("agent shutting down")]
+    Shutdown,
+    /// The journal failed to commit; nothing was committed.
+    #[error("journal error: {0}")]
+    Storage(String),
+}
+
+/// One unit of work and where to send the outcome.
+#[derive(Debug)]
+pub struct Submission {
+    /// What to commit.
+    pub work: Work,
+    /// Answered after the commit (or its failure).
+    pub done: oneshot::Sender<Result<CommitReport, SubmitError>>,
+}
+
+/// A source's handle on the journal writer. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Intake {
+    tx: mpsc::Sender<Submission>,
+}
+
+impl Intake {
+    /// A handle and the writer's receiving end, with room for `bound`
+    /// submissions in the queue.
+    pub fn channel(bound: usize) -> (Self, mpsc::Receiver<Submission>) {
+        let (tx, rx) = mpsc::channel(bound.max(1));
+        (Self { tx }, rx)
+    }
+
+    /// Commits `work` durably; returns when it is in the journal.
+    pub async fn submit(&self, work: Work) -> Result<CommitReport, SubmitError> {
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send(Submission { work, done })
+            .await
+            .map_err(|_| SubmitError::Shutdown)?;
+        answer.await.map_err(|_| SubmitError::Shutdown)?
+    }
+
+    /// Like [`submit`](Self::submit) but never waits for queue space:
+    /// `Err(work)` back when the queue is full (UDP sources count a drop).
+    pub fn try_submit(
+        &self,
+        work: Work,
+    ) -> Result<oneshot::Receiver<Result<CommitReport, SubmitError>>, Work> {
+        let (done, answer) = oneshot::channel();
+        match self.tx.try_send(Submission { work, done }) {
+            Ok(()) => Ok(answer),
+            Err(mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s)) => {
+                Err(s.work)
+            }
+        }
+    }
+}

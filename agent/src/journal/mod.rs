@@ -1,0 +1,954 @@
+//! The journal: every reading the agent accepted, in redb, until the
+//! collector has acknowledged it.
+//!
+//! One write transaction per group commit holds everything a commit changes,
+//! so a crash at any instant leaves the journal at the end of some commit.
+//! The same code runs in the gateway daemon (redb on a file) and in firmware
+//! (redb on the device's flash through a [`redb::StorageBackend`]): it needs
+//! `alloc`, not `std`, and takes time as a `now` parameter.
+//!
+//! # Tables
+//! | table | key → value | holds |
+//! |---|---|---|
+//! | `pending` | row id → [`PendingRow`] | raw readings and closed windows not yet in a batch, one row per commit |
+//! | `windows` | encoded [`SeriesKey`] → [`SeriesWindows`] | open windows of aggregated series |
+//! | `outbox` | batch seq → encoded [`Batch`] | sealed batches waiting for an ack |
+//! | `outbox_meta` | batch seq → [`OutboxMeta`] | size, readings per origin, age |
+//! | `health` | (origin, kind) → count | health increments not yet in a batch |
+//! | `dropped` | (origin, kind) → count | cumulative drops, for `status` |
+//! | `devices` | device id → (boot, seq) | highest device report journaled |
+//! | `meta` | name → u64 | `next_seq`, `next_row`, `bytes` |
+//!
+//! # Invariants
+//! 1. **Nothing accepted is lost**: a reading passed to [`Journal::commit`]
+//!    that returned `Ok` is, after that commit, in exactly one of: a pending
+//!    row, an open window, an outbox batch; or it has been counted in
+//!    `health`/`dropped` (dropped under `drop_oldest`, or late under a `drop`
+//!    rule). Never both, never neither.
+//! 2. **Sequences are never reused**: `next_seq` only grows and is written in
+//!    the transaction that seals the batch.
+//! 3. **Acked means gone**: a batch leaves the outbox only through
+//!    [`Journal::commit`] with its ack (stored, duplicate: delivered; rejected:
+//!    counted as dropped), or through `drop_oldest` (counted as dropped).
+//! 4. **In-flight batches are never dropped**: `drop_oldest` skips batches
+//!    handed out by [`Journal::next_to_send`] and not yet acked or released,
+//!    so a batch is never both delivered and counted as dropped.
+//! 5. **Bounded**: `bytes` (the sum of encoded row sizes in `pending`,
+//!    `windows`, `outbox` and `outbox_meta`) stays at or below the budget
+//!    after every commit, except by in-flight batches under `drop_oldest`;
+//!    under `backpressure` a commit that would start above the budget is
+//!    refused whole ([`CommitError::Full`]).
+//! 6. **Device reports are journaled once**: a report `(device, boot, seq)`
+//!    is accepted only if it is the next after the one recorded in
+//!    `devices`, and the record moves in the same transaction.
+
+mod rows;
+
+use alloc::collections::{BTreeMap, BTreeSet};
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use core::fmt;
+
+use ferry_proto::batch::{Batch, HealthRecord, Reading, ReadingBlock};
+use ferry_proto::codec;
+use ferry_proto::health;
+use ferry_proto::series::SeriesKey;
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+pub use rows::{OriginCount, OutboxMeta, PendingRow};
+
+use crate::window::{Added, Aggregator, LatePolicy, Partial, SeriesWindows, WindowRule};
+
+const PENDING: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("pending");
+const WINDOWS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("windows");
+const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
+const OUTBOX_META: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox_meta");
+const HEALTH: TableDefinition<'_, (&str, u16), u64> = TableDefinition::new("health");
+const DROPPED: TableDefinition<'_, (&str, u16), u64> = TableDefinition::new("dropped");
+const DEVICES: TableDefinition<'_, &str, (u32, u32)> = TableDefinition::new("devices");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+/// Health kind for batches the collector rejected permanently.
+pub const DROPPED_REJECTED: u16 = health::DROPPED_REJECTED;
+
+/// What the journal does when its disk budget is reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Drop the oldest batches not in flight, counting their readings per
+    /// origin (the default: fresh data matters most after a long outage).
+    #[default]
+    DropOldest,
+    /// Refuse new readings until shipping frees space; sources slow down.
+    Backpressure,
+}
+
+/// A window rule and the metrics it applies to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateRule {
+    /// Metric name pattern: `*` matches any run of characters.
+    pub metric: String,
+    /// The window.
+    pub window: WindowRule,
+}
+
+/// Journal settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalConfig {
+    /// Most bytes of rows kept (see invariant 5).
+    pub budget_bytes: u64,
+    /// Behaviour at the budget.
+    pub policy: FullPolicy,
+    /// Seal a batch once this many readings and aggregates are pending.
+    pub batch_max_readings: usize,
+    /// Seal a batch once its oldest content is this old, ns.
+    pub batch_linger_ns: i64,
+    /// Window rules, first match wins; unmatched series pass raw.
+    pub rules: Vec<AggregateRule>,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            budget_bytes: 1 << 30,
+            policy: FullPolicy::DropOldest,
+            batch_max_readings: 16_384,
+            batch_linger_ns: 10_000_000,
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Readings of one series from one origin.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesReadings {
+    /// The series.
+    pub series: SeriesKey,
+    /// Device id or source name, for loss accounting.
+    pub origin: String,
+    /// The readings.
+    pub readings: Vec<Reading>,
+}
+
+/// A device report: windows computed on a device, journaled at most once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceReport {
+    /// Device id (hex).
+    pub device: String,
+    /// Boot number from the device's hello.
+    pub boot: u32,
+    /// Report sequence.
+    pub seq: u32,
+    /// Reports of this boot at or below `floor` will never come (the device
+    /// dropped them and counts them itself): from its latest heartbeat,
+    /// `next_seq − queued − 1`; 0 when unknown.
+    pub floor: u32,
+    /// Closed windows, already in wall-clock time.
+    pub windows: Vec<(SeriesKey, Partial)>,
+}
+
+/// Everything one group commit applies.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Work {
+    /// Readings from sources.
+    pub readings: Vec<SeriesReadings>,
+    /// Device reports.
+    pub reports: Vec<DeviceReport>,
+    /// Health increments `(origin, kind, count)`.
+    pub health: Vec<(String, u16, u64)>,
+    /// Collector answers `(seq, delivered)`: `true` for stored/duplicate,
+    /// `false` for a permanent rejection.
+    pub acks: Vec<(u64, bool)>,
+}
+
+impl Work {
+    /// True when the commit would change nothing but time-driven state.
+    pub fn is_empty(&self) -> bool {
+        self.readings.is_empty()
+            && self.reports.is_empty()
+            && self.health.is_empty()
+            && self.acks.is_empty()
+    }
+
+    /// Readings carried (raw readings plus samples in device windows).
+    pub fn reading_count(&self) -> u64 {
+        let raw: usize = self.readings.iter().map(|s| s.readings.len()).sum();
+        let windows: u64 = self
+            .reports
+            .iter()
+            .flat_map(|r| &r.windows)
+            .map(|(_, p)| p.count)
+            .sum();
+        raw as u64 + windows
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Readings accepted (raw and into windows).
+    pub accepted: u64,
+    /// Readings dropped as late.
+    pub late_dropped: u64,
+    /// For each report in [`Work::reports`]: true if journaled now or before
+    /// (ack it), false if out of order (do not ack).
+    pub reports: Vec<bool>,
+    /// Batches sealed.
+    pub sealed: Vec<u64>,
+    /// Batches dropped to stay within the budget.
+    pub dropped_batches: u64,
+    /// Readings in those batches.
+    pub dropped_readings: u64,
+    /// Whether a write transaction was committed.
+    pub wrote: bool,
+}
+
+/// Why a commit failed. Nothing of the commit was applied.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// Under `backpressure`, the journal is at its budget.
+    Full {
+        /// Bytes used.
+        used: u64,
+        /// The budget.
+        budget: u64,
+    },
+    /// Storage failed.
+    Storage(redb::Error),
+    /// A row could not be encoded or decoded.
+    Corrupt(String),
+}
+
+impl fmt::Display for CommitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Full { used, budget } => {
+                write!(
+                    f,
+                    "journal full: {used} bytes used of a {budget}-byte budget"
+                )
+            }
+            Self::Storage(e) => write!(f, "journal storage: {e}"),
+            Self::Corrupt(e) => write!(f, "journal corrupt: {e}"),
+        }
+    }
+}
+
+impl core::error::Error for CommitError {}
+
+impl<E: Into<redb::Error>> From<E> for CommitError {
+    fn from(e: E) -> Self {
+        Self::Storage(e.into())
+    }
+}
+
+/// Counters for `status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Bytes of rows (invariant 5).
+    pub bytes: u64,
+    /// Disk budget.
+    pub budget_bytes: u64,
+    /// Readings in the batch being filled.
+    pub pending_readings: u64,
+    /// Readings counted in open windows.
+    pub window_readings: u64,
+    /// Open windows.
+    pub open_windows: u64,
+    /// Sealed batches waiting for an ack.
+    pub outbox_batches: u64,
+    /// Readings in those batches.
+    pub outbox_readings: u64,
+    /// `created_ns` of the oldest unacked batch.
+    pub oldest_unacked_ns: Option<i64>,
+    /// Next batch sequence.
+    pub next_seq: u64,
+    /// Batches handed out and not yet acked.
+    pub in_flight: u64,
+    /// Cumulative drops by (origin, kind).
+    pub dropped: Vec<(String, u16, u64)>,
+}
+
+/// In-memory copy of the batch being filled (mirrors the `pending` rows).
+#[derive(Debug, Default)]
+struct Pending {
+    index: BTreeMap<SeriesKey, u32>,
+    batch: Batch,
+    raw: BTreeMap<u32, Vec<Reading>>,
+    origins: BTreeMap<String, u64>,
+    count: usize,
+    since_ns: Option<i64>,
+    rows: Vec<u64>,
+}
+
+impl Pending {
+    fn series(&mut self, key: &SeriesKey) -> u32 {
+        if let Some(&i) = self.index.get(key) {
+            return i;
+        }
+        let i = self.batch.series.len() as u32;
+        self.batch.series.push(key.clone());
+        self.index.insert(key.clone(), i);
+        i
+    }
+
+    fn add_row(&mut self, row: &PendingRow) -> Result<(), CommitError> {
+        for block in &row.batch.blocks {
+            let key = row.batch.series.get(block.series as usize).ok_or_else(|| {
+                CommitError::Corrupt("pending row references an unknown series".into())
+            })?;
+            let i = self.series(key);
+            let readings = block
+                .readings()
+                .map_err(|e| CommitError::Corrupt(alloc::format!("pending row: {e}")))?;
+            self.count += readings.len();
+            self.raw.entry(i).or_default().extend(readings);
+        }
+        for agg in &row.batch.aggregates {
+            let key = row.batch.series.get(agg.series as usize).ok_or_else(|| {
+                CommitError::Corrupt("pending row references an unknown series".into())
+            })?;
+            let i = self.series(key);
+            let mut agg = agg.clone();
+            agg.series = i;
+            self.batch.aggregates.push(agg);
+            self.count += 1;
+        }
+        for o in &row.origins {
+            *self.origins.entry(o.origin.clone()).or_default() += o.readings;
+        }
+        self.since_ns = Some(
+            self.since_ns
+                .map_or(row.written_ns, |s| s.min(row.written_ns)),
+        );
+        Ok(())
+    }
+}
+
+/// The journal. See the module docs for its tables and invariants.
+pub struct Journal {
+    db: Database,
+    config: JournalConfig,
+    aggregator: Aggregator,
+    pending: Pending,
+    in_flight: BTreeSet<u64>,
+    next_seq: u64,
+    next_row: u64,
+    bytes: u64,
+    /// Health increments not yet sealed, mirrored from the `health` table.
+    health_pending: bool,
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CommitError> {
+    codec::encode_alloc(value).map_err(|e| CommitError::Corrupt(e.to_string()))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+) -> Result<T, CommitError> {
+    codec::from_slice(what, bytes).map_err(|e| CommitError::Corrupt(e.to_string()))
+}
+
+/// `*`-glob match of `name` against `pattern`.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let (mut pi, mut ni) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ni < n.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some(pi);
+            pi += 1;
+            mark = ni;
+        } else if pi < p.len() && p[pi] == n[ni] {
+            pi += 1;
+            ni += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ni = mark;
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+impl Journal {
+    /// Opens (or creates) the journal in `db` and rebuilds its in-memory
+    /// state: the batch being filled and the open windows.
+    pub fn open(db: Database, config: JournalConfig) -> Result<Self, CommitError> {
+        let txn = db.begin_write()?;
+        {
+            // Create every table so readers never meet a missing one.
+            txn.open_table(PENDING)?;
+            txn.open_table(WINDOWS)?;
+            txn.open_table(OUTBOX)?;
+            txn.open_table(OUTBOX_META)?;
+            txn.open_table(HEALTH)?;
+            txn.open_table(DROPPED)?;
+            txn.open_table(DEVICES)?;
+            txn.open_table(META)?;
+        }
+        txn.commit()?;
+        let mut journal = Self {
+            db,
+            config,
+            aggregator: Aggregator::new(),
+            pending: Pending::default(),
+            in_flight: BTreeSet::new(),
+            next_seq: 1,
+            next_row: 1,
+            bytes: 0,
+            health_pending: false,
+        };
+        journal.reload()?;
+        Ok(journal)
+    }
+
+    /// Rebuilds the in-memory state (batch being filled, open windows,
+    /// counters) from the tables.
+    fn reload(&mut self) -> Result<(), CommitError> {
+        let journal = self;
+        journal.aggregator = Aggregator::new();
+        journal.pending = Pending::default();
+        let txn = journal.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let get = |name: &str| -> Result<Option<u64>, CommitError> {
+            Ok(meta.get(name)?.map(|v| v.value()))
+        };
+        journal.next_seq = get("next_seq")?.unwrap_or(1);
+        journal.next_row = get("next_row")?.unwrap_or(1);
+        journal.bytes = get("bytes")?.unwrap_or(0);
+        for entry in txn.open_table(PENDING)?.iter()? {
+            let (id, row) = entry?;
+            let row: PendingRow = decode("PendingRow", row.value())?;
+            journal.pending.add_row(&row)?;
+            journal.pending.rows.push(id.value());
+        }
+        for entry in txn.open_table(WINDOWS)?.iter()? {
+            let (key, state) = entry?;
+            let key: SeriesKey = decode("SeriesKey", key.value())?;
+            let state: SeriesWindows = decode("SeriesWindows", state.value())?;
+            // Windows of series no rule matches any more close at the next
+            // commit (a zero-length lateness under the old period).
+            let rule = journal.rule_for(&key).unwrap_or(WindowRule {
+                period_ns: state.open.first().map_or(1, |p| p.len_ns),
+                lateness_ns: 0,
+                sketch: false,
+                late: LatePolicy::Raw,
+            });
+            journal.aggregator.restore(key, rule, state);
+        }
+        journal.health_pending = txn.open_table(HEALTH)?.len()? > 0;
+        Ok(())
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &JournalConfig {
+        &self.config
+    }
+
+    fn rule_for(&self, key: &SeriesKey) -> Option<WindowRule> {
+        self.config
+            .rules
+            .iter()
+            .find(|r| glob_match(&r.metric, &key.metric))
+            .map(|r| r.window)
+    }
+
+    /// Applies `work` in one durable write transaction, closes due windows,
+    /// seals a batch when one is full or old enough, and enforces the
+    /// budget. Writes nothing (no fsync) when nothing changed.
+    pub fn commit(&mut self, work: Work, now: i64) -> Result<CommitReport, CommitError> {
+        if self.config.policy == FullPolicy::Backpressure
+            && self.bytes >= self.config.budget_bytes
+            && (!work.readings.is_empty() || !work.reports.is_empty())
+        {
+            return Err(CommitError::Full {
+                used: self.bytes,
+                budget: self.config.budget_bytes,
+            });
+        }
+        // On failure the transaction was dropped (aborted): rebuild memory
+        // from disk so both agree again. In-flight marks survive.
+        let result = self.commit_inner(work, now);
+        if result.is_err() {
+            self.reload()?;
+        }
+        result
+    }
+
+    fn commit_inner(&mut self, work: Work, now: i64) -> Result<CommitReport, CommitError> {
+        let mut report = CommitReport::default();
+        let mut row = PendingRow {
+            batch: Batch::default(),
+            origins: Vec::new(),
+            written_ns: now,
+        };
+        let mut row_index: BTreeMap<SeriesKey, u32> = BTreeMap::new();
+        let mut row_origins: BTreeMap<String, u64> = BTreeMap::new();
+        let mut touched: BTreeSet<SeriesKey> = BTreeSet::new();
+        let mut health_add: Vec<(String, u16, u64)> = work.health;
+
+        let txn = self.db.begin_write()?;
+        {
+            let mut devices = txn.open_table(DEVICES)?;
+            // Raw readings and windows.
+            for group in &work.readings {
+                let rule = self.rule_for(&group.series);
+                let mut raw: Vec<Reading> = Vec::new();
+                let mut late_dropped = 0u64;
+                match rule {
+                    None => raw.extend_from_slice(&group.readings),
+                    Some(rule) => {
+                        for r in &group.readings {
+                            match self.aggregator.add(
+                                &group.series,
+                                &group.origin,
+                                rule,
+                                r.ts_ns,
+                                r.value,
+                                now,
+                            ) {
+                                Added::Window => {}
+                                Added::Late(LatePolicy::Raw) => raw.push(*r),
+                                Added::Late(LatePolicy::Drop) => late_dropped += 1,
+                            }
+                        }
+                        touched.insert(group.series.clone());
+                    }
+                }
+                report.accepted += group.readings.len() as u64 - late_dropped;
+                report.late_dropped += late_dropped;
+                if late_dropped > 0 {
+                    health_add.push((group.origin.clone(), health::DROPPED_LATE, late_dropped));
+                }
+                if !raw.is_empty() {
+                    let i = row_series(&mut row, &mut row_index, &group.series);
+                    row.batch.blocks.push(ReadingBlock::encode(i, &raw));
+                    *row_origins.entry(group.origin.clone()).or_default() += raw.len() as u64;
+                }
+                // Readings in windows are attributed when the window closes.
+            }
+            // Device reports: in order, once.
+            for rep in &work.reports {
+                let last = devices.get(rep.device.as_str())?.map(|v| v.value());
+                let done = match last {
+                    Some((boot, seq)) if boot == rep.boot => seq,
+                    _ => 0,
+                };
+                if rep.seq <= done {
+                    report.reports.push(true); // journaled before: ack again
+                    continue;
+                }
+                if rep.seq != done.max(rep.floor) + 1 {
+                    report.reports.push(false); // a gap: wait for the missing one
+                    continue;
+                }
+                for (series, partial) in &rep.windows {
+                    let i = row_series(&mut row, &mut row_index, series);
+                    row.batch.aggregates.push(partial.to_aggregate(i));
+                    *row_origins.entry(rep.device.clone()).or_default() += partial.count;
+                    report.accepted += partial.count;
+                }
+                devices.insert(rep.device.as_str(), (rep.boot, rep.seq))?;
+                report.reports.push(true);
+            }
+        }
+        // Windows due now.
+        let closed = self.aggregator.close_due(now, |k| {
+            touched.insert(k.clone());
+        });
+        for c in closed {
+            let i = row_series(&mut row, &mut row_index, &c.series);
+            row.batch.aggregates.push(c.window.to_aggregate(i));
+            *row_origins.entry(c.origin).or_default() += c.window.count;
+        }
+        row.origins = row_origins
+            .into_iter()
+            .map(|(origin, readings)| OriginCount { origin, readings })
+            .collect();
+
+        let mut wrote = !work.acks.is_empty() || !health_add.is_empty() || !work.reports.is_empty();
+        {
+            // Open windows of touched series.
+            let mut windows = txn.open_table(WINDOWS)?;
+            for key in &touched {
+                let k = encode(key)?;
+                let old = windows
+                    .get(k.as_slice())?
+                    .map_or(0, |v| v.value().len() as u64);
+                match self.aggregator.state(key) {
+                    Some(state) => {
+                        let v = encode(state)?;
+                        self.bytes = self.bytes - old.min(self.bytes) + v.len() as u64;
+                        windows.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        self.bytes -= old.min(self.bytes);
+                        windows.remove(k.as_slice())?;
+                    }
+                }
+                wrote = true;
+            }
+            // Health increments.
+            let mut health_table = txn.open_table(HEALTH)?;
+            for (origin, kind, count) in &health_add {
+                if *count == 0 {
+                    continue;
+                }
+                let old = health_table
+                    .get((origin.as_str(), *kind))?
+                    .map_or(0, |v| v.value());
+                health_table.insert((origin.as_str(), *kind), old + count)?;
+                self.health_pending = true;
+            }
+            let mut dropped = txn.open_table(DROPPED)?;
+            for (origin, kind, count) in &health_add {
+                if matches!(*kind, health::DROPPED_LATE) {
+                    let old = dropped
+                        .get((origin.as_str(), *kind))?
+                        .map_or(0, |v| v.value());
+                    dropped.insert((origin.as_str(), *kind), old + count)?;
+                }
+            }
+        }
+        // Acks.
+        for (seq, delivered) in &work.acks {
+            self.in_flight.remove(seq);
+            self.remove_batch(
+                &txn,
+                *seq,
+                if *delivered {
+                    None
+                } else {
+                    Some(DROPPED_REJECTED)
+                },
+            )?;
+        }
+        // The commit's pending row.
+        if !row.batch.blocks.is_empty() || !row.batch.aggregates.is_empty() {
+            let bytes = encode(&row)?;
+            let id = self.next_row;
+            self.next_row += 1;
+            txn.open_table(PENDING)?.insert(id, bytes.as_slice())?;
+            self.bytes += bytes.len() as u64;
+            self.pending.add_row(&row)?;
+            self.pending.rows.push(id);
+            wrote = true;
+        }
+        // Seal.
+        let has_content = self.pending.count > 0 || self.health_pending;
+        if has_content && self.pending.since_ns.is_none() {
+            self.pending.since_ns = Some(now); // health only: its linger starts now
+        }
+        let due = self
+            .pending
+            .since_ns
+            .is_some_and(|s| now.saturating_sub(s) >= self.config.batch_linger_ns);
+        if has_content && (self.pending.count >= self.config.batch_max_readings || due) {
+            if let Some(seq) = self.seal(&txn, now)? {
+                report.sealed.push(seq);
+                wrote = true;
+            }
+        }
+        // Budget.
+        if self.config.policy == FullPolicy::DropOldest {
+            while self.bytes > self.config.budget_bytes {
+                let victim = {
+                    let outbox = txn.open_table(OUTBOX_META)?;
+                    let mut found = None;
+                    for entry in outbox.iter()? {
+                        let (seq, _) = entry?;
+                        if !self.in_flight.contains(&seq.value()) {
+                            found = Some(seq.value());
+                            break;
+                        }
+                    }
+                    found
+                };
+                let Some(seq) = victim else { break };
+                report.dropped_readings +=
+                    self.remove_batch(&txn, seq, Some(health::DROPPED_JOURNAL_FULL))?;
+                report.dropped_batches += 1;
+                wrote = true;
+            }
+        }
+        if wrote {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("next_seq", self.next_seq)?;
+            meta.insert("next_row", self.next_row)?;
+            meta.insert("bytes", self.bytes)?;
+            drop(meta);
+            txn.commit()?;
+            report.wrote = true;
+        } else {
+            txn.abort()?;
+        }
+        Ok(report)
+    }
+
+    /// Removes a batch from the outbox. With `dropped_kind`, its readings are
+    /// counted as dropped per origin, and its health records are kept for
+    /// the next batch (a count is never lost with the batch carrying it).
+    /// Returns the batch's readings. A missing batch (acked twice) is a no-op.
+    fn remove_batch(
+        &mut self,
+        txn: &redb::WriteTransaction,
+        seq: u64,
+        dropped_kind: Option<u16>,
+    ) -> Result<u64, CommitError> {
+        let mut outbox = txn.open_table(OUTBOX)?;
+        let mut metas = txn.open_table(OUTBOX_META)?;
+        let Some(body) = outbox.remove(seq)? else {
+            return Ok(0);
+        };
+        let body_len = body.value().len() as u64;
+        let batch_health: Vec<HealthRecord> = if dropped_kind.is_some() {
+            decode::<Batch>("Batch", body.value())?.health
+        } else {
+            Vec::new()
+        };
+        drop(body);
+        let meta = metas.remove(seq)?.map(|m| {
+            (
+                m.value().len() as u64,
+                decode::<OutboxMeta>("OutboxMeta", m.value()),
+            )
+        });
+        let (meta_len, meta) = match meta {
+            Some((len, m)) => (len, m?),
+            None => {
+                return Err(CommitError::Corrupt(alloc::format!(
+                    "batch {seq} has no outbox_meta row"
+                )));
+            }
+        };
+        self.bytes -= (body_len + meta_len).min(self.bytes);
+        if let Some(kind) = dropped_kind {
+            let mut health_table = txn.open_table(HEALTH)?;
+            let mut dropped = txn.open_table(DROPPED)?;
+            for o in &meta.origins {
+                let old = health_table
+                    .get((o.origin.as_str(), kind))?
+                    .map_or(0, |v| v.value());
+                health_table.insert((o.origin.as_str(), kind), old + o.readings)?;
+                let old = dropped
+                    .get((o.origin.as_str(), kind))?
+                    .map_or(0, |v| v.value());
+                dropped.insert((o.origin.as_str(), kind), old + o.readings)?;
+            }
+            for h in &batch_health {
+                let old = health_table
+                    .get((h.source.as_str(), h.kind))?
+                    .map_or(0, |v| v.value());
+                health_table.insert((h.source.as_str(), h.kind), old + h.count)?;
+            }
+            self.health_pending = true;
+        }
+        Ok(meta.readings)
+    }
+
+    /// Seals the pending rows and health increments into the next batch.
+    fn seal(&mut self, txn: &redb::WriteTransaction, now: i64) -> Result<Option<u64>, CommitError> {
+        let mut pending = core::mem::take(&mut self.pending);
+        let mut batch = core::mem::take(&mut pending.batch);
+        for (series, readings) in &pending.raw {
+            // Readings of a series may come from several commits: order them
+            // so the block's deltas stay small.
+            let mut readings = readings.clone();
+            readings.sort_by_key(|r| r.ts_ns);
+            batch.blocks.push(ReadingBlock::encode(*series, &readings));
+        }
+        {
+            let mut health_table = txn.open_table(HEALTH)?;
+            for entry in health_table.iter()? {
+                let (k, v) = entry?;
+                let (origin, kind) = k.value();
+                batch.health.push(HealthRecord {
+                    source: origin.into(),
+                    kind,
+                    count: v.value(),
+                });
+            }
+            health_table.retain(|_, _| false)?;
+        }
+        self.health_pending = false;
+        if batch.blocks.is_empty() && batch.aggregates.is_empty() && batch.health.is_empty() {
+            return Ok(None);
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        batch.seq = seq;
+        batch.created_ns = now;
+        let readings =
+            batch.reading_count() as u64 + batch.aggregates.iter().map(|a| a.count).sum::<u64>();
+        let body = encode(&batch)?;
+        let meta = encode(&OutboxMeta {
+            bytes: body.len() as u64,
+            readings,
+            created_ns: now,
+            origins: pending
+                .origins
+                .iter()
+                .map(|(origin, &readings)| OriginCount {
+                    origin: origin.clone(),
+                    readings,
+                })
+                .collect(),
+        })?;
+        txn.open_table(OUTBOX)?.insert(seq, body.as_slice())?;
+        txn.open_table(OUTBOX_META)?.insert(seq, meta.as_slice())?;
+        self.bytes += (body.len() + meta.len()) as u64;
+        let mut rows = txn.open_table(PENDING)?;
+        for id in &pending.rows {
+            if let Some(old) = rows.remove(*id)? {
+                self.bytes -= (old.value().len() as u64).min(self.bytes);
+            }
+        }
+        Ok(Some(seq))
+    }
+
+    /// Hands out up to `max_bytes` of batches that are not in flight, oldest
+    /// (or newest) first, and marks them in flight. At least one batch is
+    /// returned if any is waiting.
+    pub fn next_to_send(
+        &mut self,
+        max_bytes: u64,
+        newest_first: bool,
+    ) -> Result<Vec<(u64, Vec<u8>)>, CommitError> {
+        let txn = self.db.begin_read()?;
+        let outbox = txn.open_table(OUTBOX)?;
+        let out = if newest_first {
+            pick(outbox.iter()?.rev(), &self.in_flight, max_bytes)?
+        } else {
+            pick(outbox.iter()?, &self.in_flight, max_bytes)?
+        };
+        for (seq, _) in &out {
+            self.in_flight.insert(*seq);
+        }
+        Ok(out)
+    }
+
+    /// Forgets which batches are in flight (the connection was lost): they
+    /// will be handed out again.
+    pub fn release_in_flight(&mut self) {
+        self.in_flight.clear();
+    }
+
+    /// Counters for `status`.
+    pub fn stats(&self) -> Result<JournalStats, CommitError> {
+        let txn = self.db.begin_read()?;
+        let metas = txn.open_table(OUTBOX_META)?;
+        let mut stats = JournalStats {
+            bytes: self.bytes,
+            budget_bytes: self.config.budget_bytes,
+            pending_readings: self.pending.count as u64,
+            window_readings: self.aggregator.open_readings(),
+            open_windows: self.aggregator.open_windows() as u64,
+            next_seq: self.next_seq,
+            in_flight: self.in_flight.len() as u64,
+            ..JournalStats::default()
+        };
+        for entry in metas.iter()? {
+            let (_, m) = entry?;
+            let m: OutboxMeta = decode("OutboxMeta", m.value())?;
+            stats.outbox_batches += 1;
+            stats.outbox_readings += m.readings;
+            stats.oldest_unacked_ns.get_or_insert(m.created_ns);
+        }
+        for entry in txn.open_table(DROPPED)?.iter()? {
+            let (k, v) = entry?;
+            let (origin, kind) = k.value();
+            stats.dropped.push((origin.into(), kind, v.value()));
+        }
+        Ok(stats)
+    }
+
+    /// What is waiting, per series: `(series, raw readings, windows)` over
+    /// the outbox and the batch being filled.
+    pub fn inspect(&self) -> Result<Vec<(String, u64, u64)>, CommitError> {
+        let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        let mut add = |batch: &Batch| {
+            for b in &batch.blocks {
+                if let Some(s) = batch.series.get(b.series as usize) {
+                    per.entry(s.to_string()).or_default().0 += b.len() as u64;
+                }
+            }
+            for a in &batch.aggregates {
+                if let Some(s) = batch.series.get(a.series as usize) {
+                    per.entry(s.to_string()).or_default().1 += 1;
+                }
+            }
+        };
+        let txn = self.db.begin_read()?;
+        for entry in txn.open_table(OUTBOX)?.iter()? {
+            let (_, body) = entry?;
+            add(&decode::<Batch>("Batch", body.value())?);
+        }
+        for entry in txn.open_table(PENDING)?.iter()? {
+            let (_, row) = entry?;
+            add(&decode::<PendingRow>("PendingRow", row.value())?.batch);
+        }
+        Ok(per.into_iter().map(|(k, (r, w))| (k, r, w)).collect())
+    }
+
+    /// Device report high-water marks `(device, boot, seq)`.
+    pub fn devices(&self) -> Result<Vec<(String, u32, u32)>, CommitError> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for entry in txn.open_table(DEVICES)?.iter()? {
+            let (k, v) = entry?;
+            let (boot, seq) = v.value();
+            out.push((k.value().into(), boot, seq));
+        }
+        Ok(out)
+    }
+
+    /// Gives the database back (tests, shutdown).
+    pub fn into_database(self) -> Database {
+        self.db
+    }
+}
+
+type OutboxEntry<'a> = Result<
+    (
+        redb::AccessGuard<'a, u64>,
+        redb::AccessGuard<'a, &'static [u8]>,
+    ),
+    redb::StorageError,
+>;
+
+fn pick<'a>(
+    entries: impl Iterator<Item = OutboxEntry<'a>>,
+    in_flight: &BTreeSet<u64>,
+    max_bytes: u64,
+) -> Result<Vec<(u64, Vec<u8>)>, CommitError> {
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    for entry in entries {
+        let (seq, body) = entry?;
+        let seq = seq.value();
+        if in_flight.contains(&seq) {
+            continue;
+        }
+        let body = body.value();
+        if !out.is_empty() && total + body.len() as u64 > max_bytes {
+            break;
+        }
+        total += body.len() as u64;
+        out.push((seq, body.to_vec()));
+    }
+    Ok(out)
+}
+
+fn row_series(row: &mut PendingRow, index: &mut BTreeMap<SeriesKey, u32>, key: &SeriesKey) -> u32 {
+    if let Some(&i) = index.get(key) {
+        return i;
+    }
+    let i = row.batch.series.len() as u32;
+    row.batch.series.push(key.clone());
+    index.insert(key.clone(), i);
+    i
+}

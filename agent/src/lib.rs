@@ -1,0 +1,31 @@
+//! Ferry's gateway agent.
+//!
+//! Sources hand readings to the journal; the journal commits them to redb
+//! (group commit) before anything is acknowledged to a source, pre-aggregates
+//! windows, and seals batches into its outbox; the shipper sends batches to
+//! the collector over QUIC and deletes them only when they are acknowledged.
+//!
+//! # Layout
+//! - [`window`] and [`journal`]: the core — plain state machines with a `now`
+//!   parameter over redb. `alloc` only: firmware links the same code
+//!   (`default-features = false`).
+//! - With the `std` feature (the daemon): `config` (agent.toml), `sources`
+//!   (Influx line protocol over TCP/UDP, the device link over serial and TCP,
+//!   the simulator), `writer` (the task that owns the journal and group-
+//!   commits), `shipper` (QUIC with mTLS, in-flight window, backoff), `admin`
+//!   (status and Prometheus metrics over HTTP), and [`run`](crate::run).
+//!
+//! **Architecture invariant:** only this crate knows the journal layout; only
+//! `ferry-proto` types cross a process boundary.
+#![cfg_attr(not(feature = "std"), no_std)]
+#![warn(missing_docs)]
+
+extern crate alloc;
+
+pub mod journal;
+pub mod window;
+
+#[cfg(feature = "std")]
+pub mod intake;
+#[cfg(feature = "std")]
+pub mod sources;

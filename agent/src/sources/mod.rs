@@ -1,0 +1,3 @@
+//! Sources: where readings come from. Each has its own bounded input, its
+//! own counters, and hands [`Work`](crate::journal::Work) to the journal
+//! through an [`Intake`](crate::intake::Intake).

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Ferry's whole test suite: the one command CI runs (.ci/run) and the README
+# gives. Safe to run again and again: it installs only what is missing.
+#
+#   scripts/test.sh            everything
+#
+# Steps: toolchain and packages → fmt → clippy (host and firmware targets) →
+# every test → no_std builds → firmware cross-builds with their sizes.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+step "toolchain and packages"
+if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
+    rustup target add thumbv7em-none-eabihf
+fi
+for component in rustfmt clippy; do
+    if ! rustup component list --installed | grep -q "^$component"; then
+        rustup component add "$component"
+    fi
+done
+missing=()
+command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
+command -v arm-none-eabi-size >/dev/null || missing+=(binutils-arm-none-eabi)
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "installing ${missing[*]}"
+    sudo_if_needed apt-get update -qq
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+echo "rustc $(rustc --version | cut -d' ' -f2), $(qemu-system-arm --version | head -1)"
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (workspace, all targets)"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if [ -x scripts/firmware.sh ]; then
+    step "cargo clippy (firmware boards, their targets)"
+    scripts/firmware.sh clippy
+fi
+
+step "no_std builds for thumbv7em-none-eabihf"
+cargo build --locked -p ferry-proto --target thumbv7em-none-eabihf --no-default-features
+
+step "tests"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+if [ "$status" -ne 0 ]; then
+    echo "tests: $passed passed, $failed failed"
+    exit "$status"
+fi
+
+if [ -x scripts/firmware.sh ]; then
+    step "firmware cross-builds and sizes"
+    scripts/firmware.sh build
+fi
+
+echo
+echo "tests: $passed passed, $failed failed"
