@@ -53,6 +53,7 @@ async fn enroll_connect_send_ack_query() {
         source: "dev-a".into(),
         kind: ferry_proto::health::DROPPED_DEVICE_RING,
         count: 7,
+        batch: 0,
     });
     assert_eq!(agent.send_zstd(&b).await.unwrap(), Ack::stored(1));
 

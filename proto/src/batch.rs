@@ -118,6 +118,11 @@ wire_struct! {
         pub kind: u16,
         /// Increment.
         pub count: u64,
+        /// For readings of a dropped batch (kinds 1 and 6): that batch's
+        /// `seq`; otherwise 0. A collector that has stored batch `batch` of
+        /// this agent ignores the record: the batch was delivered after all
+        /// and only its ack was lost, so counting it would count it twice.
+        pub batch: u64,
     }
 }
 

@@ -79,6 +79,7 @@ fn sample_batch() -> Batch {
             source: "a1b2".into(),
             kind: health::DROPPED_DEVICE_RING,
             count: 3,
+            batch: 0,
         }],
     }
 }

@@ -14,7 +14,7 @@
 //! | `windows` | encoded [`SeriesKey`] → [`SeriesWindows`] | open windows of aggregated series |
 //! | `outbox` | batch seq → encoded [`Batch`] | sealed batches waiting for an ack |
 //! | `outbox_meta` | batch seq → [`OutboxMeta`] | size, readings per origin, age |
-//! | `health` | (origin, kind) → count | health increments not yet in a batch |
+//! | `health` | (origin, kind, dropped batch seq or 0) → count | health increments not yet in a batch |
 //! | `dropped` | (origin, kind) → count | cumulative drops, for `status` |
 //! | `devices` | device id → (boot, seq) | highest device report journaled |
 //! | `meta` | name → u64 | `next_seq`, `next_row`, `bytes` |
@@ -63,7 +63,7 @@ const PENDING: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("pending")
 const WINDOWS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("windows");
 const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
 const OUTBOX_META: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox_meta");
-const HEALTH: TableDefinition<'_, (&str, u16), u64> = TableDefinition::new("health");
+const HEALTH: TableDefinition<'_, (&str, u16, u64), u64> = TableDefinition::new("health");
 const DROPPED: TableDefinition<'_, (&str, u16), u64> = TableDefinition::new("dropped");
 const DEVICES: TableDefinition<'_, &str, (u32, u32)> = TableDefinition::new("devices");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
@@ -598,19 +598,13 @@ impl Journal {
                 if *count == 0 {
                     continue;
                 }
-                let old = health_table
-                    .get((origin.as_str(), *kind))?
-                    .map_or(0, |v| v.value());
-                health_table.insert((origin.as_str(), *kind), old + count)?;
+                add_count(&mut health_table, (origin.as_str(), *kind, 0), *count)?;
                 self.health_pending = true;
             }
             let mut dropped = txn.open_table(DROPPED)?;
             for (origin, kind, count) in &health_add {
                 if matches!(*kind, health::DROPPED_LATE) {
-                    let old = dropped
-                        .get((origin.as_str(), *kind))?
-                        .map_or(0, |v| v.value());
-                    dropped.insert((origin.as_str(), *kind), old + count)?;
+                    add_count(&mut dropped, (origin.as_str(), *kind), *count)?;
                 }
             }
         }
@@ -730,20 +724,21 @@ impl Journal {
             let mut health_table = txn.open_table(HEALTH)?;
             let mut dropped = txn.open_table(DROPPED)?;
             for o in &meta.origins {
-                let old = health_table
-                    .get((o.origin.as_str(), kind))?
-                    .map_or(0, |v| v.value());
-                health_table.insert((o.origin.as_str(), kind), old + o.readings)?;
-                let old = dropped
-                    .get((o.origin.as_str(), kind))?
-                    .map_or(0, |v| v.value());
-                dropped.insert((o.origin.as_str(), kind), old + o.readings)?;
+                add_count(
+                    &mut health_table,
+                    (o.origin.as_str(), kind, seq),
+                    o.readings,
+                )?;
+                add_count(&mut dropped, (o.origin.as_str(), kind), o.readings)?;
             }
+            // The dropped batch's own health records travel on in a later
+            // batch, keeping their batch tags.
             for h in &batch_health {
-                let old = health_table
-                    .get((h.source.as_str(), h.kind))?
-                    .map_or(0, |v| v.value());
-                health_table.insert((h.source.as_str(), h.kind), old + h.count)?;
+                add_count(
+                    &mut health_table,
+                    (h.source.as_str(), h.kind, h.batch),
+                    h.count,
+                )?;
             }
             self.health_pending = true;
         }
@@ -765,11 +760,12 @@ impl Journal {
             let mut health_table = txn.open_table(HEALTH)?;
             for entry in health_table.iter()? {
                 let (k, v) = entry?;
-                let (origin, kind) = k.value();
+                let (origin, kind, dropped_batch) = k.value();
                 batch.health.push(HealthRecord {
                     source: origin.into(),
                     kind,
                     count: v.value(),
+                    batch: dropped_batch,
                 });
             }
             health_table.retain(|_, _| false)?;
@@ -910,6 +906,20 @@ impl Journal {
     pub fn into_database(self) -> Database {
         self.db
     }
+}
+
+/// `table[key] += n`.
+fn add_count<K: redb::Key + 'static>(
+    table: &mut redb::Table<'_, K, u64>,
+    key: K::SelfType<'_>,
+    n: u64,
+) -> Result<(), CommitError>
+where
+    for<'a> K::SelfType<'a>: Clone,
+{
+    let old = table.get(key.clone())?.map_or(0, |v| v.value());
+    table.insert(key, old.saturating_add(n))?;
+    Ok(())
 }
 
 type OutboxEntry<'a> = Result<

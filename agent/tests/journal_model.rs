@@ -1,0 +1,475 @@
+//! The journal against a model: appends, windows, shipping, acks,
+//! rejections, the disk budget and crashes (a storage backend that forgets
+//! every byte not synced), checked for the journal's invariants:
+//! everything accepted is delivered exactly once or counted as dropped,
+//! per origin; sequences are never reused.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+
+use ferry_agent::journal::{
+    AggregateRule, CommitError, DeviceReport, FullPolicy, Journal, JournalConfig, SeriesReadings,
+    Work,
+};
+use ferry_agent::window::{LatePolicy, Partial, WindowRule};
+use ferry_proto::batch::{Batch, Reading};
+use ferry_proto::codec;
+use ferry_proto::health;
+use ferry_proto::series::SeriesKey;
+use proptest::prelude::*;
+use redb::{BackendError, Database, StorageBackend};
+
+/// Storage that keeps two images: what was written, and what was synced.
+/// A crash keeps only the synced image, as power loss would.
+#[derive(Debug, Clone, Default)]
+struct CrashDisk(Arc<Mutex<(Vec<u8>, Vec<u8>)>>);
+
+impl CrashDisk {
+    fn crash(&self) -> CrashDisk {
+        let synced = self.0.lock().unwrap().1.clone();
+        CrashDisk(Arc::new(Mutex::new((synced.clone(), synced))))
+    }
+}
+
+fn range_err() -> BackendError {
+    BackendError::Io(std::io::Error::new(
+        std::io::ErrorKind::InvalidInput,
+        "out of range",
+    ))
+}
+
+impl StorageBackend for CrashDisk {
+    fn len(&self) -> Result<u64, BackendError> {
+        Ok(self.0.lock().unwrap().0.len() as u64)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let g = self.0.lock().unwrap();
+        let o = offset as usize;
+        out.copy_from_slice(g.0.get(o..o + out.len()).ok_or_else(range_err)?);
+        Ok(())
+    }
+    fn set_len(&self, len: u64) -> Result<(), BackendError> {
+        self.0.lock().unwrap().0.resize(len as usize, 0);
+        Ok(())
+    }
+    fn sync_data(&self) -> Result<(), BackendError> {
+        let mut g = self.0.lock().unwrap();
+        g.1 = g.0.clone();
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let mut g = self.0.lock().unwrap();
+        let o = offset as usize;
+        g.0.get_mut(o..o + data.len())
+            .ok_or_else(range_err)?
+            .copy_from_slice(data);
+        Ok(())
+    }
+}
+
+fn open(disk: &CrashDisk, config: &JournalConfig) -> Journal {
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .unwrap();
+    Journal::open(db, config.clone()).unwrap()
+}
+
+const SEC: i64 = 1_000_000_000;
+
+fn series(metric: &str, device: usize) -> SeriesKey {
+    SeriesKey::new(metric, [("device", format!("d{device}"))]).unwrap()
+}
+
+/// What the collector received, per origin (the series' device tag).
+#[derive(Default, Debug)]
+struct Collector {
+    seqs: BTreeSet<u64>,
+    delivered: BTreeMap<String, u64>,
+    dropped: BTreeMap<String, u64>,
+}
+
+impl Collector {
+    fn receive(&mut self, seq: u64, bytes: &[u8]) {
+        let batch: Batch = codec::from_bytes("Batch", bytes).unwrap();
+        assert_eq!(batch.seq, seq);
+        batch.validate().unwrap();
+        assert!(self.seqs.insert(seq), "batch {seq} stored twice");
+        for b in &batch.blocks {
+            let dev = batch.series[b.series as usize]
+                .tag("device")
+                .unwrap()
+                .to_string();
+            *self.delivered.entry(dev).or_default() += b.len() as u64;
+        }
+        for a in &batch.aggregates {
+            let dev = batch.series[a.series as usize]
+                .tag("device")
+                .unwrap()
+                .to_string();
+            *self.delivered.entry(dev).or_default() += a.count;
+        }
+        for h in &batch.health {
+            if h.batch != 0 && self.seqs.contains(&h.batch) {
+                continue; // delivered after all; only its ack was lost
+            }
+            if matches!(
+                h.kind,
+                health::DROPPED_JOURNAL_FULL
+                    | health::DROPPED_LATE
+                    | ferry_agent::journal::DROPPED_REJECTED
+            ) {
+                *self.dropped.entry(h.source.clone()).or_default() += h.count;
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// `n` readings of metric `m` on device `d`, `dt` seconds after the clock.
+    Append {
+        m: usize,
+        d: usize,
+        n: usize,
+        dt: i64,
+    },
+    /// Advance the clock.
+    Tick(i64),
+    /// Ship up to this many bytes; the collector stores each batch.
+    Ship { bytes: u64, newest_first: bool },
+    /// Ack everything stored (lost acks: `ack` false keeps them in flight).
+    Ack { ack: bool },
+    /// The collector rejects the next in-flight batch permanently.
+    Reject,
+    /// The connection drops: in-flight batches are released.
+    Release,
+    /// Power loss and restart.
+    Crash,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3usize, 0..3usize, 1..40usize, -3..3i64).prop_map(|(m, d, n, dt)| Op::Append { m, d, n, dt }),
+        2 => (0..20i64).prop_map(Op::Tick),
+        2 => (1u64..4000, any::<bool>()).prop_map(|(bytes, newest_first)| Op::Ship { bytes, newest_first }),
+        2 => any::<bool>().prop_map(|ack| Op::Ack { ack }),
+        1 => Just(Op::Reject),
+        1 => Just(Op::Release),
+        1 => Just(Op::Crash),
+    ]
+}
+
+fn config(budget: u64, policy: FullPolicy) -> JournalConfig {
+    JournalConfig {
+        budget_bytes: budget,
+        policy,
+        batch_max_readings: 50,
+        batch_linger_ns: 2 * SEC,
+        rules: vec![AggregateRule {
+            // m0 is aggregated into 5 s windows; m1, m2 pass raw.
+            metric: "m0".into(),
+            window: WindowRule {
+                period_ns: 5 * SEC as u64,
+                lateness_ns: SEC as u64,
+                sketch: true,
+                late: LatePolicy::Raw,
+            },
+        }],
+    }
+}
+
+/// Runs `ops`, then drains the journal, and checks conservation per origin.
+fn check(ops: &[Op], budget: u64, policy: FullPolicy) {
+    let config = config(budget, policy);
+    let mut disk = CrashDisk::default();
+    let mut journal = open(&disk, &config);
+    let mut now = 1_000 * SEC;
+    let mut sent: BTreeMap<String, u64> = BTreeMap::new();
+    let mut collector = Collector::default();
+    let mut stored_unacked: Vec<u64> = Vec::new();
+    let mut in_flight: Vec<(u64, Vec<u8>)> = Vec::new();
+    let mut ts = 0i64;
+    for op in ops {
+        match op {
+            Op::Append { m, d, n, dt } => {
+                let readings = (0..*n)
+                    .map(|i| {
+                        ts += 1;
+                        Reading {
+                            ts_ns: now + dt * SEC + i as i64 * 1_000_000 + ts,
+                            value: (i % 7) as f64 * 0.5,
+                        }
+                    })
+                    .collect();
+                let work = Work {
+                    readings: vec![SeriesReadings {
+                        series: series(&format!("m{m}"), *d),
+                        origin: format!("d{d}"),
+                        readings,
+                    }],
+                    ..Work::default()
+                };
+                match journal.commit(work, now) {
+                    Ok(_) => *sent.entry(format!("d{d}")).or_default() += *n as u64,
+                    Err(CommitError::Full { .. }) => assert_eq!(policy, FullPolicy::Backpressure),
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            Op::Tick(s) => {
+                now += s * SEC;
+                journal.commit(Work::default(), now).unwrap();
+            }
+            Op::Ship {
+                bytes,
+                newest_first,
+            } => {
+                for (seq, body) in journal.next_to_send(*bytes, *newest_first).unwrap() {
+                    in_flight.push((seq, body));
+                }
+            }
+            Op::Ack { ack } => {
+                for (seq, body) in in_flight.drain(..) {
+                    if !collector.seqs.contains(&seq) {
+                        collector.receive(seq, &body);
+                    }
+                    stored_unacked.push(seq);
+                }
+                if *ack {
+                    let acks = stored_unacked.drain(..).map(|s| (s, true)).collect();
+                    journal
+                        .commit(
+                            Work {
+                                acks,
+                                ..Work::default()
+                            },
+                            now,
+                        )
+                        .unwrap();
+                }
+            }
+            Op::Reject => {
+                // A collector answers "duplicate" for a batch it stored;
+                // it can only reject one it has not.
+                if !in_flight.is_empty() {
+                    let (seq, _) = in_flight.remove(0);
+                    let delivered = collector.seqs.contains(&seq);
+                    journal
+                        .commit(
+                            Work {
+                                acks: vec![(seq, delivered)],
+                                ..Work::default()
+                            },
+                            now,
+                        )
+                        .unwrap();
+                }
+            }
+            Op::Release => {
+                in_flight.clear();
+                stored_unacked.clear();
+                journal.release_in_flight();
+            }
+            Op::Crash => {
+                drop(journal);
+                disk = disk.crash();
+                journal = open(&disk, &config);
+                in_flight.clear();
+                stored_unacked.clear();
+            }
+        }
+        let stats = journal.stats().unwrap();
+        if policy == FullPolicy::DropOldest {
+            // Invariant 5: only in-flight batches may keep the journal over budget.
+            let over = stats.bytes.saturating_sub(budget);
+            assert!(
+                over == 0 || stats.in_flight > 0 || stats.outbox_batches == 0,
+                "{stats:?}"
+            );
+        }
+    }
+    // Drain: the link comes back and stays up.
+    journal.release_in_flight();
+    now += 3_600 * SEC;
+    for _ in 0..1000 {
+        journal.commit(Work::default(), now).unwrap();
+        let batches = journal.next_to_send(u64::MAX, false).unwrap();
+        if batches.is_empty() {
+            let stats = journal.stats().unwrap();
+            if stats.pending_readings == 0
+                && stats.window_readings == 0
+                && stats.outbox_batches == 0
+            {
+                break;
+            }
+            now += 3_600 * SEC;
+            continue;
+        }
+        let mut acks = Vec::new();
+        for (seq, body) in batches {
+            if !collector.seqs.contains(&seq) {
+                collector.receive(seq, &body);
+            }
+            acks.push((seq, true));
+        }
+        journal
+            .commit(
+                Work {
+                    acks,
+                    ..Work::default()
+                },
+                now,
+            )
+            .unwrap();
+    }
+    // Health records from the last acks are sealed on the next linger.
+    now += 3_600 * SEC;
+    journal.commit(Work::default(), now).unwrap();
+    for (seq, body) in journal.next_to_send(u64::MAX, false).unwrap() {
+        collector.receive(seq, &body);
+        journal
+            .commit(
+                Work {
+                    acks: vec![(seq, true)],
+                    ..Work::default()
+                },
+                now,
+            )
+            .unwrap();
+    }
+    let stats = journal.stats().unwrap();
+    assert_eq!(
+        (
+            stats.outbox_batches,
+            stats.pending_readings,
+            stats.window_readings
+        ),
+        (0, 0, 0)
+    );
+    for (origin, n) in &sent {
+        let delivered = collector.delivered.get(origin).copied().unwrap_or(0);
+        let dropped = collector.dropped.get(origin).copied().unwrap_or(0);
+        assert_eq!(
+            delivered + dropped,
+            *n,
+            "origin {origin}: delivered {delivered} + dropped {dropped}"
+        );
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+    #[test]
+    fn nothing_lost_or_doubled_with_room(ops in proptest::collection::vec(op(), 1..60)) {
+        check(&ops, 1 << 30, FullPolicy::DropOldest);
+    }
+
+    #[test]
+    fn drop_oldest_accounts_every_reading(ops in proptest::collection::vec(op(), 1..60)) {
+        check(&ops, 3_000, FullPolicy::DropOldest);
+    }
+
+    #[test]
+    fn backpressure_refuses_but_never_loses(ops in proptest::collection::vec(op(), 1..60)) {
+        check(&ops, 3_000, FullPolicy::Backpressure);
+    }
+}
+
+#[test]
+fn crash_after_commit_keeps_everything_and_seq_never_repeats() {
+    let config = config(1 << 30, FullPolicy::DropOldest);
+    let disk = CrashDisk::default();
+    let mut j = open(&disk, &config);
+    let readings = (0..100)
+        .map(|i| Reading {
+            ts_ns: i * SEC,
+            value: i as f64,
+        })
+        .collect();
+    let r = j
+        .commit(
+            Work {
+                readings: vec![SeriesReadings {
+                    series: series("m1", 1),
+                    origin: "d1".into(),
+                    readings,
+                }],
+                ..Work::default()
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(r.accepted, 100);
+    assert_eq!(r.sealed, vec![1]);
+    drop(j);
+    let disk = disk.crash();
+    let mut j = open(&disk, &config);
+    let stats = j.stats().unwrap();
+    assert_eq!(
+        (stats.outbox_batches, stats.outbox_readings, stats.next_seq),
+        (1, 100, 2)
+    );
+    let sent = j.next_to_send(u64::MAX, false).unwrap();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, 1);
+}
+
+#[test]
+fn device_reports_are_journaled_once_and_in_order() {
+    let config = config(1 << 30, FullPolicy::DropOldest);
+    let disk = CrashDisk::default();
+    let mut j = open(&disk, &config);
+    let window = |start: i64| Partial {
+        start_ns: start,
+        len_ns: SEC as u64,
+        count: 10,
+        sum: 10.0,
+        min: 1.0,
+        max: 1.0,
+        first_ts: start,
+        first: 1.0,
+        last_ts: start,
+        last: 1.0,
+        sketch: None,
+    };
+    let report = |seq: u32, floor: u32| DeviceReport {
+        device: "d7".into(),
+        boot: 3,
+        seq,
+        floor,
+        windows: vec![(series("temperature", 7), window(seq as i64 * SEC))],
+    };
+    let work = Work {
+        reports: vec![report(1, 0), report(1, 0), report(3, 0), report(2, 0)],
+        ..Work::default()
+    };
+    let r = j.commit(work, 0).unwrap();
+    // 1 journaled, 1 again (duplicate: ack), 3 is a gap (no ack), 2 journaled.
+    assert_eq!(r.reports, vec![true, true, false, true]);
+    assert_eq!(r.accepted, 20);
+    // The device says it dropped 3..=5 (floor 5): 6 is accepted next.
+    let r = j
+        .commit(
+            Work {
+                reports: vec![report(6, 5)],
+                ..Work::default()
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(r.reports, vec![true]);
+    assert_eq!(j.devices().unwrap(), vec![("d7".to_string(), 3, 6)]);
+    // A new boot starts again from 1.
+    let mut rep = report(1, 0);
+    rep.boot = 4;
+    let r = j
+        .commit(
+            Work {
+                reports: vec![rep],
+                ..Work::default()
+            },
+            0,
+        )
+        .unwrap();
+    assert_eq!(r.reports, vec![true]);
+}
