@@ -163,6 +163,12 @@ enum Command {
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
     },
+    /// Shrink the store file: move data down and give free space back to
+    /// the file system. Only while the collector is stopped.
+    Compact {
+        #[command(flatten)]
+        location: Location,
+    },
     /// List the known series (optionally those matching a selector).
     Series {
         /// Series selector: metric{key="value",...}; every series if absent.
@@ -256,6 +262,11 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
             print_agents(&admin.agents().await?, format)?;
         }
         Command::Run { config } => run(&config).await?,
+        Command::Compact { location } => {
+            let path = location.data_dir()?.join(ferry_collector::STORE_FILE);
+            let (before, after) = ferry_collector::Store::compact_file(&path)?;
+            println!("{}: {before} bytes -> {after} bytes", path.display());
+        }
         Command::Query {
             selector,
             from,

@@ -33,7 +33,7 @@ fn s(p: &Path) -> &str {
 #[test]
 fn every_subcommand_explains_itself() {
     for sub in [
-        "init", "enroll", "revoke", "agents", "run", "query", "series",
+        "init", "enroll", "revoke", "agents", "run", "query", "series", "compact",
     ] {
         let help = ok(&[sub, "--help"]);
         assert!(help.contains("Usage: ferry-collector"), "{sub}: {help}");

@@ -420,6 +420,24 @@ impl Store {
         Ok(changed)
     }
 
+    /// Compacts the store file in place (redb moves pages down and truncates
+    /// free space at the end). Needs the file for itself: the server must not
+    /// run. Returns the file size before and after.
+    pub fn compact_file(path: &Path) -> Result<(u64, u64), StoreError> {
+        let size = || std::fs::metadata(path).map_or(0, |m| m.len());
+        let before = size();
+        let mut db = match Database::open(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(StoreError::Locked(path.to_owned()));
+            }
+            Err(e) => return Err(StoreError::Redb(e.into())),
+        };
+        while db.compact().map_err(|e| StoreError::Redb(e.into()))? {}
+        drop(db);
+        Ok((before, size()))
+    }
+
     pub(crate) fn db(&self) -> &Database {
         &self.db
     }
