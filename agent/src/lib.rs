@@ -26,6 +26,18 @@ pub mod journal;
 pub mod window;
 
 #[cfg(feature = "std")]
+pub mod admin;
+#[cfg(feature = "std")]
+pub mod config;
+#[cfg(feature = "std")]
 pub mod intake;
 #[cfg(feature = "std")]
+pub mod metrics;
+#[cfg(feature = "std")]
+pub mod run;
+#[cfg(feature = "std")]
+pub mod shipper;
+#[cfg(feature = "std")]
 pub mod sources;
+#[cfg(feature = "std")]
+pub mod writer;

@@ -1,1 +1,240 @@
-fn main() {}
+//! `ferry-agent`: the gateway daemon and its operator commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use ferry_agent::config::Config;
+use ferry_agent::metrics::{AgentMetrics, Status};
+use ferry_agent::run::{JOURNAL_FILE, open_journal};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Ferry's gateway agent: reads devices and local producers, journals every
+/// reading on disk before acknowledging it, pre-aggregates, and ships
+/// batches to a ferry-collector over QUIC with mTLS, keeping everything
+/// until the collector has acknowledged it.
+#[derive(Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    /// Log filter (RUST_LOG syntax), e.g. `info` or `ferry_agent=debug`.
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
+    log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true)]
+    log_json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent until Ctrl-C or SIGTERM.
+    Run {
+        /// The configuration file (start from the agent.toml that
+        /// `ferry-collector enroll` writes).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show connection state, journal size, oldest unacked data, throughput
+    /// and drops: from the running agent's admin endpoint, or from the
+    /// journal on disk when the agent is stopped.
+    Status {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configuration file; errors name the file, line and key.
+    CheckConfig {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Look into the journal.
+    Buffer {
+        #[command(subcommand)]
+        command: BufferCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BufferCommand {
+    /// What is waiting to be shipped, per series (readings and windows).
+    Inspect {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+fn init_logs(filter: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// GET `path` from the admin endpoint (plain HTTP/1.0 on loopback).
+async fn admin_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await?;
+    let (head, rest) = body
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("").to_string(),
+        ));
+    }
+    Ok(rest.to_string())
+}
+
+fn print_status(s: &Status, live: bool) {
+    println!(
+        "agent            {}",
+        if live {
+            "running"
+        } else {
+            "stopped (read from the journal)"
+        }
+    );
+    if live {
+        println!(
+            "collector        {}",
+            if s.connected {
+                "connected"
+            } else {
+                "disconnected"
+            }
+        );
+        println!("readings in      {}", s.readings_in);
+        println!("readings acked   {}", s.readings_out);
+    }
+    println!(
+        "journal          {:.1} MiB of {:.1} MiB",
+        s.journal_bytes as f64 / 1048576.0,
+        s.journal_budget as f64 / 1048576.0
+    );
+    println!(
+        "waiting          {} readings in {} batches, {} not yet batched",
+        s.outbox_readings, s.outbox_batches, s.pending_readings
+    );
+    match s.oldest_unacked_age_s {
+        Some(age) => println!("oldest unacked   {age:.1} s"),
+        None => println!("oldest unacked   -"),
+    }
+    if s.dropped.is_empty() {
+        println!("dropped          none");
+    } else {
+        println!("dropped          origin / kind / readings");
+        for (origin, kind, n) in &s.dropped {
+            println!("                 {origin} / {kind} / {n}");
+        }
+    }
+}
+
+async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
+    let (status, live) = match admin_get(config.admin.listen, "/status").await {
+        Ok(body) => (serde_json::from_str::<Status>(&body)?, true),
+        Err(_) => {
+            let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
+            if !path.exists() {
+                anyhow::bail!(
+                    "the agent is not running (no answer on {}) and has no journal at {}",
+                    config.admin.listen,
+                    path.display()
+                );
+            }
+            let (journal, _) = open_journal(&path, config.journal_config(), 1 << 20)?;
+            let stats = journal.stats()?;
+            (
+                AgentMetrics::default().status(&stats, ferry_agent::writer::now_ns()),
+                false,
+            )
+        }
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print_status(&status, live);
+    }
+    Ok(())
+}
+
+async fn inspect(config: &Config) -> anyhow::Result<()> {
+    let rows: Vec<(String, u64, u64)> = match admin_get(config.admin.listen, "/buffer").await {
+        Ok(body) => serde_json::from_str(&body)?,
+        Err(_) => {
+            let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
+            let (journal, _) = open_journal(&path, config.journal_config(), 1 << 20)?;
+            journal.inspect()?
+        }
+    };
+    println!("{:>10} {:>8}  series", "readings", "windows");
+    for (series, readings, windows) in &rows {
+        println!("{readings:>10} {windows:>8}  {series}");
+    }
+    if rows.is_empty() {
+        println!("(nothing waiting)");
+    }
+    Ok(())
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let running = ferry_agent::run::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("stopping: committing what sources handed over, finishing in-flight batches");
+    running.stop().await;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logs(&cli.log, cli.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::CheckConfig { config } => {
+                Config::load(&config)?;
+                println!("{}: ok", config.display());
+                Ok(())
+            }
+            Command::Run { config } => run(Config::load(&config)?).await,
+            Command::Status { config, json } => status(&Config::load(&config)?, json).await,
+            Command::Buffer {
+                command: BufferCommand::Inspect { config },
+            } => inspect(&Config::load(&config)?).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

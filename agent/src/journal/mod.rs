@@ -827,6 +827,13 @@ impl Journal {
         Ok(out)
     }
 
+    /// Hands these batches out again (a transient rejection).
+    pub fn release(&mut self, seqs: &[u64]) {
+        for seq in seqs {
+            self.in_flight.remove(seq);
+        }
+    }
+
     /// Forgets which batches are in flight (the connection was lost): they
     /// will be handed out again.
     pub fn release_in_flight(&mut self) {

@@ -1,0 +1,421 @@
+//! `agent.toml`: every setting of the daemon, with its default.
+//!
+//! The file starts from the `[collector]` snippet that
+//! `ferry-collector enroll` writes; paths in it are relative to the file.
+//! Unknown keys are errors, and every error names the file, the line and the
+//! key (`ferry-agent check-config`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use crate::journal::{AggregateRule, FullPolicy, JournalConfig};
+use crate::window::{LatePolicy, WindowRule};
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The TOML is invalid or a key has a bad value (the message has the
+    /// line, column and key).
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// What and where.
+        message: String,
+    },
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(d)?;
+    humantime::parse_duration(&s).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{s:?} is not a duration like \"10s\" or \"250ms\": {e}"
+        ))
+    })
+}
+
+fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        N(u64),
+        S(String),
+    }
+    match Size::deserialize(d)? {
+        Size::N(n) => Ok(n),
+        Size::S(s) => parse_size(&s).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "{s:?} is not a size like \"512 MiB\", \"2 GiB\" or a byte count"
+            ))
+        }),
+    }
+}
+
+/// Parses `"512 MiB"`, `"2GiB"`, `"100 kB"`, `"1000"`.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the agent keeps its journal.
+    #[serde(default)]
+    pub agent: AgentSection,
+    /// The collector and this agent's credentials (from `enroll`).
+    pub collector: CollectorSection,
+    /// Journal bounds and batching.
+    #[serde(default)]
+    pub journal: JournalSection,
+    /// Shipping to the collector.
+    #[serde(default)]
+    pub shipping: ShippingSection,
+    /// The local status and metrics endpoint.
+    #[serde(default)]
+    pub admin: AdminSection,
+    /// Window rules, first match wins.
+    #[serde(default)]
+    pub aggregate: Vec<AggregateSection>,
+    /// Simulated devices.
+    #[serde(default)]
+    pub simulator: Vec<crate::sources::sim::SimConfig>,
+    /// Directory the config file is in (paths are relative to it).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[agent]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSection {
+    /// Data directory: holds `journal.redb`.
+    pub data_dir: PathBuf,
+    /// How often windows and lingering batches are checked without input.
+    #[serde(deserialize_with = "duration")]
+    pub tick: Duration,
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("ferry-agent-data"),
+            tick: Duration::from_millis(5),
+        }
+    }
+}
+
+/// `[collector]`: written by `ferry-collector enroll`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorSection {
+    /// QUIC address, `host:port`.
+    pub address: String,
+    /// Name on the collector's certificate.
+    pub server_name: String,
+    /// The collector's CA certificate.
+    pub ca: PathBuf,
+    /// This agent's certificate.
+    pub cert: PathBuf,
+    /// This agent's private key.
+    pub key: PathBuf,
+    /// This agent's id (for logs; the collector reads it from the certificate).
+    pub agent_id: String,
+}
+
+/// `[journal]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct JournalSection {
+    /// Disk budget: `"1 GiB"` or bytes.
+    #[serde(deserialize_with = "bytes")]
+    pub budget: u64,
+    /// `drop_oldest` (default) or `backpressure`.
+    pub policy: PolicyName,
+    /// Readings per batch.
+    pub batch_max_readings: usize,
+    /// Longest a reading waits for its batch to fill.
+    #[serde(deserialize_with = "duration")]
+    pub batch_linger: Duration,
+    /// redb page cache, bytes.
+    #[serde(deserialize_with = "bytes")]
+    pub cache: u64,
+}
+
+impl Default for JournalSection {
+    fn default() -> Self {
+        Self {
+            budget: 1 << 30,
+            policy: PolicyName::DropOldest,
+            batch_max_readings: 16_384,
+            batch_linger: Duration::from_millis(10),
+            cache: 4 << 20,
+        }
+    }
+}
+
+/// Journal full policy names.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicyName {
+    /// Drop the oldest batches, counted.
+    DropOldest,
+    /// Slow sources down.
+    Backpressure,
+}
+
+/// `[shipping]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShippingSection {
+    /// Bytes of batches in flight.
+    #[serde(deserialize_with = "bytes")]
+    pub max_in_flight: u64,
+    /// `oldest_first` (default) or `newest_first`.
+    pub order: Order,
+    /// `zstd` (default) or `none`.
+    pub compression: CompressionName,
+    /// First reconnect delay.
+    #[serde(deserialize_with = "duration")]
+    pub backoff_min: Duration,
+    /// Longest reconnect delay.
+    #[serde(deserialize_with = "duration")]
+    pub backoff_max: Duration,
+}
+
+impl Default for ShippingSection {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 1 << 20,
+            order: Order::OldestFirst,
+            compression: CompressionName::Zstd,
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Backlog order.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Oldest batches first.
+    OldestFirst,
+    /// Newest batches first.
+    NewestFirst,
+}
+
+/// Batch compression.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CompressionName {
+    /// zstd level 1 when the collector accepts it.
+    Zstd,
+    /// None.
+    None,
+}
+
+/// `[admin]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSection {
+    /// Address of `/status` and `/metrics`; port 0 picks one.
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminSection {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 7412)),
+        }
+    }
+}
+
+/// `[[aggregate]]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateSection {
+    /// Metric name pattern (`*` wildcards).
+    pub metric: String,
+    /// Window length.
+    #[serde(deserialize_with = "duration")]
+    pub period: Duration,
+    /// How late a reading may be and still count.
+    #[serde(default, deserialize_with = "duration")]
+    pub lateness: Duration,
+    /// Keep a DDSketch per window.
+    #[serde(default)]
+    pub sketch: bool,
+    /// `raw` (default: ship late readings raw) or `drop` (count them).
+    #[serde(default)]
+    pub late: LateName,
+}
+
+/// Late reading policy names.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LateName {
+    /// Ship raw.
+    #[default]
+    Raw,
+    /// Drop and count.
+    Drop,
+}
+
+impl Config {
+    /// Reads and checks `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Self::parse(&text, &path.display().to_string(), base)
+    }
+
+    /// Parses `text` (from `name`) with paths relative to `base_dir`.
+    pub fn parse(text: &str, name: &str, base_dir: PathBuf) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: name.to_string(),
+            message,
+        };
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_string()))?;
+        config.base_dir = base_dir;
+        for (i, a) in config.aggregate.iter().enumerate() {
+            if a.period.is_zero() {
+                return Err(invalid(format!(
+                    "aggregate[{i}].period: must be longer than zero"
+                )));
+            }
+            if a.metric.is_empty() {
+                return Err(invalid(format!("aggregate[{i}].metric: empty pattern")));
+            }
+        }
+        if config.journal.batch_max_readings == 0 {
+            return Err(invalid(
+                "journal.batch_max_readings: must be at least 1".into(),
+            ));
+        }
+        if config.journal.budget < 64 << 10 {
+            return Err(invalid("journal.budget: at least 64 KiB".into()));
+        }
+        Ok(config)
+    }
+
+    /// A path from the file, resolved against the file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    /// The journal settings.
+    pub fn journal_config(&self) -> JournalConfig {
+        JournalConfig {
+            budget_bytes: self.journal.budget,
+            policy: match self.journal.policy {
+                PolicyName::DropOldest => FullPolicy::DropOldest,
+                PolicyName::Backpressure => FullPolicy::Backpressure,
+            },
+            batch_max_readings: self.journal.batch_max_readings,
+            batch_linger_ns: self.journal.batch_linger.as_nanos() as i64,
+            rules: self
+                .aggregate
+                .iter()
+                .map(|a| AggregateRule {
+                    metric: a.metric.clone(),
+                    window: WindowRule {
+                        period_ns: a.period.as_nanos() as u64,
+                        lateness_ns: a.lateness.as_nanos() as u64,
+                        sketch: a.sketch,
+                        late: match a.late {
+                            LateName::Raw => LatePolicy::Raw,
+                            LateName::Drop => LatePolicy::Drop,
+                        },
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const COLLECTOR: &str = "[collector]\naddress = \"127.0.0.1:7410\"\nserver_name = \"localhost\"\nca = \"ca.crt\"\ncert = \"agent.crt\"\nkey = \"agent.key\"\nagent_id = \"gw-1\"\n";
+
+    #[test]
+    fn defaults_and_sizes() {
+        let c = Config::parse(COLLECTOR, "agent.toml", PathBuf::from("/etc/ferry")).unwrap();
+        assert_eq!(c.journal.budget, 1 << 30);
+        assert_eq!(
+            c.resolve(&c.collector.ca),
+            PathBuf::from("/etc/ferry/ca.crt")
+        );
+        assert_eq!(parse_size("512 MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("12 parsecs"), None);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_key() {
+        let text = format!("{COLLECTOR}[journal]\nbudget = \"lots\"\n");
+        let e = Config::parse(&text, "agent.toml", PathBuf::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("agent.toml: TOML parse error at line 9, column 10"),
+            "{e}"
+        );
+        assert!(e.contains("\"lots\" is not a size"), "{e}");
+        let text = format!("{COLLECTOR}[shipping]\nordre = \"newest_first\"\n");
+        let e = Config::parse(&text, "agent.toml", PathBuf::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("line 9") && e.contains("unknown field `ordre`"),
+            "{e}"
+        );
+        let text = format!("{COLLECTOR}[[aggregate]]\nmetric = \"t*\"\nperiod = \"0s\"\n");
+        let e = Config::parse(&text, "agent.toml", PathBuf::new())
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "agent.toml: aggregate[0].period: must be longer than zero"
+        );
+        let e = Config::parse("[agent]\n", "a.toml", PathBuf::new())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("missing field `collector`"), "{e}");
+    }
+}

@@ -1,0 +1,338 @@
+//! The agent's counters, rendered in the Prometheus text format by the admin
+//! endpoint and summarised by `ferry-agent status`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::journal::JournalStats;
+
+/// A monotonically increasing counter.
+#[derive(Debug, Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    /// Adds `n`.
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    /// The value.
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A value that goes up and down.
+#[derive(Debug, Default)]
+pub struct Gauge(AtomicI64);
+
+impl Gauge {
+    /// Sets the value.
+    pub fn set(&self, v: i64) {
+        self.0.store(v, Ordering::Relaxed);
+    }
+    /// The value.
+    pub fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+const BUCKETS_MS: [f64; 10] = [
+    1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 1000.0, 5000.0,
+];
+
+/// A latency histogram with fixed buckets (ms).
+#[derive(Debug, Default)]
+pub struct Histogram {
+    buckets: [AtomicU64; 10],
+    count: AtomicU64,
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let ms = d.as_secs_f64() * 1000.0;
+        for (b, limit) in self.buckets.iter().zip(BUCKETS_MS) {
+            if ms <= limit {
+                b.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_us
+            .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for (b, limit) in self.buckets.iter().zip(BUCKETS_MS) {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{le=\"{}\"}} {}",
+                limit / 1000.0,
+                b.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum {}",
+            self.sum_us.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
+
+/// Every counter of the agent process.
+#[derive(Debug, Default)]
+pub struct AgentMetrics {
+    /// Readings committed to the journal.
+    pub readings_in: Counter,
+    /// Readings dropped as late for their window.
+    pub readings_late_dropped: Counter,
+    /// Readings dropped because the journal was full.
+    pub dropped_full: Counter,
+    /// Submissions refused under backpressure.
+    pub backpressure: Counter,
+    /// Batches sealed.
+    pub batches_sealed: Counter,
+    /// Batches acked stored by the collector.
+    pub batches_stored: Counter,
+    /// Batches acked duplicate.
+    pub batches_duplicate: Counter,
+    /// Batches rejected permanently.
+    pub batches_rejected: Counter,
+    /// Batches rejected transiently (kept, resent).
+    pub batches_retried: Counter,
+    /// Readings in batches the collector acknowledged.
+    pub readings_out: Counter,
+    /// Bytes of batch frames sent (after compression).
+    pub wire_bytes: Counter,
+    /// Connection attempts.
+    pub connects: Counter,
+    /// Connections lost or failed.
+    pub disconnects: Counter,
+    /// 1 while connected to the collector.
+    pub connected: Gauge,
+    /// Journal commit latency.
+    pub commit_latency: Histogram,
+    /// Send-to-ack latency of batches.
+    pub ack_latency: Histogram,
+    /// Journal bytes.
+    pub journal_bytes: Gauge,
+    /// Journal budget.
+    pub journal_budget: Gauge,
+    /// Batches waiting for an ack.
+    pub outbox_batches: Gauge,
+    /// Readings waiting in the outbox.
+    pub outbox_readings: Gauge,
+    /// Readings in the batch being filled and in open windows.
+    pub pending_readings: Gauge,
+    /// `created_ns` of the oldest unacked batch, 0 if none.
+    pub oldest_unacked_ns: Gauge,
+}
+
+/// What `ferry-agent status` shows; served as JSON at `/status`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct Status {
+    /// Connected to the collector.
+    pub connected: bool,
+    /// Journal bytes used.
+    pub journal_bytes: u64,
+    /// Journal budget.
+    pub journal_budget: u64,
+    /// Age of the oldest unacked batch, seconds.
+    pub oldest_unacked_age_s: Option<f64>,
+    /// Batches waiting for an ack.
+    pub outbox_batches: u64,
+    /// Readings waiting.
+    pub outbox_readings: u64,
+    /// Readings not yet in a batch.
+    pub pending_readings: u64,
+    /// Readings committed since start.
+    pub readings_in: u64,
+    /// Readings acknowledged by the collector since start.
+    pub readings_out: u64,
+    /// Cumulative drops `(origin, kind, count)`.
+    pub dropped: Vec<(String, u16, u64)>,
+}
+
+impl AgentMetrics {
+    /// Records a commit's duration.
+    pub fn observe_commit(&self, d: Duration) {
+        self.commit_latency.observe(d);
+    }
+
+    /// Copies journal counters into gauges.
+    pub fn set_journal(&self, s: &JournalStats) {
+        self.journal_bytes.set(s.bytes as i64);
+        self.journal_budget.set(s.budget_bytes as i64);
+        self.outbox_batches.set(s.outbox_batches as i64);
+        self.outbox_readings.set(s.outbox_readings as i64);
+        self.pending_readings
+            .set((s.pending_readings + s.window_readings) as i64);
+        self.oldest_unacked_ns.set(s.oldest_unacked_ns.unwrap_or(0));
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let counters: [(&str, &str, &Counter); 14] = [
+            (
+                "ferry_agent_readings_in_total",
+                "Readings committed to the journal.",
+                &self.readings_in,
+            ),
+            (
+                "ferry_agent_readings_late_dropped_total",
+                "Readings dropped as too late for their window.",
+                &self.readings_late_dropped,
+            ),
+            (
+                "ferry_agent_readings_dropped_full_total",
+                "Readings dropped because the journal reached its budget (drop_oldest).",
+                &self.dropped_full,
+            ),
+            (
+                "ferry_agent_backpressure_total",
+                "Source submissions refused because the journal was full (backpressure).",
+                &self.backpressure,
+            ),
+            (
+                "ferry_agent_batches_sealed_total",
+                "Batches sealed into the outbox.",
+                &self.batches_sealed,
+            ),
+            (
+                "ferry_agent_batches_stored_total",
+                "Batches the collector acknowledged as stored.",
+                &self.batches_stored,
+            ),
+            (
+                "ferry_agent_batches_duplicate_total",
+                "Batches the collector acknowledged as duplicates.",
+                &self.batches_duplicate,
+            ),
+            (
+                "ferry_agent_batches_rejected_total",
+                "Batches the collector rejected permanently.",
+                &self.batches_rejected,
+            ),
+            (
+                "ferry_agent_batches_retried_total",
+                "Batches the collector refused transiently (kept and resent).",
+                &self.batches_retried,
+            ),
+            (
+                "ferry_agent_readings_out_total",
+                "Readings in batches the collector acknowledged.",
+                &self.readings_out,
+            ),
+            (
+                "ferry_agent_wire_bytes_total",
+                "Bytes of batch frames sent, after compression.",
+                &self.wire_bytes,
+            ),
+            (
+                "ferry_agent_connects_total",
+                "Connection attempts to the collector.",
+                &self.connects,
+            ),
+            (
+                "ferry_agent_disconnects_total",
+                "Connections to the collector lost or failed.",
+                &self.disconnects,
+            ),
+            (
+                "ferry_agent_commit_groups_total",
+                "Journal commits.",
+                &Counter(AtomicU64::new(
+                    self.commit_latency.count.load(Ordering::Relaxed),
+                )),
+            ),
+        ];
+        for (name, help, c) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                c.get()
+            );
+        }
+        let gauges: [(&str, &str, &Gauge); 7] = [
+            (
+                "ferry_agent_connected",
+                "1 while connected to the collector.",
+                &self.connected,
+            ),
+            (
+                "ferry_agent_journal_bytes",
+                "Bytes of journal rows.",
+                &self.journal_bytes,
+            ),
+            (
+                "ferry_agent_journal_budget_bytes",
+                "Journal disk budget.",
+                &self.journal_budget,
+            ),
+            (
+                "ferry_agent_outbox_batches",
+                "Batches waiting for an ack.",
+                &self.outbox_batches,
+            ),
+            (
+                "ferry_agent_outbox_readings",
+                "Readings waiting for an ack.",
+                &self.outbox_readings,
+            ),
+            (
+                "ferry_agent_pending_readings",
+                "Readings not yet sealed into a batch (incl. open windows).",
+                &self.pending_readings,
+            ),
+            (
+                "ferry_agent_oldest_unacked_timestamp_ns",
+                "Creation time of the oldest unacked batch (0: none).",
+                &self.oldest_unacked_ns,
+            ),
+        ];
+        for (name, help, g) in gauges {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}",
+                g.get()
+            );
+        }
+        self.commit_latency.render(
+            &mut out,
+            "ferry_agent_commit_seconds",
+            "Journal group-commit latency.",
+        );
+        self.ack_latency.render(
+            &mut out,
+            "ferry_agent_ack_seconds",
+            "Latency from sending a batch to its ack.",
+        );
+        out
+    }
+
+    /// The status summary, with `now` for ages.
+    pub fn status(&self, stats: &JournalStats, now_ns: i64) -> Status {
+        Status {
+            connected: self.connected.get() == 1,
+            journal_bytes: stats.bytes,
+            journal_budget: stats.budget_bytes,
+            oldest_unacked_age_s: stats
+                .oldest_unacked_ns
+                .map(|t| now_ns.saturating_sub(t).max(0) as f64 / 1e9),
+            outbox_batches: stats.outbox_batches,
+            outbox_readings: stats.outbox_readings,
+            pending_readings: stats.pending_readings + stats.window_readings,
+            readings_in: self.readings_in.get(),
+            readings_out: self.readings_out.get(),
+            dropped: stats.dropped.clone(),
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! Wiring: the journal, its writer, the sources, the shipper and the admin
+//! endpoint, started from a [`Config`] and stopped together.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use redb::Database;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::config::{CompressionName, Config, Order};
+use crate::intake::Intake;
+use crate::journal::{Journal, JournalConfig};
+use crate::metrics::{AgentMetrics, Counter};
+use crate::shipper::{self, ShipperConfig};
+use crate::writer::Writer;
+
+/// Name of the journal file in the data directory.
+pub const JOURNAL_FILE: &str = "journal.redb";
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// A fresh journal could not be created either.
+    #[error("journal {path}: {message}")]
+    Journal {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// TLS material from the bundle is unusable.
+    #[error(transparent)]
+    Tls(#[from] shipper::TlsError),
+    /// The collector address does not resolve.
+    #[error("collector address {0:?} does not resolve to a socket address")]
+    Address(String),
+    /// A listener could not bind.
+    #[error("{what} {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Opens the journal at `path`. A file that fails to open (corrupt,
+/// truncated, not a redb file) is moved aside to `<path>.corrupt-<unix
+/// seconds>`, reported loudly, and replaced by a fresh journal: the agent
+/// keeps accepting data instead of refusing to start.
+pub fn open_journal(
+    path: &Path,
+    config: JournalConfig,
+    cache: usize,
+) -> Result<(Journal, Option<PathBuf>), StartError> {
+    let open = |p: &Path| -> Result<Journal, String> {
+        let db = Database::builder()
+            .set_cache_size(cache)
+            .create(p)
+            .map_err(|e| e.to_string())?;
+        Journal::open(db, config.clone()).map_err(|e| e.to_string())
+    };
+    match open(path) {
+        Ok(j) => Ok((j, None)),
+        Err(first) => {
+            let secs = crate::writer::now_ns() / 1_000_000_000;
+            let aside = path.with_extension(format!("redb.corrupt-{secs}"));
+            tracing::error!(
+                journal = %path.display(),
+                moved_to = %aside.display(),
+                error = %first,
+                "JOURNAL FAILED TO OPEN: moved aside, starting with an empty journal; readings in it were not shipped"
+            );
+            std::fs::rename(path, &aside).map_err(|e| StartError::Journal {
+                path: path.to_path_buf(),
+                message: format!("{first}; and moving it aside failed: {e}"),
+            })?;
+            let j = open(path).map_err(|message| StartError::Journal {
+                path: path.to_path_buf(),
+                message,
+            })?;
+            Ok((j, Some(aside)))
+        }
+    }
+}
+
+/// A running agent.
+pub struct Running {
+    /// The admin endpoint's address.
+    pub admin_addr: SocketAddr,
+    /// Counters.
+    pub metrics: Arc<AgentMetrics>,
+    /// Where a corrupt journal was moved, if one was.
+    pub journal_moved_aside: Option<PathBuf>,
+    /// Hands work to the journal (tests, embedded sources).
+    pub intake: Intake,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    writer: tokio::task::JoinHandle<Journal>,
+}
+
+impl Running {
+    /// Stops sources, commits what they handed over, lets in-flight batches
+    /// finish, and closes the journal.
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while self.tasks.join_next().await.is_some() {}
+        if let Ok(journal) = self.writer.await {
+            drop(journal.into_database());
+        }
+    }
+}
+
+/// Starts everything in `config`.
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let data_dir = config.resolve(&config.agent.data_dir);
+    std::fs::create_dir_all(&data_dir).map_err(|source| StartError::DataDir {
+        path: data_dir.clone(),
+        source,
+    })?;
+    let journal_path = data_dir.join(JOURNAL_FILE);
+    let (journal, moved) = open_journal(
+        &journal_path,
+        config.journal_config(),
+        config.journal.cache as usize,
+    )?;
+    let metrics = Arc::new(AgentMetrics::default());
+    let (intake, intake_rx) = Intake::channel(1024);
+    let (writer, handle) = Writer::new(journal, intake_rx, metrics.clone(), config.agent.tick);
+    let (stop, stopped) = watch::channel(false);
+    let writer_task = tokio::spawn(writer.run(stopped.clone()));
+    let mut tasks = JoinSet::new();
+
+    // Shipper.
+    let c = &config.collector;
+    let tls = shipper::client_tls(
+        &config.resolve(&c.ca),
+        &config.resolve(&c.cert),
+        &config.resolve(&c.key),
+    )?;
+    let address = tokio::net::lookup_host(&c.address)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| StartError::Address(c.address.clone()))?;
+    let ship = ShipperConfig {
+        address,
+        server_name: c.server_name.clone(),
+        tls: Arc::new(tls),
+        max_in_flight_bytes: config.shipping.max_in_flight,
+        newest_first: config.shipping.order == Order::NewestFirst,
+        zstd: config.shipping.compression == CompressionName::Zstd,
+        backoff_min: config.shipping.backoff_min,
+        backoff_max: config.shipping.backoff_max,
+    };
+    tasks.spawn(shipper::run(
+        ship,
+        handle.clone(),
+        metrics.clone(),
+        stopped.clone(),
+    ));
+
+    // Admin endpoint.
+    let listener = tokio::net::TcpListener::bind(config.admin.listen)
+        .await
+        .map_err(|source| StartError::Bind {
+            what: "admin endpoint",
+            addr: config.admin.listen,
+            source,
+        })?;
+    let admin_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        what: "admin endpoint",
+        addr: config.admin.listen,
+        source,
+    })?;
+    let app = crate::admin::router(metrics.clone(), handle.clone());
+    let mut admin_stop = stopped.clone();
+    tasks.spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+
+    // Sources.
+    for sim in &config.simulator {
+        tasks.spawn(crate::sources::sim::run(
+            sim.clone(),
+            intake.clone(),
+            Arc::new(Counter::default()),
+            stopped.clone(),
+        ));
+    }
+    tracing::info!(admin = %admin_addr, collector = %address, journal = %journal_path.display(), "agent started");
+    Ok(Running {
+        admin_addr,
+        metrics,
+        journal_moved_aside: moved,
+        intake,
+        stop,
+        tasks,
+        writer: writer_task,
+    })
+}

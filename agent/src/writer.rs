@@ -1,0 +1,254 @@
+//! The journal writer: the one task that owns the [`Journal`].
+//!
+//! It takes everything that changes the journal — source submissions, the
+//! shipper's acks and releases, clock ticks — from its channels and applies
+//! whatever has queued up in **one** write transaction (group commit): while
+//! a commit's fsync runs (~4 ms here), the next group gathers. Sources are
+//! answered only after the commit that holds their work returned.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+
+use crate::intake::{Submission, SubmitError};
+use crate::journal::{CommitError, CommitReport, Journal, JournalStats, Work};
+use crate::metrics::AgentMetrics;
+
+/// Wall-clock now in ns since the Unix epoch.
+pub fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// Requests from the shipper and the admin endpoint.
+#[derive(Debug)]
+pub enum Control {
+    /// Batches to send: up to `max_bytes`, marked in flight.
+    Fetch {
+        /// Byte budget (at least one batch is returned if any waits).
+        max_bytes: u64,
+        /// Newest first instead of oldest first.
+        newest_first: bool,
+        /// The batches `(seq, encoded)`.
+        reply: oneshot::Sender<Vec<(u64, Vec<u8>)>>,
+    },
+    /// Collector answers: `(seq, delivered)`.
+    Acks(Vec<(u64, bool)>),
+    /// Batches to hand out again (transient rejection).
+    Release(Vec<u64>),
+    /// The connection is gone: every in-flight batch is handed out again.
+    ReleaseAll,
+    /// Journal counters.
+    Stats(oneshot::Sender<JournalStats>),
+    /// What waits, per series.
+    Inspect(oneshot::Sender<Vec<(String, u64, u64)>>),
+}
+
+/// Handle to the writer for the shipper and the admin endpoint.
+#[derive(Debug, Clone)]
+pub struct WriterHandle {
+    tx: mpsc::Sender<Control>,
+    /// Notified whenever a batch is sealed.
+    pub sealed: Arc<Notify>,
+}
+
+impl WriterHandle {
+    /// Sends a control message; false if the writer is gone.
+    pub async fn send(&self, msg: Control) -> bool {
+        self.tx.send(msg).await.is_ok()
+    }
+
+    /// Journal counters, if the writer runs.
+    pub async fn stats(&self) -> Option<JournalStats> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Control::Stats(tx)).await;
+        rx.await.ok()
+    }
+}
+
+/// The writer task's inputs.
+pub struct Writer {
+    journal: Journal,
+    intake: mpsc::Receiver<Submission>,
+    control: mpsc::Receiver<Control>,
+    sealed: Arc<Notify>,
+    metrics: Arc<AgentMetrics>,
+    tick: Duration,
+    max_group: usize,
+}
+
+impl Writer {
+    /// A writer over `journal`, answering `intake`. `tick` drives window
+    /// closing and linger sealing when no data arrives.
+    pub fn new(
+        journal: Journal,
+        intake: mpsc::Receiver<Submission>,
+        metrics: Arc<AgentMetrics>,
+        tick: Duration,
+    ) -> (Self, WriterHandle) {
+        let (tx, control) = mpsc::channel(1024);
+        let sealed = Arc::new(Notify::new());
+        let handle = WriterHandle {
+            tx,
+            sealed: sealed.clone(),
+        };
+        let writer = Self {
+            journal,
+            intake,
+            control,
+            sealed,
+            metrics,
+            tick,
+            max_group: 4096,
+        };
+        (writer, handle)
+    }
+
+    /// Runs until `shutdown` turns true and the queues are drained; returns
+    /// the journal (so a caller can close it cleanly).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Journal {
+        let mut ticker = tokio::time::interval(self.tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.publish_stats();
+        loop {
+            let mut subs: Vec<Submission> = Vec::new();
+            let mut controls: Vec<Control> = Vec::new();
+            tokio::select! {
+                biased;
+                s = self.intake.recv() => match s {
+                    Some(s) => subs.push(s),
+                    None => if *shutdown.borrow() { break },
+                },
+                c = self.control.recv() => if let Some(c) = c { controls.push(c) },
+                _ = ticker.tick() => {},
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() {
+                        // Drain what is queued, commit it, and stop.
+                        self.intake.close();
+                        while let Ok(s) = self.intake.try_recv() {
+                            subs.push(s);
+                        }
+                        self.apply(subs, Vec::new());
+                        break;
+                    }
+                },
+            }
+            while subs.len() < self.max_group {
+                match self.intake.try_recv() {
+                    Ok(s) => subs.push(s),
+                    Err(_) => break,
+                }
+            }
+            while let Ok(c) = self.control.try_recv() {
+                controls.push(c);
+            }
+            self.apply(subs, controls);
+        }
+        self.journal
+    }
+
+    fn apply(&mut self, subs: Vec<Submission>, controls: Vec<Control>) {
+        let mut acks = Vec::new();
+        let mut queries = Vec::new();
+        for c in controls {
+            match c {
+                Control::Acks(a) => acks.extend(a),
+                Control::Release(seqs) => self.journal.release(&seqs),
+                Control::ReleaseAll => self.journal.release_in_flight(),
+                other => queries.push(other),
+            }
+        }
+        // Merge the submissions, remembering which device reports are whose.
+        let mut work = Work {
+            acks,
+            ..Work::default()
+        };
+        let mut spans = Vec::with_capacity(subs.len());
+        for s in &subs {
+            let start = work.reports.len();
+            work.readings.extend(s.work.readings.iter().cloned());
+            work.reports.extend(s.work.reports.iter().cloned());
+            work.health.extend(s.work.health.iter().cloned());
+            spans.push((start, work.reports.len(), s.work.reading_count()));
+        }
+        let started = std::time::Instant::now();
+        let readings = work.reading_count();
+        let result =
+            tokio::task::block_in_place(|| match self.journal.commit(work.clone(), now_ns()) {
+                Err(CommitError::Full { used, budget }) => {
+                    // Backpressure: apply the acks (they free space), refuse data.
+                    let acks_only = Work {
+                        acks: std::mem::take(&mut work.acks),
+                        ..Work::default()
+                    };
+                    let _ = self.journal.commit(acks_only, now_ns());
+                    Err(SubmitError::Full { used, budget })
+                }
+                Err(e) => Err(SubmitError::Storage(e.to_string())),
+                Ok(report) => Ok(report),
+            });
+        match &result {
+            Ok(report) => {
+                if report.wrote {
+                    self.metrics.observe_commit(started.elapsed());
+                }
+                self.metrics.readings_in.add(readings);
+                self.metrics.readings_late_dropped.add(report.late_dropped);
+                self.metrics.batches_sealed.add(report.sealed.len() as u64);
+                self.metrics.dropped_full.add(report.dropped_readings);
+                if !report.sealed.is_empty() {
+                    self.sealed.notify_waiters();
+                    self.sealed.notify_one();
+                }
+            }
+            Err(SubmitError::Full { .. }) => self.metrics.backpressure.add(subs.len() as u64),
+            Err(e) => tracing::error!(error = %e, "journal commit failed; sources will retry"),
+        }
+        for (s, (start, end, count)) in subs.into_iter().zip(spans) {
+            let answer = match &result {
+                Ok(report) => Ok(CommitReport {
+                    accepted: count,
+                    reports: report.reports[start..end].to_vec(),
+                    wrote: report.wrote,
+                    ..CommitReport::default()
+                }),
+                Err(e) => Err(e.clone()),
+            };
+            let _ = s.done.send(answer);
+        }
+        for q in queries {
+            match q {
+                Control::Fetch {
+                    max_bytes,
+                    newest_first,
+                    reply,
+                } => match self.journal.next_to_send(max_bytes, newest_first) {
+                    Ok(batches) => {
+                        let _ = reply.send(batches);
+                    }
+                    Err(e) => tracing::error!(error = %e, "reading the outbox failed"),
+                },
+                Control::Stats(reply) => {
+                    if let Ok(stats) = self.journal.stats() {
+                        let _ = reply.send(stats);
+                    }
+                }
+                Control::Inspect(reply) => {
+                    if let Ok(rows) = self.journal.inspect() {
+                        let _ = reply.send(rows);
+                    }
+                }
+                Control::Acks(_) | Control::Release(_) | Control::ReleaseAll => {}
+            }
+        }
+        self.publish_stats();
+    }
+
+    fn publish_stats(&self) {
+        if let Ok(stats) = self.journal.stats() {
+            self.metrics.set_journal(&stats);
+        }
+    }
+}
