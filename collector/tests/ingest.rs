@@ -121,6 +121,46 @@ async fn enroll_connect_send_ack_query() {
     server.stop().await;
 }
 
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> (String, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+#[tokio::test]
+async fn healthz_and_metrics_over_http() {
+    let fx = Fixture::new();
+    let server = fx.start().await;
+    let (head, body) = http_get(server.http, "/healthz").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(body, "ok\n");
+    let (head, body) = http_get(server.http, "/metrics").await;
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4"),
+        "{head}"
+    );
+    for name in [
+        "ferry_collector_connections 0",
+        "ferry_collector_bad_input_total{kind=\"garbage_datagram\"} 0",
+        "# TYPE ferry_collector_commit_seconds histogram",
+        "ferry_collector_store_file_bytes ",
+    ] {
+        assert!(body.contains(name), "{name} missing from\n{body}");
+    }
+    let (head, body) = http_get(server.http, "/api/v1/query?match=t%7Ba%3Db%7D").await;
+    assert!(head.starts_with("HTTP/1.1 400"), "{head}");
+    assert_eq!(
+        body,
+        r#"{"error":"selector \"t{a=b}\" at byte 4: expected `\"` to open the tag value"}"#
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn resent_batch_is_duplicate_and_stored_once() {
     let fx = Fixture::new();
