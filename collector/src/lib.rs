@@ -119,7 +119,9 @@ pub struct Collector {
     writer_state: store::WriterState,
 }
 
-/// A handle to a running collector, for embedding and tests.
+/// A handle to a running collector, for embedding and tests. It keeps the
+/// store open: drop every handle before opening the same data directory
+/// again (a restart in a test, or the CLI's fallback).
 #[derive(Debug, Clone)]
 pub struct Handle {
     shared: Arc<server::Shared>,

@@ -301,3 +301,32 @@ async fn rate_limited_agents_get_a_transient_rejection() {
     assert!(reason::is_transient(ack.code));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused_and_counted() {
+    let fx = Fixture::new();
+    let bundle = fx.enroll("gw-1");
+    let mut config = fx.config();
+    config.limits.max_connections = 1;
+    let server = common::Running::start(config).await;
+    let (first, _) = Agent::session(server.quic, &bundle).await;
+    let err = match Agent::connect(server.quic, &bundle).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("second connection accepted"),
+    };
+    assert_eq!(
+        err,
+        "aborted by peer: the server refused to accept a new connection"
+    );
+    let m = server.handle.metrics().render();
+    assert!(
+        m.contains("ferry_collector_connections_refused_total{reason=\"busy\"} 1\n"),
+        "{m}"
+    );
+    // The first connection is unaffected.
+    assert_eq!(
+        first.send(&batch(1, base_ns(), &["a"], 1)).await.unwrap(),
+        Ack::stored(1)
+    );
+    server.stop().await;
+}

@@ -180,3 +180,30 @@ fn size_retention_evicts_oldest_chunks_first() {
     assert_eq!(r.readings.len(), 200);
     assert_eq!(r.readings[0].0, T0 + hour * SEC);
 }
+
+#[test]
+fn batches_past_the_series_limit_are_rejected_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ferry.redb")).unwrap();
+    let mut state = store.writer_state().unwrap();
+    let agent: Arc<str> = Arc::from("gw-1");
+    let mut b = one_series_batch(1, &readings(0..3));
+    b.series
+        .push(SeriesKey::new("level", [("tank", "2")]).unwrap());
+    b.blocks.push(ReadingBlock::encode(1, &readings(0..3)));
+    let p = prepare(&agent, "test", &b, &Limits::default(), T0).unwrap();
+    let applied = store.apply_group(&mut state, &[p.clone()], 1, T0).unwrap();
+    assert_eq!(
+        applied,
+        [Applied::Rejected {
+            code: ferry_proto::session::reason::INVALID,
+            reason: "the store holds its limit of 1 series".into()
+        }]
+    );
+    assert_eq!(store.series(&Selector::all()).unwrap().len(), 0);
+    assert_eq!(
+        store.apply_group(&mut state, &[p], 2, T0).unwrap(),
+        [Applied::Stored]
+    );
+    assert_eq!(store.series(&Selector::all()).unwrap().len(), 2);
+}
