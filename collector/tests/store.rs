@@ -192,7 +192,9 @@ fn batches_past_the_series_limit_are_rejected_whole() {
         .push(SeriesKey::new("level", [("tank", "2")]).unwrap());
     b.blocks.push(ReadingBlock::encode(1, &readings(0..3)));
     let p = prepare(&agent, "test", &b, &Limits::default(), T0).unwrap();
-    let applied = store.apply_group(&mut state, &[p.clone()], 1, T0).unwrap();
+    let applied = store
+        .apply_group(&mut state, std::slice::from_ref(&p), 1, T0)
+        .unwrap();
     assert_eq!(
         applied,
         [Applied::Rejected {
