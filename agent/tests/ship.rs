@@ -1,0 +1,271 @@
+//! The agent against a real collector on 127.0.0.1:0: QUIC with mTLS from an
+//! enrolled bundle, real redb on both sides.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use ferry_agent::config::Config;
+use ferry_agent::journal::{SeriesReadings, Work};
+use ferry_agent::run::{self, Running};
+use ferry_collector::admin::Admin;
+use ferry_collector::query::QueryParams;
+use ferry_collector::{Collector, InitOptions};
+use ferry_proto::batch::Reading;
+use ferry_proto::series::SeriesKey;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+struct CollectorProc {
+    quic: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ferry_collector::Error>>,
+}
+
+impl CollectorProc {
+    async fn start(data: &Path, quic: SocketAddr) -> Self {
+        let mut config = ferry_collector::Config::for_data_dir(data);
+        config.quic.listen = quic;
+        config.http.listen = "127.0.0.1:0".parse().unwrap();
+        let collector = Collector::bind(config).await.unwrap();
+        let quic = collector.quic_addr();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(collector.run(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            quic,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+fn agent_config(bundle: &Path, data: &Path, collector: SocketAddr, extra: &str) -> Config {
+    let text = format!(
+        "[agent]\ndata_dir = {data:?}\ntick = \"5ms\"\n\
+         [collector]\naddress = \"{collector}\"\nserver_name = \"localhost\"\nca = \"ca.crt\"\ncert = \"agent.crt\"\nkey = \"agent.key\"\nagent_id = \"gw-1\"\n\
+         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
+    );
+    Config::parse(&text, "agent.toml", bundle.to_path_buf()).unwrap()
+}
+
+fn readings(device: &str, n: usize, t0: i64) -> Work {
+    Work {
+        readings: vec![SeriesReadings {
+            series: SeriesKey::new("temperature", [("device", device)]).unwrap(),
+            origin: device.into(),
+            readings: (0..n)
+                .map(|i| Reading {
+                    ts_ns: t0 + i as i64 * 1_000_000_000,
+                    value: 20.0 + i as f64 * 0.25,
+                })
+                .collect(),
+        }],
+        ..Work::default()
+    }
+}
+
+/// Two hours ago on a whole second: inside the collector's sanity window.
+fn recent() -> i64 {
+    let now = ferry_agent::writer::now_ns();
+    now - 7_200_000_000_000 - now.rem_euclid(1_000_000_000)
+}
+
+/// Waits until the collector holds `want` raw readings of `temperature`
+/// series; returns them. Polls the store's query (a condition, not a
+/// duration: the bound only turns a hang into a failure).
+async fn wait_for_readings(data: &Path, want: usize) -> Vec<(String, Vec<(i64, f64)>)> {
+    for _ in 0..6000 {
+        // The server may not have published its address yet.
+        let Ok(admin) = Admin::connect(data).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let params = QueryParams {
+            selector: Some("temperature".into()),
+            from: Some("0".into()),
+            to: Some("4000000000000000000".into()),
+            step: None,
+            kind: Some("raw".into()),
+        };
+        let Ok(res) = admin.query(&params).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let got: usize = res.iter().map(|s| s.readings.len()).sum();
+        if got >= want {
+            return res.into_iter().map(|s| (s.series, s.readings)).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the collector never held {want} readings");
+}
+
+async fn agent_waits_for_acks(agent: &Running, readings: u64) {
+    for _ in 0..6000 {
+        if agent.metrics.readings_out.get() >= readings
+            || agent.metrics.batches_stored.get() > 0 && agent.metrics.outbox_batches.get() == 0
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the agent never got its acks");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_arrive_exactly_and_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("collector");
+    ferry_collector::init(&InitOptions::new(&data)).unwrap();
+    let bundle = dir.path().join("gw-1");
+    ferry_collector::enroll(&data, "gw-1", &bundle).unwrap();
+    let collector = CollectorProc::start(&data, "127.0.0.1:0".parse().unwrap()).await;
+    let agent = run::start(agent_config(
+        &bundle,
+        &dir.path().join("agent"),
+        collector.quic,
+        "",
+    ))
+    .await
+    .unwrap();
+    let t0 = recent();
+    agent.intake.submit(readings("a1", 100, t0)).await.unwrap();
+    agent.intake.submit(readings("b2", 50, t0)).await.unwrap();
+    let got = wait_for_readings(&data, 150).await;
+    assert_eq!(got.len(), 2);
+    for (series, rows) in &got {
+        let n = if series.contains("a1") { 100 } else { 50 };
+        let want: Vec<(i64, f64)> = (0..n)
+            .map(|i| (t0 + i as i64 * 1_000_000_000, 20.0 + i as f64 * 0.25))
+            .collect();
+        assert_eq!(rows, &want, "{series}");
+    }
+    agent.stop().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_down_then_up_everything_arrives_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("collector");
+    ferry_collector::init(&InitOptions::new(&data)).unwrap();
+    let bundle = dir.path().join("gw-1");
+    ferry_collector::enroll(&data, "gw-1", &bundle).unwrap();
+    // A port nobody serves yet.
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let agent_dir = dir.path().join("agent");
+    let agent = run::start(agent_config(&bundle, &agent_dir, port, ""))
+        .await
+        .unwrap();
+    let t0 = recent();
+    for k in 0..20 {
+        agent
+            .intake
+            .submit(readings("a1", 50, t0 + k * 50_000_000_000))
+            .await
+            .unwrap();
+    }
+    // Stopped while offline: everything stays in the journal.
+    agent.stop().await;
+    let agent = run::start(agent_config(&bundle, &agent_dir, port, ""))
+        .await
+        .unwrap();
+    let collector = CollectorProc::start(&data, port).await;
+    let got = wait_for_readings(&data, 1000).await;
+    assert_eq!(got.iter().map(|(_, r)| r.len()).sum::<usize>(), 1000);
+    agent_waits_for_acks(&agent, 1000).await;
+    agent.stop().await;
+    // Once more from the same journal: nothing is resent, nothing doubled.
+    let agent = run::start(agent_config(&bundle, &agent_dir, collector.quic, ""))
+        .await
+        .unwrap();
+    agent
+        .intake
+        .submit(readings("a1", 1, t0 - 1_000_000_000))
+        .await
+        .unwrap();
+    let got = wait_for_readings(&data, 1001).await;
+    let mut ts: Vec<i64> = got
+        .iter()
+        .flat_map(|(_, r)| r.iter().map(|x| x.0))
+        .collect();
+    let n = ts.len();
+    ts.sort();
+    ts.dedup();
+    assert_eq!((n, ts.len()), (1001, 1001));
+    agent.stop().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_are_aggregated_and_shipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("collector");
+    ferry_collector::init(&InitOptions::new(&data)).unwrap();
+    let bundle = dir.path().join("gw-1");
+    ferry_collector::enroll(&data, "gw-1", &bundle).unwrap();
+    let collector = CollectorProc::start(&data, "127.0.0.1:0".parse().unwrap()).await;
+    let rule =
+        "[[aggregate]]\nmetric = \"temp*\"\nperiod = \"10s\"\nlateness = \"1h\"\nsketch = true\n";
+    let agent = run::start(agent_config(
+        &bundle,
+        &dir.path().join("agent"),
+        collector.quic,
+        rule,
+    ))
+    .await
+    .unwrap();
+    // Half an hour ago, within the hour of lateness: three windows; then a
+    // reading 1 h 30 s later moves the series' watermark past their close.
+    let now = ferry_agent::writer::now_ns();
+    let t0 = now - 1_800_000_000_000 - now.rem_euclid(10_000_000_000);
+    agent.intake.submit(readings("a1", 30, t0)).await.unwrap();
+    let mut late = readings("a1", 1, t0 + 3_630_000_000_000);
+    late.readings[0].readings[0].value = 99.0;
+    agent.intake.submit(late).await.unwrap();
+    let mut windows = Vec::new();
+    for _ in 0..6000 {
+        let Ok(admin) = Admin::connect(&data).await else {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        let res = admin
+            .query(&QueryParams {
+                selector: Some("temperature".into()),
+                from: Some("0".into()),
+                to: Some("4000000000000000000".into()),
+                step: None,
+                kind: Some("aggregates".into()),
+            })
+            .await
+            .unwrap();
+        windows = res.into_iter().flat_map(|s| s.windows).collect();
+        if windows.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(windows.len(), 3);
+    for (k, w) in windows.iter().enumerate() {
+        let vals: Vec<f64> = (k * 10..k * 10 + 10)
+            .map(|i| 20.0 + i as f64 * 0.25)
+            .collect();
+        assert_eq!(w.start_ns, t0 + k as i64 * 10_000_000_000);
+        assert_eq!(w.count, 10);
+        assert_eq!(w.sum, vals.iter().sum::<f64>());
+        assert_eq!((w.min, w.max), (vals[0], vals[9]));
+    }
+    agent.stop().await;
+    collector.stop().await;
+}
