@@ -210,7 +210,11 @@ fn is_dropped(kind: u16) -> bool {
     use ferry_proto::health::*;
     matches!(
         kind,
-        DROPPED_JOURNAL_FULL | DROPPED_DEVICE_RING | DROPPED_LATE | DROPPED_QUEUE_FULL
+        DROPPED_JOURNAL_FULL
+            | DROPPED_DEVICE_RING
+            | DROPPED_LATE
+            | DROPPED_QUEUE_FULL
+            | DROPPED_REJECTED
     )
 }
 
@@ -341,6 +345,12 @@ fn apply_one(
     if !b.health.is_empty() {
         let mut health = txn.open_table(HEALTH)?;
         for h in &b.health {
+            // Readings of a batch the agent dropped, but which this store
+            // holds: only the ack was lost. Counting them would count them
+            // twice (docs/protocol.md, HealthRecord).
+            if h.batch != 0 && batches.get((&*b.agent, h.batch))?.is_some() {
+                continue;
+            }
             let key = (&*b.agent, h.source.as_str(), h.kind);
             let total = health
                 .get(key)?
