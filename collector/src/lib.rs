@@ -117,6 +117,7 @@ pub struct Collector {
     shared: Arc<server::Shared>,
     writer_rx: mpsc::Receiver<writer::Command>,
     writer_state: store::WriterState,
+    socket_closed: oneshot::Receiver<()>,
 }
 
 /// A handle to a running collector, for embedding and tests. It keeps the
@@ -205,7 +206,12 @@ impl Collector {
                 what: "QUIC socket".into(),
                 source,
             })?;
-        let counting = Arc::new(udp::CountingSocket::new(wrapped, metrics.clone()));
+        let (socket_closed_tx, socket_closed) = oneshot::channel();
+        let counting = Arc::new(udp::CountingSocket::new(
+            wrapped,
+            metrics.clone(),
+            socket_closed_tx,
+        ));
         let mut endpoint_config = quinn::EndpointConfig::default();
         // Peers must keep the fixed bit set, so a clear bit marks garbage.
         endpoint_config.grease_quic_bit(false);
@@ -248,6 +254,7 @@ impl Collector {
             shared,
             writer_rx,
             writer_state,
+            socket_closed,
         })
     }
 
@@ -270,7 +277,8 @@ impl Collector {
 
     /// Serves until `shutdown` completes, then stops accepting, finishes
     /// in-flight batches (committed and acked), closes connections with
-    /// `close::SHUTDOWN` and returns.
+    /// `close::SHUTDOWN` and returns once the store is committed and both
+    /// ports are released (a restart may bind the same addresses).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
         let Collector {
             endpoint,
@@ -280,6 +288,7 @@ impl Collector {
             shared,
             writer_rx,
             writer_state,
+            socket_closed,
         } = self;
         let config = shared.config.clone();
         let writer = {
@@ -377,6 +386,15 @@ impl Collector {
             tracing::error!("the writer thread panicked");
         }
         let _ = tokio::time::timeout(Duration::from_secs(2), endpoint.wait_idle()).await;
+        drop(endpoint);
+        // Return only once the UDP port is free again, so that a restart on
+        // the same address can bind it.
+        if tokio::time::timeout(Duration::from_secs(5), socket_closed)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the QUIC socket was not released within 5 s");
+        }
         let _ = std::fs::remove_file(&addr_file);
         tracing::info!("collector stopped");
         Ok(())

@@ -20,14 +20,37 @@ use crate::metrics::Metrics;
 
 /// Counts garbage datagrams, then hands everything to quinn.
 pub struct CountingSocket {
+    // Field order matters: `inner` (the OS socket) drops before `closed`
+    // reports it, so whoever waits on `_closed` may bind the port again.
     inner: Arc<dyn AsyncUdpSocket>,
     metrics: Arc<Metrics>,
+    _closed: ClosedSignal,
+}
+
+/// Fires its channel when dropped.
+struct ClosedSignal(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for ClosedSignal {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 impl CountingSocket {
-    /// Wraps `inner`.
-    pub fn new(inner: Arc<dyn AsyncUdpSocket>, metrics: Arc<Metrics>) -> Self {
-        Self { inner, metrics }
+    /// Wraps `inner`; `closed` fires once the socket is closed (when quinn
+    /// drops its last reference).
+    pub fn new(
+        inner: Arc<dyn AsyncUdpSocket>,
+        metrics: Arc<Metrics>,
+        closed: tokio::sync::oneshot::Sender<()>,
+    ) -> Self {
+        Self {
+            inner,
+            metrics,
+            _closed: ClosedSignal(Some(closed)),
+        }
     }
 }
 

@@ -261,3 +261,29 @@ async fn crash_between_commit_and_ack_then_resend_is_duplicate() {
     assert_eq!((agents[0].batches, agents[0].last_seq), (1, Some(7)));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn restart_on_the_same_port_right_after_stop() {
+    let fx = Fixture::new();
+    let bundle = fx.enroll("gw-1");
+    let server = fx.start().await;
+    let (quic, http) = (server.quic, server.http);
+    let (agent, _) = Agent::session(quic, &bundle).await;
+    assert_eq!(
+        agent.send(&batch(1, base_ns(), &["a"], 1)).await.unwrap(),
+        Ack::stored(1)
+    );
+    server.stop().await;
+    for _ in 0..3 {
+        let mut config = fx.config();
+        config.quic.listen = quic;
+        config.http.listen = http;
+        let server = Running::start(config).await;
+        let (agent, _) = Agent::session(quic, &bundle).await;
+        assert_eq!(
+            agent.send(&batch(1, base_ns(), &["a"], 1)).await.unwrap(),
+            Ack::duplicate(1)
+        );
+        server.stop().await;
+    }
+}
