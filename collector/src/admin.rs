@@ -169,6 +169,10 @@ impl Admin {
         {
             return Ok(Admin::Remote(addr));
         }
+        // Never create a store where there is no collector.
+        if !data_dir.join(pki::CA_CERT).exists() {
+            return Err(pki::PkiError::NotInitialized(data_dir.to_owned()).into());
+        }
         let store = Store::open(&data_dir.join(crate::STORE_FILE))?;
         Ok(Admin::Local {
             data_dir: data_dir.to_owned(),

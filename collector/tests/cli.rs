@@ -12,6 +12,8 @@ fn cli(args: &[&str]) -> Output {
     Command::new(BIN)
         .args(args)
         .env("RUST_LOG", "info")
+        .env_remove("RUST_BACKTRACE")
+        .env_remove("RUST_LIB_BACKTRACE")
         .output()
         .unwrap()
 }
@@ -54,6 +56,16 @@ fn operator_workflow() {
         err.contains("refusing to overwrite an existing certificate authority"),
         "{err}"
     );
+
+    let empty = cli(&["agents", "--data-dir", s(dir.path())]);
+    assert_eq!(
+        String::from_utf8_lossy(&empty.stderr),
+        format!(
+            "Error: no certificate authority at {}: run `ferry-collector init` first\n",
+            dir.path().display()
+        )
+    );
+    assert!(!dir.path().join("ferry.redb").exists());
 
     let bundle = dir.path().join("gw-1");
     ok(&[
