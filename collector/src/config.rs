@@ -229,7 +229,11 @@ impl Config {
         })?;
         if config.data_dir.is_relative() {
             let base = path.parent().unwrap_or_else(|| Path::new("."));
-            config.data_dir = base.join(&config.data_dir);
+            config.data_dir = if config.data_dir == Path::new(".") {
+                base.to_path_buf()
+            } else {
+                base.join(&config.data_dir)
+            };
         }
         config.validate()?;
         Ok(config)
