@@ -5,3 +5,4 @@
 pub mod device;
 pub mod line;
 pub mod sim;
+pub mod influx;

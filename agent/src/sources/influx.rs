@@ -1,0 +1,657 @@
+//! Influx line protocol over TCP and UDP: the I/O around [`line`](super::line).
+//!
+//! **TCP** ([`run_tcp`]): each connection is read in chunks of at most
+//! [`InfluxConfig::chunk_lines`] complete lines; a chunk is parsed, handed to
+//! the journal with [`Intake::submit`], and only once it is committed is the
+//! connection read again. A journal refusing work ([`SubmitError::Full`]
+//! under the `backpressure` policy) is retried with a growing pause, so the
+//! connection stops being read and TCP flow control slows the sender.
+//! Connections are bounded by [`InfluxConfig::max_connections`]; further
+//! ones wait in the listen backlog.
+//!
+//! **UDP** ([`run_udp`]): each datagram is a chunk, handed over with
+//! [`Intake::try_submit`]: a sender cannot be slowed, so when the queue is
+//! full (or the journal refuses the work) its readings are dropped and
+//! counted per origin as [`health::DROPPED_QUEUE_FULL`]; those counts ride
+//! along with a later submission, so the loss reaches the collector.
+//!
+//! **Bad input** (both): a rejected line is counted in [`SourceStats`],
+//! reported to the collector as a [`health::REJECTED_INPUT`] increment for
+//! the source's name in the same [`Work`] as the chunk's readings, and
+//! logged with `tracing::warn!` at most once a second per connection (per
+//! socket for UDP), with the number of rejections not logged since.
+//! A line longer than [`InfluxConfig::max_line_bytes`] is rejected and
+//! skipped up to its end.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ferry_proto::health;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use super::line::{ChunkParser, LineError, LineSplitter, Parsed, Precision, count_newlines};
+use crate::intake::{Intake, SubmitError};
+use crate::journal::{CommitReport, Work};
+
+/// Bytes asked of the socket per read.
+const READ_SIZE: usize = 64 * 1024;
+/// First pause before resubmitting work the journal refused; doubles up to
+/// [`MAX_RETRY_PAUSE`].
+const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
+const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// Most log lines per connection per this period.
+const WARN_PERIOD: Duration = Duration::from_secs(1);
+/// How often UDP retries handing over pending drop counts when no datagram
+/// comes to carry them.
+const UDP_HEALTH_RETRY: Duration = Duration::from_millis(100);
+/// Most distinct origins with pending UDP drop counts; further origins'
+/// counts go to the source's name, so the map stays bounded.
+const MAX_PENDING_ORIGINS: usize = 1024;
+
+/// One Influx line protocol source (a `[[influx]]` section).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InfluxConfig {
+    /// The source's name: the origin of readings without the device tag and
+    /// of rejected-input counts; a label on its metrics.
+    pub name: String,
+    /// Unit of line timestamps.
+    pub precision: Precision,
+    /// Tag whose value is a reading's origin (what loss is counted per).
+    pub device_tag: String,
+    /// Longest accepted line, bytes; longer ones are rejected and skipped.
+    pub max_line_bytes: usize,
+    /// Most TCP connections served at once.
+    pub max_connections: usize,
+    /// Most lines per journal submission.
+    pub chunk_lines: usize,
+}
+
+impl Default for InfluxConfig {
+    fn default() -> Self {
+        Self {
+            name: "influx".to_owned(),
+            precision: Precision::Nanoseconds,
+            device_tag: "device".to_owned(),
+            max_line_bytes: 64 * 1024,
+            max_connections: 64,
+            chunk_lines: 4096,
+        }
+    }
+}
+
+/// A source's counters. Lines and readings are counted as accepted once
+/// the journal has committed them; `dropped_readings` counts readings lost
+/// after parsing (UDP queue full, journal refusal under UDP, shutdown with
+/// work uncommitted).
+#[derive(Debug)]
+pub struct SourceStats {
+    lines_accepted: AtomicU64,
+    readings_accepted: AtomicU64,
+    lines_rejected: AtomicU64,
+    bytes: AtomicU64,
+    connections: AtomicU64,
+    connections_open: AtomicU64,
+    dropped_readings: AtomicU64,
+    changed: watch::Sender<()>,
+}
+
+impl Default for SourceStats {
+    fn default() -> Self {
+        Self {
+            lines_accepted: AtomicU64::new(0),
+            readings_accepted: AtomicU64::new(0),
+            lines_rejected: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            connections_open: AtomicU64::new(0),
+            dropped_readings: AtomicU64::new(0),
+            changed: watch::channel(()).0,
+        }
+    }
+}
+
+impl SourceStats {
+    /// Lines committed to the journal.
+    pub fn lines_accepted(&self) -> u64 {
+        self.lines_accepted.load(Ordering::Relaxed)
+    }
+    /// Readings committed to the journal.
+    pub fn readings_accepted(&self) -> u64 {
+        self.readings_accepted.load(Ordering::Relaxed)
+    }
+    /// Lines rejected (malformed, string fields, bad names, too long).
+    pub fn lines_rejected(&self) -> u64 {
+        self.lines_rejected.load(Ordering::Relaxed)
+    }
+    /// Bytes received (TCP reads, UDP datagrams).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
+    /// TCP connections accepted so far.
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+    /// TCP connections open now.
+    pub fn connections_open(&self) -> u64 {
+        self.connections_open.load(Ordering::Relaxed)
+    }
+    /// Readings parsed but not committed (see the type's docs).
+    pub fn dropped_readings(&self) -> u64 {
+        self.dropped_readings.load(Ordering::Relaxed)
+    }
+
+    /// A receiver marked changed after each update of the counters (for
+    /// tests and live displays: no polling).
+    pub fn subscribe(&self) -> watch::Receiver<()> {
+        self.changed.subscribe()
+    }
+
+    /// Appends Prometheus samples (no `# HELP`/`# TYPE` lines, so several
+    /// sources can share a family): `ferry_agent_influx_<counter>{source="name"}`
+    /// for `lines_accepted_total`, `readings_accepted_total`,
+    /// `lines_rejected_total`, `bytes_total`, `connections_total`,
+    /// `connections_open` and `dropped_readings_total`.
+    pub fn render_prometheus(&self, source: &str, out: &mut String) {
+        let source = source.replace('\\', r"\\").replace('"', "\\\"");
+        for (name, value) in [
+            ("lines_accepted_total", self.lines_accepted()),
+            ("readings_accepted_total", self.readings_accepted()),
+            ("lines_rejected_total", self.lines_rejected()),
+            ("bytes_total", self.bytes()),
+            ("connections_total", self.connections()),
+            ("connections_open", self.connections_open()),
+            ("dropped_readings_total", self.dropped_readings()),
+        ] {
+            let _ = writeln!(
+                out,
+                "ferry_agent_influx_{name}{{source=\"{source}\"}} {value}"
+            );
+        }
+    }
+
+    fn add(&self, counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+        self.changed.send_modify(|_| {});
+    }
+}
+
+/// Serves line protocol on `listener` until `shutdown` completes, then
+/// stops reading, lets in-flight submissions finish and returns when every
+/// connection has closed.
+pub async fn run_tcp(
+    listener: TcpListener,
+    cfg: InfluxConfig,
+    intake: Intake,
+    stats: Arc<SourceStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let cfg = Arc::new(cfg);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        while connections.try_join_next().is_some() {}
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+        };
+        let accepted = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors and the like: pause, don't spin.
+                tracing::warn!(source = %cfg.name, error = %e, "accepting a connection failed");
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = tokio::time::sleep(FIRST_RETRY_PAUSE * 10) => continue,
+                }
+            }
+        };
+        let connection = Connection {
+            cfg: cfg.clone(),
+            intake: intake.clone(),
+            stats: stats.clone(),
+            stop: stop_rx.clone(),
+            peer,
+            warn: WarnLimit::default(),
+        };
+        connections.spawn(async move {
+            connection.serve(stream).await;
+            drop(permit);
+        });
+    }
+    let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Reads line protocol datagrams from `socket` until `shutdown` completes.
+pub async fn run_udp(
+    socket: UdpSocket,
+    cfg: InfluxConfig,
+    intake: Intake,
+    stats: Arc<SourceStats>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut udp = Udp {
+        cfg: &cfg,
+        intake: &intake,
+        stats: &stats,
+        pending: BTreeMap::new(),
+        in_flight: JoinSet::new(),
+        warn: WarnLimit::default(),
+    };
+    let mut retry = tokio::time::interval(UDP_HEALTH_RETRY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            received = socket.recv_from(&mut buf) => match received {
+                Ok((n, peer)) => udp.datagram(&buf[..n], peer),
+                Err(e) => tracing::debug!(source = %cfg.name, error = %e, "UDP receive failed"),
+            },
+            Some(answer) = udp.in_flight.join_next(), if !udp.in_flight.is_empty() => {
+                if let Ok((sent, result)) = answer {
+                    udp.answered(sent, result);
+                }
+            }
+            _ = retry.tick(), if !udp.pending.is_empty() => udp.submit(Work::default(), Sent::default()),
+        }
+    }
+}
+
+fn now_ns() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// A line found in a buffer, or a line rejected for its length.
+enum Piece {
+    Line { no: usize, start: usize, end: usize },
+    TooLong { no: usize },
+}
+
+fn parse_pieces(buf: &[u8], pieces: &[Piece], cfg: &InfluxConfig) -> Parsed {
+    let mut parser = ChunkParser::new(cfg.precision, now_ns(), &cfg.name, &cfg.device_tag);
+    for piece in pieces {
+        match *piece {
+            Piece::Line { no, start, end } => parser.push_line(no, &buf[start..end]),
+            Piece::TooLong { no } => parser.reject(
+                no,
+                LineError::LineTooLong {
+                    max: cfg.max_line_bytes,
+                },
+            ),
+        }
+    }
+    parser.finish()
+}
+
+/// The work for a chunk: its readings and its rejected-line count.
+fn chunk_work(parsed: Parsed, cfg: &InfluxConfig) -> Work {
+    let mut work = Work {
+        readings: parsed.readings,
+        ..Work::default()
+    };
+    if !parsed.errors.is_empty() {
+        work.health.push((
+            cfg.name.clone(),
+            health::REJECTED_INPUT,
+            parsed.errors.len() as u64,
+        ));
+    }
+    work
+}
+
+/// At most one warning per [`WARN_PERIOD`]; counts the rest.
+#[derive(Debug, Default)]
+struct WarnLimit {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl WarnLimit {
+    fn rejected(&mut self, source: &str, peer: SocketAddr, errors: &[(usize, LineError)]) {
+        let Some((first, rest)) = errors.split_first() else {
+            return;
+        };
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < WARN_PERIOD)
+        {
+            self.suppressed += errors.len() as u64;
+            return;
+        }
+        let (line, reason) = first;
+        tracing::warn!(
+            source, %peer, line, %reason,
+            suppressed = self.suppressed,
+            "rejected a line ({} more suppressed)", self.suppressed
+        );
+        self.last = Some(now);
+        self.suppressed = rest.len() as u64;
+    }
+
+    fn finish(&mut self, source: &str, peer: SocketAddr) {
+        if self.suppressed > 0 {
+            tracing::warn!(source, %peer, suppressed = self.suppressed,
+                "{} more rejected lines not logged", self.suppressed);
+            self.suppressed = 0;
+        }
+    }
+}
+
+struct Connection {
+    cfg: Arc<InfluxConfig>,
+    intake: Intake,
+    stats: Arc<SourceStats>,
+    stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+    warn: WarnLimit,
+}
+
+impl Connection {
+    async fn serve(mut self, mut stream: TcpStream) {
+        self.stats.add(&self.stats.connections, 1);
+        self.stats.add(&self.stats.connections_open, 1);
+        self.read_loop(&mut stream).await;
+        self.warn.finish(&self.cfg.name, self.peer);
+        self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.stats.changed.send_modify(|_| {});
+    }
+
+    async fn read_loop(&mut self, stream: &mut TcpStream) {
+        let max_line = self.cfg.max_line_bytes.max(1);
+        let chunk_lines = self.cfg.chunk_lines.max(1);
+        let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
+        let mut splitter = LineSplitter::default();
+        // Skipping the rest of an overlong line, up to its newline.
+        let mut skipping = false;
+        let mut line_no = 1;
+        let mut pieces = Vec::new();
+        loop {
+            // Take complete lines from the buffer, up to a chunk.
+            let mut consumed = 0;
+            while pieces.len() < chunk_lines {
+                if skipping {
+                    match buf[consumed..].iter().position(|&b| b == b'\n') {
+                        Some(p) => {
+                            consumed += p + 1;
+                            line_no += 1;
+                            skipping = false;
+                            continue;
+                        }
+                        None => {
+                            consumed = buf.len();
+                            break;
+                        }
+                    }
+                }
+                match splitter.next_end(&buf[consumed..]) {
+                    Some(e) => {
+                        let (start, end) = (consumed, consumed + e);
+                        pieces.push(if e > max_line {
+                            Piece::TooLong { no: line_no }
+                        } else {
+                            Piece::Line {
+                                no: line_no,
+                                start,
+                                end,
+                            }
+                        });
+                        line_no += 1 + count_newlines(&buf[start..end]);
+                        consumed = end + 1;
+                    }
+                    None => {
+                        if buf.len() - consumed > max_line {
+                            pieces.push(Piece::TooLong { no: line_no });
+                            splitter.reset();
+                            skipping = true;
+                            consumed = buf.len();
+                        }
+                        break;
+                    }
+                }
+            }
+            if !pieces.is_empty() {
+                let parsed = parse_pieces(&buf, &pieces, &self.cfg);
+                pieces.clear();
+                buf.drain(..consumed);
+                if !self.submit(parsed).await {
+                    return;
+                }
+                continue;
+            }
+            buf.drain(..consumed);
+
+            // Nothing complete in the buffer: read more.
+            buf.reserve(READ_SIZE);
+            let read = tokio::select! {
+                read = stream.read_buf(&mut buf) => read,
+                _ = stopped(&mut self.stop) => return,
+            };
+            match read {
+                Ok(0) => {
+                    if !skipping && !buf.is_empty() {
+                        let end = buf.len();
+                        let piece = if end > max_line {
+                            Piece::TooLong { no: line_no }
+                        } else {
+                            Piece::Line {
+                                no: line_no,
+                                start: 0,
+                                end,
+                            }
+                        };
+                        let parsed = parse_pieces(&buf, &[piece], &self.cfg);
+                        self.submit(parsed).await;
+                    }
+                    return;
+                }
+                Ok(n) => self.stats.add(&self.stats.bytes, n as u64),
+                Err(e) => {
+                    tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e, "connection read failed");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Hands a chunk to the journal, retrying while it is refused; false
+    /// when the agent is stopping.
+    async fn submit(&mut self, parsed: Parsed) -> bool {
+        let rejected = parsed.errors.len() as u64;
+        if rejected > 0 {
+            self.stats.add(&self.stats.lines_rejected, rejected);
+            self.warn
+                .rejected(&self.cfg.name, self.peer, &parsed.errors);
+        }
+        let (lines, readings) = (parsed.lines_accepted, parsed.readings_accepted);
+        let work = chunk_work(parsed, &self.cfg);
+        if work.is_empty() {
+            return true;
+        }
+        let mut pause = FIRST_RETRY_PAUSE;
+        loop {
+            // `submit` consumes the work even when refusing it.
+            match self.intake.submit(work.clone()).await {
+                Ok(_) => {
+                    self.stats.add(&self.stats.lines_accepted, lines);
+                    self.stats.add(&self.stats.readings_accepted, readings);
+                    return true;
+                }
+                Err(SubmitError::Shutdown) => {
+                    self.stats.add(&self.stats.dropped_readings, readings);
+                    return false;
+                }
+                Err(e) => {
+                    tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e,
+                        "journal refused a chunk; pausing this connection");
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = stopped(&mut self.stop) => {
+                            self.stats.add(&self.stats.dropped_readings, readings);
+                            return false;
+                        }
+                    }
+                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
+                }
+            }
+        }
+    }
+}
+
+/// Resolves once `stop` is true or its sender is gone.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|&s| s).await;
+}
+
+/// What an unanswered UDP submission carried, to count if it is lost.
+#[derive(Debug, Default)]
+struct Sent {
+    lines: u64,
+    /// Readings per origin.
+    readings: Vec<(String, u64)>,
+    /// Health increments it carried.
+    health: Vec<(String, u16, u64)>,
+}
+
+type Answer = (Sent, Result<Result<CommitReport, SubmitError>, ()>);
+
+struct Udp<'a> {
+    cfg: &'a InfluxConfig,
+    intake: &'a Intake,
+    stats: &'a SourceStats,
+    /// Health increments waiting for room in the queue.
+    pending: BTreeMap<(String, u16), u64>,
+    in_flight: JoinSet<Answer>,
+    warn: WarnLimit,
+}
+
+impl Udp<'_> {
+    fn datagram(&mut self, bytes: &[u8], peer: SocketAddr) {
+        let max_line = self.cfg.max_line_bytes.max(1);
+        let mut splitter = LineSplitter::default();
+        let mut pieces = Vec::new();
+        let (mut pos, mut no) = (0, 1);
+        while pos < bytes.len() {
+            let end = splitter
+                .next_end(&bytes[pos..])
+                .map_or(bytes.len(), |e| pos + e);
+            pieces.push(if end - pos > max_line {
+                Piece::TooLong { no }
+            } else {
+                Piece::Line {
+                    no,
+                    start: pos,
+                    end,
+                }
+            });
+            no += 1 + count_newlines(&bytes[pos..end]);
+            pos = end + 1;
+        }
+        let parsed = parse_pieces(bytes, &pieces, self.cfg);
+        if !parsed.errors.is_empty() {
+            self.stats
+                .lines_rejected
+                .fetch_add(parsed.errors.len() as u64, Ordering::Relaxed);
+            self.warn.rejected(&self.cfg.name, peer, &parsed.errors);
+        }
+        let mut per_origin: BTreeMap<&str, u64> = BTreeMap::new();
+        for group in &parsed.readings {
+            *per_origin.entry(&group.origin).or_default() += group.readings.len() as u64;
+        }
+        let sent = Sent {
+            lines: parsed.lines_accepted,
+            readings: per_origin
+                .into_iter()
+                .map(|(o, n)| (o.to_owned(), n))
+                .collect(),
+            health: Vec::new(),
+        };
+        let work = chunk_work(parsed, self.cfg);
+        self.submit(work, sent);
+        // Counted last, so that a watcher of the stats sees the datagram
+        // handled, submitted or dropped.
+        self.stats.add(&self.stats.bytes, bytes.len() as u64);
+    }
+
+    /// Tries to hand `work` plus pending health counts to the journal.
+    fn submit(&mut self, mut work: Work, mut sent: Sent) {
+        for ((origin, kind), n) in std::mem::take(&mut self.pending) {
+            work.health.push((origin, kind, n));
+        }
+        if work.is_empty() {
+            return;
+        }
+        sent.health = work.health.clone();
+        match self.intake.try_submit(work) {
+            Ok(answer) => {
+                self.in_flight
+                    .spawn(async move { (sent, answer.await.map_err(|_| ())) });
+            }
+            Err(_) => self.lost(sent),
+        }
+    }
+
+    fn answered(&mut self, sent: Sent, result: Result<Result<CommitReport, SubmitError>, ()>) {
+        match result {
+            Ok(Ok(_)) => {
+                let readings = sent.readings.iter().map(|(_, n)| n).sum();
+                self.stats
+                    .lines_accepted
+                    .fetch_add(sent.lines, Ordering::Relaxed);
+                self.stats.add(&self.stats.readings_accepted, readings);
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(source = %self.cfg.name, error = %e, "journal refused a datagram");
+                self.lost(sent);
+            }
+            // The writer is gone: nothing more can be recorded.
+            Err(()) => {
+                let readings = sent.readings.iter().map(|(_, n)| n).sum();
+                self.stats.add(&self.stats.dropped_readings, readings);
+            }
+        }
+    }
+
+    /// Counts a submission that was not committed, and keeps what it
+    /// carried for the next one.
+    fn lost(&mut self, sent: Sent) {
+        let mut dropped = 0;
+        for (origin, n) in sent.readings {
+            dropped += n;
+            self.pend(origin, health::DROPPED_QUEUE_FULL, n);
+        }
+        for (origin, kind, n) in sent.health {
+            self.pend(origin, kind, n);
+        }
+        self.stats.add(&self.stats.dropped_readings, dropped);
+    }
+
+    fn pend(&mut self, origin: String, kind: u16, n: u64) {
+        let known = self.pending.contains_key(&(origin.clone(), kind));
+        let origin = if known || self.pending.len() < MAX_PENDING_ORIGINS {
+            origin
+        } else {
+            self.cfg.name.clone()
+        };
+        *self.pending.entry((origin, kind)).or_default() += n;
+    }
+}
