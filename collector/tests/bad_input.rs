@@ -284,12 +284,13 @@ async fn rate_limited_agents_get_a_transient_rejection() {
     let server = common::Running::start(config).await;
     let (agent, _) = Agent::session(server.quic, &bundle).await;
     let t0 = base_ns();
-    // Burst of two seconds: 10 readings pass, the 11th does not.
+    // Burst of two seconds: 10 readings pass; 500 more would need 100 s of
+    // refill.
     assert_eq!(
         agent.send(&batch(1, t0, &["a"], 10)).await.unwrap(),
         Ack::stored(1)
     );
-    let ack = agent.send(&batch(2, t0, &["b"], 10)).await.unwrap();
+    let ack = agent.send(&batch(2, t0, &["b"], 500)).await.unwrap();
     assert_eq!(
         ack,
         Ack::rejected(
