@@ -27,8 +27,11 @@ fn config() -> InfluxConfig {
     }
 }
 
-/// `(series, origin, [(ts, value)])` of every group of `work`.
-fn readings(work: &Work) -> Vec<(String, String, Vec<(i64, f64)>)> {
+/// `(series, origin, [(ts, value)])`.
+type Group = (String, String, Vec<(i64, f64)>);
+
+/// Every group of `work`.
+fn readings(work: &Work) -> Vec<Group> {
     work.readings
         .iter()
         .map(|g| {
@@ -165,7 +168,7 @@ async fn tcp_lines_arrive_as_exact_readings() {
         let mut got: Vec<_> = works.iter().flat_map(readings).collect();
         // Chunking depends on how reads fall; merge groups of one series.
         got.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut merged: Vec<(String, String, Vec<(i64, f64)>)> = Vec::new();
+        let mut merged: Vec<Group> = Vec::new();
         for (s, o, r) in got {
             match merged.last_mut() {
                 Some(last) if last.0 == s => last.2.extend(r),
@@ -316,6 +319,42 @@ async fn tcp_journal_full_stops_reading_until_the_writer_accepts() {
         wait_for(&source.stats, |s| s.lines_accepted() == 2).await;
         assert_eq!(source.stats.dropped_readings(), 0);
         client.shutdown().await.unwrap();
+        source.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tcp_connections_beyond_the_limit_wait_for_a_free_slot() {
+    within(async {
+        let cfg = InfluxConfig {
+            max_connections: 1,
+            ..config()
+        };
+        let (source, mut rx, addr) = tcp_source(cfg, 4).await;
+        let ok = || Ok(CommitReport::default());
+        let mut a = TcpStream::connect(addr).await.unwrap();
+        a.write_all(b"a f=1 1\n").await.unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!(flat(&[s.work]), [("a_f".to_owned(), 1, 1.0)]);
+        let _ = s.done.send(ok());
+        // `b` is in the listen backlog, not served, while `a` is open.
+        let mut b = TcpStream::connect(addr).await.unwrap();
+        b.write_all(b"b f=1 1\n").await.unwrap();
+        b.shutdown().await.unwrap();
+        a.write_all(b"a f=2 2\n").await.unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!(flat(&[s.work]), [("a_f".to_owned(), 2, 2.0)]);
+        let _ = s.done.send(ok());
+        assert_eq!(source.stats.connections(), 1);
+        a.shutdown().await.unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!(flat(&[s.work]), [("b_f".to_owned(), 1, 1.0)]);
+        let _ = s.done.send(ok());
+        wait_for(&source.stats, |s| {
+            s.connections() == 2 && s.connections_open() == 0
+        })
+        .await;
         source.stop().await;
     })
     .await;
