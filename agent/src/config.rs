@@ -105,9 +105,75 @@ pub struct Config {
     /// Simulated devices.
     #[serde(default)]
     pub simulator: Vec<crate::sources::sim::SimConfig>,
+    /// Influx line protocol over TCP.
+    #[serde(default)]
+    pub influx_tcp: Vec<InfluxListen>,
+    /// Influx line protocol over UDP.
+    #[serde(default)]
+    pub influx_udp: Vec<InfluxListen>,
+    /// Ferry devices: boards that connect over TCP (emulated boards).
+    #[serde(default)]
+    pub device_tcp_listen: Vec<DeviceListen>,
+    /// Ferry devices: boards the agent connects to over TCP.
+    #[serde(default)]
+    pub device_tcp_connect: Vec<DeviceConnect>,
+    /// Ferry devices on serial ports.
+    #[serde(default)]
+    pub device_serial: Vec<DeviceSerial>,
     /// Directory the config file is in (paths are relative to it).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[[influx_tcp]]` / `[[influx_udp]]`: an address and the source settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InfluxListen {
+    /// Address to listen on, e.g. `127.0.0.1:8094`; port 0 picks one.
+    pub listen: SocketAddr,
+    /// Parser and limits.
+    #[serde(flatten)]
+    pub source: crate::sources::influx::InfluxConfig,
+}
+
+/// `[[device_tcp_listen]]`: accept boards that connect to the agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceListen {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Link settings.
+    #[serde(flatten)]
+    pub link: crate::sources::device::DeviceLinkConfig,
+}
+
+/// `[[device_tcp_connect]]`: connect to a board's TCP serial bridge.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConnect {
+    /// The board's address.
+    pub connect: SocketAddr,
+    /// Link settings.
+    #[serde(flatten)]
+    pub link: crate::sources::device::DeviceLinkConfig,
+}
+
+/// `[[device_serial]]`: a board on a serial port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceSerial {
+    /// The port, e.g. `/dev/ttyACM0`.
+    pub path: String,
+    /// Baud rate.
+    #[serde(default = "default_baud")]
+    pub baud: u32,
+    /// Link settings.
+    #[serde(flatten)]
+    pub link: crate::sources::device::DeviceLinkConfig,
+}
+
+fn default_baud() -> u32 {
+    115_200
 }
 
 /// `[agent]`.

@@ -46,6 +46,17 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// A live summary, refreshed every second: connection, readings/s in and
+    /// acknowledged, backlog, drops, and (with --collector-http) the devices
+    /// and their latest values as the collector stored them. Ctrl-C quits.
+    Watch {
+        /// The configuration file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The collector's HTTP address, e.g. 127.0.0.1:7411.
+        #[arg(long)]
+        collector_http: Option<std::net::SocketAddr>,
+    },
     /// Check a configuration file; errors name the file, line and key.
     CheckConfig {
         /// The configuration file.
@@ -191,6 +202,142 @@ async fn inspect(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+#[derive(serde::Deserialize)]
+struct SeriesRow {
+    series: String,
+    readings: Vec<(i64, f64)>,
+    windows: Vec<WindowRow>,
+}
+
+#[derive(serde::Deserialize)]
+struct WindowRow {
+    start_ns: i64,
+    count: u64,
+    last: f64,
+}
+
+async fn watch(config: &Config, collector: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
+    let mut last: Option<(std::time::Instant, Status)> = None;
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        let mut screen = String::from("\x1b[2J\x1b[H");
+        use std::fmt::Write as _;
+        match admin_get(config.admin.listen, "/status")
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_str::<Status>(&b).ok())
+        {
+            Some(s) => {
+                let (rate_in, rate_out) = match &last {
+                    Some((t, prev)) => {
+                        let dt = t.elapsed().as_secs_f64().max(1e-3);
+                        (
+                            (s.readings_in - prev.readings_in) as f64 / dt,
+                            (s.readings_out - prev.readings_out) as f64 / dt,
+                        )
+                    }
+                    None => (0.0, 0.0),
+                };
+                let _ = writeln!(
+                    screen,
+                    "ferry-agent {}  collector {}",
+                    config.collector.agent_id,
+                    if s.connected {
+                        "connected"
+                    } else {
+                        "DISCONNECTED"
+                    }
+                );
+                let _ = writeln!(
+                    screen,
+                    "readings/s in {rate_in:>9.0}   acked/s {rate_out:>9.0}"
+                );
+                let _ = writeln!(
+                    screen,
+                    "backlog {} readings in {} batches (+{} not batched), oldest {}   journal {:.1} of {:.0} MiB",
+                    s.outbox_readings,
+                    s.outbox_batches,
+                    s.pending_readings,
+                    s.oldest_unacked_age_s
+                        .map_or("-".to_string(), |a| format!("{a:.1} s")),
+                    s.journal_bytes as f64 / 1048576.0,
+                    s.journal_budget as f64 / 1048576.0
+                );
+                let dropped: u64 = s.dropped.iter().map(|d| d.2).sum();
+                let _ = writeln!(screen, "dropped {dropped}");
+                last = Some((std::time::Instant::now(), s));
+            }
+            None => {
+                let _ = writeln!(
+                    screen,
+                    "agent not answering on {} (starting?)",
+                    config.admin.listen
+                );
+            }
+        }
+        if let Some(addr) = collector {
+            let _ = writeln!(
+                screen,
+                "\ncollector query API: http://{addr}/api/v1/query?match=temperature&from=-5m"
+            );
+            match admin_get(addr, "/api/v1/query?from=-30s&kind=all")
+                .await
+                .ok()
+                .and_then(|b| serde_json::from_str::<Vec<SeriesRow>>(&b).ok())
+            {
+                Some(rows) => {
+                    let devices: std::collections::BTreeSet<&str> = rows
+                        .iter()
+                        .filter_map(|r| {
+                            r.series
+                                .split("device=\"")
+                                .nth(1)
+                                .and_then(|x| x.split('"').next())
+                        })
+                        .collect();
+                    let _ = writeln!(
+                        screen,
+                        "{} devices, {} series with data in the last 30 s; latest values:",
+                        devices.len(),
+                        rows.len()
+                    );
+                    for r in rows.iter().take(24) {
+                        let latest = r
+                            .readings
+                            .last()
+                            .map(|&(t, v)| (t, v))
+                            .into_iter()
+                            .chain(r.windows.last().map(|w| (w.start_ns, w.last)))
+                            .max_by_key(|x| x.0);
+                        let windows = r.windows.iter().map(|w| w.count).sum::<u64>();
+                        if let Some((_, v)) = latest {
+                            let _ = writeln!(
+                                screen,
+                                "  {v:>10.2}  {}{}",
+                                r.series,
+                                if windows > 0 {
+                                    format!("  ({} windows)", r.windows.len())
+                                } else {
+                                    String::new()
+                                }
+                            );
+                        }
+                    }
+                }
+                None => {
+                    let _ = writeln!(screen, "collector not answering on {addr}");
+                }
+            }
+        }
+        let _ = writeln!(screen, "\nCtrl-C stops.");
+        print!("{screen}");
+    }
+}
+
 async fn run(config: Config) -> anyhow::Result<()> {
     let running = ferry_agent::run::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -224,6 +371,10 @@ fn main() -> ExitCode {
                 Ok(())
             }
             Command::Run { config } => run(Config::load(&config)?).await,
+            Command::Watch {
+                config,
+                collector_http,
+            } => watch(&Config::load(&config)?, collector_http).await,
             Command::Status { config, json } => status(&Config::load(&config)?, json).await,
             Command::Buffer {
                 command: BufferCommand::Inspect { config },

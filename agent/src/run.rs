@@ -14,6 +14,8 @@ use crate::intake::Intake;
 use crate::journal::{Journal, JournalConfig};
 use crate::metrics::{AgentMetrics, Counter};
 use crate::shipper::{self, ShipperConfig};
+use crate::sources::device::{self, DeviceRegistry, DeviceSource};
+use crate::sources::influx::{self, SourceStats};
 use crate::writer::Writer;
 
 /// Name of the journal file in the data directory.
@@ -106,6 +108,12 @@ pub struct Running {
     pub journal_moved_aside: Option<PathBuf>,
     /// Hands work to the journal (tests, embedded sources).
     pub intake: Intake,
+    /// Bound addresses of `[[influx_tcp]]` sources, in file order.
+    pub influx_tcp_addrs: Vec<SocketAddr>,
+    /// Bound addresses of `[[influx_udp]]` sources, in file order.
+    pub influx_udp_addrs: Vec<SocketAddr>,
+    /// Bound addresses of `[[device_tcp_listen]]` sources, in file order.
+    pub device_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     writer: tokio::task::JoinHandle<Journal>,
@@ -136,6 +144,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         config.journal_config(),
         config.journal.cache as usize,
     )?;
+    let registry =
+        DeviceRegistry::from_journal(journal.devices().map_err(|e| StartError::Journal {
+            path: journal_path.clone(),
+            message: e.to_string(),
+        })?);
     let metrics = Arc::new(AgentMetrics::default());
     let (intake, intake_rx) = Intake::channel(1024);
     let (writer, handle) = Writer::new(journal, intake_rx, metrics.clone(), config.agent.tick);
@@ -204,12 +217,84 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stopped.clone(),
         ));
     }
+    let stop_on = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let bind_err = |what, addr| move |source| StartError::Bind { what, addr, source };
+    let mut influx_tcp_addrs = Vec::new();
+    for src in &config.influx_tcp {
+        let l = tokio::net::TcpListener::bind(src.listen)
+            .await
+            .map_err(bind_err("influx_tcp", src.listen))?;
+        influx_tcp_addrs.push(l.local_addr().map_err(bind_err("influx_tcp", src.listen))?);
+        let stats = Arc::new(SourceStats::default());
+        tasks.spawn(influx::run_tcp(
+            l,
+            src.source.clone(),
+            intake.clone(),
+            stats,
+            stop_on(stopped.clone()),
+        ));
+    }
+    let mut influx_udp_addrs = Vec::new();
+    for src in &config.influx_udp {
+        let s = tokio::net::UdpSocket::bind(src.listen)
+            .await
+            .map_err(bind_err("influx_udp", src.listen))?;
+        influx_udp_addrs.push(s.local_addr().map_err(bind_err("influx_udp", src.listen))?);
+        let stats = Arc::new(SourceStats::default());
+        tasks.spawn(influx::run_udp(
+            s,
+            src.source.clone(),
+            intake.clone(),
+            stats,
+            stop_on(stopped.clone()),
+        ));
+    }
+    let mut device_addrs = Vec::new();
+    for src in &config.device_tcp_listen {
+        let l = tokio::net::TcpListener::bind(src.listen)
+            .await
+            .map_err(bind_err("device_tcp_listen", src.listen))?;
+        device_addrs.push(
+            l.local_addr()
+                .map_err(bind_err("device_tcp_listen", src.listen))?,
+        );
+        let source = DeviceSource::new(src.link.clone(), intake.clone(), registry.clone());
+        let stop = stop_on(stopped.clone());
+        tasks.spawn(async move {
+            if let Err(e) = device::run_tcp_listener(l, &source, stop).await {
+                tracing::error!(source = %source.config.name, error = %e, "device link stopped");
+            }
+        });
+    }
+    for src in &config.device_tcp_connect {
+        let source = DeviceSource::new(src.link.clone(), intake.clone(), registry.clone());
+        let (addr, stop) = (src.connect, stop_on(stopped.clone()));
+        tasks.spawn(async move {
+            if let Err(e) = device::run_tcp_client(addr, &source, stop).await {
+                tracing::error!(source = %source.config.name, error = %e, "device link stopped");
+            }
+        });
+    }
+    for src in &config.device_serial {
+        let source = DeviceSource::new(src.link.clone(), intake.clone(), registry.clone());
+        let (path, baud, stop) = (src.path.clone(), src.baud, stop_on(stopped.clone()));
+        tasks.spawn(async move {
+            if let Err(e) = device::run_serial(&path, baud, &source, stop).await {
+                tracing::error!(source = %source.config.name, error = %e, "device link stopped");
+            }
+        });
+    }
     tracing::info!(admin = %admin_addr, collector = %address, journal = %journal_path.display(), "agent started");
     Ok(Running {
         admin_addr,
         metrics,
         journal_moved_aside: moved,
         intake,
+        influx_tcp_addrs,
+        influx_udp_addrs,
+        device_addrs,
         stop,
         tasks,
         writer: writer_task,

@@ -351,7 +351,7 @@ mod tests {
     fn data_time_closes_windows_without_wall_clock() {
         let mut a = Aggregator::new();
         let k = key();
-        a.add(&k, "d1", rule(LatePolicy::Raw), 1 * S, 1.0, 0);
+        a.add(&k, "d1", rule(LatePolicy::Raw), S, 1.0, 0);
         a.add(&k, "d1", rule(LatePolicy::Raw), 12 * S, 2.0, 0);
         let closed = a.close_due(0, |_| {});
         assert_eq!(closed.len(), 1);

@@ -641,11 +641,12 @@ impl Journal {
             .pending
             .since_ns
             .is_some_and(|s| now.saturating_sub(s) >= self.config.batch_linger_ns);
-        if has_content && (self.pending.count >= self.config.batch_max_readings || due) {
-            if let Some(seq) = self.seal(&txn, now)? {
-                report.sealed.push(seq);
-                wrote = true;
-            }
+        if has_content
+            && (self.pending.count >= self.config.batch_max_readings || due)
+            && let Some(seq) = self.seal(&txn, now)?
+        {
+            report.sealed.push(seq);
+            wrote = true;
         }
         // Budget.
         if self.config.policy == FullPolicy::DropOldest {
