@@ -71,7 +71,11 @@ struct Figures {
     p99: Duration,
 }
 
-async fn collector_run(fx: &Fixture, batches_per_conn: u64, t_start: i64) -> (Figures, u64, u64) {
+async fn collector_run(
+    fx: &Fixture,
+    batches_per_conn: u64,
+    t_start: i64,
+) -> (Figures, u64, u64, u64, u64) {
     let server = Running::start(fx.config()).await;
     let mut agents = Vec::new();
     for c in 0..CONNECTIONS {
@@ -123,6 +127,7 @@ async fn collector_run(fx: &Fixture, batches_per_conn: u64, t_start: i64) -> (Fi
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0)
     };
+    let file_before_maintenance = server.handle.store().file_bytes();
     // Compact the (now settled) chunks as maintenance would, then measure.
     let plan = ferry_collector::RetentionPlan {
         raw_before: None,
@@ -137,7 +142,6 @@ async fn collector_run(fx: &Fixture, batches_per_conn: u64, t_start: i64) -> (Fi
         a.conn.close(0u32.into(), b"done");
     }
     server.stop().await;
-    let _ = commits;
     (
         Figures {
             readings_per_sec: total as f64 / elapsed.as_secs_f64(),
@@ -146,6 +150,8 @@ async fn collector_run(fx: &Fixture, batches_per_conn: u64, t_start: i64) -> (Fi
         },
         total,
         chunk_bytes,
+        file_before_maintenance,
+        commits,
     )
 }
 
@@ -213,7 +219,8 @@ fn main() {
         .build()
         .unwrap();
     let fx = Fixture::new();
-    let (ours, total, chunk_bytes) = rt.block_on(collector_run(&fx, batches, t_start));
+    let (ours, total, chunk_bytes, file_before, commits) =
+        rt.block_on(collector_run(&fx, batches, t_start));
     let file_bytes = std::fs::metadata(fx.data.join(ferry_collector::STORE_FILE))
         .unwrap()
         .len();
@@ -242,12 +249,17 @@ fn main() {
         base.p99.as_secs_f64() * 1e3
     );
     println!(
+        "  commits   : {commits} durable commits, {:.1} batches per commit",
+        (total / READINGS_PER_BATCH as u64) as f64 / commits.max(1) as f64
+    );
+    println!(
         "  ratio     : {:.2}x the baseline",
         ours.readings_per_sec / base.readings_per_sec
     );
     println!(
-        "  on disk   : {:.2} bytes/reading in chunks; store file {:.2} bytes/reading, {:.2} after `ferry-collector compact` (baseline file: {:.2})",
+        "  on disk   : {:.2} bytes/reading in chunks; store file {:.2} bytes/reading after ingest, {:.2} after chunk compaction, {:.2} after `ferry-collector compact` (baseline file: {:.2})",
         chunk_bytes as f64 / total as f64,
+        file_before as f64 / total as f64,
         file_bytes as f64 / total as f64,
         compacted_bytes as f64 / total as f64,
         base_file as f64 / base_total as f64
