@@ -72,7 +72,7 @@ use ferry_proto::link::{
     DeviceHello, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig, Report, Uplink,
     WindowReport,
 };
-use ferry_proto::serial::{self, Deframer, MAX_LINK_PAYLOAD, MAX_SERIAL_FRAME, SerialError};
+use ferry_proto::serial::{self, Deframer, MAX_SERIAL_FRAME, SerialError};
 use ferry_proto::series::SeriesKey;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -388,16 +388,14 @@ impl GatewayLink {
 
     /// Feeds bytes from the device.
     pub fn handle_bytes(&mut self, now_ns: i64, bytes: &[u8]) {
-        let mut payload = [0u8; MAX_LINK_PAYLOAD];
+        // A payload is shorter than the frame it came in.
+        let mut payload = [0u8; MAX_SERIAL_FRAME];
         for &b in bytes {
             let len = match self.deframer.push(b) {
                 None => continue,
                 Some(Ok(p)) => {
-                    // The deframer's payloads are at most MAX_LINK_PAYLOAD
-                    // bytes: a longer frame fails as too long.
-                    let n = p.len().min(payload.len());
-                    payload[..n].copy_from_slice(&p[..n]);
-                    Ok(n)
+                    payload[..p.len()].copy_from_slice(p);
+                    Ok(p.len())
                 }
                 Some(Err(e)) => Err(e),
             };
