@@ -82,6 +82,11 @@ fn recent() -> i64 {
 /// series; returns them. Polls the store's query (a condition, not a
 /// duration: the bound only turns a hang into a failure).
 async fn wait_for_readings(data: &Path, want: usize) -> Vec<(String, Vec<(i64, f64)>)> {
+    wait_for(data, "temperature", want).await
+}
+
+/// As [`wait_for_readings`], for the series matching `selector`.
+async fn wait_for(data: &Path, selector: &str, want: usize) -> Vec<(String, Vec<(i64, f64)>)> {
     for _ in 0..6000 {
         // The server may not have published its address yet.
         let Ok(admin) = Admin::connect(data).await else {
@@ -89,7 +94,7 @@ async fn wait_for_readings(data: &Path, want: usize) -> Vec<(String, Vec<(i64, f
             continue;
         };
         let params = QueryParams {
-            selector: Some("temperature".into()),
+            selector: Some(selector.into()),
             from: Some("0".into()),
             to: Some("4000000000000000000".into()),
             step: None,
@@ -266,6 +271,58 @@ async fn windows_are_aggregated_and_shipped() {
         assert_eq!(w.sum, vals.iter().sum::<f64>());
         assert_eq!((w.min, w.max), (vals[0], vals[9]));
     }
+    agent.stop().await;
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_protocol_in_collector_query_out() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("collector");
+    ferry_collector::init(&InitOptions::new(&data)).unwrap();
+    let bundle = dir.path().join("gw-1");
+    ferry_collector::enroll(&data, "gw-1", &bundle).unwrap();
+    let collector = CollectorProc::start(&data, "127.0.0.1:0".parse().unwrap()).await;
+    let source = "[[influx_tcp]]\nlisten = \"127.0.0.1:0\"\nprecision = \"s\"\n";
+    let agent = run::start(agent_config(
+        &bundle,
+        &dir.path().join("agent"),
+        collector.quic,
+        source,
+    ))
+    .await
+    .unwrap();
+    let t0 = recent() / 1_000_000_000;
+    let mut tcp = tokio::net::TcpStream::connect(agent.influx_tcp_addrs[0])
+        .await
+        .unwrap();
+    let mut text = String::new();
+    for i in 0..10 {
+        text.push_str(&format!(
+            "temperature,device=a1,room=lab\\ 1 value=2{i}.5,ok=t {}\n",
+            t0 + i
+        ));
+    }
+    text.push_str("temperature,device=a1 value=\"hot\" 1\n"); // a string field: rejected
+    text.push_str(&format!("temperature,device=b2 value=-3i {t0}\n"));
+    tcp.write_all(text.as_bytes()).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    let got = wait_for(&data, "temperature_value", 11).await;
+    let a1 = got
+        .iter()
+        .find(|(s, _)| s.contains("a1"))
+        .expect("series of a1");
+    assert_eq!(a1.0, r#"temperature_value{device="a1",room="lab 1"}"#);
+    let want: Vec<(i64, f64)> = (0..10)
+        .map(|i| ((t0 + i) * 1_000_000_000, 20.5 + i as f64))
+        .collect();
+    assert_eq!(a1.1, want);
+    let b2 = got
+        .iter()
+        .find(|(s, _)| s.contains("b2"))
+        .expect("series of b2");
+    assert_eq!(b2.1, vec![(t0 * 1_000_000_000, -3.0)]);
     agent.stop().await;
     collector.stop().await;
 }
