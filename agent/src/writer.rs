@@ -171,6 +171,8 @@ impl Writer {
             work.readings.extend(s.work.readings.iter().cloned());
             work.reports.extend(s.work.reports.iter().cloned());
             work.health.extend(s.work.health.iter().cloned());
+            work.device_dropped
+                .extend(s.work.device_dropped.iter().cloned());
             spans.push((start, work.reports.len(), s.work.reading_count()));
         }
         let started = std::time::Instant::now();

@@ -459,6 +459,28 @@ fn device_reports_are_journaled_once_and_in_order() {
         .unwrap();
     assert_eq!(r.reports, vec![true]);
     assert_eq!(j.devices().unwrap(), vec![("d7".to_string(), 3, 6)]);
+    // Device drop totals are counted once, however often they are sent.
+    let totals = |t: u32| Work {
+        device_dropped: vec![("d7".into(), 3, t)],
+        ..Work::default()
+    };
+    j.commit(totals(4), 0).unwrap();
+    j.commit(totals(4), 0).unwrap();
+    drop(j);
+    let mut j = open(&disk.crash(), &config);
+    j.commit(totals(6), 0).unwrap();
+    let mut health = 0;
+    j.commit(Work::default(), 10 * SEC).unwrap();
+    for (_, body) in j.next_to_send(u64::MAX, false).unwrap() {
+        let batch: Batch = codec::from_bytes("Batch", &body).unwrap();
+        health += batch
+            .health
+            .iter()
+            .filter(|h| h.kind == health::DROPPED_DEVICE_RING)
+            .map(|h| h.count)
+            .sum::<u64>();
+    }
+    assert_eq!(health, 6);
     // A new boot starts again from 1.
     let mut rep = report(1, 0);
     rep.boot = 4;

@@ -17,6 +17,7 @@
 //! | `health` | (origin, kind, dropped batch seq or 0) → count | health increments not yet in a batch |
 //! | `dropped` | (origin, kind) → count | cumulative drops, for `status` |
 //! | `devices` | device id → (boot, seq) | highest device report journaled |
+//! | `device_drops` | device id → (boot, dropped) | the device's ring-drop total already counted |
 //! | `meta` | name → u64 | `next_seq`, `next_row`, `bytes` |
 //!
 //! # Invariants
@@ -66,6 +67,7 @@ const OUTBOX_META: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbo
 const HEALTH: TableDefinition<'_, (&str, u16, u64), u64> = TableDefinition::new("health");
 const DROPPED: TableDefinition<'_, (&str, u16), u64> = TableDefinition::new("dropped");
 const DEVICES: TableDefinition<'_, &str, (u32, u32)> = TableDefinition::new("devices");
+const DEVICE_DROPS: TableDefinition<'_, &str, (u32, u32)> = TableDefinition::new("device_drops");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// Health kind for batches the collector rejected permanently.
@@ -155,6 +157,11 @@ pub struct Work {
     pub reports: Vec<DeviceReport>,
     /// Health increments `(origin, kind, count)`.
     pub health: Vec<(String, u16, u64)>,
+    /// Devices' own drop totals `(device, boot, dropped since boot)` from
+    /// their heartbeats. The journal counts only the increase over the total
+    /// it has recorded for that boot, so a total sent twice (an agent
+    /// restart, a resent heartbeat) is counted once.
+    pub device_dropped: Vec<(String, u32, u32)>,
     /// Collector answers `(seq, delivered)`: `true` for stored/duplicate,
     /// `false` for a permanent rejection.
     pub acks: Vec<(u64, bool)>,
@@ -167,6 +174,7 @@ impl Work {
             && self.reports.is_empty()
             && self.health.is_empty()
             && self.acks.is_empty()
+            && self.device_dropped.is_empty()
     }
 
     /// Readings carried (raw readings plus samples in device windows).
@@ -388,6 +396,7 @@ impl Journal {
             txn.open_table(HEALTH)?;
             txn.open_table(DROPPED)?;
             txn.open_table(DEVICES)?;
+            txn.open_table(DEVICE_DROPS)?;
             txn.open_table(META)?;
         }
         txn.commit()?;
@@ -556,6 +565,24 @@ impl Journal {
                 report.reports.push(true);
             }
         }
+        // Device drop totals → increments.
+        if !work.device_dropped.is_empty() {
+            let mut drops = txn.open_table(DEVICE_DROPS)?;
+            for (device, boot, total) in &work.device_dropped {
+                let base = match drops.get(device.as_str())?.map(|v| v.value()) {
+                    Some((b, counted)) if b == *boot => counted,
+                    _ => 0,
+                };
+                if *total > base {
+                    health_add.push((
+                        device.clone(),
+                        health::DROPPED_DEVICE_RING,
+                        u64::from(total - base),
+                    ));
+                }
+                drops.insert(device.as_str(), (*boot, (*total).max(base)))?;
+            }
+        }
         // Windows due now.
         let closed = self.aggregator.close_due(now, |k| {
             touched.insert(k.clone());
@@ -570,7 +597,10 @@ impl Journal {
             .map(|(origin, readings)| OriginCount { origin, readings })
             .collect();
 
-        let mut wrote = !work.acks.is_empty() || !health_add.is_empty() || !work.reports.is_empty();
+        let mut wrote = !work.acks.is_empty()
+            || !health_add.is_empty()
+            || !work.reports.is_empty()
+            || !work.device_dropped.is_empty();
         {
             // Open windows of touched series.
             let mut windows = txn.open_table(WINDOWS)?;

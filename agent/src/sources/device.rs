@@ -46,7 +46,8 @@
 //!   not acked and comes again.
 //! - **Heartbeat**: `floor = next_seq − queued − 1` goes into
 //!   [`DeviceReport::floor`]; increases of `dropped` (per boot, from 0) go to
-//!   the journal as a health increment `(device, DROPPED_DEVICE_RING, Δ)`.
+//!   the journal as the device's total (`Work::device_dropped`); the journal
+//!   records the increase as health `(device, DROPPED_DEVICE_RING, Δ)`.
 //! - **Bad frames** (COBS, CRC, too long or short, undecodable) are counted
 //!   by kind in [`DeviceStats`] and logged at most once per
 //!   [`DeviceLinkConfig::warn_interval_ms`] per kind; the stream carries on.
@@ -67,7 +68,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_proto::codec;
-use ferry_proto::health;
 use ferry_proto::link::{
     DeviceHello, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig, Report, Uplink,
     WindowReport,
@@ -472,9 +472,10 @@ impl GatewayLink {
             && let Some(s) = &self.session
             && s.dropped_seen > s.dropped_forwarded
         {
-            let delta = u64::from(s.dropped_seen - s.dropped_forwarded);
-            work.health
-                .push((s.hex.clone(), health::DROPPED_DEVICE_RING, delta));
+            // The total, not a delta: the journal counts the increase over
+            // what it has recorded, so a restart never counts drops twice.
+            work.device_dropped
+                .push((s.hex.clone(), s.boot, s.dropped_seen));
             in_flight.dropped = Some((s.hex.clone(), s.boot, s.dropped_seen));
         }
         if work.is_empty() {
@@ -1474,16 +1475,13 @@ mod tests {
 
         send(&mut l, T0, &heartbeat(3, 2, 9));
         let work = l.poll_work().unwrap();
-        assert_eq!(
-            work.health,
-            [(HEX.to_owned(), health::DROPPED_DEVICE_RING, 3)]
-        );
+        assert_eq!(work.device_dropped, [(HEX.to_owned(), 7, 3)]);
         assert!(work.reports.is_empty());
         // A failed commit forwards nothing; the next heartbeat tries again.
         l.handle_commit(T0, Err(&SubmitError::Storage("disk".into())));
         assert!(l.poll_work().is_none());
         send(&mut l, T0, &heartbeat(3, 2, 9));
-        assert_eq!(l.poll_work().unwrap().health[0].2, 3);
+        assert_eq!(l.poll_work().unwrap().device_dropped[0].2, 3);
         l.handle_commit(T0, Ok(&answered(&[])));
         assert_eq!(n(&l.stats().device_dropped), 3);
 
@@ -1491,14 +1489,17 @@ mod tests {
         assert!(l.poll_work().is_none(), "no increase");
         send(&mut l, T0, &heartbeat(5, 2, 10));
         let work = l.poll_work().unwrap();
-        assert_eq!(work.health[0].2, 2);
+        assert_eq!(work.device_dropped, [(HEX.to_owned(), 7, 5)]);
         l.handle_commit(T0, Ok(&answered(&[])));
 
         // A new boot counts from 0 again.
         send(&mut l, T0, &hello(8, 10));
         drain(&mut l);
         send(&mut l, T0, &heartbeat(1, 0, 2));
-        assert_eq!(l.poll_work().unwrap().health[0].2, 1);
+        assert_eq!(
+            l.poll_work().unwrap().device_dropped,
+            [(HEX.to_owned(), 8, 1)]
+        );
         l.handle_commit(T0, Ok(&answered(&[])));
         assert_eq!(n(&l.stats().device_dropped), 6);
     }

@@ -3,6 +3,6 @@
 //! through an [`Intake`](crate::intake::Intake).
 
 pub mod device;
+pub mod influx;
 pub mod line;
 pub mod sim;
-pub mod influx;
