@@ -1,0 +1,112 @@
+//! Helpers for Ferry's end-to-end tests: finding the real binaries, running
+//! them as child processes, and a collector in-process to stop and start.
+//!
+//! The binaries are those `cargo test --workspace` (or `cargo build
+//! --workspace --bins`) built next to this test's own executable.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use ferry_collector::admin::Admin;
+use ferry_collector::query::QueryParams;
+
+/// Path of a workspace binary, e.g. `ferry-agent`, built for this profile.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p {name}` (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A child process killed (SIGKILL) when dropped.
+pub struct Proc(pub Child);
+
+impl Proc {
+    /// Starts `bin args…` with stderr into `log`.
+    pub fn spawn(bin: &Path, args: &[&str], log: &Path) -> Self {
+        let log = std::fs::File::create(log).expect("log file");
+        let child = Command::new(bin)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn");
+        Proc(child)
+    }
+
+    /// SIGKILL, as power loss or the OOM killer would.
+    pub fn kill9(mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free loopback port (bound and released).
+pub fn free_tcp_port() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// A free loopback UDP port (bound and released).
+pub fn free_udp_port() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+/// Raw readings the collector in `data` holds for series matching
+/// `selector`, `(series, [(ts, value)])`; `None` while it cannot answer.
+pub async fn stored(data: &Path, selector: &str) -> Option<Vec<(String, Vec<(i64, f64)>)>> {
+    let admin = Admin::connect(data).await.ok()?;
+    let res = admin
+        .query(&QueryParams {
+            selector: Some(selector.into()),
+            from: Some("0".into()),
+            to: Some("4000000000000000000".into()),
+            step: None,
+            kind: Some("raw".into()),
+        })
+        .await
+        .ok()?;
+    Some(res.into_iter().map(|s| (s.series, s.readings)).collect())
+}
+
+/// Polls `cond` until it holds (the bound only turns a hang into a failure).
+pub async fn until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..12_000 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// GET `path` from an HTTP/1.0 endpoint; the body, or `None` on failure.
+pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.ok()?;
+    let (head, rest) = body.split_once("\r\n\r\n")?;
+    head.contains(" 200 ").then(|| rest.to_string())
+}

@@ -1,0 +1,115 @@
+//! `kill -9` of the real agent binary, between journal commit and shipping
+//! and in the middle of shipping: the collector ends up with every reading
+//! the agent had accepted, exactly once.
+
+use std::path::Path;
+
+use ferry_collector::{Collector, InitOptions};
+use ferry_tests::{Proc, binary, free_tcp_port, free_udp_port, http_get, stored, until};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+const N: usize = 20_000;
+
+async fn start_collector(data: &Path, quic: std::net::SocketAddr) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let mut config = ferry_collector::Config::for_data_dir(data);
+    config.quic.listen = quic;
+    let collector = Collector::bind(config).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        collector
+            .run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
+    });
+    (stop, task)
+}
+
+fn write_agent_config(bundle: &Path, influx: std::net::SocketAddr, admin: std::net::SocketAddr) {
+    let mut text = std::fs::read_to_string(bundle.join("agent.toml")).unwrap();
+    text.push_str(&format!(
+        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\nmax_in_flight = 65536\n\n\
+         [journal]\nbatch_max_readings = 500\n\n\
+         [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
+    ));
+    std::fs::write(bundle.join("agent.toml"), text).unwrap();
+}
+
+/// Readings the agent holds in its journal (batched or not), from /status.
+async fn journaled(admin: std::net::SocketAddr) -> Option<u64> {
+    let body = http_get(admin, "/status").await?;
+    let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+    Some(v["outbox_readings"].as_u64()? + v["pending_readings"].as_u64()?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("collector");
+    ferry_collector::init(&InitOptions::new(&data)).unwrap();
+    let quic = free_udp_port();
+    let bundle = dir.path().join("gw");
+    let mut opts = ferry_collector::EnrollOptions::new(&data, "gw", &bundle);
+    opts.address = quic.to_string();
+    ferry_collector::enroll_with(&opts).unwrap();
+    let (influx, admin) = (free_tcp_port(), free_tcp_port());
+    write_agent_config(&bundle, influx, admin);
+    let agent_bin = binary("ferry-agent");
+    let config = bundle.join("agent.toml");
+    let args = ["run", "--config", config.to_str().unwrap()];
+
+    // 1. The collector is down; the agent journals N readings.
+    let agent = Proc::spawn(&agent_bin, &args, &dir.path().join("agent1.log"));
+    until("agent admin endpoint up", || async { journaled(admin).await.is_some() }).await;
+    let now_ms = ferry_proto_now_ms() - 3_600_000;
+    let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
+    let mut text = String::new();
+    for i in 0..N {
+        text.push_str(&format!("power,device=m{} watts={}.{} {}\n", i % 10, i % 97, i % 10, now_ms + i as i64));
+    }
+    tcp.write_all(text.as_bytes()).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    until("agent journaled every reading", || async { journaled(admin).await == Some(N as u64) }).await;
+
+    // 2. kill -9 between journal commit and shipping.
+    agent.kill9();
+
+    // 3. Collector up; agent back; kill -9 again once shipping is under way.
+    let (stop, task) = start_collector(&data, quic).await;
+    let agent = Proc::spawn(&agent_bin, &args, &dir.path().join("agent2.log"));
+    until("some readings stored", || async {
+        stored(&data, "power_watts").await.is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() > 0)
+    })
+    .await;
+    agent.kill9();
+
+    // 4. Restarted for good: everything arrives, once.
+    let agent = Proc::spawn(&agent_bin, &args, &dir.path().join("agent3.log"));
+    until("all readings stored", || async {
+        stored(&data, "power_watts").await.is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() >= N)
+    })
+    .await;
+    until("agent outbox empty", || async { journaled(admin).await == Some(0) }).await;
+    let series = stored(&data, "power_watts").await.unwrap();
+    assert_eq!(series.len(), 10);
+    let mut all: Vec<(i64, f64)> = series.into_iter().flat_map(|s| s.1).collect();
+    all.sort_by_key(|r| r.0);
+    assert_eq!(all.len(), N, "stored exactly once");
+    for (i, (ts, v)) in all.iter().enumerate() {
+        assert_eq!(*ts, (now_ms + i as i64) * 1_000_000);
+        assert_eq!(*v, format!("{}.{}", i % 97, i % 10).parse::<f64>().unwrap());
+    }
+    agent.kill9();
+    let _ = stop.send(());
+    task.await.unwrap();
+}
+
+fn ferry_proto_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
