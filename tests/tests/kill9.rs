@@ -11,7 +11,10 @@ use tokio::sync::oneshot;
 
 const N: usize = 20_000;
 
-async fn start_collector(data: &Path, quic: std::net::SocketAddr) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+async fn start_collector(
+    data: &Path,
+    quic: std::net::SocketAddr,
+) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let mut config = ferry_collector::Config::for_data_dir(data);
     config.quic.listen = quic;
     let collector = Collector::bind(config).await.unwrap();
@@ -63,16 +66,28 @@ async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
 
     // 1. The collector is down; the agent journals N readings.
     let agent = Proc::spawn(&agent_bin, &args, &dir.path().join("agent1.log"));
-    until("agent admin endpoint up", || async { journaled(admin).await.is_some() }).await;
+    until("agent admin endpoint up", || async {
+        journaled(admin).await.is_some()
+    })
+    .await;
     let now_ms = ferry_proto_now_ms() - 3_600_000;
     let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
     let mut text = String::new();
     for i in 0..N {
-        text.push_str(&format!("power,device=m{} watts={}.{} {}\n", i % 10, i % 97, i % 10, now_ms + i as i64));
+        text.push_str(&format!(
+            "power,device=m{} watts={}.{} {}\n",
+            i % 10,
+            i % 97,
+            i % 10,
+            now_ms + i as i64
+        ));
     }
     tcp.write_all(text.as_bytes()).await.unwrap();
     tcp.shutdown().await.unwrap();
-    until("agent journaled every reading", || async { journaled(admin).await == Some(N as u64) }).await;
+    until("agent journaled every reading", || async {
+        journaled(admin).await == Some(N as u64)
+    })
+    .await;
 
     // 2. kill -9 between journal commit and shipping.
     agent.kill9();
@@ -81,7 +96,9 @@ async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
     let (stop, task) = start_collector(&data, quic).await;
     let agent = Proc::spawn(&agent_bin, &args, &dir.path().join("agent2.log"));
     until("some readings stored", || async {
-        stored(&data, "power_watts").await.is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() > 0)
+        stored(&data, "power_watts")
+            .await
+            .is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() > 0)
     })
     .await;
     agent.kill9();
@@ -89,10 +106,15 @@ async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
     // 4. Restarted for good: everything arrives, once.
     let agent = Proc::spawn(&agent_bin, &args, &dir.path().join("agent3.log"));
     until("all readings stored", || async {
-        stored(&data, "power_watts").await.is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() >= N)
+        stored(&data, "power_watts")
+            .await
+            .is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() >= N)
     })
     .await;
-    until("agent outbox empty", || async { journaled(admin).await == Some(0) }).await;
+    until("agent outbox empty", || async {
+        journaled(admin).await == Some(0)
+    })
+    .await;
     let series = stored(&data, "power_watts").await.unwrap();
     assert_eq!(series.len(), 10);
     let mut all: Vec<(i64, f64)> = series.into_iter().flat_map(|s| s.1).collect();

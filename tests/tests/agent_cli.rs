@@ -1,0 +1,94 @@
+//! The agent binary faced with a corrupt journal and bad configuration.
+
+use std::process::Command;
+
+use ferry_tests::{Proc, binary, free_tcp_port, http_get, until};
+
+fn bundle(dir: &std::path::Path) -> std::path::PathBuf {
+    let data = dir.join("collector");
+    ferry_collector::init(&ferry_collector::InitOptions::new(&data)).unwrap();
+    let bundle = dir.join("gw");
+    ferry_collector::enroll(&data, "gw", &bundle).unwrap();
+    bundle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_journal_is_moved_aside_and_the_agent_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle(dir.path());
+    let admin = free_tcp_port();
+    let mut text = std::fs::read_to_string(bundle.join("agent.toml")).unwrap();
+    text.push_str(&format!(
+        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n"
+    ));
+    std::fs::write(bundle.join("agent.toml"), text).unwrap();
+    std::fs::create_dir_all(bundle.join("data")).unwrap();
+    std::fs::write(
+        bundle.join("data/journal.redb"),
+        b"this is not a redb file, it is garbage".repeat(100),
+    )
+    .unwrap();
+    let log = dir.path().join("agent.log");
+    let config = bundle.join("agent.toml");
+    let agent = Proc::spawn(
+        &binary("ferry-agent"),
+        &["run", "--config", config.to_str().unwrap()],
+        &log,
+    );
+    until("agent up", || async {
+        http_get(admin, "/status").await.is_some()
+    })
+    .await;
+    let aside: Vec<String> = std::fs::read_dir(bundle.join("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("journal.redb.corrupt-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("JOURNAL FAILED TO OPEN: moved aside"),
+        "{logged}"
+    );
+    agent.kill9();
+}
+
+#[test]
+fn bad_configs_are_refused_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle(dir.path());
+    let config = bundle.join("agent.toml");
+    let base = std::fs::read_to_string(&config).unwrap();
+    let check = |extra: &str| {
+        std::fs::write(&config, format!("{base}{extra}")).unwrap();
+        let out = Command::new(binary("ferry-agent"))
+            .args(["check-config", "--config", config.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let lines = base.lines().count();
+    let (code, _, err) = check("[journal]\npolicy = \"drop_newest\"\n");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains(&format!(
+            "agent.toml: TOML parse error at line {}",
+            lines + 2
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("unknown variant `drop_newest`, expected `drop_oldest` or `backpressure`"),
+        "{err}"
+    );
+    let (code, _, err) = check("[shiping]\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("unknown field `shiping`"), "{err}");
+    let (code, out, _) = check("");
+    assert_eq!(code, Some(0));
+    assert!(out.ends_with("agent.toml: ok\n"), "{out}");
+}

@@ -1,0 +1,143 @@
+//! The real agent offline with a small disk budget under `drop_oldest`:
+//! once the collector is back, for every device, readings stored plus
+//! readings the agent reported dropped equal readings sent.
+
+use std::collections::BTreeMap;
+
+use ferry_collector::{Collector, InitOptions};
+use ferry_tests::{Proc, binary, free_tcp_port, free_udp_port, http_get, stored, until};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::oneshot;
+
+const DEVICES: usize = 4;
+const ROUNDS: usize = 20;
+const PER_ROUND: usize = 2_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drop_oldest_accounts_for_every_reading_per_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("collector");
+    ferry_collector::init(&InitOptions::new(&data)).unwrap();
+    let quic = free_udp_port();
+    let bundle = dir.path().join("gw");
+    let mut opts = ferry_collector::EnrollOptions::new(&data, "gw", &bundle);
+    opts.address = quic.to_string();
+    ferry_collector::enroll_with(&opts).unwrap();
+    let (influx, admin) = (free_tcp_port(), free_tcp_port());
+    let mut text = std::fs::read_to_string(bundle.join("agent.toml")).unwrap();
+    text.push_str(&format!(
+        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"100ms\"\n\n\
+         [journal]\nbudget = \"64 KiB\"\npolicy = \"drop_oldest\"\nbatch_max_readings = 1000\n\n\
+         [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
+    ));
+    std::fs::write(bundle.join("agent.toml"), text).unwrap();
+    let config = bundle.join("agent.toml");
+    let agent = Proc::spawn(
+        &binary("ferry-agent"),
+        &["run", "--config", config.to_str().unwrap()],
+        &dir.path().join("agent.log"),
+    );
+    until("agent up", || async {
+        http_get(admin, "/status").await.is_some()
+    })
+    .await;
+
+    // Offline: far more than 64 KiB of readings.
+    let t0 = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+        - 3_600_000;
+    let mut sent: BTreeMap<String, usize> = BTreeMap::new();
+    let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
+    let mut i = 0i64;
+    for _ in 0..ROUNDS {
+        let mut text = String::new();
+        for _ in 0..PER_ROUND {
+            let d = format!("d{}", i as usize % DEVICES);
+            // Random-looking values compress badly: the budget fills fast.
+            text.push_str(&format!(
+                "load,device={d} v={}.{:03} {}\n",
+                (i * 7919) % 1000,
+                (i * 104_729) % 1000,
+                t0 + i
+            ));
+            *sent.entry(d).or_default() += 1;
+            i += 1;
+        }
+        tcp.write_all(text.as_bytes()).await.unwrap();
+    }
+    tcp.shutdown().await.unwrap();
+    let total: usize = sent.values().sum();
+    until("agent took every line and dropped some", || async {
+        let Some(body) = http_get(admin, "/status").await else {
+            return false;
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let held = v["outbox_readings"].as_u64().unwrap() + v["pending_readings"].as_u64().unwrap();
+        let dropped: u64 = v["dropped"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d[2].as_u64().unwrap())
+            .sum();
+        dropped > 0 && held + dropped == total as u64
+    })
+    .await;
+
+    // Online: everything left arrives, and so do the drop counts.
+    let mut cfg = ferry_collector::Config::for_data_dir(&data);
+    cfg.quic.listen = quic;
+    let collector = Collector::bind(cfg).await.unwrap();
+    let handle = collector.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(collector.run(async {
+        let _ = stopped.await;
+    }));
+    let accounted = || async {
+        let stored_by_dev: BTreeMap<String, usize> = stored(&data, "load_v")
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(s, r)| {
+                (
+                    s.split("device=\"")
+                        .nth(1)
+                        .unwrap()
+                        .split('"')
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                    r.len(),
+                )
+            })
+            .collect();
+        let mut dropped: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, source, kind, n) in handle.store().health().unwrap() {
+            if kind == ferry_proto::health::DROPPED_JOURNAL_FULL {
+                *dropped.entry(source).or_default() += n as usize;
+            }
+        }
+        (stored_by_dev, dropped)
+    };
+    until("stored + dropped = sent for every device", || async {
+        let (s, d) = accounted().await;
+        sent.iter().all(|(dev, n)| {
+            s.get(dev).copied().unwrap_or(0) + d.get(dev).copied().unwrap_or(0) == *n
+        })
+    })
+    .await;
+    let (s, d) = accounted().await;
+    for (dev, n) in &sent {
+        assert!(
+            d.get(dev).copied().unwrap_or(0) > 0,
+            "{dev} lost nothing? stored {s:?}"
+        );
+        assert_eq!(s[dev] + d[dev], *n, "{dev}");
+    }
+    agent.kill9();
+    drop(handle);
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
