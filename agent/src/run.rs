@@ -149,6 +149,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             path: journal_path.clone(),
             message: e.to_string(),
         })?);
+    let registry =
+        registry.with_offsets(journal.device_offsets().map_err(|e| StartError::Journal {
+            path: journal_path.clone(),
+            message: e.to_string(),
+        })?);
     let metrics = Arc::new(AgentMetrics::default());
     let (intake, intake_rx) = Intake::channel(1024);
     let (writer, handle) = Writer::new(journal, intake_rx, metrics.clone(), config.agent.tick);

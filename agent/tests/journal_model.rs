@@ -437,6 +437,7 @@ fn device_reports_are_journaled_once_and_in_order() {
         boot: 3,
         seq,
         floor,
+        offset_ns: 0,
         windows: vec![(series("temperature", 7), window(seq as i64 * SEC))],
     };
     let work = Work {

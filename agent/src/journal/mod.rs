@@ -18,6 +18,7 @@
 //! | `dropped` | (origin, kind) → count | cumulative drops, for `status` |
 //! | `devices` | device id → (boot, seq) | highest device report journaled |
 //! | `device_drops` | device id → (boot, dropped) | the device's ring-drop total already counted |
+//! | `device_offsets` | device id → (boot, offset ns) | device-time to wall-clock offset of the boot |
 //! | `meta` | name → u64 | `next_seq`, `next_row`, `bytes` |
 //!
 //! # Invariants
@@ -68,6 +69,8 @@ const HEALTH: TableDefinition<'_, (&str, u16, u64), u64> = TableDefinition::new(
 const DROPPED: TableDefinition<'_, (&str, u16), u64> = TableDefinition::new("dropped");
 const DEVICES: TableDefinition<'_, &str, (u32, u32)> = TableDefinition::new("devices");
 const DEVICE_DROPS: TableDefinition<'_, &str, (u32, u32)> = TableDefinition::new("device_drops");
+const DEVICE_OFFSETS: TableDefinition<'_, &str, (u32, i64)> =
+    TableDefinition::new("device_offsets");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 
 /// Health kind for batches the collector rejected permanently.
@@ -144,6 +147,10 @@ pub struct DeviceReport {
     /// dropped them and counts them itself): from its latest heartbeat,
     /// `next_seq − queued − 1`; 0 when unknown.
     pub floor: u32,
+    /// Wall-clock minus device time (ns) used for `windows`. The first one
+    /// journaled for a boot is kept (see [`Journal::device_offsets`]) so a
+    /// restarted agent maps the rest of the boot identically.
+    pub offset_ns: i64,
     /// Closed windows, already in wall-clock time.
     pub windows: Vec<(SeriesKey, Partial)>,
 }
@@ -397,6 +404,7 @@ impl Journal {
             txn.open_table(DROPPED)?;
             txn.open_table(DEVICES)?;
             txn.open_table(DEVICE_DROPS)?;
+            txn.open_table(DEVICE_OFFSETS)?;
             txn.open_table(META)?;
         }
         txn.commit()?;
@@ -562,6 +570,10 @@ impl Journal {
                     report.accepted += partial.count;
                 }
                 devices.insert(rep.device.as_str(), (rep.boot, rep.seq))?;
+                let mut offsets = txn.open_table(DEVICE_OFFSETS)?;
+                if offsets.get(rep.device.as_str())?.map(|v| v.value().0) != Some(rep.boot) {
+                    offsets.insert(rep.device.as_str(), (rep.boot, rep.offset_ns))?;
+                }
                 report.reports.push(true);
             }
         }
@@ -936,6 +948,18 @@ impl Journal {
             let (k, v) = entry?;
             let (boot, seq) = v.value();
             out.push((k.value().into(), boot, seq));
+        }
+        Ok(out)
+    }
+
+    /// Device-time offsets `(device, boot, offset_ns)` of the boots journaled.
+    pub fn device_offsets(&self) -> Result<Vec<(String, u32, i64)>, CommitError> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for entry in txn.open_table(DEVICE_OFFSETS)?.iter()? {
+            let (k, v) = entry?;
+            let (boot, offset) = v.value();
+            out.push((k.value().into(), boot, offset));
         }
         Ok(out)
     }

@@ -248,6 +248,24 @@ impl DeviceRegistry {
         self.lock().get(device).copied()
     }
 
+    /// Adds the journal's device-time offsets `(device, boot, offset_ns)`,
+    /// as [`Journal::device_offsets`](crate::journal::Journal::device_offsets)
+    /// returns them: a device that says hello again in the same boot keeps
+    /// the offset its earlier windows were mapped with.
+    pub fn with_offsets(self, offsets: impl IntoIterator<Item = (String, u32, i64)>) -> Self {
+        {
+            let mut marks = self.lock();
+            for (device, boot, offset) in offsets {
+                let mark = marks.entry(device).or_default();
+                if mark.boot == boot || (mark.boot == 0 && mark.journaled == 0) {
+                    mark.boot = boot;
+                    mark.offset_ns = Some(offset);
+                }
+            }
+        }
+        self
+    }
+
     /// Devices known.
     pub fn len(&self) -> usize {
         self.lock().len()
@@ -708,6 +726,7 @@ impl GatewayLink {
             boot: s.boot,
             seq: r.seq,
             floor: s.floor,
+            offset_ns: s.offset_ns,
             windows,
         };
         self.pending.insert(id, report);

@@ -1,0 +1,238 @@
+//! The emulated board (firmware/boards/mps2-an386 in qemu-system-arm) →
+//! the real ferry-agent binary over its device link → ferry-collector: the
+//! collector's windows are exactly the ones the firmware computed from its
+//! deterministic sensors; then the agent is killed (SIGKILL) while the
+//! firmware keeps sampling, and restarted: no window lost, none duplicated.
+//!
+//! Needs qemu-system-arm and the cross-built image (`scripts/firmware.sh
+//! build`; scripts/test.sh does both).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use ferry_collector::admin::Admin;
+use ferry_collector::query::QueryParams;
+use ferry_collector::{Collector, InitOptions};
+use ferry_firmware::sim;
+use ferry_proto::link::LinkConfig;
+use ferry_tests::{Proc, binary, free_tcp_port, free_udp_port, http_get, until};
+use tokio::sync::oneshot;
+
+const DEVICE: &str = "c0ffee0012345678";
+const CONFIG: LinkConfig = LinkConfig {
+    sample_period_ms: 20,
+    window_ms: 200,
+};
+
+fn elf() -> PathBuf {
+    if let Some(p) = std::env::var_os("FERRY_MPS2_ELF") {
+        return p.into();
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/thumbv7em-none-eabihf/firmware/ferry-mps2-an386")
+}
+
+/// `(series, start_ns) → (count, sum, min, max, first, last)` as stored.
+type Windows = BTreeMap<(String, i64), (u64, f64, f64, f64, f64, f64)>;
+
+async fn windows(data: &std::path::Path) -> Windows {
+    let mut out = Windows::new();
+    let Ok(admin) = Admin::connect(data).await else {
+        return out;
+    };
+    for metric in ["temperature", "relative_humidity"] {
+        let Ok(res) = admin
+            .query(&QueryParams {
+                selector: Some(format!("{metric}{{device=\"{DEVICE}\"}}")),
+                from: Some("-1h".into()),
+                to: Some("now".into()),
+                step: None,
+                kind: Some("aggregates".into()),
+            })
+            .await
+        else {
+            return Windows::new();
+        };
+        for s in res {
+            for w in s.windows {
+                out.insert(
+                    (s.series.clone(), w.start_ns),
+                    (w.count, w.sum, w.min, w.max, w.first, w.last),
+                );
+            }
+        }
+    }
+    out
+}
+
+fn per_series_count(w: &Windows, sensor: &str) -> usize {
+    w.keys()
+        .filter(|(s, _)| s.contains(sensor) && s.starts_with("temperature"))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn board_to_collector_exactly_and_through_an_agent_crash() {
+    match Command::new("qemu-system-arm").arg("--version").output() {
+        Ok(o) if o.status.success() => {}
+        _ => panic!(
+            "qemu-system-arm is missing: apt-get install qemu-system-arm (scripts/test.sh installs it)"
+        ),
+    }
+    let elf = elf();
+    assert!(
+        elf.is_file(),
+        "no firmware image at {}: run scripts/firmware.sh build",
+        elf.display()
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("collector");
+    ferry_collector::init(&InitOptions::new(&data)).unwrap();
+    let quic = free_udp_port();
+    let bundle = dir.path().join("gw");
+    let mut opts = ferry_collector::EnrollOptions::new(&data, "gw", &bundle);
+    opts.address = quic.to_string();
+    ferry_collector::enroll_with(&opts).unwrap();
+    let mut cfg = ferry_collector::Config::for_data_dir(&data);
+    cfg.quic.listen = quic;
+    let collector = Collector::bind(cfg).await.unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(collector.run(async {
+        let _ = stopped.await;
+    }));
+
+    let (link, admin) = (free_tcp_port(), free_tcp_port());
+    let mut text = std::fs::read_to_string(bundle.join("agent.toml")).unwrap();
+    text.push_str(&format!(
+        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
+         [[device_tcp_listen]]\nlisten = \"{link}\"\n"
+    ));
+    std::fs::write(bundle.join("agent.toml"), text).unwrap();
+    let config = bundle.join("agent.toml");
+    let args = ["run", "--config", config.to_str().unwrap()];
+    let agent = Proc::spawn(
+        &binary("ferry-agent"),
+        &args,
+        &dir.path().join("agent1.log"),
+    );
+    until("agent up", || async {
+        http_get(admin, "/status").await.is_some()
+    })
+    .await;
+
+    let semihosting = format!(
+        "enable=on,target=native,arg=ferry,arg=device={DEVICE},arg=boot=77,arg=period={},arg=window={},\
+         arg=resend=300,arg=heartbeat=500,arg=exit_after=120000",
+        CONFIG.sample_period_ms, CONFIG.window_ms
+    );
+    let qemu = Proc(
+        Command::new("qemu-system-arm")
+            .args([
+                "-machine",
+                "mps2-an386",
+                "-cpu",
+                "cortex-m4",
+                "-display",
+                "none",
+                "-monitor",
+                "none",
+            ])
+            .args(["-semihosting-config", &semihosting])
+            // reconnect=1: QEMU dials the agent again when it goes away.
+            .args([
+                "-chardev",
+                &format!(
+                    "socket,id=s0,host=127.0.0.1,port={},server=off,reconnect=1",
+                    link.port()
+                ),
+            ])
+            .args(["-serial", "chardev:s0", "-kernel"])
+            .arg(&elf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(dir.path().join("qemu.log")).unwrap())
+            .spawn()
+            .expect("start qemu-system-arm"),
+    );
+
+    until("8 windows stored", || async {
+        per_series_count(&windows(&data).await, "sht4x") >= 8
+    })
+    .await;
+    agent.kill9();
+    // The board keeps sampling into its retry ring while nobody listens.
+    let agent = Proc::spawn(
+        &binary("ferry-agent"),
+        &args,
+        &dir.path().join("agent2.log"),
+    );
+    until("30 windows stored", || async {
+        per_series_count(&windows(&data).await, "sht4x") >= 30
+    })
+    .await;
+    qemu.kill9();
+    until("agent outbox empty", || async {
+        http_get(admin, "/status").await.is_some_and(|b| {
+            let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+            v["outbox_readings"] == 0 && v["pending_readings"] == 0
+        })
+    })
+    .await;
+
+    let got = windows(&data).await;
+    let channel_of = |series: &str| {
+        if series.starts_with("relative_humidity") {
+            1u8
+        } else if series.contains("tmp102") {
+            2
+        } else {
+            0
+        }
+    };
+    // Device time 0 ↦ the offset the agent measured (and kept across its crash).
+    let offset = got.keys().map(|(_, start)| *start).min().unwrap();
+    let mut per_channel: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
+    for ((series, start_ns), (count, sum, min, max, first, last)) in &got {
+        let rel = start_ns - offset;
+        assert_eq!(
+            rel % 1_000_000,
+            0,
+            "{series}: start not on a device millisecond"
+        );
+        let start_ms = (rel / 1_000_000) as u64;
+        let ch = channel_of(series);
+        per_channel.entry(ch).or_default().push(start_ms);
+        let want = sim::expected_windows(0, CONFIG, start_ms);
+        let w = want
+            .iter()
+            .find(|w| w.channel == ch)
+            .expect("channel window");
+        assert_eq!(
+            (*count, *sum, *min, *max, *first, *last),
+            (
+                u64::from(w.count),
+                f64::from(w.sum),
+                f64::from(w.min),
+                f64::from(w.max),
+                f64::from(w.first),
+                f64::from(w.last)
+            ),
+            "{series} window at {start_ms} ms"
+        );
+    }
+    for (ch, starts) in &per_channel {
+        let n = starts.len() as u64;
+        let contiguous: Vec<u64> = (0..n).map(|k| k * u64::from(CONFIG.window_ms)).collect();
+        assert_eq!(
+            starts, &contiguous,
+            "channel {ch}: every window from boot, once"
+        );
+        assert!(n >= 30, "channel {ch}: {n} windows");
+    }
+    agent.kill9();
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
