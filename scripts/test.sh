@@ -36,20 +36,31 @@ cargo fmt --all -- --check
 
 step "cargo clippy (workspace, all targets)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy --locked -p ferry-agent --features qemu --all-targets -- -D warnings
 
-if [ -x scripts/firmware.sh ]; then
-    step "cargo clippy (firmware boards, their targets)"
-    scripts/firmware.sh clippy
-fi
+step "cargo clippy (firmware boards, their targets)"
+scripts/firmware.sh clippy
 
 step "no_std builds for thumbv7em-none-eabihf"
 cargo build --locked -p ferry-proto --target thumbv7em-none-eabihf --no-default-features
+cargo build --locked -p ferry-agent --lib --target thumbv7em-none-eabihf --no-default-features
+
+# The end-to-end tests run the emulated board: build its image first.
+step "firmware cross-builds and sizes"
+scripts/firmware.sh build
+
+step "binaries the end-to-end tests run"
+cargo build --locked --workspace --bins
 
 step "tests"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e
-cargo test --workspace --locked 2>&1 | tee "$log"
+{
+    cargo test --workspace --locked &&
+        cargo test --locked -p ferry-agent --features qemu --test device_qemu &&
+        scripts/firmware.sh smoke
+} 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
@@ -57,11 +68,6 @@ failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 if [ "$status" -ne 0 ]; then
     echo "tests: $passed passed, $failed failed"
     exit "$status"
-fi
-
-if [ -x scripts/firmware.sh ]; then
-    step "firmware cross-builds and sizes"
-    scripts/firmware.sh build
 fi
 
 echo
