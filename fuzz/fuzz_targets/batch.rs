@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         if let Ok(other) = codec::from_slice::<Batch>("Batch", data) {
-            assert_eq!(codec::to_vec(batch).unwrap(), codec::to_vec(&other).unwrap());
+            assert_eq!(
+                codec::to_vec(batch).unwrap(),
+                codec::to_vec(&other).unwrap()
+            );
         }
     }
 });

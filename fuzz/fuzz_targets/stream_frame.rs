@@ -10,10 +10,17 @@ fuzz_target!(|data: &[u8]| {
     let mut rest = data;
     loop {
         match stream::parse(rest, max) {
-            Ok(Parsed::Frame { header, body, consumed }) => {
+            Ok(Parsed::Frame {
+                header,
+                body,
+                consumed,
+            }) => {
                 assert_eq!(body.len(), header.len as usize);
                 assert!(consumed <= rest.len());
-                assert_eq!(stream::FrameHeader::parse(rest[..6].try_into().unwrap(), max), Ok(header));
+                assert_eq!(
+                    stream::FrameHeader::parse(rest[..6].try_into().unwrap(), max),
+                    Ok(header)
+                );
                 assert_eq!(&header.to_bytes()[..], &rest[..6]);
                 rest = &rest[consumed..];
             }

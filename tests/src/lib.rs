@@ -12,6 +12,95 @@ use std::time::Duration;
 use ferry_collector::admin::Admin;
 use ferry_collector::query::QueryParams;
 
+/// A collector data directory with an enrolled agent `gw`, whose bundle's
+/// `agent.toml` points at a free QUIC port the collector will use.
+pub struct Site {
+    /// Holds everything; removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The collector's data directory.
+    pub data: PathBuf,
+    /// The collector's QUIC address.
+    pub quic: SocketAddr,
+    /// The agent's bundle (certificates and `agent.toml`).
+    pub bundle: PathBuf,
+}
+
+impl Site {
+    /// `init` and `enroll gw`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let data = dir.path().join("collector");
+        ferry_collector::init(&ferry_collector::InitOptions::new(&data)).expect("init");
+        let quic = free_udp_port();
+        let bundle = dir.path().join("gw");
+        let mut opts = ferry_collector::EnrollOptions::new(&data, "gw", &bundle);
+        opts.address = quic.to_string();
+        ferry_collector::enroll_with(&opts).expect("enroll");
+        Self {
+            dir,
+            data,
+            quic,
+            bundle,
+        }
+    }
+
+    /// Appends `extra` to the bundle's `agent.toml`; returns its path.
+    pub fn agent_config(&self, extra: &str) -> PathBuf {
+        let path = self.bundle.join("agent.toml");
+        let mut text = std::fs::read_to_string(&path).expect("agent.toml");
+        text.push_str(extra);
+        std::fs::write(&path, text).expect("agent.toml");
+        path
+    }
+
+    /// Starts the collector in-process on [`Site::quic`].
+    pub async fn start_collector(&self) -> RunningCollector {
+        let mut config = ferry_collector::Config::for_data_dir(&self.data);
+        config.quic.listen = self.quic;
+        let collector = ferry_collector::Collector::bind(config)
+            .await
+            .expect("bind");
+        let handle = collector.handle();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(collector.run(async {
+            let _ = stopped.await;
+        }));
+        RunningCollector {
+            handle: Some(handle),
+            stop: Some(stop),
+            task,
+        }
+    }
+}
+
+impl Default for Site {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A collector running in this process.
+pub struct RunningCollector {
+    /// Access to its store and metrics (dropped before it stops).
+    pub handle: Option<ferry_collector::Handle>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), ferry_collector::Error>>,
+}
+
+impl RunningCollector {
+    /// Stops it gracefully and checks it stopped without error.
+    pub async fn stop(mut self) {
+        self.handle = None;
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task
+            .await
+            .expect("collector task")
+            .expect("collector run");
+    }
+}
+
 /// Path of a workspace binary, e.g. `ferry-agent`, built for this profile.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -4,10 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use ferry_collector::{Collector, InitOptions};
-use ferry_tests::{Proc, binary, free_tcp_port, free_udp_port, http_get, stored, until};
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, stored, until};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
 
 const DEVICES: usize = 4;
 const ROUNDS: usize = 20;
@@ -15,28 +13,19 @@ const PER_ROUND: usize = 2_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drop_oldest_accounts_for_every_reading_per_device() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("collector");
-    ferry_collector::init(&InitOptions::new(&data)).unwrap();
-    let quic = free_udp_port();
-    let bundle = dir.path().join("gw");
-    let mut opts = ferry_collector::EnrollOptions::new(&data, "gw", &bundle);
-    opts.address = quic.to_string();
-    ferry_collector::enroll_with(&opts).unwrap();
+    let site = Site::new();
+    let (dir, data) = (site.dir.path(), &site.data);
     let (influx, admin) = (free_tcp_port(), free_tcp_port());
-    let mut text = std::fs::read_to_string(bundle.join("agent.toml")).unwrap();
-    text.push_str(&format!(
+    let config = site.agent_config(&format!(
         "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
          [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"100ms\"\n\n\
          [journal]\nbudget = \"64 KiB\"\npolicy = \"drop_oldest\"\nbatch_max_readings = 1000\n\n\
          [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
     ));
-    std::fs::write(bundle.join("agent.toml"), text).unwrap();
-    let config = bundle.join("agent.toml");
     let agent = Proc::spawn(
         &binary("ferry-agent"),
         &["run", "--config", config.to_str().unwrap()],
-        &dir.path().join("agent.log"),
+        &dir.join("agent.log"),
     );
     until("agent up", || async {
         http_get(admin, "/status").await.is_some()
@@ -87,16 +76,10 @@ async fn drop_oldest_accounts_for_every_reading_per_device() {
     .await;
 
     // Online: everything left arrives, and so do the drop counts.
-    let mut cfg = ferry_collector::Config::for_data_dir(&data);
-    cfg.quic.listen = quic;
-    let collector = Collector::bind(cfg).await.unwrap();
-    let handle = collector.handle();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(collector.run(async {
-        let _ = stopped.await;
-    }));
+    let collector = site.start_collector().await;
+    let handle = collector.handle.clone().unwrap();
     let accounted = || async {
-        let stored_by_dev: BTreeMap<String, usize> = stored(&data, "load_v")
+        let stored_by_dev: BTreeMap<String, usize> = stored(data, "load_v")
             .await
             .unwrap_or_default()
             .into_iter()
@@ -138,6 +121,5 @@ async fn drop_oldest_accounts_for_every_reading_per_device() {
     }
     agent.kill9();
     drop(handle);
-    let _ = stop.send(());
-    task.await.unwrap().unwrap();
+    collector.stop().await;
 }

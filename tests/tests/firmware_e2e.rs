@@ -13,11 +13,9 @@ use std::process::{Command, Stdio};
 
 use ferry_collector::admin::Admin;
 use ferry_collector::query::QueryParams;
-use ferry_collector::{Collector, InitOptions};
 use ferry_firmware::sim;
 use ferry_proto::link::LinkConfig;
-use ferry_tests::{Proc, binary, free_tcp_port, free_udp_port, http_get, until};
-use tokio::sync::oneshot;
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, until};
 
 const DEVICE: &str = "c0ffee0012345678";
 const CONFIG: LinkConfig = LinkConfig {
@@ -87,37 +85,18 @@ async fn board_to_collector_exactly_and_through_an_agent_crash() {
         elf.display()
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("collector");
-    ferry_collector::init(&InitOptions::new(&data)).unwrap();
-    let quic = free_udp_port();
-    let bundle = dir.path().join("gw");
-    let mut opts = ferry_collector::EnrollOptions::new(&data, "gw", &bundle);
-    opts.address = quic.to_string();
-    ferry_collector::enroll_with(&opts).unwrap();
-    let mut cfg = ferry_collector::Config::for_data_dir(&data);
-    cfg.quic.listen = quic;
-    let collector = Collector::bind(cfg).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(collector.run(async {
-        let _ = stopped.await;
-    }));
+    let site = Site::new();
+    let (dir, data) = (site.dir.path(), &site.data);
+    let collector = site.start_collector().await;
 
     let (link, admin) = (free_tcp_port(), free_tcp_port());
-    let mut text = std::fs::read_to_string(bundle.join("agent.toml")).unwrap();
-    text.push_str(&format!(
+    let config = site.agent_config(&format!(
         "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
          [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
          [[device_tcp_listen]]\nlisten = \"{link}\"\n"
     ));
-    std::fs::write(bundle.join("agent.toml"), text).unwrap();
-    let config = bundle.join("agent.toml");
     let args = ["run", "--config", config.to_str().unwrap()];
-    let agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &args,
-        &dir.path().join("agent1.log"),
-    );
+    let agent = Proc::spawn(&binary("ferry-agent"), &args, &dir.join("agent1.log"));
     until("agent up", || async {
         http_get(admin, "/status").await.is_some()
     })
@@ -153,24 +132,20 @@ async fn board_to_collector_exactly_and_through_an_agent_crash() {
             .arg(&elf)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("qemu.log")).unwrap())
+            .stderr(std::fs::File::create(dir.join("qemu.log")).unwrap())
             .spawn()
             .expect("start qemu-system-arm"),
     );
 
     until("8 windows stored", || async {
-        per_series_count(&windows(&data).await, "sht4x") >= 8
+        per_series_count(&windows(data).await, "sht4x") >= 8
     })
     .await;
     agent.kill9();
     // The board keeps sampling into its retry ring while nobody listens.
-    let agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &args,
-        &dir.path().join("agent2.log"),
-    );
+    let agent = Proc::spawn(&binary("ferry-agent"), &args, &dir.join("agent2.log"));
     until("30 windows stored", || async {
-        per_series_count(&windows(&data).await, "sht4x") >= 30
+        per_series_count(&windows(data).await, "sht4x") >= 30
     })
     .await;
     qemu.kill9();
@@ -182,7 +157,7 @@ async fn board_to_collector_exactly_and_through_an_agent_crash() {
     })
     .await;
 
-    let got = windows(&data).await;
+    let got = windows(data).await;
     let channel_of = |series: &str| {
         if series.starts_with("relative_humidity") {
             1u8
@@ -233,6 +208,5 @@ async fn board_to_collector_exactly_and_through_an_agent_crash() {
         assert!(n >= 30, "channel {ch}: {n} windows");
     }
     agent.kill9();
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    collector.stop().await;
 }

@@ -2,43 +2,18 @@
 //! and in the middle of shipping: the collector ends up with every reading
 //! the agent had accepted, exactly once.
 
-use std::path::Path;
-
-use ferry_collector::{Collector, InitOptions};
-use ferry_tests::{Proc, binary, free_tcp_port, free_udp_port, http_get, stored, until};
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, stored, until};
 use tokio::io::AsyncWriteExt;
-use tokio::sync::oneshot;
 
 const N: usize = 20_000;
 
-async fn start_collector(
-    data: &Path,
-    quic: std::net::SocketAddr,
-) -> (oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let mut config = ferry_collector::Config::for_data_dir(data);
-    config.quic.listen = quic;
-    let collector = Collector::bind(config).await.unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        collector
-            .run(async {
-                let _ = stopped.await;
-            })
-            .await
-            .unwrap();
-    });
-    (stop, task)
-}
-
-fn write_agent_config(bundle: &Path, influx: std::net::SocketAddr, admin: std::net::SocketAddr) {
-    let mut text = std::fs::read_to_string(bundle.join("agent.toml")).unwrap();
-    text.push_str(&format!(
+fn agent_config(influx: std::net::SocketAddr, admin: std::net::SocketAddr) -> String {
+    format!(
         "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
          [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\nmax_in_flight = 65536\n\n\
          [journal]\nbatch_max_readings = 500\n\n\
          [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
-    ));
-    std::fs::write(bundle.join("agent.toml"), text).unwrap();
+    )
 }
 
 /// Readings the agent holds in its journal (batched or not), from /status.
@@ -50,22 +25,15 @@ async fn journaled(admin: std::net::SocketAddr) -> Option<u64> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("collector");
-    ferry_collector::init(&InitOptions::new(&data)).unwrap();
-    let quic = free_udp_port();
-    let bundle = dir.path().join("gw");
-    let mut opts = ferry_collector::EnrollOptions::new(&data, "gw", &bundle);
-    opts.address = quic.to_string();
-    ferry_collector::enroll_with(&opts).unwrap();
+    let site = Site::new();
+    let (dir, data) = (site.dir.path(), &site.data);
     let (influx, admin) = (free_tcp_port(), free_tcp_port());
-    write_agent_config(&bundle, influx, admin);
+    let config = site.agent_config(&agent_config(influx, admin));
     let agent_bin = binary("ferry-agent");
-    let config = bundle.join("agent.toml");
     let args = ["run", "--config", config.to_str().unwrap()];
 
     // 1. The collector is down; the agent journals N readings.
-    let agent = Proc::spawn(&agent_bin, &args, &dir.path().join("agent1.log"));
+    let agent = Proc::spawn(&agent_bin, &args, &dir.join("agent1.log"));
     until("agent admin endpoint up", || async {
         journaled(admin).await.is_some()
     })
@@ -93,10 +61,10 @@ async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
     agent.kill9();
 
     // 3. Collector up; agent back; kill -9 again once shipping is under way.
-    let (stop, task) = start_collector(&data, quic).await;
-    let agent = Proc::spawn(&agent_bin, &args, &dir.path().join("agent2.log"));
+    let collector = site.start_collector().await;
+    let agent = Proc::spawn(&agent_bin, &args, &dir.join("agent2.log"));
     until("some readings stored", || async {
-        stored(&data, "power_watts")
+        stored(data, "power_watts")
             .await
             .is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() > 0)
     })
@@ -104,9 +72,9 @@ async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
     agent.kill9();
 
     // 4. Restarted for good: everything arrives, once.
-    let agent = Proc::spawn(&agent_bin, &args, &dir.path().join("agent3.log"));
+    let agent = Proc::spawn(&agent_bin, &args, &dir.join("agent3.log"));
     until("all readings stored", || async {
-        stored(&data, "power_watts")
+        stored(data, "power_watts")
             .await
             .is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() >= N)
     })
@@ -115,7 +83,7 @@ async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
         journaled(admin).await == Some(0)
     })
     .await;
-    let series = stored(&data, "power_watts").await.unwrap();
+    let series = stored(data, "power_watts").await.unwrap();
     assert_eq!(series.len(), 10);
     let mut all: Vec<(i64, f64)> = series.into_iter().flat_map(|s| s.1).collect();
     all.sort_by_key(|r| r.0);
@@ -125,8 +93,7 @@ async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
         assert_eq!(*v, format!("{}.{}", i % 97, i % 10).parse::<f64>().unwrap());
     }
     agent.kill9();
-    let _ = stop.send(());
-    task.await.unwrap();
+    collector.stop().await;
 }
 
 fn ferry_proto_now_ms() -> i64 {
