@@ -98,14 +98,15 @@ fn main() {
 
     // Timestamps: per series one reading per second, starting 6 h ago.
     let t0_s = ferry_collector::now_ns() / 1_000_000_000 - 6 * 3600;
+    let start = agent.metrics();
     let throughput = throughput_phase(&agent, &collector, full_secs, t0_s);
     let peak = agent.peak_rss_kib();
-    let wire = agent.metrics();
+    let wire = agent.settled(start.readings_out + throughput.readings);
 
     let latency = latency_phase(&agent, &collector, latency_secs, t0_s + 3 * 3600);
     std::thread::sleep(Duration::from_secs(if quick { 0 } else { 3 }));
     let idle_after = agent.rss_kib();
-    let end = agent.metrics();
+    let end = agent.settled(wire.readings_out + latency.readings);
 
     agent.stop();
     rt.block_on(collector.stop());
@@ -117,7 +118,10 @@ fn main() {
 
     let mib = |kib: u64| kib as f64 / 1024.0;
     let pass = |ok: bool| if ok { "PASS" } else { "MISS" };
-    let wire_per = wire.wire_bytes as f64 / wire.readings_out.max(1) as f64;
+    let per_reading = |a: &AgentFigures, b: &AgentFigures| {
+        (a.wire_bytes - b.wire_bytes) as f64 / (a.readings_out - b.readings_out).max(1) as f64
+    };
+    let wire_per = per_reading(&wire, &start);
     println!(
         "ferry-agent end-to-end benchmark (influx TCP → agent journal (fsync) → QUIC+zstd → collector (durable commit) → ack; {} series, 127.0.0.1)",
         CONNECTIONS * DEVICES_PER_CONNECTION * SENSORS
@@ -136,6 +140,11 @@ fn main() {
         throughput.agent_cpu_s / (throughput.readings as f64 / 1e6)
     );
     println!(
+        "               {}; journal wrote {:.1} bytes per reading to disk",
+        wire.since(&start),
+        throughput.written as f64 / throughput.readings as f64
+    );
+    println!(
         "  latency    : {:>9} readings  at {:>7.0} readings/s  send → collector ack p50 {:>6.2} ms  p99 {:>6.2} ms  max {:>6.2} ms   target p99 ≤ {TARGET_P99_MS} ms  {}",
         latency.readings,
         latency.rate,
@@ -147,6 +156,7 @@ fn main() {
     println!(
         "               (1 connection, 50 lines per 1 ms tick from their scheduled time; FIFO count-matching on the collector's stored counter, sampled every ~0.1 ms)"
     );
+    println!("               {}", end.since(&wire));
     println!(
         "  agent RSS  : peak {:>6.1} MiB (VmHWM)   target ≤ {TARGET_PEAK_MIB} MiB  {}",
         mib(peak),
@@ -159,18 +169,19 @@ fn main() {
         pass(mib(idle_before) <= TARGET_IDLE_MIB && mib(idle_after) <= TARGET_IDLE_MIB)
     );
     println!(
-        "  wire       : {:.2} bytes per reading ({} bytes of batch frames after zstd / {} readings, {} batches, {:.0} readings per batch)   target ≤ {TARGET_WIRE}  {}",
+        "  wire       : {:.2} bytes per reading at full rate ({} bytes of batch frames after zstd / {} readings, {:.0} readings per batch)   target ≤ {TARGET_WIRE}  {}",
         wire_per,
-        wire.wire_bytes,
-        wire.readings_out,
-        wire.batches_stored,
-        wire.readings_out as f64 / wire.batches_stored.max(1) as f64,
+        wire.wire_bytes - start.wire_bytes,
+        wire.readings_out - start.readings_out,
+        (wire.readings_out - start.readings_out) as f64
+            / (wire.batches_stored - start.batches_stored).max(1) as f64,
         pass(wire_per <= TARGET_WIRE)
     );
     println!(
-        "  journal    : {} commits, {:.0} readings per commit",
-        end.commits,
-        end.readings_in as f64 / end.commits.max(1) as f64
+        "               {:.2} bytes per reading at 50k/s ({:.0} readings per batch)",
+        per_reading(&end, &wire),
+        (end.readings_out - wire.readings_out) as f64
+            / (end.batches_stored - wire.batches_stored).max(1) as f64,
     );
     println!(
         "  baseline   : {:>9} readings  {:>10.0} readings/s  (raw redb, one row per reading, one durable commit per {BASELINE_CHUNK} readings, {CONNECTIONS} threads)",
@@ -314,6 +325,23 @@ impl Agent {
             wire_bytes: metric(&text, "ferry_agent_wire_bytes_total"),
             batches_stored: metric(&text, "ferry_agent_batches_stored_total"),
             commits: metric(&text, "ferry_agent_commit_groups_total"),
+            commit_s: metric_f64(&text, "ferry_agent_commit_seconds_sum"),
+            acks: metric(&text, "ferry_agent_ack_seconds_count"),
+            ack_s: metric_f64(&text, "ferry_agent_ack_seconds_sum"),
+        }
+    }
+
+    /// The agent's figures once it has processed the acks of `readings_out`
+    /// readings (it counts them when it commits their acks, just after the
+    /// collector counted them stored).
+    fn settled(&self, readings_out: u64) -> AgentFigures {
+        let started = Instant::now();
+        loop {
+            let m = self.metrics();
+            if m.readings_out >= readings_out || started.elapsed() > Duration::from_secs(10) {
+                return m;
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
@@ -332,6 +360,17 @@ impl Agent {
 
     fn peak_rss_kib(&self) -> u64 {
         self.status_kib("VmHWM:")
+    }
+
+    /// Bytes the agent caused to be written to storage so far
+    /// (`/proc/<pid>/io`): its journal.
+    fn written(&self) -> u64 {
+        let io =
+            std::fs::read_to_string(format!("/proc/{}/io", self.child.id())).unwrap_or_default();
+        io.lines()
+            .find_map(|l| l.strip_prefix("write_bytes:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
     }
 
     /// User + system CPU seconds of the agent so far.
@@ -385,6 +424,26 @@ struct AgentFigures {
     wire_bytes: u64,
     batches_stored: u64,
     commits: u64,
+    /// Seconds spent in journal commits.
+    commit_s: f64,
+    /// Batches acked, and seconds from sending them to their acks.
+    acks: u64,
+    ack_s: f64,
+}
+
+impl AgentFigures {
+    /// Journal commits, readings per commit, mean commit ms, mean batch
+    /// send → ack ms, since `before`.
+    fn since(&self, before: &AgentFigures) -> String {
+        let commits = self.commits - before.commits;
+        let acks = self.acks - before.acks;
+        format!(
+            "{commits} journal commits ({:.0} readings each, mean {:.2} ms); {acks} batches, send → ack mean {:.2} ms",
+            (self.readings_in - before.readings_in) as f64 / commits.max(1) as f64,
+            (self.commit_s - before.commit_s) * 1e3 / commits.max(1) as f64,
+            (self.ack_s - before.ack_s) * 1e3 / acks.max(1) as f64,
+        )
+    }
 }
 
 fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
@@ -399,10 +458,14 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 }
 
 fn metric(text: &str, name: &str) -> u64 {
+    metric_f64(text, name) as u64
+}
+
+fn metric_f64(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .unwrap_or(0.0)
 }
 
 // ---------------------------------------------------------------------------
@@ -501,6 +564,8 @@ struct Throughput {
     elapsed: Duration,
     rate: f64,
     agent_cpu_s: f64,
+    /// Bytes the agent wrote to disk (journal) meanwhile.
+    written: u64,
 }
 
 fn throughput_phase(agent: &Agent, collector: &Collector, secs: Duration, t0_s: i64) -> Throughput {
@@ -510,6 +575,7 @@ fn throughput_phase(agent: &Agent, collector: &Collector, secs: Duration, t0_s: 
     );
     let base = collector.stored();
     let cpu0 = agent.cpu_s();
+    let written0 = agent.written();
     let sent = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + secs;
@@ -557,6 +623,7 @@ fn throughput_phase(agent: &Agent, collector: &Collector, secs: Duration, t0_s: 
         elapsed,
         rate: readings as f64 / elapsed.as_secs_f64(),
         agent_cpu_s: agent.cpu_s() - cpu0,
+        written: agent.written() - written0,
     }
 }
 

@@ -166,37 +166,43 @@ impl Writer {
             ..Work::default()
         };
         let mut spans = Vec::with_capacity(subs.len());
-        for s in &subs {
+        // Moved, not copied: a submission only needs its `done` afterwards
+        // (a refused source resubmits its own copy).
+        let mut subs = subs;
+        for s in &mut subs {
             let start = work.reports.len();
-            work.readings.extend(s.work.readings.iter().cloned());
-            work.reports.extend(s.work.reports.iter().cloned());
-            work.health.extend(s.work.health.iter().cloned());
-            work.device_dropped
-                .extend(s.work.device_dropped.iter().cloned());
-            spans.push((start, work.reports.len(), s.work.reading_count()));
+            let count = s.work.reading_count();
+            work.readings.append(&mut s.work.readings);
+            work.reports.append(&mut s.work.reports);
+            work.health.append(&mut s.work.health);
+            work.device_dropped.append(&mut s.work.device_dropped);
+            spans.push((start, work.reports.len(), count));
         }
         let started = std::time::Instant::now();
         let readings = work.reading_count();
-        let result =
-            tokio::task::block_in_place(|| match self.journal.commit(work.clone(), now_ns()) {
-                Err(CommitError::Full { used, budget }) => {
-                    // Backpressure: apply the acks (they free space), refuse data.
-                    let acks_only = Work {
-                        acks: std::mem::take(&mut work.acks),
-                        ..Work::default()
-                    };
-                    let _ = self.journal.commit(acks_only, now_ns());
-                    Err(SubmitError::Full { used, budget })
+        let acks = work.acks.clone();
+        let result = tokio::task::block_in_place(|| match self.journal.commit(work, now_ns()) {
+            Err(CommitError::Full { used, budget }) => {
+                // Backpressure: apply the acks (they free space), refuse data.
+                let acks_only = Work {
+                    acks,
+                    ..Work::default()
+                };
+                if let Ok(report) = self.journal.commit(acks_only, now_ns()) {
+                    self.metrics.readings_out.add(report.delivered_readings);
                 }
-                Err(e) => Err(SubmitError::Storage(e.to_string())),
-                Ok(report) => Ok(report),
-            });
+                Err(SubmitError::Full { used, budget })
+            }
+            Err(e) => Err(SubmitError::Storage(e.to_string())),
+            Ok(report) => Ok(report),
+        });
         match &result {
             Ok(report) => {
                 if report.wrote {
                     self.metrics.observe_commit(started.elapsed());
                 }
                 self.metrics.readings_in.add(readings);
+                self.metrics.readings_out.add(report.delivered_readings);
                 self.metrics.readings_late_dropped.add(report.late_dropped);
                 self.metrics.batches_sealed.add(report.sealed.len() as u64);
                 self.metrics.dropped_full.add(report.dropped_readings);

@@ -153,6 +153,14 @@ async fn readings_arrive_exactly_and_once() {
             .collect();
         assert_eq!(rows, &want, "{series}");
     }
+    // The agent counts acknowledged readings (status, metrics) exactly.
+    for _ in 0..6000 {
+        if agent.metrics.readings_out.get() >= 150 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(agent.metrics.readings_out.get(), 150);
     agent.stop().await;
     collector.stop().await;
 }

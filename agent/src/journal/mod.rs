@@ -215,6 +215,9 @@ pub struct CommitReport {
     pub dropped_readings: u64,
     /// Whether a write transaction was committed.
     pub wrote: bool,
+    /// Readings (and window counts) in the batches this commit deleted as
+    /// delivered (acked stored or duplicate).
+    pub delivered_readings: u64,
 }
 
 /// Why a commit failed. Nothing of the commit was applied.
@@ -653,7 +656,7 @@ impl Journal {
         // Acks.
         for (seq, delivered) in &work.acks {
             self.in_flight.remove(seq);
-            self.remove_batch(
+            let readings = self.remove_batch(
                 &txn,
                 *seq,
                 if *delivered {
@@ -662,6 +665,9 @@ impl Journal {
                     Some(DROPPED_REJECTED)
                 },
             )?;
+            if *delivered {
+                report.delivered_readings += readings;
+            }
         }
         // The commit's pending row.
         if !row.batch.blocks.is_empty() || !row.batch.aggregates.is_empty() {

@@ -1,7 +1,9 @@
 //! Influx line protocol over TCP and UDP: the I/O around [`line`](super::line).
 //!
 //! **TCP** ([`run_tcp`]): each connection is read in chunks of at most
-//! [`InfluxConfig::chunk_lines`] complete lines; a chunk is parsed, handed to
+//! [`InfluxConfig::chunk_lines`] complete lines: a chunk takes whatever the
+//! socket has ready (up to about 256 KiB) without waiting for more, so a
+//! fast sender's lines share few journal commits; a chunk is parsed, handed to
 //! the journal with [`Intake::submit`], and only once it is committed is the
 //! connection read again. A journal refusing work ([`SubmitError::Full`]
 //! under the `backpressure` policy) is retried with a growing pause, so the
@@ -43,6 +45,10 @@ use crate::journal::{CommitReport, Work};
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
+/// A chunk stops taking more of what is waiting in the socket once its
+/// buffer holds this much (with [`InfluxConfig::chunk_lines`], this bounds a
+/// connection's buffer to about `CHUNK_BYTES + READ_SIZE`, plus one line).
+const CHUNK_BYTES: usize = 256 * 1024;
 /// First pause before resubmitting work the journal refused; doubles up to
 /// [`MAX_RETRY_PAUSE`].
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
@@ -385,9 +391,10 @@ impl Connection {
         let mut skipping = false;
         let mut line_no = 1;
         let mut pieces = Vec::new();
+        // Bytes of `buf` taken into `pieces` (or skipped).
+        let mut consumed = 0;
         loop {
             // Take complete lines from the buffer, up to a chunk.
-            let mut consumed = 0;
             while pieces.len() < chunk_lines {
                 if skipping {
                     match buf[consumed..].iter().position(|&b| b == b'\n') {
@@ -430,15 +437,29 @@ impl Connection {
                 }
             }
             if !pieces.is_empty() {
+                // What is already waiting in the socket joins this chunk
+                // (without waiting for more): one journal commit per chunk,
+                // so a fast sender gets large commits, a slow one small ones.
+                if pieces.len() < chunk_lines && buf.len() < CHUNK_BYTES {
+                    buf.reserve(READ_SIZE);
+                    if let Ok(n @ 1..) = stream.try_read_buf(&mut buf) {
+                        self.stats.add(&self.stats.bytes, n as u64);
+                        continue;
+                    }
+                    // Nothing waiting, the end of the stream or an error:
+                    // the blocking read below meets it again.
+                }
                 let parsed = parse_pieces(&buf, &pieces, &self.cfg);
                 pieces.clear();
                 buf.drain(..consumed);
+                consumed = 0;
                 if !self.submit(parsed).await {
                     return;
                 }
                 continue;
             }
             buf.drain(..consumed);
+            consumed = 0;
 
             // Nothing complete in the buffer: read more.
             buf.reserve(READ_SIZE);
