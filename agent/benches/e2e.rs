@@ -272,7 +272,10 @@ impl Agent {
                 "[agent]\ndata_dir = \"agent-data\"\n\
                  [collector]\naddress = \"{collector}\"\nserver_name = \"localhost\"\nca = \"ca.crt\"\ncert = \"agent.crt\"\nkey = \"agent.key\"\nagent_id = \"bench\"\n\
                  [admin]\nlisten = \"{admin}\"\n\
-                 [[influx_tcp]]\nlisten = \"{influx}\"\n"
+                 [[influx_tcp]]\nlisten = \"{influx}\"\n{}",
+                // Tuning experiments: tables appended to agent.toml, e.g.
+                // FERRY_BENCH_AGENT_TOML=$'[shipping]\nmax_in_flight = "8 MiB"'.
+                std::env::var("FERRY_BENCH_AGENT_TOML").unwrap_or_default()
             ),
         )
         .expect("agent config");
