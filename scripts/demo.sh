@@ -53,6 +53,10 @@ devices = 8
 sensors = 3
 rate = 10.0
 
+# The emulated board (and any board that dials in) on the device link.
+[[device_tcp_listen]]
+listen = "127.0.0.1:7413"
+
 # Humidity is pre-aggregated into 10 s windows with quantile sketches.
 [[aggregate]]
 metric = "humidity"
@@ -71,7 +75,7 @@ if [ "$QEMU" = 1 ]; then
     for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/7413) 2>/dev/null && break; sleep 0.1; done
     qemu-system-arm -machine mps2-an386 -cpu cortex-m4 -display none -monitor none \
         -semihosting-config enable=on,target=native,arg=ferry,arg=device=0a1b2c3d,arg=period=1000,arg=window=10000 \
-        -chardev socket,id=s0,host=127.0.0.1,port=7413,server=off \
+        -chardev socket,id=s0,host=127.0.0.1,port=7413,server=off,reconnect=1 \
         -serial chardev:s0 -kernel "$ELF" 2>"$DIR/qemu.log" &
     pids+=($!)
 else

@@ -289,7 +289,9 @@ async fn watch(config: &Config, collector: Option<std::net::SocketAddr>) -> anyh
                 .ok()
                 .and_then(|b| serde_json::from_str::<Vec<SeriesRow>>(&b).ok())
             {
-                Some(rows) => {
+                Some(mut rows) => {
+                    // Real and emulated boards first, then simulated devices.
+                    rows.sort_by_key(|r| r.series.contains("device=\"sim-"));
                     let devices: std::collections::BTreeSet<&str> = rows
                         .iter()
                         .filter_map(|r| {
@@ -305,7 +307,7 @@ async fn watch(config: &Config, collector: Option<std::net::SocketAddr>) -> anyh
                         devices.len(),
                         rows.len()
                     );
-                    for r in rows.iter().take(24) {
+                    for r in rows.iter().take(30) {
                         let latest = r
                             .readings
                             .last()
