@@ -2,7 +2,7 @@
 //! enrolled bundle, real redb on both sides.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ferry_agent::config::Config;
@@ -44,6 +44,17 @@ impl CollectorProc {
         let _ = self.stop.take().unwrap().send(());
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// A temporary directory with a collector data directory (`init`) and the
+/// bundle of agent `gw-1` (`enroll`): `(dir, data, bundle)`.
+fn site() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("collector");
+    ferry_collector::init(&InitOptions::new(&data)).unwrap();
+    let bundle = dir.path().join("gw-1");
+    ferry_collector::enroll(&data, "gw-1", &bundle).unwrap();
+    (dir, data, bundle)
 }
 
 fn agent_config(bundle: &Path, data: &Path, collector: SocketAddr, extra: &str) -> Config {
@@ -127,11 +138,7 @@ async fn agent_waits_for_acks(agent: &Running, readings: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_arrive_exactly_and_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("collector");
-    ferry_collector::init(&InitOptions::new(&data)).unwrap();
-    let bundle = dir.path().join("gw-1");
-    ferry_collector::enroll(&data, "gw-1", &bundle).unwrap();
+    let (dir, data, bundle) = site();
     let collector = CollectorProc::start(&data, "127.0.0.1:0".parse().unwrap()).await;
     let agent = run::start(agent_config(
         &bundle,
@@ -167,11 +174,7 @@ async fn readings_arrive_exactly_and_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_then_up_everything_arrives_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("collector");
-    ferry_collector::init(&InitOptions::new(&data)).unwrap();
-    let bundle = dir.path().join("gw-1");
-    ferry_collector::enroll(&data, "gw-1", &bundle).unwrap();
+    let (dir, data, bundle) = site();
     // A port nobody serves yet.
     let port = std::net::UdpSocket::bind("127.0.0.1:0")
         .unwrap()
@@ -223,11 +226,7 @@ async fn collector_down_then_up_everything_arrives_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_are_aggregated_and_shipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("collector");
-    ferry_collector::init(&InitOptions::new(&data)).unwrap();
-    let bundle = dir.path().join("gw-1");
-    ferry_collector::enroll(&data, "gw-1", &bundle).unwrap();
+    let (dir, data, bundle) = site();
     let collector = CollectorProc::start(&data, "127.0.0.1:0".parse().unwrap()).await;
     let rule =
         "[[aggregate]]\nmetric = \"temp*\"\nperiod = \"10s\"\nlateness = \"1h\"\nsketch = true\n";
@@ -286,11 +285,7 @@ async fn windows_are_aggregated_and_shipped() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn line_protocol_in_collector_query_out() {
     use tokio::io::AsyncWriteExt;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("collector");
-    ferry_collector::init(&InitOptions::new(&data)).unwrap();
-    let bundle = dir.path().join("gw-1");
-    ferry_collector::enroll(&data, "gw-1", &bundle).unwrap();
+    let (dir, data, bundle) = site();
     let collector = CollectorProc::start(&data, "127.0.0.1:0".parse().unwrap()).await;
     let source = "[[influx_tcp]]\nlisten = \"127.0.0.1:0\"\nprecision = \"s\"\n";
     let agent = run::start(agent_config(
