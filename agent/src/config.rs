@@ -228,6 +228,9 @@ pub struct JournalSection {
     /// Longest a reading waits for its batch to fill.
     #[serde(deserialize_with = "duration")]
     pub batch_linger: Duration,
+    /// Seal a batch at every commit while the shipper has sent everything
+    /// sealed (low latency when it keeps up; batches grow when it does not).
+    pub eager_seal: bool,
     /// redb page cache, bytes.
     #[serde(deserialize_with = "bytes")]
     pub cache: u64,
@@ -240,6 +243,7 @@ impl Default for JournalSection {
             policy: PolicyName::DropOldest,
             batch_max_readings: 16_384,
             batch_linger: Duration::from_millis(10),
+            eager_seal: true,
             cache: 4 << 20,
         }
     }
@@ -413,6 +417,7 @@ impl Config {
             },
             batch_max_readings: self.journal.batch_max_readings,
             batch_linger_ns: self.journal.batch_linger.as_nanos() as i64,
+            eager_seal: self.journal.eager_seal,
             rules: self
                 .aggregate
                 .iter()

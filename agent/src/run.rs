@@ -72,7 +72,9 @@ pub fn open_journal(
             .set_cache_size(cache)
             .create(p)
             .map_err(|e| e.to_string())?;
-        Journal::open(db, config.clone()).map_err(|e| e.to_string())
+        let mut journal = Journal::open(db, config.clone()).map_err(|e| e.to_string())?;
+        journal.set_compressor(Box::new(crate::shipper::Zstd));
+        Ok(journal)
     };
     match open(path) {
         Ok(j) => Ok((j, None)),

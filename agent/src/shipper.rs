@@ -24,6 +24,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+use crate::journal::StoredBatch;
 use crate::metrics::AgentMetrics;
 use crate::writer::{Control, WriterHandle};
 
@@ -246,22 +247,54 @@ pub async fn run(
     endpoint.wait_idle().await;
 }
 
+/// zstd level 1 for the journal's sealed batches: they are stored as they
+/// are sent, so the journal writes ~1 byte per reading and the shipper does
+/// not compress on the way out.
+#[derive(Debug, Clone, Copy)]
+pub struct Zstd;
+
+impl crate::journal::Compressor for Zstd {
+    fn codec(&self) -> u8 {
+        compression::ZSTD
+    }
+
+    fn compress(&self, raw: &[u8]) -> Option<Vec<u8>> {
+        zstd::bulk::compress(raw, 1)
+            .ok()
+            .filter(|c| c.len() < raw.len())
+    }
+
+    fn decompress(&self, stored: &[u8], max: usize) -> Result<Vec<u8>, String> {
+        zstd::bulk::decompress(stored, max).map_err(|e| format!("zstd: {e}"))
+    }
+}
+
 /// One batch's journey: its own stream, one frame out, one ack back.
 async fn send_batch(
     conn: quinn::Connection,
-    seq: u64,
-    body: Vec<u8>,
+    batch: StoredBatch,
     zstd: bool,
     max_frame: u32,
 ) -> Result<(u64, Ack, u64, Duration), SessionError> {
     let started = Instant::now();
-    let (payload, codec_id) = if zstd {
-        match zstd::bulk::compress(&body, 1) {
-            Ok(c) if c.len() < body.len() => (c, compression::ZSTD),
-            _ => (body, compression::NONE),
+    let seq = batch.seq;
+    // As stored when the collector takes it; re-encoded otherwise.
+    let (payload, codec_id) = match (batch.codec, zstd) {
+        (compression::ZSTD, true) | (compression::NONE, false) => (batch.body, batch.codec),
+        (compression::NONE, true) => match zstd::bulk::compress(&batch.body, 1) {
+            Ok(c) if c.len() < batch.body.len() => (c, compression::ZSTD),
+            _ => (batch.body, compression::NONE),
+        },
+        (compression::ZSTD, false) => (
+            zstd::bulk::decompress(&batch.body, stream::DEFAULT_MAX_FRAME as usize)
+                .map_err(|e| SessionError::Protocol(format!("batch {seq} in the journal: {e}")))?,
+            compression::NONE,
+        ),
+        (other, _) => {
+            return Err(SessionError::Protocol(format!(
+                "batch {seq} is stored with unknown codec {other}"
+            )));
         }
-    } else {
-        (body, compression::NONE)
     };
     let mut frame = Vec::with_capacity(payload.len() + HEADER_LEN);
     stream::write_frame(&mut frame, FrameType::Batch, codec_id, &payload);
@@ -372,17 +405,16 @@ async fn session(
                 break;
             }
             let mut extra = Vec::new();
-            for (seq, body) in batches {
+            for batch in batches {
                 if tasks.len() >= max_streams {
-                    extra.push(seq);
+                    extra.push(batch.seq);
                     continue;
                 }
-                in_flight_bytes += body.len() as u64;
-                sizes.insert(seq, body.len() as u64);
+                in_flight_bytes += batch.body.len() as u64;
+                sizes.insert(batch.seq, batch.body.len() as u64);
                 tasks.spawn(send_batch(
                     conn.clone(),
-                    seq,
-                    body,
+                    batch,
                     zstd,
                     welcome.max_frame.max(1024),
                 ));

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::intake::{Submission, SubmitError};
-use crate::journal::{CommitError, CommitReport, Journal, JournalStats, Work};
+use crate::journal::{CommitError, CommitReport, Journal, JournalStats, StoredBatch, Work};
 use crate::metrics::AgentMetrics;
 
 /// Wall-clock now in ns since the Unix epoch.
@@ -31,8 +31,8 @@ pub enum Control {
         max_bytes: u64,
         /// Newest first instead of oldest first.
         newest_first: bool,
-        /// The batches `(seq, encoded)`.
-        reply: oneshot::Sender<Vec<(u64, Vec<u8>)>>,
+        /// The batches, as stored.
+        reply: oneshot::Sender<Vec<StoredBatch>>,
     },
     /// Collector answers: `(seq, delivered)`.
     Acks(Vec<(u64, bool)>),
@@ -232,7 +232,7 @@ impl Writer {
                     max_bytes,
                     newest_first,
                     reply,
-                } => match self.journal.next_to_send(max_bytes, newest_first) {
+                } => match self.journal.next_to_ship(max_bytes, newest_first) {
                     Ok(batches) => {
                         let _ = reply.send(batches);
                     }

@@ -67,11 +67,17 @@ impl StorageBackend for CrashDisk {
     }
 }
 
+/// Opens the journal; with `eager_seal` (the gateway's settings) its
+/// batches are also stored zstd-compressed, as the gateway stores them.
 fn open(disk: &CrashDisk, config: &JournalConfig) -> Journal {
     let db = Database::builder()
         .create_with_backend(disk.clone())
         .unwrap();
-    Journal::open(db, config.clone()).unwrap()
+    let mut journal = Journal::open(db, config.clone()).unwrap();
+    if config.eager_seal {
+        journal.set_compressor(Box::new(ferry_agent::shipper::Zstd));
+    }
+    journal
 }
 
 const SEC: i64 = 1_000_000_000;
@@ -163,6 +169,7 @@ fn config(budget: u64, policy: FullPolicy) -> JournalConfig {
     JournalConfig {
         budget_bytes: budget,
         policy,
+        eager_seal: false,
         batch_max_readings: 50,
         batch_linger_ns: 2 * SEC,
         rules: vec![AggregateRule {
@@ -179,8 +186,11 @@ fn config(budget: u64, policy: FullPolicy) -> JournalConfig {
 }
 
 /// Runs `ops`, then drains the journal, and checks conservation per origin.
-fn check(ops: &[Op], budget: u64, policy: FullPolicy) {
-    let config = config(budget, policy);
+fn check(ops: &[Op], budget: u64, policy: FullPolicy, eager_seal: bool) {
+    let config = JournalConfig {
+        eager_seal,
+        ..config(budget, policy)
+    };
     let mut disk = CrashDisk::default();
     let mut journal = open(&disk, &config);
     let mut now = 1_000 * SEC;
@@ -360,18 +370,18 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
 
     #[test]
-    fn nothing_lost_or_doubled_with_room(ops in proptest::collection::vec(op(), 1..60)) {
-        check(&ops, 1 << 30, FullPolicy::DropOldest);
+    fn nothing_lost_or_doubled_with_room(ops in proptest::collection::vec(op(), 1..60), eager in any::<bool>()) {
+        check(&ops, 1 << 30, FullPolicy::DropOldest, eager);
     }
 
     #[test]
-    fn drop_oldest_accounts_every_reading(ops in proptest::collection::vec(op(), 1..60)) {
-        check(&ops, 3_000, FullPolicy::DropOldest);
+    fn drop_oldest_accounts_every_reading(ops in proptest::collection::vec(op(), 1..60), eager in any::<bool>()) {
+        check(&ops, 3_000, FullPolicy::DropOldest, eager);
     }
 
     #[test]
-    fn backpressure_refuses_but_never_loses(ops in proptest::collection::vec(op(), 1..60)) {
-        check(&ops, 3_000, FullPolicy::Backpressure);
+    fn backpressure_refuses_but_never_loses(ops in proptest::collection::vec(op(), 1..60), eager in any::<bool>()) {
+        check(&ops, 3_000, FullPolicy::Backpressure, eager);
     }
 }
 
@@ -495,4 +505,84 @@ fn device_reports_are_journaled_once_and_in_order() {
         )
         .unwrap();
     assert_eq!(r.reports, vec![true]);
+}
+
+/// Rows in the journal's `pending` table.
+fn pending_rows(j: Journal) -> (u64, Journal, JournalConfig) {
+    use redb::{ReadableDatabase, ReadableTableMetadata};
+    let config = j.config().clone();
+    let db = j.into_database();
+    let rows = db
+        .begin_read()
+        .unwrap()
+        .open_table(redb::TableDefinition::<u64, &[u8]>::new("pending"))
+        .unwrap()
+        .len()
+        .unwrap();
+    let mut j = Journal::open(db, config.clone()).unwrap();
+    j.set_compressor(Box::new(ferry_agent::shipper::Zstd));
+    (rows, j, config)
+}
+
+#[test]
+fn sealing_commits_write_readings_once_and_store_batches_compressed() {
+    let config = JournalConfig {
+        batch_max_readings: 10_000,
+        eager_seal: true,
+        ..config(1 << 30, FullPolicy::DropOldest)
+    };
+    let disk = CrashDisk::default();
+    let mut j = open(&disk, &config);
+    let work = |n: i64, base: i64| Work {
+        readings: vec![SeriesReadings {
+            series: series("m1", 1),
+            origin: "d1".into(),
+            readings: (0..n)
+                .map(|i| Reading {
+                    ts_ns: (base + i) * SEC,
+                    value: 20.0 + (i % 5) as f64 * 0.01,
+                })
+                .collect(),
+        }],
+        ..Work::default()
+    };
+    // Nothing waits to be sent: the commit seals its own readings directly.
+    let r = j.commit(work(1000, 0), 0).unwrap();
+    assert_eq!(r.sealed, vec![1]);
+    let (rows, mut j, _) = pending_rows(j);
+    assert_eq!(rows, 0);
+    // Batch 1 is unsent: the next small commit waits in a pending row.
+    let r = j.commit(work(10, 1000), 1).unwrap();
+    assert_eq!(r.sealed, Vec::<u64>::new());
+    let (rows, mut j, _) = pending_rows(j);
+    assert_eq!(rows, 1);
+    // Stored zstd-compressed; next_to_send gives the plain encoding.
+    let shipped = j.next_to_ship(u64::MAX, false).unwrap();
+    assert_eq!(shipped.len(), 1);
+    assert_eq!(
+        (shipped[0].seq, shipped[0].codec),
+        (1, ferry_proto::stream::compression::ZSTD)
+    );
+    let plain = zstd::bulk::decompress(&shipped[0].body, 1 << 20).unwrap();
+    assert!(
+        shipped[0].body.len() * 4 < plain.len(),
+        "{} vs {}",
+        shipped[0].body.len(),
+        plain.len()
+    );
+    j.release(&[1]);
+    let sent = j.next_to_send(u64::MAX, false).unwrap();
+    assert_eq!(sent, vec![(1, plain.clone())]);
+    let batch: Batch = ferry_proto::codec::from_bytes("Batch", &plain).unwrap();
+    assert_eq!(batch.reading_count(), 1000);
+    // Batch 1 in flight, nothing unsent: the next commit seals the pending
+    // row with its own readings, and the pending table empties.
+    let r = j.commit(work(5, 1010), 2).unwrap();
+    assert_eq!(r.sealed, vec![2]);
+    let (rows, mut j, _) = pending_rows(j);
+    assert_eq!(rows, 0);
+    let sent = j.next_to_send(u64::MAX, false).unwrap();
+    assert_eq!(sent.len(), 2); // the reopen forgot what was in flight
+    let batch: Batch = ferry_proto::codec::from_bytes("Batch", &sent[1].1).unwrap();
+    assert_eq!((batch.seq, batch.reading_count()), (2, 15));
 }

@@ -12,7 +12,7 @@
 //! |---|---|---|
 //! | `pending` | row id → [`PendingRow`] | raw readings and closed windows not yet in a batch, one row per commit |
 //! | `windows` | encoded [`SeriesKey`] → [`SeriesWindows`] | open windows of aggregated series |
-//! | `outbox` | batch seq → encoded [`Batch`] | sealed batches waiting for an ack |
+//! | `outbox` | batch seq → `[codec][body]` | sealed batches waiting for an ack: the encoded [`Batch`], stored as it is sent (codec 1: zstd, with a [`Compressor`]; 0: plain) |
 //! | `outbox_meta` | batch seq → [`OutboxMeta`] | size, readings per origin, age |
 //! | `health` | (origin, kind, dropped batch seq or 0) → count | health increments not yet in a batch |
 //! | `dropped` | (origin, kind) → count | cumulative drops, for `status` |
@@ -40,7 +40,12 @@
 //!    after every commit, except by in-flight batches under `drop_oldest`;
 //!    under `backpressure` a commit that would start above the budget is
 //!    refused whole ([`CommitError::Full`]).
-//! 6. **Device reports are journaled once**: a report `(device, boot, seq)`
+//! 6. **Each reading is written once on the fast path**: a commit that seals
+//!    (the batch is full, the linger is up, the commit alone holds a quarter
+//!    of a batch, or, with [`JournalConfig::eager_seal`], the shipper has
+//!    nothing unsent) puts its readings straight into the sealed batch; only
+//!    a commit that does not seal writes a `pending` row.
+//! 7. **Device reports are journaled once**: a report `(device, boot, seq)`
 //!    is accepted only if it is the next after the one recorded in
 //!    `devices`, and the record moves in the same transaction.
 
@@ -109,6 +114,10 @@ pub struct JournalConfig {
     pub batch_linger_ns: i64,
     /// Window rules, first match wins; unmatched series pass raw.
     pub rules: Vec<AggregateRule>,
+    /// Seal at every commit while every sealed batch is already in flight
+    /// (the shipper keeps up): latency is then one journal commit, not the
+    /// linger. Batches grow again as soon as the shipper falls behind.
+    pub eager_seal: bool,
 }
 
 impl Default for JournalConfig {
@@ -119,6 +128,7 @@ impl Default for JournalConfig {
             batch_max_readings: 16_384,
             batch_linger_ns: 10_000_000,
             rules: Vec::new(),
+            eager_seal: false,
         }
     }
 }
@@ -287,6 +297,42 @@ pub struct JournalStats {
     pub dropped: Vec<(String, u16, u64)>,
 }
 
+/// Compresses sealed batches as they are stored, so the journal writes each
+/// reading once and compactly, and the shipper sends the stored bytes as
+/// they are. The gateway plugs in zstd; firmware stores batches plain.
+pub trait Compressor: Send {
+    /// The codec id (`ferry_proto::stream::compression`) of what
+    /// [`Compressor::compress`] returns; never 0 (plain).
+    fn codec(&self) -> u8;
+    /// `raw` compressed, or `None` to store it plain (not smaller, or the
+    /// compressor failed).
+    fn compress(&self, raw: &[u8]) -> Option<Vec<u8>>;
+    /// `stored` (of [`Compressor::codec`]) decompressed, at most `max` bytes.
+    fn decompress(&self, stored: &[u8], max: usize) -> Result<Vec<u8>, String>;
+}
+
+/// Largest encoded batch the journal decompresses (a stored batch is at most
+/// this when plain; see `ferry_proto::stream::DEFAULT_MAX_FRAME`).
+const MAX_BATCH_BYTES: usize = 64 << 20;
+
+/// A sealed batch as stored in the outbox and sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBatch {
+    /// Batch sequence.
+    pub seq: u64,
+    /// Codec of `body` (0: plain encoded [`Batch`]).
+    pub codec: u8,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+/// What memory keeps of an outbox batch.
+#[derive(Debug, Clone, Copy)]
+struct Sealed {
+    readings: u64,
+    created_ns: i64,
+}
+
 /// In-memory copy of the batch being filled (mirrors the `pending` rows).
 #[derive(Debug, Default)]
 struct Pending {
@@ -310,17 +356,37 @@ impl Pending {
         i
     }
 
+    /// Adds a row read back from the `pending` table.
     fn add_row(&mut self, row: &PendingRow) -> Result<(), CommitError> {
+        let mut raw = Vec::with_capacity(row.batch.blocks.len());
         for block in &row.batch.blocks {
-            let key = row.batch.series.get(block.series as usize).ok_or_else(|| {
-                CommitError::Corrupt("pending row references an unknown series".into())
-            })?;
-            let i = self.series(key);
             let readings = block
                 .readings()
                 .map_err(|e| CommitError::Corrupt(alloc::format!("pending row: {e}")))?;
+            raw.push((block.series, readings));
+        }
+        self.absorb(row, raw)
+    }
+
+    /// Adds a commit's content: `raw` readings by index into `row`'s series
+    /// (its blocks are ignored), its aggregates and origins.
+    fn absorb(
+        &mut self,
+        row: &PendingRow,
+        raw: Vec<(u32, Vec<Reading>)>,
+    ) -> Result<(), CommitError> {
+        for (series, readings) in raw {
+            let key = row.batch.series.get(series as usize).ok_or_else(|| {
+                CommitError::Corrupt("pending row references an unknown series".into())
+            })?;
+            let i = self.series(key);
             self.count += readings.len();
-            self.raw.entry(i).or_default().extend(readings);
+            let slot = self.raw.entry(i).or_default();
+            if slot.is_empty() {
+                *slot = readings;
+            } else {
+                slot.extend(readings);
+            }
         }
         for agg in &row.batch.aggregates {
             let key = row.batch.series.get(agg.series as usize).ok_or_else(|| {
@@ -355,6 +421,12 @@ pub struct Journal {
     bytes: u64,
     /// Health increments not yet sealed, mirrored from the `health` table.
     health_pending: bool,
+    /// The outbox's batches, mirrored from `outbox_meta`.
+    outbox: BTreeMap<u64, Sealed>,
+    /// Readings in those batches.
+    outbox_readings: u64,
+    /// Compresses sealed batches; none: stored plain.
+    compressor: Option<alloc::boxed::Box<dyn Compressor>>,
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CommitError> {
@@ -421,9 +493,36 @@ impl Journal {
             next_row: 1,
             bytes: 0,
             health_pending: false,
+            outbox: BTreeMap::new(),
+            outbox_readings: 0,
+            compressor: None,
         };
         journal.reload()?;
         Ok(journal)
+    }
+
+    /// Stores batches sealed from now on compressed by `compressor` (and
+    /// reads back batches it compressed before).
+    pub fn set_compressor(&mut self, compressor: alloc::boxed::Box<dyn Compressor>) {
+        self.compressor = Some(compressor);
+    }
+
+    /// An outbox row's encoded batch.
+    fn plain(&self, seq: u64, row: &[u8]) -> Result<Vec<u8>, CommitError> {
+        match row.split_first() {
+            Some((0, body)) => Ok(body.to_vec()),
+            Some((&codec, body)) => match &self.compressor {
+                Some(c) if c.codec() == codec => c
+                    .decompress(body, MAX_BATCH_BYTES)
+                    .map_err(|e| CommitError::Corrupt(alloc::format!("batch {seq}: {e}"))),
+                _ => Err(CommitError::Corrupt(alloc::format!(
+                    "batch {seq} is stored with codec {codec}, and the journal has no decompressor for it"
+                ))),
+            },
+            None => Err(CommitError::Corrupt(alloc::format!(
+                "batch {seq}: empty row"
+            ))),
+        }
     }
 
     /// Rebuilds the in-memory state (batch being filled, open windows,
@@ -461,6 +560,20 @@ impl Journal {
             journal.aggregator.restore(key, rule, state);
         }
         journal.health_pending = txn.open_table(HEALTH)?.len()? > 0;
+        journal.outbox.clear();
+        journal.outbox_readings = 0;
+        for entry in txn.open_table(OUTBOX_META)?.iter()? {
+            let (seq, meta) = entry?;
+            let meta: OutboxMeta = decode("OutboxMeta", meta.value())?;
+            journal.outbox_readings += meta.readings;
+            journal.outbox.insert(
+                seq.value(),
+                Sealed {
+                    readings: meta.readings,
+                    created_ns: meta.created_ns,
+                },
+            );
+        }
         Ok(())
     }
 
@@ -508,6 +621,7 @@ impl Journal {
         };
         let mut row_index: BTreeMap<SeriesKey, u32> = BTreeMap::new();
         let mut row_origins: BTreeMap<String, u64> = BTreeMap::new();
+        let mut row_raw: Vec<(u32, Vec<Reading>)> = Vec::new();
         let mut touched: BTreeSet<SeriesKey> = BTreeSet::new();
         let mut health_add: Vec<(String, u16, u64)> = work.health;
 
@@ -515,12 +629,13 @@ impl Journal {
         {
             let mut devices = txn.open_table(DEVICES)?;
             // Raw readings and windows.
-            for group in &work.readings {
+            for group in work.readings {
                 let rule = self.rule_for(&group.series);
+                let total = group.readings.len() as u64;
                 let mut raw: Vec<Reading> = Vec::new();
                 let mut late_dropped = 0u64;
                 match rule {
-                    None => raw.extend_from_slice(&group.readings),
+                    None => raw = group.readings,
                     Some(rule) => {
                         for r in &group.readings {
                             match self.aggregator.add(
@@ -539,15 +654,15 @@ impl Journal {
                         touched.insert(group.series.clone());
                     }
                 }
-                report.accepted += group.readings.len() as u64 - late_dropped;
+                report.accepted += total - late_dropped;
                 report.late_dropped += late_dropped;
                 if late_dropped > 0 {
                     health_add.push((group.origin.clone(), health::DROPPED_LATE, late_dropped));
                 }
                 if !raw.is_empty() {
                     let i = row_series(&mut row, &mut row_index, &group.series);
-                    row.batch.blocks.push(ReadingBlock::encode(i, &raw));
                     *row_origins.entry(group.origin.clone()).or_default() += raw.len() as u64;
+                    row_raw.push((i, raw));
                 }
                 // Readings in windows are attributed when the window closes.
             }
@@ -669,48 +784,50 @@ impl Journal {
                 report.delivered_readings += readings;
             }
         }
-        // The commit's pending row.
-        if !row.batch.blocks.is_empty() || !row.batch.aggregates.is_empty() {
-            let bytes = encode(&row)?;
-            let id = self.next_row;
-            self.next_row += 1;
-            txn.open_table(PENDING)?.insert(id, bytes.as_slice())?;
-            self.bytes += bytes.len() as u64;
-            self.pending.add_row(&row)?;
-            self.pending.rows.push(id);
+        // Seal now? Then this commit's content goes straight into the batch
+        // (invariant 6); otherwise into a pending row.
+        let row_count =
+            row_raw.iter().map(|(_, r)| r.len()).sum::<usize>() + row.batch.aggregates.len();
+        let count = self.pending.count + row_count;
+        let has_content = count > 0 || self.health_pending;
+        // Health only: its linger starts now.
+        let since = self.pending.since_ns.or(has_content.then_some(now));
+        let due = since.is_some_and(|s| now.saturating_sub(s) >= self.config.batch_linger_ns);
+        let max = self.config.batch_max_readings;
+        let caught_up =
+            self.config.eager_seal && self.outbox.keys().all(|seq| self.in_flight.contains(seq));
+        let seal_now =
+            has_content && (count >= max || due || row_count.saturating_mul(4) >= max || caught_up);
+        if row_count > 0 {
+            if !seal_now {
+                for (i, raw) in &row_raw {
+                    row.batch.blocks.push(ReadingBlock::encode(*i, raw));
+                }
+                let bytes = encode(&row)?;
+                let id = self.next_row;
+                self.next_row += 1;
+                txn.open_table(PENDING)?.insert(id, bytes.as_slice())?;
+                self.bytes += bytes.len() as u64;
+                self.pending.rows.push(id);
+            }
+            self.pending.absorb(&row, row_raw)?;
             wrote = true;
         }
-        // Seal.
-        let has_content = self.pending.count > 0 || self.health_pending;
         if has_content && self.pending.since_ns.is_none() {
-            self.pending.since_ns = Some(now); // health only: its linger starts now
+            self.pending.since_ns = since;
         }
-        let due = self
-            .pending
-            .since_ns
-            .is_some_and(|s| now.saturating_sub(s) >= self.config.batch_linger_ns);
-        if has_content
-            && (self.pending.count >= self.config.batch_max_readings || due)
-            && let Some(seq) = self.seal(&txn, now)?
-        {
+        if seal_now && let Some(seq) = self.seal(&txn, now)? {
             report.sealed.push(seq);
             wrote = true;
         }
         // Budget.
         if self.config.policy == FullPolicy::DropOldest {
             while self.bytes > self.config.budget_bytes {
-                let victim = {
-                    let outbox = txn.open_table(OUTBOX_META)?;
-                    let mut found = None;
-                    for entry in outbox.iter()? {
-                        let (seq, _) = entry?;
-                        if !self.in_flight.contains(&seq.value()) {
-                            found = Some(seq.value());
-                            break;
-                        }
-                    }
-                    found
-                };
+                let victim = self
+                    .outbox
+                    .keys()
+                    .find(|seq| !self.in_flight.contains(seq))
+                    .copied();
                 let Some(seq) = victim else { break };
                 report.dropped_readings +=
                     self.remove_batch(&txn, seq, Some(health::DROPPED_JOURNAL_FULL))?;
@@ -749,11 +866,14 @@ impl Journal {
         };
         let body_len = body.value().len() as u64;
         let batch_health: Vec<HealthRecord> = if dropped_kind.is_some() {
-            decode::<Batch>("Batch", body.value())?.health
+            decode::<Batch>("Batch", &self.plain(seq, body.value())?)?.health
         } else {
             Vec::new()
         };
         drop(body);
+        if let Some(sealed) = self.outbox.remove(&seq) {
+            self.outbox_readings -= sealed.readings.min(self.outbox_readings);
+        }
         let meta = metas.remove(seq)?.map(|m| {
             (
                 m.value().len() as u64,
@@ -798,12 +918,11 @@ impl Journal {
     fn seal(&mut self, txn: &redb::WriteTransaction, now: i64) -> Result<Option<u64>, CommitError> {
         let mut pending = core::mem::take(&mut self.pending);
         let mut batch = core::mem::take(&mut pending.batch);
-        for (series, readings) in &pending.raw {
+        for (series, mut readings) in core::mem::take(&mut pending.raw) {
             // Readings of a series may come from several commits: order them
             // so the block's deltas stay small.
-            let mut readings = readings.clone();
             readings.sort_by_key(|r| r.ts_ns);
-            batch.blocks.push(ReadingBlock::encode(*series, &readings));
+            batch.blocks.push(ReadingBlock::encode(series, &readings));
         }
         {
             let mut health_table = txn.open_table(HEALTH)?;
@@ -829,7 +948,26 @@ impl Journal {
         batch.created_ns = now;
         let readings =
             batch.reading_count() as u64 + batch.aggregates.iter().map(|a| a.count).sum::<u64>();
-        let body = encode(&batch)?;
+        let plain = encode(&batch)?;
+        drop(batch);
+        let mut body = Vec::new();
+        match self
+            .compressor
+            .as_ref()
+            .and_then(|c| Some((c.codec(), c.compress(&plain)?)))
+        {
+            Some((codec, packed)) => {
+                body.reserve_exact(packed.len() + 1);
+                body.push(codec);
+                body.extend_from_slice(&packed);
+            }
+            None => {
+                body.reserve_exact(plain.len() + 1);
+                body.push(0);
+                body.extend_from_slice(&plain);
+            }
+        }
+        drop(plain);
         let meta = encode(&OutboxMeta {
             bytes: body.len() as u64,
             readings,
@@ -845,6 +983,14 @@ impl Journal {
         })?;
         txn.open_table(OUTBOX)?.insert(seq, body.as_slice())?;
         txn.open_table(OUTBOX_META)?.insert(seq, meta.as_slice())?;
+        self.outbox.insert(
+            seq,
+            Sealed {
+                readings,
+                created_ns: now,
+            },
+        );
+        self.outbox_readings += readings;
         self.bytes += (body.len() + meta.len()) as u64;
         let mut rows = txn.open_table(PENDING)?;
         for id in &pending.rows {
@@ -863,6 +1009,30 @@ impl Journal {
         max_bytes: u64,
         newest_first: bool,
     ) -> Result<Vec<(u64, Vec<u8>)>, CommitError> {
+        let stored = self.next_to_ship(max_bytes, newest_first)?;
+        let mut out = Vec::with_capacity(stored.len());
+        for b in stored {
+            let plain = if b.codec == 0 {
+                b.body
+            } else {
+                let mut row = Vec::with_capacity(b.body.len() + 1);
+                row.push(b.codec);
+                row.extend_from_slice(&b.body);
+                self.plain(b.seq, &row)?
+            };
+            out.push((b.seq, plain));
+        }
+        Ok(out)
+    }
+
+    /// Like [`Journal::next_to_send`], but the batches as stored (maybe
+    /// compressed), `max_bytes` counting stored bytes: what the shipper
+    /// sends without re-encoding.
+    pub fn next_to_ship(
+        &mut self,
+        max_bytes: u64,
+        newest_first: bool,
+    ) -> Result<Vec<StoredBatch>, CommitError> {
         let txn = self.db.begin_read()?;
         let outbox = txn.open_table(OUTBOX)?;
         let out = if newest_first {
@@ -870,8 +1040,8 @@ impl Journal {
         } else {
             pick(outbox.iter()?, &self.in_flight, max_bytes)?
         };
-        for (seq, _) in &out {
-            self.in_flight.insert(*seq);
+        for b in &out {
+            self.in_flight.insert(b.seq);
         }
         Ok(out)
     }
@@ -892,7 +1062,6 @@ impl Journal {
     /// Counters for `status`.
     pub fn stats(&self) -> Result<JournalStats, CommitError> {
         let txn = self.db.begin_read()?;
-        let metas = txn.open_table(OUTBOX_META)?;
         let mut stats = JournalStats {
             bytes: self.bytes,
             budget_bytes: self.config.budget_bytes,
@@ -901,15 +1070,11 @@ impl Journal {
             open_windows: self.aggregator.open_windows() as u64,
             next_seq: self.next_seq,
             in_flight: self.in_flight.len() as u64,
+            outbox_batches: self.outbox.len() as u64,
+            outbox_readings: self.outbox_readings,
+            oldest_unacked_ns: self.outbox.values().next().map(|s| s.created_ns),
             ..JournalStats::default()
         };
-        for entry in metas.iter()? {
-            let (_, m) = entry?;
-            let m: OutboxMeta = decode("OutboxMeta", m.value())?;
-            stats.outbox_batches += 1;
-            stats.outbox_readings += m.readings;
-            stats.oldest_unacked_ns.get_or_insert(m.created_ns);
-        }
         for entry in txn.open_table(DROPPED)?.iter()? {
             let (k, v) = entry?;
             let (origin, kind) = k.value();
@@ -936,8 +1101,11 @@ impl Journal {
         };
         let txn = self.db.begin_read()?;
         for entry in txn.open_table(OUTBOX)?.iter()? {
-            let (_, body) = entry?;
-            add(&decode::<Batch>("Batch", body.value())?);
+            let (seq, body) = entry?;
+            add(&decode::<Batch>(
+                "Batch",
+                &self.plain(seq.value(), body.value())?,
+            )?);
         }
         for entry in txn.open_table(PENDING)?.iter()? {
             let (_, row) = entry?;
@@ -1002,21 +1170,29 @@ fn pick<'a>(
     entries: impl Iterator<Item = OutboxEntry<'a>>,
     in_flight: &BTreeSet<u64>,
     max_bytes: u64,
-) -> Result<Vec<(u64, Vec<u8>)>, CommitError> {
+) -> Result<Vec<StoredBatch>, CommitError> {
     let mut out = Vec::new();
     let mut total = 0u64;
     for entry in entries {
-        let (seq, body) = entry?;
+        let (seq, row) = entry?;
         let seq = seq.value();
         if in_flight.contains(&seq) {
             continue;
         }
-        let body = body.value();
+        let Some((&codec, body)) = row.value().split_first() else {
+            return Err(CommitError::Corrupt(alloc::format!(
+                "batch {seq}: empty row"
+            )));
+        };
         if !out.is_empty() && total + body.len() as u64 > max_bytes {
             break;
         }
         total += body.len() as u64;
-        out.push((seq, body.to_vec()));
+        out.push(StoredBatch {
+            seq,
+            codec,
+            body: body.to_vec(),
+        });
     }
     Ok(out)
 }
