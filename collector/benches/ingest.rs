@@ -4,8 +4,16 @@
 //! one row per reading, one durable commit per batch of the same size); and
 //! bytes per reading on disk for slowly varying series.
 //!
+//! The footprint phase simulates a day of a running server at the store API
+//! (no network): 200 slowly varying series at 1 Hz shipped in 5-second
+//! batches, 16 batches per durable commit, and the hourly maintenance the
+//! server runs (an hour's chunks are compacted once the hour has settled).
+//! The store file's size over the readings stored is the on-disk cost a user
+//! pays, including redb's page overhead and the pages compaction frees.
+//!
 //! Run: `cargo bench -p ferry-collector --bench ingest`
-//! (`FERRY_BENCH_BATCHES` = batches per connection, default 400.)
+//! (`FERRY_BENCH_BATCHES` = batches per connection, default 400;
+//! `FERRY_BENCH_HOURS` = simulated hours of the footprint phase, default 24.)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -155,6 +163,124 @@ async fn collector_run(
     )
 }
 
+/// What the footprint phase measured.
+struct Footprint {
+    readings: u64,
+    series: usize,
+    hours: i64,
+    file: u64,
+    chunk_bytes: u64,
+    compacted: u64,
+    elapsed: Duration,
+}
+
+/// A simulated day of a running server at the store API (module docs).
+fn footprint_run(dir: &std::path::Path, series: usize, hours: i64) -> Footprint {
+    const SEC: i64 = 1_000_000_000;
+    const HOUR: i64 = 3_600 * SEC;
+    const BATCH_SECS: i64 = 5;
+    const BATCHES_PER_COMMIT: usize = 16;
+    let started = Instant::now();
+    let store = ferry_collector::Store::open(&dir.join("footprint.redb")).unwrap();
+    let mut state = store.writer_state().unwrap();
+    let limits = ferry_collector::config::Limits::default();
+    let agent: Arc<str> = Arc::from("gw-footprint");
+    let t0 = (ferry_collector::now_ns() - 2 * 24 * HOUR) / HOUR * HOUR;
+    let keys: Vec<SeriesKey> = (0..series)
+        .map(|s| {
+            SeriesKey::new(
+                "temperature",
+                [
+                    ("device", format!("d{}", s / 5)),
+                    ("sensor", format!("s{}", s % 5)),
+                ],
+            )
+            .unwrap()
+        })
+        .collect();
+    let (mut seq, mut readings, mut compacted) = (0u64, 0u64, 0u64);
+    let mut group = Vec::with_capacity(BATCHES_PER_COMMIT);
+    for h in 0..hours {
+        for b in 0..3_600 / BATCH_SECS {
+            seq += 1;
+            let first = h * 3_600 + b * BATCH_SECS;
+            let blocks = (0..series)
+                .map(|s| {
+                    let rs: Vec<Reading> = (first..first + BATCH_SECS)
+                        .map(|n| {
+                            // A deterministic walk of ±5 hundredths.
+                            let walk = ((n * 7919 + s as i64 * 104_729) % 11) - 5;
+                            Reading {
+                                ts_ns: t0 + n * SEC,
+                                value: (2000 + s as i64 * 10 + (n / 50) % 40 + walk) as f64 / 100.0,
+                            }
+                        })
+                        .collect();
+                    ReadingBlock::encode(s as u32, &rs)
+                })
+                .collect();
+            let now = t0 + (first + BATCH_SECS) * SEC;
+            let batch = Batch {
+                seq,
+                created_ns: now,
+                series: keys.clone(),
+                blocks,
+                ..Batch::default()
+            };
+            readings += batch.reading_count() as u64;
+            group.push(
+                ferry_collector::ingest::prepare(&agent, "127.0.0.1:1", &batch, &limits, now)
+                    .unwrap(),
+            );
+            if group.len() == BATCHES_PER_COMMIT {
+                store
+                    .apply_group(&mut state, &group, u64::MAX, now)
+                    .unwrap();
+                group.clear();
+            }
+        }
+        let now = t0 + (h + 1) * HOUR;
+        if !group.is_empty() {
+            store
+                .apply_group(&mut state, &group, u64::MAX, now)
+                .unwrap();
+            group.clear();
+        }
+        // The server's maintenance at the top of the hour: buckets that ended
+        // more than the settle time ago are compacted, in bounded passes.
+        let plan = ferry_collector::RetentionPlan {
+            raw_before: None,
+            downsample_len: 60 * SEC as u64,
+            aggregates_before: None,
+            max_bytes: None,
+            compact_before: now - ferry_collector::store::COMPACT_SETTLE_NS,
+        };
+        loop {
+            let report = store.maintain(&mut state, &plan).unwrap();
+            compacted += report.compacted_chunks;
+            if report.compacted_chunks == 0 {
+                break;
+            }
+        }
+        eprintln!(
+            "ingest: footprint: hour {}/{hours}, {readings} readings, store file {:.2} bytes/reading",
+            h + 1,
+            store.file_bytes() as f64 / readings as f64
+        );
+    }
+    let chunk_bytes = store.chunk_bytes().unwrap();
+    let file = store.file_bytes();
+    Footprint {
+        readings,
+        series,
+        hours,
+        file,
+        chunk_bytes,
+        compacted,
+        elapsed: started.elapsed(),
+    }
+}
+
 /// One row per reading, `(series, ts) -> value`, one durable transaction per
 /// batch of 1000 readings, batches from CONNECTIONS threads.
 fn baseline_run(dir: &std::path::Path, batches_per_conn: u64, t_start: i64) -> (Figures, u64) {
@@ -226,6 +352,12 @@ fn main() {
         .len();
     let (_, compacted_bytes) =
         ferry_collector::Store::compact_file(&fx.data.join(ferry_collector::STORE_FILE)).unwrap();
+    let hours: i64 = std::env::var("FERRY_BENCH_HOURS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(if quick { 2 } else { 24 });
+    let foot_dir = tempfile::tempdir().unwrap();
+    let foot = footprint_run(foot_dir.path(), if quick { 10 } else { 200 }, hours);
     let base_dir = tempfile::tempdir().unwrap();
     // The naive baseline is slow (one fsync per 1000 readings): a quarter of
     // the batches gives a stable rate.
@@ -263,5 +395,25 @@ fn main() {
         file_bytes as f64 / total as f64,
         compacted_bytes as f64 / total as f64,
         base_file as f64 / base_total as f64
+    );
+    let per = |b: u64| b as f64 / foot.readings as f64;
+    println!(
+        "  footprint : {} readings  {} series at 1 Hz for {} simulated hours, 5 s batches, hourly maintenance ({} chunks compacted, {:.1} s)",
+        foot.readings,
+        foot.series,
+        foot.hours,
+        foot.compacted,
+        foot.elapsed.as_secs_f64()
+    );
+    println!(
+        "              store file {:.2} bytes/reading ({} bytes), chunk data {:.2}   target ≤ 4  {}",
+        per(foot.file),
+        foot.file,
+        per(foot.chunk_bytes),
+        if per(foot.file) <= 4.0 {
+            "PASS"
+        } else {
+            "MISS"
+        }
     );
 }

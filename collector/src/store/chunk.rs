@@ -52,7 +52,15 @@ pub fn split_block(block: &ReadingBlock) -> Result<Vec<(i64, ReadingBlock)>, Blo
     Ok(chunks_of_sorted(&readings))
 }
 
-/// Encodes sorted readings of one series into per-bucket chunk blocks.
+/// Most readings in one chunk. A chunk is one redb value; values much
+/// larger than a page get leaves of their own in redb's B-tree, and mixed
+/// with the small chunks of live ingest they leave most pages nearly empty
+/// (measured: 33 bytes per reading on disk instead of 3). 1024 slowly
+/// varying readings encode to about 2 KiB, half a page.
+pub const MAX_CHUNK_READINGS: usize = 1024;
+
+/// Encodes sorted readings of one series into per-bucket chunk blocks of at
+/// most [`MAX_CHUNK_READINGS`].
 pub fn chunks_of_sorted(readings: &[Reading]) -> Vec<(i64, ReadingBlock)> {
     let mut out = Vec::new();
     let mut start = 0;
@@ -60,8 +68,11 @@ pub fn chunks_of_sorted(readings: &[Reading]) -> Vec<(i64, ReadingBlock)> {
         let bucket = bucket_of(readings[start].ts_ns);
         let end = readings[start..]
             .iter()
+            .take(MAX_CHUNK_READINGS)
             .position(|r| bucket_of(r.ts_ns) != bucket)
-            .map_or(readings.len(), |n| start + n);
+            .map_or((start + MAX_CHUNK_READINGS).min(readings.len()), |n| {
+                start + n
+            });
         out.push((bucket, ReadingBlock::encode(0, &readings[start..end])));
         start = end;
     }
@@ -166,6 +177,19 @@ mod tests {
             decode(&encode(&chunks[1].1)).unwrap(),
             vec![r(h + 1, 3.0), r(h + 5, 1.0)]
         );
+    }
+
+    #[test]
+    fn chunks_hold_at_most_max_chunk_readings() {
+        let h = CHUNK_SPAN_NS;
+        // 2500 readings in the first hour, 3 in the second.
+        let mut rs: Vec<Reading> = (0..2500).map(|i| r(i * 1_000_000, 20.0)).collect();
+        rs.extend([r(h, 1.0), r(h + 1, 2.0), r(h + 2, 3.0)]);
+        let sizes: Vec<(i64, usize)> = chunks_of_sorted(&rs)
+            .iter()
+            .map(|(b, block)| (*b, block.len()))
+            .collect();
+        assert_eq!(sizes, vec![(0, 1024), (0, 1024), (0, 452), (h, 3)]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 
 pub use chunk::{CHUNK_SPAN_NS, align, bucket_of, merge_aggregate};
 pub(crate) use chunk::{encode as encode_chunk, split_block};
-pub use maintain::{MaintenanceReport, RetentionPlan};
+pub use maintain::{COMPACT_SETTLE_NS, MaintenanceReport, RetentionPlan};
 pub use write::{Applied, DedupeWindow, PreparedBatch, PreparedChunk, WriterState};
 
 use crate::query::{Query, Selector};
