@@ -209,3 +209,86 @@ fn batches_past_the_series_limit_are_rejected_whole() {
     );
     assert_eq!(store.series(&Selector::all()).unwrap().len(), 2);
 }
+
+/// Three series in every batch (what agents ship): a query reads the staged
+/// bundles and the chunks alike; compaction turns the bundles into one chunk
+/// per series and changes no reading; a late batch for a compacted bucket is
+/// merged on the next pass.
+#[test]
+fn staged_bundles_of_many_series_become_per_series_chunks() {
+    let tanks = ["1", "2", "3"];
+    let batch = |seq: u64, range: std::ops::Range<i64>| Batch {
+        seq,
+        created_ns: T0,
+        series: tanks
+            .iter()
+            .map(|t| SeriesKey::new("level", [("tank", *t)]).unwrap())
+            .collect(),
+        blocks: (0..3)
+            .map(|i| ReadingBlock::encode(i, &readings(range.clone())))
+            .collect(),
+        ..Batch::default()
+    };
+    let (_dir, store, mut state) =
+        store_with(&[batch(1, 0..10), batch(2, 20..30), batch(3, 10..20)]);
+    let query = |store: &Store| {
+        let q = QueryParams {
+            selector: Some("level".into()),
+            from: Some((T0 - 86_400 * SEC).to_string()),
+            to: Some((T0 + 86_400 * SEC).to_string()),
+            step: None,
+            kind: Some("raw".into()),
+        }
+        .resolve(T0)
+        .unwrap();
+        store.query(&q).unwrap()
+    };
+    let expected: Vec<(i64, f64)> = readings(0..30).iter().map(|r| (r.ts_ns, r.value)).collect();
+    let before = query(&store);
+    assert_eq!(before.len(), 3);
+    for s in &before {
+        assert_eq!(s.readings, expected, "{}", s.series);
+    }
+    let plan = RetentionPlan {
+        raw_before: None,
+        downsample_len: 60 * SEC as u64,
+        aggregates_before: None,
+        max_bytes: None,
+        compact_before: T0 + 3 * 3_600 * SEC,
+    };
+    // 3 bundles × 3 series.
+    assert_eq!(
+        store.maintain(&mut state, &plan).unwrap().compacted_chunks,
+        9
+    );
+    assert_eq!(
+        store.maintain(&mut state, &plan).unwrap().compacted_chunks,
+        0
+    );
+    let after = query(&store);
+    assert_eq!(after.len(), 3);
+    for s in &after {
+        assert_eq!(s.readings, expected, "{}", s.series);
+    }
+    // A late batch for the compacted bucket: merged into the series' chunk.
+    let late = prepare(
+        &Arc::from("gw-1"),
+        "test",
+        &batch(4, 30..35),
+        &Limits {
+            max_past: Duration::from_secs(86_400 * 365),
+            ..Limits::default()
+        },
+        T0,
+    )
+    .unwrap();
+    store.apply_group(&mut state, &[late], 1000, T0).unwrap();
+    assert_eq!(
+        store.maintain(&mut state, &plan).unwrap().compacted_chunks,
+        3
+    );
+    let expected: Vec<(i64, f64)> = readings(0..35).iter().map(|r| (r.ts_ns, r.value)).collect();
+    for s in &query(&store) {
+        assert_eq!(s.readings, expected, "{}", s.series);
+    }
+}

@@ -1,4 +1,5 @@
-//! Maintenance: compaction of small chunks, downsampling of old readings
+//! Maintenance: compaction of staged bundles into per-series chunks,
+//! downsampling of old readings
 //! into windows, retention by age and by size. Runs in the writer thread
 //! between group commits, each run bounded to [`MAX_WORK`] chunks so that
 //! ingest never waits long behind it.
@@ -8,16 +9,18 @@ use std::time::Duration;
 use ferry_proto::batch::Reading;
 use redb::{ReadableTable, WriteTransaction};
 
+use std::collections::BTreeMap;
+
 use super::{
-    AGGREGATES, CHUNK_SPAN_NS, CHUNKS, CHUNKS_BY_TIME, DIRTY, Store, StoreError, WriterState,
-    chunk, corrupt,
+    AGGREGATES, CHUNK_SPAN_NS, CHUNKS, CHUNKS_BY_TIME, STAGED, Store, StoreError, WriterState,
+    bundle, chunk, corrupt,
 };
 use crate::config::StorageConfig;
 
-/// Most chunks one maintenance run touches.
+/// Most chunks (and staged pieces) one maintenance run touches.
 pub const MAX_WORK: usize = 20_000;
-/// A bucket is compacted once it ended this long ago, so that batches still
-/// in flight for it do not immediately dirty it again.
+/// A bucket's staged bundles are compacted once it ended this long ago, so
+/// that batches still in flight for it mostly arrive before.
 pub const COMPACT_SETTLE_NS: i64 = 300_000_000_000;
 
 /// What one maintenance run should do, computed from the clock and the
@@ -131,6 +134,10 @@ impl Store {
     }
 }
 
+/// Moves settled staged bundles, oldest bucket first, into per-series
+/// chunks: each series' new pieces are merged with the bucket's chunks that
+/// are not full or not before them, sorted, and re-encoded in chunks of at
+/// most [`chunk::MAX_CHUNK_READINGS`].
 fn compact(
     txn: &WriteTransaction,
     state: &mut WriterState,
@@ -138,26 +145,47 @@ fn compact(
     budget: &mut usize,
     report: &mut MaintenanceReport,
 ) -> Result<(), StoreError> {
-    let settled: Vec<(i64, u64)> = {
-        let dirty = txn.open_table(DIRTY)?;
-        let end = plan.compact_before.saturating_sub(CHUNK_SPAN_NS);
-        dirty
-            .range((i64::MIN, 0u64)..(end.saturating_add(1), 0u64))?
-            .take(*budget)
-            .map(|e| e.map(|(k, _)| k.value()))
-            .collect::<Result<_, _>>()?
-    };
-    for (bucket, sid) in settled {
-        txn.open_table(DIRTY)?.remove((bucket, sid))?;
-        let parts = chunks_of(txn, sid, bucket)?;
-        if parts.len() < 2 {
-            continue;
+    let end = plan.compact_before.saturating_sub(CHUNK_SPAN_NS);
+    let mut pieces = 0usize;
+    let mut rows: Vec<(i64, u64)> = Vec::new();
+    let mut fresh: BTreeMap<(i64, u64), Vec<Reading>> = BTreeMap::new();
+    {
+        let staged = txn.open_table(STAGED)?;
+        for entry in staged.range((i64::MIN, 0u64)..(end.saturating_add(1), 0u64))? {
+            if pieces >= *budget {
+                break;
+            }
+            let (key, bytes) = entry?;
+            let (bucket, id) = key.value();
+            let bytes = bytes.value();
+            for (sid, piece) in bundle::decode(bytes).map_err(corrupt)? {
+                fresh
+                    .entry((bucket, sid))
+                    .or_default()
+                    .extend(chunk::decode(piece).map_err(corrupt)?);
+                pieces += 1;
+            }
+            rows.push((bucket, id));
+            state.sub_bytes(bytes.len() as u64);
         }
-        let mut readings = Vec::new();
-        for (key, rs, len) in parts.iter().cloned() {
-            readings.extend(rs);
-            delete_chunk(txn, state, key, len)?;
+    }
+    {
+        let mut staged = txn.open_table(STAGED)?;
+        for key in &rows {
+            staged.remove(*key)?;
         }
+    }
+    for ((bucket, sid), mut readings) in fresh {
+        let first_new = readings.iter().map(|r| r.ts_ns).min().unwrap_or(i64::MAX);
+        for (key, rs, len) in chunks_of(txn, sid, bucket)? {
+            let full_and_before = rs.len() >= chunk::MAX_CHUNK_READINGS
+                && rs.last().is_some_and(|r| r.ts_ns <= first_new);
+            if !full_and_before {
+                readings.extend(rs);
+                delete_chunk(txn, state, key, len)?;
+            }
+        }
+        // Stable: equal timestamps keep their write order.
         readings.sort_by_key(|r| r.ts_ns);
         for (b, block) in chunk::chunks_of_sorted(&readings) {
             let bytes = chunk::encode(&block);
@@ -168,13 +196,15 @@ fn compact(
                 .insert((b, sid, cid), bytes.len() as u32)?;
             state.add_bytes(bytes.len() as u64);
         }
-        report.compacted_chunks += parts.len() as u64;
-        *budget = budget.saturating_sub(parts.len());
-        if *budget == 0 {
-            break;
-        }
     }
+    report.compacted_chunks += pieces as u64;
+    *budget = budget.saturating_sub(pieces);
     Ok(())
+}
+
+/// The bucket of the oldest staged bundle, if any.
+fn oldest_staged(txn: &WriteTransaction) -> Result<Option<i64>, StoreError> {
+    Ok(txn.open_table(STAGED)?.first()?.map(|(k, _)| k.value().0))
 }
 
 fn downsample(
@@ -187,8 +217,12 @@ fn downsample(
     let Some(before) = plan.raw_before else {
         return Ok(());
     };
-    // Whole buckets only: (bucket, series) groups whose bucket ended.
-    let end = before.saturating_sub(CHUNK_SPAN_NS);
+    // Whole buckets only: (bucket, series) groups whose bucket ended, and
+    // whose staged bundles are all compacted (older buckets first).
+    let mut end = before.saturating_sub(CHUNK_SPAN_NS);
+    if let Some(staged) = oldest_staged(txn)? {
+        end = end.min(staged.saturating_sub(1));
+    }
     let groups: Vec<(i64, u64)> = {
         let by_time = txn.open_table(CHUNKS_BY_TIME)?;
         let mut groups: Vec<(i64, u64)> = Vec::new();
@@ -210,7 +244,6 @@ fn downsample(
             readings.extend(rs);
             delete_chunk(txn, state, key, len)?;
         }
-        txn.open_table(DIRTY)?.remove((bucket, sid))?;
         readings.sort_by_key(|r| r.ts_ns);
         let mut aggs = txn.open_table(AGGREGATES)?;
         for w in chunk::downsample(&readings, plan.downsample_len) {
@@ -270,10 +303,26 @@ fn evict(
             let first = by_time.first()?;
             first.map(|(k, v)| (k.value(), u64::from(v.value())))
         };
-        let Some(((bucket, sid, cid), len)) = oldest else {
-            break;
+        // A staged bundle of an older bucket goes first.
+        let staged = {
+            let table = txn.open_table(STAGED)?;
+            let first = table.first()?;
+            first.map(|(k, v)| (k.value(), v.value().len() as u64))
         };
-        delete_chunk(txn, state, (sid, bucket, cid), len)?;
+        let chunk_first = match (&oldest, &staged) {
+            (Some(((bucket, _, _), _)), Some(((b, _), _))) => bucket <= b,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+        };
+        if chunk_first {
+            if let Some(((bucket, sid, cid), len)) = oldest {
+                delete_chunk(txn, state, (sid, bucket, cid), len)?;
+            }
+        } else if let Some((key, len)) = staged {
+            txn.open_table(STAGED)?.remove(key)?;
+            state.sub_bytes(len);
+        }
         report.chunks_evicted += 1;
         *budget -= 1;
     }

@@ -10,6 +10,7 @@
 //! transactions while the server runs; readers (queries, `/metrics`) use read
 //! transactions and never block it.
 
+mod bundle;
 mod chunk;
 mod maintain;
 mod write;
@@ -37,6 +38,9 @@ pub(crate) const SERIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new(
 /// `SeriesKey (MessagePack) -> series id`.
 pub(crate) const SERIES_BY_KEY: TableDefinition<'_, &[u8], u64> =
     TableDefinition::new("series_by_key");
+/// `(bucket start, id) -> bundle`: the chunks one batch brought for one
+/// bucket, not yet moved into per-series chunks ([`bundle`]).
+pub(crate) const STAGED: TableDefinition<'_, (i64, u64), &[u8]> = TableDefinition::new("staged");
 /// `(series, bucket start, chunk id) -> chunk`.
 pub(crate) const CHUNKS: TableDefinition<'_, (u64, i64, u64), &[u8]> =
     TableDefinition::new("chunks");
@@ -44,9 +48,6 @@ pub(crate) const CHUNKS: TableDefinition<'_, (u64, i64, u64), &[u8]> =
 /// retention and downsampling walk oldest first.
 pub(crate) const CHUNKS_BY_TIME: TableDefinition<'_, (i64, u64, u64), u32> =
     TableDefinition::new("chunks_by_time");
-/// `(bucket start, series) -> ()`: buckets written since their last
-/// compaction.
-pub(crate) const DIRTY: TableDefinition<'_, (i64, u64), ()> = TableDefinition::new("dirty");
 /// `(series, window start, window length) -> WindowAggregate`.
 pub(crate) const AGGREGATES: TableDefinition<'_, (u64, i64, u64), &[u8]> =
     TableDefinition::new("aggregates");
@@ -231,7 +232,7 @@ impl Store {
             txn.open_table(SERIES_BY_KEY)?;
             txn.open_table(CHUNKS)?;
             txn.open_table(CHUNKS_BY_TIME)?;
-            txn.open_table(DIRTY)?;
+            txn.open_table(STAGED)?;
             txn.open_table(AGGREGATES)?;
             txn.open_table(BATCHES)?;
             txn.open_table(AGENTS)?;
@@ -354,6 +355,37 @@ impl Store {
         let mut out = Vec::new();
         let mut total_readings = 0usize;
         let mut total_windows = 0usize;
+        let too_many = || {
+            StoreError::TooLarge(format!(
+                "more than {MAX_QUERY_READINGS} readings; narrow the range or give a step"
+            ))
+        };
+        // Readings still in staged bundles: one pass over the bundles of the
+        // range for every series asked for.
+        let mut staged: HashMap<u64, Vec<ferry_proto::batch::Reading>> = HashMap::new();
+        if q.raw && !series.is_empty() {
+            let wanted: std::collections::HashSet<u64> = series.iter().map(|s| s.id).collect();
+            let mut held = 0usize;
+            let table = txn.open_table(STAGED)?;
+            for entry in table.range((bucket_of(q.from_ns), 0u64)..(q.to_ns, 0u64))? {
+                let (_, bytes) = entry?;
+                for (sid, piece) in bundle::decode(bytes.value()).map_err(corrupt)? {
+                    if !wanted.contains(&sid) {
+                        continue;
+                    }
+                    let into = staged.entry(sid).or_default();
+                    for r in chunk::decode(piece).map_err(corrupt)? {
+                        if r.ts_ns >= q.from_ns && r.ts_ns < q.to_ns {
+                            into.push(r);
+                            held += 1;
+                        }
+                    }
+                    if q.step_ns.is_none() && held > MAX_QUERY_READINGS {
+                        return Err(too_many());
+                    }
+                }
+            }
+        }
         for s in series {
             let mut readings = Vec::new();
             if q.raw {
@@ -367,10 +399,13 @@ impl Store {
                         }
                     }
                     if q.step_ns.is_none() && total_readings + readings.len() > MAX_QUERY_READINGS {
-                        return Err(StoreError::TooLarge(format!(
-                            "more than {MAX_QUERY_READINGS} readings; narrow the range or give a step"
-                        )));
+                        return Err(too_many());
                     }
+                }
+                // Staged readings were written after every chunk.
+                readings.extend(staged.remove(&s.id).unwrap_or_default());
+                if q.step_ns.is_none() && total_readings + readings.len() > MAX_QUERY_READINGS {
+                    return Err(too_many());
                 }
                 readings.sort_by_key(|r| r.ts_ns);
             }

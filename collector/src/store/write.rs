@@ -9,8 +9,8 @@ use ferry_proto::session::reason;
 use redb::{ReadableTable, WriteTransaction};
 
 use super::{
-    AGENTS, AGGREGATES, AgentRecord, BATCHES, CHUNKS, CHUNKS_BY_TIME, DIRTY, HEALTH, META, SERIES,
-    SERIES_BY_KEY, Store, StoreError, chunk, corrupt,
+    AGENTS, AGGREGATES, AgentRecord, BATCHES, HEALTH, META, SERIES, SERIES_BY_KEY, STAGED, Store,
+    StoreError, bundle, chunk, corrupt,
 };
 
 /// Sequences of one agent remembered individually; older ones fall below
@@ -315,16 +315,23 @@ fn apply_one(
         }
     }
     {
-        let mut chunks = txn.open_table(CHUNKS)?;
-        let mut by_time = txn.open_table(CHUNKS_BY_TIME)?;
-        let mut dirty = txn.open_table(DIRTY)?;
+        // One staged bundle per bucket the batch touches: its chunks of that
+        // bucket, by series id (docs/storage.md, "Staged bundles").
+        let mut per_bucket: std::collections::BTreeMap<i64, Vec<(u64, &[u8])>> =
+            std::collections::BTreeMap::new();
         for c in &b.chunks {
-            let sid = ids[c.series as usize];
-            let cid = state.next_chunk_id();
-            chunks.insert((sid, c.bucket, cid), c.bytes.as_slice())?;
-            by_time.insert((c.bucket, sid, cid), c.bytes.len() as u32)?;
-            dirty.insert((c.bucket, sid), ())?;
-            state.add_bytes(c.bytes.len() as u64);
+            per_bucket
+                .entry(c.bucket)
+                .or_default()
+                .push((ids[c.series as usize], c.bytes.as_slice()));
+        }
+        let mut staged = txn.open_table(STAGED)?;
+        for (bucket, mut pieces) in per_bucket {
+            pieces.sort_by_key(|p| p.0); // stable: a series' pieces keep their order
+            let row = bundle::encode(&pieces);
+            let id = state.next_chunk_id();
+            staged.insert((bucket, id), row.as_slice())?;
+            state.add_bytes(row.len() as u64);
         }
     }
     if !b.aggregates.is_empty() {
