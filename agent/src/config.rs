@@ -185,6 +185,10 @@ pub struct AgentSection {
     /// How often windows and lingering batches are checked without input.
     #[serde(deserialize_with = "duration")]
     pub tick: Duration,
+    /// How often the readings received per source are reported to the
+    /// collector as health records (kind 7, docs/protocol.md).
+    #[serde(deserialize_with = "duration")]
+    pub health_interval: Duration,
 }
 
 impl Default for AgentSection {
@@ -192,6 +196,7 @@ impl Default for AgentSection {
         Self {
             data_dir: PathBuf::from("ferry-agent-data"),
             tick: Duration::from_millis(5),
+            health_interval: Duration::from_secs(10),
         }
     }
 }

@@ -159,6 +159,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(AgentMetrics::default());
     let (intake, intake_rx) = Intake::channel(1024);
     let (writer, handle) = Writer::new(journal, intake_rx, metrics.clone(), config.agent.tick);
+    let writer = writer.with_health_interval(config.agent.health_interval);
     let (stop, stopped) = watch::channel(false);
     let writer_task = tokio::spawn(writer.run(stopped.clone()));
     let mut tasks = JoinSet::new();

@@ -77,6 +77,10 @@ pub struct Writer {
     metrics: Arc<AgentMetrics>,
     tick: Duration,
     max_group: usize,
+    /// Readings received per origin since the last health report.
+    received: std::collections::BTreeMap<String, u64>,
+    health_interval: Duration,
+    last_health: std::time::Instant,
 }
 
 impl Writer {
@@ -102,8 +106,18 @@ impl Writer {
             metrics,
             tick,
             max_group: 4096,
+            received: std::collections::BTreeMap::new(),
+            health_interval: Duration::from_secs(10),
+            last_health: std::time::Instant::now(),
         };
         (writer, handle)
+    }
+
+    /// Reports readings received per origin to the collector this often
+    /// (health kind [`ferry_proto::health::RECEIVED`]).
+    pub fn with_health_interval(mut self, interval: Duration) -> Self {
+        self.health_interval = interval;
+        self
     }
 
     /// Runs until `shutdown` turns true and the queues are drained; returns
@@ -178,6 +192,26 @@ impl Writer {
             work.device_dropped.append(&mut s.work.device_dropped);
             spans.push((start, work.reports.len(), count));
         }
+        // Readings received per origin, counted once their commit succeeds;
+        // every health interval the totals ride along in a commit.
+        let mut received: Vec<(String, u64)> = Vec::new();
+        for s in &work.readings {
+            received.push((s.origin.clone(), s.readings.len() as u64));
+        }
+        for r in &work.reports {
+            let n: u64 = r.windows.iter().map(|(_, p)| p.count).sum();
+            received.push((r.device.clone(), n));
+        }
+        let report_health =
+            self.last_health.elapsed() >= self.health_interval && !self.received.is_empty();
+        let mut reported = std::collections::BTreeMap::new();
+        if report_health {
+            reported = std::mem::take(&mut self.received);
+            for (origin, n) in &reported {
+                work.health
+                    .push((origin.clone(), ferry_proto::health::RECEIVED, *n));
+            }
+        }
         let started = std::time::Instant::now();
         let readings = work.reading_count();
         let acks = work.acks.clone();
@@ -196,6 +230,23 @@ impl Writer {
             Err(e) => Err(SubmitError::Storage(e.to_string())),
             Ok(report) => Ok(report),
         });
+        match &result {
+            Ok(_) if report_health => self.last_health = std::time::Instant::now(),
+            // Not journaled: reported with the next commit.
+            Err(_) => {
+                for (origin, n) in reported {
+                    *self.received.entry(origin).or_default() += n;
+                }
+            }
+            Ok(_) => {}
+        }
+        if result.is_ok() {
+            for (origin, n) in received {
+                if n > 0 {
+                    *self.received.entry(origin).or_default() += n;
+                }
+            }
+        }
         match &result {
             Ok(report) => {
                 if report.wrote {

@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 struct CollectorProc {
     quic: SocketAddr,
+    handle: ferry_collector::Handle,
     stop: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ferry_collector::Error>>,
 }
@@ -29,12 +30,14 @@ impl CollectorProc {
         config.http.listen = "127.0.0.1:0".parse().unwrap();
         let collector = Collector::bind(config).await.unwrap();
         let quic = collector.quic_addr();
+        let handle = collector.handle();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(collector.run(async {
             let _ = stopped.await;
         }));
         Self {
             quic,
+            handle,
             stop: Some(stop),
             task,
         }
@@ -59,7 +62,7 @@ fn site() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 fn agent_config(bundle: &Path, data: &Path, collector: SocketAddr, extra: &str) -> Config {
     let text = format!(
-        "[agent]\ndata_dir = {data:?}\ntick = \"5ms\"\n\
+        "[agent]\ndata_dir = {data:?}\ntick = \"5ms\"\nhealth_interval = \"20ms\"\n\
          [collector]\naddress = \"{collector}\"\nserver_name = \"localhost\"\nca = \"ca.crt\"\ncert = \"agent.crt\"\nkey = \"agent.key\"\nagent_id = \"gw-1\"\n\
          [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\
          [admin]\nlisten = \"127.0.0.1:0\"\n{extra}",
@@ -168,6 +171,25 @@ async fn readings_arrive_exactly_and_once() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(agent.metrics.readings_out.get(), 150);
+    // The periodic health records account for every reading received.
+    let received = |origin: &str| -> u64 {
+        collector
+            .handle
+            .store()
+            .health()
+            .unwrap()
+            .iter()
+            .filter(|(_, s, k, _)| s == origin && *k == ferry_proto::health::RECEIVED)
+            .map(|(_, _, _, n)| n)
+            .sum()
+    };
+    for _ in 0..6000 {
+        if received("a1") + received("b2") >= 150 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!((received("a1"), received("b2")), (100, 50));
     agent.stop().await;
     collector.stop().await;
 }
