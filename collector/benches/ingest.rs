@@ -4,8 +4,8 @@
 //! one row per reading, one durable commit per batch of the same size); and
 //! bytes per reading on disk for slowly varying series.
 //!
-//! The footprint phase simulates a day of a running server at the store API
-//! (no network): 200 slowly varying series at 1 Hz for three days, shipped in 5-second
+//! The footprint phase simulates three days of a running server at the store
+//! API (no network): 200 slowly varying series at 1 Hz shipped in 5-second
 //! batches, 16 batches per durable commit, and the hourly maintenance the
 //! server runs (an hour's chunks are compacted once the hour has settled).
 //! The store file's size over the readings stored is the on-disk cost a user
