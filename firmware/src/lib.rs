@@ -23,6 +23,9 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "nor-flash")]
+extern crate alloc;
+
 pub mod drivers;
 pub mod emulated;
 pub mod link;
@@ -30,4 +33,6 @@ pub mod node;
 pub mod sampler;
 pub mod sensor;
 pub mod sim;
+#[cfg(feature = "nor-flash")]
+pub mod storage;
 pub mod window;
