@@ -1,1 +1,475 @@
+//! The redb backend over NOR flash (`storage::NorBackend`), on the simulated
+//! flash: erase semantics, byte-level behaviour, capacity, and power cuts at
+//! every write of a scripted workload.
 
+use std::collections::BTreeMap;
+
+use embedded_storage::nor_flash::{NorFlash, ReadNorFlash};
+use ferry_firmware::storage::sim_flash::{SimError, SimFlash};
+use ferry_firmware::storage::{Config, Error, Geometry, NorBackend, open_database};
+use redb::{
+    BackendError, Builder, Database, ReadableDatabase, ReadableTable, StorageBackend,
+    TableDefinition,
+};
+
+type Flash = SimFlash<4, 4096>;
+
+const ROWS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("rows");
+
+fn open<const W: usize>(flash: &SimFlash<W, 4096>, config: Config) -> Result<Database, String> {
+    let backend =
+        NorBackend::mount_or_format(flash.clone(), config).map_err(|e| format!("mount: {e}"))?;
+    open_database(Builder::new().set_cache_size(16 * 1024), backend)
+        .map_err(|e| format!("open: {e}"))
+}
+
+fn rows(db: &Database) -> BTreeMap<u64, Vec<u8>> {
+    let tx = db.begin_read().expect("begin_read");
+    let table = match tx.open_table(ROWS) {
+        Ok(table) => table,
+        Err(redb::TableError::TableDoesNotExist(_)) => return BTreeMap::new(),
+        Err(e) => panic!("open_table: {e}"),
+    };
+    table
+        .iter()
+        .expect("iter")
+        .map(|row| {
+            let (k, v) = row.expect("row");
+            (k.value(), v.value().to_vec())
+        })
+        .collect()
+}
+
+/// One transaction of the scripted workload: insert a row, delete an old one.
+#[derive(Debug, Clone)]
+struct Step {
+    insert: (u64, Vec<u8>),
+    delete: Option<u64>,
+}
+
+fn workload(steps: usize, seed: u64) -> Vec<Step> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    (0..steps as u64)
+        .map(|i| {
+            let len = 1 + (next() % 300) as usize;
+            let byte = next() as u8;
+            Step {
+                insert: (i, vec![byte; len]),
+                delete: (i >= 4 && next() % 2 == 0).then(|| i - 4),
+            }
+        })
+        .collect()
+}
+
+/// The rows after the first `n` steps.
+fn expected(steps: &[Step], n: usize) -> BTreeMap<u64, Vec<u8>> {
+    let mut rows = BTreeMap::new();
+    for step in &steps[..n] {
+        rows.insert(step.insert.0, step.insert.1.clone());
+        if let Some(k) = step.delete {
+            rows.remove(&k);
+        }
+    }
+    rows
+}
+
+fn apply(db: &Database, step: &Step) -> Result<(), String> {
+    let tx = db.begin_write().map_err(|e| e.to_string())?;
+    {
+        let mut table = tx.open_table(ROWS).map_err(|e| e.to_string())?;
+        table
+            .insert(step.insert.0, step.insert.1.as_slice())
+            .map_err(|e| e.to_string())?;
+        if let Some(k) = step.delete {
+            table.remove(k).map_err(|e| e.to_string())?;
+        }
+    }
+    tx.commit().map_err(|e| e.to_string())
+}
+
+/// Runs `steps` until the first error; returns how many commits returned Ok.
+fn run(flash: &Flash, config: Config, steps: &[Step]) -> usize {
+    let Ok(db) = open(flash, config) else {
+        return 0;
+    };
+    for (done, step) in steps.iter().enumerate() {
+        if apply(&db, step).is_err() {
+            return done;
+        }
+    }
+    steps.len()
+}
+
+/// After a cut during the run of `steps` (of which `acked` commits returned
+/// Ok), power comes back: the database must open and hold exactly the acked
+/// steps, or those and the one in flight (its commit may have reached flash
+/// before the cut). Then it must take a new commit, and keep it over a
+/// remount.
+fn check_after_cut(flash: &Flash, config: Config, steps: &[Step], acked: usize, what: &str) {
+    flash.restore_power();
+    let db = open(flash, config).unwrap_or_else(|e| panic!("{what}: reopen failed: {e}"));
+    let got = rows(&db);
+    let held = if got == expected(steps, acked) {
+        acked
+    } else if acked < steps.len() && got == expected(steps, acked + 1) {
+        acked + 1
+    } else {
+        panic!(
+            "{what}: after the cut the database holds {} rows {:?}, not the {acked} acked steps",
+            got.len(),
+            got.keys().collect::<Vec<_>>()
+        );
+    };
+    let extra = Step {
+        insert: (1_000_000, b"after the cut".to_vec()),
+        delete: None,
+    };
+    apply(&db, &extra).unwrap_or_else(|e| panic!("{what}: commit after recovery: {e}"));
+    drop(db);
+    let db = open(flash, config).unwrap_or_else(|e| panic!("{what}: second reopen: {e}"));
+    let mut want = expected(steps, held);
+    want.insert(extra.insert.0, extra.insert.1);
+    assert_eq!(
+        rows(&db),
+        want,
+        "{what}: after recovery and one more commit"
+    );
+}
+
+/// A region small enough that a short workload collects garbage and
+/// switches metadata sectors: 36 sectors of 4 KiB, 28 of them for data.
+fn small_config() -> Config {
+    Config {
+        page_size: 512,
+        spare_sectors: 2,
+        ..Config::new(0, 36)
+    }
+}
+
+#[test]
+fn sim_flash_enforces_nor_rules() {
+    let mut flash = Flash::new(2, 1);
+    assert_eq!(flash.write(2, &[0; 4]), Err(SimError::NotAligned));
+    assert_eq!(flash.write(0, &[0; 3]), Err(SimError::NotAligned));
+    assert_eq!(flash.write(8192, &[0; 4]), Err(SimError::OutOfBounds));
+    assert_eq!(flash.erase(100, 4096), Err(SimError::NotAligned));
+    flash.write(0, &[0xF0, 0x0F, 0xAA, 0x55]).unwrap();
+    // Programming only clears bits, and a unit is programmed once.
+    assert_eq!(
+        flash.write(0, &[0xFF, 0xFF, 0x0F, 0xFF]),
+        Err(SimError::Reprogram { addr: 0 })
+    );
+    let mut bytes = [0u8; 4];
+    flash.read(0, &mut bytes).unwrap();
+    assert_eq!(bytes, [0xF0, 0x0F, 0x0A, 0x55]);
+    flash.erase(0, 4096).unwrap();
+    flash.read(0, &mut bytes).unwrap();
+    assert_eq!(bytes, [0xFF; 4]);
+    flash.write(0, &[1, 2, 3, 4]).unwrap();
+    assert_eq!(flash.stats().erases, vec![1, 0]);
+    assert_eq!(flash.stats().programs, 3);
+}
+
+#[test]
+fn sim_flash_cut_tears_the_operation_and_stops_everything_after() {
+    let mut flash = Flash::new(2, 7);
+    flash.cut_at(Some(1));
+    flash.write(0, &[0; 4]).unwrap();
+    assert_eq!(flash.write(4, &[0; 64]), Err(SimError::PowerCut));
+    assert!(flash.is_cut());
+    let mut bytes = [0u8; 4];
+    assert_eq!(flash.read(0, &mut bytes), Err(SimError::PowerCut));
+    assert_eq!(flash.erase(4096, 8192), Err(SimError::PowerCut));
+    flash.restore_power();
+    // The torn units count as programmed: writing them again needs an erase.
+    assert_eq!(
+        flash.write(4, &[0; 4]),
+        Err(SimError::Reprogram { addr: 4 })
+    );
+    let image = flash.image();
+    assert_eq!(&image[68..4096], &[0xFF; 4096 - 68][..]);
+}
+
+/// redb rewrites its header in place on every commit: straight onto NOR
+/// flash, that is a second program of the same units, which the simulator
+/// (like the `NorFlash` contract) refuses.
+#[derive(Debug)]
+struct InPlace(spin::Mutex<(Flash, u64)>);
+
+impl StorageBackend for InPlace {
+    fn len(&self) -> Result<u64, BackendError> {
+        Ok(self.0.lock().1)
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let mut g = self.0.lock();
+        g.0.read(offset as u32, out)
+            .map_err(|e| BackendError::Other(e.to_string().into()))
+    }
+    fn set_len(&self, len: u64) -> Result<(), BackendError> {
+        self.0.lock().1 = len;
+        Ok(())
+    }
+    fn sync_data(&self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let mut g = self.0.lock();
+        g.0.write(offset as u32, data)
+            .map_err(|e| BackendError::Other(e.to_string().into()))
+    }
+}
+
+#[test]
+fn a_naive_in_place_backend_fails_on_nor_flash() {
+    let flash = Flash::new(64, 1);
+    let naive = InPlace(spin::Mutex::new((flash.clone(), 0)));
+    let err = Builder::new()
+        .create_with_backend(naive)
+        .expect_err("in-place writes must be refused");
+    assert!(
+        err.to_string()
+            .contains("write unit at 0x0 programmed twice without an erase"),
+        "{err}"
+    );
+    // The same flash under the translation layer takes the database.
+    let flash = Flash::new(64, 1);
+    let db = open(&flash, Config::new(0, 64)).unwrap();
+    let steps = workload(5, 3);
+    for step in &steps {
+        apply(&db, step).unwrap();
+    }
+    drop(db);
+    assert_eq!(
+        rows(&open(&flash, Config::new(0, 64)).unwrap()),
+        expected(&steps, 5)
+    );
+}
+
+#[test]
+fn bytes_unaligned_unwritten_shrunk_and_grown() {
+    let flash = Flash::new(16, 1);
+    let config = Config::new(0, 16);
+    let backend = NorBackend::mount_or_format(flash.clone(), config).unwrap();
+    assert_eq!(backend.len().unwrap(), 0);
+    backend.set_len(3000).unwrap();
+    let mut out = vec![0xAAu8; 3000];
+    backend.read(0, &mut out).unwrap();
+    assert_eq!(out, vec![0u8; 3000], "never-written space reads as zeros");
+    // Unaligned, across two 512-byte pages.
+    let data: Vec<u8> = (0..700u32).map(|i| (i % 251) as u8).collect();
+    backend.write(301, &data).unwrap();
+    let mut out = vec![0u8; 1200];
+    backend.read(0, &mut out).unwrap();
+    assert_eq!(&out[..301], &[0u8; 301][..]);
+    assert_eq!(&out[301..1001], &data[..]);
+    assert_eq!(&out[1001..], &[0u8; 199][..]);
+    let mut beyond = [0u8; 2];
+    assert!(
+        backend.read(2999, &mut beyond).is_err(),
+        "read past the end"
+    );
+    // Shrink into the middle of the data, then grow: the cut-off bytes are zeros.
+    backend.set_len(600).unwrap();
+    backend.set_len(2048).unwrap();
+    let mut out = vec![0xAAu8; 2048];
+    backend.read(0, &mut out).unwrap();
+    assert_eq!(&out[301..600], &data[..299]);
+    assert_eq!(&out[600..], &vec![0u8; 1448][..]);
+    backend.sync_data().unwrap();
+    drop(backend);
+    // The committed bytes are what a remount reads.
+    let backend = NorBackend::mount(flash.clone(), config).unwrap();
+    assert_eq!(backend.len().unwrap(), 2048);
+    let mut again = vec![0u8; 2048];
+    backend.read(0, &mut again).unwrap();
+    assert_eq!(again, out);
+    // Unsynced writes vanish at a remount.
+    backend.write(0, &[9; 10]).unwrap();
+    backend.set_len(4096).unwrap();
+    drop(backend);
+    let backend = NorBackend::mount(flash, config).unwrap();
+    assert_eq!(backend.len().unwrap(), 2048);
+    let mut head = [0u8; 10];
+    backend.read(0, &mut head).unwrap();
+    assert_eq!(head, [0; 10]);
+}
+
+#[test]
+fn layout_rules_and_capacity() {
+    let geo = Geometry::new(&Config::new(0, 64), 4096, 4, 1).unwrap();
+    // 64 sectors: 2 anchors, 2 metadata, 2 reserve, 2 spare: 56 for data.
+    assert_eq!(geo.logical_pages, 56 * 8);
+    assert_eq!(geo.logical_bytes, 56 * 4096);
+    assert_eq!(geo.physical_bytes, 64 * 4096);
+    let bad = |config: Config, sector, write| Geometry::new(&config, sector, write, 1).unwrap_err();
+    assert_eq!(
+        bad(Config::new(0, 8), 4096, 4),
+        Error::Geometry(
+            "too few sectors: anchors (2), metadata (2), reserve (2) and spares leave none for data"
+        )
+    );
+    assert_eq!(
+        bad(Config::new(100, 64), 4096, 4),
+        Error::Geometry("region offset must be a multiple of the erase size")
+    );
+    assert_eq!(
+        bad(Config::new(0, 512), 4096, 4),
+        Error::Geometry(
+            "mapping snapshot larger than half a sector: use a larger page size or fewer sectors"
+        )
+    );
+    let bigger_pages = Config {
+        page_size: 2048,
+        ..Config::new(0, 256)
+    };
+    assert_eq!(
+        Geometry::new(&bigger_pages, 4096, 4, 1)
+            .unwrap()
+            .logical_bytes,
+        (256 - 8) * 4096
+    );
+    // A region past the end of the flash, and a remount with another layout.
+    let flash = Flash::new(16, 1);
+    assert_eq!(
+        NorBackend::mount_or_format(flash.clone(), Config::new(4096, 16)).err(),
+        Some(Error::Geometry("region extends past the end of the flash"))
+    );
+    assert_eq!(
+        NorBackend::mount(flash.clone(), Config::new(0, 16)).err(),
+        Some(Error::NotFormatted)
+    );
+    drop(NorBackend::mount_or_format(flash.clone(), Config::new(0, 16)).unwrap());
+    let other = Config {
+        page_size: 1024,
+        ..Config::new(0, 16)
+    };
+    assert_eq!(
+        NorBackend::mount(flash, other).err(),
+        Some(Error::FormatMismatch)
+    );
+}
+
+#[test]
+fn a_region_within_a_larger_flash_leaves_the_rest_alone() {
+    let flash = Flash::new(80, 1);
+    let config = Config::new(16 * 4096, 64);
+    let db = open(&flash, config).unwrap();
+    let steps = workload(10, 5);
+    for step in &steps {
+        apply(&db, step).unwrap();
+    }
+    drop(db);
+    assert_eq!(&flash.image()[..16 * 4096], &vec![0xFF; 16 * 4096][..]);
+    assert_eq!(rows(&open(&flash, config).unwrap()), expected(&steps, 10));
+}
+
+#[test]
+fn a_full_flash_is_an_error_and_keeps_what_was_committed() {
+    let flash = Flash::new(36, 1);
+    let config = small_config();
+    let backend = NorBackend::mount_or_format(flash.clone(), config).unwrap();
+    let logical = backend.geometry().logical_bytes;
+    assert_eq!(logical, 28 * 4096);
+    assert_eq!(
+        backend.set_len(logical + 1).unwrap_err().to_string(),
+        "Storage backend error: flash full"
+    );
+    drop(backend);
+    let db = open(&flash, config).unwrap();
+    let mut committed = 0u64;
+    let err = loop {
+        let step = Step {
+            insert: (committed, vec![committed as u8; 2000]),
+            delete: None,
+        };
+        match apply(&db, &step) {
+            Ok(()) => committed += 1,
+            Err(e) => break e,
+        }
+        assert!(committed < 1000, "never filled");
+    };
+    assert!(err.contains("flash full"), "{err}");
+    drop(db);
+    let db = open(&flash, config).unwrap();
+    let got = rows(&db);
+    assert_eq!(got.len() as u64, committed);
+    assert!(got.iter().all(|(k, v)| *v == vec![*k as u8; 2000]));
+}
+
+/// Power fails at each mutating flash operation of a 14-commit workload in
+/// turn (including the format and redb's creation), mid-operation; every
+/// time, the reopened database holds exactly the acknowledged commits.
+#[test]
+fn power_cut_at_every_write_of_a_small_workload() {
+    let config = small_config();
+    let steps = workload(14, 42);
+    let clean = Flash::new(36, 1);
+    assert_eq!(run(&clean, config, &steps), steps.len());
+    let total = clean.stats().ops;
+    let erases: u32 = clean.stats().erases.iter().sum();
+    println!("workload: {total} flash operations, {erases} erases");
+    assert!(
+        erases > 36,
+        "the workload must collect garbage ({erases} erases)"
+    );
+    for cut in 0..total {
+        let flash = Flash::new(36, cut);
+        flash.cut_at(Some(cut));
+        let acked = run(&flash, config, &steps);
+        assert!(flash.is_cut(), "cut {cut}: no cut happened");
+        check_after_cut(&flash, config, &steps, acked, &format!("cut at op {cut}"));
+    }
+}
+
+/// Larger workloads, other write sizes, cut points and tears from seeds.
+#[test]
+fn power_cuts_at_random_points_of_larger_workloads() {
+    for seed in 1..=24u64 {
+        let steps = workload(60, seed);
+        if seed % 2 == 0 {
+            random_cut::<4>(seed, &steps);
+        } else {
+            random_cut::<16>(seed, &steps);
+        }
+    }
+}
+
+fn random_cut<const W: usize>(seed: u64, steps: &[Step]) {
+    let config = small_config();
+    let clean = SimFlash::<W, 4096>::new(36, seed);
+    let flash = clean.clone();
+    let db = open(&flash, config).unwrap();
+    for step in steps {
+        apply(&db, step).unwrap();
+    }
+    drop(db);
+    let total = clean.stats().ops;
+    let cut = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) % total;
+    println!("seed {seed}: write size {W}, cut at op {cut} of {total}");
+    let flash = SimFlash::<W, 4096>::new(36, seed);
+    flash.cut_at(Some(cut));
+    let mut acked = 0;
+    if let Ok(db) = open(&flash, config) {
+        for step in steps {
+            if apply(&db, step).is_err() {
+                break;
+            }
+            acked += 1;
+        }
+    }
+    assert!(flash.is_cut(), "seed {seed}: no cut happened");
+    flash.restore_power();
+    let db = open(&flash, config).unwrap_or_else(|e| panic!("seed {seed}: reopen: {e}"));
+    let got = rows(&db);
+    assert!(
+        got == expected(steps, acked) || got == expected(steps, acked + 1),
+        "seed {seed}: cut at op {cut}: {} rows, {acked} steps acked",
+        got.len()
+    );
+}

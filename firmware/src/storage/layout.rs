@@ -70,8 +70,7 @@ impl Anchor {
 
     /// `None` unless the magic and the CRC are right.
     pub(super) fn decode(bytes: &[u8; ANCHOR_LEN]) -> Option<Self> {
-        if u32_at(bytes, 0) != ANCHOR_MAGIC || u32_at(bytes, 20) != CRC32C.checksum(&bytes[..20])
-        {
+        if u32_at(bytes, 0) != ANCHOR_MAGIC || u32_at(bytes, 20) != CRC32C.checksum(&bytes[..20]) {
             return None;
         }
         Some(Self {

@@ -102,7 +102,13 @@ impl Geometry {
     ) -> Result<Self, Error> {
         let page_size = config.page_size as usize;
         let sectors = config.sectors as usize;
-        let rule = |ok: bool, what: &'static str| if ok { Ok(()) } else { Err(Error::Geometry(what)) };
+        let rule = |ok: bool, what: &'static str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(Error::Geometry(what))
+            }
+        };
         rule(
             write_size.is_power_of_two() && write_size <= CHUNK,
             "write size must be a power of two of at most 256 bytes",
@@ -433,8 +439,7 @@ impl<F: NorFlash> Ftl<F> {
 
     fn page_addr(&self, ppn: u16) -> u32 {
         let k = self.geo.pages_per_sector as u32;
-        self.sector_addr(u32::from(ppn) / k)
-            + (u32::from(ppn) % k) * self.geo.page_size as u32
+        self.sector_addr(u32::from(ppn) / k) + (u32::from(ppn) % k) * self.geo.page_size as u32
     }
 
     fn sector_of(&self, ppn: u16) -> usize {
@@ -446,8 +451,7 @@ impl<F: NorFlash> Ftl<F> {
     }
 
     fn anchor_addr(&self, sector: u32, slot: usize) -> u32 {
-        self.sector_addr(sector)
-            + (slot * layout::round_up(ANCHOR_LEN, self.geo.write_size)) as u32
+        self.sector_addr(sector) + (slot * layout::round_up(ANCHOR_LEN, self.geo.write_size)) as u32
     }
 
     // ---- flash primitives ----
@@ -544,7 +548,9 @@ impl<F: NorFlash> Ftl<F> {
             if ppn != UNMAPPED {
                 let sector = self.sector_of(ppn);
                 if self.kinds[sector] != Sector::Data && self.kinds[sector] != Sector::Dirty {
-                    return Err(Error::Corrupt("a page maps into an anchor or metadata sector"));
+                    return Err(Error::Corrupt(
+                        "a page maps into an anchor or metadata sector",
+                    ));
                 }
                 self.kinds[sector] = Sector::Data;
                 self.live[sector] += 1;
@@ -752,7 +758,10 @@ impl<F: NorFlash> Ftl<F> {
         writer.push(&header.encode(), &mut program)?;
         writer.push(&len.to_le_bytes(), &mut program)?;
         writer.push(&(entries.len() as u16).to_le_bytes(), &mut program)?;
-        writer.push(&(self.pending_erases.len() as u16).to_le_bytes(), &mut program)?;
+        writer.push(
+            &(self.pending_erases.len() as u16).to_le_bytes(),
+            &mut program,
+        )?;
         for (lpn, ppn) in entries {
             writer.push(&lpn.to_le_bytes(), &mut program)?;
             writer.push(&ppn.to_le_bytes(), &mut program)?;
@@ -821,9 +830,9 @@ impl<F: NorFlash> Ftl<F> {
             let victim = self.victim().ok_or(Error::Full)?;
             // Collection must be able to finish once started: its copies go
             // to the head and to free sectors beyond the metadata reserve.
-            let head_free = self.head.map_or(0, |(_, next)| {
-                self.geo.pages_per_sector - next as usize
-            });
+            let head_free = self
+                .head
+                .map_or(0, |(_, next)| self.geo.pages_per_sector - next as usize);
             let free = self.kinds.iter().filter(|k| **k == Sector::Dirty).count();
             let room = head_free + free.saturating_sub(RESERVE_GC) * self.geo.pages_per_sector;
             if usize::from(self.live[victim as usize]) > room {
@@ -1088,7 +1097,13 @@ impl<F: NorFlash> Ftl<F> {
     /// most-erased sector gives its (cold) pages to the head, so that it
     /// joins the rotation.
     fn level_wear(&mut self) -> Result<(), Error> {
-        let max = self.erases.iter().skip(ANCHOR_SECTORS as usize).max().copied().unwrap_or(0);
+        let max = self
+            .erases
+            .iter()
+            .skip(ANCHOR_SECTORS as usize)
+            .max()
+            .copied()
+            .unwrap_or(0);
         let head = self.head.map(|(s, _)| s as usize);
         let coldest = (0..self.geo.sectors)
             .filter(|&s| self.kinds[s] == Sector::Data && Some(s) != head)

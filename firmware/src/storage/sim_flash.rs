@@ -59,7 +59,10 @@ impl fmt::Display for SimError {
             Self::NotAligned => f.write_str("not aligned to the flash's write/erase size"),
             Self::OutOfBounds => f.write_str("beyond the end of the flash"),
             Self::Reprogram { addr } => {
-                write!(f, "write unit at {addr:#x} programmed twice without an erase")
+                write!(
+                    f,
+                    "write unit at {addr:#x} programmed twice without an erase"
+                )
             }
             Self::PowerCut => f.write_str("power cut"),
         }
