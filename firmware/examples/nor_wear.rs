@@ -12,11 +12,35 @@
 //! 96-byte row of readings and deletes the row from 512 commits earlier (the
 //! gateway acknowledged it), so the database stays the same size.
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use embedded_storage::nor_flash::NorFlash;
 use ferry_firmware::storage::sim_flash::SimFlash;
 use ferry_firmware::storage::{Config, NorBackend, open_database};
-use redb::{Builder, TableDefinition};
+use redb::{BackendError, Builder, StorageBackend, TableDefinition};
+
+/// Keeps a handle on the backend redb owns, for its counters.
+#[derive(Debug)]
+struct Shared<F>(Arc<NorBackend<F>>);
+
+impl<F: NorFlash + Send + Sync + std::fmt::Debug + 'static> StorageBackend for Shared<F> {
+    fn len(&self) -> Result<u64, BackendError> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), BackendError> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), BackendError> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        self.0.write(offset, data)
+    }
+}
 
 const ROWS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("pending");
 const MONTH: u64 = 30 * 24 * 3600 / 10;
@@ -27,13 +51,21 @@ fn main() {
     let commits = std::env::args()
         .nth(1)
         .map_or(MONTH, |arg| arg.parse().expect("commits: a number"));
-    println!("{commits} commits (one per 10 s: {:.1} days)", commits as f64 / 8640.0);
+    println!(
+        "{commits} commits (one per 10 s: {:.1} days)",
+        commits as f64 / 8640.0
+    );
     println!();
     // An nRF52840's internal flash: 4 KiB pages, 4-byte words; a 256 KiB region.
-    report::<4, 4096>("internal flash, 256 KiB region", Config::new(0, 64), commits);
+    let page = std::env::var("PAGE").map_or(256, |p| p.parse().expect("PAGE: bytes"));
+    let internal = Config {
+        page_size: page,
+        ..Config::new(0, 64)
+    };
+    report::<4, 4096>("internal flash, 256 KiB region", internal, commits);
     // An external SPI NOR chip: 4 KiB sectors, byte programming; 1 MiB region.
     let spi = Config {
-        page_size: 2048,
+        page_size: std::env::var("SPI_PAGE").map_or(1024, |p| p.parse().expect("SPI_PAGE: bytes")),
         ..Config::new(0, 256)
     };
     report::<1, 4096>("SPI NOR, 1 MiB region", spi, commits);
@@ -43,7 +75,12 @@ fn report<const W: usize, const E: usize>(name: &str, config: Config, commits: u
     let flash = SimFlash::<W, E>::new(config.sectors as usize, 1);
     let backend = NorBackend::mount_or_format(flash.clone(), config).expect("format");
     let geo = backend.geometry();
-    let db = open_database(Builder::new().set_cache_size(16 * 1024), backend).expect("open");
+    let backend = Arc::new(backend);
+    let db = open_database(
+        Builder::new().set_cache_size(16 * 1024),
+        Shared(Arc::clone(&backend)),
+    )
+    .expect("open");
     let start = Instant::now();
     let row = [0x5Au8; 96];
     for i in 0..commits {
@@ -59,6 +96,7 @@ fn report<const W: usize, const E: usize>(name: &str, config: Config, commits: u
     }
     drop(db);
     let elapsed = start.elapsed();
+    let ftl = backend.stats();
     let stats = flash.stats();
     let pool = &stats.erases[2..];
     let max = *pool.iter().max().unwrap_or(&0);
@@ -93,6 +131,14 @@ fn report<const W: usize, const E: usize>(name: &str, config: Config, commits: u
         stats.bytes_programmed as f64 / (1024.0 * 1024.0),
         stats.programs,
         stats.bytes_programmed as f64 / commits as f64
+    );
+    println!(
+        "per commit: {:.1} pages written for redb, {:.1} unchanged pages skipped, {:.1} relocated by collection, {:.2} metadata records, {:.3} metadata sector switches",
+        ftl.pages_written as f64 / commits as f64,
+        ftl.pages_unchanged as f64 / commits as f64,
+        ftl.pages_relocated as f64 / commits as f64,
+        ftl.records as f64 / commits as f64,
+        ftl.meta_switches as f64 / commits as f64,
     );
     if per_month > 0.0 {
         let life_months = CYCLES / per_month;

@@ -3,7 +3,6 @@ mod layout;
 mod nor;
 pub mod sim_flash;
 
-use embedded_storage::nor_flash::NorFlash;
 use redb::{Builder, Database, DatabaseError, StorageBackend};
 
 pub use nor::{Config, Error, FtlStats, Geometry, NorBackend};
@@ -12,7 +11,8 @@ pub use nor::{Config, Error, FtlStats, Geometry, NorBackend};
 /// bytes of every database whose creation finished.
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
 
-/// Opens (or creates) the database on `backend`.
+/// Opens (or creates) the database on `backend` (a [`NorBackend`], or a
+/// wrapper of one).
 ///
 /// redb writes its magic number last when it creates a database, and refuses
 /// a non-empty file without it. Power lost during creation leaves just that:
@@ -23,9 +23,9 @@ const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0
 /// # Errors
 /// What [`Builder::create_with_backend`] returns, and backend failures while
 /// discarding an unfinished creation.
-pub fn open_database<F: NorFlash + Send + 'static>(
+pub fn open_database(
     builder: &Builder,
-    backend: NorBackend<F>,
+    backend: impl StorageBackend,
 ) -> Result<Database, DatabaseError> {
     let len = backend.len()?;
     if len > 0 {

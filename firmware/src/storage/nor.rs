@@ -48,7 +48,7 @@ pub struct Config {
 
 impl Config {
     /// `sectors` sectors from `offset`, 512-byte pages, 2 spare sectors,
-    /// wear threshold 64.
+    /// wear threshold 16.
     #[must_use]
     pub const fn new(offset: u32, sectors: u32) -> Self {
         Self {
@@ -56,7 +56,7 @@ impl Config {
             sectors,
             page_size: 512,
             spare_sectors: 2,
-            wear_threshold: 64,
+            wear_threshold: 16,
         }
     }
 }
@@ -81,7 +81,8 @@ pub struct Geometry {
     pub physical_bytes: u64,
     /// Bytes redb can use: the largest `set_len` that succeeds.
     pub logical_bytes: u64,
-    /// Bytes of a snapshot record (it must fit half a sector).
+    /// Bytes of a snapshot record (it must fit 3/4 of a sector, leaving a
+    /// quarter for deltas).
     pub snapshot_bytes: usize,
     /// RAM held while mounted: mapping table, per-sector state, page buffer
     /// (the uncommitted-page shadow map comes on top, ~16 B per page a
@@ -149,8 +150,8 @@ impl Geometry {
             write_size,
         );
         rule(
-            2 * snapshot_bytes <= sector_size,
-            "mapping snapshot larger than half a sector: use a larger page size or fewer sectors",
+            snapshot_bytes + sector_size / 4 <= sector_size,
+            "mapping snapshot larger than 3/4 of a sector: use a larger page size or fewer sectors",
         )?;
         let ram_bytes = 2 * logical_pages + 7 * sectors + page_size + 2 * CHUNK;
         Ok(Self {
