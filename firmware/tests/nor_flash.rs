@@ -321,7 +321,7 @@ fn layout_rules_and_capacity() {
     assert_eq!(
         bad(Config::new(0, 512), 4096, 4),
         Error::Geometry(
-            "mapping snapshot larger than half a sector: use a larger page size or fewer sectors"
+            "mapping snapshot larger than 3/4 of a sector: use a larger page size or fewer sectors"
         )
     );
     let bigger_pages = Config {
