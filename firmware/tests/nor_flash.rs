@@ -142,11 +142,12 @@ fn check_after_cut(flash: &Flash, config: Config, steps: &[Step], acked: usize, 
     );
 }
 
-/// A region small enough that a short workload collects garbage and
-/// switches metadata sectors: 36 sectors of 4 KiB, 28 of them for data.
+/// A region small enough that a short workload collects garbage, and pages
+/// small enough (many deltas per commit) that it switches metadata sectors:
+/// 36 sectors of 4 KiB, 28 of them for data.
 fn small_config() -> Config {
     Config {
-        page_size: 512,
+        page_size: 128,
         spare_sectors: 2,
         ..Config::new(0, 36)
     }
@@ -380,6 +381,12 @@ fn a_full_flash_is_an_error_and_keeps_what_was_committed() {
         backend.set_len(logical + 1).unwrap_err().to_string(),
         "Storage backend error: flash full"
     );
+    // Refused before anything changed: the backend goes on working.
+    backend.set_len(4096).unwrap();
+    backend.write(4000, &[7; 96]).unwrap();
+    let mut tail = [0u8; 96];
+    backend.read(4000, &mut tail).unwrap();
+    assert_eq!(tail, [7; 96]);
     drop(backend);
     let db = open(&flash, config).unwrap();
     let mut committed = 0u64;
@@ -402,13 +409,13 @@ fn a_full_flash_is_an_error_and_keeps_what_was_committed() {
     assert!(got.iter().all(|(k, v)| *v == vec![*k as u8; 2000]));
 }
 
-/// Power fails at each mutating flash operation of a 14-commit workload in
+/// Power fails at each mutating flash operation of a 10-commit workload in
 /// turn (including the format and redb's creation), mid-operation; every
 /// time, the reopened database holds exactly the acknowledged commits.
 #[test]
 fn power_cut_at_every_write_of_a_small_workload() {
     let config = small_config();
-    let steps = workload(14, 42);
+    let steps = workload(10, 42);
     let clean = Flash::new(36, 1);
     assert_eq!(run(&clean, config, &steps), steps.len());
     let total = clean.stats().ops;
@@ -418,6 +425,12 @@ fn power_cut_at_every_write_of_a_small_workload() {
         erases > 36,
         "the workload must collect garbage ({erases} erases)"
     );
+    let anchors = anchor_entries(&clean.image());
+    println!("anchor entries: {anchors}");
+    assert!(
+        anchors >= 3,
+        "the workload must switch metadata sectors ({anchors} anchors)"
+    );
     for cut in 0..total {
         let flash = Flash::new(36, cut);
         flash.cut_at(Some(cut));
@@ -425,6 +438,15 @@ fn power_cut_at_every_write_of_a_small_workload() {
         assert!(flash.is_cut(), "cut {cut}: no cut happened");
         check_after_cut(&flash, config, &steps, acked, &format!("cut at op {cut}"));
     }
+}
+
+/// Anchor entries in the two anchor sectors (24 bytes each at write size 4):
+/// one at format, one per metadata sector switch.
+fn anchor_entries(image: &[u8]) -> usize {
+    image[..2 * 4096]
+        .chunks(24)
+        .filter(|entry| entry.starts_with(b"FTAN"))
+        .count()
 }
 
 /// Larger workloads, other write sizes, cut points and tears from seeds.

@@ -184,8 +184,10 @@ pub enum Error {
     NotFormatted,
     /// A record passed its CRC but names pages or sectors outside the region.
     Corrupt(&'static str),
-    /// No room: the length asked for exceeds [`Geometry::logical_bytes`], or
-    /// every sector is full of live pages.
+    /// No room. A length beyond [`Geometry::logical_bytes`] is refused with
+    /// nothing changed; a write that finds every sector full of live pages
+    /// fails part-way, and the backend must be remounted (to the last
+    /// commit) before it is used again.
     Full,
     /// A read past the logical length.
     BeyondEnd,
@@ -322,7 +324,9 @@ impl<F: NorFlash + Send + 'static> StorageBackend for NorBackend<F> {
     }
 
     fn set_len(&self, len: u64) -> Result<(), BackendError> {
-        Ok(self.ftl.lock().guarded(|ftl| ftl.set_len(len))?)
+        let mut ftl = self.ftl.lock();
+        ftl.within_capacity(len)?;
+        Ok(ftl.guarded(|ftl| ftl.set_len(len))?)
     }
 
     fn sync_data(&self) -> Result<(), BackendError> {
@@ -330,7 +334,9 @@ impl<F: NorFlash + Send + 'static> StorageBackend for NorBackend<F> {
     }
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        Ok(self.ftl.lock().guarded(|ftl| ftl.write(offset, data))?)
+        let mut ftl = self.ftl.lock();
+        ftl.within_capacity(offset.saturating_add(data.len() as u64))?;
+        Ok(ftl.guarded(|ftl| ftl.write(offset, data))?)
     }
 }
 
@@ -417,16 +423,25 @@ impl<F: NorFlash> Ftl<F> {
         Ok(ftl)
     }
 
-    /// Runs a mutating operation; a failure part-way leaves RAM and flash
-    /// out of step, so every later call fails until a remount.
+    /// A length the region cannot hold is refused before anything changes,
+    /// and the backend stays usable.
+    fn within_capacity(&self, len: u64) -> Result<(), Error> {
+        if len > self.geo.logical_bytes {
+            return Err(Error::Full);
+        }
+        Ok(())
+    }
+
+    /// Runs a mutating operation. A failure part-way (a flash error, or no
+    /// sector left to collect into) leaves RAM ahead of the flash, so every
+    /// later call fails with [`Error::Failed`] until a remount, which
+    /// returns to the last commit.
     fn guarded(&mut self, op: impl FnOnce(&mut Self) -> Result<(), Error>) -> Result<(), Error> {
         if self.failed {
             return Err(Error::Failed);
         }
         let result = op(self);
-        if let Err(err) = result
-            && !matches!(err, Error::Full)
-        {
+        if result.is_err() {
             self.failed = true;
         }
         result
