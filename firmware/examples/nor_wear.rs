@@ -69,6 +69,12 @@ fn main() {
         ..Config::new(0, 256)
     };
     report::<1, 4096>("SPI NOR, 1 MiB region", spi, commits);
+    // A larger SPI NOR region through the chip's 64 KiB block erase: 4 MiB.
+    let blocks = Config {
+        page_size: 1024,
+        ..Config::new(0, 64)
+    };
+    report::<1, 65536>("SPI NOR, 4 MiB region in 64 KiB blocks", blocks, commits);
 }
 
 fn report<const W: usize, const E: usize>(name: &str, config: Config, commits: u64) {
