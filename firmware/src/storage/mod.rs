@@ -109,7 +109,9 @@
 //!   never takes it from an interrupt, and one thread drives the journal.
 //! - redb does not say which pages it freed, so collection copies pages redb
 //!   no longer uses; spare sectors keep that cheap.
+mod ftl;
 mod layout;
+mod meta;
 mod nor;
 pub mod sim_flash;
 
