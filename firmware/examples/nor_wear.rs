@@ -149,7 +149,7 @@ fn report<const W: usize, const E: usize>(name: &str, config: Config, commits: u
     if per_month > 0.0 {
         let life_months = CYCLES / per_month;
         println!(
-            "lifetime at {CYCLES:.0} cycles: {life_months:.0} months ({:.1} years) at this rate",
+            "lifetime at {CYCLES:.0} cycles: {life_months:.1} months ({:.1} years) at this rate",
             life_months / 12.0
         );
     }
