@@ -64,8 +64,11 @@ impl<F: NorFlash> Ftl<F> {
         }
         self.anchor_seq = anchor.seq;
         self.anchor_sector = sector;
-        // Append after anything programmed, torn or not.
-        self.anchor_slot = last_used[sector as usize].map_or(0, |slot| slot + 1);
+        // Append after anything programmed, torn or not, and skip one more
+        // slot: an entry torn before any bit changed reads as erased, yet
+        // may not be programmed again. (Only one write is in flight at a
+        // cut, so no torn entry lies further on.)
+        self.anchor_slot = last_used[sector as usize].map_or(0, |slot| slot + 2);
         self.kinds[0] = Sector::Anchor;
         self.kinds[1] = Sector::Anchor;
         self.meta_sector = anchor.meta_sector;

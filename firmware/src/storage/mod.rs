@@ -79,9 +79,10 @@
 //! Reads of never-written logical space return zeros; writes at any offset
 //! and length read-modify-write the logical pages they touch; a page whose
 //! bytes are already there is not written (redb rewrites much of what it
-//! had: this halves the bytes programmed); shrinking unmaps the pages past
-//! the end and zeroes the tail of a partial last page, so growing again reads
-//! zeros. [`open_database`] restarts a database whose creation was cut short.
+//! had: in the wear report this cuts the pages programmed 3 to 5 times);
+//! shrinking unmaps the pages past the end and zeroes the tail of a partial
+//! last page, so growing again reads zeros. [`open_database`] restarts a
+//! database whose creation was cut short.
 //!
 //! # Costs (see `firmware/README.md`, "Journal on flash", for measured wear)
 //! - Capacity: 2 anchor sectors, 2 metadata sectors (current + switch), 2
