@@ -87,7 +87,10 @@
 //! # Costs (see `firmware/README.md`, "Journal on flash", for measured wear)
 //! - Capacity: 2 anchor sectors, 2 metadata sectors (current + switch), 2
 //!   reserve and `spare_sectors` (default 2) are not redb's: 64 sectors of
-//!   4 KiB give 56 × 4 KiB logical (87.5 %), 256 give 97 %.
+//!   4 KiB give 56 × 4 KiB logical (87.5 %), 256 give 97 %. The spare
+//!   sectors also hold the committed copies of the pages a transaction
+//!   changes: with redb's file filling the logical space, a transaction can
+//!   change that many sectors' worth of pages ([`Config::spare_sectors`]).
 //! - RAM while mounted: 2 B per logical page (mapping) + 7 B per sector
 //!   (kind, live count, erase count) + one page buffer, plus ~16 B per page a
 //!   transaction changes (the `shadow` map) — ~10 KiB per MiB of flash with

@@ -26,7 +26,11 @@ pub struct Config {
     /// a multiple of the write size, at most the erase size.
     pub page_size: u32,
     /// Sectors of over-provisioning beyond the two the layer reserves: more
-    /// spare sectors means less copying per collected sector.
+    /// spare sectors means less copying per collected sector. They also
+    /// bound a transaction when redb's file fills the logical space: the
+    /// committed copies of the pages a transaction changes stay until its
+    /// commit, so it can always change `spare_sectors × erase size` bytes of
+    /// pages; more fails with [`Error::Full`] if no free space is left.
     pub spare_sectors: u32,
     /// Static wear levelling: when the most-erased sector leads the
     /// least-erased data sector by more than this, that cold sector is
