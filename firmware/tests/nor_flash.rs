@@ -608,7 +608,7 @@ mod model {
                     r.map_err(|e| e.to_string())
                 }
                 Op::SetLen(len) => {
-                    if (*len as usize) < current.len() && *len as usize % PAGE != 0 {
+                    if (*len as usize) < current.len() && !(*len as usize).is_multiple_of(PAGE) {
                         touched.insert(*len as usize / PAGE); // its tail is zeroed
                     }
                     let r = backend.set_len(*len);
