@@ -694,3 +694,72 @@ mod model {
         }
     }
 }
+
+/// A flash that reads only in aligned 8-byte units (some internal flashes
+/// and ECC-protected parts): the backend must bounce its unaligned reads.
+#[derive(Debug, Clone)]
+struct ReadsOf8(Flash);
+
+impl embedded_storage::nor_flash::ErrorType for ReadsOf8 {
+    type Error = SimError;
+}
+
+impl ReadNorFlash for ReadsOf8 {
+    const READ_SIZE: usize = 8;
+    fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), SimError> {
+        if !offset.is_multiple_of(8) || !bytes.len().is_multiple_of(8) {
+            return Err(SimError::NotAligned);
+        }
+        self.0.read(offset, bytes)
+    }
+    fn capacity(&self) -> usize {
+        self.0.capacity()
+    }
+}
+
+impl NorFlash for ReadsOf8 {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = 4096;
+    fn erase(&mut self, from: u32, to: u32) -> Result<(), SimError> {
+        self.0.erase(from, to)
+    }
+    fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), SimError> {
+        self.0.write(offset, bytes)
+    }
+}
+
+#[test]
+fn a_flash_with_aligned_reads_only() {
+    let flash = Flash::new(64, 1);
+    let config = Config::new(0, 64);
+    let backend = NorBackend::mount_or_format(ReadsOf8(flash.clone()), config).unwrap();
+    backend.set_len(2000).unwrap();
+    backend.write(3, &[0xA5; 1000]).unwrap();
+    let mut odd = [0u8; 13];
+    backend.read(995, &mut odd).unwrap();
+    assert_eq!(
+        odd,
+        [
+            0xA5, 0xA5, 0xA5, 0xA5, 0xA5, 0xA5, 0xA5, 0xA5, 0, 0, 0, 0, 0
+        ]
+    );
+    backend.sync_data().unwrap();
+    drop(backend);
+    let db = open_database(
+        Builder::new().set_cache_size(16 * 1024),
+        NorBackend::mount(ReadsOf8(flash.clone()), config).unwrap(),
+    );
+    // Not a redb file: open_database restarts it, then redb creates one.
+    let db = db.unwrap();
+    let steps = workload(8, 9);
+    for step in &steps {
+        apply(&db, step).unwrap();
+    }
+    drop(db);
+    let db = open_database(
+        &Builder::new(),
+        NorBackend::mount(ReadsOf8(flash), config).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rows(&db), expected(&steps, 8));
+}
