@@ -32,9 +32,9 @@ pub(super) enum Sector {
     Meta,
     /// Holds data pages; `live` counts the referenced ones.
     Data,
-    /// No reference from the current or the committed state: erased before
-    /// reuse.
-    Dirty,
+    /// No reference from the current or the committed state: free, and
+    /// erased when taken.
+    Free,
 }
 
 pub(super) struct Ftl<F> {
@@ -49,7 +49,7 @@ pub(super) struct Ftl<F> {
     pub(super) len: u64,
     pub(super) committed_len: u64,
     pub(super) kinds: Vec<Sector>,
-    /// Physical pages of the sector referenced by `map` or `shadow`.
+    /// Per sector: how many of its physical pages `map` or `shadow` refers to.
     pub(super) live: Vec<u16>,
     pub(super) erases: Vec<u32>,
     /// Erases not yet in a record.
@@ -84,7 +84,7 @@ impl<F: NorFlash> Ftl<F> {
             shadow: BTreeMap::new(),
             len: 0,
             committed_len: 0,
-            kinds: vec![Sector::Dirty; geo.sectors],
+            kinds: vec![Sector::Free; geo.sectors],
             live: vec![0; geo.sectors],
             erases: vec![0; geo.sectors],
             pending_erases: Vec::new(),
@@ -211,7 +211,7 @@ impl<F: NorFlash> Ftl<F> {
         let mut free = 0;
         let mut best: Option<usize> = None;
         for (sector, kind) in self.kinds.iter().enumerate() {
-            if *kind == Sector::Dirty {
+            if *kind == Sector::Free {
                 free += 1;
                 if best.is_none_or(|b| self.erases[sector] < self.erases[b]) {
                     best = Some(sector);
@@ -259,7 +259,7 @@ impl<F: NorFlash> Ftl<F> {
             let head_free = self
                 .head
                 .map_or(0, |(_, next)| self.geo.pages_per_sector - next as usize);
-            let free = self.kinds.iter().filter(|k| **k == Sector::Dirty).count();
+            let free = self.kinds.iter().filter(|k| **k == Sector::Free).count();
             let room = head_free + free.saturating_sub(RESERVE_GC) * self.geo.pages_per_sector;
             if usize::from(self.live[victim as usize]) > room {
                 return Err(Error::Full);
@@ -272,7 +272,7 @@ impl<F: NorFlash> Ftl<F> {
         if let Some((sector, _)) = self.head.take()
             && self.live[sector as usize] == 0
         {
-            self.kinds[sector as usize] = Sector::Dirty;
+            self.kinds[sector as usize] = Sector::Free;
         }
     }
 
@@ -333,7 +333,7 @@ impl<F: NorFlash> Ftl<F> {
             self.persist(&committed, len, false)?;
         }
         self.collecting = None;
-        self.kinds[victim as usize] = Sector::Dirty;
+        self.kinds[victim as usize] = Sector::Free;
         Ok(())
     }
 
@@ -364,7 +364,7 @@ impl<F: NorFlash> Ftl<F> {
             && self.head.map(|(s, _)| s as usize) != Some(sector)
             && self.collecting.map(|s| s as usize) != Some(sector)
         {
-            self.kinds[sector] = Sector::Dirty;
+            self.kinds[sector] = Sector::Free;
         }
     }
 

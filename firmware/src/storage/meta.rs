@@ -20,7 +20,7 @@ impl<F: NorFlash> Ftl<F> {
         self.erase_sector(0)?;
         self.erase_sector(1)?;
         for sector in ANCHOR_SECTORS as usize..self.geo.sectors {
-            self.kinds[sector] = Sector::Dirty;
+            self.kinds[sector] = Sector::Free;
         }
         self.kinds[0] = Sector::Anchor;
         self.kinds[1] = Sector::Anchor;
@@ -77,7 +77,7 @@ impl<F: NorFlash> Ftl<F> {
         for ppn in self.map.clone() {
             if ppn != UNMAPPED {
                 let sector = self.sector_of(ppn);
-                if self.kinds[sector] != Sector::Data && self.kinds[sector] != Sector::Dirty {
+                if self.kinds[sector] != Sector::Data && self.kinds[sector] != Sector::Free {
                     return Err(Error::Corrupt(
                         "a page maps into an anchor or metadata sector",
                     ));
@@ -239,7 +239,7 @@ impl<F: NorFlash> Ftl<F> {
         self.meta_sector = sector;
         self.meta_offset = layout::record_len(body_len, self.geo.write_size);
         if (old as usize) < self.geo.sectors {
-            self.kinds[old as usize] = Sector::Dirty;
+            self.kinds[old as usize] = Sector::Free;
         }
         Ok(())
     }
