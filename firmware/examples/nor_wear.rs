@@ -103,6 +103,7 @@ fn report<const W: usize, const E: usize>(name: &str, config: Config, commits: u
     drop(db);
     let elapsed = start.elapsed();
     let ftl = backend.stats();
+    let file = backend.len().expect("len");
     let stats = flash.stats();
     let pool = &stats.erases[2..];
     let max = *pool.iter().max().unwrap_or(&0);
@@ -124,6 +125,7 @@ fn report<const W: usize, const E: usize>(name: &str, config: Config, commits: u
         100.0 * geo.logical_bytes as f64 / geo.physical_bytes as f64,
         geo.snapshot_bytes
     );
+    println!("redb's file at the end: {file} B");
     println!(
         "RAM: {} B mounted ({:.0} B per MiB of flash)",
         geo.ram_bytes,

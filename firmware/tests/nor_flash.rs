@@ -763,3 +763,37 @@ fn a_flash_with_aligned_reads_only() {
     .unwrap();
     assert_eq!(rows(&db), expected(&steps, 8));
 }
+
+/// Wear levelling on a 256 KiB region: after 3 000 journal-like commits
+/// (append a row, delete an old one), every pool sector has been erased, and
+/// the spread between the most- and least-erased stays within the static
+/// levelling threshold plus the few erases one commit can add.
+#[test]
+fn wear_is_spread_over_every_sector() {
+    let config = Config {
+        page_size: 256,
+        ..Config::new(0, 64)
+    };
+    let flash = Flash::new(64, 1);
+    let db = open(&flash, config).unwrap();
+    for i in 0..3000u64 {
+        let step = Step {
+            insert: (i, vec![i as u8; 96]),
+            delete: i.checked_sub(128),
+        };
+        apply(&db, &step).unwrap();
+    }
+    drop(db);
+    let erases = flash.stats().erases;
+    let pool = &erases[2..];
+    let (max, min) = (*pool.iter().max().unwrap(), *pool.iter().min().unwrap());
+    println!(
+        "erases per pool sector after 3000 commits: max {max}, min {min}; anchors {:?}",
+        &erases[..2]
+    );
+    assert!(min > 0, "a sector was never used: {pool:?}");
+    assert!(
+        max - min <= config.wear_threshold + 4,
+        "spread {max} - {min}: {pool:?}"
+    );
+}
