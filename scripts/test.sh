@@ -37,6 +37,7 @@ cargo fmt --all -- --check
 step "cargo clippy (workspace, all targets)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked -p ferry-agent --features qemu --all-targets -- -D warnings
+cargo clippy --locked -p ferry-firmware --features nor-flash --all-targets -- -D warnings
 
 step "cargo clippy (firmware boards, their targets)"
 scripts/firmware.sh clippy
@@ -44,6 +45,7 @@ scripts/firmware.sh clippy
 step "no_std builds for thumbv7em-none-eabihf"
 cargo build --locked -p ferry-proto --target thumbv7em-none-eabihf --no-default-features
 cargo build --locked -p ferry-agent --lib --target thumbv7em-none-eabihf --no-default-features
+cargo build --locked -p ferry-firmware --features nor-flash --target thumbv7em-none-eabihf
 
 # The end-to-end tests run the emulated board: build its image first.
 step "firmware cross-builds and sizes"
@@ -59,6 +61,7 @@ set +e
 {
     cargo test --workspace --locked &&
         cargo test --locked -p ferry-agent --features qemu --test device_qemu &&
+        cargo test --locked -p ferry-firmware --features nor-flash --test nor_flash &&
         scripts/firmware.sh smoke
 } 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

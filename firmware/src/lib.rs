@@ -13,15 +13,23 @@
 //! - [`node`]: sampler + link + deframer, what a board's main loop drives;
 //! - [`emulated`]: the emulated board's command-line settings;
 //! - [`sim`]: the emulated board's simulated sensors and their deterministic
-//!   waveforms, which tests use to predict windows exactly.
+//!   waveforms, which tests use to predict windows exactly;
+//! - `storage` (feature `nor-flash`): redb on NOR flash — a flash
+//!   translation layer behind redb's `StorageBackend`, and a simulated NOR
+//!   flash for tests.
 //!
-//! **Architecture invariant:** nothing here needs `std`, an allocator, a clock
-//! or a peripheral. Time is a `u64` of milliseconds passed in by the caller;
-//! bytes come in and frames go out through plain buffers. The board crates
-//! under `firmware/boards/` are the only code that touches hardware.
+//! **Architecture invariant:** nothing here needs `std`, a clock or a
+//! peripheral, and nothing but `storage` (feature `nor-flash`, which redb
+//! needs) needs an allocator. Time is a `u64` of milliseconds passed in by
+//! the caller; bytes come in and frames go out through plain buffers; flash
+//! comes in as an `embedded-storage` `NorFlash`. The board crates under
+//! `firmware/boards/` are the only code that touches hardware.
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
+
+#[cfg(feature = "nor-flash")]
+extern crate alloc;
 
 pub mod drivers;
 pub mod emulated;
@@ -30,4 +38,6 @@ pub mod node;
 pub mod sampler;
 pub mod sensor;
 pub mod sim;
+#[cfg(feature = "nor-flash")]
+pub mod storage;
 pub mod window;
