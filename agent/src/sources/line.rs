@@ -38,6 +38,8 @@
 //! the line; line numbers are 1-based and count `\n`s in the chunk.
 
 use std::borrow::Cow;
+
+use smallvec::SmallVec;
 use std::collections::HashMap;
 use std::fmt;
 
@@ -585,7 +587,8 @@ impl<'a> ChunkParser<'a> {
         if pos == line.len() {
             return Err(LineError::MissingFields { column: pos + 1 });
         }
-        let mut fields: Vec<Field<'_>> = Vec::new();
+        // Most lines have a few fields: no allocation per line.
+        let mut fields: SmallVec<[Field<'_>; 4]> = SmallVec::new();
         loop {
             let (key, stop) = scan(line, pos, b",= ");
             if key.is_empty() {
@@ -639,7 +642,7 @@ impl<'a> ChunkParser<'a> {
         };
 
         let entry = &mut self.entries[entry];
-        let mut groups = Vec::with_capacity(fields.len());
+        let mut groups: SmallVec<[usize; 4]> = SmallVec::new();
         for field in &fields {
             let group = match entry.fields.get(&*field.key) {
                 Some(&g) => g,
