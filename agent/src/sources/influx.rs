@@ -39,7 +39,9 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
-use super::line::{ChunkParser, LineError, LineSplitter, Parsed, Precision, count_newlines};
+use super::line::{
+    ChunkParser, KeyCache, LineError, LineSplitter, Parsed, Precision, count_newlines,
+};
 use crate::intake::{Intake, SubmitError};
 use crate::journal::{CommitReport, Work};
 
@@ -233,6 +235,7 @@ pub async fn run_tcp(
             stop: stop_rx.clone(),
             peer,
             warn: WarnLimit::default(),
+            keys: KeyCache::default(),
         };
         connections.spawn(async move {
             connection.serve(stream).await;
@@ -260,6 +263,7 @@ pub async fn run_udp(
         pending: BTreeMap::new(),
         in_flight: JoinSet::new(),
         warn: WarnLimit::default(),
+        keys: KeyCache::default(),
     };
     let mut retry = tokio::time::interval(UDP_HEALTH_RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -292,8 +296,8 @@ enum Piece {
     TooLong { no: usize },
 }
 
-fn parse_pieces(buf: &[u8], pieces: &[Piece], cfg: &InfluxConfig) -> Parsed {
-    let mut parser = ChunkParser::new(cfg.precision, now_ns(), &cfg.name, &cfg.device_tag);
+fn parse_pieces(buf: &[u8], pieces: &[Piece], cfg: &InfluxConfig, keys: &mut KeyCache) -> Parsed {
+    let mut parser = ChunkParser::new(cfg.precision, now_ns(), &cfg.name, &cfg.device_tag, keys);
     for piece in pieces {
         match *piece {
             Piece::Line { no, start, end } => parser.push_line(no, &buf[start..end]),
@@ -370,6 +374,8 @@ struct Connection {
     stop: watch::Receiver<bool>,
     peer: SocketAddr,
     warn: WarnLimit,
+    /// Series keys parsed on this connection.
+    keys: KeyCache,
 }
 
 impl Connection {
@@ -449,7 +455,7 @@ impl Connection {
                     // Nothing waiting, the end of the stream or an error:
                     // the blocking read below meets it again.
                 }
-                let parsed = parse_pieces(&buf, &pieces, &self.cfg);
+                let parsed = parse_pieces(&buf, &pieces, &self.cfg, &mut self.keys);
                 pieces.clear();
                 buf.drain(..consumed);
                 consumed = 0;
@@ -480,7 +486,7 @@ impl Connection {
                                 end,
                             }
                         };
-                        let parsed = parse_pieces(&buf, &[piece], &self.cfg);
+                        let parsed = parse_pieces(&buf, &[piece], &self.cfg, &mut self.keys);
                         self.submit(parsed).await;
                     }
                     return;
@@ -563,6 +569,8 @@ struct Udp<'a> {
     pending: BTreeMap<(String, u16), u64>,
     in_flight: JoinSet<Answer>,
     warn: WarnLimit,
+    /// Series keys parsed from datagrams.
+    keys: KeyCache,
 }
 
 impl Udp<'_> {
@@ -587,7 +595,7 @@ impl Udp<'_> {
             no += 1 + count_newlines(&bytes[pos..end]);
             pos = end + 1;
         }
-        let parsed = parse_pieces(bytes, &pieces, self.cfg);
+        let parsed = parse_pieces(bytes, &pieces, self.cfg, &mut self.keys);
         if !parsed.errors.is_empty() {
             self.stats
                 .lines_rejected

@@ -364,7 +364,8 @@ pub fn parse_lines(
     source_name: &str,
     device_tag: &str,
 ) -> Parsed {
-    let mut parser = ChunkParser::new(precision, now_ns, source_name, device_tag);
+    let mut cache = KeyCache::default();
+    let mut parser = ChunkParser::new(precision, now_ns, source_name, device_tag, &mut cache);
     let mut splitter = LineSplitter::default();
     let mut pos = 0;
     let mut line_no = 1;
@@ -464,6 +465,27 @@ impl LineSplitter {
     }
 }
 
+/// Series parsed from key sections, kept across the chunks of one source
+/// connection: a series seen before costs a hash lookup, not a parse. It
+/// holds at most about [`KeyCache::MAX_KEYS`] key sections (emptied at the
+/// start of a chunk past that). One cache serves one source configuration
+/// (the origin depends on its device tag and name).
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    /// Raw key section (measurement and tags as written) → index in
+    /// `entries`.
+    raw_keys: HashMap<Vec<u8>, usize>,
+    /// Canonical key section (measurement, sorted tags) → index in `entries`,
+    /// so that one series written with tags in different orders is one group.
+    keys: HashMap<SeriesKey, usize>,
+    entries: Vec<KeyEntry>,
+}
+
+impl KeyCache {
+    /// Key sections kept before the cache is emptied.
+    pub const MAX_KEYS: usize = 65_536;
+}
+
 /// Parses lines one at a time into series groups: what [`parse_lines`] does,
 /// for sources that split lines themselves.
 #[derive(Debug)]
@@ -472,13 +494,9 @@ pub struct ChunkParser<'a> {
     now_ns: i64,
     source_name: &'a str,
     device_tag: &'a str,
-    /// Raw key section (measurement and tags as written) → index in
-    /// `entries`: a cache that spares parsing a key section seen before.
-    raw_keys: HashMap<Vec<u8>, usize>,
-    /// Canonical key section (measurement, sorted tags) → index in `entries`,
-    /// so that one series written with tags in different orders is one group.
-    keys: HashMap<SeriesKey, usize>,
-    entries: Vec<KeyEntry>,
+    cache: &'a mut KeyCache,
+    /// `(entry, field id)` → index in `groups`, for this chunk.
+    chunk_groups: HashMap<(usize, u32), usize>,
     groups: Vec<SeriesReadings>,
     errors: Vec<(usize, LineError)>,
     lines_accepted: u64,
@@ -489,8 +507,10 @@ struct KeyEntry {
     /// The measurement as metric, and the tags.
     key: SeriesKey,
     origin: String,
-    /// Unescaped field key → index in `groups`.
-    fields: HashMap<Vec<u8>, usize>,
+    /// Unescaped field key → field id: an index in `series`.
+    fields: HashMap<Vec<u8>, u32>,
+    /// The series of each field.
+    series: Vec<SeriesKey>,
 }
 
 struct Field<'l> {
@@ -501,20 +521,24 @@ struct Field<'l> {
 
 impl<'a> ChunkParser<'a> {
     /// A parser for one chunk; lines without a timestamp get `now_ns`.
+    /// `cache` carries parsed keys from chunk to chunk of one source.
     pub fn new(
         precision: Precision,
         now_ns: i64,
         source_name: &'a str,
         device_tag: &'a str,
+        cache: &'a mut KeyCache,
     ) -> Self {
+        if cache.raw_keys.len() >= KeyCache::MAX_KEYS {
+            *cache = KeyCache::default();
+        }
         Self {
             precision,
             now_ns,
             source_name,
             device_tag,
-            raw_keys: HashMap::new(),
-            keys: HashMap::new(),
-            entries: Vec::new(),
+            cache,
+            chunk_groups: HashMap::new(),
             groups: Vec::new(),
             errors: Vec::new(),
             lines_accepted: 0,
@@ -561,24 +585,26 @@ impl<'a> ChunkParser<'a> {
         }
         let key_end = key_section_end(line, start);
         let raw_key = &line[start..key_end];
-        let entry = match self.raw_keys.get(raw_key) {
+        let cache = &mut *self.cache;
+        let entry = match cache.raw_keys.get(raw_key) {
             Some(&e) => e,
             None => {
                 let key = parse_key(line, start, key_end)?;
-                let e = match self.keys.get(&key) {
+                let e = match cache.keys.get(&key) {
                     Some(&e) => e,
                     None => {
                         let origin = key.tag(self.device_tag).unwrap_or(self.source_name);
-                        self.entries.push(KeyEntry {
+                        cache.entries.push(KeyEntry {
                             origin: origin.to_owned(),
                             key: key.clone(),
                             fields: HashMap::new(),
+                            series: Vec::new(),
                         });
-                        self.keys.insert(key, self.entries.len() - 1);
-                        self.entries.len() - 1
+                        cache.keys.insert(key, cache.entries.len() - 1);
+                        cache.entries.len() - 1
                     }
                 };
-                self.raw_keys.insert(raw_key.to_vec(), e);
+                cache.raw_keys.insert(raw_key.to_vec(), e);
                 e
             }
         };
@@ -641,20 +667,29 @@ impl<'a> ChunkParser<'a> {
             ts
         };
 
-        let entry = &mut self.entries[entry];
+        let key_entry = &mut self.cache.entries[entry];
         let mut groups: SmallVec<[usize; 4]> = SmallVec::new();
         for field in &fields {
-            let group = match entry.fields.get(&*field.key) {
+            let id = match key_entry.fields.get(&*field.key) {
+                Some(&id) => id,
+                None => {
+                    let series = field_series(key_entry, field)?;
+                    let id = key_entry.series.len() as u32;
+                    key_entry.series.push(series);
+                    key_entry.fields.insert(field.key.to_vec(), id);
+                    id
+                }
+            };
+            let group = match self.chunk_groups.get(&(entry, id)) {
                 Some(&g) => g,
                 None => {
-                    let series = field_series(entry, field)?;
                     let g = self.groups.len();
                     self.groups.push(SeriesReadings {
-                        series,
-                        origin: entry.origin.clone(),
+                        series: key_entry.series[id as usize].clone(),
+                        origin: key_entry.origin.clone(),
                         readings: Vec::new(),
                     });
-                    entry.fields.insert(field.key.to_vec(), g);
+                    self.chunk_groups.insert((entry, id), g);
                     g
                 }
             };
@@ -991,6 +1026,34 @@ mod tests {
             "src",
             "device",
         )
+    }
+
+    /// A key cache carried across chunks gives each chunk exactly the groups
+    /// a fresh parse gives, including tag orders first seen in an earlier
+    /// chunk and errors for new bad keys.
+    #[test]
+    fn key_cache_across_chunks_changes_nothing_but_the_work() {
+        let chunks: [&[u8]; 3] = [
+            b"m,a=1,b=2 f=1,g=2 10\nn,device=d7 f=3 11",
+            b"m,b=2,a=1 g=4,f=5 12\nm,a=1,b=2 f=6 13\nbad,=x f=1 14",
+            b"n,device=d7 f=7 15\nm,a=1,b=2 h=8 16",
+        ];
+        let mut cache = KeyCache::default();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let fresh = parse_lines(chunk, Precision::Nanoseconds, NOW, "src", "device");
+            let mut parser =
+                ChunkParser::new(Precision::Nanoseconds, NOW, "src", "device", &mut cache);
+            for (no, line) in chunk.split(|&b| b == b'\n').enumerate() {
+                parser.push_line(no + 1, line);
+            }
+            let cached = parser.finish();
+            assert_eq!(cached.readings, fresh.readings, "chunk {i}");
+            assert_eq!(cached.errors, fresh.errors, "chunk {i}");
+            assert_eq!(cached.lines_accepted, fresh.lines_accepted, "chunk {i}");
+        }
+        // m (one entry for both tag orders) and n; the bad key is not kept.
+        assert_eq!(cache.entries.len(), 2);
+        assert_eq!(cache.raw_keys.len(), 3);
     }
 
     /// `(series, origin, [(ts, value)])`.
