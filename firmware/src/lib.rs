@@ -11,20 +11,27 @@
 //! - [`link`]: hello, reports with sequence numbers, the retry ring, acks,
 //!   heartbeats, sans-IO with explicit instants;
 //! - [`node`]: sampler + link + deframer, what a board's main loop drives;
+//! - `journal_node` (feature `journal`): sampler + the agent's redb journal
+//!   + the link, for parts with the flash and RAM for redb;
 //! - [`emulated`]: the emulated board's command-line settings;
 //! - [`sim`]: the emulated board's simulated sensors and their deterministic
 //!   waveforms, which tests use to predict windows exactly.
 //!
-//! **Architecture invariant:** nothing here needs `std`, an allocator, a clock
-//! or a peripheral. Time is a `u64` of milliseconds passed in by the caller;
-//! bytes come in and frames go out through plain buffers. The board crates
+//! **Architecture invariant:** nothing here needs `std`, a clock or a
+//! peripheral, and nothing but `journal_node` needs an allocator. Time is a
+//! `u64` of milliseconds passed in by the caller; bytes come in and frames go out through plain buffers. The board crates
 //! under `firmware/boards/` are the only code that touches hardware.
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "journal")]
+extern crate alloc;
+
 pub mod drivers;
 pub mod emulated;
+#[cfg(feature = "journal")]
+pub mod journal_node;
 pub mod link;
 pub mod node;
 pub mod sampler;
