@@ -260,9 +260,10 @@ async fn journal_board_survives_power_loss_and_agent_loss_exactly_once() {
     // Every window before this instant was computed before the last power-up.
     let computed = field(&line, "resumes at ") / u64::from(CONFIG.window_ms);
     assert!(computed > 0, "the board journaled windows before: {line}");
-    until("every window computed before the last power-up stored", || async {
-        sht_windows(data).await as u64 >= computed
-    })
+    until(
+        "every window computed before the last power-up stored",
+        || async { sht_windows(data).await as u64 >= computed },
+    )
     .await;
     board.kill9();
     logs.push(log);
@@ -291,7 +292,10 @@ async fn journal_board_survives_power_loss_and_agent_loss_exactly_once() {
         let ch = channel_of(series);
         per_channel.entry(ch).or_default().push(start_ms);
         let want = sim::expected_windows(0, CONFIG, start_ms);
-        let w = want.iter().find(|w| w.channel == ch).expect("channel window");
+        let w = want
+            .iter()
+            .find(|w| w.channel == ch)
+            .expect("channel window");
         assert_eq!(
             (*count, *sum, *min, *max, *first, *last),
             (

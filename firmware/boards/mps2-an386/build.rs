@@ -9,7 +9,10 @@ fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     for (bin, layout) in [
         ("ferry-mps2-an386", &include_bytes!("memory.x")[..]),
-        ("ferry-mps2-an386-journal", &include_bytes!("memory-journal.x")[..]),
+        (
+            "ferry-mps2-an386-journal",
+            &include_bytes!("memory-journal.x")[..],
+        ),
     ] {
         let dir = out.join(bin);
         fs::create_dir_all(&dir).expect("create layout directory");

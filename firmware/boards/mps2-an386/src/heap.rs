@@ -63,3 +63,49 @@ unsafe impl GlobalAlloc for TrackedHeap {
         self.used.fetch_sub(layout.size(), Ordering::Relaxed);
     }
 }
+
+/// The stack's high-water mark: RAM between the end of the statics and the
+/// stack is painted at start-up, and [`stack_peak`] finds the deepest word
+/// the stack has overwritten since. (cortex-m-rt gives the stack the RAM
+/// above `__sheap`, growing down from `_stack_start`.)
+pub mod stack {
+    const PAINT: u32 = 0x5A5A_A5A5;
+
+    unsafe extern "C" {
+        static mut __sheap: u32;
+        static _stack_start: u32;
+    }
+
+    fn bounds() -> (usize, usize) {
+        // Only the symbols' addresses are taken, never their values.
+        (
+            (&raw const __sheap) as usize,
+            (&raw const _stack_start) as usize,
+        )
+    }
+
+    /// Paints the free stack below the current frame (less a margin).
+    pub fn paint() {
+        let (low, _) = bounds();
+        let sp = cortex_m::register::msp::read() as usize;
+        let mut at = low;
+        while at + 4 <= sp.saturating_sub(256) {
+            // SAFETY: [low, sp - 256) is RAM that nothing uses yet: above the
+            // statics and the heap (in .bss), below the live stack.
+            unsafe { core::ptr::write_volatile(at as *mut u32, PAINT) };
+            at += 4;
+        }
+    }
+
+    /// Most bytes of stack used since [`paint`].
+    pub fn peak() -> usize {
+        let (low, high) = bounds();
+        let mut at = low;
+        // SAFETY: reads of RAM words in [low, high), which is mapped; the
+        // painted part is used by nobody else.
+        while at < high && unsafe { core::ptr::read_volatile(at as *const u32) } == PAINT {
+            at += 4;
+        }
+        high - at
+    }
+}

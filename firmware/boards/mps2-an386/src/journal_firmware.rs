@@ -5,7 +5,7 @@ use cortex_m_semihosting::{debug, heprintln};
 use ferry_firmware::drivers::sht4x::{Precision, Sht4x};
 use ferry_firmware::drivers::tmp102::Tmp102;
 use ferry_firmware::emulated::BootArgs;
-use ferry_firmware::journal_node::{JournalNode, JournalSettings};
+use ferry_firmware::journal_node::{CommitError, JournalNode, JournalSettings, StartError};
 use ferry_firmware::link::TX_BUFFER;
 use ferry_firmware::sim::{EMULATED_EVERY, SimClock, SimSht4xBus, SimTmp102Bus, Simulated};
 
@@ -18,6 +18,7 @@ const CACHE_BYTES: usize = 16 * 1024;
 #[entry]
 fn main() -> ! {
     heap::init();
+    heap::stack::paint();
     let mut cmdline_buf = [0u8; 512];
     let cmdline = semihosting::cmdline(&mut cmdline_buf);
     let args = BootArgs::parse(cmdline).unwrap_or_else(|e| {
@@ -35,7 +36,7 @@ fn main() -> ! {
         .set_cache_size(CACHE_BYTES)
         .create_with_backend(file)
         .unwrap_or_else(|e| {
-            heprintln!("ferry: flash {}: redb: {}", path, e);
+            heprintln!("ferry: flash {}: redb: {}", path, database_error(&e));
             fail("no database")
         });
 
@@ -61,7 +62,7 @@ fn main() -> ! {
         &EMULATED_EVERY,
     )
     .unwrap_or_else(|e| {
-        heprintln!("ferry: journal: {}", e);
+        heprintln!("ferry: journal: {}", start_error(&e));
         fail("journal refused")
     });
     let r = node.record();
@@ -94,16 +95,17 @@ fn main() -> ! {
         if heap::peak() >= reported_peak + 1024 {
             reported_peak = heap::peak();
             heprintln!(
-                "ferry: heap peak {} B of {} B (in use {} B)",
+                "ferry: heap peak {} B of {} B (in use {} B), stack peak {} B",
                 reported_peak,
                 heap::HEAP_BYTES,
-                heap::used()
+                heap::used(),
+                heap::stack::peak()
             );
         }
         if args.exit_after_ms.is_some_and(|t| now >= t) {
             let s = node.stats();
             heprintln!(
-                "ferry: exit at {} ms: samples {} journaled {} rejournaled {} acked {} resent {} dropped {} journal_errors {} bad_frames {} heap peak {} B",
+                "ferry: exit at {} ms: samples {} journaled {} rejournaled {} acked {} resent {} dropped {} journal_errors {} bad_frames {} heap peak {} B stack peak {} B",
                 now,
                 s.sampler.samples,
                 s.journaled,
@@ -113,12 +115,53 @@ fn main() -> ! {
                 s.dropped,
                 s.journal_errors,
                 s.bad_frames,
-                heap::peak()
+                heap::peak(),
+                heap::stack::peak()
             );
             debug::exit(debug::EXIT_SUCCESS);
         }
         // SysTick wakes us every millisecond.
         cortex_m::asm::wfi();
+    }
+}
+
+// The two functions below name errors without their `Display` impls: those
+// of redb's errors alone are tens of KiB of flash that the 512 KiB budget
+// does not have. The variant says what went wrong; the host's file is there
+// to inspect.
+
+fn database_error(e: &redb::DatabaseError) -> &'static str {
+    match e {
+        redb::DatabaseError::Storage(s) => storage_error(s),
+        redb::DatabaseError::DatabaseAlreadyOpen => "already open",
+        redb::DatabaseError::RepairAborted => "repair aborted",
+        redb::DatabaseError::UpgradeRequired(_) => "file format needs an upgrade",
+        _ => "cannot open the database",
+    }
+}
+
+fn storage_error(e: &redb::StorageError) -> &'static str {
+    match e {
+        redb::StorageError::Corrupted(_) => "corrupted",
+        redb::StorageError::ValueTooLarge(_) => "value too large",
+        redb::StorageError::Backend(_) => "flash file I/O failed",
+        redb::StorageError::LockPoisoned(_) => "lock poisoned",
+        _ => "storage error",
+    }
+}
+
+fn start_error(e: &StartError) -> &'static str {
+    match e {
+        StartError::Journal(CommitError::Storage(redb::Error::Backend(_))) => {
+            "flash file I/O failed"
+        }
+        StartError::Journal(CommitError::Storage(redb::Error::Corrupted(_))) => "corrupted",
+        StartError::Journal(CommitError::Storage(_)) => "storage error",
+        StartError::Journal(CommitError::Corrupt(_)) => "a journal row does not decode",
+        StartError::Journal(_) => "journal error",
+        StartError::BadResumeRecord => "the resume record does not decode",
+        StartError::Config(_) => "config or sensor layout refused",
+        _ => "cannot start",
     }
 }
 

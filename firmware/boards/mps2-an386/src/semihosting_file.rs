@@ -130,8 +130,12 @@ impl SemihostingFile {
         };
         let size = file.file_len().map_err(|_| OpenError::Open)?;
         if size == 0 {
-            file.write_header(0)
-                .map_err(|_| OpenError::Io(FlashError { op: "init", offset: 0 }))?;
+            file.write_header(0).map_err(|_| {
+                OpenError::Io(FlashError {
+                    op: "init",
+                    offset: 0,
+                })
+            })?;
             return Ok(file);
         }
         let mut header = [0u8; HEADER as usize];
@@ -165,7 +169,10 @@ impl SemihostingFile {
     }
 
     fn seek(&self, pos: u64) -> Result<(), FlashError> {
-        let fail = FlashError { op: "seek", offset: pos };
+        let fail = FlashError {
+            op: "seek",
+            offset: pos,
+        };
         let args = [self.handle, usize::try_from(pos).map_err(|_| fail)?];
         // SAFETY: SYS_SEEK takes a block of the handle and the position.
         let status = unsafe { syscall(nr::SEEK, &args) as isize };
