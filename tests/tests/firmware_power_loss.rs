@@ -159,7 +159,8 @@ fn resumed_line(log: &Path) -> Option<String> {
 /// `key N` in the start-up line.
 fn field(line: &str, key: &str) -> u64 {
     let rest = &line[line.find(key).unwrap_or_else(|| panic!("{key} in {line}")) + key.len()..];
-    rest.split_whitespace().next().unwrap().parse().unwrap()
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    digits.parse().unwrap_or_else(|_| panic!("{key} in {line}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -324,7 +325,7 @@ async fn journal_board_survives_power_loss_and_agent_loss_exactly_once() {
     // The board never failed; some start-ups found reports journaled and
     // not yet acked (the agent was down): they were carried across the power
     // loss and delivered once.
-    let mut heap_peak = 0u64;
+    let (mut heap_peak, mut stack_peak) = (0u64, 0u64);
     let mut carried = 0u64;
     for log in &logs {
         if let Some(line) = resumed_line(log) {
@@ -335,8 +336,9 @@ async fn journal_board_survives_power_loss_and_agent_loss_exactly_once() {
             assert!(!text.contains(bad), "{}: {bad}\n{text}", log.display());
         }
         for l in text.lines() {
-            if let Some(rest) = l.strip_prefix("ferry: heap peak ") {
-                heap_peak = heap_peak.max(rest.split(' ').next().unwrap().parse().unwrap());
+            if l.starts_with("ferry: heap peak ") {
+                heap_peak = heap_peak.max(field(l, "heap peak "));
+                stack_peak = stack_peak.max(field(l, "stack peak "));
             }
         }
     }
@@ -344,7 +346,7 @@ async fn journal_board_survives_power_loss_and_agent_loss_exactly_once() {
     println!(
         "journal board: {CYCLES} power losses, up to {carried} unacked reports carried across one, agent down for cycles {AGENT_DOWN:?}, \
          {computed} windows per channel before the last power-up, {} stored per channel, \
-         heap peak {heap_peak} B, {:.1} s",
+         heap peak {heap_peak} B, stack peak {stack_peak} B, {:.1} s",
         per_channel[&0].len(),
         began.elapsed().as_secs_f64()
     );
