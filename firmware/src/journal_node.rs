@@ -69,6 +69,8 @@ use crate::sensor::Sensor;
 
 /// Reports sent and not yet acknowledged, at most.
 pub const IN_FLIGHT: usize = 4;
+/// Most batches one journal commit deletes on an ack.
+const ACK_CHUNK: u64 = 32;
 
 /// The resume record's table, beside the journal's own (it is not part of
 /// the journal's layout, which only the agent knows): one `u64` per field,
@@ -446,24 +448,35 @@ impl JournalNode {
                 released: 0,
             };
         }
-        let work = Work {
-            acks: (self.lowest_unacked..=up_to).map(|s| (s, true)).collect(),
-            ..Work::default()
-        };
-        if self.journal.commit(work, self.device_ns(now_ms)).is_err() {
-            // Nothing was deleted; the gateway's next ack tries again.
-            self.stats.journal_errors += 1;
-            return JournalEvent::StaleAck(ack);
+        // Deleted in commits of at most ACK_CHUNK batches: after a long
+        // outage one ack can cover hundreds, and a commit's transient heap
+        // grows with what it deletes.
+        let mut released = 0u32;
+        while self.lowest_unacked <= up_to {
+            let last = up_to.min(self.lowest_unacked + ACK_CHUNK - 1);
+            let work = Work {
+                acks: (self.lowest_unacked..=last).map(|s| (s, true)).collect(),
+                ..Work::default()
+            };
+            if self.journal.commit(work, self.device_ns(now_ms)).is_err() {
+                // Nothing of this chunk was deleted; the gateway's next ack
+                // tries again.
+                self.stats.journal_errors += 1;
+                break;
+            }
+            released += (last + 1 - self.lowest_unacked) as u32;
+            self.lowest_unacked = last + 1;
         }
-        let released = (up_to + 1 - self.lowest_unacked) as u32;
-        self.lowest_unacked = up_to + 1;
         self.stats.acked += released;
         while self
             .outgoing
             .front()
-            .is_some_and(|o| u64::from(o.seq) <= up_to)
+            .is_some_and(|o| u64::from(o.seq) < self.lowest_unacked)
         {
             self.outgoing.pop_front();
+        }
+        if released == 0 {
+            return JournalEvent::StaleAck(ack);
         }
         JournalEvent::Acked {
             up_to: ack.up_to,
@@ -593,10 +606,11 @@ impl JournalNode {
                     let _ = self.outgoing.push_back(o);
                 }
                 None => {
-                    // Cannot happen for batches this node sealed; counted,
-                    // and the journal keeps the batch (nothing is lost
-                    // silently, and the gateway sees a gap, not wrong data).
+                    // Cannot happen for batches this node sealed. Counted;
+                    // the journal keeps the batch and hands it out again, so
+                    // the link stalls visibly rather than send out of order.
                     self.stats.unsendable += 1;
+                    self.journal.release(&[seq]);
                     return;
                 }
             }

@@ -282,6 +282,30 @@ fn windows_leave_the_journal_only_when_acked() {
 }
 
 #[test]
+fn one_ack_deletes_a_long_backlog_in_chunks() {
+    let flash = Flash::default();
+    let mut node = start(&flash, 0, EPOCH);
+    let mut gw = Gateway::default();
+    // 20 s without acks: 100 windows journaled.
+    run(&mut node, &mut gw, 0, 20_001, false);
+    assert_eq!(node.unacked(), 100);
+    let ack = LinkAck {
+        boot: EPOCH,
+        up_to: 100,
+    };
+    assert_eq!(
+        downlink(&mut node, 20_001, &Downlink::Ack(ack)),
+        [JournalEvent::Acked {
+            up_to: 100,
+            released: 100
+        }]
+    );
+    assert_eq!(node.unacked(), 0);
+    assert_eq!(node.journal().stats().unwrap().outbox_batches, 0);
+    assert_eq!(node.stats().acked, 100);
+}
+
+#[test]
 fn a_power_loss_resumes_epoch_sequence_and_schedule() {
     let flash = Flash::default();
     let mut node = start(&flash, 0, EPOCH);
