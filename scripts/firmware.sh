@@ -3,7 +3,7 @@
 # their target, and boot the emulated board in QEMU as a gateway would.
 #
 #   scripts/firmware.sh setup    # rustup target + apt packages (idempotent)
-#   scripts/firmware.sh build    # release builds (profile `firmware`) + sizes + budget
+#   scripts/firmware.sh build    # release builds (profiles `firmware`, `firmware-journal`) + sizes + budgets
 #   scripts/firmware.sh clippy   # clippy -D warnings: each board for its target, the smoke test
 #   scripts/firmware.sh smoke    # build the QEMU board, run tests/qemu_smoke.rs
 #   scripts/firmware.sh all      # build, clippy, smoke (the default)
@@ -20,6 +20,16 @@ BOARDS=(
     "ferry-board-mps2-an386:ferry-mps2-an386:32768:8192"
     "ferry-board-nrf52840-dk:ferry-nrf52840-dk:0:0"
 )
+# The journal image of the emulated board (firmware/README.md, "Two builds"):
+# its own profile and feature. RAM budget 128 KiB for statics (the heap is a
+# static array) plus the stack's measured peak, which the power-loss test
+# prints; the static part is checked here. Flash target 512 KiB: reported,
+# not yet met (README "Sizes"), so not enforced.
+JOURNAL_PKG=ferry-board-mps2-an386
+JOURNAL_BIN=ferry-mps2-an386-journal
+JOURNAL_PROFILE=firmware-journal
+JOURNAL_FLASH_TARGET=$((512 * 1024))
+JOURNAL_RAM_BUDGET=$((128 * 1024))
 
 setup() {
     rustup target add "$TARGET"
@@ -62,6 +72,23 @@ build() {
         fi
         printf '\n'
     done
+    cargo build -p "$JOURNAL_PKG" --features journal --bin "$JOURNAL_BIN" \
+        --target "$TARGET" --profile "$JOURNAL_PROFILE"
+    local elf="$TARGET_DIR/$TARGET/$JOURNAL_PROFILE/$JOURNAL_BIN"
+    read -r text data bss _ < <("$size" -B "$elf" | tail -n 1)
+    local flash=$((text + data)) ram=$((data + bss))
+    printf 'firmware size: %-24s flash %6d B (%5.1f KiB)  static RAM %6d B (%5.1f KiB, heap included)' \
+        "$JOURNAL_BIN" "$flash" "$(awk "BEGIN{print $flash/1024}")" "$ram" "$(awk "BEGIN{print $ram/1024}")"
+    printf '  RAM budget %d B' "$JOURNAL_RAM_BUDGET"
+    if [ "$ram" -gt "$JOURNAL_RAM_BUDGET" ]; then
+        printf '  OVER BUDGET'
+        over=1
+    fi
+    if [ "$flash" -gt "$JOURNAL_FLASH_TARGET" ]; then
+        printf '  flash target %d B: over by %d B (known, README "Sizes")' \
+            "$JOURNAL_FLASH_TARGET" "$((flash - JOURNAL_FLASH_TARGET))"
+    fi
+    printf '\n'
     if [ "$over" -ne 0 ]; then
         echo "firmware: a board is over its size budget" >&2
         exit 1
@@ -75,6 +102,10 @@ clippy() {
         IFS=: read -r pkg _ <<<"$entry"
         cargo clippy -p "$pkg" --target "$TARGET" --profile "$PROFILE" -- -D warnings
     done
+    # The journal build: the library's feature (host tests) and the image.
+    cargo clippy -p ferry-firmware --all-targets --features journal -- -D warnings
+    cargo clippy -p "$JOURNAL_PKG" --features journal --bin "$JOURNAL_BIN" \
+        --target "$TARGET" --profile "$JOURNAL_PROFILE" -- -D warnings
 }
 
 smoke() {

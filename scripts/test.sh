@@ -5,7 +5,8 @@
 #   scripts/test.sh            everything
 #
 # Steps: toolchain and packages → fmt → clippy (host and firmware targets) →
-# every test → no_std builds → firmware cross-builds with their sizes.
+# no_std builds → firmware cross-builds with their sizes (the RAM-ring images
+# and the journal image the power-loss test runs) → every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +63,7 @@ set +e
     cargo test --workspace --locked &&
         cargo test --locked -p ferry-agent --features qemu --test device_qemu &&
         cargo test --locked -p ferry-firmware --features nor-flash --test nor_flash &&
+        cargo test --locked -p ferry-firmware --features journal --test journal_node &&
         scripts/firmware.sh smoke
 } 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

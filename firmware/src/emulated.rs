@@ -14,6 +14,7 @@
 //! | `resend`     | resend unacked reports after, ms        | [`LinkTimers::default`]    |
 //! | `heartbeat`  | heartbeat period, ms                    | [`LinkTimers::default`]    |
 //! | `exit_after` | exit (status 0) at this uptime, ms      | run forever                |
+//! | `flash`      | host path of the flash file (journal image only) | none           |
 
 use ferry_proto::link::{DeviceId, LinkConfig, MAX_DEVICE_ID};
 
@@ -40,7 +41,13 @@ pub struct BootArgs {
     pub timers: LinkTimers,
     /// Uptime at which to exit, if any.
     pub exit_after_ms: Option<u64>,
+    /// The host file that plays the flash chip (the journal image's redb
+    /// journal), if given.
+    pub flash: Option<heapless::String<MAX_FLASH_PATH>>,
 }
+
+/// Longest `flash=` path.
+pub const MAX_FLASH_PATH: usize = 200;
 
 /// A command-line word that was not understood.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,7 +63,7 @@ impl core::fmt::Display for ArgError<'_> {
         match self {
             Self::UnknownKey(w) => write!(
                 f,
-                "unknown argument `{w}` (known: device, boot, period, window, resend, heartbeat, exit_after)"
+                "unknown argument `{w}` (known: device, boot, period, window, resend, heartbeat, exit_after, flash)"
             ),
             Self::BadValue(w) => write!(f, "bad value in `{w}`"),
         }
@@ -72,6 +79,7 @@ impl BootArgs {
             config: DEFAULT_CONFIG,
             timers: LinkTimers::default(),
             exit_after_ms: None,
+            flash: None,
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -87,6 +95,13 @@ impl BootArgs {
                 "resend" => args.timers.resend_after_ms = int()?,
                 "heartbeat" => args.timers.heartbeat_every_ms = int()?,
                 "exit_after" => args.exit_after_ms = Some(u64::from(int()?)),
+                "flash" => {
+                    let path = heapless::String::try_from(value).map_err(|_| bad)?;
+                    args.flash = Some(path).filter(|p| !p.is_empty());
+                    if args.flash.is_none() {
+                        return Err(bad);
+                    }
+                }
                 _ => return Err(ArgError::UnknownKey(word)),
             }
         }

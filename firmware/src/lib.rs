@@ -11,6 +11,8 @@
 //! - [`link`]: hello, reports with sequence numbers, the retry ring, acks,
 //!   heartbeats, sans-IO with explicit instants;
 //! - [`node`]: sampler + link + deframer, what a board's main loop drives;
+//! - `journal_node` (feature `journal`): sampler + the agent's redb journal
+//!   + the link, for parts with the flash and RAM for redb;
 //! - [`emulated`]: the emulated board's command-line settings;
 //! - [`sim`]: the emulated board's simulated sensors and their deterministic
 //!   waveforms, which tests use to predict windows exactly;
@@ -19,20 +21,23 @@
 //!   flash for tests.
 //!
 //! **Architecture invariant:** nothing here needs `std`, a clock or a
-//! peripheral, and nothing but `storage` (feature `nor-flash`, which redb
-//! needs) needs an allocator. Time is a `u64` of milliseconds passed in by
-//! the caller; bytes come in and frames go out through plain buffers; flash
-//! comes in as an `embedded-storage` `NorFlash`. The board crates under
-//! `firmware/boards/` are the only code that touches hardware.
+//! peripheral, and nothing but `storage` (feature `nor-flash`) and
+//! `journal_node` (feature `journal`), which redb needs, needs an allocator.
+//! Time is a `u64` of milliseconds passed in by the caller; bytes come in
+//! and frames go out through plain buffers; flash comes in as an
+//! `embedded-storage` `NorFlash`. The board crates under `firmware/boards/`
+//! are the only code that touches hardware.
 #![no_std]
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
-#[cfg(feature = "nor-flash")]
+#[cfg(any(feature = "nor-flash", feature = "journal"))]
 extern crate alloc;
 
 pub mod drivers;
 pub mod emulated;
+#[cfg(feature = "journal")]
+pub mod journal_node;
 pub mod link;
 pub mod node;
 pub mod sampler;

@@ -117,6 +117,32 @@ impl Sampler {
         })
     }
 
+    /// A sampler that carries on a schedule begun at `epoch_ms` from the
+    /// window starting at `window_start_ms` (a boundary of that schedule,
+    /// `window_start_ms - epoch_ms` a multiple of `config.window_ms`): each
+    /// sensor's next read is its first scheduled instant at or after
+    /// `window_start_ms`, exactly as if the sampler had never stopped. This is
+    /// how a node with a journal resumes after a power loss.
+    pub fn resume(
+        epoch_ms: u64,
+        window_start_ms: u64,
+        config: LinkConfig,
+        channels: &[u8],
+        every: &[u32],
+    ) -> Result<Self, ConfigError> {
+        if window_start_ms < epoch_ms {
+            return Err(ConfigError::BadWindow);
+        }
+        let mut sampler = Self::new(window_start_ms, config, channels, every)?;
+        sampler.epoch_ms = epoch_ms;
+        let base = u64::from(config.sample_period_ms);
+        for slot in &mut sampler.slots {
+            let period = base * u64::from(slot.every);
+            slot.next_due_ms = epoch_ms + (window_start_ms - epoch_ms).div_ceil(period) * period;
+        }
+        Ok(sampler)
+    }
+
     /// The config in force.
     pub fn config(&self) -> LinkConfig {
         self.config

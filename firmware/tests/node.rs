@@ -360,4 +360,11 @@ fn emulated_board_arguments() {
         BootArgs::parse("boot=-1"),
         Err(ArgError::BadValue("boot=-1"))
     );
+    // The journal image's flash file.
+    let f = BootArgs::parse("ferry flash=/tmp/x/flash.bin").unwrap();
+    assert_eq!(f.flash.as_deref(), Some("/tmp/x/flash.bin"));
+    assert_eq!(d.flash, None);
+    assert_eq!(BootArgs::parse("flash="), Err(ArgError::BadValue("flash=")));
+    let long = format!("flash=/{}", "a".repeat(200));
+    assert!(matches!(BootArgs::parse(&long), Err(ArgError::BadValue(_))));
 }

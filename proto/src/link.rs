@@ -112,7 +112,9 @@ wire_struct! {
         pub link_version: u8,
         /// The device's unique id.
         pub device_id: DeviceId,
-        /// Boot number: differs between boots, so `(boot, seq)` is unique.
+        /// Boot number: differs between boots, so `(boot, seq)` is unique. A
+        /// device that journals its reports keeps it across power losses as
+        /// its journal's epoch (docs/protocol.md, "Devices that journal").
         pub boot: u32,
         /// Firmware name and version, e.g. `ferry-fw 0.1.0`.
         pub firmware: heapless::String<24>,

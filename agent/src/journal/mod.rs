@@ -1138,6 +1138,13 @@ impl Journal {
         Ok(out)
     }
 
+    /// The database, for an embedder that keeps its own tables beside the
+    /// journal's in the same file (the firmware's resume record). Its write
+    /// transactions are separate from the journal's commits.
+    pub fn database(&self) -> &Database {
+        &self.db
+    }
+
     /// Gives the database back (tests, shutdown).
     pub fn into_database(self) -> Database {
         self.db

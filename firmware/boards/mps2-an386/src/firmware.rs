@@ -29,6 +29,11 @@ fn main() -> ! {
         heprintln!("ferry: {}", e);
         fail("bad command line")
     });
+    if args.flash.is_some() {
+        fail(
+            "flash= is for the journal image (ferry-mps2-an386-journal); this is the RAM-ring image",
+        );
+    }
     let boot = args.boot.unwrap_or_else(semihosting::unix_time);
 
     let cp = cortex_m::Peripherals::take().unwrap_or_else(|| fail("core peripherals taken"));
