@@ -12,8 +12,12 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::fanout::{AlertEvent, Bus};
 use crate::metrics::Metrics;
-use crate::store::{Applied, MaintenanceReport, PreparedBatch, RetentionPlan, Store, WriterState};
+use crate::store::{
+    Applied, CursorRecord, FanoutCommit, MaintenanceReport, PreparedBatch, RetentionPlan,
+    SinkCommit, Store, WriterState,
+};
 
 /// Fault injection for tests; all off by default.
 #[derive(Debug, Clone, Default)]
@@ -52,6 +56,20 @@ pub enum Command {
         /// The report, if someone waits for it.
         reply: Option<oneshot::Sender<Result<MaintenanceReport, String>>>,
     },
+    /// Commit a processors' pass: cursor, rule state and alerts at once.
+    Fanout {
+        /// What to commit.
+        commit: FanoutCommit,
+        /// The alerts with their ids and the new cursor.
+        reply: oneshot::Sender<Result<(Vec<AlertEvent>, CursorRecord), String>>,
+    },
+    /// Commit a sink's cursor.
+    Sink {
+        /// What to commit.
+        commit: SinkCommit,
+        /// The new cursor.
+        reply: oneshot::Sender<Result<CursorRecord, String>>,
+    },
     /// Stop after everything queued before this.
     Stop,
 }
@@ -65,6 +83,7 @@ pub fn run(
     max_series: u64,
     faults: Faults,
     metrics: Arc<Metrics>,
+    bus: Arc<Bus>,
 ) {
     let mut pending = None;
     loop {
@@ -96,9 +115,11 @@ pub fn run(
             cmd => other = Some(cmd),
         }
         if !group.is_empty() {
+            state.set_event_log(bus.log_events());
             commit_group(
                 &store, &mut state, &group, replies, max_series, &faults, &metrics,
             );
+            bus.set_event_head(state.event_head());
         }
         match other {
             Some(Command::Revoke { agent, reply }) => {
@@ -130,6 +151,22 @@ pub fn run(
                 if let Some(reply) = reply {
                     let _ = reply.send(r.map_err(|e| e.to_string()));
                 }
+            }
+            Some(Command::Fanout { commit, reply }) => {
+                let r = store.commit_fanout(commit).map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    metrics.commit_errors.inc();
+                    tracing::error!("processors' commit failed: {e}");
+                }
+                let _ = reply.send(r);
+            }
+            Some(Command::Sink { commit, reply }) => {
+                let r = store.commit_sink(&commit).map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    metrics.commit_errors.inc();
+                    tracing::error!(sink = commit.name, "sink cursor commit failed: {e}");
+                }
+                let _ = reply.send(r);
             }
             Some(Command::Stop) => break,
             Some(Command::Batch { .. }) | None => {}
