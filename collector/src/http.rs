@@ -146,7 +146,9 @@ async fn alerts(
     Ok(Json(blocking(move || Ok(store.alerts(&f)?)).await?))
 }
 
-async fn subscribers(State(shared): State<Arc<Shared>>) -> Json<Vec<crate::fanout::SubscriberView>> {
+async fn subscribers(
+    State(shared): State<Arc<Shared>>,
+) -> Json<Vec<crate::fanout::SubscriberView>> {
     Json(shared.bus.views())
 }
 

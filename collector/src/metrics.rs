@@ -235,14 +235,20 @@ impl Metrics {
     /// Counts an emitted alert event.
     pub fn alert(&self, rule: &str, state: &'static str) {
         self.alerts
-            .get_or_create(&vec![("rule", rule.to_owned()), ("state", state.to_owned())])
+            .get_or_create(&vec![
+                ("rule", rule.to_owned()),
+                ("state", state.to_owned()),
+            ])
             .inc();
     }
 
     /// Counts a webhook delivery outcome.
     pub fn delivery(&self, sink: &str, outcome: &'static str) {
         self.webhook_deliveries
-            .get_or_create(&vec![("sink", sink.to_owned()), ("outcome", outcome.to_owned())])
+            .get_or_create(&vec![
+                ("sink", sink.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
             .inc();
     }
 
@@ -260,7 +266,9 @@ impl Metrics {
             self.fanout_lag.get_or_create(&l).set(v.lag);
             self.fanout_handled.get_or_create(&l).set(v.handled);
             self.fanout_skipped.get_or_create(&l).set(v.skipped);
-            self.fanout_dead_letters.get_or_create(&l).set(v.dead_letters);
+            self.fanout_dead_letters
+                .get_or_create(&l)
+                .set(v.dead_letters);
         }
     }
 

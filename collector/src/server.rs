@@ -154,10 +154,12 @@ impl Shared {
     /// `[sink]` tables; on any error the running configuration stays.
     pub async fn reload(&self) -> Result<ReloadReport, String> {
         let Some(path) = self.config.source.clone() else {
-            self.metrics.reloads.get_or_create(&[("outcome", "error")]).inc();
+            self.metrics
+                .reloads
+                .get_or_create(&[("outcome", "error")])
+                .inc();
             return Err(
-                "this collector was started without a configuration file: nothing to reload"
-                    .into(),
+                "this collector was started without a configuration file: nothing to reload".into(),
             );
         };
         let loaded = {
@@ -169,7 +171,10 @@ impl Shared {
         let config = match loaded {
             Ok(c) => c,
             Err(e) => {
-                self.metrics.reloads.get_or_create(&[("outcome", "error")]).inc();
+                self.metrics
+                    .reloads
+                    .get_or_create(&[("outcome", "error")])
+                    .inc();
                 tracing::error!("reload refused, the running configuration stays: {e}");
                 return Err(format!("{e} (the running configuration stays)"));
             }
@@ -189,7 +194,10 @@ impl Shared {
             .processors
             .send_replace(Arc::new(config.processor));
         self.fanout.sinks.send_replace(Arc::new(config.sink));
-        self.metrics.reloads.get_or_create(&[("outcome", "ok")]).inc();
+        self.metrics
+            .reloads
+            .get_or_create(&[("outcome", "ok")])
+            .inc();
         tracing::info!(rules = ?report.rules, sinks = ?report.sinks, "configuration reloaded");
         Ok(report)
     }

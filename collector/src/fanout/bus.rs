@@ -134,7 +134,13 @@ impl Bus {
     }
 
     /// Adds or updates a subscriber.
-    pub(crate) fn subscribe(&self, name: &str, log: LogKind, record: CursorRecord, budget: LagBudget) {
+    pub(crate) fn subscribe(
+        &self,
+        name: &str,
+        log: LogKind,
+        record: CursorRecord,
+        budget: LagBudget,
+    ) {
         self.with(|i| {
             i.subs.insert(
                 name.to_owned(),
@@ -233,7 +239,10 @@ impl Bus {
                 return waited;
             };
             if !waited {
-                tracing::warn!(subscriber = who, "past its lag budget: ingest waits (backpressure)");
+                tracing::warn!(
+                    subscriber = who,
+                    "past its lag budget: ingest waits (backpressure)"
+                );
             }
             waited = true;
             if rx.changed().await.is_err() {
@@ -254,7 +263,12 @@ mod tests {
             max: 2,
             policy: LagPolicy::Backpressure,
         };
-        bus.subscribe("processors", LogKind::Events, CursorRecord::default(), budget);
+        bus.subscribe(
+            "processors",
+            LogKind::Events,
+            CursorRecord::default(),
+            budget,
+        );
         bus.subscribe(
             "sink/x",
             LogKind::Alerts,
@@ -266,7 +280,10 @@ mod tests {
         );
         bus.set_event_head(2);
         bus.set_alert_head(10);
-        assert!(!bus.wait_for_room().await, "within budget; skip never waits");
+        assert!(
+            !bus.wait_for_room().await,
+            "within budget; skip never waits"
+        );
         bus.set_event_head(3);
         assert_eq!(bus.over_budget().as_deref(), Some("processors"));
         let waiter = {

@@ -49,13 +49,10 @@ pub struct OfflineState {
 impl OfflineState {
     /// `subject` sent data at `now_ns`.
     pub fn seen(&mut self, subject: &str, now_ns: i64) -> Option<Change> {
-        let p = self
-            .subjects
-            .entry(subject.to_owned())
-            .or_insert(Presence {
-                last_seen_ns: now_ns,
-                offline_since_ns: None,
-            });
+        let p = self.subjects.entry(subject.to_owned()).or_insert(Presence {
+            last_seen_ns: now_ns,
+            offline_since_ns: None,
+        });
         p.last_seen_ns = p.last_seen_ns.max(now_ns);
         p.offline_since_ns.take().map(|since_ns| Change::Online {
             subject: subject.to_owned(),

@@ -12,9 +12,7 @@ use super::anomaly::EwmaState;
 use super::level::{LevelState, Transition};
 use super::offline::{Change, OfflineState};
 use super::rate::RateState;
-use super::rules::{
-    AnomalyRule, Bounds, OfflineRule, ProcessorConfig, RateRule, ThresholdRule,
-};
+use super::rules::{AnomalyRule, Bounds, OfflineRule, ProcessorConfig, RateRule, ThresholdRule};
 use super::{AlertEvent, AlertState, LogEntry};
 
 /// A series as rules see it.
@@ -399,7 +397,11 @@ impl Processors {
                 if !changes.is_empty() {
                     rule.dirty = true;
                 }
-                out.extend(changes.into_iter().map(|c| offline_event(&rule.id, c, now_ns)));
+                out.extend(
+                    changes
+                        .into_iter()
+                        .map(|c| offline_event(&rule.id, c, now_ns)),
+                );
             }
         }
         out
@@ -464,9 +466,11 @@ after = "60s"
     fn names() -> HashMap<u64, SeriesName> {
         let mut m = HashMap::new();
         for (id, patient) in [(1u64, "p1"), (2, "p2")] {
-            let key =
-                SeriesKey::new("heart_rate_bpm", [("patient", patient), ("device", patient)])
-                    .unwrap();
+            let key = SeriesKey::new(
+                "heart_rate_bpm",
+                [("patient", patient), ("device", patient)],
+            )
+            .unwrap();
             m.insert(
                 id,
                 SeriesName {
@@ -506,7 +510,11 @@ after = "60s"
         let ev = p.handle(&entry(1, 0, &vals, 5 * S), &names, 7 * S).unwrap();
         assert_eq!(ev, vec![]);
         // Patient p2 out of range does not match the selector.
-        assert_eq!(p.handle(&entry(2, 0, &[300.0; 60], 6 * S), &names, 7 * S).unwrap(), vec![]);
+        assert_eq!(
+            p.handle(&entry(2, 0, &[300.0; 60], 6 * S), &names, 7 * S)
+                .unwrap(),
+            vec![]
+        );
         // Save and restore into a fresh set of processors (a restart).
         let saved = p.take_dirty();
         assert_eq!(saved.len(), 2);
@@ -514,13 +522,20 @@ after = "60s"
         for (id, s) in &saved {
             assert!(q.restore(id, s).unwrap());
         }
-        let ev = q.handle(&entry(1, 30 * S, &[130.0; 11], 8 * S), &names, 9 * S).unwrap();
+        let ev = q
+            .handle(&entry(1, 30 * S, &[130.0; 11], 8 * S), &names, 9 * S)
+            .unwrap();
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].state, AlertState::Firing);
         assert_eq!(ev[0].rule, "threshold/hr");
         assert_eq!(ev[0].subject, r#"heart_rate_bpm{device="p1",patient="p1"}"#);
-        assert_eq!((ev[0].ts_ns, ev[0].since_ns, ev[0].emitted_ns), (40 * S, 10 * S, 9 * S));
-        let ev = q.handle(&entry(1, 41 * S, &[118.0, 100.0], 10 * S), &names, 11 * S).unwrap();
+        assert_eq!(
+            (ev[0].ts_ns, ev[0].since_ns, ev[0].emitted_ns),
+            (40 * S, 10 * S, 9 * S)
+        );
+        let ev = q
+            .handle(&entry(1, 41 * S, &[118.0, 100.0], 10 * S), &names, 11 * S)
+            .unwrap();
         assert_eq!(ev.len(), 1);
         assert_eq!(ev[0].state, AlertState::Resolved);
         assert_eq!(ev[0].ts_ns, 42 * S);
@@ -530,16 +545,22 @@ after = "60s"
     fn offline_uses_the_collector_clock() {
         let mut p = Processors::new(&cfg(HR));
         let names = names();
-        p.handle(&entry(1, 0, &[80.0], 100 * S), &names, 100 * S).unwrap();
+        p.handle(&entry(1, 0, &[80.0], 100 * S), &names, 100 * S)
+            .unwrap();
         assert_eq!(p.check(159 * S), vec![]);
         let ev = p.check(160 * S);
         let subjects: Vec<(&str, AlertState)> =
             ev.iter().map(|e| (e.subject.as_str(), e.state)).collect();
         assert_eq!(
             subjects,
-            vec![("agent=gw", AlertState::Offline), ("device=p1", AlertState::Offline)]
+            vec![
+                ("agent=gw", AlertState::Offline),
+                ("device=p1", AlertState::Offline)
+            ]
         );
-        let ev = p.handle(&entry(1, 200 * S, &[80.0], 200 * S), &names, 200 * S).unwrap();
+        let ev = p
+            .handle(&entry(1, 200 * S, &[80.0], 200 * S), &names, 200 * S)
+            .unwrap();
         assert_eq!(ev.len(), 2);
         assert!(ev.iter().all(|e| e.state == AlertState::Online));
     }
@@ -559,10 +580,18 @@ after = "60s"
             vec!["threshold/hr", "anomaly/hr-z", "offline/offline"]
         );
         // The threshold's `for` timer survived: 10 more seconds fire it.
-        let ev = p.handle(&entry(1, 20 * S, &[130.0; 11], 2 * S), &names, 2 * S).unwrap();
-        assert_eq!(ev.iter().filter(|e| e.state == AlertState::Firing).count(), 1);
+        let ev = p
+            .handle(&entry(1, 20 * S, &[130.0; 11], 2 * S), &names, 2 * S)
+            .unwrap();
+        assert_eq!(
+            ev.iter().filter(|e| e.state == AlertState::Firing).count(),
+            1
+        );
         let gone = p.reconfigure(&cfg("[processor]\n"));
-        assert_eq!(gone, vec!["anomaly/hr-z", "offline/offline", "threshold/hr"]);
+        assert_eq!(
+            gone,
+            vec!["anomaly/hr-z", "offline/offline", "threshold/hr"]
+        );
         assert!(p.is_empty());
     }
 }

@@ -89,9 +89,7 @@ fn name(text: &str) -> Result<(), String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
     {
-        return Err(format!(
-            "name {text:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"
-        ));
+        return Err(format!("name {text:?}: use 1 to 64 of A-Z a-z 0-9 . _ -"));
     }
     Ok(())
 }
@@ -528,10 +526,22 @@ impl ProcessorConfig {
     /// Names of every rule, `kind/name`, in configuration order.
     pub fn rule_ids(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();
-        out.extend(self.threshold.iter().map(|r| format!("threshold/{}", r.raw.name)));
+        out.extend(
+            self.threshold
+                .iter()
+                .map(|r| format!("threshold/{}", r.raw.name)),
+        );
         out.extend(self.rate.iter().map(|r| format!("rate/{}", r.raw.name)));
-        out.extend(self.anomaly.iter().map(|r| format!("anomaly/{}", r.raw.name)));
-        out.extend(self.offline.iter().map(|r| format!("offline/{}", r.raw.name)));
+        out.extend(
+            self.anomaly
+                .iter()
+                .map(|r| format!("anomaly/{}", r.raw.name)),
+        );
+        out.extend(
+            self.offline
+                .iter()
+                .map(|r| format!("offline/{}", r.raw.name)),
+        );
         out
     }
 

@@ -64,7 +64,10 @@ fn restored(shared: &Shared, cfg: &ProcessorConfig, removed: &mut Vec<String>) -
                     Ok(true) => {}
                     Ok(false) => removed.push(id),
                     Err(e) => {
-                        tracing::error!(rule = id, "saved rule state unreadable, starting afresh: {e}");
+                        tracing::error!(
+                            rule = id,
+                            "saved rule state unreadable, starting afresh: {e}"
+                        );
                     }
                 }
             }
@@ -153,7 +156,12 @@ pub(crate) async fn processors(
                     let entries = store.log_after(cursor, PASS_ENTRIES)?;
                     let mut missing: Vec<u64> = entries
                         .iter()
-                        .flat_map(|(_, e)| e.chunks.iter().map(|c| c.0).chain(e.aggregate_series.iter().copied()))
+                        .flat_map(|(_, e)| {
+                            e.chunks
+                                .iter()
+                                .map(|c| c.0)
+                                .chain(e.aggregate_series.iter().copied())
+                        })
                         .filter(|id| !w.names.contains_key(id))
                         .collect();
                     missing.sort_unstable();
@@ -231,16 +239,28 @@ pub(crate) async fn processors(
                     }
                     for a in &alerts {
                         shared.metrics.alert(&a.rule, a.state.as_str());
-                        tracing::info!(id = a.id, rule = a.rule, state = a.state.as_str(), subject = a.subject, "{}", a.message);
+                        tracing::info!(
+                            id = a.id,
+                            rule = a.rule,
+                            state = a.state.as_str(),
+                            subject = a.subject,
+                            "{}",
+                            a.message
+                        );
                     }
                     debug_assert_eq!(alerts.len(), n_alerts);
                     work = Some(w);
                 }
                 _ if *stop.borrow() => break,
                 Ok(Err(e)) => {
-                    tracing::error!("processors' commit failed, retrying from the stored state: {e}");
+                    tracing::error!(
+                        "processors' commit failed, retrying from the stored state: {e}"
+                    );
                     let procs = restored(&shared, &cfg, &mut removed);
-                    work = Some(Work { procs, names: w.names });
+                    work = Some(Work {
+                        procs,
+                        names: w.names,
+                    });
                     pause(&mut stop, Duration::from_secs(1)).await;
                 }
                 Err(_) => break,
@@ -299,7 +319,10 @@ async fn commit_sink(shared: &Shared, c: SinkCommit) -> Result<CursorRecord, Str
     let (tx, rx) = oneshot::channel();
     shared
         .writer
-        .send(Command::Sink { commit: c, reply: tx })
+        .send(Command::Sink {
+            commit: c,
+            reply: tx,
+        })
         .await
         .map_err(|_| "the collector is shutting down".to_owned())?;
     rx.await
@@ -351,10 +374,7 @@ async fn sink_task(shared: Arc<Shared>, sink: Sink, mut stop: watch::Receiver<bo
     let bus = shared.bus.clone();
     let name = sink.name().to_owned();
     let key = format!("sink/{name}");
-    let known = shared
-        .store
-        .cursors()
-        .map(|c| c.get(&key).copied());
+    let known = shared.store.cursors().map(|c| c.get(&key).copied());
     let record = match known {
         Ok(Some(r)) => r,
         Ok(None) => {
@@ -421,7 +441,9 @@ async fn sink_task(shared: Arc<Shared>, sink: Sink, mut stop: watch::Receiver<bo
         }
         let store = shared.store.clone();
         let cursor = record.seq;
-        let batch = match tokio::task::spawn_blocking(move || store.alerts_after(cursor, SINK_READ)).await {
+        let batch = match tokio::task::spawn_blocking(move || store.alerts_after(cursor, SINK_READ))
+            .await
+        {
             Ok(Ok(b)) => b,
             Ok(Err(e)) => {
                 tracing::error!(sink = key, "reading alerts: {e}");
@@ -443,7 +465,10 @@ async fn sink_task(shared: Arc<Shared>, sink: Sink, mut stop: watch::Receiver<bo
             let outcome = match &sink {
                 Sink::Log(_) => {
                     match a.state {
-                        AlertState::Firing | AlertState::Anomaly | AlertState::Offline | AlertState::Skipped => {
+                        AlertState::Firing
+                        | AlertState::Anomaly
+                        | AlertState::Offline
+                        | AlertState::Skipped => {
                             tracing::warn!(target: "ferry_alerts", sink = name, id = a.id, rule = a.rule, state = a.state.as_str(), subject = a.subject, value = a.value, ts_ns = a.ts_ns, "{}", a.message);
                         }
                         AlertState::Resolved | AlertState::Online => {
@@ -457,7 +482,12 @@ async fn sink_task(shared: Arc<Shared>, sink: Sink, mut stop: watch::Receiver<bo
                     let metrics = shared.metrics.clone();
                     let outcome = webhook::deliver(w, &body, &mut stop, |attempt, why| {
                         metrics.webhook_retry(&name);
-                        tracing::warn!(sink = name, id = a.id, attempt, "webhook delivery failed, retrying: {why}");
+                        tracing::warn!(
+                            sink = name,
+                            id = a.id,
+                            attempt,
+                            "webhook delivery failed, retrying: {why}"
+                        );
                     })
                     .await;
                     if let Delivery::DeadLetter { reason, attempts } = &outcome {

@@ -46,13 +46,18 @@ async fn post(sink: &WebhookSink, body: &[u8]) -> Result<u16, String> {
         s.write_all(head.as_bytes())
             .await
             .map_err(|e| format!("sending: {e}"))?;
-        s.write_all(body).await.map_err(|e| format!("sending: {e}"))?;
+        s.write_all(body)
+            .await
+            .map_err(|e| format!("sending: {e}"))?;
         // The status line is all we need; read what the server sends until
         // it closes, up to 64 KiB.
         let mut raw = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            let n = s.read(&mut buf).await.map_err(|e| format!("reading: {e}"))?;
+            let n = s
+                .read(&mut buf)
+                .await
+                .map_err(|e| format!("reading: {e}"))?;
             if n == 0 || raw.len() > 65_536 {
                 break;
             }
@@ -110,6 +115,8 @@ pub(crate) async fn deliver(
             _ = tokio::time::sleep(backoff) => {}
             _ = crate::stopped(stop) => return Delivery::Stopped,
         }
-        backoff = (backoff * 2).min(sink.backoff_max).max(Duration::from_millis(1));
+        backoff = (backoff * 2)
+            .min(sink.backoff_max)
+            .max(Duration::from_millis(1));
     }
 }

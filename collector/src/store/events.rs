@@ -20,8 +20,7 @@ pub(crate) const ALERTS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new(
 /// `subscriber -> CursorRecord`.
 pub(crate) const CURSORS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("cursors");
 /// `rule id -> StoredRuleState`.
-pub(crate) const RULE_STATE: TableDefinition<'_, &str, &[u8]> =
-    TableDefinition::new("rule_state");
+pub(crate) const RULE_STATE: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("rule_state");
 
 /// A subscriber's durable position and tallies.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -117,7 +116,8 @@ impl Store {
     pub fn fanout_heads(&self) -> Result<(u64, u64), StoreError> {
         let txn = self.db().begin_read()?;
         let meta = txn.open_table(META)?;
-        let get = |k: &str| -> Result<u64, StoreError> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
+        let get =
+            |k: &str| -> Result<u64, StoreError> { Ok(meta.get(k)?.map_or(0, |v| v.value())) };
         Ok((get("next_event")?, get("next_alert")?))
     }
 

@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 
 pub use chunk::{CHUNK_SPAN_NS, align, bucket_of, merge_aggregate};
 pub(crate) use chunk::{decode as decode_chunk, encode as encode_chunk, split_block};
-pub use events::{AlertFilter, CursorRecord, FanoutCommit, SinkCommit};
 pub(crate) use events::append_log;
+pub use events::{AlertFilter, CursorRecord, FanoutCommit, SinkCommit};
 pub use maintain::{MaintenanceReport, RetentionPlan};
 pub use write::{Applied, DedupeWindow, PreparedBatch, PreparedChunk, WriterState};
 

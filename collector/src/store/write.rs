@@ -421,8 +421,11 @@ fn apply_one(
     if state.log_events {
         // The event log entry commits with the batch: it exists iff the
         // batch is stored (docs/alerts.md).
-        let mut aggregate_series: Vec<u64> =
-            b.aggregates.iter().map(|a| ids[a.series as usize]).collect();
+        let mut aggregate_series: Vec<u64> = b
+            .aggregates
+            .iter()
+            .map(|a| ids[a.series as usize])
+            .collect();
         aggregate_series.sort_unstable();
         aggregate_series.dedup();
         let entry = crate::fanout::LogEntry {
