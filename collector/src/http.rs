@@ -65,6 +65,7 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .store_file_bytes
         .set(shared.store.file_bytes());
     shared.metrics.set_subscribers(&shared.bus.views());
+    shared.metrics.ingest_waiting.set(shared.bus.waiting());
     (
         [(
             header::CONTENT_TYPE,

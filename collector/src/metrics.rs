@@ -65,6 +65,8 @@ pub struct Metrics {
     pub webhook_retries: Family<Dynamic, Counter>,
     /// Batches that waited for a subscriber past its lag budget.
     pub backpressure_waits: Counter,
+    /// Batches waiting now for a subscriber past its lag budget.
+    pub ingest_waiting: Gauge<u64, AtomicU64>,
     /// Configuration reloads by outcome (`ok`, `error`).
     pub reloads: Family<Labels1, Counter>,
     log: Mutex<LogLimiter>,
@@ -120,6 +122,7 @@ impl Metrics {
             webhook_deliveries: Family::default(),
             webhook_retries: Family::default(),
             backpressure_waits: Counter::default(),
+            ingest_waiting: Gauge::default(),
             reloads: Family::default(),
             log: Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10))),
         };
@@ -220,6 +223,11 @@ impl Metrics {
             "backpressure_waits",
             "Batches that waited for a fan-out subscriber past its lag budget",
             m.backpressure_waits.clone(),
+        );
+        m.registry.register(
+            "ingest_waiting",
+            "Batches waiting now for a fan-out subscriber past its lag budget",
+            m.ingest_waiting.clone(),
         );
         m.registry.register(
             "reloads",

@@ -380,3 +380,84 @@ lag_budget = {{ max = 1000, policy = "skip" }}
     drop(agent);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_stuck_sink_with_backpressure_holds_ingest_until_reconfigured_to_skip() {
+    let fx = Fixture::new();
+    let bundle = fx.enroll("gw-1");
+    // A webhook that accepts connections and never answers.
+    let stuck = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stuck_addr = stuck.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = stuck.accept().await {
+            held.push(s);
+        }
+    });
+    let rules = |policy: &str| {
+        format!(
+            r#"
+[[processor.threshold]]
+name = "hot"
+match = 'temp'
+above = 30
+
+[[sink.webhook]]
+name = "stuck"
+url = "http://{stuck_addr}/alerts"
+timeout = "1h"
+lag_budget = {{ max = 1, policy = "{policy}" }}
+"#
+        )
+    };
+    let path = write_config(&fx, &rules("backpressure"));
+    let server = Running::start(load(&path)).await;
+    let (agent, _) = Agent::session(server.quic, &bundle).await;
+    let t0 = base_ns();
+    let key = SeriesKey::new("temp", [("room", "a")]).unwrap();
+    // Three alert events (fire, resolve, fire); the sink is stuck on the
+    // first: 3 behind, budget 1.
+    let b = series_batch(1, key.clone(), t0, &[40.0, 20.0, 40.0]);
+    assert_eq!(agent.send(&b).await.unwrap(), Ack::stored(1));
+    let bus = server.handle.bus();
+    until("the sink is 3 behind", || async {
+        bus.views()
+            .iter()
+            .any(|v| v.name == "sink/stuck" && v.lag == 3)
+    })
+    .await;
+    let sender = tokio::spawn(async move {
+        let b = series_batch(2, key, t0 + 3 * S, &[40.0]);
+        let ack = agent.send(&b).await;
+        (agent, ack)
+    });
+    until("the next batch waits", || async {
+        if sender.is_finished() {
+            panic!("not held: {:?}", bus.views());
+        }
+        bus.waiting() == 1
+    })
+    .await;
+    assert!(!sender.is_finished());
+    let metrics = common::http_get(server.http, "/metrics").await;
+    assert!(
+        metrics.contains("ferry_collector_ingest_waiting 1\n"),
+        "{metrics}"
+    );
+
+    // Reconfigured to skip: the sink jumps to the head, ingest goes on.
+    write_config(&fx, &rules("skip"));
+    server.handle.reload().await.unwrap();
+    let (agent, ack) = sender.await.unwrap();
+    assert_eq!(ack.unwrap(), Ack::stored(2));
+    assert_eq!(bus.waiting(), 0);
+    until("the skip is recorded", || async {
+        bus.views()
+            .iter()
+            .any(|v| v.name == "sink/stuck" && v.lag == 0 && v.skipped == 3 && v.handled == 0)
+    })
+    .await;
+    drop(agent);
+    server.stop().await;
+    holder.abort();
+}

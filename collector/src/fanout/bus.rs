@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -74,6 +74,16 @@ pub struct Bus {
     changed: watch::Sender<u64>,
     log_events: AtomicBool,
     closed: AtomicBool,
+    waiting: AtomicU64,
+}
+
+/// Counts a batch as waiting while alive.
+struct Waiting<'a>(&'a AtomicU64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Bus {
@@ -88,6 +98,7 @@ impl Bus {
             changed: watch::channel(0).0,
             log_events: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            waiting: AtomicU64::new(0),
         }
     }
 
@@ -226,11 +237,17 @@ impl Bus {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// Batches waiting in [`Bus::wait_for_room`] now.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::SeqCst)
+    }
+
     /// Waits while a `backpressure` subscriber is past its budget (or
     /// returns at once after [`Bus::close`]). True if it had to wait.
     pub async fn wait_for_room(&self) -> bool {
         let mut rx = self.changes();
         let mut waited = false;
+        let mut _guard: Option<Waiting<'_>> = None;
         loop {
             if self.closed.load(Ordering::SeqCst) {
                 return waited;
@@ -243,6 +260,8 @@ impl Bus {
                     subscriber = who,
                     "past its lag budget: ingest waits (backpressure)"
                 );
+                self.waiting.fetch_add(1, Ordering::SeqCst);
+                _guard = Some(Waiting(&self.waiting));
             }
             waited = true;
             if rx.changed().await.is_err() {
@@ -292,6 +311,7 @@ mod tests {
         };
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
+        assert_eq!(bus.waiting(), 1);
         bus.advance(
             "processors",
             CursorRecord {
@@ -300,6 +320,7 @@ mod tests {
             },
         );
         assert!(waiter.await.unwrap());
+        assert_eq!(bus.waiting(), 0);
         let v = bus.views();
         assert_eq!((v[0].name.as_str(), v[0].lag), ("processors", 2));
         assert_eq!((v[1].name.as_str(), v[1].lag), ("sink/x", 10));
