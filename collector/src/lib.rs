@@ -322,8 +322,10 @@ impl Collector {
                         store,
                         writer_state,
                         writer_rx,
-                        max_group,
-                        max_series,
+                        writer::WriterLimits {
+                            max_group,
+                            max_series,
+                        },
                         faults,
                         metrics,
                         bus,

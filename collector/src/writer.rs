@@ -74,17 +74,29 @@ pub enum Command {
     Stop,
 }
 
+/// The writer's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    /// Most batches per group commit.
+    pub max_group: usize,
+    /// Most series in the store.
+    pub max_series: u64,
+}
+
 /// Runs until every sender is dropped. Blocking: call on its own thread.
 pub fn run(
     store: Arc<Store>,
     mut state: WriterState,
     mut rx: mpsc::Receiver<Command>,
-    max_group: usize,
-    max_series: u64,
+    limits: WriterLimits,
     faults: Faults,
     metrics: Arc<Metrics>,
     bus: Arc<Bus>,
 ) {
+    let WriterLimits {
+        max_group,
+        max_series,
+    } = limits;
     let mut pending = None;
     loop {
         let Some(first) = pending.take().or_else(|| rx.blocking_recv()) else {

@@ -13,11 +13,14 @@ use serde::{Deserialize, Serialize};
 use crate::query::Selector;
 
 /// `[processor]`: processor rules and the processors' lag budget.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProcessorConfig {
     /// Most stored batches the processors may fall behind ingest.
     pub lag_budget: LagBudget,
+    /// Most alert events kept in the store; past it the oldest are
+    /// deleted.
+    pub max_alerts: u64,
     /// `[[processor.threshold]]`.
     pub threshold: Vec<ThresholdRule>,
     /// `[[processor.rate]]`.
@@ -26,6 +29,19 @@ pub struct ProcessorConfig {
     pub anomaly: Vec<AnomalyRule>,
     /// `[processor.offline]`.
     pub offline: Option<OfflineRule>,
+}
+
+impl Default for ProcessorConfig {
+    fn default() -> Self {
+        Self {
+            lag_budget: LagBudget::default(),
+            max_alerts: 1_000_000,
+            threshold: Vec::new(),
+            rate: Vec::new(),
+            anomaly: Vec::new(),
+            offline: None,
+        }
+    }
 }
 
 /// `[sink]`: where alert events go.
@@ -572,6 +588,9 @@ pub fn validate(p: &ProcessorConfig, s: &SinkConfig) -> Result<(), String> {
     if p.lag_budget.max == 0 {
         return Err("processor.lag_budget.max must be at least 1".into());
     }
+    if p.max_alerts == 0 {
+        return Err("processor.max_alerts must be at least 1".into());
+    }
     let mut seen = std::collections::HashSet::new();
     for (key, n, budget) in s
         .webhook
@@ -579,6 +598,7 @@ pub fn validate(p: &ProcessorConfig, s: &SinkConfig) -> Result<(), String> {
         .map(|w| ("sink.webhook", &w.raw.name, w.raw.lag_budget))
         .chain(s.log.iter().map(|l| ("sink.log", &l.name, l.lag_budget)))
     {
+        name(n).map_err(|e| format!("{key}: {e}"))?;
         if !seen.insert(n.clone()) {
             return Err(format!(
                 "{key}: name {n:?} is used by two sinks; names must be unique"
@@ -614,7 +634,10 @@ mod tests {
     fn bad_rules_are_explained_with_their_line() {
         let err = |text: &str| toml::from_str::<Config>(text).unwrap_err().to_string();
         let e = err("[[processor.threshold]]\nname = \"t\"\nmatch = 'x'\n");
-        assert!(e.contains("line 1") && e.contains("give `above`, `below` or both"), "{e}");
+        assert!(
+            e.contains("line 1") && e.contains("give `above`, `below` or both"),
+            "{e}"
+        );
         let e = err("[[processor.threshold]]\nname = \"t\"\nmatch = 'x{a=b}'\nabove = 1\n");
         assert!(e.contains("match: selector"), "{e}");
         let e = err("[[processor.threshold]]\nname = \"t\"\nmatch = 'x'\nabove = 1\nbelow = 2\n");
@@ -625,15 +648,19 @@ mod tests {
         assert!(e.contains("must be positive"), "{e}");
         let e = err("[[sink.webhook]]\nname = \"w\"\nurl = \"https://x/y\"\n");
         assert!(e.contains("only http:// URLs"), "{e}");
-        let e = err("[[sink.log]]\nname = \"bad name\"\n");
-        assert!(e.contains("name \"bad name\""), "{e}");
+        let c: Config = toml::from_str("[[sink.log]]\nname = \"bad name\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("sink.log: name \"bad name\": use 1 to 64"),
+            "{e}"
+        );
         let c: Config = toml::from_str(
             "[[sink.log]]\nname = \"x\"\n[[sink.webhook]]\nname = \"x\"\nurl = \"http://h/\"\n",
         )
         .unwrap();
         assert_eq!(
             c.validate().unwrap_err().to_string(),
-            "invalid configuration: sink.webhook: name \"x\" is used by two sinks; names must be unique"
+            "invalid configuration: sink.log: name \"x\" is used by two sinks; names must be unique"
         );
     }
 
@@ -645,7 +672,13 @@ mod tests {
         )
         .unwrap();
         let w = &c.sink.webhook;
-        assert_eq!((w[0].authority.as_str(), w[0].path.as_str()), ("example.org:80", "/hook?x=1"));
-        assert_eq!((w[1].authority.as_str(), w[1].path.as_str()), ("127.0.0.1:9000", "/"));
+        assert_eq!(
+            (w[0].authority.as_str(), w[0].path.as_str()),
+            ("example.org:80", "/hook?x=1")
+        );
+        assert_eq!(
+            (w[1].authority.as_str(), w[1].path.as_str()),
+            ("127.0.0.1:9000", "/")
+        );
     }
 }

@@ -136,6 +136,7 @@ pub(crate) async fn processors(
         let now = crate::now_ns();
         let mut commit = FanoutCommit {
             cursor: record.seq,
+            max_alerts: cfg.max_alerts,
             ..FanoutCommit::default()
         };
         if lag > budget.max && budget.policy == LagPolicy::Skip {

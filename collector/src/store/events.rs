@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 
 use ferry_proto::codec;
 use ferry_proto::series::SeriesKey;
-use redb::{ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 
 use super::{META, SERIES, Store, StoreError, corrupt};
@@ -51,6 +53,8 @@ pub struct FanoutCommit {
     pub removed: Vec<String>,
     /// Events emitted (ids assigned at commit).
     pub alerts: Vec<AlertEvent>,
+    /// Most alerts kept; the oldest beyond are deleted (0: no limit).
+    pub max_alerts: u64,
 }
 
 /// What a sink commits after a delivery.
@@ -251,6 +255,17 @@ impl Store {
                 t.insert(next, bytes.as_slice())?;
             }
             meta.insert("next_alert", next)?;
+            let held = t.len()?;
+            if c.max_alerts > 0 && held > c.max_alerts {
+                let old: Vec<u64> = t
+                    .iter()?
+                    .take((held - c.max_alerts) as usize)
+                    .map(|e| e.map(|(k, _)| k.value()))
+                    .collect::<Result<_, _>>()?;
+                for k in old {
+                    t.remove(k)?;
+                }
+            }
         }
         {
             let mut log = txn.open_table(EVENT_LOG)?;
