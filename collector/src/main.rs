@@ -18,7 +18,8 @@ use ferry_collector::{Collector, Config, EnrollOptions, InitOptions};
 /// Agents connect over QUIC (UDP 7410 by default) with client certificates
 /// issued by this collector's own CA, ship batches of readings and get an
 /// ack once each batch is durably stored. The HTTP API (TCP 7411, loopback
-/// by default) serves queries, the agents table and Prometheus metrics.
+/// by default) serves queries, the agents table, alerts and Prometheus
+/// metrics. Alert rules and sinks live in collector.toml (docs/alerts.md).
 ///
 /// First steps:
 ///   ferry-collector init --data-dir /var/lib/ferry
@@ -129,7 +130,8 @@ enum Command {
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Run the collector until SIGINT or SIGTERM.
+    /// Run the collector until SIGINT or SIGTERM. SIGHUP re-reads the
+    /// configuration file and applies its [processor] and [sink] tables.
     Run {
         /// Configuration file (written by `init`).
         #[arg(long, short = 'c', default_value = "collector.toml")]
