@@ -26,6 +26,9 @@ pub struct Faults {
     /// every reply of that group, as if the process died between the commit
     /// and the acks. The flag is cleared when it fires.
     pub crash_after_commit: Arc<AtomicBool>,
+    /// While set, the processors read nothing (as if very slow), so tests
+    /// can build up lag.
+    pub hold_processors: Arc<AtomicBool>,
 }
 
 /// What the writer answers for a batch: what the store did, or why the
@@ -129,9 +132,13 @@ pub fn run(
         if !group.is_empty() {
             state.set_event_log(bus.log_events());
             commit_group(
-                &store, &mut state, &group, replies, max_series, &faults, &metrics,
+                &store,
+                &mut state,
+                &group,
+                replies,
+                max_series,
+                (&faults, &metrics, &bus),
             );
-            bus.set_event_head(state.event_head());
         }
         match other {
             Some(Command::Revoke { agent, reply }) => {
@@ -193,8 +200,7 @@ fn commit_group(
     group: &[PreparedBatch],
     replies: Vec<oneshot::Sender<BatchReply>>,
     max_series: u64,
-    faults: &Faults,
-    metrics: &Metrics,
+    (faults, metrics, bus): (&Faults, &Metrics, &Bus),
 ) {
     let started = Instant::now();
     let result = store.apply_group(state, group, max_series, crate::now_ns());
@@ -204,6 +210,8 @@ fn commit_group(
     metrics.commit_batches.observe(group.len() as f64);
     match result {
         Ok(applied) => {
+            // Subscribers learn of the new log entries before any ack leaves.
+            bus.set_event_head(state.event_head());
             metrics.store_chunk_bytes.set(state.chunk_bytes());
             metrics.series.set(state.series_count());
             if faults.crash_after_commit.swap(false, Ordering::SeqCst) {

@@ -461,3 +461,84 @@ lag_budget = {{ max = 1, policy = "{policy}" }}
     server.stop().await;
     holder.abort();
 }
+
+#[tokio::test]
+async fn processors_past_a_skip_budget_jump_ahead_and_report_the_range() {
+    let fx = Fixture::new();
+    let bundle = fx.enroll("gw-1");
+    let path = write_config(
+        &fx,
+        r#"
+[processor]
+lag_budget = { max = 2, policy = "skip" }
+
+[[processor.threshold]]
+name = "hot"
+match = 'temp'
+above = 30
+"#,
+    );
+    let config = load(&path);
+    let hold = config.faults.hold_processors.clone();
+    hold.store(true, Ordering::SeqCst);
+    let server = Running::start(config).await;
+    let (agent, _) = Agent::session(server.quic, &bundle).await;
+    let t0 = base_ns();
+    let key = SeriesKey::new("temp", [("room", "a")]).unwrap();
+    // Four batches that would fire the rule, while the processors are held:
+    // ingest never waits under `skip`.
+    for seq in 1..=4 {
+        let b = series_batch(seq, key.clone(), t0 + seq as i64 * S, &[40.0]);
+        assert_eq!(agent.send(&b).await.unwrap(), Ack::stored(seq));
+    }
+    let bus = server.handle.bus();
+    assert_eq!(bus.event_head(), 4);
+    assert_eq!(bus.waiting(), 0);
+    // Released: 4 behind, budget 2: they skip 1..=4.
+    hold.store(false, Ordering::SeqCst);
+    until("the skip is recorded", || async {
+        !server
+            .admin()
+            .alerts(&AlertParams::default())
+            .await
+            .unwrap()
+            .is_empty()
+    })
+    .await;
+    let alerts = server
+        .admin()
+        .alerts(&AlertParams::default())
+        .await
+        .unwrap();
+    assert_eq!(alerts.len(), 1, "{alerts:?}");
+    assert_eq!(alerts[0].state, AlertState::Skipped);
+    assert_eq!(alerts[0].rule, "processors");
+    assert_eq!(alerts[0].subject, "event log 1..=4");
+    assert_eq!(alerts[0].value, 4.0);
+    let p = &server.admin().subscribers().await.unwrap()[0];
+    assert_eq!(
+        (p.name.as_str(), p.cursor, p.lag, p.handled, p.skipped),
+        ("processors", 4, 0, 0, 4)
+    );
+    // Afterwards the rule runs again on new data.
+    let b = series_batch(5, key, t0 + 5 * S, &[40.0]);
+    assert_eq!(agent.send(&b).await.unwrap(), Ack::stored(5));
+    until("the rule fired", || async {
+        server
+            .admin()
+            .alerts(&AlertParams::default())
+            .await
+            .unwrap()
+            .len()
+            == 2
+    })
+    .await;
+    let a = &server
+        .admin()
+        .alerts(&AlertParams::default())
+        .await
+        .unwrap()[1];
+    assert_eq!((a.state, a.ts_ns), (AlertState::Firing, t0 + 5 * S));
+    drop(agent);
+    server.stop().await;
+}

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
@@ -127,6 +128,14 @@ pub(crate) async fn processors(
     loop {
         if *stop.borrow() {
             break;
+        }
+        if shared.config.faults.hold_processors.load(Ordering::SeqCst) {
+            // Fault injection only: look again every 10 ms for the release.
+            tokio::select! {
+                _ = crate::stopped(&mut stop) => break,
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            continue;
         }
         let Some(mut w) = work.take() else { break };
         let record = bus.record(PROCESSORS).unwrap_or_default();
