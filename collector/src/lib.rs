@@ -259,6 +259,20 @@ impl Collector {
         metrics.store_chunk_bytes.set(writer_state.chunk_bytes());
         let (event_head, alert_head) = store.fanout_heads()?;
         let bus = Arc::new(fanout::Bus::new(event_head, alert_head));
+        // Before the first batch can arrive: the log is written from the
+        // first stored batch on, and the processors' budget applies at once.
+        bus.set_log_events(!config.processor.is_empty());
+        let cursor = store
+            .cursors()?
+            .get(fanout::PROCESSORS)
+            .copied()
+            .unwrap_or_default();
+        bus.subscribe(
+            fanout::PROCESSORS,
+            fanout::bus::LogKind::Events,
+            cursor,
+            config.processor.lag_budget,
+        );
         let (writer_tx, writer_rx) = mpsc::channel(config.storage.max_batches_per_commit * 2);
         let shared = Arc::new(server::Shared::new(
             config, store, writer_tx, metrics, revoked, bus,

@@ -123,6 +123,9 @@ impl Bus {
     }
 
     pub(crate) fn set_log_events(&self, on: bool) {
+        if on != self.log_events() {
+            tracing::info!(on, "event log for the processors");
+        }
         self.log_events.store(on, Ordering::SeqCst);
     }
 

@@ -107,14 +107,7 @@ pub(crate) async fn processors(
     let mut removed = Vec::new();
     let mut procs = restored(&shared, &cfg, &mut removed);
     procs.restart_timers(crate::now_ns());
-    let record = shared
-        .store
-        .cursors()
-        .ok()
-        .and_then(|c| c.get(PROCESSORS).copied())
-        .unwrap_or_default();
-    bus.subscribe(PROCESSORS, LogKind::Events, record, cfg.lag_budget);
-    bus.set_log_events(!procs.is_empty());
+    // `Collector::bind` subscribed the processors and enabled the log.
     let every = |p: &Processors| p.check_every().unwrap_or(Duration::from_secs(3600));
     let mut check = tokio::time::interval(every(&procs));
     let mut work = Some(Work {
