@@ -594,4 +594,63 @@ after = "60s"
         );
         assert!(p.is_empty());
     }
+
+    #[test]
+    fn rate_and_anomaly_rules_emit_through_the_pipeline() {
+        let c = cfg(r#"
+[[processor.rate]]
+name = "storm"
+match = 'pressure_hpa'
+window = "10s"
+per = "1s"
+below = -1.0
+
+[[processor.anomaly]]
+name = "txn"
+match = 'txn_amount'
+warm_up = 10
+"#);
+        let mut p = Processors::new(&c);
+        let mut names = HashMap::new();
+        for (id, key) in [
+            (
+                7u64,
+                SeriesKey::new("pressure_hpa", [("station", "s1")]).unwrap(),
+            ),
+            (
+                8,
+                SeriesKey::new("txn_amount", [("customer", "c1")]).unwrap(),
+            ),
+        ] {
+            names.insert(
+                id,
+                SeriesName {
+                    text: key.to_string(),
+                    key,
+                },
+            );
+        }
+        // Pressure falls 2 units per second: the rate rule fires once.
+        let falling: Vec<f64> = (0..5).map(|i| 1000.0 - 2.0 * i as f64).collect();
+        let ev = p.handle(&entry(7, 0, &falling, S), &names, S).unwrap();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(
+            (ev[0].rule.as_str(), ev[0].state),
+            ("rate/storm", AlertState::Firing)
+        );
+        assert_eq!((ev[0].value, ev[0].ts_ns), (-2.0, S));
+        // Twenty usual transactions, then a jump: one anomaly event.
+        let mut amounts: Vec<f64> = (0..20).map(|i| 50.0 + (i % 5) as f64).collect();
+        amounts.push(5000.0);
+        let ev = p
+            .handle(&entry(8, 0, &amounts, 2 * S), &names, 2 * S)
+            .unwrap();
+        assert_eq!(ev.len(), 1, "{ev:?}");
+        assert_eq!(
+            (ev[0].rule.as_str(), ev[0].state),
+            ("anomaly/txn", AlertState::Anomaly)
+        );
+        assert_eq!((ev[0].value, ev[0].ts_ns), (5000.0, 20 * S));
+        assert_eq!(ev[0].subject, r#"txn_amount{customer="c1"}"#);
+    }
 }
