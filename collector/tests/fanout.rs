@@ -542,3 +542,60 @@ above = 30
     drop(agent);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_silent_device_and_agent_go_offline_and_come_back_online() {
+    let fx = Fixture::new();
+    let bundle = fx.enroll("gw-1");
+    let path = write_config(
+        &fx,
+        r#"
+[processor.offline]
+after = "300ms"
+check_every = "20ms"
+
+[[sink.log]]
+name = "log"
+"#,
+    );
+    let server = Running::start(load(&path)).await;
+    let (agent, _) = Agent::session(server.quic, &bundle).await;
+    let t0 = base_ns();
+    let key = SeriesKey::new("temp", [("device", "d1")]).unwrap();
+    let b = series_batch(1, key.clone(), t0, &[20.0]);
+    assert_eq!(agent.send(&b).await.unwrap(), Ack::stored(1));
+    let admin = server.admin();
+    let offline = AlertParams {
+        state: Some("offline".into()),
+        ..AlertParams::default()
+    };
+    until("both offline", || async {
+        admin.alerts(&offline).await.unwrap().len() >= 2
+    })
+    .await;
+    let b = series_batch(2, key, t0 + S, &[20.0]);
+    assert_eq!(agent.send(&b).await.unwrap(), Ack::stored(2));
+    until("both online", || async {
+        admin.alerts(&AlertParams::default()).await.unwrap().len() >= 4
+    })
+    .await;
+    // (Silent again for 300 ms, they would go offline again: look at the
+    // first four.)
+    let all = admin.alerts(&AlertParams::default()).await.unwrap();
+    let got: Vec<(&str, AlertState)> = all[..4]
+        .iter()
+        .map(|a| (a.subject.as_str(), a.state))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("agent=gw-1", AlertState::Offline),
+            ("device=d1", AlertState::Offline),
+            ("agent=gw-1", AlertState::Online),
+            ("device=d1", AlertState::Online),
+        ]
+    );
+    assert!(all.iter().all(|a| a.rule == "offline/offline"));
+    drop(agent);
+    server.stop().await;
+}
