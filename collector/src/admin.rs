@@ -120,6 +120,12 @@ pub enum AdminError {
         /// Its error text.
         message: String,
     },
+    /// A parameter is invalid.
+    #[error("{0}")]
+    Invalid(String),
+    /// The operation needs a running collector.
+    #[error("no collector is running for {0} (nothing to reload)")]
+    NotRunning(PathBuf),
     /// Talking to the server failed midway.
     #[error("talking to the collector at {addr}: {message}")]
     Http {
@@ -222,6 +228,81 @@ impl Admin {
                 request(*addr, "GET", &format!("/api/v1/query?{}", qs.join("&"))).await
             }
             Admin::Local { store, .. } => Ok(store.query(&params.resolve(crate::now_ns())?)?),
+        }
+    }
+
+    /// Stored alert events matching `params`.
+    pub async fn alerts(
+        &self,
+        params: &crate::fanout::AlertParams,
+    ) -> Result<Vec<crate::fanout::AlertEvent>, AdminError> {
+        match self {
+            Admin::Remote(addr) => {
+                let mut qs = Vec::new();
+                for (k, v) in [
+                    ("state", &params.state),
+                    ("match", &params.selector),
+                    ("rule", &params.rule),
+                    ("from", &params.from),
+                    ("to", &params.to),
+                ] {
+                    if let Some(v) = v {
+                        qs.push(format!("{k}={}", encode_query(v)));
+                    }
+                }
+                if let Some(l) = params.limit {
+                    qs.push(format!("limit={l}"));
+                }
+                request(*addr, "GET", &format!("/api/v1/alerts?{}", qs.join("&"))).await
+            }
+            Admin::Local { store, .. } => {
+                let f = params
+                    .resolve(crate::now_ns())
+                    .map_err(AdminError::Invalid)?;
+                Ok(store.alerts(&f)?)
+            }
+        }
+    }
+
+    /// The fan-out subscribers: cursors, lag, skipped, dead letters. A
+    /// stopped collector shows its durable cursors (lag unknown: 0).
+    pub async fn subscribers(&self) -> Result<Vec<crate::fanout::SubscriberView>, AdminError> {
+        match self {
+            Admin::Remote(addr) => request(*addr, "GET", "/api/v1/subscribers").await,
+            Admin::Local { store, .. } => {
+                let (event_head, alert_head) = store.fanout_heads()?;
+                Ok(store
+                    .cursors()?
+                    .into_iter()
+                    .map(|(name, r)| {
+                        let (log, head) = if name == crate::fanout::PROCESSORS {
+                            (crate::fanout::bus::LogKind::Events, event_head)
+                        } else {
+                            (crate::fanout::bus::LogKind::Alerts, alert_head)
+                        };
+                        crate::fanout::SubscriberView {
+                            name,
+                            log,
+                            cursor: r.seq,
+                            head,
+                            lag: head.saturating_sub(r.seq),
+                            lag_budget: 0,
+                            policy: crate::fanout::LagPolicy::default(),
+                            handled: r.handled,
+                            skipped: r.skipped,
+                            dead_letters: r.dead_letters,
+                        }
+                    })
+                    .collect())
+            }
+        }
+    }
+
+    /// Asks the running collector to reload its configuration.
+    pub async fn reload(&self) -> Result<crate::ReloadReport, AdminError> {
+        match self {
+            Admin::Remote(addr) => request(*addr, "POST", "/api/v1/reload").await,
+            Admin::Local { data_dir, .. } => Err(AdminError::NotRunning(data_dir.clone())),
         }
     }
 

@@ -58,6 +58,13 @@ pub struct Config {
     pub limits: Limits,
     /// The embedded store.
     pub storage: StorageConfig,
+    /// Processor rules and their lag budget (reloadable).
+    pub processor: crate::fanout::ProcessorConfig,
+    /// Alert sinks (reloadable).
+    pub sink: crate::fanout::SinkConfig,
+    /// The file this configuration was read from (what a reload re-reads).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
     /// Test-only fault injection; never set from a file.
     #[serde(skip)]
     #[doc(hidden)]
@@ -147,6 +154,9 @@ impl Default for Config {
             http: HttpConfig::default(),
             limits: Limits::default(),
             storage: StorageConfig::default(),
+            processor: crate::fanout::ProcessorConfig::default(),
+            sink: crate::fanout::SinkConfig::default(),
+            source: None,
             faults: crate::writer::Faults::default(),
         }
     }
@@ -235,7 +245,14 @@ impl Config {
                 base.join(&config.data_dir)
             };
         }
-        config.validate()?;
+        config.validate().map_err(|e| match e {
+            ConfigError::Invalid(message) => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            e => e,
+        })?;
+        config.source = Some(path.to_owned());
         Ok(config)
     }
 
@@ -281,7 +298,7 @@ impl Config {
                 "storage.maintenance_interval must be positive".into(),
             ));
         }
-        Ok(())
+        crate::fanout::rules::validate(&self.processor, &self.sink).map_err(ConfigError::Invalid)
     }
 
     /// Path of the redb store file.
@@ -346,6 +363,32 @@ max_bytes = 0
 max_batches_per_commit = 512
 # How often retention, downsampling and compaction run.
 maintenance_interval = "60s"
+
+# Processors and sinks (docs/alerts.md): none by default. Reloaded without a
+# restart by SIGHUP or `ferry-collector reload`. For example:
+#
+# [processor]
+# # Stored batches the processors may fall behind; then "backpressure"
+# # (ingest waits) or "skip" (jump ahead, counted and reported).
+# lag_budget = { max = 100000, policy = "backpressure" }
+#
+# [[processor.threshold]]
+# name = "heart-rate"
+# match = 'heart_rate_bpm{patient="p-17"}'
+# above = 120
+# below = 40
+# for = "30s"
+# hysteresis = 5
+#
+# [processor.offline]
+# after = "5m"
+#
+# [[sink.webhook]]
+# name = "pager"
+# url = "http://127.0.0.1:9000/alerts"
+#
+# [[sink.log]]
+# name = "log"
 "#;
 
 /// serde adapter for human-readable durations (`"30s"`, `"7days"`).

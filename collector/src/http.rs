@@ -45,6 +45,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/series", get(series))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/revoke", post(revoke))
+        .route("/api/v1/alerts", get(alerts))
+        .route("/api/v1/subscribers", get(subscribers))
+        .route("/api/v1/reload", post(reload))
         .with_state(shared)
 }
 
@@ -61,6 +64,8 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .metrics
         .store_file_bytes
         .set(shared.store.file_bytes());
+    shared.metrics.set_subscribers(&shared.bus.views());
+    shared.metrics.ingest_waiting.set(shared.bus.waiting());
     (
         [(
             header::CONTENT_TYPE,
@@ -129,4 +134,38 @@ async fn revoke(
         changed,
         closed,
     }))
+}
+
+async fn alerts(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<crate::fanout::AlertParams>,
+) -> Result<Json<Vec<crate::fanout::AlertEvent>>, ApiError> {
+    let f = params
+        .resolve(crate::now_ns())
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+    let store = shared.store.clone();
+    Ok(Json(blocking(move || Ok(store.alerts(&f)?)).await?))
+}
+
+async fn subscribers(
+    State(shared): State<Arc<Shared>>,
+) -> Json<Vec<crate::fanout::SubscriberView>> {
+    Json(shared.bus.views())
+}
+
+async fn reload(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Result<Json<crate::server::ReloadReport>, ApiError> {
+    if !peer.ip().is_loopback() {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            format!("reload is answered for loopback clients only, not {peer}"),
+        ));
+    }
+    shared
+        .reload()
+        .await
+        .map(Json)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
 }

@@ -11,6 +11,8 @@
 //! - [`ingest`]: decompress, decode, validate, split into chunks (plain
 //!   functions with a `now` parameter), rate limiter, log limiter;
 //! - `writer`: the single writer thread doing group commits;
+//! - [`fanout`]: the event log, processors (threshold, rate, anomaly,
+//!   offline), alerts and sinks (webhook, log) — docs/alerts.md;
 //! - [`store`]: the redb layout (docs/storage.md), dedupe, queries,
 //!   maintenance (compaction, downsampling, retention);
 //! - [`query`]: selectors and time ranges;
@@ -43,6 +45,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod fanout;
 mod http;
 pub mod ingest;
 pub mod metrics;
@@ -62,7 +65,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{Config, ConfigError};
 pub use pki::{Bundle, EnrollOptions, InitOptions, PkiError, enroll, enroll_with, init};
-pub use server::{LiveConnection, RevokeError};
+pub use server::{LiveConnection, ReloadReport, RevokeError};
 pub use store::{MaintenanceReport, RetentionPlan, Store, StoreError};
 pub use writer::Faults;
 
@@ -164,6 +167,18 @@ impl Handle {
     pub fn live(&self) -> Vec<LiveConnection> {
         self.shared.live()
     }
+
+    /// Re-reads the configuration file and applies its `[processor]` and
+    /// `[sink]` tables, as SIGHUP and `ferry-collector reload` do. On error
+    /// the running configuration stays.
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        self.shared.reload().await
+    }
+
+    /// The fan-out bus: heads, cursors, lag.
+    pub fn bus(&self) -> &fanout::Bus {
+        &self.shared.bus
+    }
 }
 
 impl Collector {
@@ -242,9 +257,25 @@ impl Collector {
         let writer_state = store.writer_state()?;
         metrics.series.set(writer_state.series_count());
         metrics.store_chunk_bytes.set(writer_state.chunk_bytes());
+        let (event_head, alert_head) = store.fanout_heads()?;
+        let bus = Arc::new(fanout::Bus::new(event_head, alert_head));
+        // Before the first batch can arrive: the log is written from the
+        // first stored batch on, and the processors' budget applies at once.
+        bus.set_log_events(!config.processor.is_empty());
+        let cursor = store
+            .cursors()?
+            .get(fanout::PROCESSORS)
+            .copied()
+            .unwrap_or_default();
+        bus.subscribe(
+            fanout::PROCESSORS,
+            fanout::bus::LogKind::Events,
+            cursor,
+            config.processor.lag_budget,
+        );
         let (writer_tx, writer_rx) = mpsc::channel(config.storage.max_batches_per_commit * 2);
         let shared = Arc::new(server::Shared::new(
-            config, store, writer_tx, metrics, revoked,
+            config, store, writer_tx, metrics, revoked, bus,
         ));
         Ok(Self {
             endpoint,
@@ -297,6 +328,7 @@ impl Collector {
             let faults = config.faults.clone();
             let max_group = config.storage.max_batches_per_commit;
             let max_series = config.limits.max_series;
+            let bus = shared.bus.clone();
             std::thread::Builder::new()
                 .name("ferry-writer".into())
                 .spawn(move || {
@@ -304,10 +336,13 @@ impl Collector {
                         store,
                         writer_state,
                         writer_rx,
-                        max_group,
-                        max_series,
+                        writer::WriterLimits {
+                            max_group,
+                            max_series,
+                        },
                         faults,
                         metrics,
+                        bus,
                     )
                 })
                 .map_err(|source| Error::Io {
@@ -362,6 +397,16 @@ impl Collector {
                 }
             })
         };
+        let processors = tokio::spawn(fanout::run::processors(
+            shared.clone(),
+            shared.fanout.processors.subscribe(),
+            stop_rx.clone(),
+        ));
+        let sinks = tokio::spawn(fanout::run::sinks(
+            shared.clone(),
+            shared.fanout.sinks.subscribe(),
+            stop_rx.clone(),
+        ));
         let accept = tokio::spawn(server::accept_loop(
             endpoint.clone(),
             shared.clone(),
@@ -371,7 +416,12 @@ impl Collector {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight batches");
         let _ = stop_tx.send(true);
+        // Batches waiting for a lagging subscriber go ahead: they are
+        // committed and acked, and the subscriber finds them at restart.
+        shared.bus.close();
         let _ = accept.await;
+        let _ = processors.await;
+        let _ = sinks.await;
         let _ = http_task.await;
         let _ = maintenance.await;
         endpoint.close(

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_collector::admin::{Admin, AgentView};
+use ferry_collector::fanout::{AlertEvent, AlertParams, SubscriberView};
 use ferry_collector::query::QueryParams;
 use ferry_collector::store::{SeriesInfo, SeriesResult};
 use ferry_collector::{Collector, Config, EnrollOptions, InitOptions};
@@ -17,7 +18,8 @@ use ferry_collector::{Collector, Config, EnrollOptions, InitOptions};
 /// Agents connect over QUIC (UDP 7410 by default) with client certificates
 /// issued by this collector's own CA, ship batches of readings and get an
 /// ack once each batch is durably stored. The HTTP API (TCP 7411, loopback
-/// by default) serves queries, the agents table and Prometheus metrics.
+/// by default) serves queries, the agents table, alerts and Prometheus
+/// metrics. Alert rules and sinks live in collector.toml (docs/alerts.md).
 ///
 /// First steps:
 ///   ferry-collector init --data-dir /var/lib/ferry
@@ -128,7 +130,8 @@ enum Command {
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
     },
-    /// Run the collector until SIGINT or SIGTERM.
+    /// Run the collector until SIGINT or SIGTERM. SIGHUP re-reads the
+    /// configuration file and applies its [processor] and [sink] tables.
     Run {
         /// Configuration file (written by `init`).
         #[arg(long, short = 'c', default_value = "collector.toml")]
@@ -166,6 +169,56 @@ enum Command {
     /// Shrink the store file: move data down and give free space back to
     /// the file system. Only while the collector is stopped.
     Compact {
+        #[command(flatten)]
+        location: Location,
+    },
+    /// List alert events: what processor rules emitted (firing, resolved,
+    /// anomaly, offline, online), oldest first.
+    ///
+    /// Examples:
+    ///   ferry-collector alerts --state firing
+    ///   ferry-collector alerts 'heart_rate_bpm{patient="p-17"}' --from -1d
+    ///   ferry-collector alerts --rule storm -f json
+    #[command(verbatim_doc_comment)]
+    Alerts {
+        /// Only alerts about series matching this selector.
+        selector: Option<String>,
+        /// Only this state: firing, resolved, anomaly, offline, online,
+        /// skipped.
+        #[arg(long)]
+        state: Option<String>,
+        /// Only this rule (its name, or kind/name).
+        #[arg(long)]
+        rule: Option<String>,
+        /// Event time from: now, -15m, ns since the epoch or RFC 3339.
+        #[arg(long, allow_hyphen_values = true)]
+        from: Option<String>,
+        /// Event time to (exclusive), same forms.
+        #[arg(long, allow_hyphen_values = true)]
+        to: Option<String>,
+        /// Most events shown (the newest).
+        #[arg(long, default_value_t = 1000)]
+        limit: usize,
+        #[command(flatten)]
+        location: Location,
+        /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show the fan-out subscribers (processors and sinks): cursor, lag
+    /// behind the head, lag budget, entries handled, skipped and
+    /// dead-lettered.
+    Subscribers {
+        #[command(flatten)]
+        location: Location,
+        /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Make the running collector re-read its configuration file and apply
+    /// its [processor] and [sink] tables (as SIGHUP does). A bad file is
+    /// refused with the error, and the running configuration stays.
+    Reload {
         #[command(flatten)]
         location: Location,
     },
@@ -286,6 +339,52 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
             };
             print_query(&admin.query(&params).await?, format)?;
         }
+        Command::Alerts {
+            selector,
+            state,
+            rule,
+            from,
+            to,
+            limit,
+            location,
+            format,
+        } => {
+            let admin = Admin::connect(&location.data_dir()?).await?;
+            let params = AlertParams {
+                state,
+                selector,
+                rule,
+                from,
+                to,
+                limit: Some(limit),
+            };
+            print_alerts(&admin.alerts(&params).await?, format)?;
+        }
+        Command::Subscribers { location, format } => {
+            let admin = Admin::connect(&location.data_dir()?).await?;
+            print_subscribers(&admin.subscribers().await?, format)?;
+        }
+        Command::Reload { location } => {
+            let admin = Admin::connect(&location.data_dir()?).await?;
+            let r = admin.reload().await?;
+            println!("reloaded {}", r.config);
+            println!(
+                "  rules: {}",
+                if r.rules.is_empty() {
+                    "none".into()
+                } else {
+                    r.rules.join(", ")
+                }
+            );
+            println!(
+                "  sinks: {}",
+                if r.sinks.is_empty() {
+                    "none".into()
+                } else {
+                    r.sinks.join(", ")
+                }
+            );
+        }
         Command::Series {
             selector,
             location,
@@ -304,6 +403,22 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
 async fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let collector = Collector::bind(config).await?;
+    #[cfg(unix)]
+    {
+        let handle = collector.handle();
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP received: reloading the configuration");
+                        // Errors are logged by reload itself.
+                        let _ = handle.reload().await;
+                    }
+                });
+            }
+            Err(e) => tracing::warn!("cannot watch SIGHUP ({e}); use `ferry-collector reload`"),
+        }
+    }
     collector.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -475,5 +590,59 @@ fn print_query(results: &[SeriesResult], format: Format) -> anyhow::Result<()> {
     }
     print_rows(format, &header, &rows, || {
         serde_json::to_string_pretty(results).unwrap_or_default()
+    })
+}
+
+fn print_alerts(alerts: &[AlertEvent], format: Format) -> anyhow::Result<()> {
+    let header = ["ID", "TIME", "RULE", "STATE", "SUBJECT", "VALUE", "MESSAGE"];
+    let rows: Vec<Vec<String>> = alerts
+        .iter()
+        .map(|a| {
+            vec![
+                a.id.to_string(),
+                time_text(a.ts_ns),
+                a.rule.clone(),
+                a.state.as_str().to_owned(),
+                a.subject.clone(),
+                a.value.to_string(),
+                a.message.clone(),
+            ]
+        })
+        .collect();
+    print_rows(format, &header, &rows, || {
+        serde_json::to_string_pretty(alerts).unwrap_or_default()
+    })
+}
+
+fn print_subscribers(subs: &[SubscriberView], format: Format) -> anyhow::Result<()> {
+    let header = [
+        "SUBSCRIBER",
+        "CURSOR",
+        "HEAD",
+        "LAG",
+        "BUDGET",
+        "POLICY",
+        "HANDLED",
+        "SKIPPED",
+        "DEAD",
+    ];
+    let rows: Vec<Vec<String>> = subs
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.cursor.to_string(),
+                s.head.to_string(),
+                s.lag.to_string(),
+                s.lag_budget.to_string(),
+                format!("{:?}", s.policy).to_lowercase(),
+                s.handled.to_string(),
+                s.skipped.to_string(),
+                s.dead_letters.to_string(),
+            ]
+        })
+        .collect();
+    print_rows(format, &header, &rows, || {
+        serde_json::to_string_pretty(subs).unwrap_or_default()
     })
 }

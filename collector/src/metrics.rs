@@ -15,6 +15,7 @@ use crate::ingest::{BadInput, LogLimiter};
 
 type Labels1 = [(&'static str, &'static str); 1];
 type Labels2 = [(&'static str, &'static str); 2];
+type Dynamic = Vec<(&'static str, String)>;
 
 /// The collector's metrics. Names start with `ferry_collector_`.
 #[derive(Debug)]
@@ -48,6 +49,26 @@ pub struct Metrics {
     pub revocations: Counter,
     /// Maintenance runs and what they did, by action.
     pub maintenance_chunks: Family<Labels1, Counter>,
+    /// Per fan-out subscriber: entries behind its log's head.
+    pub fanout_lag: Family<Dynamic, Gauge<u64, AtomicU64>>,
+    /// Per fan-out subscriber: entries handled (durable total).
+    pub fanout_handled: Family<Dynamic, Gauge<u64, AtomicU64>>,
+    /// Per fan-out subscriber: entries skipped past its lag budget.
+    pub fanout_skipped: Family<Dynamic, Gauge<u64, AtomicU64>>,
+    /// Per sink: events dead-lettered (durable total).
+    pub fanout_dead_letters: Family<Dynamic, Gauge<u64, AtomicU64>>,
+    /// Alert events emitted, by rule and state.
+    pub alerts: Family<Dynamic, Counter>,
+    /// Webhook deliveries by sink and outcome (`delivered`, `dead_letter`).
+    pub webhook_deliveries: Family<Dynamic, Counter>,
+    /// Webhook retries by sink.
+    pub webhook_retries: Family<Dynamic, Counter>,
+    /// Batches that waited for a subscriber past its lag budget.
+    pub backpressure_waits: Counter,
+    /// Batches waiting now for a subscriber past its lag budget.
+    pub ingest_waiting: Gauge<u64, AtomicU64>,
+    /// Configuration reloads by outcome (`ok`, `error`).
+    pub reloads: Family<Labels1, Counter>,
     log: Mutex<LogLimiter>,
 }
 
@@ -93,6 +114,16 @@ impl Metrics {
             series: Gauge::default(),
             revocations: Counter::default(),
             maintenance_chunks: Family::default(),
+            fanout_lag: Family::default(),
+            fanout_handled: Family::default(),
+            fanout_skipped: Family::default(),
+            fanout_dead_letters: Family::default(),
+            alerts: Family::default(),
+            webhook_deliveries: Family::default(),
+            webhook_retries: Family::default(),
+            backpressure_waits: Counter::default(),
+            ingest_waiting: Gauge::default(),
+            reloads: Family::default(),
             log: Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10))),
         };
         m.registry.register(
@@ -153,10 +184,100 @@ impl Metrics {
             "Chunks handled by maintenance, by action",
             m.maintenance_chunks.clone(),
         );
+        m.registry.register(
+            "fanout_lag",
+            "Entries a fan-out subscriber is behind its log's head",
+            m.fanout_lag.clone(),
+        );
+        m.registry.register(
+            "fanout_handled",
+            "Entries a fan-out subscriber handled (durable total)",
+            m.fanout_handled.clone(),
+        );
+        m.registry.register(
+            "fanout_skipped",
+            "Entries a fan-out subscriber skipped past its lag budget (durable total)",
+            m.fanout_skipped.clone(),
+        );
+        m.registry.register(
+            "fanout_dead_letters",
+            "Alert events a sink gave up on (durable total)",
+            m.fanout_dead_letters.clone(),
+        );
+        m.registry.register(
+            "alerts",
+            "Alert events emitted, by rule and state",
+            m.alerts.clone(),
+        );
+        m.registry.register(
+            "webhook_deliveries",
+            "Webhook deliveries by sink and outcome",
+            m.webhook_deliveries.clone(),
+        );
+        m.registry.register(
+            "webhook_retries",
+            "Webhook delivery retries by sink",
+            m.webhook_retries.clone(),
+        );
+        m.registry.register(
+            "backpressure_waits",
+            "Batches that waited for a fan-out subscriber past its lag budget",
+            m.backpressure_waits.clone(),
+        );
+        m.registry.register(
+            "ingest_waiting",
+            "Batches waiting now for a fan-out subscriber past its lag budget",
+            m.ingest_waiting.clone(),
+        );
+        m.registry.register(
+            "reloads",
+            "Configuration reloads by outcome",
+            m.reloads.clone(),
+        );
         for kind in BadInput::ALL {
             let _ = m.bad_input.get_or_create(&[("kind", kind.label())]);
         }
         m
+    }
+
+    /// Counts an emitted alert event.
+    pub fn alert(&self, rule: &str, state: &'static str) {
+        self.alerts
+            .get_or_create(&vec![
+                ("rule", rule.to_owned()),
+                ("state", state.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts a webhook delivery outcome.
+    pub fn delivery(&self, sink: &str, outcome: &'static str) {
+        self.webhook_deliveries
+            .get_or_create(&vec![
+                ("sink", sink.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .inc();
+    }
+
+    /// Counts a webhook retry.
+    pub fn webhook_retry(&self, sink: &str) {
+        self.webhook_retries
+            .get_or_create(&vec![("sink", sink.to_owned())])
+            .inc();
+    }
+
+    /// Sets the per-subscriber gauges from the bus.
+    pub fn set_subscribers(&self, views: &[crate::fanout::SubscriberView]) {
+        for v in views {
+            let l = vec![("subscriber", v.name.clone())];
+            self.fanout_lag.get_or_create(&l).set(v.lag);
+            self.fanout_handled.get_or_create(&l).set(v.handled);
+            self.fanout_skipped.get_or_create(&l).set(v.skipped);
+            self.fanout_dead_letters
+                .get_or_create(&l)
+                .set(v.dead_letters);
+        }
     }
 
     /// Counts a batch outcome.

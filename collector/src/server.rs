@@ -43,6 +43,8 @@ pub struct Shared {
     pub(crate) writer: mpsc::Sender<Command>,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) revoked: Arc<RevocationList>,
+    pub(crate) bus: Arc<crate::fanout::Bus>,
+    pub(crate) fanout: crate::fanout::run::Control,
     live: Mutex<HashMap<u64, LiveConnection>>,
     next_conn: AtomicU64,
     rate: Mutex<RateLimiter>,
@@ -70,14 +72,18 @@ impl Shared {
         writer: mpsc::Sender<Command>,
         metrics: Arc<Metrics>,
         revoked: Arc<RevocationList>,
+        bus: Arc<crate::fanout::Bus>,
     ) -> Self {
         let rate = RateLimiter::new(config.limits.agent_readings_per_sec);
+        let fanout = crate::fanout::run::Control::new(&config.processor, &config.sink);
         Self {
             config,
             store,
             writer,
             metrics,
             revoked,
+            bus,
+            fanout,
             live: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             rate: Mutex::new(rate),
@@ -129,6 +135,71 @@ impl Shared {
         }
         tracing::info!(agent, closed = conns.len(), "agent revoked");
         Ok(changed)
+    }
+}
+
+/// What a reload applied.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ReloadReport {
+    /// The file read.
+    pub config: String,
+    /// Processor rules now running, `kind/name`.
+    pub rules: Vec<String>,
+    /// Sinks now running.
+    pub sinks: Vec<String>,
+}
+
+impl Shared {
+    /// Re-reads the configuration file and applies its `[processor]` and
+    /// `[sink]` tables; on any error the running configuration stays.
+    pub async fn reload(&self) -> Result<ReloadReport, String> {
+        let Some(path) = self.config.source.clone() else {
+            self.metrics
+                .reloads
+                .get_or_create(&[("outcome", "error")])
+                .inc();
+            return Err(
+                "this collector was started without a configuration file: nothing to reload".into(),
+            );
+        };
+        let loaded = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || Config::load(&path))
+                .await
+                .map_err(|e| e.to_string())?
+        };
+        let config = match loaded {
+            Ok(c) => c,
+            Err(e) => {
+                self.metrics
+                    .reloads
+                    .get_or_create(&[("outcome", "error")])
+                    .inc();
+                tracing::error!("reload refused, the running configuration stays: {e}");
+                return Err(format!("{e} (the running configuration stays)"));
+            }
+        };
+        let report = ReloadReport {
+            config: path.display().to_string(),
+            rules: config.processor.rule_ids(),
+            sinks: config
+                .sink
+                .webhook
+                .iter()
+                .map(|w| w.raw.name.clone())
+                .chain(config.sink.log.iter().map(|l| l.name.clone()))
+                .collect(),
+        };
+        self.fanout
+            .processors
+            .send_replace(Arc::new(config.processor));
+        self.fanout.sinks.send_replace(Arc::new(config.sink));
+        self.metrics
+            .reloads
+            .get_or_create(&[("outcome", "ok")])
+            .inc();
+        tracing::info!(rules = ?report.rules, sinks = ?report.sinks, "configuration reloaded");
+        Ok(report)
     }
 }
 
@@ -456,6 +527,11 @@ async fn batch_ack(
         Err(r) => return reject(batch.seq, r),
     };
     let seq = batch.seq;
+    // A `backpressure` subscriber past its lag budget holds ingest here;
+    // the agent keeps the batch on disk meanwhile.
+    if shared.bus.wait_for_room().await {
+        shared.metrics.backpressure_waits.inc();
+    }
     let (tx, rx) = oneshot::channel();
     if shared
         .writer

@@ -12,8 +12,12 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
+use crate::fanout::{AlertEvent, Bus};
 use crate::metrics::Metrics;
-use crate::store::{Applied, MaintenanceReport, PreparedBatch, RetentionPlan, Store, WriterState};
+use crate::store::{
+    Applied, CursorRecord, FanoutCommit, MaintenanceReport, PreparedBatch, RetentionPlan,
+    SinkCommit, Store, WriterState,
+};
 
 /// Fault injection for tests; all off by default.
 #[derive(Debug, Clone, Default)]
@@ -22,6 +26,9 @@ pub struct Faults {
     /// every reply of that group, as if the process died between the commit
     /// and the acks. The flag is cleared when it fires.
     pub crash_after_commit: Arc<AtomicBool>,
+    /// While set, the processors read nothing (as if very slow), so tests
+    /// can build up lag.
+    pub hold_processors: Arc<AtomicBool>,
 }
 
 /// What the writer answers for a batch: what the store did, or why the
@@ -52,8 +59,31 @@ pub enum Command {
         /// The report, if someone waits for it.
         reply: Option<oneshot::Sender<Result<MaintenanceReport, String>>>,
     },
+    /// Commit a processors' pass: cursor, rule state and alerts at once.
+    Fanout {
+        /// What to commit.
+        commit: FanoutCommit,
+        /// The alerts with their ids and the new cursor.
+        reply: oneshot::Sender<Result<(Vec<AlertEvent>, CursorRecord), String>>,
+    },
+    /// Commit a sink's cursor.
+    Sink {
+        /// What to commit.
+        commit: SinkCommit,
+        /// The new cursor.
+        reply: oneshot::Sender<Result<CursorRecord, String>>,
+    },
     /// Stop after everything queued before this.
     Stop,
+}
+
+/// The writer's bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterLimits {
+    /// Most batches per group commit.
+    pub max_group: usize,
+    /// Most series in the store.
+    pub max_series: u64,
 }
 
 /// Runs until every sender is dropped. Blocking: call on its own thread.
@@ -61,11 +91,15 @@ pub fn run(
     store: Arc<Store>,
     mut state: WriterState,
     mut rx: mpsc::Receiver<Command>,
-    max_group: usize,
-    max_series: u64,
+    limits: WriterLimits,
     faults: Faults,
     metrics: Arc<Metrics>,
+    bus: Arc<Bus>,
 ) {
+    let WriterLimits {
+        max_group,
+        max_series,
+    } = limits;
     let mut pending = None;
     loop {
         let Some(first) = pending.take().or_else(|| rx.blocking_recv()) else {
@@ -96,8 +130,14 @@ pub fn run(
             cmd => other = Some(cmd),
         }
         if !group.is_empty() {
+            state.set_event_log(bus.log_events());
             commit_group(
-                &store, &mut state, &group, replies, max_series, &faults, &metrics,
+                &store,
+                &mut state,
+                &group,
+                replies,
+                max_series,
+                (&faults, &metrics, &bus),
             );
         }
         match other {
@@ -131,6 +171,22 @@ pub fn run(
                     let _ = reply.send(r.map_err(|e| e.to_string()));
                 }
             }
+            Some(Command::Fanout { commit, reply }) => {
+                let r = store.commit_fanout(commit).map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    metrics.commit_errors.inc();
+                    tracing::error!("processors' commit failed: {e}");
+                }
+                let _ = reply.send(r);
+            }
+            Some(Command::Sink { commit, reply }) => {
+                let r = store.commit_sink(&commit).map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    metrics.commit_errors.inc();
+                    tracing::error!(sink = commit.name, "sink cursor commit failed: {e}");
+                }
+                let _ = reply.send(r);
+            }
             Some(Command::Stop) => break,
             Some(Command::Batch { .. }) | None => {}
         }
@@ -144,8 +200,7 @@ fn commit_group(
     group: &[PreparedBatch],
     replies: Vec<oneshot::Sender<BatchReply>>,
     max_series: u64,
-    faults: &Faults,
-    metrics: &Metrics,
+    (faults, metrics, bus): (&Faults, &Metrics, &Bus),
 ) {
     let started = Instant::now();
     let result = store.apply_group(state, group, max_series, crate::now_ns());
@@ -155,6 +210,8 @@ fn commit_group(
     metrics.commit_batches.observe(group.len() as f64);
     match result {
         Ok(applied) => {
+            // Subscribers learn of the new log entries before any ack leaves.
+            bus.set_event_head(state.event_head());
             metrics.store_chunk_bytes.set(state.chunk_bytes());
             metrics.series.set(state.series_count());
             if faults.crash_after_commit.swap(false, Ordering::SeqCst) {

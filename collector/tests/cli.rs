@@ -35,7 +35,17 @@ fn s(p: &Path) -> &str {
 #[test]
 fn every_subcommand_explains_itself() {
     for sub in [
-        "init", "enroll", "revoke", "agents", "run", "query", "series", "compact",
+        "init",
+        "enroll",
+        "revoke",
+        "agents",
+        "run",
+        "query",
+        "series",
+        "compact",
+        "alerts",
+        "subscribers",
+        "reload",
     ] {
         let help = ok(&[sub, "--help"]);
         assert!(help.contains("Usage: ferry-collector"), "{sub}: {help}");
@@ -145,6 +155,65 @@ fn operator_workflow() {
         String::from_utf8_lossy(&bad.stderr)
     );
 
+    // Alert rules: SIGHUP applies them; so does `reload`; a bad file is
+    // refused with its line and key and the running rules stay.
+    let base = std::fs::read_to_string(&config).unwrap();
+    let rules = "\n[[processor.threshold]]\nname = \"hot\"\nmatch = 'temperature'\nabove = 30\n\n[[sink.log]]\nname = \"log\"\n";
+    std::fs::write(&config, format!("{base}{rules}")).unwrap();
+    let status = Command::new("kill")
+        .args(["-HUP", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("configuration reloaded") {
+            assert!(line.contains("threshold/hot"), "{line}");
+            break;
+        }
+    }
+    let out = ok(&["reload", "--data-dir", s(&data)]);
+    assert_eq!(
+        out,
+        format!(
+            "reloaded {}\n  rules: threshold/hot\n  sinks: log\n",
+            config.display()
+        )
+    );
+    let bad_line = format!("{base}{rules}").lines().count() + 1;
+    std::fs::write(&config, format!("{base}{rules}abve = 3\n")).unwrap();
+    let bad = cli(&["reload", "--data-dir", s(&data)]);
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains(&format!("line {bad_line}")), "{err}");
+    assert!(err.contains("unknown field `abve`"), "{err}");
+    assert!(err.contains("the running configuration stays"), "{err}");
+    std::fs::write(&config, format!("{base}{rules}")).unwrap();
+    let mut subs = String::new();
+    for _ in 0..3000 {
+        subs = ok(&["subscribers", "--data-dir", s(&data), "-f", "csv"]);
+        if subs.contains("sink/log") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_eq!(
+        subs,
+        "SUBSCRIBER,CURSOR,HEAD,LAG,BUDGET,POLICY,HANDLED,SKIPPED,DEAD\n\
+         processors,0,0,0,100000,backpressure,0,0,0\n\
+         sink/log,0,0,0,100000,backpressure,0,0,0\n"
+    );
+    let out = ok(&[
+        "alerts",
+        "--state",
+        "firing",
+        "--data-dir",
+        s(&data),
+        "-f",
+        "csv",
+    ]);
+    assert_eq!(out, "ID,TIME,RULE,STATE,SUBJECT,VALUE,MESSAGE\n");
+
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
         .status()
@@ -161,6 +230,16 @@ fn operator_workflow() {
         "{rest:?}"
     );
     assert!(!data.join("collector.http").exists());
+
+    // No server: nothing to reload; alerts come from the store.
+    let bad = cli(&["reload", "--data-dir", s(&data)]);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("no collector is running"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    let out = ok(&["alerts", "--data-dir", s(&data), "-f", "json"]);
+    assert_eq!(out, "[]\n");
 
     // No server: the CLI opens the data directory itself.
     let out = ok(&["revoke", "gw-2", "--data-dir", s(&data)]);

@@ -292,3 +292,84 @@ fn staged_bundles_of_many_series_become_per_series_chunks() {
         assert_eq!(s.readings, expected, "{}", s.series);
     }
 }
+
+/// The event log is written with the batch only while enabled; a
+/// processors' commit deletes the handled entries, assigns alert ids,
+/// moves the cursor and keeps at most `max_alerts` alerts.
+#[test]
+fn event_log_and_fanout_commit() {
+    use ferry_collector::fanout::{AlertEvent, AlertState};
+    use ferry_collector::store::FanoutCommit;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("ferry.redb")).unwrap();
+    let mut state = store.writer_state().unwrap();
+    let agent: Arc<str> = Arc::from("gw-1");
+    let limits = Limits {
+        max_past: Duration::from_secs(86_400 * 365),
+        max_future: Duration::from_secs(86_400),
+        ..Limits::default()
+    };
+    let r = |i: i64| Reading {
+        ts_ns: T0 + i * SEC,
+        value: i as f64,
+    };
+    let p = |seq| {
+        prepare(
+            &agent,
+            "test",
+            &one_series_batch(seq, &[r(seq as i64)]),
+            &limits,
+            T0,
+        )
+        .unwrap()
+    };
+    store.apply_group(&mut state, &[p(1)], 1000, T0).unwrap();
+    assert_eq!(store.fanout_heads().unwrap(), (0, 0));
+    state.set_event_log(true);
+    store
+        .apply_group(&mut state, &[p(2), p(3), p(3)], 1000, T0 + SEC)
+        .unwrap();
+    assert_eq!(store.fanout_heads().unwrap(), (2, 0));
+    let log = store.log_after(0, 10).unwrap();
+    assert_eq!(log.iter().map(|e| e.0).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(log[0].1.agent, "gw-1");
+    assert_eq!(log[0].1.stored_ns, T0 + SEC);
+    assert_eq!(log[0].1.chunks.len(), 1);
+
+    let alert = |subject: &str| AlertEvent {
+        id: 0,
+        rule: "threshold/t".into(),
+        state: AlertState::Firing,
+        subject: subject.into(),
+        value: 1.0,
+        ts_ns: T0,
+        since_ns: T0,
+        emitted_ns: T0,
+        message: String::new(),
+    };
+    let (alerts, cursor) = store
+        .commit_fanout(FanoutCommit {
+            cursor: 1,
+            handled: 1,
+            alerts: vec![alert("a"), alert("b"), alert("c")],
+            max_alerts: 2,
+            ..FanoutCommit::default()
+        })
+        .unwrap();
+    assert_eq!(
+        alerts.iter().map(|a| a.id).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    assert_eq!((cursor.seq, cursor.handled), (1, 1));
+    assert_eq!(store.fanout_heads().unwrap(), (2, 3));
+    assert_eq!(store.log_after(0, 10).unwrap().len(), 1);
+    let kept = store.alerts_after(0, 10).unwrap();
+    assert_eq!(
+        kept.iter()
+            .map(|a| (a.id, a.subject.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(2, "b"), (3, "c")]
+    );
+    assert_eq!(store.cursors().unwrap()["processors"], cursor);
+}

@@ -210,3 +210,78 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let (head, rest) = body.split_once("\r\n\r\n")?;
     head.contains(" 200 ").then(|| rest.to_string())
 }
+
+/// A webhook receiver on 127.0.0.1:0: records every POSTed JSON body and
+/// answers 200. Stopped when dropped.
+pub struct WebhookReceiver {
+    /// Its address.
+    pub addr: SocketAddr,
+    bodies: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WebhookReceiver {
+    /// Binds and serves.
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let bodies = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let task = {
+            let bodies = bodies.clone();
+            tokio::spawn(async move {
+                while let Ok((mut s, _)) = listener.accept().await {
+                    let bodies = bodies.clone();
+                    tokio::spawn(async move {
+                        let mut raw = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        let body = loop {
+                            let n = s.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            raw.extend_from_slice(&buf[..n]);
+                            let text = String::from_utf8_lossy(&raw).to_string();
+                            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                                let len: usize = head
+                                    .lines()
+                                    .find_map(|l| {
+                                        l.to_ascii_lowercase()
+                                            .strip_prefix("content-length:")
+                                            .and_then(|v| v.trim().parse().ok())
+                                    })
+                                    .unwrap_or(0);
+                                if body.len() >= len {
+                                    break body[..len].to_owned();
+                                }
+                            }
+                        };
+                        if let Ok(v) = serde_json::from_str(&body) {
+                            bodies.lock().unwrap_or_else(|e| e.into_inner()).push(v);
+                        }
+                        let _ = s
+                            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                            .await;
+                    });
+                }
+            })
+        };
+        Self { addr, bodies, task }
+    }
+
+    /// Every body received so far, in arrival order.
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.bodies
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

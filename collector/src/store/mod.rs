@@ -12,6 +12,7 @@
 
 mod bundle;
 mod chunk;
+mod events;
 mod maintain;
 mod write;
 
@@ -25,7 +26,9 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, Tab
 use serde::{Deserialize, Serialize};
 
 pub use chunk::{CHUNK_SPAN_NS, align, bucket_of, merge_aggregate};
-pub(crate) use chunk::{encode as encode_chunk, split_block};
+pub(crate) use chunk::{decode as decode_chunk, encode as encode_chunk, split_block};
+pub(crate) use events::append_log;
+pub use events::{AlertFilter, CursorRecord, FanoutCommit, SinkCommit};
 pub use maintain::{COMPACT_SETTLE_NS, MaintenanceReport, RetentionPlan};
 pub use write::{Applied, DedupeWindow, PreparedBatch, PreparedChunk, WriterState};
 
@@ -237,6 +240,10 @@ impl Store {
             txn.open_table(BATCHES)?;
             txn.open_table(AGENTS)?;
             txn.open_table(HEALTH)?;
+            txn.open_table(events::EVENT_LOG)?;
+            txn.open_table(events::ALERTS)?;
+            txn.open_table(events::CURSORS)?;
+            txn.open_table(events::RULE_STATE)?;
         }
         txn.commit()?;
         Ok(Self {
@@ -284,6 +291,7 @@ impl Store {
             get("next_series")?,
             get("next_chunk")?,
             get("chunk_bytes")?,
+            get("next_event")?,
         ))
     }
 

@@ -110,8 +110,10 @@ pub struct WriterState {
     next_series: u64,
     next_chunk: u64,
     chunk_bytes: u64,
+    next_event: u64,
+    log_events: bool,
     pending: Vec<Vec<u8>>,
-    saved: (u64, u64, u64),
+    saved: (u64, u64, u64, u64),
 }
 
 impl WriterState {
@@ -120,15 +122,29 @@ impl WriterState {
         next_series: u64,
         next_chunk: u64,
         chunk_bytes: u64,
+        next_event: u64,
     ) -> Self {
         Self {
             dict,
             next_series,
             next_chunk,
             chunk_bytes,
+            next_event,
+            log_events: false,
             pending: Vec::new(),
-            saved: (next_series, next_chunk, chunk_bytes),
+            saved: (next_series, next_chunk, chunk_bytes, next_event),
         }
+    }
+
+    /// Whether stored batches are appended to the event log (only while
+    /// processors are configured: nobody would consume the log otherwise).
+    pub fn set_event_log(&mut self, on: bool) {
+        self.log_events = on;
+    }
+
+    /// Last event-log sequence assigned.
+    pub fn event_head(&self) -> u64 {
+        self.next_event
     }
 
     /// Number of series known.
@@ -147,14 +163,24 @@ impl WriterState {
 
     pub(crate) fn begin(&mut self) {
         self.pending.clear();
-        self.saved = (self.next_series, self.next_chunk, self.chunk_bytes);
+        self.saved = (
+            self.next_series,
+            self.next_chunk,
+            self.chunk_bytes,
+            self.next_event,
+        );
     }
 
     pub(crate) fn rollback(&mut self) {
         for key in self.pending.drain(..) {
             self.dict.remove(&key);
         }
-        (self.next_series, self.next_chunk, self.chunk_bytes) = self.saved;
+        (
+            self.next_series,
+            self.next_chunk,
+            self.chunk_bytes,
+            self.next_event,
+        ) = self.saved;
     }
 
     pub(crate) fn sub_bytes(&mut self, n: u64) {
@@ -175,6 +201,7 @@ impl WriterState {
         meta.insert("next_series", self.next_series)?;
         meta.insert("next_chunk", self.next_chunk)?;
         meta.insert("chunk_bytes", self.chunk_bytes)?;
+        meta.insert("next_event", self.next_event)?;
         Ok(())
     }
 }
@@ -398,6 +425,29 @@ fn apply_one(
     rec.readings += b.readings;
     rec.last_seq = Some(rec.last_seq.map_or(b.seq, |s| s.max(b.seq)));
     save_agent(txn, &rec)?;
+    if state.log_events {
+        // The event log entry commits with the batch: it exists iff the
+        // batch is stored (docs/alerts.md).
+        let mut aggregate_series: Vec<u64> = b
+            .aggregates
+            .iter()
+            .map(|a| ids[a.series as usize])
+            .collect();
+        aggregate_series.sort_unstable();
+        aggregate_series.dedup();
+        let entry = crate::fanout::LogEntry {
+            agent: b.agent.to_string(),
+            stored_ns: now_ns,
+            chunks: b
+                .chunks
+                .iter()
+                .map(|c| (ids[c.series as usize], c.bytes.clone()))
+                .collect(),
+            aggregate_series,
+        };
+        state.next_event += 1;
+        super::append_log(txn, state.next_event, &entry)?;
+    }
     Ok(Applied::Stored)
 }
 

@@ -237,3 +237,135 @@ pub fn batch(seq: u64, t0: i64, devices: &[&str], per_series: usize) -> Batch {
     }
     b
 }
+
+/// A webhook receiver on 127.0.0.1:0: records every POSTed JSON body and
+/// answers with `status` (200 unless changed).
+pub struct Receiver {
+    pub addr: SocketAddr,
+    pub bodies: Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    pub status: Arc<std::sync::atomic::AtomicU16>,
+    task: JoinHandle<()>,
+}
+
+impl Receiver {
+    pub async fn start() -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bodies = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let status = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let task = {
+            let (bodies, status) = (bodies.clone(), status.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut s, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let (bodies, status) = (bodies.clone(), status.clone());
+                    tokio::spawn(async move {
+                        let mut raw = Vec::new();
+                        let mut buf = [0u8; 4096];
+                        let body = loop {
+                            let n = s.read(&mut buf).await.unwrap_or(0);
+                            if n == 0 {
+                                return;
+                            }
+                            raw.extend_from_slice(&buf[..n]);
+                            let text = String::from_utf8_lossy(&raw).to_string();
+                            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                                let len: usize = head
+                                    .lines()
+                                    .find_map(|l| {
+                                        l.to_ascii_lowercase()
+                                            .strip_prefix("content-length:")
+                                            .map(|v| v.trim().parse().unwrap())
+                                    })
+                                    .unwrap_or(0);
+                                if body.len() >= len {
+                                    assert!(head.starts_with("POST /alerts HTTP/1.1"), "{head}");
+                                    break body[..len].to_owned();
+                                }
+                            }
+                        };
+                        bodies
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_str(&body).unwrap());
+                        let code = status.load(std::sync::atomic::Ordering::SeqCst);
+                        let _ = s
+                            .write_all(
+                                format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                                    .as_bytes(),
+                            )
+                            .await;
+                    });
+                }
+            })
+        };
+        Self {
+            addr,
+            bodies,
+            status,
+            task,
+        }
+    }
+
+    pub fn received(&self) -> Vec<serde_json::Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `cond` until it holds (the bound only turns a hang into a failure).
+pub async fn until<F, Fut>(what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..3_000 {
+        if cond().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+/// A batch of one series `metric{tags}` with readings one second apart
+/// from `t0`.
+pub fn series_batch(seq: u64, key: SeriesKey, t0: i64, values: &[f64]) -> Batch {
+    let readings: Vec<Reading> = values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| Reading {
+            ts_ns: t0 + i as i64 * 1_000_000_000,
+            value: v,
+        })
+        .collect();
+    Batch {
+        seq,
+        created_ns: t0,
+        series: vec![key],
+        blocks: vec![ReadingBlock::encode(0, &readings)],
+        ..Batch::default()
+    }
+}
+
+/// GET `path` over HTTP/1.0; the body of a 200 answer.
+pub async fn http_get(addr: SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).await.unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains(" 200 "), "{head}");
+    body.to_owned()
+}
