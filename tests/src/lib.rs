@@ -285,3 +285,40 @@ impl Drop for WebhookReceiver {
         self.task.abort();
     }
 }
+
+/// One stored window: `(series, start_ns)` and `(count, sum, min, max,
+/// first, last)`.
+pub type StoredWindow = ((String, i64), (u64, f64, f64, f64, f64, f64));
+
+/// Every window of the last hour the collector holds for `device`'s
+/// temperature and humidity series, duplicates included; empty while the
+/// collector is not answering.
+pub async fn stored_windows(data: &Path, device: &str) -> Vec<StoredWindow> {
+    let mut out = Vec::new();
+    let Ok(admin) = Admin::connect(data).await else {
+        return out;
+    };
+    for metric in ["temperature", "relative_humidity"] {
+        let Ok(res) = admin
+            .query(&QueryParams {
+                selector: Some(format!("{metric}{{device=\"{device}\"}}")),
+                from: Some("-1h".into()),
+                to: Some("now".into()),
+                step: None,
+                kind: Some("aggregates".into()),
+            })
+            .await
+        else {
+            return Vec::new();
+        };
+        for s in res {
+            for w in s.windows {
+                out.push((
+                    (s.series.clone(), w.start_ns),
+                    (w.count, w.sum, w.min, w.max, w.first, w.last),
+                ));
+            }
+        }
+    }
+    out
+}

@@ -11,8 +11,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use ferry_collector::admin::Admin;
-use ferry_collector::query::QueryParams;
 use ferry_firmware::sim;
 use ferry_proto::link::LinkConfig;
 use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, until};
@@ -35,33 +33,10 @@ fn elf() -> PathBuf {
 type Windows = BTreeMap<(String, i64), (u64, f64, f64, f64, f64, f64)>;
 
 async fn windows(data: &std::path::Path) -> Windows {
-    let mut out = Windows::new();
-    let Ok(admin) = Admin::connect(data).await else {
-        return out;
-    };
-    for metric in ["temperature", "relative_humidity"] {
-        let Ok(res) = admin
-            .query(&QueryParams {
-                selector: Some(format!("{metric}{{device=\"{DEVICE}\"}}")),
-                from: Some("-1h".into()),
-                to: Some("now".into()),
-                step: None,
-                kind: Some("aggregates".into()),
-            })
-            .await
-        else {
-            return Windows::new();
-        };
-        for s in res {
-            for w in s.windows {
-                out.insert(
-                    (s.series.clone(), w.start_ns),
-                    (w.count, w.sum, w.min, w.max, w.first, w.last),
-                );
-            }
-        }
-    }
-    out
+    ferry_tests::stored_windows(data, DEVICE)
+        .await
+        .into_iter()
+        .collect()
 }
 
 fn per_series_count(w: &Windows, sensor: &str) -> usize {

@@ -19,8 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_collector::admin::Admin;
-use ferry_collector::query::QueryParams;
 use ferry_firmware::sim;
 use ferry_proto::link::LinkConfig;
 use ferry_tests::{Proc, binary, free_tcp_port, http_get, until};
@@ -60,38 +58,11 @@ impl Rng {
     }
 }
 
-/// One stored window: `(series, start_ns)` and `(count, sum, min, max, first, last)`.
-type Stored = ((String, i64), (u64, f64, f64, f64, f64, f64));
+type Stored = ferry_tests::StoredWindow;
 
 /// Every window the collector holds for the device, duplicates included.
 async fn stored_windows(data: &Path) -> Vec<Stored> {
-    let mut out = Vec::new();
-    let Ok(admin) = Admin::connect(data).await else {
-        return out;
-    };
-    for metric in ["temperature", "relative_humidity"] {
-        let Ok(res) = admin
-            .query(&QueryParams {
-                selector: Some(format!("{metric}{{device=\"{DEVICE}\"}}")),
-                from: Some("-1h".into()),
-                to: Some("now".into()),
-                step: None,
-                kind: Some("aggregates".into()),
-            })
-            .await
-        else {
-            return Vec::new();
-        };
-        for s in res {
-            for w in s.windows {
-                out.push((
-                    (s.series.clone(), w.start_ns),
-                    (w.count, w.sum, w.min, w.max, w.first, w.last),
-                ));
-            }
-        }
-    }
-    out
+    ferry_tests::stored_windows(data, DEVICE).await
 }
 
 fn channel_of(series: &str) -> u8 {
