@@ -22,14 +22,16 @@ fi
 DIR=$(mktemp -d /tmp/ferry-demo.XXXX)
 pids=()
 cleanup() {
-    trap - INT TERM EXIT
+    trap - INT TERM HUP EXIT
     echo
     echo "==> stopping"
     for pid in "${pids[@]}"; do kill -INT "$pid" 2>/dev/null || true; done
     for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
     echo "data and logs are in $DIR"
 }
-trap cleanup INT TERM EXIT
+# HUP too: a closed terminal must not leave the collector (which takes
+# SIGHUP as "reload") running on its own.
+trap cleanup INT TERM HUP EXIT
 
 echo "==> collector: $DIR/collector"
 "$BIN/ferry-collector" init --data-dir "$DIR/collector" >/dev/null
