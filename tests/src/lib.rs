@@ -322,3 +322,63 @@ pub async fn stored_windows(data: &Path, device: &str) -> Vec<StoredWindow> {
     }
     out
 }
+
+/// The emulated board's sensor channel of a stored series: 0 the SHT4x
+/// temperature, 1 its humidity, 2 the TMP102.
+pub fn board_channel(series: &str) -> u8 {
+    if series.starts_with("relative_humidity") {
+        1
+    } else if series.contains("tmp102") {
+        2
+    } else {
+        0
+    }
+}
+
+/// Checks every stored window bit for bit against the emulated board's
+/// deterministic waveform under `config` (device time 0 ↦ the earliest
+/// window's start, the offset the agent measured) and returns the windows'
+/// starts in device milliseconds per channel, sorted.
+pub fn check_board_windows(
+    got: &[StoredWindow],
+    config: ferry_proto::link::LinkConfig,
+) -> std::collections::BTreeMap<u8, Vec<u64>> {
+    let offset = got
+        .iter()
+        .map(|((_, start), _)| *start)
+        .min()
+        .expect("windows");
+    let mut per_channel: std::collections::BTreeMap<u8, Vec<u64>> = Default::default();
+    for ((series, start_ns), (count, sum, min, max, first, last)) in got {
+        let rel = start_ns - offset;
+        assert_eq!(
+            rel % 1_000_000,
+            0,
+            "{series}: start not on a device millisecond"
+        );
+        let start_ms = (rel / 1_000_000) as u64;
+        let ch = board_channel(series);
+        per_channel.entry(ch).or_default().push(start_ms);
+        let want = ferry_firmware::sim::expected_windows(0, config, start_ms);
+        let w = want
+            .iter()
+            .find(|w| w.channel == ch)
+            .expect("channel window");
+        assert_eq!(
+            (*count, *sum, *min, *max, *first, *last),
+            (
+                u64::from(w.count),
+                f64::from(w.sum),
+                f64::from(w.min),
+                f64::from(w.max),
+                f64::from(w.first),
+                f64::from(w.last)
+            ),
+            "{series} window at {start_ms} ms"
+        );
+    }
+    for starts in per_channel.values_mut() {
+        starts.sort_unstable();
+    }
+    per_channel
+}

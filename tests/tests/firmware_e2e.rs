@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use ferry_firmware::sim;
 use ferry_proto::link::LinkConfig;
 use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, until};
 
@@ -132,47 +131,8 @@ async fn board_to_collector_exactly_and_through_an_agent_crash() {
     })
     .await;
 
-    let got = windows(data).await;
-    let channel_of = |series: &str| {
-        if series.starts_with("relative_humidity") {
-            1u8
-        } else if series.contains("tmp102") {
-            2
-        } else {
-            0
-        }
-    };
-    // Device time 0 ↦ the offset the agent measured (and kept across its crash).
-    let offset = got.keys().map(|(_, start)| *start).min().unwrap();
-    let mut per_channel: BTreeMap<u8, Vec<u64>> = BTreeMap::new();
-    for ((series, start_ns), (count, sum, min, max, first, last)) in &got {
-        let rel = start_ns - offset;
-        assert_eq!(
-            rel % 1_000_000,
-            0,
-            "{series}: start not on a device millisecond"
-        );
-        let start_ms = (rel / 1_000_000) as u64;
-        let ch = channel_of(series);
-        per_channel.entry(ch).or_default().push(start_ms);
-        let want = sim::expected_windows(0, CONFIG, start_ms);
-        let w = want
-            .iter()
-            .find(|w| w.channel == ch)
-            .expect("channel window");
-        assert_eq!(
-            (*count, *sum, *min, *max, *first, *last),
-            (
-                u64::from(w.count),
-                f64::from(w.sum),
-                f64::from(w.min),
-                f64::from(w.max),
-                f64::from(w.first),
-                f64::from(w.last)
-            ),
-            "{series} window at {start_ms} ms"
-        );
-    }
+    let got: Vec<ferry_tests::StoredWindow> = windows(data).await.into_iter().collect();
+    let per_channel = ferry_tests::check_board_windows(&got, CONFIG);
     for (ch, starts) in &per_channel {
         let n = starts.len() as u64;
         let contiguous: Vec<u64> = (0..n).map(|k| k * u64::from(CONFIG.window_ms)).collect();

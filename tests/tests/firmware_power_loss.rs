@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry_firmware::sim;
 use ferry_proto::link::LinkConfig;
 use ferry_tests::{Proc, binary, free_tcp_port, http_get, until};
 
@@ -65,22 +64,12 @@ async fn stored_windows(data: &Path) -> Vec<Stored> {
     ferry_tests::stored_windows(data, DEVICE).await
 }
 
-fn channel_of(series: &str) -> u8 {
-    if series.starts_with("relative_humidity") {
-        1
-    } else if series.contains("tmp102") {
-        2
-    } else {
-        0
-    }
-}
-
 /// Windows of channel 0 the collector holds.
 async fn sht_windows(data: &Path) -> usize {
     stored_windows(data)
         .await
         .iter()
-        .filter(|((s, _), _)| channel_of(s) == 0)
+        .filter(|((s, _), _)| ferry_tests::board_channel(s) == 0)
         .count()
 }
 
@@ -255,35 +244,9 @@ async fn journal_board_survives_power_loss_and_agent_loss_exactly_once() {
     keys.dedup();
     assert_eq!(before, keys.len(), "a window is stored twice");
     // Device time 0 ↦ the offset the agent measured at the epoch's first hello.
-    let offset = got.iter().map(|((_, start), _)| *start).min().unwrap();
-    let mut per_channel: std::collections::BTreeMap<u8, Vec<u64>> = Default::default();
-    for ((series, start_ns), (count, sum, min, max, first, last)) in &got {
-        let rel = start_ns - offset;
-        assert_eq!(rel % 1_000_000, 0, "{series}: start not on a device ms");
-        let start_ms = (rel / 1_000_000) as u64;
-        let ch = channel_of(series);
-        per_channel.entry(ch).or_default().push(start_ms);
-        let want = sim::expected_windows(0, CONFIG, start_ms);
-        let w = want
-            .iter()
-            .find(|w| w.channel == ch)
-            .expect("channel window");
-        assert_eq!(
-            (*count, *sum, *min, *max, *first, *last),
-            (
-                u64::from(w.count),
-                f64::from(w.sum),
-                f64::from(w.min),
-                f64::from(w.max),
-                f64::from(w.first),
-                f64::from(w.last)
-            ),
-            "{series} window at {start_ms} ms"
-        );
-    }
+    let per_channel = ferry_tests::check_board_windows(&got, CONFIG);
     assert_eq!(per_channel.len(), 3, "three channels");
-    for (ch, starts) in &mut per_channel {
-        starts.sort_unstable();
+    for (ch, starts) in &per_channel {
         let n = starts.len() as u64;
         let contiguous: Vec<u64> = (0..n).map(|k| k * u64::from(CONFIG.window_ms)).collect();
         assert_eq!(
