@@ -33,7 +33,9 @@
 //! Run (the agent binary is built by `cargo bench` itself):
 //! `cargo bench -p ferry-agent --bench e2e`
 //! (`FERRY_BENCH_SECS`: seconds of full-rate sending, default 8;
-//! `FERRY_BENCH_LATENCY_SECS`: seconds at 50k/s, default 10.)
+//! `FERRY_BENCH_LATENCY_SECS`: seconds at 50k/s, default 10;
+//! `FERRY_BENCH_LOG`: a `tracing` filter for the in-process collector's logs,
+//! e.g. `ferry_collector=debug`, and the agent's `RUST_LOG`.)
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -68,6 +70,12 @@ fn main() {
     // `cargo test --benches` runs bench targets without `--bench`: a tiny
     // configuration then, so that the target stays tested.
     let quick = !std::env::args().any(|a| a == "--bench");
+    if let Ok(filter) = std::env::var("FERRY_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let env_secs = |name: &str, full: f64, quick_v: f64| {
         std::env::var(name)
             .ok()
@@ -284,7 +292,10 @@ impl Agent {
             .arg("run")
             .arg("--config")
             .arg(&config)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("FERRY_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).expect("agent log"))

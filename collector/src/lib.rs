@@ -138,19 +138,17 @@ impl Handle {
         self.shared.revoke(agent).await
     }
 
-    /// Runs one maintenance pass with `plan` now and returns its report.
+    /// Runs maintenance passes with `plan` until one leaves nothing more
+    /// to do, and returns their summed report.
     pub async fn maintain(&self, plan: RetentionPlan) -> Result<MaintenanceReport, String> {
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .writer
-            .send(writer::Command::Maintain {
-                plan,
-                reply: Some(tx),
-            })
-            .await
-            .map_err(|_| "the collector is shutting down".to_owned())?;
-        rx.await
-            .map_err(|_| "the collector is shutting down".to_owned())?
+        let mut total = MaintenanceReport::default();
+        loop {
+            let (report, more) = self.shared.maintain(plan).await?;
+            total.add(&report);
+            if !more {
+                return Ok(total);
+            }
+        }
     }
 
     /// The metrics registry.
@@ -387,10 +385,18 @@ impl Collector {
                     tokio::select! {
                         _ = crate::stopped(&mut stop) => break,
                         _ = tick.tick() => {
-                            let plan = RetentionPlan::at(now_ns(), &shared.config.storage);
-                            let cmd = writer::Command::Maintain { plan, reply: None };
-                            if shared.writer.send(cmd).await.is_err() {
-                                break;
+                            // Passes back to back while a backlog of settled
+                            // buckets remains; ingest commits run between them.
+                            while !*stop.borrow() {
+                                let plan = RetentionPlan::at(now_ns(), &shared.config.storage);
+                                match shared.maintain(plan).await {
+                                    Ok((_, true)) => {}
+                                    Ok((_, false)) => break,
+                                    Err(e) => {
+                                        tracing::error!("maintenance failed: {e}");
+                                        break;
+                                    }
+                                }
                             }
                         }
                     }

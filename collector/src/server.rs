@@ -18,7 +18,7 @@ use crate::config::Config;
 use crate::ingest::{self, BadInput, RateLimiter, Rejection};
 use crate::metrics::Metrics;
 use crate::pki::{RevocationList, agent_id_of};
-use crate::store::{Applied, Store};
+use crate::store::{Applied, MaintenanceReport, RetentionPlan, Store};
 use crate::writer::Command;
 
 /// A live agent connection, for `agents` and revocation.
@@ -48,6 +48,9 @@ pub struct Shared {
     live: Mutex<HashMap<u64, LiveConnection>>,
     next_conn: AtomicU64,
     rate: Mutex<RateLimiter>,
+    /// Maintenance passes run one at a time (their work is prepared on a
+    /// snapshot that must still hold when the writer applies it).
+    maintenance: tokio::sync::Mutex<()>,
 }
 
 /// Why a revocation failed.
@@ -87,7 +90,36 @@ impl Shared {
             live: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             rate: Mutex::new(rate),
+            maintenance: tokio::sync::Mutex::new(()),
         }
+    }
+
+    /// One maintenance pass: the work (decoding, merging, re-encoding
+    /// chunks) is prepared on a blocking thread from a read snapshot, and
+    /// only applying it takes the writer, so ingest commits carry on
+    /// meanwhile. Returns the report and whether more work is waiting.
+    pub(crate) async fn maintain(
+        &self,
+        plan: RetentionPlan,
+    ) -> Result<(MaintenanceReport, bool), String> {
+        let _one_at_a_time = self.maintenance.lock().await;
+        let store = self.store.clone();
+        let work = tokio::task::spawn_blocking(move || store.prepare_maintenance(&plan))
+            .await
+            .map_err(|e| format!("maintenance task: {e}"))?
+            .map_err(|e| e.to_string())?;
+        let more = work.has_more();
+        let (tx, rx) = oneshot::channel();
+        let gone = || "the collector is shutting down".to_owned();
+        self.writer
+            .send(Command::Maintain {
+                work,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| gone())?;
+        let report = rx.await.map_err(|_| gone())??;
+        Ok((report, more))
     }
 
     /// Live connections, sorted by agent.

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::fanout::{AlertEvent, Bus};
 use crate::metrics::Metrics;
 use crate::store::{
-    Applied, CursorRecord, FanoutCommit, MaintenanceReport, PreparedBatch, RetentionPlan,
+    Applied, CursorRecord, FanoutCommit, MaintenanceReport, MaintenanceWork, PreparedBatch,
     SinkCommit, Store, WriterState,
 };
 
@@ -52,10 +52,10 @@ pub enum Command {
         /// True if it was not revoked before.
         reply: oneshot::Sender<Result<bool, String>>,
     },
-    /// Run one maintenance pass with this plan.
+    /// Apply one maintenance pass's prepared work.
     Maintain {
-        /// What to do.
-        plan: RetentionPlan,
+        /// What to apply ([`Store::prepare_maintenance`]).
+        work: MaintenanceWork,
         /// The report, if someone waits for it.
         reply: Option<oneshot::Sender<Result<MaintenanceReport, String>>>,
     },
@@ -148,9 +148,9 @@ pub fn run(
                 }
                 let _ = reply.send(r);
             }
-            Some(Command::Maintain { plan, reply }) => {
+            Some(Command::Maintain { work, reply }) => {
                 let started = Instant::now();
-                let r = store.maintain(&mut state, &plan);
+                let r = store.apply_maintenance(&mut state, work);
                 match &r {
                     Ok(report) => {
                         let m = &metrics.maintenance_chunks;
@@ -162,7 +162,7 @@ pub fn run(
                             .inc_by(report.chunks_evicted);
                         m.get_or_create(&[("action", "aggregates_expired")])
                             .inc_by(report.aggregates_deleted);
-                        tracing::debug!(?report, elapsed = ?started.elapsed(), "maintenance");
+                        tracing::debug!(?report, apply = ?started.elapsed(), "maintenance");
                     }
                     Err(e) => tracing::error!("maintenance failed: {e}"),
                 }

@@ -373,3 +373,68 @@ fn event_log_and_fanout_commit() {
     );
     assert_eq!(store.cursors().unwrap()["processors"], cursor);
 }
+
+/// A pass is prepared from a snapshot while the writer keeps committing:
+/// batches stored between preparing and applying stay staged and are read
+/// once; work prepared from an older snapshot than the last applied pass is
+/// refused whole, with the counters rolled back.
+#[test]
+fn maintenance_prepared_off_the_writer_keeps_batches_committed_meanwhile() {
+    let (_dir, store, mut state) = store_with(&[
+        one_series_batch(1, &readings(0..10)),
+        one_series_batch(2, &readings(10..20)),
+    ]);
+    let plan = RetentionPlan {
+        raw_before: None,
+        downsample_len: 60 * SEC as u64,
+        aggregates_before: None,
+        max_bytes: None,
+        compact_before: T0 + 3 * 3_600 * SEC,
+    };
+    let work = store.prepare_maintenance(&plan).unwrap();
+    let stale = store.prepare_maintenance(&plan).unwrap();
+    assert!(!work.has_more());
+    assert_eq!(work.size(), 2);
+    // A batch for the same bucket commits before the work is applied.
+    let late = prepare(
+        &Arc::from("gw-1"),
+        "test",
+        &one_series_batch(3, &readings(20..30)),
+        &Limits {
+            max_past: Duration::from_secs(86_400 * 365),
+            ..Limits::default()
+        },
+        T0,
+    )
+    .unwrap();
+    assert_eq!(
+        store.apply_group(&mut state, &[late], 1000, T0).unwrap(),
+        [Applied::Stored]
+    );
+    assert_eq!(
+        store
+            .apply_maintenance(&mut state, work)
+            .unwrap()
+            .compacted_chunks,
+        2
+    );
+    let expected: Vec<(i64, f64)> = readings(0..30).iter().map(|r| (r.ts_ns, r.value)).collect();
+    assert_eq!(all(&store, "raw", None).readings, expected);
+    let bytes = store.chunk_bytes().unwrap();
+    let counted = state.chunk_bytes();
+    // The second work was prepared before the first was applied.
+    let err = store.apply_maintenance(&mut state, stale).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "maintenance: a staged bundle changed since the maintenance pass was prepared"
+    );
+    assert_eq!(state.chunk_bytes(), counted);
+    assert_eq!(store.chunk_bytes().unwrap(), bytes);
+    assert_eq!(all(&store, "raw", None).readings, expected);
+    // The late batch is compacted by the next pass.
+    assert_eq!(
+        store.maintain(&mut state, &plan).unwrap().compacted_chunks,
+        1
+    );
+    assert_eq!(all(&store, "raw", None).readings, expected);
+}

@@ -29,7 +29,7 @@ pub use chunk::{CHUNK_SPAN_NS, align, bucket_of, merge_aggregate};
 pub(crate) use chunk::{decode as decode_chunk, encode as encode_chunk, split_block};
 pub(crate) use events::append_log;
 pub use events::{AlertFilter, CursorRecord, FanoutCommit, SinkCommit};
-pub use maintain::{COMPACT_SETTLE_NS, MaintenanceReport, RetentionPlan};
+pub use maintain::{COMPACT_SETTLE_NS, MaintenanceReport, MaintenanceWork, RetentionPlan};
 pub use write::{Applied, DedupeWindow, PreparedBatch, PreparedChunk, WriterState};
 
 use crate::query::{Query, Selector};
@@ -76,6 +76,10 @@ pub enum StoreError {
     /// version.
     #[error("corrupt store record: {0}")]
     Corrupt(String),
+    /// Prepared maintenance found its rows changed when applied: nothing
+    /// was applied, and the next pass prepares afresh.
+    #[error("maintenance: {0}")]
+    Stale(String),
     /// A query asked for more than the store will return at once.
     #[error("query too large: {0}")]
     TooLarge(String),
