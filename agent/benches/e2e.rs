@@ -722,6 +722,7 @@ fn latency_phase(agent: &Agent, collector: &Collector, secs: Duration, t0_s: i64
         let acked = samples.get(j).map_or(Instant::now(), |s| s.0);
         lat.push(acked.saturating_duration_since(*scheduled).as_secs_f64() * 1e3);
     }
+    print_stalls(&lat);
     lat.sort_by(f64::total_cmp);
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     Latency {
@@ -731,6 +732,45 @@ fn latency_phase(agent: &Agent, collector: &Collector, secs: Duration, t0_s: i64
         p99_ms: pct(0.99),
         max_ms: pct(1.0),
     }
+}
+
+/// Where the latency went over the target: runs of consecutive ticks over
+/// it, with their offset in the phase and their worst latency (to tell one
+/// stall from a slow steady path).
+fn print_stalls(lat: &[f64]) {
+    let tick_s = PACED_TICK.as_secs_f64();
+    let mut runs: Vec<(usize, usize, f64)> = Vec::new(); // (first tick, ticks, worst ms)
+    for (i, &ms) in lat.iter().enumerate() {
+        if ms <= TARGET_P99_MS {
+            continue;
+        }
+        match runs.last_mut() {
+            Some((first, n, worst)) if *first + *n == i => {
+                *n += 1;
+                *worst = worst.max(ms);
+            }
+            _ => runs.push((i, 1, ms)),
+        }
+    }
+    let over: usize = runs.iter().map(|r| r.1).sum();
+    runs.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let worst: Vec<String> = runs
+        .iter()
+        .take(5)
+        .map(|(first, n, worst)| {
+            format!(
+                "+{:.2} s for {:.0} ms (worst {worst:.0} ms)",
+                *first as f64 * tick_s,
+                *n as f64 * tick_s * 1e3
+            )
+        })
+        .collect();
+    eprintln!(
+        "e2e: latency: {over} of {} ticks over {TARGET_P99_MS} ms in {} runs; worst: {}",
+        lat.len(),
+        runs.len(),
+        worst.join(", ")
+    );
 }
 
 // ---------------------------------------------------------------------------

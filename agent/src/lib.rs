@@ -32,6 +32,8 @@ pub mod config;
 #[cfg(feature = "std")]
 pub mod intake;
 #[cfg(feature = "std")]
+pub mod memory;
+#[cfg(feature = "std")]
 pub mod metrics;
 #[cfg(feature = "std")]
 pub mod run;

@@ -193,6 +193,12 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         stopped.clone(),
     ));
 
+    // Free heap back to the OS once a burst is over.
+    tasks.spawn(crate::memory::trim_when_idle(
+        metrics.clone(),
+        stopped.clone(),
+    ));
+
     // Admin endpoint.
     let listener = tokio::net::TcpListener::bind(config.admin.listen)
         .await
