@@ -23,12 +23,12 @@ BOARDS=(
 # The journal image of the emulated board (firmware/README.md, "Two builds"):
 # its own profile and feature. RAM budget 128 KiB for statics (the heap is a
 # static array) plus the stack's measured peak, which the power-loss test
-# prints; the static part is checked here. Flash target 512 KiB: reported,
-# not yet met (README "Sizes"), so not enforced.
+# prints; the static part is checked here. Flash budget 512 KiB (also the
+# linker region in memory-journal.x).
 JOURNAL_PKG=ferry-board-mps2-an386
 JOURNAL_BIN=ferry-mps2-an386-journal
 JOURNAL_PROFILE=firmware-journal
-JOURNAL_FLASH_TARGET=$((512 * 1024))
+JOURNAL_FLASH_BUDGET=$((512 * 1024))
 JOURNAL_RAM_BUDGET=$((128 * 1024))
 
 setup() {
@@ -79,14 +79,10 @@ build() {
     local flash=$((text + data)) ram=$((data + bss))
     printf 'firmware size: %-24s flash %6d B (%5.1f KiB)  static RAM %6d B (%5.1f KiB, heap included)' \
         "$JOURNAL_BIN" "$flash" "$(awk "BEGIN{print $flash/1024}")" "$ram" "$(awk "BEGIN{print $ram/1024}")"
-    printf '  RAM budget %d B' "$JOURNAL_RAM_BUDGET"
-    if [ "$ram" -gt "$JOURNAL_RAM_BUDGET" ]; then
+    printf '  budget %d / %d B' "$JOURNAL_FLASH_BUDGET" "$JOURNAL_RAM_BUDGET"
+    if [ "$flash" -gt "$JOURNAL_FLASH_BUDGET" ] || [ "$ram" -gt "$JOURNAL_RAM_BUDGET" ]; then
         printf '  OVER BUDGET'
         over=1
-    fi
-    if [ "$flash" -gt "$JOURNAL_FLASH_TARGET" ]; then
-        printf '  flash target %d B: over by %d B (known, README "Sizes")' \
-            "$JOURNAL_FLASH_TARGET" "$((flash - JOURNAL_FLASH_TARGET))"
     fi
     printf '\n'
     if [ "$over" -ne 0 ]; then
