@@ -104,8 +104,9 @@ clippy() {
         IFS=: read -r pkg _ <<<"$entry"
         cargo clippy -p "$pkg" --target "$TARGET" --profile "$PROFILE" -- -D warnings
     done
-    # The journal build: the library's feature (host tests) and the images.
-    cargo clippy -p ferry-firmware --all-targets --features journal -- -D warnings
+    # The journal build: the library's features (host tests, the nRF
+    # journal's storage among them) and the images.
+    cargo clippy -p ferry-firmware --all-targets --features journal,nor-flash -- -D warnings
     for entry in "${JOURNALS[@]}"; do
         IFS=: read -r pkg bin _ <<<"$entry"
         cargo clippy -p "$pkg" --features journal --bin "$bin" \
