@@ -33,8 +33,8 @@ fn main() -> ! {
     let Some(nvmc) = flash::take(nvmc) else {
         halt()
     };
-    // A blank region is formatted; one the layer cannot mount (another
-    // layout, or not the layer's) stops here rather than being erased.
+    // A region with no valid anchor entry (blank) is formatted; any other
+    // mount failure stops here rather than erasing the journal.
     let Ok(backend) = NorBackend::mount_or_format(nvmc, storage::Config::new(0, flash::SECTORS))
     else {
         halt()
