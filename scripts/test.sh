@@ -64,6 +64,7 @@ set +e
         cargo test --locked -p ferry-agent --features qemu --test device_qemu &&
         cargo test --locked -p ferry-firmware --features nor-flash --test nor_flash &&
         cargo test --locked -p ferry-firmware --features journal --test journal_node &&
+        cargo test --locked -p ferry-firmware --features journal,nor-flash --test journal_nor &&
         scripts/firmware.sh smoke
 } 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

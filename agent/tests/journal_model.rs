@@ -515,7 +515,7 @@ fn pending_rows(j: Journal) -> (u64, Journal, JournalConfig) {
     let rows = db
         .begin_read()
         .unwrap()
-        .open_table(redb::TableDefinition::<u64, &[u8]>::new("pending"))
+        .open_table(ferry_agent::journal::layout::Bytes::new("pending"))
         .unwrap()
         .len()
         .unwrap();

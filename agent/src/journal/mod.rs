@@ -8,17 +8,22 @@
 //! `alloc`, not `std`, and takes time as a `now` parameter.
 //!
 //! # Tables
+//! Every table is `&[u8] → &[u8]` ([`layout::Bytes`]: one instance of
+//! redb's B-tree code, which matters on a microcontroller's flash); the
+//! encodings of keys and values are in [`layout`]: ids big-endian, strings
+//! escaped where another part follows, integer values little-endian.
+//!
 //! | table | key → value | holds |
 //! |---|---|---|
-//! | `pending` | row id → [`PendingRow`] | raw readings and closed windows not yet in a batch, one row per commit |
+//! | `pending` | row id (u64) → [`PendingRow`] | raw readings and closed windows not yet in a batch, one row per commit |
 //! | `windows` | encoded [`SeriesKey`] → [`SeriesWindows`] | open windows of aggregated series |
-//! | `outbox` | batch seq → `[codec][body]` | sealed batches waiting for an ack: the encoded [`Batch`], stored as it is sent (codec 1: zstd, with a [`Compressor`]; 0: plain) |
-//! | `outbox_meta` | batch seq → [`OutboxMeta`] | size, readings per origin, age |
-//! | `health` | (origin, kind, dropped batch seq or 0) → count | health increments not yet in a batch |
-//! | `dropped` | (origin, kind) → count | cumulative drops, for `status` |
-//! | `devices` | device id → (boot, seq) | highest device report journaled |
-//! | `device_drops` | device id → (boot, dropped) | the device's ring-drop total already counted |
-//! | `device_offsets` | device id → (boot, offset ns) | device-time to wall-clock offset of the boot |
+//! | `outbox` | batch seq (u64) → `[codec][body]` | sealed batches waiting for an ack: the encoded [`Batch`], stored as it is sent (codec 1: zstd, with a [`Compressor`]; 0: plain) |
+//! | `outbox_meta` | batch seq (u64) → [`OutboxMeta`] | size, readings per origin, age |
+//! | `health` | (origin, kind u16, dropped batch seq u64 or 0) → count u64 | health increments not yet in a batch |
+//! | `dropped` | (origin, kind u16) → count u64 | cumulative drops, for `status` |
+//! | `devices` | device id → (boot u32, seq u32) | highest device report journaled |
+//! | `device_drops` | device id → (boot u32, dropped u32) | the device's ring-drop total already counted |
+//! | `device_offsets` | device id → (boot u32, offset ns i64) | device-time to wall-clock offset of the boot |
 //! | `meta` | name → u64 | `next_seq`, `next_row`, `bytes` |
 //!
 //! # Invariants
@@ -49,6 +54,7 @@
 //!    is accepted only if it is the next after the one recorded in
 //!    `devices`, and the record moves in the same transaction.
 
+pub mod layout;
 mod rows;
 
 use alloc::collections::{BTreeMap, BTreeSet};
@@ -60,23 +66,24 @@ use ferry_proto::batch::{Batch, HealthRecord, Reading, ReadingBlock};
 use ferry_proto::codec;
 use ferry_proto::health;
 use ferry_proto::series::SeriesKey;
-use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 
 pub use rows::{OriginCount, OutboxMeta, PendingRow};
 
+use layout::{Bytes, Table};
+
 use crate::window::{Added, Aggregator, LatePolicy, Partial, SeriesWindows, WindowRule};
 
-const PENDING: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("pending");
-const WINDOWS: TableDefinition<'_, &[u8], &[u8]> = TableDefinition::new("windows");
-const OUTBOX: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox");
-const OUTBOX_META: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("outbox_meta");
-const HEALTH: TableDefinition<'_, (&str, u16, u64), u64> = TableDefinition::new("health");
-const DROPPED: TableDefinition<'_, (&str, u16), u64> = TableDefinition::new("dropped");
-const DEVICES: TableDefinition<'_, &str, (u32, u32)> = TableDefinition::new("devices");
-const DEVICE_DROPS: TableDefinition<'_, &str, (u32, u32)> = TableDefinition::new("device_drops");
-const DEVICE_OFFSETS: TableDefinition<'_, &str, (u32, i64)> =
-    TableDefinition::new("device_offsets");
-const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const PENDING: Bytes = Bytes::new("pending");
+const WINDOWS: Bytes = Bytes::new("windows");
+const OUTBOX: Bytes = Bytes::new("outbox");
+const OUTBOX_META: Bytes = Bytes::new("outbox_meta");
+const HEALTH: Bytes = Bytes::new("health");
+const DROPPED: Bytes = Bytes::new("dropped");
+const DEVICES: Bytes = Bytes::new("devices");
+const DEVICE_DROPS: Bytes = Bytes::new("device_drops");
+const DEVICE_OFFSETS: Bytes = Bytes::new("device_offsets");
+const META: Bytes = Bytes::new("meta");
 
 /// Health kind for batches the collector rejected permanently.
 pub const DROPPED_REJECTED: u16 = health::DROPPED_REJECTED;
@@ -534,7 +541,12 @@ impl Journal {
         let txn = journal.db.begin_read()?;
         let meta = txn.open_table(META)?;
         let get = |name: &str| -> Result<Option<u64>, CommitError> {
-            Ok(meta.get(name)?.map(|v| v.value()))
+            match meta.get(name.as_bytes())? {
+                Some(v) => layout::u64_of(v.value()).map(Some).ok_or_else(|| {
+                    CommitError::Corrupt(alloc::format!("meta {name} is not a u64"))
+                }),
+                None => Ok(None),
+            }
         };
         journal.next_seq = get("next_seq")?.unwrap_or(1);
         journal.next_row = get("next_row")?.unwrap_or(1);
@@ -543,7 +555,10 @@ impl Journal {
             let (id, row) = entry?;
             let row: PendingRow = decode("PendingRow", row.value())?;
             journal.pending.add_row(&row)?;
-            journal.pending.rows.push(id.value());
+            journal
+                .pending
+                .rows
+                .push(layout::id_of("pending", id.value())?);
         }
         for entry in txn.open_table(WINDOWS)?.iter()? {
             let (key, state) = entry?;
@@ -567,7 +582,7 @@ impl Journal {
             let meta: OutboxMeta = decode("OutboxMeta", meta.value())?;
             journal.outbox_readings += meta.readings;
             journal.outbox.insert(
-                seq.value(),
+                layout::id_of("outbox_meta", seq.value())?,
                 Sealed {
                     readings: meta.readings,
                     created_ns: meta.created_ns,
@@ -668,7 +683,10 @@ impl Journal {
             }
             // Device reports: in order, once.
             for rep in &work.reports {
-                let last = devices.get(rep.device.as_str())?.map(|v| v.value());
+                let last = match devices.get(rep.device.as_bytes())? {
+                    Some(v) => Some(layout::u32_pair_of("devices", v.value())?),
+                    None => None,
+                };
                 let done = match last {
                     Some((boot, seq)) if boot == rep.boot => seq,
                     _ => 0,
@@ -687,10 +705,20 @@ impl Journal {
                     *row_origins.entry(rep.device.clone()).or_default() += partial.count;
                     report.accepted += partial.count;
                 }
-                devices.insert(rep.device.as_str(), (rep.boot, rep.seq))?;
+                devices.insert(
+                    rep.device.as_bytes(),
+                    layout::u32_pair_value(rep.boot, rep.seq).as_slice(),
+                )?;
                 let mut offsets = txn.open_table(DEVICE_OFFSETS)?;
-                if offsets.get(rep.device.as_str())?.map(|v| v.value().0) != Some(rep.boot) {
-                    offsets.insert(rep.device.as_str(), (rep.boot, rep.offset_ns))?;
+                let boot = match offsets.get(rep.device.as_bytes())? {
+                    Some(v) => Some(layout::offset_of(v.value())?.0),
+                    None => None,
+                };
+                if boot != Some(rep.boot) {
+                    offsets.insert(
+                        rep.device.as_bytes(),
+                        layout::offset_value(rep.boot, rep.offset_ns).as_slice(),
+                    )?;
                 }
                 report.reports.push(true);
             }
@@ -699,7 +727,11 @@ impl Journal {
         if !work.device_dropped.is_empty() {
             let mut drops = txn.open_table(DEVICE_DROPS)?;
             for (device, boot, total) in &work.device_dropped {
-                let base = match drops.get(device.as_str())?.map(|v| v.value()) {
+                let last = match drops.get(device.as_bytes())? {
+                    Some(v) => Some(layout::u32_pair_of("device_drops", v.value())?),
+                    None => None,
+                };
+                let base = match last {
                     Some((b, counted)) if b == *boot => counted,
                     _ => 0,
                 };
@@ -710,7 +742,10 @@ impl Journal {
                         u64::from(total - base),
                     ));
                 }
-                drops.insert(device.as_str(), (*boot, (*total).max(base)))?;
+                drops.insert(
+                    device.as_bytes(),
+                    layout::u32_pair_value(*boot, (*total).max(base)).as_slice(),
+                )?;
             }
         }
         // Windows due now.
@@ -758,13 +793,21 @@ impl Journal {
                 if *count == 0 {
                     continue;
                 }
-                add_count(&mut health_table, (origin.as_str(), *kind, 0), *count)?;
+                add_count(
+                    &mut health_table,
+                    &layout::count_key(origin, *kind, Some(0)),
+                    *count,
+                )?;
                 self.health_pending = true;
             }
             let mut dropped = txn.open_table(DROPPED)?;
             for (origin, kind, count) in &health_add {
                 if matches!(*kind, health::DROPPED_LATE) {
-                    add_count(&mut dropped, (origin.as_str(), *kind), *count)?;
+                    add_count(
+                        &mut dropped,
+                        &layout::count_key(origin, *kind, None),
+                        *count,
+                    )?;
                 }
             }
         }
@@ -806,7 +849,8 @@ impl Journal {
                 let bytes = encode(&row)?;
                 let id = self.next_row;
                 self.next_row += 1;
-                txn.open_table(PENDING)?.insert(id, bytes.as_slice())?;
+                txn.open_table(PENDING)?
+                    .insert(layout::id_key(id).as_slice(), bytes.as_slice())?;
                 self.bytes += bytes.len() as u64;
                 self.pending.rows.push(id);
             }
@@ -837,9 +881,13 @@ impl Journal {
         }
         if wrote {
             let mut meta = txn.open_table(META)?;
-            meta.insert("next_seq", self.next_seq)?;
-            meta.insert("next_row", self.next_row)?;
-            meta.insert("bytes", self.bytes)?;
+            for (name, value) in [
+                ("next_seq", self.next_seq),
+                ("next_row", self.next_row),
+                ("bytes", self.bytes),
+            ] {
+                meta.insert(name.as_bytes(), layout::u64_value(value).as_slice())?;
+            }
             drop(meta);
             txn.commit()?;
             report.wrote = true;
@@ -861,7 +909,8 @@ impl Journal {
     ) -> Result<u64, CommitError> {
         let mut outbox = txn.open_table(OUTBOX)?;
         let mut metas = txn.open_table(OUTBOX_META)?;
-        let Some(body) = outbox.remove(seq)? else {
+        let key = layout::id_key(seq);
+        let Some(body) = outbox.remove(key.as_slice())? else {
             return Ok(0);
         };
         let body_len = body.value().len() as u64;
@@ -874,7 +923,7 @@ impl Journal {
         if let Some(sealed) = self.outbox.remove(&seq) {
             self.outbox_readings -= sealed.readings.min(self.outbox_readings);
         }
-        let meta = metas.remove(seq)?.map(|m| {
+        let meta = metas.remove(key.as_slice())?.map(|m| {
             (
                 m.value().len() as u64,
                 decode::<OutboxMeta>("OutboxMeta", m.value()),
@@ -895,17 +944,21 @@ impl Journal {
             for o in &meta.origins {
                 add_count(
                     &mut health_table,
-                    (o.origin.as_str(), kind, seq),
+                    &layout::count_key(&o.origin, kind, Some(seq)),
                     o.readings,
                 )?;
-                add_count(&mut dropped, (o.origin.as_str(), kind), o.readings)?;
+                add_count(
+                    &mut dropped,
+                    &layout::count_key(&o.origin, kind, None),
+                    o.readings,
+                )?;
             }
             // The dropped batch's own health records travel on in a later
             // batch, keeping their batch tags.
             for h in &batch_health {
                 add_count(
                     &mut health_table,
-                    (h.source.as_str(), h.kind, h.batch),
+                    &layout::count_key(&h.source, h.kind, Some(h.batch)),
                     h.count,
                 )?;
             }
@@ -928,12 +981,12 @@ impl Journal {
             let mut health_table = txn.open_table(HEALTH)?;
             for entry in health_table.iter()? {
                 let (k, v) = entry?;
-                let (origin, kind, dropped_batch) = k.value();
+                let (source, kind, dropped_batch) = layout::count_key_of("health", k.value())?;
                 batch.health.push(HealthRecord {
-                    source: origin.into(),
+                    source,
                     kind,
-                    count: v.value(),
-                    batch: dropped_batch,
+                    count: count_of("health", v.value())?,
+                    batch: dropped_batch.unwrap_or_default(),
                 });
             }
             health_table.retain(|_, _| false)?;
@@ -981,8 +1034,11 @@ impl Journal {
                 })
                 .collect(),
         })?;
-        txn.open_table(OUTBOX)?.insert(seq, body.as_slice())?;
-        txn.open_table(OUTBOX_META)?.insert(seq, meta.as_slice())?;
+        let key = layout::id_key(seq);
+        txn.open_table(OUTBOX)?
+            .insert(key.as_slice(), body.as_slice())?;
+        txn.open_table(OUTBOX_META)?
+            .insert(key.as_slice(), meta.as_slice())?;
         self.outbox.insert(
             seq,
             Sealed {
@@ -994,7 +1050,7 @@ impl Journal {
         self.bytes += (body.len() + meta.len()) as u64;
         let mut rows = txn.open_table(PENDING)?;
         for id in &pending.rows {
-            if let Some(old) = rows.remove(*id)? {
+            if let Some(old) = rows.remove(layout::id_key(*id).as_slice())? {
                 self.bytes -= (old.value().len() as u64).min(self.bytes);
             }
         }
@@ -1077,8 +1133,10 @@ impl Journal {
         };
         for entry in txn.open_table(DROPPED)?.iter()? {
             let (k, v) = entry?;
-            let (origin, kind) = k.value();
-            stats.dropped.push((origin.into(), kind, v.value()));
+            let (origin, kind, _) = layout::count_key_of("dropped", k.value())?;
+            stats
+                .dropped
+                .push((origin, kind, count_of("dropped", v.value())?));
         }
         Ok(stats)
     }
@@ -1102,10 +1160,8 @@ impl Journal {
         let txn = self.db.begin_read()?;
         for entry in txn.open_table(OUTBOX)?.iter()? {
             let (seq, body) = entry?;
-            add(&decode::<Batch>(
-                "Batch",
-                &self.plain(seq.value(), body.value())?,
-            )?);
+            let seq = layout::id_of("outbox", seq.value())?;
+            add(&decode::<Batch>("Batch", &self.plain(seq, body.value())?)?);
         }
         for entry in txn.open_table(PENDING)?.iter()? {
             let (_, row) = entry?;
@@ -1120,8 +1176,8 @@ impl Journal {
         let mut out = Vec::new();
         for entry in txn.open_table(DEVICES)?.iter()? {
             let (k, v) = entry?;
-            let (boot, seq) = v.value();
-            out.push((k.value().into(), boot, seq));
+            let (boot, seq) = layout::u32_pair_of("devices", v.value())?;
+            out.push((layout::str_of("devices", k.value())?.into(), boot, seq));
         }
         Ok(out)
     }
@@ -1132,8 +1188,12 @@ impl Journal {
         let mut out = Vec::new();
         for entry in txn.open_table(DEVICE_OFFSETS)?.iter()? {
             let (k, v) = entry?;
-            let (boot, offset) = v.value();
-            out.push((k.value().into(), boot, offset));
+            let (boot, offset) = layout::offset_of(v.value())?;
+            out.push((
+                layout::str_of("device_offsets", k.value())?.into(),
+                boot,
+                offset,
+            ));
         }
         Ok(out)
     }
@@ -1151,23 +1211,24 @@ impl Journal {
     }
 }
 
-/// `table[key] += n`.
-fn add_count<K: redb::Key + 'static>(
-    table: &mut redb::Table<'_, K, u64>,
-    key: K::SelfType<'_>,
-    n: u64,
-) -> Result<(), CommitError>
-where
-    for<'a> K::SelfType<'a>: Clone,
-{
-    let old = table.get(key.clone())?.map_or(0, |v| v.value());
-    table.insert(key, old.saturating_add(n))?;
+/// `table[key] += n` (`health`, `dropped`).
+fn add_count(table: &mut Table<'_>, key: &[u8], n: u64) -> Result<(), CommitError> {
+    let old = match table.get(key)? {
+        Some(v) => count_of("count", v.value())?,
+        None => 0,
+    };
+    table.insert(key, layout::u64_value(old.saturating_add(n)).as_slice())?;
     Ok(())
+}
+
+fn count_of(table: &str, value: &[u8]) -> Result<u64, CommitError> {
+    layout::u64_of(value)
+        .ok_or_else(|| CommitError::Corrupt(alloc::format!("a {table} count does not decode")))
 }
 
 type OutboxEntry<'a> = Result<
     (
-        redb::AccessGuard<'a, u64>,
+        redb::AccessGuard<'a, &'static [u8]>,
         redb::AccessGuard<'a, &'static [u8]>,
     ),
     redb::StorageError,
@@ -1182,7 +1243,7 @@ fn pick<'a>(
     let mut total = 0u64;
     for entry in entries {
         let (seq, row) = entry?;
-        let seq = seq.value();
+        let seq = layout::id_of("outbox", seq.value())?;
         if in_flight.contains(&seq) {
             continue;
         }

@@ -1,16 +1,23 @@
 //! The resume record: where a journaling node carries on after a power
 //! loss, in its own table beside the journal's.
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use ferry_agent::journal::layout::{self, Bytes};
+use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::{CommitError, StartError};
 
 /// The resume record's table, beside the journal's own (it is not part of
-/// the journal's layout, which only the agent knows): one `u64` per field,
-/// keyed by the field's name. Its key and value types are those of the
-/// journal's `meta` table, so redb's B-tree code is not instantiated again
-/// for it (tens of KiB of flash).
-const RESUME: TableDefinition<'_, &str, u64> = TableDefinition::new("node_resume");
+/// the journal's layout, which only the agent knows): one row, [`ROW`] →
+/// the record's fields in order, each a little-endian `u64`. Its type is the
+/// journal tables' one ([`Bytes`]), so redb's B-tree code is not
+/// instantiated again for it (~10 KiB of flash).
+const RESUME: Bytes = Bytes::new("node_resume");
+
+/// The record's key in `node_resume`.
+const ROW: &[u8] = b"record";
+
+/// Fields in the record.
+const FIELDS: usize = 8;
 
 /// Where a journaling node carries on after a power loss (table
 /// `node_resume`).
@@ -34,20 +41,8 @@ pub struct ResumeRecord {
     pub power_ups: u32,
 }
 
-/// The record's fields, in order, as `node_resume` keys.
-const RECORD_KEYS: [&str; 8] = [
-    "epoch",
-    "next_report",
-    "window_start_ms",
-    "schedule_epoch_ms",
-    "sample_period_ms",
-    "window_ms",
-    "dropped",
-    "power_ups",
-];
-
 impl ResumeRecord {
-    fn to_values(self) -> [u64; 8] {
+    fn to_values(self) -> [u64; FIELDS] {
         [
             u64::from(self.epoch),
             u64::from(self.next_report),
@@ -60,7 +55,7 @@ impl ResumeRecord {
         ]
     }
 
-    fn from_values(v: [u64; 8]) -> Option<Self> {
+    fn from_values(v: [u64; FIELDS]) -> Option<Self> {
         let small = |x: u64| u32::try_from(x).ok();
         Some(Self {
             epoch: small(v[0])?,
@@ -82,14 +77,16 @@ pub(super) fn read_record(db: &Database) -> Result<Option<ResumeRecord>, StartEr
         Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
         Err(e) => return Err(CommitError::from(e).into()),
     };
-    let mut values = [0u64; 8];
-    for (value, key) in values.iter_mut().zip(RECORD_KEYS) {
-        match table.get(key).map_err(CommitError::from)? {
-            Some(v) => *value = v.value(),
-            // Written whole in one transaction: all or none.
-            None if key == RECORD_KEYS[0] => return Ok(None),
-            None => return Err(StartError::BadResumeRecord),
-        }
+    let Some(row) = table.get(ROW).map_err(CommitError::from)? else {
+        return Ok(None);
+    };
+    let row = row.value();
+    if row.len() != FIELDS * 8 {
+        return Err(StartError::BadResumeRecord);
+    }
+    let mut values = [0u64; FIELDS];
+    for (value, bytes) in values.iter_mut().zip(row.chunks_exact(8)) {
+        *value = layout::u64_of(bytes).ok_or(StartError::BadResumeRecord)?;
     }
     ResumeRecord::from_values(values)
         .map(Some)
@@ -99,10 +96,11 @@ pub(super) fn read_record(db: &Database) -> Result<Option<ResumeRecord>, StartEr
 pub(super) fn write_record(db: &Database, record: &ResumeRecord) -> Result<(), CommitError> {
     let txn = db.begin_write()?;
     {
-        let mut table = txn.open_table(RESUME)?;
-        for (key, value) in RECORD_KEYS.into_iter().zip(record.to_values()) {
-            table.insert(key, value)?;
+        let mut row = [0u8; FIELDS * 8];
+        for (bytes, value) in row.chunks_exact_mut(8).zip(record.to_values()) {
+            bytes.copy_from_slice(&layout::u64_value(value));
         }
+        txn.open_table(RESUME)?.insert(ROW, row.as_slice())?;
     }
     txn.commit()?;
     Ok(())

@@ -1,28 +1,17 @@
 //! The firmware proper: entry point, main loop, panic handler.
 
-use crate::clock;
 use cortex_m_rt::entry;
 use embedded_io::{Read as _, ReadReady as _, Write as _};
-use ferry_firmware::drivers::sht4x::Sht4x;
 use ferry_firmware::link::{LinkTimers, TX_BUFFER};
 use ferry_firmware::node::Node;
-use ferry_proto::link::{DeviceId, LinkConfig};
-use nrf52840_hal::clocks::Clocks;
-use nrf52840_hal::gpio::{Level, p0};
-use nrf52840_hal::pac;
-use nrf52840_hal::twim::{self, Twim};
-use nrf52840_hal::uarte::{self, Baudrate, Parity, Uarte};
-use nrf52840_hal::{Rng, Timer};
+
+use crate::board::{self, CONFIG, halt};
+use crate::clock;
 
 /// Reports kept while the gateway is away: ten minutes of 10 s windows.
 const RING: usize = 64;
 /// Windows per report: the SHT4x has two channels.
 const WINDOWS: usize = 2;
-/// Sampling until the gateway says otherwise: 1 s samples, 10 s windows.
-const CONFIG: LinkConfig = LinkConfig {
-    sample_period_ms: 1_000,
-    window_ms: 10_000,
-};
 
 struct State {
     node: Node<RING, WINDOWS>,
@@ -31,51 +20,26 @@ struct State {
 
 #[entry]
 fn main() -> ! {
-    let (Some(p), Some(cp)) = (pac::Peripherals::take(), cortex_m::Peripherals::take()) else {
-        halt()
-    };
-    let _clocks = Clocks::new(p.CLOCK).enable_ext_hfosc();
-    let port0 = p0::Parts::new(p.P0);
-
-    let uarte = Uarte::new(
-        p.UARTE0,
-        uarte::Pins {
-            txd: port0.p0_06.into_push_pull_output(Level::High).degrade(),
-            rxd: port0.p0_08.into_floating_input().degrade(),
-            cts: None,
-            rts: None,
+    let Some((
+        board::Board {
+            mut tx,
+            mut rx,
+            mut sht,
+            device_id,
+            random,
+            syst,
         },
-        Parity::EXCLUDED,
-        Baudrate::BAUD115200,
-    );
-    let Some(dma_tx) = cortex_m::singleton!(: [u8; 64] = [0; 64]) else {
+        _,
+    )) = board::take()
+    else {
         halt()
     };
-    let Some(dma_rx) = cortex_m::singleton!(: [u8; 1] = [0; 1]) else {
-        halt()
-    };
-    let Ok((mut tx, mut rx)) = uarte.split(dma_tx, dma_rx) else {
-        halt()
-    };
-
-    let i2c = Twim::new(
-        p.TWIM0,
-        twim::Pins {
-            scl: port0.p0_27.into_floating_input().degrade(),
-            sda: port0.p0_26.into_floating_input().degrade(),
-        },
-        twim::Frequency::K100,
-    );
-    let mut sht = Sht4x::new(i2c, Timer::new(p.TIMER0));
-
-    let device_id = unique_id(&p.FICR);
-    let boot = Rng::new(p.RNG).random_u32();
-    clock::start(cp.SYST);
+    clock::start(syst);
 
     let Ok(node) = Node::new(
         0,
         device_id,
-        boot,
+        random,
         CONFIG,
         LinkTimers::default(),
         &[&sht],
@@ -101,21 +65,6 @@ fn main() -> ! {
             // A failed write loses the frame; the link resends reports.
             let _ = tx.write_all(&state.frame[..n]).and_then(|()| tx.flush());
         }
-    }
-}
-
-/// FICR DEVICEID: 64 bits programmed at the factory, unique per chip,
-/// as `DEVICEID[1]:DEVICEID[0]` big-endian (how nrfjprog prints it).
-fn unique_id(ficr: &pac::FICR) -> DeviceId {
-    let hi = ficr.deviceid[1].read().bits();
-    let lo = ficr.deviceid[0].read().bits();
-    let id = (u64::from(hi) << 32 | u64::from(lo)).to_be_bytes();
-    DeviceId::from_bytes(&id).unwrap_or_default()
-}
-
-fn halt() -> ! {
-    loop {
-        cortex_m::asm::wfi();
     }
 }
 

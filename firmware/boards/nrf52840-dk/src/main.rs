@@ -21,6 +21,8 @@
 #![deny(unsafe_code)]
 
 #[cfg(target_os = "none")]
+mod board;
+#[cfg(target_os = "none")]
 mod clock;
 #[cfg(target_os = "none")]
 mod firmware;
