@@ -404,6 +404,12 @@ impl Agent {
 
     /// SIGTERM (graceful stop), then SIGKILL if it hangs.
     fn stop(mut self) {
+        // What the agent logged (warnings by default, or FERRY_BENCH_LOG).
+        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        for line in lines.iter().skip(lines.len().saturating_sub(20)) {
+            eprintln!("e2e: agent log: {line}");
+        }
         let _ = Command::new("kill")
             .arg("-TERM")
             .arg(self.child.id().to_string())
@@ -685,6 +691,10 @@ fn latency_phase(agent: &Agent, collector: &Collector, secs: Duration, t0_s: i64
     // (scheduled send time, readings sent up to and including this tick)
     let mut sends: Vec<(Instant, u64)> = Vec::with_capacity(ticks as usize);
     let started = Instant::now() + Duration::from_millis(5);
+    eprintln!(
+        "e2e: latency: phase starts at unix {:.3} s (to match logs)",
+        (ferry_collector::now_ns() + 5_000_000) as f64 / 1e9
+    );
     let mut last_print = Instant::now();
     for i in 0..ticks {
         let scheduled = started + PACED_TICK * i as u32;

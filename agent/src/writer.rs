@@ -46,6 +46,10 @@ pub enum Control {
     Inspect(oneshot::Sender<Vec<(String, u64, u64)>>),
 }
 
+/// A journal commit taking this long is logged (the disk or the page cache
+/// stalled): the sources waiting for it waited that long.
+pub const SLOW_COMMIT: Duration = Duration::from_millis(100);
+
 /// Handle to the writer for the shipper and the admin endpoint.
 #[derive(Debug, Clone)]
 pub struct WriterHandle {
@@ -250,7 +254,15 @@ impl Writer {
         match &result {
             Ok(report) => {
                 if report.wrote {
-                    self.metrics.observe_commit(started.elapsed());
+                    let took = started.elapsed();
+                    self.metrics.observe_commit(took);
+                    if took >= SLOW_COMMIT {
+                        tracing::warn!(
+                            ms = took.as_millis() as u64,
+                            readings,
+                            "slow journal commit: sources waited this long"
+                        );
+                    }
                 }
                 self.metrics.readings_in.add(readings);
                 self.metrics.readings_out.add(report.delivered_readings);

@@ -19,6 +19,10 @@ use crate::store::{
     SinkCommit, Store, WriterState,
 };
 
+/// A group commit taking this long is logged (the disk or the page cache
+/// stalled): its batches' acks waited that long.
+pub const SLOW_COMMIT: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Fault injection for tests; all off by default.
 #[derive(Debug, Clone, Default)]
 pub struct Faults {
@@ -204,9 +208,15 @@ fn commit_group(
 ) {
     let started = Instant::now();
     let result = store.apply_group(state, group, max_series, crate::now_ns());
-    metrics
-        .commit_seconds
-        .observe(started.elapsed().as_secs_f64());
+    let took = started.elapsed();
+    metrics.commit_seconds.observe(took.as_secs_f64());
+    if took >= SLOW_COMMIT {
+        tracing::warn!(
+            ms = took.as_millis() as u64,
+            batches = group.len(),
+            "slow durable commit: acks waited this long"
+        );
+    }
     metrics.commit_batches.observe(group.len() as f64);
     match result {
         Ok(applied) => {
