@@ -4,8 +4,11 @@
 //! before reading more of the connection, and the collector acks a batch only
 //! after its durable group commit.
 //!
-//! - the agent is the release binary of this package, run as a child process
-//!   (`ferry-agent run --config`), so its RSS is its own;
+//! - the agent is the binary as deployed on gateways: built by the bench
+//!   with `cargo build --profile edge -p ferry-agent` (fat LTO, panic =
+//!   abort; the first run takes minutes) and run as a child process
+//!   (`ferry-agent run --config`), so its RSS is its own. `cargo test
+//!   --benches` uses the test build instead;
 //! - the collector runs in this process, on its own tokio runtime (the
 //!   library `ferry-collector run` wraps); this process also generates the
 //!   load from plain threads with blocking sockets;
@@ -134,6 +137,7 @@ fn main() {
         "ferry-agent end-to-end benchmark (influx TCP → agent journal (fsync) → QUIC+zstd → collector (durable commit) → ack; {} series, 127.0.0.1)",
         CONNECTIONS * DEVICES_PER_CONNECTION * SENSORS
     );
+    println!("  agent      : {}", agent_binary().display());
     println!(
         "  throughput : {:>9} readings  {:>10.0} readings/s  {CONNECTIONS} connections, first byte → last ack {:.2} s   target ≥ {:.0}  {}",
         throughput.readings,
@@ -254,6 +258,42 @@ impl Collector {
     }
 }
 
+/// The agent binary to run: the deployed build (profile `edge`), built now,
+/// for `cargo bench`; the test build for `cargo test --benches`.
+fn agent_binary() -> PathBuf {
+    static BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BINARY
+        .get_or_init(|| {
+            if !std::env::args().any(|a| a == "--bench") {
+                return PathBuf::from(env!("CARGO_BIN_EXE_ferry-agent"));
+            }
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            eprintln!(
+                "e2e: building the agent as deployed: cargo build --profile edge -p ferry-agent …"
+            );
+            let status = Command::new(cargo)
+                .args([
+                    "build",
+                    "--profile",
+                    "edge",
+                    "-p",
+                    "ferry-agent",
+                    "--bin",
+                    "ferry-agent",
+                ])
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("running cargo");
+            assert!(status.success(), "building the agent (profile edge) failed");
+            let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
+                || Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"),
+                PathBuf::from,
+            );
+            target.join("edge/ferry-agent")
+        })
+        .clone()
+}
+
 struct Agent {
     child: Child,
     influx: SocketAddr,
@@ -288,7 +328,7 @@ impl Agent {
         )
         .expect("agent config");
         let log = dir.join("agent.log");
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry-agent"))
+        let child = Command::new(agent_binary())
             .arg("run")
             .arg("--config")
             .arg(&config)

@@ -17,7 +17,7 @@ use ferry_proto::codec;
 use ferry_proto::health;
 use ferry_proto::series::SeriesKey;
 use proptest::prelude::*;
-use redb::{BackendError, Database, StorageBackend};
+use redb::{BackendError, Database, ReadableTable, StorageBackend};
 
 /// Storage that keeps two images: what was written, and what was synced.
 /// A crash keeps only the synced image, as power loss would.
@@ -585,4 +585,39 @@ fn sealing_commits_write_readings_once_and_store_batches_compressed() {
     assert_eq!(sent.len(), 2); // the reopen forgot what was in flight
     let batch: Batch = ferry_proto::codec::from_bytes("Batch", &sent[1].1).unwrap();
     assert_eq!((batch.seq, batch.reading_count()), (2, 15));
+}
+
+/// The journal records its on-disk format and refuses a file of another
+/// format by name (the agent then moves the file aside).
+#[test]
+fn a_journal_of_another_format_is_refused_by_name() {
+    let config = config(1 << 30, FullPolicy::DropOldest);
+    let disk = CrashDisk::default();
+    drop(open(&disk, &config));
+    let db = Database::builder()
+        .create_with_backend(disk.clone())
+        .unwrap();
+    let txn = db.begin_write().unwrap();
+    {
+        let meta = ferry_agent::journal::layout::Bytes::new("meta");
+        let mut meta = txn.open_table(meta).unwrap();
+        let stored = meta
+            .get(b"format".as_slice())
+            .unwrap()
+            .unwrap()
+            .value()
+            .to_vec();
+        assert_eq!(stored, ferry_agent::journal::FORMAT.to_le_bytes());
+        meta.insert(b"format".as_slice(), 7u64.to_le_bytes().as_slice())
+            .unwrap();
+    }
+    txn.commit().unwrap();
+    let Err(err) = Journal::open(db, config) else {
+        panic!("a journal of format 7 opened");
+    };
+    assert!(matches!(err, CommitError::Format { found: 7 }), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "journal format 7: this build reads format 2 only"
+    );
 }

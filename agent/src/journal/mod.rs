@@ -85,6 +85,11 @@ const DEVICE_DROPS: Bytes = Bytes::new("device_drops");
 const DEVICE_OFFSETS: Bytes = Bytes::new("device_offsets");
 const META: Bytes = Bytes::new("meta");
 
+/// The journal's on-disk format, kept in `meta` as `format`. A journal of
+/// another format is refused with [`CommitError::Format`] (the agent moves
+/// such a file aside and starts a fresh one, loudly).
+pub const FORMAT: u64 = 2;
+
 /// Health kind for batches the collector rejected permanently.
 pub const DROPPED_REJECTED: u16 = health::DROPPED_REJECTED;
 
@@ -252,6 +257,11 @@ pub enum CommitError {
     Storage(redb::Error),
     /// A row could not be encoded or decoded.
     Corrupt(String),
+    /// The file is a journal of another on-disk format.
+    Format {
+        /// The format the file says it holds.
+        found: u64,
+    },
 }
 
 impl fmt::Display for CommitError {
@@ -265,6 +275,10 @@ impl fmt::Display for CommitError {
             }
             Self::Storage(e) => write!(f, "journal storage: {e}"),
             Self::Corrupt(e) => write!(f, "journal corrupt: {e}"),
+            Self::Format { found } => write!(
+                f,
+                "journal format {found}: this build reads format {FORMAT} only"
+            ),
         }
     }
 }
@@ -487,7 +501,21 @@ impl Journal {
             txn.open_table(DEVICES)?;
             txn.open_table(DEVICE_DROPS)?;
             txn.open_table(DEVICE_OFFSETS)?;
-            txn.open_table(META)?;
+            let mut meta = txn.open_table(META)?;
+            let found = match meta.get(b"format".as_slice())? {
+                Some(v) => Some(
+                    layout::u64_of(v.value())
+                        .ok_or_else(|| CommitError::Corrupt("meta format is not a u64".into()))?,
+                ),
+                None => None,
+            };
+            match found {
+                Some(FORMAT) => {}
+                Some(found) => return Err(CommitError::Format { found }),
+                None => {
+                    meta.insert(b"format".as_slice(), layout::u64_value(FORMAT).as_slice())?;
+                }
+            }
         }
         txn.commit()?;
         let mut journal = Self {
