@@ -74,9 +74,14 @@ fn main() {
     // configuration then, so that the target stays tested.
     let quick = !std::env::args().any(|a| a == "--bench");
     if let Ok(filter) = std::env::var("FERRY_BENCH_LOG") {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
+        let filter: tracing_subscriber::filter::Targets = filter
+            .parse()
+            .expect("FERRY_BENCH_LOG: a filter like `warn,ferry_collector=debug`");
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        tracing_subscriber::registry()
+            .with(filter)
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init();
     }
     let env_secs = |name: &str, full: f64, quick_v: f64| {

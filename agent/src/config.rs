@@ -17,8 +17,8 @@ use crate::window::{LatePolicy, WindowRule};
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read.
-    #[error("{path}: {source}")]
+    /// The file could not be read (the OS error is the source).
+    #[error("{path}: cannot read the file")]
     Read {
         /// The file.
         path: String,

@@ -13,12 +13,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// reading on disk before acknowledging it, pre-aggregates, and ships
 /// batches to a ferry-collector over QUIC with mTLS, keeping everything
 /// until the collector has acknowledged it.
+use tracing_subscriber::filter::{LevelFilter, Targets};
+
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
-    /// Log filter (RUST_LOG syntax), e.g. `info` or `ferry_agent=debug`.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info")]
-    log: String,
+    /// Log filter: a level, and levels per module, e.g. `info` or
+    /// `warn,ferry_agent::shipper=debug` (RUST_LOG's target syntax).
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
+    log: Targets,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
@@ -80,16 +83,61 @@ enum BufferCommand {
     },
 }
 
-fn init_logs(filter: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+/// `--log`: comma-separated `level` or `module=level` directives, into
+/// `tracing`'s target filter (no regex engine in the agent's binary, which
+/// keeps its code, and so its RSS, small). Anything else is refused by name.
+fn log_filter(s: &str) -> Result<Targets, String> {
+    let level = |l: &str| -> Result<LevelFilter, String> {
+        match l.to_ascii_lowercase().as_str() {
+            "off" => Ok(LevelFilter::OFF),
+            "error" => Ok(LevelFilter::ERROR),
+            "warn" => Ok(LevelFilter::WARN),
+            "info" => Ok(LevelFilter::INFO),
+            "debug" => Ok(LevelFilter::DEBUG),
+            "trace" => Ok(LevelFilter::TRACE),
+            _ => Err(format!(
+                "`{l}` is not a level (off, error, warn, info, debug, trace); expected e.g. `info` or `warn,ferry_agent::shipper=debug`"
+            )),
+        }
+    };
+    let mut targets = Targets::new();
+    for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        targets = match directive.split_once('=') {
+            Some((module, l))
+                if !module.is_empty()
+                    && module
+                        .chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == ':') =>
+            {
+                targets.with_target(module, level(l)?)
+            }
+            Some(_) => {
+                return Err(format!(
+                    "`{directive}` is not `module=level`; expected e.g. `info` or `warn,ferry_agent::shipper=debug`"
+                ));
+            }
+            None => targets.with_default(level(directive)?),
+        };
+    }
+    Ok(targets)
+}
+
+fn init_logs(filter: Targets, json: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let registry = tracing_subscriber::registry().with(filter);
     if json {
-        builder.json().init();
+        registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
+            .init();
     } else {
-        builder.init();
+        registry
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .init();
     }
 }
 
@@ -354,7 +402,7 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logs(&cli.log, cli.log_json);
+    init_logs(cli.log.clone(), cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

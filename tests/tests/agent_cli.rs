@@ -92,3 +92,55 @@ fn bad_configs_are_refused_with_file_line_and_key() {
     assert_eq!(code, Some(0));
     assert!(out.ends_with("agent.toml: ok\n"), "{out}");
 }
+
+/// A log filter the agent cannot read is a usage error naming the flag, not
+/// a silent fallback.
+#[test]
+fn a_bad_log_filter_is_refused_by_name() {
+    let out = Command::new(binary("ferry-agent"))
+        .args([
+            "--log",
+            "ferry_agent=loud",
+            "check-config",
+            "--config",
+            "x.toml",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("invalid value 'ferry_agent=loud' for '--log <LOG>'"),
+        "{err}"
+    );
+    assert!(
+        err.contains("`loud` is not a level (off, error, warn, info, debug, trace)"),
+        "{err}"
+    );
+    for bad in ["a=b=c", "[span]=info"] {
+        let out = Command::new(binary("ferry-agent"))
+            .args(["--log", bad, "check-config", "--config", "x.toml"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+    }
+    // A good filter gets as far as the missing file, named.
+    let out = Command::new(binary("ferry-agent"))
+        .args([
+            "--log",
+            "warn,ferry_agent::shipper=debug",
+            "check-config",
+            "--config",
+            "x.toml",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8(out.stderr).unwrap(),
+        "error: x.toml: cannot read the file: No such file or directory (os error 2)\n"
+    );
+}
