@@ -97,19 +97,16 @@ fn bad_configs_are_refused_with_file_line_and_key() {
 /// a silent fallback.
 #[test]
 fn a_bad_log_filter_is_refused_by_name() {
-    let out = Command::new(binary("ferry-agent"))
-        .args([
-            "--log",
-            "ferry_agent=loud",
-            "check-config",
-            "--config",
-            "x.toml",
-        ])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8(out.stderr).unwrap();
+    let run = |filter: &str| {
+        let out = Command::new(binary("ferry-agent"))
+            .args(["--log", filter, "check-config", "--config", "x.toml"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8(out.stderr).unwrap())
+    };
+    let (code, err) = run("ferry_agent=loud");
+    assert_eq!(code, Some(2));
     assert!(
         err.contains("invalid value 'ferry_agent=loud' for '--log <LOG>'"),
         "{err}"
@@ -119,28 +116,14 @@ fn a_bad_log_filter_is_refused_by_name() {
         "{err}"
     );
     for bad in ["a=b=c", "[span]=info"] {
-        let out = Command::new(binary("ferry-agent"))
-            .args(["--log", bad, "check-config", "--config", "x.toml"])
-            .env_remove("RUST_LOG")
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert_eq!(run(bad).0, Some(2), "{bad}");
     }
     // A good filter gets as far as the missing file, named.
-    let out = Command::new(binary("ferry-agent"))
-        .args([
-            "--log",
-            "warn,ferry_agent::shipper=debug",
-            "check-config",
-            "--config",
-            "x.toml",
-        ])
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
     assert_eq!(
-        String::from_utf8(out.stderr).unwrap(),
-        "error: x.toml: cannot read the file: No such file or directory (os error 2)\n"
+        run("warn,ferry_agent::shipper=debug"),
+        (
+            Some(1),
+            "error: x.toml: cannot read the file: No such file or directory (os error 2)\n".into()
+        )
     );
 }
