@@ -64,6 +64,18 @@ fn all(store: &Store, kind: &str, step: Option<&str>) -> ferry_collector::store:
     r.remove(0)
 }
 
+/// A plan that compacts the bucket of `T0` (settled three hours later) and
+/// does nothing else.
+fn compaction_only() -> RetentionPlan {
+    RetentionPlan {
+        raw_before: None,
+        downsample_len: 60 * SEC as u64,
+        aggregates_before: None,
+        max_bytes: None,
+        compact_before: T0 + 3 * 3_600 * SEC,
+    }
+}
+
 fn readings(range: std::ops::Range<i64>) -> Vec<Reading> {
     range
         .map(|i| Reading {
@@ -82,13 +94,7 @@ fn small_chunks_of_a_settled_bucket_are_compacted_into_one() {
     ]);
     let before = all(&store, "raw", None).readings;
     let bytes_before = store.chunk_bytes().unwrap();
-    let plan = RetentionPlan {
-        raw_before: None,
-        downsample_len: 60 * SEC as u64,
-        aggregates_before: None,
-        max_bytes: None,
-        compact_before: T0 + 3 * 3_600 * SEC,
-    };
+    let plan = compaction_only();
     let report = store.maintain(&mut state, &plan).unwrap();
     assert_eq!(report.compacted_chunks, 3);
     let after = all(&store, "raw", None).readings;
@@ -249,13 +255,7 @@ fn staged_bundles_of_many_series_become_per_series_chunks() {
     for s in &before {
         assert_eq!(s.readings, expected, "{}", s.series);
     }
-    let plan = RetentionPlan {
-        raw_before: None,
-        downsample_len: 60 * SEC as u64,
-        aggregates_before: None,
-        max_bytes: None,
-        compact_before: T0 + 3 * 3_600 * SEC,
-    };
+    let plan = compaction_only();
     // 3 bundles × 3 series.
     assert_eq!(
         store.maintain(&mut state, &plan).unwrap().compacted_chunks,
@@ -384,13 +384,7 @@ fn maintenance_prepared_off_the_writer_keeps_batches_committed_meanwhile() {
         one_series_batch(1, &readings(0..10)),
         one_series_batch(2, &readings(10..20)),
     ]);
-    let plan = RetentionPlan {
-        raw_before: None,
-        downsample_len: 60 * SEC as u64,
-        aggregates_before: None,
-        max_bytes: None,
-        compact_before: T0 + 3 * 3_600 * SEC,
-    };
+    let plan = compaction_only();
     let work = store.prepare_maintenance(&plan).unwrap();
     let stale = store.prepare_maintenance(&plan).unwrap();
     assert!(!work.has_more());
