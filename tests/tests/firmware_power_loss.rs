@@ -108,10 +108,17 @@ fn qemu(elf: &Path, link_port: u16, flash: &Path, log: &Path) -> Proc {
     )
 }
 
-/// The board's start-up line in `log`, once it is there.
+/// The lines of `text` that are whole: QEMU writes a line in pieces, and a
+/// log read while it runs (or cut by a kill) may end in half a line.
+fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split_inclusive('\n')
+        .filter_map(|l| l.strip_suffix('\n'))
+}
+
+/// The board's start-up line in `log`, once it is there (whole).
 fn resumed_line(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    text.lines()
+    complete_lines(&text)
         .find(|l| l.starts_with("ferry: journal device"))
         .map(str::to_owned)
 }
@@ -269,7 +276,7 @@ async fn journal_board_survives_power_loss_and_agent_loss_exactly_once() {
         for bad in ["panic", "journal refused", "no database", "no flash"] {
             assert!(!text.contains(bad), "{}: {bad}\n{text}", log.display());
         }
-        for l in text.lines() {
+        for l in complete_lines(&text) {
             if l.starts_with("ferry: heap peak ") {
                 heap_peak = heap_peak.max(field(l, "heap peak "));
                 stack_peak = stack_peak.max(field(l, "stack peak "));
