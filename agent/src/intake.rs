@@ -31,13 +31,44 @@ pub enum SubmitError {
     Storage(String),
 }
 
+/// A submission that was not committed: why, and the work itself when it
+/// can be submitted again as it is (the journal was full), so that a source
+/// keeps no copy of what it submits.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub error: SubmitError,
+    /// The work, untouched; `None` when the writer no longer has it (the
+    /// commit that held it failed in storage, or the agent is stopping).
+    pub work: Option<Work>,
+}
+
+impl Refused {
+    /// `work` refused because the journal is full; the source may retry it.
+    pub fn full(used: u64, budget: u64, work: Work) -> Self {
+        Self {
+            error: SubmitError::Full { used, budget },
+            work: Some(work),
+        }
+    }
+}
+
+impl From<SubmitError> for Refused {
+    fn from(error: SubmitError) -> Self {
+        Self { error, work: None }
+    }
+}
+
+/// The writer's answer to a submission.
+pub type Outcome = Result<CommitReport, Refused>;
+
 /// One unit of work and where to send the outcome.
 #[derive(Debug)]
 pub struct Submission {
     /// What to commit.
     pub work: Work,
     /// Answered after the commit (or its failure).
-    pub done: oneshot::Sender<Result<CommitReport, SubmitError>>,
+    pub done: oneshot::Sender<Outcome>,
 }
 
 /// A source's handle on the journal writer. Cheap to clone.
@@ -56,20 +87,27 @@ impl Intake {
 
     /// Commits `work` durably; returns when it is in the journal.
     pub async fn submit(&self, work: Work) -> Result<CommitReport, SubmitError> {
+        self.submit_or_return(work).await.map_err(|r| r.error)
+    }
+
+    /// [`submit`](Self::submit), handing the work back when it was refused
+    /// but can be retried ([`Refused::work`]).
+    pub async fn submit_or_return(&self, work: Work) -> Outcome {
         let (done, answer) = oneshot::channel();
-        self.tx
-            .send(Submission { work, done })
+        if let Err(e) = self.tx.send(Submission { work, done }).await {
+            return Err(Refused {
+                error: SubmitError::Shutdown,
+                work: Some(e.0.work),
+            });
+        }
+        answer
             .await
-            .map_err(|_| SubmitError::Shutdown)?;
-        answer.await.map_err(|_| SubmitError::Shutdown)?
+            .map_err(|_| Refused::from(SubmitError::Shutdown))?
     }
 
     /// Like [`submit`](Self::submit) but never waits for queue space:
     /// `Err(work)` back when the queue is full (UDP sources count a drop).
-    pub fn try_submit(
-        &self,
-        work: Work,
-    ) -> Result<oneshot::Receiver<Result<CommitReport, SubmitError>>, Work> {
+    pub fn try_submit(&self, work: Work) -> Result<oneshot::Receiver<Outcome>, Work> {
         let (done, answer) = oneshot::channel();
         match self.tx.try_send(Submission { work, done }) {
             Ok(()) => Ok(answer),

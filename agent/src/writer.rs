@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
-use crate::intake::{Submission, SubmitError};
+use crate::intake::{Refused, Submission, SubmitError};
 use crate::journal::{CommitError, CommitReport, Journal, JournalStats, StoredBatch, Work};
 use crate::metrics::AgentMetrics;
 
@@ -178,15 +178,27 @@ impl Writer {
                 other => queries.push(other),
             }
         }
+        // Backpressure: a full journal refuses data, and hands each source
+        // its work back to retry; what else came (acks free space, health)
+        // is still committed.
+        let mut subs = subs;
+        if let Some((used, budget)) = self.journal.refuses_data() {
+            let (data, rest): (Vec<_>, Vec<_>) = subs
+                .into_iter()
+                .partition(|s| !s.work.readings.is_empty() || !s.work.reports.is_empty());
+            self.metrics.backpressure.add(data.len() as u64);
+            for s in data {
+                let _ = s.done.send(Err(Refused::full(used, budget, s.work)));
+            }
+            subs = rest;
+        }
         // Merge the submissions, remembering which device reports are whose.
         let mut work = Work {
             acks,
             ..Work::default()
         };
         let mut spans = Vec::with_capacity(subs.len());
-        // Moved, not copied: a submission only needs its `done` afterwards
-        // (a refused source resubmits its own copy).
-        let mut subs = subs;
+        // Moved, not copied: a submission only needs its `done` afterwards.
         for s in &mut subs {
             let start = work.reports.len();
             let count = s.work.reading_count();
@@ -285,7 +297,7 @@ impl Writer {
                     wrote: report.wrote,
                     ..CommitReport::default()
                 }),
-                Err(e) => Err(e.clone()),
+                Err(e) => Err(Refused::from(e.clone())),
             };
             let _ = s.done.send(answer);
         }

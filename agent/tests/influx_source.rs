@@ -7,7 +7,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_agent::intake::{Intake, Submission, SubmitError};
+use ferry_agent::intake::{Intake, Refused, Submission, SubmitError};
 use ferry_agent::journal::{CommitReport, Work};
 use ferry_agent::sources::influx::{InfluxConfig, SourceStats, run_tcp, run_udp};
 use ferry_agent::sources::line::Precision;
@@ -89,11 +89,9 @@ async fn wait_for(stats: &SourceStats, cond: impl Fn(&SourceStats) -> bool) {
     }
 }
 
-fn full() -> SubmitError {
-    SubmitError::Full {
-        used: 100,
-        budget: 100,
-    }
+/// Answers as the writer does when the journal is full: the work goes back.
+fn refuse_full(s: Submission) {
+    let _ = s.done.send(Err(Refused::full(100, 100, s.work)));
 }
 
 struct Source {
@@ -298,7 +296,7 @@ async fn tcp_journal_full_stops_reading_until_the_writer_accepts() {
         );
         // The journal is full; meanwhile the sender has more to say.
         client.write_all(b"m f=2 2\n").await.unwrap();
-        let _ = s.done.send(Err(full()));
+        refuse_full(s);
         for _ in 0..3 {
             let s = next(&mut rx).await;
             assert_eq!(s.work, refused, "the same chunk again, nothing new read");
@@ -307,7 +305,7 @@ async fn tcp_journal_full_stops_reading_until_the_writer_accepts() {
                 first.len() as u64,
                 "the connection was not read"
             );
-            let _ = s.done.send(Err(full()));
+            refuse_full(s);
         }
         let s = next(&mut rx).await;
         assert_eq!(s.work, refused);
@@ -319,6 +317,31 @@ async fn tcp_journal_full_stops_reading_until_the_writer_accepts() {
         wait_for(&source.stats, |s| s.lines_accepted() == 2).await;
         assert_eq!(source.stats.dropped_readings(), 0);
         client.shutdown().await.unwrap();
+        source.stop().await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tcp_chunk_lost_in_a_failed_commit_is_counted_and_the_connection_closed() {
+    within(async {
+        let (source, mut rx, addr) = tcp_source(config(), 1).await;
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"m f=1,g=2 1\nm f=3 2\n").await.unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!(flat(std::slice::from_ref(&s.work)).len(), 3);
+        // The commit failed in storage: the writer has no work to hand back.
+        let _ = s
+            .done
+            .send(Err(SubmitError::Storage("disk I/O error".into()).into()));
+        let mut rest = Vec::new();
+        let n = tokio::io::AsyncReadExt::read_to_end(&mut client, &mut rest)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "the agent closed the connection");
+        wait_for(&source.stats, |s| s.connections_open() == 0).await;
+        assert_eq!(source.stats.dropped_readings(), 3);
+        assert_eq!(source.stats.lines_accepted(), 0);
         source.stop().await;
     })
     .await;
@@ -367,7 +390,7 @@ async fn tcp_shutdown_while_refused_counts_the_chunk_as_dropped() {
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(b"m f=1,g=2 1\n").await.unwrap();
         let s = next(&mut rx).await;
-        let _ = s.done.send(Err(full()));
+        refuse_full(s);
         // The writer goes away too: a resubmission, if one raced the stop,
         // is answered `Shutdown`.
         drop(rx);
@@ -472,7 +495,7 @@ async fn udp_refused_by_the_journal_is_counted_as_dropped() {
         let (source, mut rx, client) = udp_source(config(), 4).await;
         client.send(b"m,device=a f=1 1").await.unwrap();
         let s = next(&mut rx).await;
-        let _ = s.done.send(Err(full()));
+        refuse_full(s);
         wait_for(&source.stats, |s| s.dropped_readings() == 1).await;
         client.send(b"m f=2 2").await.unwrap();
         let works = accept_until(&mut rx, |w| {

@@ -633,18 +633,21 @@ impl Journal {
             .map(|r| r.window)
     }
 
+    /// `Some((used, budget))` when a commit carrying readings or device
+    /// reports would be refused ([`CommitError::Full`], `backpressure`).
+    pub fn refuses_data(&self) -> Option<(u64, u64)> {
+        (self.config.policy == FullPolicy::Backpressure && self.bytes >= self.config.budget_bytes)
+            .then_some((self.bytes, self.config.budget_bytes))
+    }
+
     /// Applies `work` in one durable write transaction, closes due windows,
     /// seals a batch when one is full or old enough, and enforces the
     /// budget. Writes nothing (no fsync) when nothing changed.
     pub fn commit(&mut self, work: Work, now: i64) -> Result<CommitReport, CommitError> {
-        if self.config.policy == FullPolicy::Backpressure
-            && self.bytes >= self.config.budget_bytes
+        if let Some((used, budget)) = self.refuses_data()
             && (!work.readings.is_empty() || !work.reports.is_empty())
         {
-            return Err(CommitError::Full {
-                used: self.bytes,
-                budget: self.config.budget_bytes,
-            });
+            return Err(CommitError::Full { used, budget });
         }
         // On failure the transaction was dropped (aborted): rebuild memory
         // from disk so both agree again. In-flight marks survive.

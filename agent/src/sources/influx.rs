@@ -42,7 +42,7 @@ use tokio::task::JoinSet;
 use super::line::{
     ChunkParser, KeyCache, LineError, LineSplitter, Parsed, Precision, count_newlines,
 };
-use crate::intake::{Intake, SubmitError};
+use crate::intake::{Intake, Refused, SubmitError};
 use crate::journal::{CommitReport, Work};
 
 /// Bytes asked of the socket per read.
@@ -515,20 +515,37 @@ impl Connection {
             return true;
         }
         let mut pause = FIRST_RETRY_PAUSE;
+        let mut work = work;
         loop {
-            // `submit` consumes the work even when refusing it.
-            match self.intake.submit(work.clone()).await {
+            match self.intake.submit_or_return(work).await {
                 Ok(_) => {
                     self.stats.add(&self.stats.lines_accepted, lines);
                     self.stats.add(&self.stats.readings_accepted, readings);
                     return true;
                 }
-                Err(SubmitError::Shutdown) => {
+                Err(Refused {
+                    error: SubmitError::Shutdown,
+                    ..
+                }) => {
                     self.stats.add(&self.stats.dropped_readings, readings);
                     return false;
                 }
-                Err(e) => {
-                    tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e,
+                Err(Refused { error, work: None }) => {
+                    // The commit holding the chunk failed in storage: the
+                    // journal cannot take it now, and the sender has no
+                    // acknowledgement to wait for. Closing the connection
+                    // tells it something went wrong.
+                    tracing::error!(source = %self.cfg.name, peer = %self.peer, %error, readings,
+                        "journal commit failed; chunk dropped and connection closed");
+                    self.stats.add(&self.stats.dropped_readings, readings);
+                    return false;
+                }
+                Err(Refused {
+                    error,
+                    work: Some(back),
+                }) => {
+                    work = back;
+                    tracing::debug!(source = %self.cfg.name, peer = %self.peer, %error,
                         "journal refused a chunk; pausing this connection");
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
@@ -632,8 +649,10 @@ impl Udp<'_> {
         sent.health = work.health.clone();
         match self.intake.try_submit(work) {
             Ok(answer) => {
-                self.in_flight
-                    .spawn(async move { (sent, answer.await.map_err(|_| ())) });
+                self.in_flight.spawn(async move {
+                    let outcome = answer.await.map_err(|_| ());
+                    (sent, outcome.map(|o| o.map_err(|r| r.error)))
+                });
             }
             Err(_) => self.lost(sent),
         }

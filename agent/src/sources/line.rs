@@ -40,13 +40,16 @@
 use std::borrow::Cow;
 
 use smallvec::SmallVec;
-use std::collections::HashMap;
 use std::fmt;
 
 use ferry_proto::batch::Reading;
 use ferry_proto::series::{MAX_METRIC_LEN, MAX_TAGS, SeriesError, SeriesKey};
 
 use crate::journal::SeriesReadings;
+
+/// The parser's maps: keyed by input bytes, so seeded (no chosen-collision
+/// floods), and with a hasher much faster than SipHash on short keys.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Longest name or value quoted in an error message, in bytes.
 const MAX_QUOTED: usize = 64;
@@ -385,7 +388,7 @@ pub fn parse_lines(
 /// Newlines inside a line (only in quoted strings): what a line adds to the
 /// line number beyond 1.
 pub fn count_newlines(line: &[u8]) -> usize {
-    line.iter().filter(|&&b| b == b'\n').count()
+    memchr::memchr_iter(b'\n', line).count()
 }
 
 /// Finds where lines end, resumably: feed it the bytes from the start of the
@@ -411,6 +414,19 @@ impl LineSplitter {
     /// start after that index. `buf` must start at the current line's start
     /// and extend what was passed before (until `Some` is returned).
     pub fn next_end(&mut self, buf: &[u8]) -> Option<usize> {
+        // Outside a quoted string a line ends at the next `\n`, and only a
+        // `"` before it can open one: lines without quotes (nearly all) are
+        // found with one vectorised search, not byte by byte.
+        if !self.quoted {
+            let rest = &buf[self.scanned.min(buf.len())..];
+            if let Some(nl) = memchr::memchr(b'\n', rest)
+                && memchr::memchr(b'"', &rest[..nl]).is_none()
+            {
+                let end = self.scanned + nl;
+                self.reset();
+                return Some(end);
+            }
+        }
         while self.scanned < buf.len() {
             let i = self.scanned;
             let b = buf[i];
@@ -479,6 +495,11 @@ pub struct KeyCache {
     /// so that one series written with tags in different orders is one group.
     keys: HashMap<SeriesKey, usize>,
     entries: Vec<KeyEntry>,
+    /// Per series (`KeyEntry::ids`): `(chunk, group)`, its group's index in
+    /// the groups of chunk number `chunk`. Replaces a per-chunk map.
+    group_of: Vec<(u64, u32)>,
+    /// Chunks parsed with this cache (the current chunk's number).
+    chunk: u64,
 }
 
 impl KeyCache {
@@ -495,8 +516,6 @@ pub struct ChunkParser<'a> {
     source_name: &'a str,
     device_tag: &'a str,
     cache: &'a mut KeyCache,
-    /// `(entry, field id)` → index in `groups`, for this chunk.
-    chunk_groups: HashMap<(usize, u32), usize>,
     groups: Vec<SeriesReadings>,
     errors: Vec<(usize, LineError)>,
     lines_accepted: u64,
@@ -511,6 +530,8 @@ struct KeyEntry {
     fields: HashMap<Vec<u8>, u32>,
     /// The series of each field.
     series: Vec<SeriesKey>,
+    /// Each field's index in [`KeyCache::group_of`].
+    ids: Vec<u32>,
 }
 
 struct Field<'l> {
@@ -532,13 +553,13 @@ impl<'a> ChunkParser<'a> {
         if cache.raw_keys.len() >= KeyCache::MAX_KEYS {
             *cache = KeyCache::default();
         }
+        cache.chunk += 1;
         Self {
             precision,
             now_ns,
             source_name,
             device_tag,
             cache,
-            chunk_groups: HashMap::new(),
             groups: Vec::new(),
             errors: Vec::new(),
             lines_accepted: 0,
@@ -597,8 +618,9 @@ impl<'a> ChunkParser<'a> {
                         cache.entries.push(KeyEntry {
                             origin: origin.to_owned(),
                             key: key.clone(),
-                            fields: HashMap::new(),
+                            fields: HashMap::default(),
                             series: Vec::new(),
+                            ids: Vec::new(),
                         });
                         cache.keys.insert(key, cache.entries.len() - 1);
                         cache.entries.len() - 1
@@ -667,7 +689,8 @@ impl<'a> ChunkParser<'a> {
             ts
         };
 
-        let key_entry = &mut self.cache.entries[entry];
+        let cache = &mut *self.cache;
+        let key_entry = &mut cache.entries[entry];
         let mut groups: SmallVec<[usize; 4]> = SmallVec::new();
         for field in &fields {
             let id = match key_entry.fields.get(&*field.key) {
@@ -676,22 +699,24 @@ impl<'a> ChunkParser<'a> {
                     let series = field_series(key_entry, field)?;
                     let id = key_entry.series.len() as u32;
                     key_entry.series.push(series);
+                    key_entry.ids.push(cache.group_of.len() as u32);
+                    cache.group_of.push((0, 0));
                     key_entry.fields.insert(field.key.to_vec(), id);
                     id
                 }
             };
-            let group = match self.chunk_groups.get(&(entry, id)) {
-                Some(&g) => g,
-                None => {
-                    let g = self.groups.len();
-                    self.groups.push(SeriesReadings {
-                        series: key_entry.series[id as usize].clone(),
-                        origin: key_entry.origin.clone(),
-                        readings: Vec::new(),
-                    });
-                    self.chunk_groups.insert((entry, id), g);
-                    g
-                }
+            let slot = &mut cache.group_of[key_entry.ids[id as usize] as usize];
+            let group = if slot.0 == cache.chunk {
+                slot.1 as usize
+            } else {
+                let g = self.groups.len();
+                self.groups.push(SeriesReadings {
+                    series: key_entry.series[id as usize].clone(),
+                    origin: key_entry.origin.clone(),
+                    readings: Vec::new(),
+                });
+                *slot = (cache.chunk, g as u32);
+                g
             };
             groups.push(group);
         }
@@ -946,7 +971,9 @@ fn parse_value(key: &[u8], v: &[u8], column: usize) -> Result<f64, LineError> {
     }
     let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
     // All checked bytes are ASCII, so the `from_utf8`s below cannot fail.
-    let text = |s: &[u8]| std::str::from_utf8(s).unwrap_or_default().to_owned();
+    fn text(s: &[u8]) -> &str {
+        std::str::from_utf8(s).unwrap_or_default()
+    }
     match last {
         b'i' => {
             let body = &v[..v.len() - 1];
@@ -977,6 +1004,9 @@ fn parse_value(key: &[u8], v: &[u8], column: usize) -> Result<f64, LineError> {
             if !ok_chars || !first_ok || !v.iter().any(u8::is_ascii_digit) {
                 return Err(invalid());
             }
+            if let Some(x) = short_decimal(v) {
+                return Ok(x);
+            }
             let x: f64 = text(v).parse().map_err(|_| invalid())?;
             if x.is_finite() {
                 Ok(x)
@@ -987,8 +1017,48 @@ fn parse_value(key: &[u8], v: &[u8], column: usize) -> Result<f64, LineError> {
     }
 }
 
+/// `[+-]digits[.digits]` with at most 15 significant digits (most sensor
+/// values), as the exact `f64` that `str::parse` gives, without its general
+/// algorithm: the digits as an integer `m < 2^53` and `10^k` (`k ≤ 15`) are
+/// both exact in `f64`, so the one rounding of `m / 10^k` is the correctly
+/// rounded value of the decimal. `None` for anything else.
+fn short_decimal(v: &[u8]) -> Option<f64> {
+    const POW10: [f64; 16] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+    ];
+    let (negative, body) = match v.first()? {
+        b'-' => (true, &v[1..]),
+        b'+' => (false, &v[1..]),
+        _ => (false, v),
+    };
+    if body.len() > 16 {
+        return None;
+    }
+    let mut m: u64 = 0;
+    let mut digits = 0;
+    let mut scale = None;
+    for (i, &b) in body.iter().enumerate() {
+        match b {
+            b'0'..=b'9' => {
+                m = m * 10 + u64::from(b - b'0');
+                digits += 1;
+            }
+            b'.' if scale.is_none() => scale = Some(body.len() - 1 - i),
+            _ => return None,
+        }
+    }
+    if digits == 0 || digits > 15 {
+        return None;
+    }
+    let x = m as f64 / POW10[scale.unwrap_or(0)];
+    Some(if negative { -x } else { x })
+}
+
 fn parse_timestamp(t: &[u8], column: usize, precision: Precision) -> Result<i64, LineError> {
-    let unsigned = t.strip_prefix(b"-").unwrap_or(t);
+    let (negative, unsigned) = match t.strip_prefix(b"-") {
+        Some(rest) => (true, rest),
+        None => (false, t),
+    };
     if unsigned.is_empty() || !unsigned.iter().all(u8::is_ascii_digit) {
         return Err(LineError::InvalidTimestamp {
             value: quote(t),
@@ -1000,12 +1070,20 @@ fn parse_timestamp(t: &[u8], column: usize, precision: Precision) -> Result<i64,
         precision,
         column,
     };
-    std::str::from_utf8(t)
-        .unwrap_or_default()
-        .parse::<i64>()
-        .ok()
-        .and_then(|n| n.checked_mul(precision.nanos()))
-        .ok_or_else(out_of_range)
+    // Accumulated negatively: i64::MIN has no positive counterpart.
+    let mut n: i64 = 0;
+    for &b in unsigned {
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_sub(i64::from(b - b'0')))
+            .ok_or_else(out_of_range)?;
+    }
+    let n = if negative {
+        n
+    } else {
+        n.checked_neg().ok_or_else(out_of_range)?
+    };
+    n.checked_mul(precision.nanos()).ok_or_else(out_of_range)
 }
 
 #[cfg(test)]
@@ -1616,7 +1694,85 @@ mod tests {
         out
     }
 
+    #[test]
+    fn timestamps_at_the_ends_of_i64() {
+        let ns = Precision::Nanoseconds;
+        assert_eq!(
+            parse_timestamp(b"-9223372036854775808", 1, ns),
+            Ok(i64::MIN)
+        );
+        assert_eq!(parse_timestamp(b"9223372036854775807", 1, ns), Ok(i64::MAX));
+        assert_eq!(parse_timestamp(b"-0", 1, ns), Ok(0));
+        for bad in [
+            "9223372036854775808",
+            "-9223372036854775809",
+            "99999999999999999999",
+        ] {
+            assert_eq!(
+                parse_timestamp(bad.as_bytes(), 7, ns),
+                Err(LineError::TimestampOutOfRange {
+                    value: bad.into(),
+                    precision: ns,
+                    column: 7
+                })
+            );
+        }
+        assert_eq!(
+            parse_timestamp(b"9223372036854775", 1, Precision::Seconds),
+            Err(LineError::TimestampOutOfRange {
+                value: "9223372036854775".into(),
+                precision: Precision::Seconds,
+                column: 1
+            })
+        );
+    }
+
+    #[test]
+    fn short_decimals_are_the_values_str_parse_gives() {
+        for text in [
+            "0",
+            "-0",
+            "+0.0",
+            "1.",
+            ".5",
+            "-.5",
+            "20.37",
+            "0.1",
+            "0.3",
+            "123456789012345",
+            "1.23456789012345",
+            "-999999999999999",
+            "0.00000000000001",
+        ] {
+            let x = short_decimal(text.as_bytes()).expect(text);
+            assert_eq!(
+                x.to_bits(),
+                text.parse::<f64>().unwrap().to_bits(),
+                "{text}"
+            );
+        }
+        for other in ["1234567890123456", "1e3", ".", "-", "1.2.3", "1,2", ""] {
+            assert_eq!(short_decimal(other.as_bytes()), None, "{other}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn short_decimal_matches_str_parse(
+            negative in any::<bool>(),
+            int in "[0-9]{0,15}",
+            frac in proptest::option::of("[0-9]{0,15}"),
+        ) {
+            let text = format!("{}{int}{}", if negative { "-" } else { "" },
+                frac.as_ref().map_or(String::new(), |f| format!(".{f}")));
+            if let Some(x) = short_decimal(text.as_bytes()) {
+                prop_assert_eq!(x.to_bits(), text.parse::<f64>().unwrap().to_bits(), "{}", text);
+            } else {
+                let digits = int.len() + frac.as_ref().map_or(0, String::len);
+                prop_assert!(digits == 0 || digits > 15, "{} fell back", text);
+            }
+        }
+
         #[test]
         fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
             let p = parse_lines(&bytes, Precision::Seconds, NOW, "src", "device");

@@ -13,7 +13,7 @@ use ferry_proto::series::SeriesKey;
 use serde::Deserialize;
 use tokio::sync::watch;
 
-use crate::intake::{Intake, SubmitError};
+use crate::intake::{Intake, Refused, SubmitError};
 use crate::journal::{SeriesReadings, Work};
 use crate::metrics::Counter;
 use crate::writer::now_ns;
@@ -154,21 +154,28 @@ pub async fn run(
             continue;
         }
         loop {
-            match intake.submit(work.clone()).await {
+            match intake.submit_or_return(work).await {
                 Ok(_) => {
                     produced.add(n);
                     break;
                 }
-                Err(SubmitError::Full { .. }) => {
+                Err(Refused {
+                    error: SubmitError::Shutdown,
+                    ..
+                }) => return,
+                Err(Refused {
+                    work: Some(back), ..
+                }) => {
+                    work = back;
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                         _ = shutdown.changed() => if *shutdown.borrow() { return },
                     }
                 }
-                Err(SubmitError::Shutdown) => return,
-                Err(e) => {
-                    tracing::warn!(source = %config.name, error = %e, "simulator readings not journaled; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                Err(Refused { error, work: None }) => {
+                    tracing::warn!(source = %config.name, %error, readings = n,
+                        "simulator readings not journaled; dropped");
+                    break;
                 }
             }
         }
