@@ -40,7 +40,7 @@ pub struct Refused {
     pub error: SubmitError,
     /// The work, untouched; `None` when the writer no longer has it (the
     /// commit that held it failed in storage, or the agent is stopping).
-    pub work: Option<Work>,
+    pub work: Option<Box<Work>>,
 }
 
 impl Refused {
@@ -48,7 +48,7 @@ impl Refused {
     pub fn full(used: u64, budget: u64, work: Work) -> Self {
         Self {
             error: SubmitError::Full { used, budget },
-            work: Some(work),
+            work: Some(Box::new(work)),
         }
     }
 }
@@ -97,7 +97,7 @@ impl Intake {
         if let Err(e) = self.tx.send(Submission { work, done }).await {
             return Err(Refused {
                 error: SubmitError::Shutdown,
-                work: Some(e.0.work),
+                work: Some(Box::new(e.0.work)),
             });
         }
         answer

@@ -195,9 +195,9 @@ fn journal_writer(
         while let Some(s) = rx.recv().await {
             let now = clock.load(Ordering::SeqCst);
             let result = journal.lock().unwrap().commit(s.work, now);
-            let _ = s
-                .done
-                .send(result.map_err(|e| ferry_agent::intake::SubmitError::Storage(e.to_string())));
+            let _ = s.done.send(
+                result.map_err(|e| ferry_agent::intake::SubmitError::Storage(e.to_string()).into()),
+            );
         }
     });
 }

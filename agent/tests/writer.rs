@@ -58,7 +58,7 @@ async fn a_full_journal_hands_refused_work_back_and_commits_the_rest() {
         panic!("a full journal refuses data and returns it");
     };
     assert!(used > 1, "{used} bytes used");
-    assert_eq!(back, refused, "the work comes back untouched");
+    assert_eq!(*back, refused, "the work comes back untouched");
     assert_eq!(metrics.backpressure.get(), 1);
 
     // Work without readings (health) is still committed.

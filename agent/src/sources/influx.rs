@@ -544,7 +544,7 @@ impl Connection {
                     error,
                     work: Some(back),
                 }) => {
-                    work = back;
+                    work = *back;
                     tracing::debug!(source = %self.cfg.name, peer = %self.peer, %error,
                         "journal refused a chunk; pausing this connection");
                     tokio::select! {

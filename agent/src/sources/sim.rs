@@ -166,7 +166,7 @@ pub async fn run(
                 Err(Refused {
                     work: Some(back), ..
                 }) => {
-                    work = back;
+                    work = *back;
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(100)) => {}
                         _ = shutdown.changed() => if *shutdown.borrow() { return },
