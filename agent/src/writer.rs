@@ -210,13 +210,20 @@ impl Writer {
         }
         // Readings received per origin, counted once their commit succeeds;
         // every health interval the totals ride along in a commit.
-        let mut received: Vec<(String, u64)> = Vec::new();
-        for s in &work.readings {
-            received.push((s.origin.clone(), s.readings.len() as u64));
-        }
-        for r in &work.reports {
+        let mut received: std::collections::BTreeMap<String, u64> = Default::default();
+        let origins = work.readings.iter().map(|s| (&s.origin, s.readings.len() as u64));
+        let devices = work.reports.iter().map(|r| {
             let n: u64 = r.windows.iter().map(|(_, p)| p.count).sum();
-            received.push((r.device.clone(), n));
+            (&r.device, n)
+        });
+        for (origin, n) in origins.chain(devices) {
+            // Many groups share an origin: its name is copied once.
+            match received.get_mut(origin.as_str()) {
+                Some(total) => *total += n,
+                None => {
+                    received.insert(origin.clone(), n);
+                }
+            }
         }
         let report_health =
             self.last_health.elapsed() >= self.health_interval && !self.received.is_empty();

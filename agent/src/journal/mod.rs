@@ -354,12 +354,70 @@ struct Sealed {
     created_ns: i64,
 }
 
+/// The hasher of series dictionaries: seeded per process where std has
+/// entropy (series names come from the network), fixed on devices.
+#[cfg(feature = "std")]
+type SeriesHasher = foldhash::fast::RandomState;
+#[cfg(not(feature = "std"))]
+type SeriesHasher = foldhash::fast::FixedState;
+
+/// The index of a batch's series dictionary (`Batch::series`): a hash table
+/// of positions in that `Vec`, so a key is stored once, in the batch, and
+/// looking one up costs a hash and one comparison.
+#[derive(Default)]
+struct Dictionary {
+    index: hashbrown::HashTable<u32>,
+    hasher: SeriesHasher,
+}
+
+impl fmt::Debug for Dictionary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Dictionary({} series)", self.index.len())
+    }
+}
+
+impl Dictionary {
+    fn find(&self, series: &[SeriesKey], key: &SeriesKey) -> (Option<u32>, u64) {
+        use core::hash::BuildHasher;
+        let hash = self.hasher.hash_one(key);
+        let found = self.index.find(hash, |&i| series[i as usize] == *key);
+        (found.copied(), hash)
+    }
+
+    fn push(&mut self, series: &mut Vec<SeriesKey>, key: SeriesKey, hash: u64) -> u32 {
+        use core::hash::BuildHasher;
+        let i = series.len() as u32;
+        series.push(key);
+        let hasher = &self.hasher;
+        self.index
+            .insert_unique(hash, i, |&j| hasher.hash_one(&series[j as usize]));
+        i
+    }
+
+    /// The index of `key` in `series`, appending it if new (moved: no copy).
+    fn intern(&mut self, series: &mut Vec<SeriesKey>, key: SeriesKey) -> u32 {
+        match self.find(series, &key) {
+            (Some(i), _) => i,
+            (None, hash) => self.push(series, key, hash),
+        }
+    }
+
+    /// [`intern`](Self::intern) for a borrowed key: copied only if new.
+    fn intern_ref(&mut self, series: &mut Vec<SeriesKey>, key: &SeriesKey) -> u32 {
+        match self.find(series, key) {
+            (Some(i), _) => i,
+            (None, hash) => self.push(series, key.clone(), hash),
+        }
+    }
+}
+
 /// In-memory copy of the batch being filled (mirrors the `pending` rows).
 #[derive(Debug, Default)]
 struct Pending {
-    index: BTreeMap<SeriesKey, u32>,
+    index: Dictionary,
     batch: Batch,
-    raw: BTreeMap<u32, Vec<Reading>>,
+    /// Raw readings by series index in `batch.series`.
+    raw: Vec<Vec<Reading>>,
     origins: BTreeMap<String, u64>,
     count: usize,
     since_ns: Option<i64>,
@@ -367,18 +425,8 @@ struct Pending {
 }
 
 impl Pending {
-    fn series(&mut self, key: &SeriesKey) -> u32 {
-        if let Some(&i) = self.index.get(key) {
-            return i;
-        }
-        let i = self.batch.series.len() as u32;
-        self.batch.series.push(key.clone());
-        self.index.insert(key.clone(), i);
-        i
-    }
-
     /// Adds a row read back from the `pending` table.
-    fn add_row(&mut self, row: &PendingRow) -> Result<(), CommitError> {
+    fn add_row(&mut self, row: PendingRow) -> Result<(), CommitError> {
         let mut raw = Vec::with_capacity(row.batch.blocks.len());
         for block in &row.batch.blocks {
             let readings = block
@@ -391,41 +439,41 @@ impl Pending {
 
     /// Adds a commit's content: `raw` readings by index into `row`'s series
     /// (its blocks are ignored), its aggregates and origins.
-    fn absorb(
-        &mut self,
-        row: &PendingRow,
-        raw: Vec<(u32, Vec<Reading>)>,
-    ) -> Result<(), CommitError> {
+    fn absorb(&mut self, row: PendingRow, raw: Vec<(u32, Vec<Reading>)>) -> Result<(), CommitError> {
+        let PendingRow {
+            batch,
+            origins,
+            written_ns,
+        } = row;
+        // The row's dictionary, moved into the batch's.
+        let to_batch: Vec<u32> = batch
+            .series
+            .into_iter()
+            .map(|key| self.index.intern(&mut self.batch.series, key))
+            .collect();
+        let unknown = || CommitError::Corrupt("pending row references an unknown series".into());
         for (series, readings) in raw {
-            let key = row.batch.series.get(series as usize).ok_or_else(|| {
-                CommitError::Corrupt("pending row references an unknown series".into())
-            })?;
-            let i = self.series(key);
+            let i = *to_batch.get(series as usize).ok_or_else(unknown)? as usize;
             self.count += readings.len();
-            let slot = self.raw.entry(i).or_default();
+            if self.raw.len() <= i {
+                self.raw.resize_with(i + 1, Vec::new);
+            }
+            let slot = &mut self.raw[i];
             if slot.is_empty() {
                 *slot = readings;
             } else {
                 slot.extend(readings);
             }
         }
-        for agg in &row.batch.aggregates {
-            let key = row.batch.series.get(agg.series as usize).ok_or_else(|| {
-                CommitError::Corrupt("pending row references an unknown series".into())
-            })?;
-            let i = self.series(key);
-            let mut agg = agg.clone();
-            agg.series = i;
+        for mut agg in batch.aggregates {
+            agg.series = *to_batch.get(agg.series as usize).ok_or_else(unknown)?;
             self.batch.aggregates.push(agg);
             self.count += 1;
         }
-        for o in &row.origins {
-            *self.origins.entry(o.origin.clone()).or_default() += o.readings;
+        for o in origins {
+            *self.origins.entry(o.origin).or_default() += o.readings;
         }
-        self.since_ns = Some(
-            self.since_ns
-                .map_or(row.written_ns, |s| s.min(row.written_ns)),
-        );
+        self.since_ns = Some(self.since_ns.map_or(written_ns, |s| s.min(written_ns)));
         Ok(())
     }
 }
@@ -582,7 +630,7 @@ impl Journal {
         for entry in txn.open_table(PENDING)?.iter()? {
             let (id, row) = entry?;
             let row: PendingRow = decode("PendingRow", row.value())?;
-            journal.pending.add_row(&row)?;
+            journal.pending.add_row(row)?;
             journal
                 .pending
                 .rows
@@ -665,7 +713,7 @@ impl Journal {
             origins: Vec::new(),
             written_ns: now,
         };
-        let mut row_index: BTreeMap<SeriesKey, u32> = BTreeMap::new();
+        let mut row_index = Dictionary::default();
         let mut row_origins: BTreeMap<String, u64> = BTreeMap::new();
         let mut row_raw: Vec<(u32, Vec<Reading>)> = Vec::new();
         let mut touched: BTreeSet<SeriesKey> = BTreeSet::new();
@@ -676,38 +724,39 @@ impl Journal {
             let mut devices = txn.open_table(DEVICES)?;
             // Raw readings and windows.
             for group in work.readings {
-                let rule = self.rule_for(&group.series);
-                let total = group.readings.len() as u64;
+                let SeriesReadings {
+                    series,
+                    origin,
+                    readings,
+                } = group;
+                let rule = self.rule_for(&series);
+                let total = readings.len() as u64;
                 let mut raw: Vec<Reading> = Vec::new();
                 let mut late_dropped = 0u64;
                 match rule {
-                    None => raw = group.readings,
+                    None => raw = readings,
                     Some(rule) => {
-                        for r in &group.readings {
-                            match self.aggregator.add(
-                                &group.series,
-                                &group.origin,
-                                rule,
-                                r.ts_ns,
-                                r.value,
-                                now,
-                            ) {
+                        for r in &readings {
+                            match self
+                                .aggregator
+                                .add(&series, &origin, rule, r.ts_ns, r.value, now)
+                            {
                                 Added::Window => {}
                                 Added::Late(LatePolicy::Raw) => raw.push(*r),
                                 Added::Late(LatePolicy::Drop) => late_dropped += 1,
                             }
                         }
-                        touched.insert(group.series.clone());
+                        touched.insert(series.clone());
                     }
                 }
                 report.accepted += total - late_dropped;
                 report.late_dropped += late_dropped;
                 if late_dropped > 0 {
-                    health_add.push((group.origin.clone(), health::DROPPED_LATE, late_dropped));
+                    health_add.push((origin.clone(), health::DROPPED_LATE, late_dropped));
                 }
                 if !raw.is_empty() {
-                    let i = row_series(&mut row, &mut row_index, &group.series);
-                    *row_origins.entry(group.origin.clone()).or_default() += raw.len() as u64;
+                    let i = row_index.intern(&mut row.batch.series, series);
+                    *row_origins.entry(origin).or_default() += raw.len() as u64;
                     row_raw.push((i, raw));
                 }
                 // Readings in windows are attributed when the window closes.
@@ -731,7 +780,7 @@ impl Journal {
                     continue;
                 }
                 for (series, partial) in &rep.windows {
-                    let i = row_series(&mut row, &mut row_index, series);
+                    let i = row_index.intern_ref(&mut row.batch.series, series);
                     row.batch.aggregates.push(partial.to_aggregate(i));
                     *row_origins.entry(rep.device.clone()).or_default() += partial.count;
                     report.accepted += partial.count;
@@ -784,7 +833,7 @@ impl Journal {
             touched.insert(k.clone());
         });
         for c in closed {
-            let i = row_series(&mut row, &mut row_index, &c.series);
+            let i = row_index.intern(&mut row.batch.series, c.series);
             row.batch.aggregates.push(c.window.to_aggregate(i));
             *row_origins.entry(c.origin).or_default() += c.window.count;
         }
@@ -885,7 +934,7 @@ impl Journal {
                 self.bytes += bytes.len() as u64;
                 self.pending.rows.push(id);
             }
-            self.pending.absorb(&row, row_raw)?;
+            self.pending.absorb(row, row_raw)?;
             wrote = true;
         }
         if has_content && self.pending.since_ns.is_none() {
@@ -1002,11 +1051,14 @@ impl Journal {
     fn seal(&mut self, txn: &redb::WriteTransaction, now: i64) -> Result<Option<u64>, CommitError> {
         let mut pending = core::mem::take(&mut self.pending);
         let mut batch = core::mem::take(&mut pending.batch);
-        for (series, mut readings) in core::mem::take(&mut pending.raw) {
+        for (series, mut readings) in core::mem::take(&mut pending.raw).into_iter().enumerate() {
+            if readings.is_empty() {
+                continue;
+            }
             // Readings of a series may come from several commits: order them
             // so the block's deltas stay small.
             readings.sort_by_key(|r| r.ts_ns);
-            batch.blocks.push(ReadingBlock::encode(series, &readings));
+            batch.blocks.push(ReadingBlock::encode(series as u32, &readings));
         }
         {
             let mut health_table = txn.open_table(HEALTH)?;
@@ -1296,12 +1348,3 @@ fn pick<'a>(
     Ok(out)
 }
 
-fn row_series(row: &mut PendingRow, index: &mut BTreeMap<SeriesKey, u32>, key: &SeriesKey) -> u32 {
-    if let Some(&i) = index.get(key) {
-        return i;
-    }
-    let i = row.batch.series.len() as u32;
-    row.batch.series.push(key.clone());
-    index.insert(key.clone(), i);
-    i
-}
