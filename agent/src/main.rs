@@ -402,7 +402,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     // Before any thread starts (the runtime's workers, the log writer).
-    ferry_agent::memory::limit_arenas();
+    ferry_agent::memory::without_thread_caches();
+    ferry_agent::memory::tune_malloc();
     let cli = Cli::parse();
     init_logs(cli.log.clone(), cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()

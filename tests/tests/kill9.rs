@@ -38,6 +38,15 @@ async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
         journaled(admin).await.is_some()
     })
     .await;
+    // The agent re-executed itself (same pid) with malloc's per-thread
+    // caches off (agent/src/memory.rs).
+    let environ = std::fs::read(format!("/proc/{}/environ", agent.0.id())).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|v| v == b"GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
+        "the running agent has its thread caches off"
+    );
     let now_ms = ferry_proto_now_ms() - 3_600_000;
     let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
     let mut text = String::new();
