@@ -53,43 +53,40 @@ sizer() {
     fi
 }
 
+# Prints an image's flash and static RAM and checks them against its
+# budgets (0: none); returns 1 when over. $5 is a note after the RAM figure.
+report_size() {
+    local elf=$1 bin=$2 flash_budget=$3 ram_budget=$4 note=$5 text data bss
+    read -r text data bss _ < <("$(sizer)" -B "$elf" | tail -n 1)
+    local flash=$((text + data)) ram=$((data + bss))
+    printf 'firmware size: %-25s flash %6d B (%5.1f KiB)  static RAM %6d B (%5.1f KiB%s)' \
+        "$bin" "$flash" "$(awk "BEGIN{print $flash/1024}")" "$ram" "$(awk "BEGIN{print $ram/1024}")" "$note"
+    if [ "$flash_budget" -gt 0 ]; then
+        printf '  budget %d / %d B' "$flash_budget" "$ram_budget"
+        if [ "$flash" -gt "$flash_budget" ] || [ "$ram" -gt "$ram_budget" ]; then
+            printf '  OVER BUDGET\n'
+            return 1
+        fi
+    fi
+    printf '\n'
+}
+
 build() {
-    local size over=0
-    size=$(sizer)
+    local over=0
+    sizer >/dev/null
     for entry in "${BOARDS[@]}"; do
         IFS=: read -r pkg bin flash_budget ram_budget <<<"$entry"
         # One package per invocation: cargo must not unify features across
         # boards (the nRF PAC turns on cortex-m-rt's `device`).
         cargo build -p "$pkg" --target "$TARGET" --profile "$PROFILE"
-        local elf="$TARGET_DIR/$TARGET/$PROFILE/$bin"
-        read -r text data bss _ < <("$size" -B "$elf" | tail -n 1)
-        local flash=$((text + data)) ram=$((data + bss))
-        printf 'firmware size: %-20s flash %6d B (%5.1f KiB)  static RAM %6d B (%4.1f KiB)' \
-            "$bin" "$flash" "$(awk "BEGIN{print $flash/1024}")" "$ram" "$(awk "BEGIN{print $ram/1024}")"
-        if [ "$flash_budget" -gt 0 ]; then
-            printf '  budget %d / %d B' "$flash_budget" "$ram_budget"
-            if [ "$flash" -gt "$flash_budget" ] || [ "$ram" -gt "$ram_budget" ]; then
-                printf '  OVER BUDGET'
-                over=1
-            fi
-        fi
-        printf '\n'
+        report_size "$TARGET_DIR/$TARGET/$PROFILE/$bin" "$bin" "$flash_budget" "$ram_budget" "" || over=1
     done
     for entry in "${JOURNALS[@]}"; do
         IFS=: read -r pkg bin flash_budget ram_budget <<<"$entry"
         cargo build -p "$pkg" --features journal --bin "$bin" \
             --target "$TARGET" --profile "$JOURNAL_PROFILE"
-        local elf="$TARGET_DIR/$TARGET/$JOURNAL_PROFILE/$bin"
-        read -r text data bss _ < <("$size" -B "$elf" | tail -n 1)
-        local flash=$((text + data)) ram=$((data + bss))
-        printf 'firmware size: %-25s flash %6d B (%5.1f KiB)  static RAM %6d B (%5.1f KiB, heap included)' \
-            "$bin" "$flash" "$(awk "BEGIN{print $flash/1024}")" "$ram" "$(awk "BEGIN{print $ram/1024}")"
-        printf '  budget %d / %d B' "$flash_budget" "$ram_budget"
-        if [ "$flash" -gt "$flash_budget" ] || [ "$ram" -gt "$ram_budget" ]; then
-            printf '  OVER BUDGET'
-            over=1
-        fi
-        printf '\n'
+        report_size "$TARGET_DIR/$TARGET/$JOURNAL_PROFILE/$bin" "$bin" "$flash_budget" "$ram_budget" \
+            ", heap included" || over=1
     done
     if [ "$over" -ne 0 ]; then
         echo "firmware: a board is over its size budget" >&2
