@@ -211,7 +211,10 @@ impl Writer {
         // Readings received per origin, counted once their commit succeeds;
         // every health interval the totals ride along in a commit.
         let mut received: std::collections::BTreeMap<String, u64> = Default::default();
-        let origins = work.readings.iter().map(|s| (&s.origin, s.readings.len() as u64));
+        let origins = work
+            .readings
+            .iter()
+            .map(|s| (&s.origin, s.readings.len() as u64));
         let devices = work.reports.iter().map(|r| {
             let n: u64 = r.windows.iter().map(|(_, p)| p.count).sum();
             (&r.device, n)

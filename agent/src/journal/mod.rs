@@ -439,7 +439,11 @@ impl Pending {
 
     /// Adds a commit's content: `raw` readings by index into `row`'s series
     /// (its blocks are ignored), its aggregates and origins.
-    fn absorb(&mut self, row: PendingRow, raw: Vec<(u32, Vec<Reading>)>) -> Result<(), CommitError> {
+    fn absorb(
+        &mut self,
+        row: PendingRow,
+        raw: Vec<(u32, Vec<Reading>)>,
+    ) -> Result<(), CommitError> {
         let PendingRow {
             batch,
             origins,
@@ -1058,7 +1062,9 @@ impl Journal {
             // Readings of a series may come from several commits: order them
             // so the block's deltas stay small.
             readings.sort_by_key(|r| r.ts_ns);
-            batch.blocks.push(ReadingBlock::encode(series as u32, &readings));
+            batch
+                .blocks
+                .push(ReadingBlock::encode(series as u32, &readings));
         }
         {
             let mut health_table = txn.open_table(HEALTH)?;
@@ -1347,4 +1353,3 @@ fn pick<'a>(
     }
     Ok(out)
 }
-

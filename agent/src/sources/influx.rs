@@ -4,10 +4,14 @@
 //! [`InfluxConfig::chunk_lines`] complete lines: a chunk takes whatever the
 //! socket has ready (up to about 256 KiB) without waiting for more, so a
 //! fast sender's lines share few journal commits; a chunk is parsed, handed to
-//! the journal with [`Intake::submit`], and only once it is committed is the
-//! connection read again. A journal refusing work ([`SubmitError::Full`]
-//! under the `backpressure` policy) is retried with a growing pause, so the
-//! connection stops being read and TCP flow control slows the sender.
+//! the journal with [`Intake::submit_or_return`], and only once it is
+//! committed is the connection read again. A journal refusing work
+//! ([`SubmitError::Full`] under the `backpressure` policy) hands it back and
+//! it is retried with a growing pause, so the connection stops being read and
+//! TCP flow control slows the sender. A chunk whose commit failed in storage
+//! is counted in `dropped_readings`, logged, and its connection closed: the
+//! sender sees the failure, and redb takes no more writes after an I/O error
+//! until the agent restarts.
 //! Connections are bounded by [`InfluxConfig::max_connections`]; further
 //! ones wait in the listen backlog.
 //!
