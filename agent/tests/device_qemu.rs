@@ -103,7 +103,7 @@ async fn the_emulated_board_reports_land_in_the_journal_exactly() {
             drop(j);
             let _ = s
                 .done
-                .send(result.map_err(|e| SubmitError::Storage(e.to_string())));
+                .send(result.map_err(|e| SubmitError::Storage(e.to_string()).into()));
         }
     });
     let registry = DeviceRegistry::new();
