@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::intake::{Refused, Submission, SubmitError};
-use crate::journal::{CommitError, CommitReport, Journal, JournalStats, StoredBatch, Work};
+use crate::journal::{CommitReport, Journal, JournalStats, StoredBatch, Work};
 use crate::metrics::AgentMetrics;
 
 /// Wall-clock now in ns since the Unix epoch.
@@ -240,22 +240,9 @@ impl Writer {
         }
         let started = std::time::Instant::now();
         let readings = work.reading_count();
-        let acks = work.acks.clone();
-        let result = tokio::task::block_in_place(|| match self.journal.commit(work, now_ns()) {
-            Err(CommitError::Full { used, budget }) => {
-                // Backpressure: apply the acks (they free space), refuse data.
-                let acks_only = Work {
-                    acks,
-                    ..Work::default()
-                };
-                if let Ok(report) = self.journal.commit(acks_only, now_ns()) {
-                    self.metrics.readings_out.add(report.delivered_readings);
-                }
-                Err(SubmitError::Full { used, budget })
-            }
-            Err(e) => Err(SubmitError::Storage(e.to_string())),
-            Ok(report) => Ok(report),
-        });
+        // Never `Full`: data was refused above, before the merge.
+        let result = tokio::task::block_in_place(|| self.journal.commit(work, now_ns()))
+            .map_err(|e| SubmitError::Storage(e.to_string()));
         match &result {
             Ok(_) if report_health => self.last_health = std::time::Instant::now(),
             // Not journaled: reported with the next commit.
@@ -296,8 +283,9 @@ impl Writer {
                     self.sealed.notify_one();
                 }
             }
-            Err(SubmitError::Full { .. }) => self.metrics.backpressure.add(subs.len() as u64),
-            Err(e) => tracing::error!(error = %e, "journal commit failed; sources will retry"),
+            Err(e) => {
+                tracing::error!(error = %e, "journal commit failed; its submissions are refused")
+            }
         }
         for (s, (start, end, count)) in subs.into_iter().zip(spans) {
             let answer = match &result {

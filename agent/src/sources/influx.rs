@@ -432,7 +432,7 @@ impl Connection {
                                 end,
                             }
                         });
-                        line_no += 1 + count_newlines(&buf[start..end]);
+                        line_no += 1 + splitter.newlines();
                         consumed = end + 1;
                     }
                     None => {
@@ -601,9 +601,10 @@ impl Udp<'_> {
         let mut pieces = Vec::new();
         let (mut pos, mut no) = (0, 1);
         while pos < bytes.len() {
-            let end = splitter
-                .next_end(&bytes[pos..])
-                .map_or(bytes.len(), |e| pos + e);
+            let (end, newlines) = match splitter.next_end(&bytes[pos..]) {
+                Some(e) => (pos + e, splitter.newlines()),
+                None => (bytes.len(), count_newlines(&bytes[pos..])),
+            };
             pieces.push(if end - pos > max_line {
                 Piece::TooLong { no }
             } else {
@@ -613,7 +614,7 @@ impl Udp<'_> {
                     end,
                 }
             });
-            no += 1 + count_newlines(&bytes[pos..end]);
+            no += 1 + newlines;
             pos = end + 1;
         }
         let parsed = parse_pieces(bytes, &pieces, self.cfg, &mut self.keys);

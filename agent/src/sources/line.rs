@@ -374,12 +374,12 @@ pub fn parse_lines(
     let mut line_no = 1;
     while pos < bytes.len() {
         let rest = &bytes[pos..];
-        let (line, next) = match splitter.next_end(rest) {
-            Some(end) => (&rest[..end], pos + end + 1),
-            None => (rest, bytes.len()),
+        let (line, next, newlines) = match splitter.next_end(rest) {
+            Some(end) => (&rest[..end], pos + end + 1, splitter.newlines()),
+            None => (rest, bytes.len(), count_newlines(rest)),
         };
         parser.push_line(line_no, line);
-        line_no += 1 + count_newlines(line);
+        line_no += 1 + newlines;
         pos = next;
     }
     parser.finish()
@@ -406,6 +406,10 @@ pub struct LineSplitter {
     after_eq: bool,
     quoted: bool,
     escaped: bool,
+    /// Newlines inside quoted strings of the current line.
+    inner: usize,
+    /// The same, of the line [`next_end`](Self::next_end) last ended.
+    last_inner: usize,
 }
 
 impl LineSplitter {
@@ -423,7 +427,7 @@ impl LineSplitter {
                 && memchr::memchr(b'"', &rest[..nl]).is_none()
             {
                 let end = self.scanned + nl;
-                self.reset();
+                self.end_line();
                 return Some(end);
             }
         }
@@ -432,6 +436,9 @@ impl LineSplitter {
             let b = buf[i];
             self.scanned += 1;
             if self.quoted {
+                if b == b'\n' {
+                    self.inner += 1;
+                }
                 if self.escaped {
                     self.escaped = false;
                 } else if b == b'\\' {
@@ -442,7 +449,7 @@ impl LineSplitter {
                 continue;
             }
             if b == b'\n' {
-                self.reset();
+                self.end_line();
                 return Some(i);
             }
             if self.comment {
@@ -478,6 +485,19 @@ impl LineSplitter {
     /// Forgets the current line (after skipping it).
     pub fn reset(&mut self) {
         *self = Self::default();
+    }
+
+    fn end_line(&mut self) {
+        let inner = self.inner;
+        self.reset();
+        self.last_inner = inner;
+    }
+
+    /// Newlines inside the line [`next_end`](Self::next_end) last returned
+    /// the end of (only quoted strings hold them): what that line adds to
+    /// the line number beyond 1, without scanning it again.
+    pub fn newlines(&self) -> usize {
+        self.last_inner
     }
 }
 
@@ -1585,6 +1605,13 @@ mod tests {
         while avail < bytes.len() {
             avail = (avail + pieces.next().unwrap_or(1).max(1)).min(bytes.len());
             while let Some(e) = splitter.next_end(&bytes[start..avail]) {
+                // What the line adds to the line number, without a rescan.
+                assert_eq!(
+                    splitter.newlines(),
+                    count_newlines(&bytes[start..start + e]),
+                    "newlines inside the line ending at {}",
+                    start + e
+                );
                 ends.push(start + e);
                 start += e + 1;
             }
@@ -1692,6 +1719,18 @@ mod tests {
             out += &format!(" {ts}");
         }
         out
+    }
+
+    #[test]
+    fn the_splitter_counts_newlines_inside_quoted_strings() {
+        let text = b"m s=\"a\nb\\\"\nc\" 1\nm f=1 2\n";
+        let mut splitter = LineSplitter::default();
+        let first = splitter.next_end(text).unwrap();
+        assert_eq!(&text[..first], b"m s=\"a\nb\\\"\nc\" 1");
+        assert_eq!(splitter.newlines(), 2);
+        let rest = &text[first + 1..];
+        assert_eq!(splitter.next_end(rest), Some(7));
+        assert_eq!(splitter.newlines(), 0);
     }
 
     #[test]
