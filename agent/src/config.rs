@@ -182,7 +182,9 @@ fn default_baud() -> u32 {
 pub struct AgentSection {
     /// Data directory: holds `journal.redb`.
     pub data_dir: PathBuf,
-    /// How often windows and lingering batches are checked without input.
+    /// The shortest pause between checks of windows and lingering batches
+    /// when no input comes. With nothing waiting on time the agent sleeps
+    /// until input arrives.
     #[serde(deserialize_with = "duration")]
     pub tick: Duration,
     /// How often the readings received per source are reported to the

@@ -228,6 +228,25 @@ impl Aggregator {
         Added::Window
     }
 
+    /// The earliest `now` at which [`Aggregator::close_due`] closes a window
+    /// with no further readings: the first open window's end plus lateness,
+    /// over every series (`i64::MIN` when a series' watermark is already
+    /// past it). None with no open window.
+    pub fn next_due(&self) -> Option<i64> {
+        self.series
+            .values()
+            .filter_map(|(rule, state)| {
+                let first = state.open.first()?;
+                let due = first.end().saturating_add_unsigned(rule.lateness_ns);
+                Some(if due <= state.watermark {
+                    i64::MIN
+                } else {
+                    due
+                })
+            })
+            .min()
+    }
+
     /// Closes every window whose end plus lateness is at or before the
     /// series' watermark or `now`; returns them oldest first per series.
     /// `touched` receives the series whose state changed.
@@ -298,6 +317,33 @@ mod tests {
 
     fn key() -> SeriesKey {
         SeriesKey::new("t", [("device", "d1")]).unwrap()
+    }
+
+    #[test]
+    fn next_due_is_the_first_window_end_plus_lateness_over_all_series() {
+        let mut a = Aggregator::new();
+        assert_eq!(a.next_due(), None);
+        let other = SeriesKey::new("t", [("device", "d2")]).unwrap();
+        let r = rule(LatePolicy::Raw);
+        // d1: windows [0, 10) and [10, 20), watermark 11 s; d2: [30, 40).
+        a.add(&key(), "d1", r, 5 * S, 1.0, 0);
+        a.add(&key(), "d1", r, 11 * S, 1.0, 0);
+        a.add(&other, "d2", r, 31 * S, 1.0, 0);
+        assert_eq!(a.next_due(), Some(12 * S));
+        // Not due a nanosecond early; at it, exactly that window closes.
+        assert!(a.close_due(12 * S - 1, |_| {}).is_empty());
+        assert_eq!(a.close_due(12 * S, |_| {}).len(), 1);
+        assert_eq!(a.next_due(), Some(22 * S));
+        assert_eq!(a.close_due(22 * S, |_| {}).len(), 1);
+        assert_eq!(a.next_due(), Some(42 * S));
+        assert_eq!(a.close_due(42 * S, |_| {}).len(), 1);
+        assert_eq!(a.next_due(), None);
+        // A window the series' own data already closed is due at any time.
+        a.add(&key(), "d1", r, 45 * S, 1.0, 0);
+        a.add(&key(), "d1", r, 58 * S, 1.0, 0);
+        assert_eq!(a.next_due(), Some(i64::MIN));
+        assert_eq!(a.close_due(0, |_| {}).len(), 1);
+        assert_eq!(a.next_due(), Some(62 * S));
     }
 
     #[test]

@@ -1,10 +1,15 @@
 //! The journal writer: the one task that owns the [`Journal`].
 //!
 //! It takes everything that changes the journal — source submissions, the
-//! shipper's acks and releases, clock ticks — from its channels and applies
+//! shipper's acks and releases, the time when something is due — from its
+//! channels and applies
 //! whatever has queued up in **one** write transaction (group commit): while
 //! a commit's fsync runs (~4 ms here), the next group gathers. Sources are
 //! answered only after the commit that holds their work returned.
+//!
+//! Without input it wakes only when the journal has something due (a batch's
+//! linger ends, a window closes: [`Journal::next_due`]) or health counts are
+//! due; an idle agent does not wake at all.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -88,8 +93,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    /// A writer over `journal`, answering `intake`. `tick` drives window
-    /// closing and linger sealing when no data arrives.
+    /// A writer over `journal`, answering `intake`. `tick` is the shortest
+    /// pause between commits that only close windows or seal lingering
+    /// batches.
     pub fn new(
         journal: Journal,
         intake: mpsc::Receiver<Submission>,
@@ -127,12 +133,18 @@ impl Writer {
     /// Runs until `shutdown` turns true and the queues are drained; returns
     /// the journal (so a caller can close it cleanly).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Journal {
-        let mut ticker = tokio::time::interval(self.tick);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.publish_stats();
+        let mut checked = tokio::time::Instant::now();
         loop {
             let mut subs: Vec<Submission> = Vec::new();
             let mut controls: Vec<Control> = Vec::new();
+            let wake = self.next_wake(checked);
+            let due = async move {
+                match wake {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 s = self.intake.recv() => match s {
@@ -140,7 +152,7 @@ impl Writer {
                     None => if *shutdown.borrow() { break },
                 },
                 c = self.control.recv() => if let Some(c) = c { controls.push(c) },
-                _ = ticker.tick() => {},
+                _ = due => {},
                 _ = shutdown.changed() => {
                     if *shutdown.borrow() {
                         // Drain what is queued, commit it, and stop.
@@ -163,8 +175,25 @@ impl Writer {
                 controls.push(c);
             }
             self.apply(subs, controls);
+            checked = tokio::time::Instant::now();
         }
         self.journal
+    }
+
+    /// When to commit with no input: when the journal has something due (a
+    /// batch's linger, a window's close) or the received counts are due as
+    /// health, but no sooner than `tick` after the last check. None when
+    /// nothing waits on time: an idle agent does not wake.
+    fn next_wake(&self, checked: tokio::time::Instant) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let journal = self.journal.next_due().map(|due| {
+            let wait = u64::try_from(due.saturating_sub(now_ns())).unwrap_or(0);
+            now + Duration::from_nanos(wait)
+        });
+        let health = (!self.received.is_empty())
+            .then(|| tokio::time::Instant::from_std(self.last_health) + self.health_interval);
+        let at = journal.into_iter().chain(health).min()?;
+        Some(at.max(checked + self.tick))
     }
 
     fn apply(&mut self, subs: Vec<Submission>, controls: Vec<Control>) {

@@ -47,6 +47,16 @@ async fn agent_killed_before_and_while_shipping_loses_and_doubles_nothing() {
             .any(|v| v == b"GLIBC_TUNABLES=glibc.malloc.tcache_count=0"),
         "the running agent has its thread caches off"
     );
+    // ... and runs without libm.so (its one use, `pow`, is linked in:
+    // agent/src/main.rs), against glibc itself.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", agent.0.id())).unwrap();
+    let libraries: std::collections::BTreeSet<&str> = maps
+        .lines()
+        .filter_map(|l| l.rsplit('/').next())
+        .filter(|name| name.contains(".so"))
+        .collect();
+    assert!(libraries.contains("libc.so.6"), "{libraries:?}");
+    assert!(!libraries.contains("libm.so.6"), "{libraries:?}");
     let now_ms = ferry_proto_now_ms() - 3_600_000;
     let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
     let mut text = String::new();

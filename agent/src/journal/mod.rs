@@ -692,6 +692,24 @@ impl Journal {
             .then_some((self.bytes, self.config.budget_bytes))
     }
 
+    /// The earliest time (ns, the clock passed to [`Journal::commit`]) at
+    /// which a commit with no work would change something: the batch being
+    /// filled reaches its linger, or a window closes. None when nothing waits
+    /// on time, so the writer can sleep until input comes.
+    pub fn next_due(&self) -> Option<i64> {
+        let lingering = (self.pending.count > 0 || self.health_pending).then(|| {
+            // Content whose linger has not started yet starts it at the next
+            // commit: due now.
+            self.pending
+                .since_ns
+                .map_or(i64::MIN, |s| s.saturating_add(self.config.batch_linger_ns))
+        });
+        lingering
+            .into_iter()
+            .chain(self.aggregator.next_due())
+            .min()
+    }
+
     /// Applies `work` in one durable write transaction, closes due windows,
     /// seals a batch when one is full or old enough, and enforces the
     /// budget. Writes nothing (no fsync) when nothing changed.

@@ -71,7 +71,8 @@ pub fn value(waveform: Waveform, device: usize, sensor: usize, t_s: f64, walk: &
     let phase = device as f64 * 0.7 + sensor as f64 * 1.3;
     let x = t_s / 600.0 * std::f64::consts::TAU + phase;
     let v = match waveform {
-        Waveform::Sine => base + amp * x.sin(),
+        // The libm crate's sine, not the C library's: see `pow` in main.rs.
+        Waveform::Sine => base + amp * libm::sin(x),
         Waveform::Triangle => {
             let f = (x / std::f64::consts::TAU).fract();
             base + amp * (4.0 * (f - 0.5).abs() - 1.0)
