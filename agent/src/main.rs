@@ -19,7 +19,8 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 #[command(version, about, long_about = None)]
 struct Cli {
     /// Log filter: a level, and levels per module, e.g. `info` or
-    /// `warn,ferry_agent::shipper=debug` (RUST_LOG's target syntax).
+    /// `warn,ferry_agent::shipper=debug` (RUST_LOG's target syntax). Release
+    /// builds log down to `debug`; `trace` events exist only in debug builds.
     #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
     log: Targets,
     /// Log as JSON lines instead of text.

@@ -28,7 +28,8 @@ use ferry_collector::{Collector, Config, EnrollOptions, InitOptions};
 #[derive(Parser, Debug)]
 #[command(name = "ferry-collector", version, verbatim_doc_comment)]
 struct Cli {
-    /// Log format on stderr. The level comes from RUST_LOG (default: info).
+    /// Log format on stderr. The level comes from RUST_LOG (default: info;
+    /// release builds log down to `debug`, `trace` only in debug builds).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     #[command(subcommand)]
