@@ -237,6 +237,9 @@ pub struct JournalSection {
     pub batch_linger: Duration,
     /// Seal a batch at every commit while the shipper has sent everything
     /// sealed (low latency when it keeps up; batches grow when it does not).
+    /// At moderate rates that means small batches, each carrying its series
+    /// keys: 7–8 wire bytes per reading at 50k/s over 1000 series, against
+    /// 0.6 with `false` and a 1 s `batch_linger` (agent/README.md).
     pub eager_seal: bool,
     /// redb page cache, bytes.
     #[serde(deserialize_with = "bytes")]
