@@ -171,6 +171,26 @@ pub enum Added {
 #[derive(Debug, Default)]
 pub struct Aggregator {
     series: BTreeMap<SeriesKey, (WindowRule, SeriesWindows)>,
+    /// [`Aggregator::next_due`], kept as the state changes: `close_due`
+    /// already visits every series, so the writer's question after each
+    /// commit costs nothing.
+    due: Option<i64>,
+}
+
+/// When a series' first open window closes with no further readings:
+/// `i64::MIN` when its own watermark already passed it.
+fn due_of(rule: &WindowRule, state: &SeriesWindows) -> Option<i64> {
+    let first = state.open.first()?;
+    let due = first.end().saturating_add_unsigned(rule.lateness_ns);
+    Some(if due <= state.watermark {
+        i64::MIN
+    } else {
+        due
+    })
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    a.into_iter().chain(b).min()
 }
 
 fn window_start(ts: i64, period: u64) -> i64 {
@@ -187,6 +207,7 @@ impl Aggregator {
 
     /// Restores one series' state (journal replay at start).
     pub fn restore(&mut self, series: SeriesKey, rule: WindowRule, state: SeriesWindows) {
+        self.due = earliest(self.due, due_of(&rule, &state));
         self.series.insert(series, (rule, state));
     }
 
@@ -218,6 +239,8 @@ impl Aggregator {
         let end = start.saturating_add_unsigned(rule.period_ns);
         let horizon = state.watermark.max(now);
         if end.saturating_add_unsigned(rule.lateness_ns) <= horizon {
+            // The rule may have changed its lateness.
+            self.due = earliest(self.due, due_of(&rule, state));
             return Added::Late(rule.late);
         }
         state.watermark = state.watermark.max(ts);
@@ -225,6 +248,10 @@ impl Aggregator {
             Ok(i) => state.open[i].add(ts, value),
             Err(i) => state.open.insert(i, Partial::new(start, &rule, ts, value)),
         }
+        // Only this series changed. Its due time moved earlier or stayed
+        // (a rule with more lateness makes the kept time early, once: the
+        // next `close_due` recomputes it).
+        self.due = earliest(self.due, due_of(&rule, state));
         Added::Window
     }
 
@@ -233,18 +260,7 @@ impl Aggregator {
     /// over every series (`i64::MIN` when a series' watermark is already
     /// past it). None with no open window.
     pub fn next_due(&self) -> Option<i64> {
-        self.series
-            .values()
-            .filter_map(|(rule, state)| {
-                let first = state.open.first()?;
-                let due = first.end().saturating_add_unsigned(rule.lateness_ns);
-                Some(if due <= state.watermark {
-                    i64::MIN
-                } else {
-                    due
-                })
-            })
-            .min()
+        self.due
     }
 
     /// Closes every window whose end plus lateness is at or before the
@@ -253,6 +269,7 @@ impl Aggregator {
     pub fn close_due(&mut self, now: i64, mut touched: impl FnMut(&SeriesKey)) -> Vec<Closed> {
         let mut closed = Vec::new();
         let mut emptied = Vec::new();
+        let mut next = None;
         for (key, (rule, state)) in &mut self.series {
             let horizon = state.watermark.max(now);
             let due = state
@@ -271,7 +288,9 @@ impl Aggregator {
                     emptied.push(key.clone());
                 }
             }
+            next = earliest(next, due_of(rule, state));
         }
+        self.due = next;
         // A series with no open window keeps no state: its next reading is
         // judged against `now` alone.
         for key in emptied {
@@ -410,5 +429,61 @@ mod tests {
         assert_eq!(window_start(-1, 10), -10);
         assert_eq!(window_start(-10, 10), -10);
         assert_eq!(window_start(9, 10), 0);
+    }
+
+    /// `next_due` kept up to date equals a scan of every series, whatever
+    /// the order of readings, rules and closes.
+    mod kept_due {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn scanned(a: &Aggregator) -> Option<i64> {
+            a.series.values().filter_map(|(r, s)| due_of(r, s)).min()
+        }
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Add {
+                series: u8,
+                ts_s: i64,
+                lateness_s: u64,
+            },
+            Close {
+                now_s: i64,
+            },
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                3 => (0u8..4, 0i64..60, 0u64..4)
+                    .prop_map(|(series, ts_s, lateness_s)| Op::Add { series, ts_s, lateness_s }),
+                1 => (0i64..80).prop_map(|now_s| Op::Close { now_s }),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn equals_a_scan_after_every_change(ops in proptest::collection::vec(op(), 1..40)) {
+                let mut a = Aggregator::new();
+                for op in ops {
+                    match op {
+                        Op::Add { series, ts_s, lateness_s } => {
+                            let key = SeriesKey::new("t", [("device", alloc::format!("d{series}").as_str())]).unwrap();
+                            let r = WindowRule { lateness_ns: lateness_s * S as u64, ..rule(LatePolicy::Drop) };
+                            a.add(&key, "o", r, ts_s * S, 1.0, 0);
+                            // Adding can only bring the due time earlier, and
+                            // is never later than the scan.
+                            let kept = a.next_due();
+                            prop_assert!(kept.is_some());
+                            prop_assert!(kept <= scanned(&a));
+                        }
+                        Op::Close { now_s } => {
+                            a.close_due(now_s * S, |_| {});
+                            prop_assert_eq!(a.next_due(), scanned(&a));
+                        }
+                    }
+                }
+            }
+        }
     }
 }

@@ -2,10 +2,10 @@
 //!
 //! It takes everything that changes the journal — source submissions, the
 //! shipper's acks and releases, the time when something is due — from its
-//! channels and applies
-//! whatever has queued up in **one** write transaction (group commit): while
-//! a commit's fsync runs (~4 ms here), the next group gathers. Sources are
-//! answered only after the commit that holds their work returned.
+//! channels and applies whatever has queued up in **one** write transaction
+//! (group commit): while a commit's fsync runs (~4 ms here), the next group
+//! gathers. Sources are answered only after the commit that holds their
+//! work returned.
 //!
 //! Without input it wakes only when the journal has something due (a batch's
 //! linger ends, a window closes: [`Journal::next_due`]) or health counts are
