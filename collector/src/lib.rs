@@ -50,6 +50,7 @@ mod http;
 pub mod ingest;
 pub mod metrics;
 pub mod pki;
+pub mod prometheus;
 pub mod query;
 mod server;
 pub mod store;
