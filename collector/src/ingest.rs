@@ -212,10 +212,13 @@ pub fn prepare(
     for (index, a) in batch.aggregates.iter().enumerate() {
         check("aggregate", index, a.start_ns)?;
     }
+    // Every stored series carries its agent (docs/prometheus.md).
     let series = batch
         .series
         .iter()
-        .map(|k| codec::to_vec(k).unwrap_or_default())
+        .map(|k| {
+            codec::to_vec(&crate::prometheus::naming::with_agent(k, agent)).unwrap_or_default()
+        })
         .collect();
     Ok(PreparedBatch {
         agent: agent.clone(),
