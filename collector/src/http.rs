@@ -52,6 +52,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
             crate::prometheus::api::PREFIX,
             crate::prometheus::api::routes(),
         )
+        .merge(crate::fleet::routes())
         .with_state(shared)
 }
 

@@ -193,4 +193,56 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// For each of `ids`, the time of its newest reading or window end,
+    /// ns (series without data are left out). Reads the newest staged
+    /// bundles until every series is found there or they run out, then
+    /// one chunk and one window per series.
+    pub fn last_seen(&self, ids: &[u64]) -> Result<HashMap<u64, i64>, StoreError> {
+        let txn = self.db().begin_read()?;
+        let chunks = txn.open_table(CHUNKS)?;
+        let aggs = txn.open_table(AGGREGATES)?;
+        let staged = txn.open_table(STAGED)?;
+        let mut out: HashMap<u64, i64> = HashMap::new();
+        let wanted: HashSet<u64> = ids.iter().copied().collect();
+        let newest = |rs: &[Reading]| rs.iter().map(|r| r.ts_ns).max();
+        for entry in staged.iter()?.rev() {
+            if out.len() == wanted.len() {
+                break;
+            }
+            let (_, bytes) = entry?;
+            for (sid, piece) in bundle::decode(bytes.value()).map_err(corrupt)? {
+                if wanted.contains(&sid)
+                    && !out.contains_key(&sid)
+                    && let Some(t) = newest(&chunk::decode(piece).map_err(corrupt)?)
+                {
+                    out.insert(sid, t);
+                }
+            }
+        }
+        for &id in ids {
+            let mut best = out.get(&id).copied();
+            if best.is_none()
+                && let Some(entry) = chunks
+                    .range((id, i64::MIN, 0u64)..=(id, i64::MAX, u64::MAX))?
+                    .next_back()
+            {
+                let (_, bytes) = entry?;
+                best = newest(&chunk::decode(bytes.value()).map_err(corrupt)?);
+            }
+            if let Some(entry) = aggs
+                .range((id, i64::MIN, 0u64)..=(id, i64::MAX, u64::MAX))?
+                .next_back()
+            {
+                let (_, bytes) = entry?;
+                let a = chunk::decode_aggregate(bytes.value()).map_err(corrupt)?;
+                let end = a.start_ns.saturating_add_unsigned(a.len_ns);
+                best = Some(best.map_or(end, |b| b.max(end)));
+            }
+            if let Some(t) = best {
+                out.insert(id, t);
+            }
+        }
+        Ok(out)
+    }
 }
