@@ -34,6 +34,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     sudo_if_needed apt-get update -qq
     sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+# The fleet page's browser test drives Chromium with playwright-core (npm,
+# pinned in tests/browser/package-lock.json; no browser download).
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund
+fi
 echo "rustc $(rustc --version | cut -d' ' -f2), $(qemu-system-arm --version | head -1)"
 
 step "cargo fmt --check"
