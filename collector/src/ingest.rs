@@ -358,6 +358,19 @@ mod tests {
     }
 
     #[test]
+    fn stored_series_carry_the_agent_one_tag_over_the_payload_limit() {
+        let tags: Vec<(String, String)> = (0..ferry_proto::series::MAX_TAGS)
+            .map(|i| (format!("k{i:02}"), "v".to_owned()))
+            .collect();
+        let mut b = batch(NOW);
+        b.series = vec![SeriesKey::new("t", tags).unwrap()];
+        let p = prepare(&Arc::from("gw-7"), "r", &b, &Limits::default(), NOW).unwrap();
+        let stored: SeriesKey = codec::from_bytes("SeriesKey", &p.series[0]).unwrap();
+        assert_eq!(stored.tags.len(), ferry_proto::series::MAX_TAGS + 1);
+        assert_eq!(stored.tag("agent"), Some("gw-7"));
+    }
+
+    #[test]
     fn zstd_bombs_are_oversized() {
         let raw = vec![0u8; 10_000];
         let body = zstd::encode_all(&raw[..], 3).unwrap();
