@@ -85,5 +85,6 @@ else
 fi
 
 echo "==> query API: http://127.0.0.1:7411/api/v1/query?match=temperature&from=-5m"
+echo "==> fleet page: http://127.0.0.1:7411/   Grafana (Prometheus data source): http://127.0.0.1:7411/prometheus"
 sleep 1
 "$BIN/ferry-agent" watch --config "$DIR/agent/agent.toml" --collector-http 127.0.0.1:7411

@@ -25,10 +25,19 @@ done
 missing=()
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
 command -v arm-none-eabi-size >/dev/null || missing+=(binutils-arm-none-eabi)
+# The PromQL conformance test runs Debian's Prometheus (2.42); the fleet
+# page's browser test Debian's Chromium.
+command -v prometheus >/dev/null || missing+=(prometheus)
+command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     sudo_if_needed apt-get update -qq
-    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    sudo_if_needed env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# The fleet page's browser test drives Chromium with playwright-core (npm,
+# pinned in tests/browser/package-lock.json; no browser download).
+if [ ! -d tests/browser/node_modules/playwright-core ]; then
+    npm ci --prefix tests/browser --no-audit --no-fund
 fi
 echo "rustc $(rustc --version | cut -d' ' -f2), $(qemu-system-arm --version | head -1)"
 

@@ -338,7 +338,10 @@ async fn line_protocol_in_collector_query_out() {
         .iter()
         .find(|(s, _)| s.contains("a1"))
         .expect("series of a1");
-    assert_eq!(a1.0, r#"temperature_value{device="a1",room="lab 1"}"#);
+    assert_eq!(
+        a1.0,
+        r#"temperature_value{agent="gw-1",device="a1",room="lab 1"}"#
+    );
     let want: Vec<(i64, f64)> = (0..10)
         .map(|i| ((t0 + i) * 1_000_000_000, 20.5 + i as f64))
         .collect();

@@ -48,6 +48,11 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/subscribers", get(subscribers))
         .route("/api/v1/reload", post(reload))
+        .nest(
+            crate::prometheus::api::PREFIX,
+            crate::prometheus::api::routes(),
+        )
+        .merge(crate::fleet::routes())
         .with_state(shared)
 }
 

@@ -212,10 +212,13 @@ pub fn prepare(
     for (index, a) in batch.aggregates.iter().enumerate() {
         check("aggregate", index, a.start_ns)?;
     }
+    // Every stored series carries its agent (docs/prometheus.md).
     let series = batch
         .series
         .iter()
-        .map(|k| codec::to_vec(k).unwrap_or_default())
+        .map(|k| {
+            codec::to_vec(&crate::prometheus::naming::with_agent(k, agent)).unwrap_or_default()
+        })
         .collect();
     Ok(PreparedBatch {
         agent: agent.clone(),
@@ -352,6 +355,19 @@ mod tests {
             "{}",
             err.reason
         );
+    }
+
+    #[test]
+    fn stored_series_carry_the_agent_one_tag_over_the_payload_limit() {
+        let tags: Vec<(String, String)> = (0..ferry_proto::series::MAX_TAGS)
+            .map(|i| (format!("k{i:02}"), "v".to_owned()))
+            .collect();
+        let mut b = batch(NOW);
+        b.series = vec![SeriesKey::new("t", tags).unwrap()];
+        let p = prepare(&Arc::from("gw-7"), "r", &b, &Limits::default(), NOW).unwrap();
+        let stored: SeriesKey = codec::from_bytes("SeriesKey", &p.series[0]).unwrap();
+        assert_eq!(stored.tags.len(), ferry_proto::series::MAX_TAGS + 1);
+        assert_eq!(stored.tag("agent"), Some("gw-7"));
     }
 
     #[test]

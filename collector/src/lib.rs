@@ -46,6 +46,7 @@
 pub mod admin;
 pub mod config;
 pub mod fanout;
+pub mod fleet;
 mod http;
 pub mod ingest;
 pub mod metrics;

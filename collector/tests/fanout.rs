@@ -98,7 +98,10 @@ async fn a_rule_fires_and_resolves_once_across_a_restart() {
     assert_eq!(got[0]["id"], 1);
     assert_eq!(got[0]["state"], "firing");
     assert_eq!(got[0]["rule"], "threshold/heart-rate");
-    assert_eq!(got[0]["subject"], r#"heart_rate_bpm{patient="p1"}"#);
+    assert_eq!(
+        got[0]["subject"],
+        r#"heart_rate_bpm{agent="gw-1",patient="p1"}"#
+    );
     assert_eq!(got[0]["value"], 130.0);
     assert_eq!(got[0]["ts_ns"], t0 + 40 * S);
     assert_eq!(got[0]["since_ns"], t0 + 10 * S);

@@ -63,7 +63,8 @@ async fn enroll_connect_send_ack_query() {
         .await
         .unwrap();
     assert_eq!(res.len(), 1);
-    assert_eq!(res[0].series, r#"temperature{dev="a"}"#);
+    // The collector adds the sending agent's identity.
+    assert_eq!(res[0].series, r#"temperature{agent="gw-1",dev="a"}"#);
     let expect: Vec<(i64, f64)> = (0..5)
         .map(|j| (t0 + j * 1_000_000_000, 20.0 + j as f64 * 0.25))
         .collect();
@@ -94,7 +95,10 @@ async fn enroll_connect_send_ack_query() {
     let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(
         names,
-        [r#"temperature{dev="a"}"#, r#"temperature{dev="b"}"#]
+        [
+            r#"temperature{agent="gw-1",dev="a"}"#,
+            r#"temperature{agent="gw-1",dev="b"}"#
+        ]
     );
 
     let agents = admin.agents().await.unwrap();
@@ -184,8 +188,15 @@ async fn resent_batch_is_duplicate_and_stored_once() {
         .query(&params("temperature", t0, t0 + 10_000_000_000))
         .await
         .unwrap();
-    assert_eq!(res.len(), 1);
-    assert_eq!(res[0].readings.len(), 6, "stored once per agent");
+    // One series per agent (the `agent` tag), each stored once.
+    assert_eq!(res.len(), 2);
+    assert_eq!(res[0].series, r#"temperature{agent="gw-1",dev="a"}"#);
+    assert_eq!(res[1].series, r#"temperature{agent="gw-2",dev="a"}"#);
+    assert_eq!(
+        (res[0].readings.len(), res[1].readings.len()),
+        (3, 3),
+        "stored once per agent"
+    );
     let agents = server.admin().agents().await.unwrap();
     assert_eq!((agents[0].batches, agents[0].readings), (1, 3));
     let m = server.handle.metrics().render();

@@ -178,7 +178,7 @@ backoff_max = "200ms"
     );
     for g in &got {
         assert_eq!(g["rule"], "threshold/heart-rate");
-        assert_eq!(g["subject"], r#"heart_rate_bpm{patient="p1"}"#);
+        assert_eq!(g["subject"], r#"heart_rate_bpm{agent="gw",patient="p1"}"#);
         assert_eq!(g["since_ns"].as_i64(), Some(t0 + 10 * S));
     }
     assert!(got[0]["ts_ns"].as_i64().unwrap() >= t0 + 40 * S);

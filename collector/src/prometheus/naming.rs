@@ -17,10 +17,18 @@
 //!   each configured quantile (the summary convention). Each value is the
 //!   window's own, not a running total.
 //!
+//! - **The agent**: at ingest the collector adds the tag `agent` = the
+//!   Common Name of the sending agent's certificate to every series it
+//!   stores ([`with_agent`]), as Prometheus adds its target labels. A
+//!   payload tag already named `agent` is kept, renamed `exported_agent`
+//!   (`exported_exported_agent` if that too is taken), as Prometheus does
+//!   with `honor_labels: false`. A payload carries at most
+//!   [`MAX_TAGS`] tags; a stored series at most [`MAX_STORED_TAGS`].
+//!
 //! Label sets are returned sorted by name with `__name__` first, which is
 //! the order both Prometheus' remote_write and its JSON API use.
 
-use ferry_proto::series::SeriesKey;
+use ferry_proto::series::{MAX_TAGS, SeriesKey, Tag};
 
 /// The label that holds the metric name.
 pub const NAME: &str = "__name__";
@@ -28,6 +36,37 @@ pub const NAME: &str = "__name__";
 pub const QUANTILE: &str = "quantile";
 /// Quantiles exported for windows with sketches unless configured otherwise.
 pub const DEFAULT_QUANTILES: [f64; 4] = [0.5, 0.9, 0.95, 0.99];
+
+/// The tag the collector adds to every stored series: the sending agent's
+/// certificate identity.
+pub const AGENT: &str = "agent";
+/// The prefix a payload tag gets when its key is taken by [`AGENT`].
+pub const EXPORTED_PREFIX: &str = "exported_";
+/// Most tags on a stored series: a payload's [`MAX_TAGS`] plus [`AGENT`].
+pub const MAX_STORED_TAGS: usize = MAX_TAGS + 1;
+
+/// `key` as the collector stores it for `agent`: with the tag
+/// `agent="<agent>"`, a payload tag of that name renamed
+/// `exported_agent` (see the module docs). Tags stay sorted.
+pub fn with_agent(key: &SeriesKey, agent: &str) -> SeriesKey {
+    let mut tags: Vec<Tag> = key.tags.clone();
+    if let Some(pos) = tags.iter().position(|t| t.key == AGENT) {
+        let mut new_key = format!("{EXPORTED_PREFIX}{AGENT}");
+        while tags.iter().any(|t| t.key == new_key) {
+            new_key.insert_str(0, EXPORTED_PREFIX);
+        }
+        tags[pos].key = new_key;
+    }
+    tags.push(Tag {
+        key: AGENT.to_owned(),
+        value: agent.to_owned(),
+    });
+    tags.sort();
+    SeriesKey {
+        metric: key.metric.clone(),
+        tags,
+    }
+}
 
 /// One of the series a window aggregate is exported as.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -178,6 +217,31 @@ mod tests {
         let k = key("m", &[("a.b", "1"), ("a-b", "2")]);
         // Sorted by key: "a-b" < "a.b", so "a-b" is first and wins.
         assert_eq!(pairs(&raw_labels(&k)), [("__name__", "m"), ("a_b", "2")]);
+    }
+
+    #[test]
+    fn the_agent_tag_is_added_and_a_payload_agent_exported() {
+        let k = key("t", &[("device", "d1")]);
+        assert_eq!(
+            with_agent(&k, "gw-1").to_string(),
+            r#"t{agent="gw-1",device="d1"}"#
+        );
+        let k = key("t", &[("agent", "fake"), ("zone", "z")]);
+        assert_eq!(
+            with_agent(&k, "gw-1").to_string(),
+            r#"t{agent="gw-1",exported_agent="fake",zone="z"}"#
+        );
+        let k = key("t", &[("agent", "a"), ("exported_agent", "b")]);
+        assert_eq!(
+            with_agent(&k, "gw-1").to_string(),
+            r#"t{agent="gw-1",exported_agent="b",exported_exported_agent="a"}"#
+        );
+        // A payload at the limit stores one tag more.
+        let full: Vec<(String, String)> = (0..MAX_TAGS)
+            .map(|i| (format!("k{i:02}"), "v".to_owned()))
+            .collect();
+        let k = SeriesKey::new("t", full).unwrap();
+        assert_eq!(with_agent(&k, "gw").tags.len(), MAX_STORED_TAGS);
     }
 
     #[test]

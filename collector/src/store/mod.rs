@@ -14,6 +14,7 @@ mod bundle;
 mod chunk;
 mod events;
 mod maintain;
+mod read;
 mod write;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ pub(crate) use chunk::{decode as decode_chunk, encode as encode_chunk, split_blo
 pub(crate) use events::append_log;
 pub use events::{AlertFilter, CursorRecord, FanoutCommit, SinkCommit};
 pub use maintain::{COMPACT_SETTLE_NS, MaintenanceReport, MaintenanceWork, RetentionPlan};
+pub use read::{Presence, SeriesData, Want};
 pub use write::{Applied, DedupeWindow, PreparedBatch, PreparedChunk, WriterState};
 
 use crate::query::{Query, Selector};
