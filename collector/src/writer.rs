@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::fanout::{AlertEvent, Bus};
 use crate::metrics::Metrics;
 use crate::store::{
-    Applied, CursorRecord, FanoutCommit, MaintenanceReport, MaintenanceWork, PreparedBatch,
-    SinkCommit, Store, WriterState,
+    Applied, CursorRecord, DedupeLimits, FanoutCommit, MaintenanceReport, MaintenanceWork,
+    PreparedBatch, SessionOutcome, SinkCommit, Store, WriterState,
 };
 
 /// A group commit taking this long is logged (the disk or the page cache
@@ -48,6 +48,17 @@ pub enum Command {
         batch: PreparedBatch,
         /// Where the outcome goes.
         reply: oneshot::Sender<BatchReply>,
+    },
+    /// Record a session's Hello (its journal epoch), durably.
+    Session {
+        /// The agent.
+        agent: Arc<str>,
+        /// `Hello.epoch`.
+        epoch: u64,
+        /// `Hello.resolved_below`.
+        resolved_below: u64,
+        /// What the store recorded.
+        reply: oneshot::Sender<Result<SessionOutcome, String>>,
     },
     /// Mark an agent revoked, durably.
     Revoke {
@@ -88,6 +99,8 @@ pub struct WriterLimits {
     pub max_group: usize,
     /// Most series in the store.
     pub max_series: u64,
+    /// Bounds of the dedupe state.
+    pub dedupe: DedupeLimits,
 }
 
 /// Runs until every sender is dropped. Blocking: call on its own thread.
@@ -103,7 +116,9 @@ pub fn run(
     let WriterLimits {
         max_group,
         max_series,
+        dedupe,
     } = limits;
+    state.set_dedupe_limits(dedupe);
     let mut pending = None;
     loop {
         let Some(first) = pending.take().or_else(|| rx.blocking_recv()) else {
@@ -145,6 +160,21 @@ pub fn run(
             );
         }
         match other {
+            Some(Command::Session {
+                agent,
+                epoch,
+                resolved_below,
+                reply,
+            }) => {
+                let r = store
+                    .open_session(&agent, epoch, resolved_below, dedupe, crate::now_ns())
+                    .map_err(|e| e.to_string());
+                if let Err(e) = &r {
+                    metrics.commit_errors.inc();
+                    tracing::error!(agent = &*agent, "recording a session failed: {e}");
+                }
+                let _ = reply.send(r);
+            }
             Some(Command::Revoke { agent, reply }) => {
                 let r = store.revoke(&agent).map_err(|e| e.to_string());
                 if let Err(e) = &r {

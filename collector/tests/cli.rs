@@ -46,6 +46,7 @@ fn every_subcommand_explains_itself() {
         "alerts",
         "subscribers",
         "reload",
+        "drops",
     ] {
         let help = ok(&[sub, "--help"]);
         assert!(help.contains("Usage: ferry-collector"), "{sub}: {help}");
@@ -247,8 +248,8 @@ fn operator_workflow() {
     let out = ok(&["agents", "--data-dir", s(&data), "-f", "csv"]);
     assert_eq!(
         out,
-        "AGENT,STATE,LAST SEEN,REMOTE,BATCHES,READINGS,LAST SEQ,DROPPED\n\
-         gw-1,revoked,never,,0,0,-,0\n\
-         gw-2,revoked,never,,0,0,-,0\n"
+        "AGENT,STATE,LAST SEEN,REMOTE,BATCHES,READINGS,LAST SEQ,DROPPED,REFUSED,EPOCH,RESETS\n\
+         gw-1,revoked,never,,0,0,-,0,0,-,0\n\
+         gw-2,revoked,never,,0,0,-,0,0,-,0\n"
     );
 }
