@@ -486,6 +486,9 @@ async fn session(
     let mut sizes: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut in_flight_bytes = 0u64;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
+    // Oldest first once the collector's dedupe state is at its bound: the
+    // batches below fill its gaps (docs/protocol.md, DEDUPE_FULL).
+    let mut newest_first = config.newest_first;
     loop {
         // Fill the window.
         while in_flight_bytes < config.max_in_flight_bytes && tasks.len() < max_streams {
@@ -494,7 +497,7 @@ async fn session(
             if !writer
                 .send(Control::Fetch {
                     max_bytes: room,
-                    newest_first: config.newest_first,
+                    newest_first,
                     reply: tx,
                 })
                 .await
@@ -565,6 +568,10 @@ async fn session(
                         }
                         Outcome::Rejected { code, reason: text } => {
                             metrics.batches_retried.add(1);
+                            if code == reason::DEDUPE_FULL && newest_first {
+                                tracing::warn!(seq, reason = text, "the collector's dedupe state is full: shipping oldest first for this session");
+                                newest_first = false;
+                            }
                             tracing::debug!(seq, code, reason = text, "collector asked to retry a batch");
                             release.push(seq);
                         }

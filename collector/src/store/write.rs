@@ -330,9 +330,15 @@ fn apply_one(
             }
         }
     };
-    if erec.ranges >= state.dedupe.max_ranges
-        && dedupe::would_open_range(&ranges, agent, epoch, seq)?
-    {
+    // A batch naming dropped batches may close gaps: it gets twice the
+    // room, so an agent shipping oldest first always gets through.
+    let carries_drops = b.health.iter().any(|h| h.batch != 0);
+    let bound = if carries_drops {
+        state.dedupe.max_ranges.saturating_mul(2)
+    } else {
+        state.dedupe.max_ranges
+    };
+    if erec.ranges >= bound && dedupe::would_open_range(&ranges, agent, epoch, seq)? {
         return Ok(Applied::Rejected {
             code: reason::DEDUPE_FULL,
             reason: format!(
