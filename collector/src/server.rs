@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::ingest::{self, BadInput, RateLimiter, Rejection};
 use crate::metrics::Metrics;
 use crate::pki::{RevocationList, agent_id_of};
-use crate::store::{Applied, MaintenanceReport, RetentionPlan, SessionOutcome, Store};
+use crate::store::{
+    Applied, MaintenanceReport, RetentionPlan, SessionOutcome, SessionRequest, Store,
+};
 use crate::writer::Command;
 
 /// A live agent connection, for `agents` and revocation.
@@ -350,11 +352,19 @@ async fn session(
     };
     let hello = match read_frame(&mut recv, limits.max_frame_bytes).await {
         Ok(Some((h, body))) if h.frame_type == FrameType::Hello => {
-            codec::from_bytes::<Hello>("Hello", &body).map_err(|e| Rejection {
-                kind: BadInput::MalformedMessage,
-                code: reason::MALFORMED,
-                reason: e.to_string(),
-            })
+            match codec::from_bytes_prefix::<Hello>("Hello", &body) {
+                Ok((hello, used)) if used == body.len() => Ok(hello),
+                Ok((_, used)) => Err(Rejection {
+                    kind: BadInput::MalformedMessage,
+                    code: reason::TRAILING_BYTES,
+                    reason: codec::trailing_bytes("Hello", body.len() - used, used).to_string(),
+                }),
+                Err(e) => Err(Rejection {
+                    kind: BadInput::MalformedMessage,
+                    code: reason::MALFORMED,
+                    reason: e.to_string(),
+                }),
+            }
         }
         Ok(Some((h, _))) => Err(Rejection {
             kind: BadInput::UnexpectedFrame,
@@ -401,9 +411,11 @@ async fn session(
     let recorded = if shared
         .writer
         .send(Command::Session {
-            agent: agent.clone(),
-            epoch: hello.epoch,
-            resolved_below: hello.resolved_below,
+            session: SessionRequest {
+                agent: agent.clone(),
+                epoch: hello.epoch,
+                resolved_below: hello.resolved_below,
+            },
             reply: tx,
         })
         .await

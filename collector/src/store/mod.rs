@@ -34,7 +34,7 @@ pub use events::{AlertFilter, CursorRecord, FanoutCommit, SinkCommit};
 pub use maintain::{COMPACT_SETTLE_NS, MaintenanceReport, MaintenanceWork, RetentionPlan};
 pub use write::{
     Applied, DEFAULT_MAX_DEDUPE_RANGES, DEFAULT_MAX_EPOCHS, DedupeLimits, PreparedBatch,
-    PreparedChunk, SessionOutcome, WriterState,
+    PreparedChunk, SessionOutcome, SessionRequest, WriterState,
 };
 
 use crate::query::{Query, Selector};

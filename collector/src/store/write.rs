@@ -270,30 +270,51 @@ impl Store {
         max_series: u64,
         now_ns: i64,
     ) -> Result<Vec<Applied>, StoreError> {
+        Ok(self
+            .apply_commit(state, &[], batches, max_series, now_ns)?
+            .1)
+    }
+
+    /// Records sessions' Hellos, then applies batches, in one durable write
+    /// transaction (a reconnect storm costs one fsync per group, not one
+    /// per agent). On `Err` nothing was written and `state` is rolled back.
+    pub fn apply_commit(
+        &self,
+        state: &mut WriterState,
+        sessions: &[SessionRequest],
+        batches: &[PreparedBatch],
+        max_series: u64,
+        now_ns: i64,
+    ) -> Result<(Vec<SessionOutcome>, Vec<Applied>), StoreError> {
         state.begin();
-        let result = self.apply_group_inner(state, batches, max_series, now_ns);
+        let result = self.apply_commit_inner(state, sessions, batches, max_series, now_ns);
         if result.is_err() {
             state.rollback();
         }
         result
     }
 
-    fn apply_group_inner(
+    fn apply_commit_inner(
         &self,
         state: &mut WriterState,
+        sessions: &[SessionRequest],
         batches: &[PreparedBatch],
         max_series: u64,
         now_ns: i64,
-    ) -> Result<Vec<Applied>, StoreError> {
+    ) -> Result<(Vec<SessionOutcome>, Vec<Applied>), StoreError> {
         let mut txn = self.db().begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
+        let mut opened = Vec::with_capacity(sessions.len());
+        for s in sessions {
+            opened.push(session_in(&txn, s, state.dedupe, now_ns)?);
+        }
         let mut out = Vec::with_capacity(batches.len());
         for b in batches {
             out.push(apply_one(&txn, state, b, max_series, now_ns)?);
         }
         state.save_counters(&txn)?;
         txn.commit()?;
-        Ok(out)
+        Ok((opened, out))
     }
 }
 
@@ -554,11 +575,69 @@ fn record_refused(
         .collect())
 }
 
+/// A session's Hello, to record ([`Store::apply_commit`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionRequest {
+    /// The agent, from its certificate.
+    pub agent: Arc<str>,
+    /// `Hello.epoch`.
+    pub epoch: u64,
+    /// `Hello.resolved_below`.
+    pub resolved_below: u64,
+}
+
+/// Records a Hello: the agent's current journal epoch (a change is a
+/// journal reset, counted and kept in its record), the epoch's record and
+/// its `resolved_below` promise.
+fn session_in(
+    txn: &WriteTransaction,
+    s: &SessionRequest,
+    limits: DedupeLimits,
+    now_ns: i64,
+) -> Result<SessionOutcome, StoreError> {
+    let (agent, epoch) = (&*s.agent, s.epoch);
+    let mut rec = load_agent(txn, agent)?;
+    let mut erec = match dedupe::load_epoch(txn, agent, epoch)? {
+        Some(e) => e,
+        None => {
+            if rec.epochs >= limits.max_epochs {
+                return Ok(SessionOutcome::TooManyEpochs(rec.epochs));
+            }
+            rec.epochs += 1;
+            EpochRecord {
+                first_seen_ns: now_ns,
+                ..EpochRecord::default()
+            }
+        }
+    };
+    let mut previous_epoch = None;
+    if epoch != rec.epoch {
+        if rec.epoch != 0 || rec.batches > 0 {
+            rec.journal_resets += 1;
+            previous_epoch = Some(rec.epoch);
+            rec.previous_epoch = rec.epoch;
+        }
+        rec.epoch = epoch;
+        rec.epoch_since_ns = now_ns;
+        rec.last_seq = None;
+    }
+    if s.resolved_below > erec.resolved_below {
+        let mut ranges = txn.open_table(DEDUPE)?;
+        let delta = dedupe::resolve_below(&mut ranges, agent, epoch, s.resolved_below)?;
+        dedupe::adjust(&mut erec.ranges, delta);
+        erec.resolved_below = s.resolved_below;
+    }
+    dedupe::save_epoch(txn, agent, epoch, &erec)?;
+    save_agent(txn, &rec)?;
+    Ok(SessionOutcome::Recorded {
+        previous_epoch,
+        journal_resets: rec.journal_resets,
+    })
+}
+
 impl Store {
-    /// Records a session's Hello in its own durable transaction: the
-    /// agent's current journal epoch (a change is a journal reset, counted
-    /// and kept in the agent's record), the epoch's record, and the agent's
-    /// `resolved_below` promise for it.
+    /// Records one session's Hello in a durable transaction of its own
+    /// (the server groups them with batches: [`Store::apply_commit`]).
     pub fn open_session(
         &self,
         agent: &str,
@@ -569,43 +648,13 @@ impl Store {
     ) -> Result<SessionOutcome, StoreError> {
         let mut txn = self.db().begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
-        let mut rec = load_agent(&txn, agent)?;
-        let mut erec = match dedupe::load_epoch(&txn, agent, epoch)? {
-            Some(e) => e,
-            None => {
-                if rec.epochs >= limits.max_epochs {
-                    return Ok(SessionOutcome::TooManyEpochs(rec.epochs));
-                }
-                rec.epochs += 1;
-                EpochRecord {
-                    first_seen_ns: now_ns,
-                    ..EpochRecord::default()
-                }
-            }
+        let request = SessionRequest {
+            agent: Arc::from(agent),
+            epoch,
+            resolved_below,
         };
-        let mut previous_epoch = None;
-        if epoch != rec.epoch {
-            if rec.epoch != 0 || rec.batches > 0 {
-                rec.journal_resets += 1;
-                previous_epoch = Some(rec.epoch);
-                rec.previous_epoch = rec.epoch;
-            }
-            rec.epoch = epoch;
-            rec.epoch_since_ns = now_ns;
-            rec.last_seq = None;
-        }
-        if resolved_below > erec.resolved_below {
-            let mut ranges = txn.open_table(DEDUPE)?;
-            let delta = dedupe::resolve_below(&mut ranges, agent, epoch, resolved_below)?;
-            dedupe::adjust(&mut erec.ranges, delta);
-            erec.resolved_below = resolved_below;
-        }
-        dedupe::save_epoch(&txn, agent, epoch, &erec)?;
-        save_agent(&txn, &rec)?;
+        let out = session_in(&txn, &request, limits, now_ns)?;
         txn.commit()?;
-        Ok(SessionOutcome::Recorded {
-            previous_epoch,
-            journal_resets: rec.journal_resets,
-        })
+        Ok(out)
     }
 }
