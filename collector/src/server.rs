@@ -455,7 +455,14 @@ async fn session(
         )),
     };
     if let Some((code, message)) = refusal {
-        tracing::warn!(agent = &**agent, %remote, code, "session refused: {message}");
+        if code == reason::DEDUPE_FULL {
+            shared.metrics.bad(
+                BadInput::DedupeFull,
+                &format_args!("agent {agent} ({remote}): session refused: {message}"),
+            );
+        } else {
+            tracing::warn!(agent = &**agent, %remote, code, "session refused: {message}");
+        }
         send_error(&mut send, code, &message).await;
         conn.close(VarInt::from_u32(close::REFUSED), message.as_bytes());
         return message;
