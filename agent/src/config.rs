@@ -286,6 +286,15 @@ pub struct ShippingSection {
     /// Longest reconnect delay.
     #[serde(deserialize_with = "duration")]
     pub backoff_max: Duration,
+    /// Give up on a connection silent for this long (QUIC idle timeout; the
+    /// smaller of the agent's and the collector's applies): a dead
+    /// collector is noticed, and reconnected to, this soon.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Ping the collector after this long without traffic, so a healthy
+    /// idle connection never times out. Shorter than `idle_timeout`.
+    #[serde(deserialize_with = "duration")]
+    pub keep_alive: Duration,
 }
 
 impl Default for ShippingSection {
@@ -296,6 +305,8 @@ impl Default for ShippingSection {
             compression: CompressionName::Zstd,
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(6),
+            keep_alive: Duration::from_secs(2),
         }
     }
 }
@@ -404,6 +415,13 @@ impl Config {
         }
         if config.journal.budget < 64 << 10 {
             return Err(invalid("journal.budget: at least 64 KiB".into()));
+        }
+        let s = &config.shipping;
+        if s.keep_alive.is_zero() || s.keep_alive >= s.idle_timeout {
+            return Err(invalid(
+                "shipping.keep_alive: must be positive and shorter than shipping.idle_timeout"
+                    .into(),
+            ));
         }
         Ok(config)
     }

@@ -254,15 +254,53 @@ async fn inspect(config: &Config) -> anyhow::Result<()> {
 #[derive(serde::Deserialize)]
 struct SeriesRow {
     series: String,
-    readings: Vec<(i64, f64)>,
+    readings: Vec<(Number, Number)>,
     windows: Vec<WindowRow>,
 }
 
 #[derive(serde::Deserialize)]
 struct WindowRow {
-    start_ns: i64,
+    start_ns: Number,
     count: u64,
-    last: f64,
+    last: Number,
+}
+
+/// A timestamp or value of the collector's JSON: a string (`"1700…"`,
+/// `"21.5"`, `"NaN"`, `"+Inf"`), or a number from an older collector.
+#[derive(serde::Deserialize, Clone, Copy)]
+#[serde(untagged)]
+enum Number {
+    Int(i64),
+    Float(f64),
+    #[serde(deserialize_with = "number_text")]
+    Text(f64, i64),
+}
+
+fn number_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(f64, i64), D::Error> {
+    let s = <String as serde::Deserialize>::deserialize(d)?;
+    let f = match s.as_str() {
+        "+Inf" => f64::INFINITY,
+        "-Inf" => f64::NEG_INFINITY,
+        _ => s.parse().unwrap_or(f64::NAN),
+    };
+    Ok((f, s.parse().unwrap_or(f as i64)))
+}
+
+impl Number {
+    fn ns(self) -> i64 {
+        match self {
+            Number::Int(i) => i,
+            Number::Float(f) => f as i64,
+            Number::Text(_, i) => i,
+        }
+    }
+
+    fn value(self) -> f64 {
+        match self {
+            Number::Int(i) => i as f64,
+            Number::Float(f) | Number::Text(f, _) => f,
+        }
+    }
 }
 
 async fn watch(config: &Config, collector: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
@@ -360,9 +398,9 @@ async fn watch(config: &Config, collector: Option<std::net::SocketAddr>) -> anyh
                         let latest = r
                             .readings
                             .last()
-                            .map(|&(t, v)| (t, v))
+                            .map(|&(t, v)| (t.ns(), v.value()))
                             .into_iter()
-                            .chain(r.windows.last().map(|w| (w.start_ns, w.last)))
+                            .chain(r.windows.last().map(|w| (w.start_ns.ns(), w.last.value())))
                             .max_by_key(|x| x.0);
                         let windows = r.windows.iter().map(|w| w.count).sum::<u64>();
                         if let Some((_, v)) = latest {
@@ -462,5 +500,24 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watch_reads_the_collectors_json_old_and_new() {
+        let new = r#"[{"series":"t","readings":[["1700000000123456789","21.5"],["1700000000123456790","NaN"]],"windows":[{"start_ns":"5","count":2,"last":"-Inf"}]}]"#;
+        let old = r#"[{"series":"t","readings":[[1700000000123456000,21.5]],"windows":[{"start_ns":5,"count":2,"last":1.5}]}]"#;
+        let rows: Vec<SeriesRow> = serde_json::from_str(new).unwrap();
+        assert_eq!(rows[0].readings[0].0.ns(), 1_700_000_000_123_456_789);
+        assert_eq!(rows[0].readings[0].1.value(), 21.5);
+        assert!(rows[0].readings[1].1.value().is_nan());
+        assert_eq!(rows[0].windows[0].last.value(), f64::NEG_INFINITY);
+        let rows: Vec<SeriesRow> = serde_json::from_str(old).unwrap();
+        assert_eq!(rows[0].readings[0].0.ns(), 1_700_000_000_123_456_000);
+        assert_eq!(rows[0].windows[0].start_ns.ns(), 5);
     }
 }

@@ -86,6 +86,52 @@ impl Histogram {
     }
 }
 
+/// Readings of stored batches the collector refused, by reason code.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    bad_timestamp: Counter,
+    series_limit: Counter,
+    other: Counter,
+}
+
+impl Refusals {
+    /// Adds `n` readings refused for `code` (a `ferry_proto::session::reason`).
+    pub fn add(&self, code: u16, n: u64) {
+        use ferry_proto::session::reason;
+        match code {
+            reason::BAD_TIMESTAMP => self.bad_timestamp.add(n),
+            reason::SERIES_LIMIT => self.series_limit.add(n),
+            _ => self.other.add(n),
+        }
+    }
+
+    /// Readings refused for `code`'s counter.
+    pub fn get(&self, code: u16) -> u64 {
+        use ferry_proto::session::reason;
+        match code {
+            reason::BAD_TIMESTAMP => self.bad_timestamp.get(),
+            reason::SERIES_LIMIT => self.series_limit.get(),
+            _ => self.other.get(),
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let name = "ferry_agent_readings_refused_total";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Readings of stored batches the collector refused, by reason \
+             (counted by the collector too, per device: not reported back).\n# TYPE {name} counter"
+        );
+        for (reason, c) in [
+            ("bad_timestamp", &self.bad_timestamp),
+            ("series_limit", &self.series_limit),
+            ("other", &self.other),
+        ] {
+            let _ = writeln!(out, "{name}{{reason=\"{reason}\"}} {}", c.get());
+        }
+    }
+}
+
 /// Every counter of the agent process.
 #[derive(Debug, Default)]
 pub struct AgentMetrics {
@@ -107,8 +153,11 @@ pub struct AgentMetrics {
     pub batches_rejected: Counter,
     /// Batches rejected transiently (kept, resent).
     pub batches_retried: Counter,
-    /// Readings in batches the collector acknowledged.
+    /// Readings in batches the collector acknowledged (refused ones
+    /// included: see `readings_refused`).
     pub readings_out: Counter,
+    /// Readings of acknowledged batches the collector refused, by reason.
+    pub readings_refused: Refusals,
     /// Bytes of batch frames sent (after compression).
     pub wire_bytes: Counter,
     /// Connection attempts.
@@ -305,6 +354,7 @@ impl AgentMetrics {
                 g.get()
             );
         }
+        self.readings_refused.render(&mut out);
         self.commit_latency.render(
             &mut out,
             "ferry_agent_commit_seconds",

@@ -116,6 +116,12 @@ pub struct Running {
     pub influx_udp_addrs: Vec<SocketAddr>,
     /// Bound addresses of `[[device_tcp_listen]]` sources, in file order.
     pub device_addrs: Vec<SocketAddr>,
+    /// The journal's identity.
+    pub epoch: u64,
+    /// The collector's terms from its latest Welcome (its accepted time
+    /// window and limits), for sources that check readings before
+    /// journaling them; `None` until the first Welcome.
+    pub collector_terms: watch::Receiver<Option<shipper::CollectorTerms>>,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     writer: tokio::task::JoinHandle<Journal>,
@@ -156,6 +162,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             path: journal_path.clone(),
             message: e.to_string(),
         })?);
+    let epoch = journal.epoch();
     let metrics = Arc::new(AgentMetrics::default());
     let (intake, intake_rx) = Intake::channel(1024);
     let (writer, handle) = Writer::new(journal, intake_rx, metrics.clone(), config.agent.tick);
@@ -165,6 +172,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut tasks = JoinSet::new();
 
     // Shipper.
+    let (terms, collector_terms) = watch::channel(None);
     let c = &config.collector;
     let tls = shipper::client_tls(
         &config.resolve(&c.ca),
@@ -185,6 +193,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         zstd: config.shipping.compression == CompressionName::Zstd,
         backoff_min: config.shipping.backoff_min,
         backoff_max: config.shipping.backoff_max,
+        idle_timeout: config.shipping.idle_timeout,
+        keep_alive: config.shipping.keep_alive,
+        epoch,
+        terms: terms.clone(),
     };
     tasks.spawn(shipper::run(
         ship,
@@ -300,7 +312,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             }
         });
     }
-    tracing::info!(admin = %admin_addr, collector = %address, journal = %journal_path.display(), "agent started");
+    tracing::info!(
+        admin = %admin_addr,
+        collector = %address,
+        journal = %journal_path.display(),
+        epoch = format_args!("{epoch:016x}"),
+        "agent started"
+    );
     Ok(Running {
         admin_addr,
         metrics,
@@ -309,6 +327,8 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         influx_tcp_addrs,
         influx_udp_addrs,
         device_addrs,
+        epoch,
+        collector_terms,
         stop,
         tasks,
         writer: writer_task,

@@ -71,6 +71,43 @@ impl Backoff {
     }
 }
 
+/// What the collector announced in its latest Welcome: its accepted time
+/// window and limits, for sources that check readings before journaling
+/// them. Published by the shipper in a [`watch`] at every Welcome
+/// ([`ShipperConfig::terms`]); `None` until the first one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectorTerms {
+    /// The Welcome as received.
+    pub welcome: Welcome,
+    /// The collector's clock minus the agent's when the Welcome arrived, ns
+    /// (0 when the Welcome carries no clock).
+    pub clock_offset_ns: i64,
+}
+
+impl CollectorTerms {
+    /// Terms from a Welcome received at agent time `now_ns`.
+    pub fn new(welcome: Welcome, now_ns: i64) -> Self {
+        let clock_offset_ns = if welcome.now_ns == 0 {
+            0
+        } else {
+            welcome.now_ns.saturating_sub(now_ns)
+        };
+        Self {
+            welcome,
+            clock_offset_ns,
+        }
+    }
+
+    /// The timestamps the collector accepts, `[lo, hi]`, at agent time
+    /// `now_ns` (its clock as measured at the Welcome); `None` when it
+    /// announced no window. A reading outside it would be refused by the
+    /// collector as `BAD_TIMESTAMP` if shipped now.
+    pub fn timestamp_window(&self, now_ns: i64) -> Option<(i64, i64)> {
+        self.welcome
+            .timestamp_window(now_ns.saturating_add(self.clock_offset_ns))
+    }
+}
+
 /// Where and how to ship.
 #[derive(Debug, Clone)]
 pub struct ShipperConfig {
@@ -90,6 +127,14 @@ pub struct ShipperConfig {
     pub backoff_min: Duration,
     /// Upper bound of the backoff.
     pub backoff_max: Duration,
+    /// QUIC idle timeout: a connection silent this long is given up.
+    pub idle_timeout: Duration,
+    /// QUIC keep-alive interval (shorter than `idle_timeout`).
+    pub keep_alive: Duration,
+    /// The journal's identity, sent in every Hello.
+    pub epoch: u64,
+    /// Where each Welcome's terms are published.
+    pub terms: watch::Sender<Option<CollectorTerms>>,
 }
 
 /// Why TLS material could not be loaded.
@@ -245,7 +290,8 @@ pub async fn run(
                 Ok(crypto) => {
                     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
                     let mut transport = quinn::TransportConfig::default();
-                    transport.keep_alive_interval(Some(Duration::from_secs(5)));
+                    transport.keep_alive_interval(Some(config.keep_alive));
+                    transport.max_idle_timeout(config.idle_timeout.try_into().ok());
                     client.transport_config(Arc::new(transport));
                     e.set_default_client_config(client);
                 }
@@ -398,6 +444,10 @@ async fn session(
         } else {
             vec![compression::NONE]
         },
+        epoch: config.epoch,
+        // No promise: the collector resolves sequences from what it stores
+        // and from the drops this journal reports (docs/protocol.md).
+        resolved_below: 0,
     };
     let mut frame = Vec::new();
     stream::write_frame(
@@ -424,6 +474,10 @@ async fn session(
         }
     };
     backoff.reset();
+    config.terms.send_replace(Some(CollectorTerms::new(
+        welcome.clone(),
+        crate::writer::now_ns(),
+    )));
     metrics.connected.set(1);
     tracing::info!(collector = %config.address, version = %welcome.collector_version, "connected");
     let zstd = config.zstd && welcome.compression == compression::ZSTD;
@@ -432,6 +486,9 @@ async fn session(
     let mut sizes: std::collections::HashMap<u64, u64> = std::collections::HashMap::new();
     let mut in_flight_bytes = 0u64;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
+    // Oldest first once the collector's dedupe state is at its bound: the
+    // batches below fill its gaps (docs/protocol.md, DEDUPE_FULL).
+    let mut newest_first = config.newest_first;
     loop {
         // Fill the window.
         while in_flight_bytes < config.max_in_flight_bytes && tasks.len() < max_streams {
@@ -440,7 +497,7 @@ async fn session(
             if !writer
                 .send(Control::Fetch {
                     max_bytes: room,
-                    newest_first: config.newest_first,
+                    newest_first,
                     reply: tx,
                 })
                 .await
@@ -490,7 +547,19 @@ async fn session(
                     metrics.wire_bytes.add(wire);
                     metrics.ack_latency.observe(latency);
                     match ack.outcome() {
-                        Outcome::Stored => { metrics.batches_stored.add(1); acks.push((seq, true)); }
+                        Outcome::Stored => {
+                            metrics.batches_stored.add(1);
+                            // Refused readings: counted by the collector
+                            // (per device and reason, in its store); here
+                            // only on /metrics, never reported back.
+                            for r in &ack.refused {
+                                metrics.readings_refused.add(r.code, r.readings);
+                            }
+                            if !ack.refused.is_empty() {
+                                tracing::debug!(seq, refused = ack.refused_readings(), "the collector refused readings of a stored batch");
+                            }
+                            acks.push((seq, true));
+                        }
                         Outcome::Duplicate => { metrics.batches_duplicate.add(1); acks.push((seq, true)); }
                         Outcome::Rejected { code, reason: text } if !reason::is_transient(code) => {
                             metrics.batches_rejected.add(1);
@@ -499,6 +568,10 @@ async fn session(
                         }
                         Outcome::Rejected { code, reason: text } => {
                             metrics.batches_retried.add(1);
+                            if code == reason::DEDUPE_FULL && newest_first {
+                                tracing::warn!(seq, reason = text, "the collector's dedupe state is full: shipping oldest first for this session");
+                                newest_first = false;
+                            }
                             tracing::debug!(seq, code, reason = text, "collector asked to retry a batch");
                             release.push(seq);
                         }

@@ -354,3 +354,85 @@ async fn line_protocol_in_collector_query_out() {
     agent.stop().await;
     collector.stop().await;
 }
+
+/// A reading dated a year ahead among good ones from another device: the
+/// agent journals it (validation at the edge is not this test's subject),
+/// the collector stores the good readings and refuses that one, counted for
+/// its device; the agent counts the refusal on its /metrics and does not
+/// report it back, so the collector's ledger closes without counting it
+/// twice. The agent says hello with its journal's epoch and publishes the
+/// collector's terms from the Welcome.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_reading_costs_only_itself_and_the_ledger_closes() {
+    let (dir, data, bundle) = site();
+    let collector = CollectorProc::start(&data, "127.0.0.1:0".parse().unwrap()).await;
+    let agent = run::start(agent_config(
+        &bundle,
+        &dir.path().join("agent"),
+        collector.quic,
+        "",
+    ))
+    .await
+    .unwrap();
+    let t0 = recent();
+    let year = 365 * 86_400 * 1_000_000_000i64;
+    let mut work = readings("d1", 5, t0);
+    let mut bad = readings("d2", 3, t0);
+    bad.readings[0].readings[1].ts_ns += year;
+    work.readings.append(&mut bad.readings);
+    agent.intake.submit(work).await.unwrap();
+    wait_for_readings(&data, 7).await;
+    agent_waits_for_acks(&agent, 8).await;
+    for _ in 0..6000 {
+        if agent
+            .metrics
+            .readings_refused
+            .get(ferry_proto::session::reason::BAD_TIMESTAMP)
+            > 0
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let text = agent.metrics.render();
+    assert!(
+        text.contains("ferry_agent_readings_refused_total{reason=\"bad_timestamp\"} 1\n"),
+        "{text}"
+    );
+    // The ledger as the collector reports it: 8 received = 7 stored + 1
+    // refused (once the agent's received count arrived).
+    let admin = Admin::connect(&data).await.unwrap();
+    let mut ledger = None;
+    for _ in 0..6000 {
+        let drops = admin.drops().await.unwrap();
+        if drops.ledgers.first().is_some_and(|l| l.received == 8) {
+            ledger = Some(drops);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let drops = ledger.expect("the agent reported what it received");
+    let l = &drops.ledgers[0];
+    assert_eq!(
+        (l.received, l.stored, l.dropped, l.refused, l.in_transit),
+        (8, 7, 0, 1, 0)
+    );
+    assert_eq!(drops.drops.len(), 1);
+    assert_eq!(
+        (
+            drops.drops[0].device.as_str(),
+            drops.drops[0].reason.as_str()
+        ),
+        ("d2", "bad_timestamp")
+    );
+    // Identity and terms.
+    let view = admin.agents().await.unwrap().remove(0);
+    assert_eq!(view.epoch, format!("{:016x}", agent.epoch));
+    let terms = agent.collector_terms.borrow().clone().expect("a Welcome");
+    let now = ferry_agent::writer::now_ns();
+    let (lo, hi) = terms.timestamp_window(now).unwrap();
+    assert!(lo < t0 && t0 < hi && t0 + year > hi);
+    assert_eq!(terms.welcome.idle_timeout_ms, 6_000);
+    agent.stop().await;
+    collector.stop().await;
+}

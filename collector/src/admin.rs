@@ -31,6 +31,7 @@ pub struct AgentView {
     /// seen) or `revoked`.
     pub state: String,
     /// Last stored batch, ns since the epoch (0: never).
+    #[serde(with = "crate::json::ns")]
     pub last_seen_ns: i64,
     /// Remote address of the live connection, or of the last stored batch.
     pub remote: String,
@@ -42,8 +43,171 @@ pub struct AgentView {
     pub last_seq: Option<u64>,
     /// Readings the agent reported as dropped.
     pub dropped: u64,
+    /// Readings of its batches the collector refused (bad timestamps,
+    /// series past the store's limit).
+    #[serde(default)]
+    pub refused: u64,
     /// Open connections.
     pub connections: usize,
+    /// Its journal's identity (16 hex digits; empty when none is known).
+    #[serde(default)]
+    pub epoch: String,
+    /// Since when `epoch` is its journal, ns since the epoch (0: unknown).
+    #[serde(default, with = "crate::json::ns")]
+    pub epoch_since_ns: i64,
+    /// The journal epoch before `epoch` (empty: none).
+    #[serde(default)]
+    pub previous_epoch: String,
+    /// Times it came back with another journal (quarantined, wiped,
+    /// re-imaged): each is logged and shown here; nothing is dropped.
+    #[serde(default)]
+    pub journal_resets: u64,
+}
+
+/// An epoch as operators see it: 16 hex digits, empty for none.
+pub fn epoch_text(epoch: u64) -> String {
+    if epoch == 0 {
+        String::new()
+    } else {
+        format!("{epoch:016x}")
+    }
+}
+
+/// One row of the drops table: readings lost for one agent, device and
+/// reason, and who counted them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DropRow {
+    /// Agent id.
+    pub agent: String,
+    /// For the agent's counts, the origin it reported (a device id, or a
+    /// source name for readings without a device tag); for the collector's,
+    /// the series' `device` tag. Empty: none.
+    pub device: String,
+    /// Why: a health kind name (`journal_full`, `late`, `device_ring`,
+    /// `queue_full`, `rejected_batch`, `rejected_input`, `kind_<n>`) or a
+    /// refusal reason (`bad_timestamp`, `series_limit`).
+    pub reason: String,
+    /// `agent` (reported in its health records) or `collector` (refused at
+    /// ingest).
+    pub counted_by: String,
+    /// Readings (for `device_ring`: device reports; for `rejected_input`:
+    /// lines or frames).
+    pub readings: u64,
+}
+
+/// One agent's ledger: what its sources handed over, and where it went.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ledger {
+    /// Agent id.
+    pub agent: String,
+    /// Readings its sources handed to its journal (health kind 7, reported
+    /// every `health_interval`).
+    pub received: u64,
+    /// Readings stored: raw readings and readings inside stored windows.
+    pub stored: u64,
+    /// Readings it reported dropped after receiving them (kinds 1, 3, 6).
+    pub dropped: u64,
+    /// Readings the collector refused from its stored batches.
+    pub refused: u64,
+    /// `received − stored − dropped − refused`: readings still on their way
+    /// (in the agent's journal, or received since its last health report
+    /// when negative). 0 once everything is delivered and reported.
+    pub in_transit: i64,
+}
+
+/// The drops table from the store: agents' health records (all kinds but
+/// `received`) and the collector's refusals, by agent, device and reason.
+pub fn drop_rows(store: &Store) -> Result<Vec<DropRow>, StoreError> {
+    let mut rows: Vec<DropRow> = store
+        .health()?
+        .into_iter()
+        .filter(|(_, _, kind, _)| *kind != ferry_proto::health::RECEIVED)
+        .map(|(agent, device, kind, readings)| DropRow {
+            agent,
+            device,
+            reason: ferry_proto::health::name(kind)
+                .map_or_else(|| format!("kind_{kind}"), str::to_owned),
+            counted_by: "agent".into(),
+            readings,
+        })
+        .collect();
+    rows.extend(
+        store
+            .refused()?
+            .into_iter()
+            .map(|(agent, device, code, readings)| DropRow {
+                agent,
+                device,
+                reason: ferry_proto::session::reason::name(code).to_owned(),
+                counted_by: "collector".into(),
+                readings,
+            }),
+    );
+    rows.sort_by(|a, b| {
+        (&a.agent, &a.device, &a.reason, &a.counted_by).cmp(&(
+            &b.agent,
+            &b.device,
+            &b.reason,
+            &b.counted_by,
+        ))
+    });
+    Ok(rows)
+}
+
+/// Every agent's ledger from the store.
+pub fn ledgers(store: &Store) -> Result<Vec<Ledger>, StoreError> {
+    use ferry_proto::health::{DROPPED_JOURNAL_FULL, DROPPED_LATE, DROPPED_REJECTED, RECEIVED};
+    let mut by_agent: std::collections::BTreeMap<String, Ledger> = store
+        .agents()?
+        .into_iter()
+        .filter(|a| a.batches > 0)
+        .map(|a| {
+            let ledger = Ledger {
+                agent: a.id.clone(),
+                received: 0,
+                stored: a.readings + a.window_readings,
+                dropped: 0,
+                refused: a.refused,
+                in_transit: 0,
+            };
+            (a.id, ledger)
+        })
+        .collect();
+    for (agent, _, kind, n) in store.health()? {
+        let Some(l) = by_agent.get_mut(&agent) else {
+            continue;
+        };
+        match kind {
+            RECEIVED => l.received += n,
+            DROPPED_JOURNAL_FULL | DROPPED_LATE | DROPPED_REJECTED => l.dropped += n,
+            _ => {}
+        }
+    }
+    Ok(by_agent
+        .into_values()
+        .map(|mut l| {
+            let out = l.stored as i128 + l.dropped as i128 + l.refused as i128;
+            l.in_transit = i64::try_from(l.received as i128 - out).unwrap_or(i64::MIN);
+            l
+        })
+        .collect())
+}
+
+/// What `ferry-collector drops` and `GET /api/v1/drops` show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drops {
+    /// Per agent, device and reason.
+    pub drops: Vec<DropRow>,
+    /// Per agent.
+    pub ledgers: Vec<Ledger>,
+}
+
+/// The drops table and ledgers from the store.
+pub fn drops(store: &Store) -> Result<Drops, StoreError> {
+    Ok(Drops {
+        drops: drop_rows(store)?,
+        ledgers: ledgers(store)?,
+    })
 }
 
 /// Builds the agents table from the store, the enrolled certificates and
@@ -90,7 +254,12 @@ pub fn agent_views(
                 readings: r.readings,
                 last_seq: r.last_seq,
                 dropped: r.dropped,
+                refused: r.refused,
                 connections: conns.len(),
+                epoch: epoch_text(r.epoch),
+                epoch_since_ns: r.epoch_since_ns,
+                previous_epoch: epoch_text(r.previous_epoch),
+                journal_resets: r.journal_resets,
                 id: r.id,
             }
         })
@@ -195,6 +364,14 @@ impl Admin {
                 pki::enrolled_agents(data_dir),
                 &[],
             )),
+        }
+    }
+
+    /// Readings lost per agent, device and reason, and each agent's ledger.
+    pub async fn drops(&self) -> Result<Drops, AdminError> {
+        match self {
+            Admin::Remote(addr) => request(*addr, "GET", "/api/v1/drops").await,
+            Admin::Local { store, .. } => Ok(drops(store)?),
         }
     }
 

@@ -77,9 +77,17 @@ pub struct Config {
 pub struct QuicConfig {
     /// UDP address to listen on; default `0.0.0.0:7410`.
     pub listen: SocketAddr,
-    /// Close a connection silent for this long.
+    /// Close a connection silent for this long (QUIC idle timeout; the
+    /// smaller of the two peers' values applies). An agent that died or lost
+    /// its link leaves the agents table's `connected` state this long after
+    /// its last packet.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
+    /// Send a QUIC PING after this long without sending anything, so an
+    /// idle but healthy connection never reaches `idle_timeout`. Must be
+    /// shorter than `idle_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub keep_alive: Duration,
     /// How long an agent has to send its `Hello` after the handshake.
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Duration,
@@ -119,6 +127,13 @@ pub struct Limits {
     /// Readings further in the future than this are rejected.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+    /// Most dedupe ranges kept per agent journal epoch: gaps between the
+    /// batches stored (docs/storage.md, "Dedupe"). A batch that would open
+    /// one more is refused as transient (`DEDUPE_FULL`) and resent later.
+    pub max_dedupe_ranges: u64,
+    /// Most journal epochs (journal identities) kept per agent; a Hello or
+    /// batch naming one more is refused as transient (`DEDUPE_FULL`).
+    pub max_epochs_per_agent: u64,
 }
 
 /// `[storage]`.
@@ -166,7 +181,8 @@ impl Default for QuicConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], DEFAULT_QUIC_PORT)),
-            idle_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(6),
+            keep_alive: Duration::from_secs(2),
             hello_timeout: Duration::from_secs(10),
         }
     }
@@ -191,6 +207,8 @@ impl Default for Limits {
             agent_readings_per_sec: 0,
             max_past: Duration::from_secs(30 * 86_400),
             max_future: Duration::from_secs(600),
+            max_dedupe_ranges: crate::store::DEFAULT_MAX_DEDUPE_RANGES,
+            max_epochs_per_agent: crate::store::DEFAULT_MAX_EPOCHS,
         }
     }
 }
@@ -282,6 +300,25 @@ impl Config {
                 ferry_proto::batch::MAX_BATCH_READINGS
             )));
         }
+        if l.max_past.is_zero() || l.max_future.is_zero() {
+            return Err(ConfigError::Invalid(
+                "limits.max_past and limits.max_future must be positive".into(),
+            ));
+        }
+        if l.max_dedupe_ranges == 0 || l.max_epochs_per_agent == 0 {
+            return Err(ConfigError::Invalid(
+                "limits.max_dedupe_ranges and limits.max_epochs_per_agent must be at least 1"
+                    .into(),
+            ));
+        }
+        let q = &self.quic;
+        if q.idle_timeout.is_zero() || q.keep_alive.is_zero() || q.keep_alive >= q.idle_timeout {
+            return Err(ConfigError::Invalid(format!(
+                "quic.keep_alive ({}) must be positive and shorter than quic.idle_timeout ({})",
+                humantime::format_duration(q.keep_alive),
+                humantime::format_duration(q.idle_timeout)
+            )));
+        }
         let s = &self.storage;
         if s.downsample_window.is_zero() {
             return Err(ConfigError::Invalid(
@@ -320,8 +357,13 @@ data_dir = "."
 # UDP address agents connect to: QUIC, ALPN "ferry/1", TLS 1.3 with client
 # certificates issued by this collector's CA.
 listen = "0.0.0.0:7410"
-# Close connections silent for this long.
-idle_timeout = "30s"
+# Close connections silent for this long: a killed agent leaves the
+# "connected" state this long after its last packet (the smaller of the
+# collector's and the agent's value applies).
+idle_timeout = "6s"
+# Ping a connection after this long without traffic, so an idle but healthy
+# agent stays connected. Shorter than idle_timeout.
+keep_alive = "2s"
 # How long a new connection may take to send its Hello.
 hello_timeout = "10s"
 
@@ -345,9 +387,16 @@ max_series = 1000000
 # Readings per second per agent (2 s burst); 0 = unlimited.
 agent_readings_per_sec = 0
 # Timestamp sanity window: readings older than max_past or further than
-# max_future ahead of the collector's clock reject the whole batch.
+# max_future ahead of the collector's clock are refused one by one (counted
+# per agent, device and reason: `ferry-collector drops`); the rest of their
+# batch is stored. Agents learn the window in the Welcome.
 max_past = "30days"
 max_future = "10m"
+# Dedupe state bounds (docs/storage.md, "Dedupe"): gaps kept per agent
+# journal epoch, and journal epochs kept per agent. Past them, batches are
+# refused as transient and resent later; nothing is forgotten.
+max_dedupe_ranges = 10000
+max_epochs_per_agent = 1000
 
 [storage]
 # Raw readings older than this are merged into windows of downsample_window
@@ -415,6 +464,13 @@ mod tests {
         assert_eq!(parsed.quic.listen, d.quic.listen);
         assert_eq!(parsed.http.listen, d.http.listen);
         assert_eq!(parsed.limits.max_past, d.limits.max_past);
+        assert_eq!(parsed.quic.idle_timeout, d.quic.idle_timeout);
+        assert_eq!(parsed.quic.keep_alive, d.quic.keep_alive);
+        assert_eq!(parsed.limits.max_dedupe_ranges, d.limits.max_dedupe_ranges);
+        assert_eq!(
+            parsed.limits.max_epochs_per_agent,
+            d.limits.max_epochs_per_agent
+        );
         assert_eq!(parsed.storage.raw_retention, d.storage.raw_retention);
         assert_eq!(
             parsed.storage.max_batches_per_commit,

@@ -45,6 +45,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/series", get(series))
         .route("/api/v1/agents", get(agents))
         .route("/api/v1/agents/{id}/revoke", post(revoke))
+        .route("/api/v1/drops", get(drops))
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/subscribers", get(subscribers))
         .route("/api/v1/reload", post(reload))
@@ -69,6 +70,21 @@ async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
         .metrics
         .store_file_bytes
         .set(shared.store.file_bytes());
+    // Per agent, device and reason losses: durable totals from the store.
+    let store = shared.store.clone();
+    let losses = blocking(move || {
+        let resets = store
+            .agents()?
+            .into_iter()
+            .map(|a| (a.id, a.journal_resets))
+            .collect::<Vec<_>>();
+        Ok((crate::admin::drop_rows(&store)?, resets))
+    })
+    .await;
+    match losses {
+        Ok((rows, resets)) => shared.metrics.set_losses(&rows, &resets),
+        Err(ApiError(_, e)) => tracing::warn!("/metrics: reading the loss totals failed: {e}"),
+    }
     shared.metrics.set_subscribers(&shared.bus.views());
     shared.metrics.ingest_waiting.set(shared.bus.waiting());
     (
@@ -116,6 +132,13 @@ async fn agents(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<AgentView>
         pki::enrolled_agents(&data_dir),
         &shared.live(),
     )))
+}
+
+async fn drops(State(shared): State<Arc<Shared>>) -> Result<Json<crate::admin::Drops>, ApiError> {
+    let store = shared.store.clone();
+    Ok(Json(
+        blocking(move || Ok(crate::admin::drops(&store)?)).await?,
+    ))
 }
 
 async fn revoke(

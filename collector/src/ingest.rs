@@ -7,7 +7,7 @@ use std::io::Read as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ferry_proto::batch::Batch;
+use ferry_proto::batch::{Batch, ReadingBlock};
 use ferry_proto::codec;
 use ferry_proto::session::reason;
 use ferry_proto::stream::{FrameError, FrameHeader, compression};
@@ -28,8 +28,6 @@ pub enum BadInput {
     MalformedMessage,
     /// A batch that decodes but breaks a rule.
     InvalidBatch,
-    /// A timestamp outside the sanity window.
-    BadTimestamp,
     /// An agent over its rate.
     RateLimited,
     /// An unknown protocol version.
@@ -38,21 +36,27 @@ pub enum BadInput {
     GarbageDatagram,
     /// A failed TLS handshake (unknown, revoked, expired, self-signed).
     Handshake,
+    /// A stored batch with readings refused one by one (bad timestamps,
+    /// series past the store's limit).
+    RefusedReadings,
+    /// A batch refused because the agent's dedupe state is at its bound.
+    DedupeFull,
 }
 
 impl BadInput {
     /// Every class, for metric registration.
-    pub const ALL: [BadInput; 10] = [
+    pub const ALL: [BadInput; 11] = [
         Self::MalformedFrame,
         Self::Oversized,
         Self::UnexpectedFrame,
         Self::MalformedMessage,
         Self::InvalidBatch,
-        Self::BadTimestamp,
         Self::RateLimited,
         Self::UnsupportedVersion,
         Self::GarbageDatagram,
         Self::Handshake,
+        Self::RefusedReadings,
+        Self::DedupeFull,
     ];
 
     /// The metric label.
@@ -63,11 +67,12 @@ impl BadInput {
             Self::UnexpectedFrame => "unexpected_frame",
             Self::MalformedMessage => "malformed_message",
             Self::InvalidBatch => "invalid_batch",
-            Self::BadTimestamp => "bad_timestamp",
             Self::RateLimited => "rate_limited",
             Self::UnsupportedVersion => "unsupported_version",
             Self::GarbageDatagram => "garbage_datagram",
             Self::Handshake => "handshake",
+            Self::RefusedReadings => "refused_readings",
+            Self::DedupeFull => "dedupe_full",
         }
     }
 }
@@ -93,13 +98,20 @@ impl Rejection {
     }
 }
 
-/// The rejection for a frame header error.
+/// The rejection for a frame header error: an unknown type is UNEXPECTED
+/// (one rule with a known type in the wrong place), reserved flags
+/// MALFORMED, a length over the limit TOO_LARGE.
 pub fn frame_rejection(e: &FrameError) -> Rejection {
     match e {
         FrameError::TooLarge { .. } => {
             Rejection::new(BadInput::Oversized, reason::TOO_LARGE, e.to_string())
         }
-        _ => Rejection::new(BadInput::MalformedFrame, reason::MALFORMED, e.to_string()),
+        FrameError::UnknownType(_) => {
+            Rejection::new(BadInput::UnexpectedFrame, reason::UNEXPECTED, e.to_string())
+        }
+        FrameError::BadFlags { .. } => {
+            Rejection::new(BadInput::MalformedFrame, reason::MALFORMED, e.to_string())
+        }
     }
 }
 
@@ -137,15 +149,31 @@ pub fn decode_batch(header: &FrameHeader, body: &[u8], max: u32) -> Result<Batch
     } else {
         body
     };
-    codec::from_bytes::<Batch>("Batch", bytes)
-        .map_err(|e| Rejection::new(BadInput::MalformedMessage, reason::MALFORMED, e.to_string()))
+    let (batch, used) = codec::from_bytes_prefix::<Batch>("Batch", bytes).map_err(|e| {
+        Rejection::new(BadInput::MalformedMessage, reason::MALFORMED, e.to_string())
+    })?;
+    if used < bytes.len() {
+        let e = codec::trailing_bytes("Batch", bytes.len() - used, used);
+        return Err(Rejection::new(
+            BadInput::MalformedMessage,
+            reason::TRAILING_BYTES,
+            e.to_string(),
+        ));
+    }
+    Ok(batch)
 }
 
 fn nanos(d: Duration) -> i64 {
     i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
 }
 
-/// Validates a decoded batch and prepares it for the writer.
+/// The tag refused readings are counted under, per device.
+pub const DEVICE_TAG: &str = "device";
+
+/// Validates a decoded batch and prepares it for the writer. A batch that
+/// breaks a rule is refused whole; readings outside the accepted time window
+/// are refused one by one (counted per device in
+/// [`PreparedBatch::refused`]) and the rest of the batch goes on.
 pub fn prepare(
     agent: &Arc<str>,
     remote: &str,
@@ -167,33 +195,32 @@ pub fn prepare(
             ),
         ));
     }
-    let lo = now_ns.saturating_sub(nanos(limits.max_past));
-    let hi = now_ns.saturating_add(nanos(limits.max_future));
-    let check = |what: &str, index: usize, ts: i64| {
-        if ts < lo || ts > hi {
-            Err(Rejection::new(
-                BadInput::BadTimestamp,
-                reason::BAD_TIMESTAMP,
-                format!(
-                    "{what} {index}: timestamp {ts} is outside the accepted window [{lo}, {hi}] (now {now_ns})"
-                ),
-            ))
-        } else {
-            Ok(())
-        }
-    };
+    let (lo, hi) = ferry_proto::session::timestamp_window(
+        now_ns,
+        nanos(limits.max_past) as u64,
+        nanos(limits.max_future) as u64,
+    );
+    let inside = |ts: i64| (lo..=hi).contains(&ts);
+    let mut refused = Vec::new();
     let mut chunks = Vec::new();
+    let mut stored = 0u64;
     for (index, block) in batch.blocks.iter().enumerate() {
-        let mut bad = None;
+        let mut bad = 0u64;
         // validate() expanded every block already, so this cannot fail.
-        let _ = block.for_each(|r| {
-            if bad.is_none() && check("block", index, r.ts_ns).is_err() {
-                bad = Some(r.ts_ns);
+        let _ = block.for_each(|r| bad += u64::from(!inside(r.ts_ns)));
+        let kept;
+        let block = if bad == 0 {
+            block
+        } else {
+            refused.push((block.series, reason::BAD_TIMESTAMP, bad));
+            let mut good = block.readings().unwrap_or_default();
+            good.retain(|r| inside(r.ts_ns));
+            if good.is_empty() {
+                continue;
             }
-        });
-        if let Some(ts) = bad {
-            check("block", index, ts)?;
-        }
+            kept = ReadingBlock::encode(block.series, &good);
+            &kept
+        };
         let parts = split_block(block).map_err(|e| {
             Rejection::new(
                 BadInput::InvalidBatch,
@@ -202,15 +229,22 @@ pub fn prepare(
             )
         })?;
         for (bucket, chunk) in parts {
+            stored += chunk.len() as u64;
             chunks.push(PreparedChunk {
                 series: block.series,
                 bucket,
+                readings: chunk.len() as u64,
                 bytes: crate::store::encode_chunk(&chunk),
             });
         }
     }
-    for (index, a) in batch.aggregates.iter().enumerate() {
-        check("aggregate", index, a.start_ns)?;
+    let mut aggregates = Vec::with_capacity(batch.aggregates.len());
+    for a in &batch.aggregates {
+        if inside(a.start_ns) {
+            aggregates.push(a.clone());
+        } else {
+            refused.push((a.series, reason::BAD_TIMESTAMP, a.count));
+        }
     }
     // Every stored series carries its agent (docs/prometheus.md).
     let series = batch
@@ -222,18 +256,29 @@ pub fn prepare(
         .collect();
     Ok(PreparedBatch {
         agent: agent.clone(),
+        epoch: batch.epoch,
+        resolved_below: batch.resolved_below,
         seq: batch.seq,
         remote: remote.to_owned(),
         series,
+        devices: batch
+            .series
+            .iter()
+            .map(|k| k.tag(DEVICE_TAG).unwrap_or_default().to_owned())
+            .collect(),
+        refused,
         chunks,
-        aggregates: batch.aggregates.clone(),
+        aggregates,
         health: batch.health.clone(),
-        readings: readings as u64,
+        readings: stored,
     })
 }
 
-/// A token bucket per agent over readings per second, with a two-second
-/// burst. A plain struct: callers pass the time.
+/// The rate limiter's bucket holds this many seconds of readings.
+pub const RATE_BURST_SECS: u64 = 2;
+
+/// A token bucket per agent over readings per second, with a
+/// [`RATE_BURST_SECS`] burst. A plain struct: callers pass the time.
 #[derive(Debug)]
 pub struct RateLimiter {
     per_sec: u64,
@@ -258,7 +303,7 @@ impl RateLimiter {
         if self.per_sec == 0 {
             return true;
         }
-        let burst = (self.per_sec * 2) as f64;
+        let burst = self.per_sec.saturating_mul(RATE_BURST_SECS) as f64;
         if self.buckets.len() >= RATE_LIMITER_AGENTS && !self.buckets.contains_key(agent) {
             // Full buckets carry no information; drop them.
             self.buckets.retain(|_, (tokens, _)| *tokens < burst);
@@ -341,19 +386,47 @@ mod tests {
     }
 
     #[test]
-    fn timestamps_outside_the_window_are_named() {
+    fn readings_outside_the_window_are_refused_one_by_one() {
         let agent: Arc<str> = Arc::from("a");
         let limits = Limits::default();
-        prepare(&agent, "r", &batch(NOW), &limits, NOW).unwrap();
+        let p = prepare(&agent, "r", &batch(NOW), &limits, NOW).unwrap();
+        assert_eq!((p.readings, p.refused.len()), (1, 0));
         let future = NOW + 3_600_000_000_000;
-        let err = prepare(&agent, "r", &batch(future), &limits, NOW).unwrap_err();
-        assert_eq!(err.code, reason::BAD_TIMESTAMP);
-        assert_eq!(err.kind, BadInput::BadTimestamp);
-        assert!(
-            err.reason
-                .starts_with(&format!("block 0: timestamp {future} is outside")),
-            "{}",
-            err.reason
+        let mut b = batch(NOW);
+        b.blocks = vec![ReadingBlock::encode(
+            0,
+            &[
+                Reading {
+                    ts_ns: NOW,
+                    value: 1.0,
+                },
+                Reading {
+                    ts_ns: future,
+                    value: 2.0,
+                },
+                Reading {
+                    ts_ns: NOW + 1,
+                    value: 3.0,
+                },
+            ],
+        )];
+        let p = prepare(&agent, "r", &b, &limits, NOW).unwrap();
+        assert_eq!(p.readings, 2);
+        assert_eq!(p.refused, vec![(0, reason::BAD_TIMESTAMP, 1)]);
+        assert_eq!(p.devices, vec![String::new()]);
+        assert_eq!(p.chunks.len(), 1);
+        assert_eq!(
+            crate::store::decode_chunk(&p.chunks[0].bytes).unwrap(),
+            vec![
+                Reading {
+                    ts_ns: NOW,
+                    value: 1.0
+                },
+                Reading {
+                    ts_ns: NOW + 1,
+                    value: 3.0
+                }
+            ]
         );
     }
 

@@ -16,7 +16,7 @@
 //! - [`store`]: the redb layout (docs/storage.md), dedupe, queries,
 //!   maintenance (compaction, downsampling, retention);
 //! - [`query`]: selectors and time ranges;
-//! - `http`: the axum API; [`admin`]: the CLI's access, through the running
+//! - `http`: the axum API ([`json`]: how it writes timestamps and values); [`admin`]: the CLI's access, through the running
 //!   server or the data directory; [`metrics`]: Prometheus.
 //!
 //! # Ports
@@ -49,6 +49,7 @@ pub mod fanout;
 pub mod fleet;
 mod http;
 pub mod ingest;
+pub mod json;
 pub mod metrics;
 pub mod pki;
 pub mod prometheus;
@@ -207,7 +208,7 @@ impl Collector {
                 .try_into()
                 .map_err(|_| Error::Quic("quic.idle_timeout is too long".into()))?,
         ));
-        transport.keep_alive_interval(Some(config.quic.idle_timeout / 3));
+        transport.keep_alive_interval(Some(config.quic.keep_alive));
         server_config.transport_config(Arc::new(transport));
 
         let socket = std::net::UdpSocket::bind(config.quic.listen).map_err(|source| Error::Io {
@@ -328,6 +329,10 @@ impl Collector {
             let faults = config.faults.clone();
             let max_group = config.storage.max_batches_per_commit;
             let max_series = config.limits.max_series;
+            let dedupe = store::DedupeLimits {
+                max_ranges: config.limits.max_dedupe_ranges,
+                max_epochs: config.limits.max_epochs_per_agent,
+            };
             let bus = shared.bus.clone();
             std::thread::Builder::new()
                 .name("ferry-writer".into())
@@ -339,6 +344,7 @@ impl Collector {
                         writer::WriterLimits {
                             max_group,
                             max_series,
+                            dedupe,
                         },
                         faults,
                         metrics,

@@ -7,11 +7,19 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ferry_collector::admin::{Admin, AgentView};
+use ferry_collector::admin::{Admin, AgentView, Drops};
 use ferry_collector::fanout::{AlertEvent, AlertParams, SubscriberView};
 use ferry_collector::query::QueryParams;
 use ferry_collector::store::{SeriesInfo, SeriesResult};
 use ferry_collector::{Collector, Config, EnrollOptions, InitOptions};
+
+/// `println!` that returns the write error instead of panicking, so that a
+/// closed pipe (`ferry-collector … | head`) ends the command quietly.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
 
 /// Ferry's central collector.
 ///
@@ -123,11 +131,42 @@ enum Command {
         location: Location,
     },
     /// List agents: state, last seen, remote address, batches, readings,
-    /// last acknowledged sequence and the readings they reported dropped.
+    /// last acknowledged sequence, the readings they reported dropped and
+    /// the collector refused, their journal epoch and journal resets.
+    ///
+    /// An agent is `connected` while its QUIC connection lives: one that
+    /// dies or loses its link leaves that state after quic.idle_timeout.
+    /// A journal reset (the agent came back with a new journal: quarantined,
+    /// wiped, re-imaged) is counted in RESETS and logged; its data is kept.
+    #[command(verbatim_doc_comment)]
     Agents {
         #[command(flatten)]
         location: Location,
         /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Show every reading lost, per agent, device and reason, and who
+    /// counted it: the agent (dropped at the edge: journal full, too late
+    /// for its window, a device's ring overflow, a full source queue, a
+    /// batch the collector rejected) or the collector (refused one by one:
+    /// bad timestamps, series past the store's limit).
+    ///
+    /// With --ledger, one line per agent instead: readings received by its
+    /// sources = stored + dropped + refused + in transit.
+    ///
+    /// Examples:
+    ///   ferry-collector drops
+    ///   ferry-collector drops --ledger
+    ///   ferry-collector drops -f json
+    #[command(verbatim_doc_comment)]
+    Drops {
+        #[command(flatten)]
+        location: Location,
+        /// Print the per-agent ledger instead of the drops.
+        #[arg(long)]
+        ledger: bool,
+        /// Output format (json prints both the drops and the ledgers).
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -235,7 +274,26 @@ enum Command {
     },
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match start() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader went away (`| head`): what it wanted was printed.
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -257,19 +315,19 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
                 data_dir: data_dir.clone(),
                 sans,
             })?;
-            println!("created CA {}", report.ca_cert.display());
-            println!(
+            out!("created CA {}", report.ca_cert.display());
+            out!(
                 "created server certificate {}",
                 report.server_cert.display()
             );
             match report.config {
-                Some(c) => println!("wrote {}", c.display()),
-                None => println!(
+                Some(c) => out!("wrote {}", c.display()),
+                None => out!(
                     "kept the existing {}",
                     data_dir.join("collector.toml").display()
                 ),
             }
-            println!(
+            out!(
                 "next: ferry-collector enroll AGENT_ID --data-dir {} --out DIR",
                 data_dir.display()
             );
@@ -290,9 +348,9 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
                 server_name,
                 valid_days,
             })?;
-            println!("enrolled {}", bundle.agent_id);
+            out!("enrolled {}", bundle.agent_id);
             for p in [&bundle.cert, &bundle.key, &bundle.ca, &bundle.config] {
-                println!("  {}", p.display());
+                out!("  {}", p.display());
             }
         }
         Command::Revoke { agent_id, location } => {
@@ -306,20 +364,28 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
                 Admin::Local { .. } => "in the store (no collector running)".into(),
             };
             if r.changed {
-                println!("revoked {} {via}", r.agent);
+                out!("revoked {} {via}", r.agent);
             } else {
-                println!("{} was already revoked", r.agent);
+                out!("{} was already revoked", r.agent);
             }
         }
         Command::Agents { location, format } => {
             let admin = Admin::connect(&location.data_dir()?).await?;
             print_agents(&admin.agents().await?, format)?;
         }
+        Command::Drops {
+            location,
+            ledger,
+            format,
+        } => {
+            let admin = Admin::connect(&location.data_dir()?).await?;
+            print_drops(&admin.drops().await?, ledger, format)?;
+        }
         Command::Run { config } => run(&config).await?,
         Command::Compact { location } => {
             let path = location.data_dir()?.join(ferry_collector::STORE_FILE);
             let (before, after) = ferry_collector::Store::compact_file(&path)?;
-            println!("{}: {before} bytes -> {after} bytes", path.display());
+            out!("{}: {before} bytes -> {after} bytes", path.display());
         }
         Command::Query {
             selector,
@@ -368,8 +434,8 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
         Command::Reload { location } => {
             let admin = Admin::connect(&location.data_dir()?).await?;
             let r = admin.reload().await?;
-            println!("reloaded {}", r.config);
-            println!(
+            out!("reloaded {}", r.config);
+            out!(
                 "  rules: {}",
                 if r.rules.is_empty() {
                     "none".into()
@@ -377,7 +443,7 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
                     r.rules.join(", ")
                 }
             );
-            println!(
+            out!(
                 "  sinks: {}",
                 if r.sinks.is_empty() {
                     "none".into()
@@ -508,7 +574,7 @@ fn print_rows(
         Format::Table => print_table(header, rows),
         Format::Csv => print_csv(header, rows),
         Format::Json => {
-            println!("{}", json());
+            out!("{}", json());
             Ok(())
         }
     }
@@ -524,6 +590,9 @@ fn print_agents(agents: &[AgentView], format: Format) -> anyhow::Result<()> {
         "READINGS",
         "LAST SEQ",
         "DROPPED",
+        "REFUSED",
+        "EPOCH",
+        "RESETS",
     ];
     let rows: Vec<Vec<String>> = agents
         .iter()
@@ -537,12 +606,74 @@ fn print_agents(agents: &[AgentView], format: Format) -> anyhow::Result<()> {
                 a.readings.to_string(),
                 a.last_seq.map_or("-".into(), |s| s.to_string()),
                 a.dropped.to_string(),
+                a.refused.to_string(),
+                if a.epoch.is_empty() {
+                    "-".into()
+                } else {
+                    a.epoch.clone()
+                },
+                a.journal_resets.to_string(),
             ]
         })
         .collect();
     print_rows(format, &header, &rows, || {
         serde_json::to_string_pretty(agents).unwrap_or_default()
     })
+}
+
+fn print_drops(drops: &Drops, ledger: bool, format: Format) -> anyhow::Result<()> {
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_owned()
+        } else {
+            s.to_owned()
+        }
+    };
+    let json = || serde_json::to_string_pretty(drops).unwrap_or_default();
+    if ledger {
+        let rows: Vec<Vec<String>> = drops
+            .ledgers
+            .iter()
+            .map(|l| {
+                vec![
+                    l.agent.clone(),
+                    l.received.to_string(),
+                    l.stored.to_string(),
+                    l.dropped.to_string(),
+                    l.refused.to_string(),
+                    l.in_transit.to_string(),
+                ]
+            })
+            .collect();
+        let header = [
+            "AGENT",
+            "RECEIVED",
+            "STORED",
+            "DROPPED",
+            "REFUSED",
+            "IN TRANSIT",
+        ];
+        return print_rows(format, &header, &rows, json);
+    }
+    let rows: Vec<Vec<String>> = drops
+        .drops
+        .iter()
+        .map(|d| {
+            vec![
+                d.agent.clone(),
+                dash(&d.device),
+                d.reason.clone(),
+                d.counted_by.clone(),
+                d.readings.to_string(),
+            ]
+        })
+        .collect();
+    print_rows(
+        format,
+        &["AGENT", "DEVICE", "REASON", "COUNTED BY", "READINGS"],
+        &rows,
+        json,
+    )
 }
 
 fn print_series(series: &[SeriesInfo], format: Format) -> anyhow::Result<()> {

@@ -69,24 +69,23 @@ pub struct Metrics {
     pub ingest_waiting: Gauge<u64, AtomicU64>,
     /// Configuration reloads by outcome (`ok`, `error`).
     pub reloads: Family<Labels1, Counter>,
+    /// Readings of stored batches refused one by one, by reason.
+    pub refused_readings: Family<Labels1, Counter>,
+    /// Agents that came back with another journal epoch while this
+    /// process ran.
+    pub journal_resets: Counter,
+    /// Per agent, device and reason: readings the agent reported dropped
+    /// (`by="agent"`, its health records) or the collector refused
+    /// (`by="collector"`); durable totals from the store, set at each scrape.
+    pub dropped_readings: Family<Dynamic, Gauge<u64, AtomicU64>>,
+    /// Per agent: journal resets (durable total from the store).
+    pub agent_journal_resets: Family<Dynamic, Gauge<u64, AtomicU64>>,
     log: Mutex<LogLimiter>,
 }
 
-/// The metric label of a reason code.
+/// The metric label of a reason code ("" for none).
 pub fn reason_label(code: u16) -> &'static str {
-    match code {
-        0 => "",
-        reason::MALFORMED => "malformed",
-        reason::TOO_LARGE => "too_large",
-        reason::INVALID => "invalid",
-        reason::BAD_TIMESTAMP => "bad_timestamp",
-        reason::UNSUPPORTED => "unsupported",
-        reason::UNEXPECTED => "unexpected",
-        reason::RATE_LIMITED => "rate_limited",
-        reason::STORAGE => "storage",
-        reason::SHUTTING_DOWN => "shutting_down",
-        _ => "other",
-    }
+    if code == 0 { "" } else { reason::name(code) }
 }
 
 impl Default for Metrics {
@@ -124,6 +123,10 @@ impl Metrics {
             backpressure_waits: Counter::default(),
             ingest_waiting: Gauge::default(),
             reloads: Family::default(),
+            refused_readings: Family::default(),
+            journal_resets: Counter::default(),
+            dropped_readings: Family::default(),
+            agent_journal_resets: Family::default(),
             log: Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10))),
         };
         m.registry.register(
@@ -234,6 +237,26 @@ impl Metrics {
             "Configuration reloads by outcome",
             m.reloads.clone(),
         );
+        m.registry.register(
+            "refused_readings",
+            "Readings of stored batches the collector refused one by one, by reason",
+            m.refused_readings.clone(),
+        );
+        m.registry.register(
+            "journal_resets",
+            "Agents that came back with a new journal epoch (a replaced journal) while this collector ran",
+            m.journal_resets.clone(),
+        );
+        m.registry.register(
+            "dropped_readings",
+            "Readings lost per agent, device and reason: reported by the agent (by=agent) or refused by the collector (by=collector); durable totals",
+            m.dropped_readings.clone(),
+        );
+        m.registry.register(
+            "agent_journal_resets",
+            "Times an agent came back with another journal epoch (durable total)",
+            m.agent_journal_resets.clone(),
+        );
         for kind in BadInput::ALL {
             let _ = m.bad_input.get_or_create(&[("kind", kind.label())]);
         }
@@ -288,6 +311,37 @@ impl Metrics {
         self.readings
             .get_or_create(&[("outcome", outcome)])
             .inc_by(readings);
+    }
+
+    /// Counts readings of a stored batch the collector refused.
+    pub fn refused(&self, refused: &[ferry_proto::session::Refused]) {
+        for r in refused {
+            self.refused_readings
+                .get_or_create(&[("reason", reason::name(r.code))])
+                .inc_by(r.readings);
+            self.readings
+                .get_or_create(&[("outcome", "refused")])
+                .inc_by(r.readings);
+        }
+    }
+
+    /// Sets the per-agent loss gauges from the store's durable totals.
+    pub fn set_losses(&self, losses: &[crate::admin::DropRow], resets: &[(String, u64)]) {
+        for d in losses {
+            self.dropped_readings
+                .get_or_create(&vec![
+                    ("agent", d.agent.clone()),
+                    ("device", d.device.clone()),
+                    ("reason", d.reason.clone()),
+                    ("by", d.counted_by.to_owned()),
+                ])
+                .set(d.readings);
+        }
+        for (agent, n) in resets {
+            self.agent_journal_resets
+                .get_or_create(&vec![("agent", agent.clone())])
+                .set(*n);
+        }
     }
 
     /// Counts bad input and logs it, at most one line per class per 10 s.

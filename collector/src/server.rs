@@ -18,7 +18,9 @@ use crate::config::Config;
 use crate::ingest::{self, BadInput, RateLimiter, Rejection};
 use crate::metrics::Metrics;
 use crate::pki::{RevocationList, agent_id_of};
-use crate::store::{Applied, MaintenanceReport, RetentionPlan, Store};
+use crate::store::{
+    Applied, MaintenanceReport, RetentionPlan, SessionOutcome, SessionRequest, Store,
+};
 use crate::writer::Command;
 
 /// A live agent connection, for `agents` and revocation.
@@ -350,11 +352,19 @@ async fn session(
     };
     let hello = match read_frame(&mut recv, limits.max_frame_bytes).await {
         Ok(Some((h, body))) if h.frame_type == FrameType::Hello => {
-            codec::from_bytes::<Hello>("Hello", &body).map_err(|e| Rejection {
-                kind: BadInput::MalformedMessage,
-                code: reason::MALFORMED,
-                reason: e.to_string(),
-            })
+            match codec::from_bytes_prefix::<Hello>("Hello", &body) {
+                Ok((hello, used)) if used == body.len() => Ok(hello),
+                Ok((_, used)) => Err(Rejection {
+                    kind: BadInput::MalformedMessage,
+                    code: reason::TRAILING_BYTES,
+                    reason: codec::trailing_bytes("Hello", body.len() - used, used).to_string(),
+                }),
+                Err(e) => Err(Rejection {
+                    kind: BadInput::MalformedMessage,
+                    code: reason::MALFORMED,
+                    reason: e.to_string(),
+                }),
+            }
         }
         Ok(Some((h, _))) => Err(Rejection {
             kind: BadInput::UnexpectedFrame,
@@ -385,16 +395,7 @@ async fn session(
                 r.kind,
                 &format_args!("agent {agent} ({remote}): {}", r.reason),
             );
-            let body = codec::to_vec(&ErrorMsg {
-                code: r.code,
-                message: r.reason.clone(),
-            })
-            .unwrap_or_default();
-            let mut frame = Vec::new();
-            write_frame(&mut frame, FrameType::Error, compression::NONE, &body);
-            let _ = send.write_all(&frame).await;
-            let _ = send.finish();
-            let _ = send.stopped().await;
+            send_error(&mut send, r.code, &r.reason).await;
             let code = if r.kind == BadInput::UnsupportedVersion {
                 close::VERSION
             } else {
@@ -404,17 +405,90 @@ async fn session(
             return r.reason;
         }
     };
+    // The Hello's journal identity, durably recorded before the Welcome: a
+    // new epoch (the agent's journal was replaced) is counted and shown.
+    let (tx, rx) = oneshot::channel();
+    let recorded = if shared
+        .writer
+        .send(Command::Session {
+            session: SessionRequest {
+                agent: agent.clone(),
+                epoch: hello.epoch,
+                resolved_below: hello.resolved_below,
+            },
+            reply: tx,
+        })
+        .await
+        .is_ok()
+    {
+        rx.await.ok()
+    } else {
+        None
+    };
+    let refusal = match recorded {
+        Some(Ok(SessionOutcome::Recorded {
+            previous_epoch: Some(previous),
+            journal_resets,
+        })) => {
+            shared.metrics.journal_resets.inc();
+            tracing::warn!(
+                agent = &**agent,
+                epoch = format_args!("{:016x}", hello.epoch),
+                previous = format_args!("{previous:016x}"),
+                journal_resets,
+                "agent came back with a new journal (its journal was replaced): \
+                 its sequence numbers start again in the new epoch"
+            );
+            None
+        }
+        Some(Ok(SessionOutcome::Recorded { .. })) => None,
+        Some(Ok(SessionOutcome::TooManyEpochs(n))) => Some((
+            reason::DEDUPE_FULL,
+            format!(
+                "agent {agent} has {n} journal epochs, the limit (limits.max_epochs_per_agent)"
+            ),
+        )),
+        Some(Err(e)) => Some((reason::STORAGE, format!("recording the session: {e}"))),
+        None => Some((
+            reason::SHUTTING_DOWN,
+            "the collector is shutting down".to_owned(),
+        )),
+    };
+    if let Some((code, message)) = refusal {
+        if code == reason::DEDUPE_FULL {
+            shared.metrics.bad(
+                BadInput::DedupeFull,
+                &format_args!("agent {agent} ({remote}): session refused: {message}"),
+            );
+        } else {
+            tracing::warn!(agent = &**agent, %remote, code, "session refused: {message}");
+        }
+        send_error(&mut send, code, &message).await;
+        conn.close(VarInt::from_u32(close::REFUSED), message.as_bytes());
+        return message;
+    }
     let compression = if hello.compression.contains(&session::compression::ZSTD) {
         session::compression::ZSTD
     } else {
         session::compression::NONE
     };
+    let millis = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+    let nanos = |d: std::time::Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let rate = limits.agent_readings_per_sec;
     let welcome = Welcome {
         protocol: PROTOCOL_VERSION,
         collector_version: concat!("ferry-collector ", env!("CARGO_PKG_VERSION")).into(),
         compression,
         max_frame: limits.max_frame_bytes,
         max_streams: limits.max_streams_per_connection,
+        max_past_ns: nanos(limits.max_past),
+        max_future_ns: nanos(limits.max_future),
+        now_ns: crate::now_ns(),
+        max_batch_readings: u32::try_from(limits.max_batch_readings).unwrap_or(u32::MAX),
+        rate_per_sec: rate,
+        rate_burst: rate.saturating_mul(ingest::RATE_BURST_SECS),
+        idle_timeout_ms: millis(shared.config.quic.idle_timeout),
+        hello_timeout_ms: millis(shared.config.quic.hello_timeout),
     };
     let mut frame = Vec::new();
     write_frame(
@@ -427,6 +501,10 @@ async fn session(
         return e.to_string();
     }
     let _ = send.finish();
+    let terms = Arc::new(SessionTerms {
+        epoch: hello.epoch,
+        compression,
+    });
 
     let mut streams = JoinSet::new();
     let why = loop {
@@ -434,7 +512,14 @@ async fn session(
             _ = crate::stopped(&mut shutdown) => break "collector shutting down".to_owned(),
             s = conn.accept_bi() => match s {
                 Ok((send, recv)) => {
-                    streams.spawn(batch_stream(shared.clone(), agent.clone(), remote, send, recv));
+                    streams.spawn(batch_stream(
+                        shared.clone(),
+                        agent.clone(),
+                        terms.clone(),
+                        remote,
+                        send,
+                        recv,
+                    ));
                 }
                 Err(e) => break e.to_string(),
             },
@@ -470,20 +555,58 @@ async fn read_frame(
     Ok(Some((header, body)))
 }
 
+/// What a session's batch streams need from its Hello and Welcome.
+#[derive(Debug)]
+struct SessionTerms {
+    /// The Hello's journal epoch: the epoch of batches that name none.
+    epoch: u64,
+    /// The compression the Welcome chose.
+    compression: u8,
+}
+
+/// Writes one ErrorMsg frame and finishes the stream.
+async fn send_error(send: &mut SendStream, code: u16, message: &str) {
+    let body = codec::to_vec(&ErrorMsg {
+        code,
+        message: message.to_owned(),
+    })
+    .unwrap_or_default();
+    let mut frame = Vec::new();
+    write_frame(&mut frame, FrameType::Error, compression::NONE, &body);
+    let _ = send.write_all(&frame).await;
+    let _ = send.finish();
+    let _ = send.stopped().await;
+}
+
+/// How a batch stream is answered: an Ack for a batch whose sequence was
+/// read, an ErrorMsg for a frame that could not be read as a batch.
+enum Answer {
+    Ack(Ack),
+    Error(u16, String),
+}
+
 async fn batch_stream(
     shared: Arc<Shared>,
     agent: Arc<str>,
+    terms: Arc<SessionTerms>,
     remote: SocketAddr,
     mut send: SendStream,
     mut recv: RecvStream,
 ) {
-    let Some(ack) = batch_ack(&shared, &agent, remote, &mut recv).await else {
+    let Some(answer) = batch_answer(&shared, &agent, &terms, remote, &mut recv).await else {
         // No ack can be given (stream reset, connection lost, or the writer
         // dropped the reply): the agent resends.
         let _ = send.reset(VarInt::from_u32(0));
         return;
     };
     let _ = recv.stop(VarInt::from_u32(0));
+    let ack = match answer {
+        Answer::Ack(ack) => ack,
+        Answer::Error(code, message) => {
+            send_error(&mut send, code, &message).await;
+            return;
+        }
+    };
     let mut frame = Vec::new();
     write_frame(
         &mut frame,
@@ -497,12 +620,13 @@ async fn batch_stream(
     }
 }
 
-async fn batch_ack(
+async fn batch_answer(
     shared: &Shared,
     agent: &Arc<str>,
+    terms: &SessionTerms,
     remote: SocketAddr,
     recv: &mut RecvStream,
-) -> Option<Ack> {
+) -> Option<Answer> {
     let limits = &shared.config.limits;
     let reject = |seq: u64, r: Rejection| {
         shared.metrics.bad(
@@ -510,29 +634,43 @@ async fn batch_ack(
             &format_args!("agent {agent} ({remote}) batch {seq}: {}", r.reason),
         );
         shared.metrics.batch("rejected", r.code, 0);
-        Some(Ack::rejected(seq, r.code, r.reason))
+        Some(Answer::Ack(Ack::rejected(seq, r.code, r.reason)))
+    };
+    // Before the sequence is known, refusals are ErrorMsg frames: the
+    // agent applies them to the batch it sent on this stream.
+    let refuse = |r: Rejection| {
+        shared.metrics.bad(
+            r.kind,
+            &format_args!("agent {agent} ({remote}) batch stream: {}", r.reason),
+        );
+        shared.metrics.batch("rejected", r.code, 0);
+        Some(Answer::Error(r.code, r.reason))
     };
     let (header, body) = match read_frame(recv, limits.max_frame_bytes).await {
         Ok(Some(f)) => f,
         Ok(None) => return None,
-        Err(r) => return reject(0, r),
+        Err(r) => return refuse(r),
     };
     if header.frame_type != FrameType::Batch {
-        return reject(
-            0,
-            Rejection {
-                kind: BadInput::UnexpectedFrame,
-                code: reason::UNEXPECTED,
-                reason: format!(
-                    "expected a Batch frame on a batch stream, got {:?}",
-                    header.frame_type
-                ),
-            },
-        );
+        return refuse(Rejection {
+            kind: BadInput::UnexpectedFrame,
+            code: reason::UNEXPECTED,
+            reason: format!(
+                "expected a Batch frame on a batch stream, got {:?}",
+                header.frame_type
+            ),
+        });
+    }
+    if header.compression != compression::NONE && header.compression != terms.compression {
+        return refuse(Rejection {
+            kind: BadInput::MalformedFrame,
+            code: reason::UNSUPPORTED,
+            reason: "a zstd-compressed batch, but the Welcome chose no compression".into(),
+        });
     }
     let batch = match ingest::decode_batch(&header, &body, limits.max_frame_bytes) {
         Ok(b) => b,
-        Err(r) => return reject(0, r),
+        Err(r) => return refuse(r),
     };
     let now = crate::now_ns();
     let readings = batch.reading_count() as u64;
@@ -554,10 +692,13 @@ async fn batch_ack(
             },
         );
     }
-    let prepared = match ingest::prepare(agent, &remote.to_string(), &batch, limits, now) {
+    let mut prepared = match ingest::prepare(agent, &remote.to_string(), &batch, limits, now) {
         Ok(p) => p,
         Err(r) => return reject(batch.seq, r),
     };
+    if prepared.epoch == 0 {
+        prepared.epoch = terms.epoch;
+    }
     let seq = batch.seq;
     // A `backpressure` subscriber past its lag budget holds ingest here;
     // the agent keeps the batch on disk meanwhile.
@@ -575,36 +716,54 @@ async fn batch_ack(
         .is_err()
     {
         shared.metrics.batch("rejected", reason::SHUTTING_DOWN, 0);
-        return Some(Ack::rejected(
+        return Some(Answer::Ack(Ack::rejected(
             seq,
             reason::SHUTTING_DOWN,
             "the collector is shutting down",
-        ));
+        )));
     }
-    match rx.await.ok()? {
-        Ok(Applied::Stored) => {
+    let ack = match rx.await.ok()? {
+        Ok(Applied::Stored { readings, refused }) => {
             shared.metrics.batch("stored", 0, readings);
-            Some(Ack::stored(seq))
+            shared.metrics.refused(&refused);
+            if !refused.is_empty() {
+                let n: u64 = refused.iter().map(|r| r.readings).sum();
+                shared.metrics.bad(
+                    BadInput::RefusedReadings,
+                    &format_args!(
+                        "agent {agent} ({remote}) batch {seq}: {n} readings refused ({})",
+                        refused
+                            .iter()
+                            .map(|r| format!("{} {}", r.readings, reason::name(r.code)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+            Ack::stored_refusing(seq, refused)
         }
         Ok(Applied::Duplicate) => {
             shared.metrics.batch("duplicate", 0, readings);
-            Some(Ack::duplicate(seq))
+            Ack::duplicate(seq)
         }
-        Ok(Applied::Rejected { code, reason }) => reject(
-            seq,
-            Rejection {
-                kind: BadInput::InvalidBatch,
-                code,
-                reason,
-            },
-        ),
+        Ok(Applied::Rejected { code, reason }) => {
+            return reject(
+                seq,
+                Rejection {
+                    kind: if code == reason::DEDUPE_FULL {
+                        BadInput::DedupeFull
+                    } else {
+                        BadInput::InvalidBatch
+                    },
+                    code,
+                    reason,
+                },
+            );
+        }
         Err(e) => {
             shared.metrics.batch("rejected", reason::STORAGE, 0);
-            Some(Ack::rejected(
-                seq,
-                reason::STORAGE,
-                format!("commit failed: {e}"),
-            ))
+            Ack::rejected(seq, reason::STORAGE, format!("commit failed: {e}"))
         }
-    }
+    };
+    Some(Answer::Ack(ack))
 }

@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::fanout::{AlertEvent, Bus};
 use crate::metrics::Metrics;
 use crate::store::{
-    Applied, CursorRecord, FanoutCommit, MaintenanceReport, MaintenanceWork, PreparedBatch,
-    SinkCommit, Store, WriterState,
+    Applied, CursorRecord, DedupeLimits, FanoutCommit, MaintenanceReport, MaintenanceWork,
+    PreparedBatch, SessionOutcome, SessionRequest, SinkCommit, Store, WriterState,
 };
 
 /// A group commit taking this long is logged (the disk or the page cache
@@ -48,6 +48,14 @@ pub enum Command {
         batch: PreparedBatch,
         /// Where the outcome goes.
         reply: oneshot::Sender<BatchReply>,
+    },
+    /// Record a session's Hello (its journal epoch), durably, in the next
+    /// group commit.
+    Session {
+        /// The Hello.
+        session: SessionRequest,
+        /// What the store recorded.
+        reply: oneshot::Sender<Result<SessionOutcome, String>>,
     },
     /// Mark an agent revoked, durably.
     Revoke {
@@ -88,6 +96,8 @@ pub struct WriterLimits {
     pub max_group: usize,
     /// Most series in the store.
     pub max_series: u64,
+    /// Bounds of the dedupe state.
+    pub dedupe: DedupeLimits,
 }
 
 /// Runs until every sender is dropped. Blocking: call on its own thread.
@@ -103,43 +113,39 @@ pub fn run(
     let WriterLimits {
         max_group,
         max_series,
+        dedupe,
     } = limits;
+    state.set_dedupe_limits(dedupe);
     let mut pending = None;
     loop {
         let Some(first) = pending.take().or_else(|| rx.blocking_recv()) else {
             break;
         };
-        let mut group = Vec::new();
-        let mut replies = Vec::new();
+        let mut group = Group::default();
         let mut other = None;
-        match first {
-            Command::Batch { batch, reply } => {
-                group.push(batch);
-                replies.push(reply);
-                while group.len() < max_group {
+        match group.take(first) {
+            None => {
+                while group.batches.len() + group.sessions.len() < max_group {
                     match rx.try_recv() {
-                        Ok(Command::Batch { batch, reply }) => {
-                            group.push(batch);
-                            replies.push(reply);
-                        }
-                        // Keep the order: the command waits for this group.
                         Ok(cmd) => {
-                            pending = Some(cmd);
-                            break;
+                            if let Some(cmd) = group.take(cmd) {
+                                // Keep the order: the command waits for this group.
+                                pending = Some(cmd);
+                                break;
+                            }
                         }
                         Err(_) => break,
                     }
                 }
             }
-            cmd => other = Some(cmd),
+            cmd => other = cmd,
         }
         if !group.is_empty() {
             state.set_event_log(bus.log_events());
             commit_group(
                 &store,
                 &mut state,
-                &group,
-                replies,
+                group,
                 max_series,
                 (&faults, &metrics, &bus),
             );
@@ -192,44 +198,87 @@ pub fn run(
                 let _ = reply.send(r);
             }
             Some(Command::Stop) => break,
-            Some(Command::Batch { .. }) | None => {}
+            Some(Command::Batch { .. } | Command::Session { .. }) | None => {}
         }
     }
     tracing::debug!("writer stopped");
 }
 
+/// What one group commit holds: sessions' Hellos and batches, with where
+/// their answers go.
+#[derive(Default)]
+struct Group {
+    sessions: Vec<SessionRequest>,
+    session_replies: Vec<oneshot::Sender<Result<SessionOutcome, String>>>,
+    batches: Vec<PreparedBatch>,
+    replies: Vec<oneshot::Sender<BatchReply>>,
+}
+
+impl Group {
+    /// Takes a session or a batch into the group; gives any other command
+    /// back.
+    fn take(&mut self, cmd: Command) -> Option<Command> {
+        match cmd {
+            Command::Batch { batch, reply } => {
+                self.batches.push(batch);
+                self.replies.push(reply);
+                None
+            }
+            Command::Session { session, reply } => {
+                self.sessions.push(session);
+                self.session_replies.push(reply);
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.batches.is_empty() && self.sessions.is_empty()
+    }
+}
+
 fn commit_group(
     store: &Store,
     state: &mut WriterState,
-    group: &[PreparedBatch],
-    replies: Vec<oneshot::Sender<BatchReply>>,
+    group: Group,
     max_series: u64,
     (faults, metrics, bus): (&Faults, &Metrics, &Bus),
 ) {
+    let Group {
+        sessions,
+        session_replies,
+        batches,
+        replies,
+    } = group;
     let started = Instant::now();
-    let result = store.apply_group(state, group, max_series, crate::now_ns());
+    let result = store.apply_commit(state, &sessions, &batches, max_series, crate::now_ns());
     let took = started.elapsed();
     metrics.commit_seconds.observe(took.as_secs_f64());
     if took >= SLOW_COMMIT {
         tracing::warn!(
             ms = took.as_millis() as u64,
-            batches = group.len(),
+            batches = batches.len(),
+            sessions = sessions.len(),
             "slow durable commit: acks waited this long"
         );
     }
-    metrics.commit_batches.observe(group.len() as f64);
+    metrics.commit_batches.observe(batches.len() as f64);
     match result {
-        Ok(applied) => {
+        Ok((opened, applied)) => {
             // Subscribers learn of the new log entries before any ack leaves.
             bus.set_event_head(state.event_head());
             metrics.store_chunk_bytes.set(state.chunk_bytes());
             metrics.series.set(state.series_count());
             if faults.crash_after_commit.swap(false, Ordering::SeqCst) {
                 tracing::warn!(
-                    batches = group.len(),
+                    batches = batches.len(),
                     "fault injection: dropping acks after commit"
                 );
                 return;
+            }
+            for (reply, outcome) in session_replies.into_iter().zip(opened) {
+                let _ = reply.send(Ok(outcome));
             }
             for (reply, outcome) in replies.into_iter().zip(applied) {
                 let _ = reply.send(Ok(outcome));
@@ -237,7 +286,14 @@ fn commit_group(
         }
         Err(e) => {
             metrics.commit_errors.inc();
-            tracing::error!(batches = group.len(), "group commit failed: {e}");
+            tracing::error!(
+                batches = batches.len(),
+                sessions = sessions.len(),
+                "group commit failed: {e}"
+            );
+            for reply in session_replies {
+                let _ = reply.send(Err(e.to_string()));
+            }
             for reply in replies {
                 let _ = reply.send(Err(e.to_string()));
             }

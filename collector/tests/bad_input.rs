@@ -5,11 +5,11 @@
 
 mod common;
 
-use common::{Agent, Fixture, HelloReply, base_ns, batch, frame, hello, zstd_compress};
+use common::{Agent, Answer, Fixture, HelloReply, base_ns, batch, frame, hello, zstd_compress};
 use ferry_collector::ingest::BadInput;
 use ferry_proto::batch::{Batch, Reading, ReadingBlock};
 use ferry_proto::codec;
-use ferry_proto::session::{Ack, close, reason};
+use ferry_proto::session::{Ack, Refused, close, reason};
 use ferry_proto::stream::{FrameType, compression};
 
 #[tokio::test]
@@ -22,33 +22,33 @@ async fn every_bad_frame_gets_a_named_rejection_and_the_stream_carries_on() {
     let (agent, _) = Agent::session(server.quic, &bundle).await;
     let t0 = base_ns();
 
-    // Unknown frame type.
-    let ack = agent.send_raw(&[9, 0, 0, 0, 0, 0]).await.unwrap();
+    // A frame that cannot be read as a batch has no sequence to ack: the
+    // answer is an ErrorMsg on the stream, applied by the agent to the
+    // batch it sent there. Unknown frame type: UNEXPECTED, as §1 says.
+    let answer = agent.send_raw_answer(&[9, 0, 0, 0, 0, 0]).await.unwrap();
     assert_eq!(
-        ack,
-        Ack::rejected(0, reason::MALFORMED, "unknown frame type 9 at byte 0")
+        answer,
+        Answer::error(reason::UNEXPECTED, "unknown frame type 9 at byte 0")
     );
 
     // Reserved flag bits.
-    let ack = agent.send_raw(&[3, 0x80, 0, 0, 0, 0]).await.unwrap();
+    let answer = agent.send_raw_answer(&[3, 0x80, 0, 0, 0, 0]).await.unwrap();
     assert_eq!(
-        ack,
-        Ack::rejected(
-            0,
+        answer,
+        Answer::error(
             reason::MALFORMED,
             "invalid flags 0x80 at byte 1 for a Batch frame"
         )
     );
 
     // Declared length over the limit: refused before reading the body.
-    let ack = agent
-        .send_raw(&[3, 0, 0x7f, 0xff, 0xff, 0xff])
+    let answer = agent
+        .send_raw_answer(&[3, 0, 0x7f, 0xff, 0xff, 0xff])
         .await
         .unwrap();
     assert_eq!(
-        ack,
-        Ack::rejected(
-            0,
+        answer,
+        Answer::error(
             reason::TOO_LARGE,
             "frame body of 2147483647 bytes (bytes 2-5) exceeds the limit of 65536"
         )
@@ -56,51 +56,54 @@ async fn every_bad_frame_gets_a_named_rejection_and_the_stream_carries_on() {
 
     // A zstd body that inflates past the limit.
     let bomb = zstd_compress(&vec![0u8; 200_000]);
-    let ack = agent
-        .send_raw(&frame(FrameType::Batch, compression::ZSTD, &bomb))
+    let answer = agent
+        .send_raw_answer(&frame(FrameType::Batch, compression::ZSTD, &bomb))
         .await
         .unwrap();
     assert_eq!(
-        ack,
-        Ack::rejected(
-            0,
+        answer,
+        Answer::error(
             reason::TOO_LARGE,
             "decompressed batch exceeds the limit of 65536 bytes"
         )
     );
 
     // Not MessagePack of a Batch.
-    let ack = agent
-        .send_raw(&frame(FrameType::Batch, 0, &[0xc1, 0x00]))
+    let Answer::Error(e) = agent
+        .send_raw_answer(&frame(FrameType::Batch, 0, &[0xc1, 0x00]))
         .await
-        .unwrap();
-    assert_eq!(ack.code, reason::MALFORMED);
-    assert!(ack.reason.starts_with("invalid Batch: "), "{}", ack.reason);
+        .unwrap()
+    else {
+        panic!("acked")
+    };
+    assert_eq!(e.code, reason::MALFORMED);
+    assert!(e.message.starts_with("invalid Batch: "), "{}", e.message);
 
-    // Trailing bytes after the batch.
+    // Trailing bytes after the batch: their own code.
     let mut body = codec::to_vec(&batch(1, t0, &["a"], 1)).unwrap();
+    let len = body.len();
     body.push(0);
-    let ack = agent
-        .send_raw(&frame(FrameType::Batch, 0, &body))
+    let answer = agent
+        .send_raw_answer(&frame(FrameType::Batch, 0, &body))
         .await
         .unwrap();
-    assert_eq!(ack.code, reason::MALFORMED);
-    assert!(
-        ack.reason.contains("1 trailing bytes after the message"),
-        "{}",
-        ack.reason
+    assert_eq!(
+        answer,
+        Answer::error(
+            reason::TRAILING_BYTES,
+            &format!("invalid Batch: 1 trailing bytes after the message at offset {len}")
+        )
     );
 
     // A Hello where a Batch belongs.
     let body = codec::to_vec(&hello(1)).unwrap();
-    let ack = agent
-        .send_raw(&frame(FrameType::Hello, 0, &body))
+    let answer = agent
+        .send_raw_answer(&frame(FrameType::Hello, 0, &body))
         .await
         .unwrap();
     assert_eq!(
-        ack,
-        Ack::rejected(
-            0,
+        answer,
+        Answer::error(
             reason::UNEXPECTED,
             "expected a Batch frame on a batch stream, got Hello"
         )
@@ -119,7 +122,8 @@ async fn every_bad_frame_gets_a_named_rejection_and_the_stream_carries_on() {
         )
     );
 
-    // A timestamp a day in the future.
+    // A timestamp a day in the future: that reading is refused, the other
+    // one of its block is stored, and the ack says so.
     let future = t0 + 86_400_000_000_000;
     let late = Batch {
         seq: 3,
@@ -141,23 +145,28 @@ async fn every_bad_frame_gets_a_named_rejection_and_the_stream_carries_on() {
         ..Batch::default()
     };
     let ack = agent.send(&late).await.unwrap();
-    assert_eq!(ack.seq, 3);
-    assert_eq!(ack.code, reason::BAD_TIMESTAMP);
-    assert!(
-        ack.reason.starts_with(&format!(
-            "block 0: timestamp {future} is outside the accepted window"
-        )),
-        "{}",
-        ack.reason
+    assert_eq!(
+        ack,
+        Ack::stored_refusing(
+            3,
+            vec![Refused {
+                code: reason::BAD_TIMESTAMP,
+                readings: 1
+            }]
+        )
     );
 
-    // The same connection still works, and nothing of the above was stored.
+    // The same connection still works, and nothing of the above was stored
+    // but batch 3's good reading.
     assert_eq!(
         agent.send(&batch(4, t0, &["a"], 3)).await.unwrap(),
         Ack::stored(4)
     );
     let agents = server.admin().agents().await.unwrap();
-    assert_eq!((agents[0].batches, agents[0].readings), (1, 3));
+    assert_eq!(
+        (agents[0].batches, agents[0].readings, agents[0].refused),
+        (2, 4, 1)
+    );
 
     let m = server.handle.metrics();
     let counts: Vec<(BadInput, u64)> = [
@@ -166,7 +175,7 @@ async fn every_bad_frame_gets_a_named_rejection_and_the_stream_carries_on() {
         BadInput::MalformedMessage,
         BadInput::UnexpectedFrame,
         BadInput::InvalidBatch,
-        BadInput::BadTimestamp,
+        BadInput::RefusedReadings,
     ]
     .into_iter()
     .map(|k| (k, m.bad_count(k)))
@@ -174,12 +183,12 @@ async fn every_bad_frame_gets_a_named_rejection_and_the_stream_carries_on() {
     assert_eq!(
         counts,
         [
-            (BadInput::MalformedFrame, 2),
+            (BadInput::MalformedFrame, 1),
             (BadInput::Oversized, 2),
             (BadInput::MalformedMessage, 2),
-            (BadInput::UnexpectedFrame, 1),
+            (BadInput::UnexpectedFrame, 2),
             (BadInput::InvalidBatch, 1),
-            (BadInput::BadTimestamp, 1),
+            (BadInput::RefusedReadings, 1),
         ]
     );
     let text = m.render();

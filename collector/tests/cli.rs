@@ -46,6 +46,7 @@ fn every_subcommand_explains_itself() {
         "alerts",
         "subscribers",
         "reload",
+        "drops",
     ] {
         let help = ok(&[sub, "--help"]);
         assert!(help.contains("Usage: ferry-collector"), "{sub}: {help}");
@@ -247,8 +248,64 @@ fn operator_workflow() {
     let out = ok(&["agents", "--data-dir", s(&data), "-f", "csv"]);
     assert_eq!(
         out,
-        "AGENT,STATE,LAST SEEN,REMOTE,BATCHES,READINGS,LAST SEQ,DROPPED\n\
-         gw-1,revoked,never,,0,0,-,0\n\
-         gw-2,revoked,never,,0,0,-,0\n"
+        "AGENT,STATE,LAST SEEN,REMOTE,BATCHES,READINGS,LAST SEQ,DROPPED,REFUSED,EPOCH,RESETS\n\
+         gw-1,revoked,never,,0,0,-,0,0,-,0\n\
+         gw-2,revoked,never,,0,0,-,0,0,-,0\n"
     );
+}
+
+/// Runs the binary with its stdout a pipe whose reader is already gone (as
+/// `ferry-collector … | head` once `head` has what it wants): it must end
+/// quietly, exit 0, nothing on stderr.
+fn into_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn every_subcommand_is_quiet_on_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = s(&data);
+    let bundle = dir.path().join("gw-1");
+    let commands: Vec<Vec<&str>> = vec![
+        vec!["init", "--data-dir", d],
+        vec!["enroll", "gw-1", "--data-dir", d, "--out", s(&bundle)],
+        vec!["agents", "--data-dir", d],
+        vec!["agents", "--data-dir", d, "-f", "json"],
+        vec!["series", "--data-dir", d, "-f", "csv"],
+        vec!["query", "temperature", "--data-dir", d],
+        vec!["query", "--data-dir", d, "-f", "json"],
+        vec!["alerts", "--data-dir", d],
+        vec!["subscribers", "--data-dir", d],
+        vec!["drops", "--data-dir", d],
+        vec!["drops", "--ledger", "--data-dir", d, "-f", "csv"],
+        vec!["revoke", "gw-1", "--data-dir", d],
+        vec!["compact", "--data-dir", d],
+        vec!["--help"],
+        vec!["query", "--help"],
+    ];
+    for args in &commands {
+        let out = into_closed_pipe(args);
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).as_ref()
+            ),
+            (Some(0), ""),
+            "{args:?}"
+        );
+    }
+    // The commands did their work (only their printing was cut short).
+    assert!(bundle.join("agent.crt").exists());
+    let agents = ok(&["agents", "--data-dir", d, "-f", "csv"]);
+    assert!(agents.contains("gw-1,revoked"), "{agents}");
 }

@@ -45,7 +45,12 @@ fn store_with(
         .map(|b| prepare(&agent, "test", b, &limits, T0).unwrap())
         .collect();
     let applied = store.apply_group(&mut state, &prepared, 1000, T0).unwrap();
-    assert!(applied.iter().all(|a| *a == Applied::Stored));
+    assert!(
+        applied
+            .iter()
+            .all(|a| matches!(a, Applied::Stored { refused, .. } if refused.is_empty())),
+        "{applied:?}"
+    );
     (dir, store, state)
 }
 
@@ -187,33 +192,50 @@ fn size_retention_evicts_oldest_chunks_first() {
     assert_eq!(r.readings[0].0, T0 + hour * SEC);
 }
 
+/// Readings of series new to a full store are refused one by one, counted
+/// per device; the rest of the batch is stored.
 #[test]
-fn batches_past_the_series_limit_are_rejected_whole() {
+fn readings_of_series_past_the_limit_are_refused_and_the_rest_stored() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("ferry.redb")).unwrap();
     let mut state = store.writer_state().unwrap();
     let agent: Arc<str> = Arc::from("gw-1");
     let mut b = one_series_batch(1, &readings(0..3));
     b.series
-        .push(SeriesKey::new("level", [("tank", "2")]).unwrap());
-    b.blocks.push(ReadingBlock::encode(1, &readings(0..3)));
+        .push(SeriesKey::new("level", [("device", "d2"), ("tank", "2")]).unwrap());
+    b.blocks.push(ReadingBlock::encode(1, &readings(0..4)));
     let p = prepare(&agent, "test", &b, &Limits::default(), T0).unwrap();
     let applied = store
         .apply_group(&mut state, std::slice::from_ref(&p), 1, T0)
         .unwrap();
     assert_eq!(
         applied,
-        [Applied::Rejected {
-            code: ferry_proto::session::reason::INVALID,
-            reason: "the store holds its limit of 1 series".into()
+        [Applied::Stored {
+            readings: 3,
+            refused: vec![ferry_proto::session::Refused {
+                code: ferry_proto::session::reason::SERIES_LIMIT,
+                readings: 4
+            }]
         }]
     );
-    assert_eq!(store.series(&Selector::all()).unwrap().len(), 0);
+    assert_eq!(store.series(&Selector::all()).unwrap().len(), 1);
+    assert_eq!(
+        store.refused().unwrap(),
+        [(
+            "gw-1".to_owned(),
+            "d2".to_owned(),
+            ferry_proto::session::reason::SERIES_LIMIT,
+            4
+        )]
+    );
+    let agents = store.agents().unwrap();
+    assert_eq!((agents[0].readings, agents[0].refused), (3, 4));
+    // Sent again: a duplicate, nothing counted twice.
     assert_eq!(
         store.apply_group(&mut state, &[p], 2, T0).unwrap(),
-        [Applied::Stored]
+        [Applied::Duplicate]
     );
-    assert_eq!(store.series(&Selector::all()).unwrap().len(), 2);
+    assert_eq!(store.refused().unwrap()[0].3, 4);
 }
 
 /// Three series in every batch (what agents ship): a query reads the staged
@@ -403,7 +425,10 @@ fn maintenance_prepared_off_the_writer_keeps_batches_committed_meanwhile() {
     .unwrap();
     assert_eq!(
         store.apply_group(&mut state, &[late], 1000, T0).unwrap(),
-        [Applied::Stored]
+        [Applied::Stored {
+            readings: 10,
+            refused: vec![]
+        }]
     );
     assert_eq!(
         store

@@ -130,7 +130,8 @@ wire_struct! {
     /// A unit of shipping: acknowledged, stored and deduplicated as a whole.
     #[derive(Debug, Clone, PartialEq, Default)]
     pub struct Batch {
-        /// Agent-assigned sequence, strictly increasing per agent, never reused.
+        /// Agent-assigned sequence, strictly increasing within the journal's
+        /// epoch, never reused.
         pub seq: u64,
         /// When the agent sealed the batch, ns since the Unix epoch.
         pub created_ns: i64,
@@ -142,6 +143,16 @@ wire_struct! {
         pub aggregates: Vec<WindowAggregate>,
         /// Health counters.
         pub health: Vec<HealthRecord>,
+    }
+    appended {
+        /// The journal identity `seq` counts in: 0 means the session's
+        /// (`Hello.epoch`). A batch salvaged from a replaced journal keeps
+        /// its own epoch and seq, so it is deduplicated as what it is.
+        pub epoch: u64,
+        /// As `Hello.resolved_below`, for this batch's epoch: the agent
+        /// will never again send a batch of that epoch below this sequence,
+        /// nor a health record naming one. 0: no promise.
+        pub resolved_below: u64,
     }
 }
 

@@ -121,6 +121,30 @@ pub fn extend_vec<T: serde::Serialize + ?Sized>(
         .map_err(|_| EncodeError::Unrepresentable)
 }
 
+/// Decodes one message of type `T` from the start of `bytes` with
+/// `rmp-serde`; returns it and the number of bytes it used (the caller
+/// decides what bytes after it mean).
+#[cfg(feature = "std")]
+pub fn from_bytes_prefix<T: serde::de::DeserializeOwned>(
+    message: &'static str,
+    bytes: &[u8],
+) -> Result<(T, usize), DecodeError> {
+    let mut rest = bytes;
+    let value = {
+        let mut de = rmp_serde::Deserializer::new(&mut rest);
+        T::deserialize(&mut de).map_err(|e| DecodeError::new(message, e))?
+    };
+    Ok((value, bytes.len() - rest.len()))
+}
+
+/// The error for `extra` bytes after a message that ended at `at`.
+pub fn trailing_bytes(message: &'static str, extra: usize, at: usize) -> DecodeError {
+    DecodeError::new(
+        message,
+        format_args!("{extra} trailing bytes after the message at offset {at}"),
+    )
+}
+
 /// Decodes exactly one message of type `T` from `bytes` with `rmp-serde`.
 /// Trailing bytes after the message are an error.
 #[cfg(feature = "std")]
@@ -128,20 +152,9 @@ pub fn from_bytes<T: serde::de::DeserializeOwned>(
     message: &'static str,
     bytes: &[u8],
 ) -> Result<T, DecodeError> {
-    let mut rest = bytes;
-    let value = {
-        let mut de = rmp_serde::Deserializer::new(&mut rest);
-        T::deserialize(&mut de).map_err(|e| DecodeError::new(message, e))?
-    };
-    if !rest.is_empty() {
-        return Err(DecodeError::new(
-            message,
-            format_args!(
-                "{} trailing bytes after the message at offset {}",
-                rest.len(),
-                bytes.len() - rest.len()
-            ),
-        ));
+    let (value, used) = from_bytes_prefix(message, bytes)?;
+    if used < bytes.len() {
+        return Err(trailing_bytes(message, bytes.len() - used, used));
     }
     Ok(value)
 }

@@ -63,4 +63,33 @@ pub mod health {
     /// dropped as late), sent periodically: they equal what the collector
     /// stored plus kinds 1, 3 and 6, so every reading is accounted for.
     pub const RECEIVED: u16 = 7;
+
+    /// True for kinds that count readings lost on the agent's side (1, 2,
+    /// 3, 5, 6): what the collector adds to an agent's `dropped` figure.
+    /// Kind 2 counts device reports, not readings.
+    pub fn is_dropped(kind: u16) -> bool {
+        matches!(
+            kind,
+            DROPPED_JOURNAL_FULL
+                | DROPPED_DEVICE_RING
+                | DROPPED_LATE
+                | DROPPED_QUEUE_FULL
+                | DROPPED_REJECTED
+        )
+    }
+
+    /// The kind's name, as the collector's CLI, API and metrics show it;
+    /// `None` for kinds this version does not know (shown as `kind_<n>`).
+    pub fn name(kind: u16) -> Option<&'static str> {
+        Some(match kind {
+            DROPPED_JOURNAL_FULL => "journal_full",
+            DROPPED_DEVICE_RING => "device_ring",
+            DROPPED_LATE => "late",
+            REJECTED_INPUT => "rejected_input",
+            DROPPED_QUEUE_FULL => "queue_full",
+            DROPPED_REJECTED => "rejected_batch",
+            RECEIVED => "received",
+            _ => return None,
+        })
+    }
 }

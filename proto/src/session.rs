@@ -28,6 +28,17 @@ wire_struct! {
         /// Compression codes the agent can send, in order of preference.
         pub compression: Vec<u8>,
     }
+    appended {
+        /// The identity of the agent's journal: a random nonzero number
+        /// chosen when the journal was created. Sequence numbers count
+        /// within it; a new epoch (a replaced journal) starts again at 1.
+        /// 0: the agent has no journal identity (an older agent).
+        pub epoch: u64,
+        /// The agent will never again send a batch of `epoch` with a
+        /// sequence below this, nor a health record naming such a batch:
+        /// the collector may forget those sequences. 0: no promise.
+        pub resolved_below: u64,
+    }
 }
 
 wire_struct! {
@@ -45,6 +56,52 @@ wire_struct! {
         pub max_frame: u32,
         /// Most batch streams the agent may have open at once.
         pub max_streams: u32,
+    }
+    appended {
+        /// Readings older than `now − max_past_ns` (by the collector's
+        /// clock) are refused as [`reason::BAD_TIMESTAMP`]. 0: not announced.
+        pub max_past_ns: u64,
+        /// Readings later than `now + max_future_ns` are refused as
+        /// [`reason::BAD_TIMESTAMP`]. 0: not announced.
+        pub max_future_ns: u64,
+        /// The collector's clock when it wrote this Welcome, ns since the
+        /// Unix epoch: an agent compares it with its own clock to apply the
+        /// window above as the collector will. 0: not announced.
+        pub now_ns: i64,
+        /// Most raw readings in one batch. 0: not announced (the protocol
+        /// limit, 1048576).
+        pub max_batch_readings: u32,
+        /// Readings per second this agent may send (a token bucket holding
+        /// at most `rate_burst`); over it, batches are refused with the
+        /// transient [`reason::RATE_LIMITED`]. 0: unlimited.
+        pub rate_per_sec: u64,
+        /// Size of the rate's token bucket, readings. 0 when unlimited.
+        pub rate_burst: u64,
+        /// The collector closes a connection silent for this long (QUIC
+        /// idle timeout), ms. 0: not announced.
+        pub idle_timeout_ms: u32,
+        /// How long the collector waited for this session's Hello, ms.
+        pub hello_timeout_ms: u32,
+    }
+}
+
+/// The range `[lo, hi]` of timestamps a collector accepts at `now_ns`, with
+/// its `max_past_ns` and `max_future_ns`: one rule for the collector that
+/// refuses readings and an agent that checks them before sending
+/// (saturating at the ends of `i64`).
+pub fn timestamp_window(now_ns: i64, max_past_ns: u64, max_future_ns: u64) -> (i64, i64) {
+    let past = i64::try_from(max_past_ns).unwrap_or(i64::MAX);
+    let future = i64::try_from(max_future_ns).unwrap_or(i64::MAX);
+    (now_ns.saturating_sub(past), now_ns.saturating_add(future))
+}
+
+impl Welcome {
+    /// The accepted timestamp range at the collector's time `collector_now_ns`
+    /// ([`timestamp_window`]), or `None` when this Welcome announces no
+    /// window (an older collector).
+    pub fn timestamp_window(&self, collector_now_ns: i64) -> Option<(i64, i64)> {
+        (self.max_past_ns > 0 && self.max_future_ns > 0)
+            .then(|| timestamp_window(collector_now_ns, self.max_past_ns, self.max_future_ns))
     }
 }
 
@@ -74,14 +131,45 @@ pub mod reason {
     pub const BAD_TIMESTAMP: u16 = 4;
     /// The protocol version or compression is not supported.
     pub const UNSUPPORTED: u16 = 5;
-    /// The first frame on a stream was not the expected message.
+    /// A frame of a type not expected where it came (a Batch on the control
+    /// stream, a Hello on a batch stream), or of a type this receiver does
+    /// not know.
     pub const UNEXPECTED: u16 = 6;
+    /// Bytes follow the message in a frame body.
+    pub const TRAILING_BYTES: u16 = 7;
+    /// Per reading: the store holds its limit of series, and the reading's
+    /// series is not among them.
+    pub const SERIES_LIMIT: u16 = 8;
     /// The agent sends faster than its configured rate.
     pub const RATE_LIMITED: u16 = 100;
     /// The collector could not commit; try again.
     pub const STORAGE: u16 = 101;
     /// The collector is shutting down; try again after reconnecting.
     pub const SHUTTING_DOWN: u16 = 102;
+    /// The collector's dedupe state for this agent is at its bound
+    /// (`limits.max_dedupe_ranges`, `limits.max_epochs_per_agent`); try again
+    /// later, when batches before this one have arrived.
+    pub const DEDUPE_FULL: u16 = 103;
+
+    /// The code's name, as metrics and the CLI show it (`other` for codes
+    /// this version does not know).
+    pub fn name(code: u16) -> &'static str {
+        match code {
+            MALFORMED => "malformed",
+            TOO_LARGE => "too_large",
+            INVALID => "invalid",
+            BAD_TIMESTAMP => "bad_timestamp",
+            UNSUPPORTED => "unsupported",
+            UNEXPECTED => "unexpected",
+            TRAILING_BYTES => "trailing_bytes",
+            SERIES_LIMIT => "series_limit",
+            RATE_LIMITED => "rate_limited",
+            STORAGE => "storage",
+            SHUTTING_DOWN => "shutting_down",
+            DEDUPE_FULL => "dedupe_full",
+            _ => "other",
+        }
+    }
 
     /// True for codes the agent should retry.
     pub fn is_transient(code: u16) -> bool {
@@ -103,6 +191,9 @@ pub mod close {
     pub const VERSION: u32 = 4;
     /// Too many connections.
     pub const BUSY: u32 = 5;
+    /// The session was refused after its Hello, for the reason given in the
+    /// ErrorMsg sent before the close (a transient one: try again later).
+    pub const REFUSED: u32 = 6;
 }
 
 wire_struct! {
@@ -117,6 +208,25 @@ wire_struct! {
         pub code: u16,
         /// Human-readable reason when rejected, else empty.
         pub reason: String,
+    }
+    appended {
+        /// With status stored: readings of the batch the collector did not
+        /// store, by reason (each reason once, codes ascending). The rest of
+        /// the batch is stored. Empty otherwise.
+        pub refused: Vec<Refused>,
+    }
+}
+
+wire_struct! {
+    /// Readings of a stored batch that the collector refused, for one reason.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+    pub struct Refused {
+        /// A [`reason`] code ([`reason::BAD_TIMESTAMP`],
+        /// [`reason::SERIES_LIMIT`]).
+        pub code: u16,
+        /// Readings refused (raw readings, plus the `count` of refused
+        /// window aggregates).
+        pub readings: u64,
     }
 }
 
@@ -147,7 +257,23 @@ impl Ack {
             status: status::STORED,
             code: 0,
             reason: String::new(),
+            refused: Vec::new(),
         }
+    }
+
+    /// Stored, except `refused` readings.
+    pub fn stored_refusing(seq: u64, refused: Vec<Refused>) -> Self {
+        Self {
+            refused,
+            ..Self::stored(seq)
+        }
+    }
+
+    /// Readings the collector refused, summed over reasons.
+    pub fn refused_readings(&self) -> u64 {
+        self.refused
+            .iter()
+            .fold(0u64, |a, r| a.saturating_add(r.readings))
     }
 
     /// Stored before.
@@ -157,6 +283,7 @@ impl Ack {
             status: status::DUPLICATE,
             code: 0,
             reason: String::new(),
+            refused: Vec::new(),
         }
     }
 
@@ -167,6 +294,7 @@ impl Ack {
             status: status::REJECTED,
             code,
             reason: reason.into(),
+            refused: Vec::new(),
         }
     }
 

@@ -66,6 +66,12 @@ macro_rules! __wire_count {
 ///
 /// Decoding names the struct and field that failed (`Batch.blocks: …`), so an
 /// error says where in a message the bytes went wrong.
+///
+/// Fields added by a later revision of the protocol go in an `appended { … }`
+/// block after the struct: they are always encoded (after the others, in
+/// order), and a decoder that meets an array which ends before them (an
+/// older sender) gives them their `Default` value, which must mean "the
+/// behaviour of the older revision" (docs/protocol.md, "Compatibility").
 #[macro_export]
 macro_rules! wire_struct {
     (
@@ -73,17 +79,26 @@ macro_rules! wire_struct {
         pub struct $name:ident {
             $( $(#[$fmeta:meta])* pub $field:ident : $ty:ty ),* $(,)?
         }
+        $(
+            appended {
+                $( $(#[$ometa:meta])* pub $ofield:ident : $oty:ty ),* $(,)?
+            }
+        )?
     ) => {
         $(#[$meta])*
         pub struct $name {
             $( $(#[$fmeta])* pub $field: $ty, )*
+            $($( $(#[$ometa])* pub $ofield: $oty, )*)?
         }
 
         impl ::serde::Serialize for $name {
             fn serialize<S: ::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 use ::serde::ser::SerializeTuple;
-                let mut t = s.serialize_tuple($crate::__wire_count!($($field)*))?;
+                let mut t = s.serialize_tuple(
+                    $crate::__wire_count!($($field)*) $( + $crate::__wire_count!($($ofield)*) )?
+                )?;
                 $( t.serialize_element(&self.$field)?; )*
+                $($( t.serialize_element(&self.$ofield)?; )*)?
                 t.end()
             }
         }
@@ -110,9 +125,29 @@ macro_rules! wire_struct {
                                     "{}.{}: {}", stringify!($name), stringify!($field), e))),
                             };
                         )*
+                        // Appended fields: absent from an older sender's array.
+                        #[allow(unused_mut)]
+                        let mut ended = false;
+                        $($(
+                            let $ofield: $oty = if ended {
+                                ::core::default::Default::default()
+                            } else {
+                                match seq.next_element() {
+                                    Ok(Some(v)) => v,
+                                    Ok(None) => {
+                                        ended = true;
+                                        ::core::default::Default::default()
+                                    }
+                                    Err(e) => return Err(A::Error::custom(format_args!(
+                                        "{}.{}: {}", stringify!($name), stringify!($ofield), e))),
+                                }
+                            };
+                        )*)?
                         // Forward compatibility: fields appended by newer senders.
-                        while seq.next_element::<::serde::de::IgnoredAny>()?.is_some() {}
-                        Ok($name { $($field),* })
+                        if !ended {
+                            while seq.next_element::<::serde::de::IgnoredAny>()?.is_some() {}
+                        }
+                        Ok($name { $($field,)* $($($ofield,)*)? })
                     }
                 }
                 d.deserialize_seq(V)

@@ -24,7 +24,7 @@
 //! | `devices` | device id → (boot u32, seq u32) | highest device report journaled |
 //! | `device_drops` | device id → (boot u32, dropped u32) | the device's ring-drop total already counted |
 //! | `device_offsets` | device id → (boot u32, offset ns i64) | device-time to wall-clock offset of the boot |
-//! | `meta` | name → u64 | `next_seq`, `next_row`, `bytes` |
+//! | `meta` | name → u64 | `next_seq`, `next_row`, `bytes`, `format`, `epoch` |
 //!
 //! # Invariants
 //! 1. **Nothing accepted is lost**: a reading passed to [`Journal::commit`]
@@ -53,6 +53,15 @@
 //! 7. **Device reports are journaled once**: a report `(device, boot, seq)`
 //!    is accepted only if it is the next after the one recorded in
 //!    `devices`, and the record moves in the same transaction.
+//! 8. **One identity**: the journal's `epoch` (a random nonzero u64) is
+//!    chosen in the transaction that creates the journal and never changes;
+//!    every sealed batch carries it, so `(epoch, seq)` names a batch for good
+//!    (a replaced journal has another epoch: docs/protocol.md, "Journal
+//!    identity").
+//! 9. **Every drop names its batch**: a batch removed as dropped leaves at
+//!    least one health record tagged with its seq (a zero count when it held
+//!    no readings), so the collector resolves that sequence
+//!    (docs/storage.md, "Dedupe").
 
 pub mod layout;
 mod rows;
@@ -486,6 +495,8 @@ impl Pending {
 pub struct Journal {
     db: Database,
     config: JournalConfig,
+    /// The journal's identity (invariant 8).
+    epoch: u64,
     aggregator: Aggregator,
     pending: Pending,
     in_flight: BTreeSet<u64>,
@@ -537,10 +548,49 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// A random nonzero journal epoch from the operating system's generator.
+/// Without `std` there is no generator the journal can reach: 1, and
+/// firmware that needs distinct identities passes its own to
+/// [`Journal::open_with_epoch`].
+pub fn fresh_epoch() -> u64 {
+    #[cfg(feature = "std")]
+    {
+        use ring::rand::SecureRandom as _;
+        let rng = ring::rand::SystemRandom::new();
+        loop {
+            let mut bytes = [0u8; 8];
+            if rng.fill(&mut bytes).is_err() {
+                break;
+            }
+            let epoch = u64::from_le_bytes(bytes);
+            if epoch != 0 {
+                return epoch;
+            }
+        }
+        // No OS randomness: the clock's nanoseconds, still nonzero.
+        crate::writer::now_ns().unsigned_abs().max(1)
+    }
+    #[cfg(not(feature = "std"))]
+    {
+        1
+    }
+}
+
 impl Journal {
     /// Opens (or creates) the journal in `db` and rebuilds its in-memory
-    /// state: the batch being filled and the open windows.
+    /// state: the batch being filled and the open windows. A journal
+    /// created now gets a [`fresh_epoch`].
     pub fn open(db: Database, config: JournalConfig) -> Result<Self, CommitError> {
+        Self::open_with_epoch(db, config, fresh_epoch())
+    }
+
+    /// [`Journal::open`], with the epoch a journal created now (or one
+    /// without an epoch yet) takes: `new_epoch`, nonzero.
+    pub fn open_with_epoch(
+        db: Database,
+        config: JournalConfig,
+        new_epoch: u64,
+    ) -> Result<Self, CommitError> {
         let txn = db.begin_write()?;
         {
             // Create every table so readers never meet a missing one.
@@ -568,11 +618,18 @@ impl Journal {
                     meta.insert(b"format".as_slice(), layout::u64_value(FORMAT).as_slice())?;
                 }
             }
+            if meta.get(b"epoch".as_slice())?.is_none() {
+                meta.insert(
+                    b"epoch".as_slice(),
+                    layout::u64_value(new_epoch.max(1)).as_slice(),
+                )?;
+            }
         }
         txn.commit()?;
         let mut journal = Self {
             db,
             config,
+            epoch: 0,
             aggregator: Aggregator::new(),
             pending: Pending::default(),
             in_flight: BTreeSet::new(),
@@ -628,6 +685,7 @@ impl Journal {
                 None => Ok(None),
             }
         };
+        journal.epoch = get("epoch")?.unwrap_or(0);
         journal.next_seq = get("next_seq")?.unwrap_or(1);
         journal.next_row = get("next_row")?.unwrap_or(1);
         journal.bytes = get("bytes")?.unwrap_or(0);
@@ -670,6 +728,12 @@ impl Journal {
             );
         }
         Ok(())
+    }
+
+    /// The journal's identity: a random nonzero number chosen when it was
+    /// created, carried by every batch it seals (invariant 8).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// The configuration in force.
@@ -1043,6 +1107,15 @@ impl Journal {
         if let Some(kind) = dropped_kind {
             let mut health_table = txn.open_table(HEALTH)?;
             let mut dropped = txn.open_table(DROPPED)?;
+            if meta.origins.iter().all(|o| o.readings == 0) {
+                // No readings to count, but the drop still names the batch
+                // (invariant 9).
+                add_count(
+                    &mut health_table,
+                    &layout::count_key("", kind, Some(seq)),
+                    0,
+                )?;
+            }
             for o in &meta.origins {
                 add_count(
                     &mut health_table,
@@ -1106,6 +1179,7 @@ impl Journal {
         self.next_seq += 1;
         batch.seq = seq;
         batch.created_ns = now;
+        batch.epoch = self.epoch;
         let readings =
             batch.reading_count() as u64 + batch.aggregates.iter().map(|a| a.count).sum::<u64>();
         let plain = encode(&batch)?;

@@ -3,8 +3,8 @@
 //! docs/storage.md describes the tables and their invariants; in short:
 //! raw readings live in per-series, per-hour chunks keyed
 //! `(series, bucket, chunk id)`, window aggregates in `(series, start, len)`,
-//! and the dedupe set `(agent, seq)` is written in the same transaction as the
-//! data it vouches for.
+//! and the dedupe ranges `(agent, epoch, seq)` are written in the same
+//! transaction as the data they vouch for ([`dedupe`]).
 //!
 //! **Invariant:** only the writer thread ([`crate::writer`]) opens write
 //! transactions while the server runs; readers (queries, `/metrics`) use read
@@ -12,6 +12,7 @@
 
 mod bundle;
 mod chunk;
+pub mod dedupe;
 mod events;
 mod maintain;
 mod read;
@@ -28,11 +29,15 @@ use serde::{Deserialize, Serialize};
 
 pub use chunk::{CHUNK_SPAN_NS, align, bucket_of, merge_aggregate};
 pub(crate) use chunk::{decode as decode_chunk, encode as encode_chunk, split_block};
+pub use dedupe::EpochRecord;
 pub(crate) use events::append_log;
 pub use events::{AlertFilter, CursorRecord, FanoutCommit, SinkCommit};
 pub use maintain::{COMPACT_SETTLE_NS, MaintenanceReport, MaintenanceWork, RetentionPlan};
 pub use read::{Presence, SeriesData, Want};
-pub use write::{Applied, DedupeWindow, PreparedBatch, PreparedChunk, WriterState};
+pub use write::{
+    Applied, DEFAULT_MAX_DEDUPE_RANGES, DEFAULT_MAX_EPOCHS, DedupeLimits, PreparedBatch,
+    PreparedChunk, SessionOutcome, SessionRequest, WriterState,
+};
 
 use crate::query::{Query, Selector};
 
@@ -56,8 +61,10 @@ pub(crate) const CHUNKS_BY_TIME: TableDefinition<'_, (i64, u64, u64), u32> =
 /// `(series, window start, window length) -> WindowAggregate`.
 pub(crate) const AGGREGATES: TableDefinition<'_, (u64, i64, u64), &[u8]> =
     TableDefinition::new("aggregates");
-/// `(agent, batch seq) -> commit time`: the dedupe set.
-pub(crate) const BATCHES: TableDefinition<'_, (&str, u64), i64> = TableDefinition::new("batches");
+/// `(agent, device, reason) -> readings` the collector refused (device: the
+/// series' `device` tag, "" without one).
+pub(crate) const REFUSED: TableDefinition<'_, (&str, &str, u16), u64> =
+    TableDefinition::new("refused");
 /// `agent -> AgentRecord`.
 pub(crate) const AGENTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("agents");
 /// `(agent, source, kind) -> total`: health counters agents reported.
@@ -122,14 +129,25 @@ pub struct AgentRecord {
     pub batches: u64,
     /// Raw readings stored.
     pub readings: u64,
-    /// Highest batch sequence stored.
+    /// Highest batch sequence stored in the current epoch.
     pub last_seq: Option<u64>,
-    /// Readings the agent reported as dropped (health kinds 1, 2, 3, 5).
+    /// Readings the agent reported as dropped (health kinds 1, 2, 3, 5, 6).
     pub dropped: u64,
-    /// Dedupe window: every sequence below this counts as seen.
-    pub dedupe_floor: u64,
-    /// Dedupe window: entries held in the `batches` table.
-    pub dedupe_entries: u64,
+    /// The agent's journal identity, from its latest Hello (0: none known).
+    pub epoch: u64,
+    /// When the collector first saw `epoch` as the agent's current one, ns.
+    pub epoch_since_ns: i64,
+    /// The epoch before `epoch` (0: none).
+    pub previous_epoch: u64,
+    /// Times the agent came back with another journal epoch than before:
+    /// its journal was replaced (quarantined, wiped, re-imaged).
+    pub journal_resets: u64,
+    /// Journal epochs of this agent the store keeps dedupe state for.
+    pub epochs: u64,
+    /// Readings of stored batches the collector refused (`refused` table).
+    pub refused: u64,
+    /// Readings inside the window aggregates stored (their `count`s).
+    pub window_readings: u64,
 }
 
 /// One series as listed by [`Store::series`].
@@ -150,37 +168,50 @@ pub struct SeriesInfo {
 pub struct SeriesResult {
     /// The series in Prometheus text form.
     pub series: String,
-    /// Raw readings `[ts_ns, value]` in timestamp order (without a step).
+    /// Raw readings `[ts_ns, value]` in timestamp order (without a step);
+    /// in JSON both as strings ([`crate::json`]).
+    #[serde(with = "crate::json::readings")]
     pub readings: Vec<(i64, f64)>,
     /// Windows in start order: stored aggregates, or with a step the
     /// re-bucketed readings and aggregates.
     pub windows: Vec<WindowRow>,
 }
 
-/// One window of a query result.
+/// One window of a query result. In JSON, times and values are strings
+/// ([`crate::json`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WindowRow {
     /// Window start, ns since the epoch.
+    #[serde(with = "crate::json::ns")]
     pub start_ns: i64,
     /// Window length, ns.
+    #[serde(with = "crate::json::ns_u64")]
     pub len_ns: u64,
     /// Readings in the window.
     pub count: u64,
     /// Sum.
+    #[serde(with = "crate::json::value")]
     pub sum: f64,
     /// Smallest.
+    #[serde(with = "crate::json::value")]
     pub min: f64,
     /// Largest.
+    #[serde(with = "crate::json::value")]
     pub max: f64,
     /// Earliest value.
+    #[serde(with = "crate::json::value")]
     pub first: f64,
     /// Latest value.
+    #[serde(with = "crate::json::value")]
     pub last: f64,
     /// Median from the sketch (1% relative error), when there is one.
+    #[serde(with = "crate::json::opt_value")]
     pub p50: Option<f64>,
     /// 90th percentile.
+    #[serde(with = "crate::json::opt_value")]
     pub p90: Option<f64>,
     /// 99th percentile.
+    #[serde(with = "crate::json::opt_value")]
     pub p99: Option<f64>,
 }
 
@@ -243,7 +274,9 @@ impl Store {
             txn.open_table(CHUNKS_BY_TIME)?;
             txn.open_table(STAGED)?;
             txn.open_table(AGGREGATES)?;
-            txn.open_table(BATCHES)?;
+            txn.open_table(dedupe::DEDUPE)?;
+            txn.open_table(dedupe::EPOCHS)?;
+            txn.open_table(REFUSED)?;
             txn.open_table(AGENTS)?;
             txn.open_table(HEALTH)?;
             txn.open_table(events::EVENT_LOG)?;
@@ -332,6 +365,46 @@ impl Store {
             let (k, v) = entry?;
             let (agent, source, kind) = k.value();
             out.push((agent.to_owned(), source.to_owned(), kind, v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Readings the collector refused: `(agent, device, reason, total)`.
+    pub fn refused(&self) -> Result<Vec<(String, String, u16, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REFUSED)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (agent, device, code) = k.value();
+            out.push((agent.to_owned(), device.to_owned(), code, v.value()));
+        }
+        Ok(out)
+    }
+
+    /// Every journal epoch of every agent: `(agent, epoch, record)`.
+    pub fn epochs(&self) -> Result<Vec<(String, u64, EpochRecord)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(dedupe::EPOCHS)?;
+        let mut out = Vec::new();
+        for entry in table.iter()? {
+            let (k, v) = entry?;
+            let (agent, epoch) = k.value();
+            let rec = codec::from_bytes("EpochRecord", v.value()).map_err(corrupt)?;
+            out.push((agent.to_owned(), epoch, rec));
+        }
+        Ok(out)
+    }
+
+    /// The resolved ranges `[first, last]` of one agent's epoch
+    /// (docs/storage.md, "Dedupe").
+    pub fn dedupe_ranges(&self, agent: &str, epoch: u64) -> Result<Vec<(u64, u64)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(dedupe::DEDUPE)?;
+        let mut out = Vec::new();
+        for entry in table.range((agent, epoch, 0u64)..=(agent, epoch, u64::MAX))? {
+            let (k, v) = entry?;
+            out.push((k.value().2, v.value()));
         }
         Ok(out)
     }

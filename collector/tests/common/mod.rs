@@ -126,11 +126,37 @@ pub async fn read_frame(
     Ok((header, body))
 }
 
+/// The journal epoch test agents say hello with.
+pub const EPOCH: u64 = 0x0123_4567_89ab_cdef;
+
 pub fn hello(protocol: u16) -> Hello {
+    hello_epoch(protocol, EPOCH)
+}
+
+pub fn hello_epoch(protocol: u16, epoch: u64) -> Hello {
     Hello {
         protocol,
         agent_version: "test-agent 0".into(),
         compression: vec![compression::ZSTD, compression::NONE],
+        epoch,
+        resolved_below: 0,
+    }
+}
+
+/// What the collector answered on a batch stream.
+#[derive(Debug, PartialEq)]
+pub enum Answer {
+    Ack(Ack),
+    Error(ErrorMsg),
+}
+
+impl Answer {
+    /// An ErrorMsg answer.
+    pub fn error(code: u16, message: &str) -> Self {
+        Answer::Error(ErrorMsg {
+            code,
+            message: message.into(),
+        })
     }
 }
 
@@ -159,8 +185,13 @@ impl Agent {
 
     /// Connects and completes the hello exchange.
     pub async fn session(addr: SocketAddr, b: &Bundle) -> (Self, Welcome) {
+        Self::session_with(addr, b, hello(PROTOCOL_VERSION)).await
+    }
+
+    /// Connects and completes the hello exchange with `h`.
+    pub async fn session_with(addr: SocketAddr, b: &Bundle, h: Hello) -> (Self, Welcome) {
         let agent = Self::connect(addr, b).await.unwrap();
-        match agent.hello(hello(PROTOCOL_VERSION)).await.unwrap() {
+        match agent.hello(h).await.unwrap() {
             HelloReply::Welcome(w) => (agent, w),
             HelloReply::Error(e) => panic!("hello refused: {e:?}"),
         }
@@ -186,12 +217,24 @@ impl Agent {
 
     /// Sends raw stream bytes on a new stream and reads the ack.
     pub async fn send_raw(&self, bytes: &[u8]) -> Result<Ack, String> {
+        match self.send_raw_answer(bytes).await? {
+            Answer::Ack(ack) => Ok(ack),
+            Answer::Error(e) => panic!("an ErrorMsg where an Ack was expected: {e:?}"),
+        }
+    }
+
+    /// Sends raw stream bytes on a new stream and reads the answer: an Ack,
+    /// or an ErrorMsg for a frame the collector could not read as a batch.
+    pub async fn send_raw_answer(&self, bytes: &[u8]) -> Result<Answer, String> {
         let (mut send, mut recv) = self.conn.open_bi().await.map_err(|e| e.to_string())?;
         send.write_all(bytes).await.map_err(|e| e.to_string())?;
         let _ = send.finish();
         let (header, body) = read_frame(&mut recv).await.map_err(|e| e.to_string())?;
-        assert_eq!(header.frame_type, FrameType::Ack);
-        Ok(codec::from_bytes("Ack", &body).unwrap())
+        match header.frame_type {
+            FrameType::Ack => Ok(Answer::Ack(codec::from_bytes("Ack", &body).unwrap())),
+            FrameType::Error => Ok(Answer::Error(codec::from_bytes("ErrorMsg", &body).unwrap())),
+            other => panic!("{other:?} frame on a batch stream"),
+        }
     }
 
     pub async fn send(&self, batch: &Batch) -> Result<Ack, String> {
