@@ -36,7 +36,8 @@ pub struct DeviceView {
     pub agent: String,
     /// The device id (the `device` tag).
     pub device: String,
-    /// Newest reading or window end, ns since the epoch.
+    /// Newest reading or window end, ns since the epoch (a string in JSON).
+    #[serde(with = "crate::json::ns")]
     pub last_seen_ns: i64,
     /// Its series, in Prometheus text form.
     pub series: Vec<String>,

@@ -12,8 +12,29 @@ const api = {
   alerts: () => get("/api/v1/alerts?limit=200"),
   series: () => get("/api/v1/series"),
   query: (selector, fromAgo) =>
-    get(`/api/v1/query?match=${encodeURIComponent(selector)}&from=-${fromAgo}`),
+    get(`/api/v1/query?match=${encodeURIComponent(selector)}&from=-${fromAgo}`).then((rows) =>
+      rows.map(numericSeries)),
 };
+
+// The query API writes ns times and values as strings (they do not fit
+// JSON numbers: times above 2^53, NaN and infinities); the chart wants
+// numbers. Older collectors wrote plain numbers: both read the same.
+function value(x) {
+  if (typeof x !== "string") return x;
+  if (x === "+Inf") return Infinity;
+  if (x === "-Inf") return -Infinity;
+  return Number(x);
+}
+const WINDOW_FIELDS = ["start_ns", "len_ns", "sum", "min", "max", "first", "last", "p50", "p90", "p99"];
+function numericSeries(s) {
+  const readings = (s.readings || []).map(([t, v]) => [value(t), value(v)]);
+  const windows = (s.windows || []).map((w) => {
+    const out = { ...w };
+    for (const f of WINDOW_FIELDS) if (w[f] !== undefined && w[f] !== null) out[f] = value(w[f]);
+    return out;
+  });
+  return { ...s, readings, windows };
+}
 
 async function get(path) {
   const r = await fetch(path, { headers: { Accept: "application/json" } });
@@ -86,6 +107,7 @@ function fmt(v) {
 }
 function badge(s) { return el("span", { class: `badge state-${s}` }, s); }
 function ago(ns) {
+  ns = value(ns);
   if (!ns) return na();
   const s = Math.max(0, (Date.now() - ns / 1e6) / 1000);
   const text = s < 90 ? `${Math.round(s)} s ago` : s < 5400 ? `${Math.round(s / 60)} min ago` : `${(s / 3600).toFixed(1)} h ago`;
@@ -210,11 +232,12 @@ function chart(s, name) {
     return el("p", { class: "empty" }, `no data for ${name} in the last ${state.range}`);
   }
   const xs = [], ys = [];
-  for (const [t, v] of readings) { xs.push(t); ys.push(v); }
+  for (const [t, v] of readings) { xs.push(t); if (isFinite(v)) ys.push(v); }
   for (const w of windows) {
     xs.push(w.start_ns, w.start_ns + w.len_ns);
-    ys.push(w.min, w.max);
+    for (const v of [w.min, w.max]) if (isFinite(v)) ys.push(v);
   }
+  if (ys.length === 0) ys.push(0);
   let [x0, x1] = [Math.min(...xs), Math.max(...xs)];
   let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
   if (x1 === x0) x1 = x0 + 1e9;
