@@ -219,7 +219,7 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
             let (journal, _) = open_journal(&path, config.journal_config(), 1 << 20)?;
             let stats = journal.stats()?;
             (
-                AgentMetrics::default().status(&stats, ferry_agent::writer::now_ns()),
+                AgentMetrics::default().status(&stats, ferry_clock::now_ns()),
                 false,
             )
         }

@@ -261,7 +261,7 @@ pub async fn run(
             return;
         }
     };
-    let seed = crate::writer::now_ns() as u64;
+    let seed = ferry_clock::now_ns() as u64;
     let mut backoff = Backoff::new(config.backoff_min, config.backoff_max, seed);
     while !*shutdown.borrow() {
         metrics.connects.add(1);

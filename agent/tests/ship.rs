@@ -88,7 +88,7 @@ fn readings(device: &str, n: usize, t0: i64) -> Work {
 
 /// Two hours ago on a whole second: inside the collector's sanity window.
 fn recent() -> i64 {
-    let now = ferry_agent::writer::now_ns();
+    let now = ferry_clock::now_ns();
     now - 7_200_000_000_000 - now.rem_euclid(1_000_000_000)
 }
 
@@ -262,7 +262,7 @@ async fn windows_are_aggregated_and_shipped() {
     .unwrap();
     // Half an hour ago, within the hour of lateness: three windows; then a
     // reading 1 h 30 s later moves the series' watermark past their close.
-    let now = ferry_agent::writer::now_ns();
+    let now = ferry_clock::now_ns();
     let t0 = now - 1_800_000_000_000 - now.rem_euclid(10_000_000_000);
     agent.intake.submit(readings("a1", 30, t0)).await.unwrap();
     let mut late = readings("a1", 1, t0 + 3_630_000_000_000);
