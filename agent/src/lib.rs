@@ -28,6 +28,8 @@ pub mod window;
 #[cfg(feature = "std")]
 pub mod admin;
 #[cfg(feature = "std")]
+pub mod cli;
+#[cfg(feature = "std")]
 pub mod config;
 #[cfg(feature = "std")]
 pub mod intake;
@@ -41,5 +43,7 @@ pub mod run;
 pub mod shipper;
 #[cfg(feature = "std")]
 pub mod sources;
+#[cfg(feature = "std")]
+pub mod watch;
 #[cfg(feature = "std")]
 pub mod writer;

@@ -143,61 +143,23 @@ pub struct SeriesInfo {
     pub tags: Vec<(String, String)>,
 }
 
-/// Readings and aggregates of one series, as a query returns them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SeriesResult {
-    /// The series in Prometheus text form.
-    pub series: String,
-    /// Raw readings `[ts_ns, value]` in timestamp order (without a step).
-    pub readings: Vec<(i64, f64)>,
-    /// Windows in start order: stored aggregates, or with a step the
-    /// re-bucketed readings and aggregates.
-    pub windows: Vec<WindowRow>,
-}
+pub use ferry_proto::query::{SeriesResult, WindowRow};
 
-/// One window of a query result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WindowRow {
-    /// Window start, ns since the epoch.
-    pub start_ns: i64,
-    /// Window length, ns.
-    pub len_ns: u64,
-    /// Readings in the window.
-    pub count: u64,
-    /// Sum.
-    pub sum: f64,
-    /// Smallest.
-    pub min: f64,
-    /// Largest.
-    pub max: f64,
-    /// Earliest value.
-    pub first: f64,
-    /// Latest value.
-    pub last: f64,
-    /// Median from the sketch (1% relative error), when there is one.
-    pub p50: Option<f64>,
-    /// 90th percentile.
-    pub p90: Option<f64>,
-    /// 99th percentile.
-    pub p99: Option<f64>,
-}
-
-impl WindowRow {
-    fn of(a: &WindowAggregate) -> Self {
-        let q = |q| a.sketch.as_ref().and_then(|s| s.quantile(q));
-        Self {
-            start_ns: a.start_ns,
-            len_ns: a.len_ns,
-            count: a.count,
-            sum: a.sum,
-            min: a.min,
-            max: a.max,
-            first: a.first,
-            last: a.last,
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-        }
+/// A stored aggregate as a query answers it.
+fn window_row(a: &WindowAggregate) -> WindowRow {
+    let q = |q| a.sketch.as_ref().and_then(|s| s.quantile(q));
+    WindowRow {
+        start_ns: a.start_ns,
+        len_ns: a.len_ns,
+        count: a.count,
+        sum: a.sum,
+        min: a.min,
+        max: a.max,
+        first: a.first,
+        last: a.last,
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
     }
 }
 
@@ -450,7 +412,7 @@ impl Store {
             out.push(SeriesResult {
                 series: s.name,
                 readings,
-                windows: windows.iter().map(WindowRow::of).collect(),
+                windows: windows.iter().map(window_row).collect(),
             });
         }
         Ok(out)
