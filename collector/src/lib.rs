@@ -52,6 +52,7 @@ pub mod metrics;
 pub mod pki;
 pub mod prometheus;
 pub mod query;
+pub mod report;
 mod server;
 pub mod store;
 mod udp;
