@@ -197,11 +197,8 @@ async fn readings_arrive_exactly_and_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_then_up_everything_arrives_once() {
     let (dir, data, bundle) = site();
-    // A port nobody serves yet.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nobody serves yet, and nobody else will take.
+    let port = ferry_tests::reserve_port();
     let agent_dir = dir.path().join("agent");
     let agent = run::start(agent_config(&bundle, &agent_dir, port, ""))
         .await
