@@ -25,6 +25,7 @@ done
 missing=()
 command -v qemu-system-arm >/dev/null || missing+=(qemu-system-arm)
 command -v arm-none-eabi-size >/dev/null || missing+=(binutils-arm-none-eabi)
+command -v readelf >/dev/null || missing+=(binutils)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     sudo_if_needed apt-get update -qq
@@ -54,6 +55,9 @@ scripts/firmware.sh build
 
 step "binaries the end-to-end tests run"
 cargo build --locked --workspace --bins
+
+step "build tricks in effect (no libm, zstd with the fast strategy only)"
+scripts/check-build.sh target/debug/ferry-agent
 
 step "tests"
 log=$(mktemp)

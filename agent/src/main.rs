@@ -99,7 +99,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// 0.5 MiB of the idle agent's RSS, measured with `/proc/<pid>/smaps`. This
 /// definition, musl's `pow` ported to Rust (the `libm` crate), satisfies the
 /// call inside the binary, so the linker no longer records `libm.so` as
-/// needed (`readelf -d`; `tests/tests/kill9.rs` checks the running agent's
+/// needed (`scripts/check-build.sh` checks the binary with `readelf -d`;
+/// `tests/tests/kill9.rs` checks the running agent's
 /// mappings). Results are within one ulp of glibc's.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
