@@ -53,3 +53,20 @@ impl<E: Into<redb::Error>> From<E> for CommitError {
         Self::Storage(e.into())
     }
 }
+
+/// Why a stored batch did not decompress ([`Compressor::decompress`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecompressError {
+    /// The codec (`ferry_proto::stream::compression`).
+    pub codec: u8,
+    /// What the decompressor said.
+    pub reason: String,
+}
+
+impl fmt::Display for DecompressError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "codec {}: {}", self.codec, self.reason)
+    }
+}
+
+impl core::error::Error for DecompressError {}

@@ -75,7 +75,7 @@ mod stats;
 mod work;
 
 use alloc::collections::{BTreeMap, BTreeSet};
-use alloc::string::{String, ToString};
+use alloc::string::ToString;
 use alloc::vec::Vec;
 
 use ferry_proto::codec;
@@ -92,7 +92,7 @@ use crate::window::{Aggregator, LatePolicy, SeriesWindows, WindowRule};
 use self::commit::*;
 pub use self::config::{AggregateRule, FullPolicy, JournalConfig, glob_match};
 use self::dictionary::*;
-pub use self::error::CommitError;
+pub use self::error::{CommitError, DecompressError};
 use self::seal::*;
 pub use self::stats::JournalStats;
 use self::stats::*;
@@ -128,7 +128,7 @@ pub trait Compressor: Send {
     /// compressor failed).
     fn compress(&self, raw: &[u8]) -> Option<Vec<u8>>;
     /// `stored` (of [`Compressor::codec`]) decompressed, at most `max` bytes.
-    fn decompress(&self, stored: &[u8], max: usize) -> Result<Vec<u8>, String>;
+    fn decompress(&self, stored: &[u8], max: usize) -> Result<Vec<u8>, DecompressError>;
 }
 
 /// Largest encoded batch the journal decompresses (a stored batch is at most

@@ -80,8 +80,15 @@ impl crate::journal::Compressor for Zstd {
             .filter(|c| c.len() < raw.len())
     }
 
-    fn decompress(&self, stored: &[u8], max: usize) -> Result<Vec<u8>, String> {
-        zstd::bulk::decompress(stored, max).map_err(|e| format!("zstd: {e}"))
+    fn decompress(
+        &self,
+        stored: &[u8],
+        max: usize,
+    ) -> Result<Vec<u8>, crate::journal::DecompressError> {
+        zstd::bulk::decompress(stored, max).map_err(|e| crate::journal::DecompressError {
+            codec: compression::ZSTD,
+            reason: format!("zstd: {e}"),
+        })
     }
 }
 
