@@ -17,7 +17,7 @@
 //! |---|---|---|
 //! | `pending` | row id (u64) → [`PendingRow`] | raw readings and closed windows not yet in a batch, one row per commit |
 //! | `windows` | encoded [`SeriesKey`] → [`SeriesWindows`] | open windows of aggregated series |
-//! | `outbox` | batch seq (u64) → `[codec][body]` | sealed batches waiting for an ack: the encoded [`Batch`], stored as it is sent (codec 1: zstd, with a [`Compressor`]; 0: plain) |
+//! | `outbox` | batch seq (u64) → `[codec][body]` | sealed batches waiting for an ack: the encoded [`Batch`](ferry_proto::batch::Batch), stored as it is sent (codec 1: zstd, with a [`Compressor`]; 0: plain) |
 //! | `outbox_meta` | batch seq (u64) → [`OutboxMeta`] | size, readings per origin, age |
 //! | `health` | (origin, kind u16, dropped batch seq u64 or 0) → count u64 | health increments not yet in a batch |
 //! | `dropped` | (origin, kind u16) → count u64 | cumulative drops, for `status` |
@@ -140,7 +140,7 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 pub struct StoredBatch {
     /// Batch sequence.
     pub seq: u64,
-    /// Codec of `body` (0: plain encoded [`Batch`]).
+    /// Codec of `body` (0: plain encoded [`Batch`](ferry_proto::batch::Batch)).
     pub codec: u8,
     /// The body.
     pub body: Vec<u8>,

@@ -33,7 +33,7 @@ pub struct DeviceReport {
     /// `next_seq − queued − 1`; 0 when unknown.
     pub floor: u32,
     /// Wall-clock minus device time (ns) used for `windows`. The first one
-    /// journaled for a boot is kept (see [`Journal::device_offsets`]) so a
+    /// journaled for a boot is kept (see [`Journal::device_offsets`](super::Journal::device_offsets)) so a
     /// restarted agent maps the rest of the boot identically.
     pub offset_ns: i64,
     /// Closed windows, already in wall-clock time.

@@ -17,7 +17,7 @@
 //!   tested with a fake clock and no sockets.
 //! - this module: the tokio driver — QUIC connection, one task per batch
 //!   stream, the writer's channel, sleeping until the machine's deadlines.
-//! - [`tls`]: the client TLS configuration from the enrolled bundle.
+//! - `tls`: the client TLS configuration from the enrolled bundle.
 
 pub mod flight;
 mod tls;

@@ -8,14 +8,14 @@
 //! ```
 //!
 //! [`GatewayLink`] is the protocol, one per connection, sans-IO: bytes and
-//! instants (`now_ns`, wall clock) in, [`Work`] and [`Downlink`] messages out,
+//! instants (`now_ns`, wall clock) in, [`Work`](crate::journal::Work) and [`Downlink`](ferry_proto::link::Downlink) messages out,
 //! no socket and no clock. [`run_link`] is its tokio driver over any byte
 //! stream; [`run_tcp_client`], [`run_tcp_listener`] and [`run_serial`] open
 //! the streams and reconnect.
 //!
 //! # Behaviour
 //! - **Hello**: the link remembers the device id (lowercase hex), boot, the
-//!   channel catalogue (one [`SeriesKey`] per channel,
+//!   channel catalogue (one [`SeriesKey`](ferry_proto::series::SeriesKey) per channel,
 //!   `<quantity>{device="<hex>",sensor="<sensor>",unit="<unit>"}`) and the
 //!   clock offset `now_ns − uptime_ms·10⁶`, and answers
 //!   `Ack{boot, up_to}` with the highest sequence of that boot known to be in
@@ -35,7 +35,7 @@
 //!   hello did not declare (or with `count` or `len_ms` 0) rejects the whole
 //!   report, counted and logged; the device keeps resending it and it keeps
 //!   being counted.
-//! - **Acks** go out only after [`Intake::submit`] returned: `Ack{boot,
+//! - **Acks** go out only after [`Intake::submit`](crate::intake::Intake::submit) returned: `Ack{boot,
 //!   up_to}` with the highest sequence the journal answered `true` for. The
 //!   journal accepts a report only as the next after its record (or after the
 //!   heartbeat's floor, below which the device holds nothing), so every
@@ -45,7 +45,7 @@
 //!   without a commit; a report the journal answers `false` for (a gap) is
 //!   not acked and comes again.
 //! - **Heartbeat**: `floor = next_seq − queued − 1` goes into
-//!   [`DeviceReport::floor`]; increases of `dropped` (per boot, from 0) go to
+//!   [`DeviceReport::floor`](crate::journal::DeviceReport::floor); increases of `dropped` (per boot, from 0) go to
 //!   the journal as the device's total (`Work::device_dropped`); the journal
 //!   records the increase as health `(device, DROPPED_DEVICE_RING, Δ)`.
 //! - **Bad frames** (COBS, CRC, too long or short, undecodable) are counted

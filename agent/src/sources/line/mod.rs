@@ -25,7 +25,7 @@
 //! # Mapping to series
 //! Each field becomes a reading of the series `<measurement>_<field>` (as
 //! Telegraf's Prometheus output names them) with the line's tags, sorted by
-//! [`SeriesKey::new`]. Names must satisfy [`ferry_proto::series`]'s rules;
+//! [`SeriesKey::new`](ferry_proto::series::SeriesKey::new). Names must satisfy [`ferry_proto::series`]'s rules;
 //! a line that breaks one is rejected with an error naming the offending
 //! name. A line is accepted whole or rejected whole.
 //!
