@@ -234,10 +234,10 @@ async fn one_bad_reading_costs_only_itself_and_is_counted_per_device() {
     assert_eq!(
         counts,
         [
-            ("temperature{device=\"d1\"}".to_owned(), 3),
-            ("temperature{device=\"d2\"}".to_owned(), 2),
-            ("temperature{device=\"d3\"}".to_owned(), 3),
-            ("temperature{device=\"d4\"}".to_owned(), 3),
+            ("temperature{agent=\"gw-1\",device=\"d1\"}".to_owned(), 3),
+            ("temperature{agent=\"gw-1\",device=\"d2\"}".to_owned(), 2),
+            ("temperature{agent=\"gw-1\",device=\"d3\"}".to_owned(), 3),
+            ("temperature{agent=\"gw-1\",device=\"d4\"}".to_owned(), 3),
         ]
     );
 

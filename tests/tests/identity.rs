@@ -109,8 +109,8 @@ async fn a_wiped_journal_is_a_new_epoch_and_none_of_its_readings_are_lost() {
     assert_eq!(
         per,
         [
-            ("flow_litres{device=\"m1\"}".to_owned(), N),
-            ("flow_litres{device=\"m2\"}".to_owned(), N)
+            ("flow_litres{agent=\"gw\",device=\"m1\"}".to_owned(), N),
+            ("flow_litres{agent=\"gw\",device=\"m2\"}".to_owned(), N)
         ]
     );
     // The new journal numbered its batches from 1 again; the collector
