@@ -29,6 +29,7 @@ command -v arm-none-eabi-size >/dev/null || missing+=(binutils-arm-none-eabi)
 # page's browser test Debian's Chromium.
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
+command -v readelf >/dev/null || missing+=(binutils)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     sudo_if_needed apt-get update -qq
@@ -63,6 +64,9 @@ scripts/firmware.sh build
 
 step "binaries the end-to-end tests run"
 cargo build --locked --workspace --bins
+
+step "build tricks in effect (no libm, zstd with the fast strategy only)"
+scripts/check-build.sh target/debug/ferry-agent
 
 step "tests"
 log=$(mktemp)

@@ -41,7 +41,7 @@
 //! e.g. `ferry_collector=debug`, and the agent's `RUST_LOG`.)
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -306,11 +306,9 @@ struct Agent {
     log: PathBuf,
 }
 
-/// A port free on 127.0.0.1 right now (bound to port 0, then released).
+/// A port of this process's own on 127.0.0.1 (the shared test harness).
 fn free_tcp_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
+    ferry_tests::reserve_port()
 }
 
 impl Agent {

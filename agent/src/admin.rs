@@ -11,7 +11,9 @@ use axum::routing::get;
 use tokio::sync::oneshot;
 
 use crate::metrics::AgentMetrics;
-use crate::writer::{Control, WriterHandle, now_ns};
+use ferry_clock::now_ns;
+
+use crate::writer::{Control, WriterHandle};
 
 #[derive(Clone)]
 struct AdminState {

@@ -11,9 +11,13 @@
 //!   (`default-features = false`).
 //! - With the `std` feature (the daemon): `config` (agent.toml), `sources`
 //!   (Influx line protocol over TCP/UDP, the device link over serial and TCP,
-//!   the simulator), `writer` (the task that owns the journal and group-
-//!   commits), `shipper` (QUIC with mTLS, in-flight window, backoff), `admin`
-//!   (status and Prometheus metrics over HTTP), and [`run`](crate::run).
+//!   the simulator), `writer` (the task that owns the journal; its group
+//!   commit is the state machine `GroupCommit`), `shipper` (QUIC with mTLS;
+//!   its window, acks and backoff are the state machine `Flight`), `admin`
+//!   (status and Prometheus metrics over HTTP), `memory` (a small heap),
+//!   `cli` and `watch` (what the CLI's commands do), and
+//!   [`run`](crate::run). Every state machine takes `now` from one clock
+//!   (`ferry_clock`); docs/ARCHITECTURE.md lists them with their tests.
 //!
 //! **Architecture invariant:** only this crate knows the journal layout; only
 //! `ferry-proto` types cross a process boundary.
@@ -28,6 +32,8 @@ pub mod window;
 #[cfg(feature = "std")]
 pub mod admin;
 #[cfg(feature = "std")]
+pub mod cli;
+#[cfg(feature = "std")]
 pub mod config;
 #[cfg(feature = "std")]
 pub mod intake;
@@ -41,5 +47,7 @@ pub mod run;
 pub mod shipper;
 #[cfg(feature = "std")]
 pub mod sources;
+#[cfg(feature = "std")]
+pub mod watch;
 #[cfg(feature = "std")]
 pub mod writer;

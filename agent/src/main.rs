@@ -4,24 +4,22 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use ferry_agent::cli;
 use ferry_agent::config::Config;
-use ferry_agent::metrics::{AgentMetrics, Status};
-use ferry_agent::run::{JOURNAL_FILE, open_journal};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use tracing_subscriber::filter::Targets;
 
 /// Ferry's gateway agent: reads devices and local producers, journals every
 /// reading on disk before acknowledging it, pre-aggregates, and ships
 /// batches to a ferry-collector over QUIC with mTLS, keeping everything
 /// until the collector has acknowledged it.
-use tracing_subscriber::filter::{LevelFilter, Targets};
-
 #[derive(Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
     /// Log filter: a level, and levels per module, e.g. `info` or
     /// `warn,ferry_agent::shipper=debug` (RUST_LOG's target syntax). Release
     /// builds log down to `debug`; `trace` events exist only in debug builds.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_parser = log_filter)]
+    #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_parser = cli::log_filter)]
     log: Targets,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
@@ -84,349 +82,6 @@ enum BufferCommand {
     },
 }
 
-/// `--log`: comma-separated `level` or `module=level` directives, into
-/// `tracing`'s target filter (no regex engine in the agent's binary, which
-/// keeps its code, and so its RSS, small). Anything else is refused by name.
-fn log_filter(s: &str) -> Result<Targets, String> {
-    let level = |l: &str| -> Result<LevelFilter, String> {
-        match l.to_ascii_lowercase().as_str() {
-            "off" => Ok(LevelFilter::OFF),
-            "error" => Ok(LevelFilter::ERROR),
-            "warn" => Ok(LevelFilter::WARN),
-            "info" => Ok(LevelFilter::INFO),
-            "debug" => Ok(LevelFilter::DEBUG),
-            "trace" => Ok(LevelFilter::TRACE),
-            _ => Err(format!(
-                "`{l}` is not a level (off, error, warn, info, debug, trace); expected e.g. `info` or `warn,ferry_agent::shipper=debug`"
-            )),
-        }
-    };
-    let mut targets = Targets::new();
-    for directive in s.split(',').map(str::trim).filter(|d| !d.is_empty()) {
-        targets = match directive.split_once('=') {
-            Some((module, l))
-                if !module.is_empty()
-                    && module
-                        .chars()
-                        .all(|c| c.is_alphanumeric() || c == '_' || c == ':') =>
-            {
-                targets.with_target(module, level(l)?)
-            }
-            Some(_) => {
-                return Err(format!(
-                    "`{directive}` is not `module=level`; expected e.g. `info` or `warn,ferry_agent::shipper=debug`"
-                ));
-            }
-            None => targets.with_default(level(directive)?),
-        };
-    }
-    Ok(targets)
-}
-
-fn init_logs(filter: Targets, json: bool) {
-    use tracing_subscriber::layer::SubscriberExt;
-    use tracing_subscriber::util::SubscriberInitExt;
-    let registry = tracing_subscriber::registry().with(filter);
-    if json {
-        registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .with_writer(std::io::stderr),
-            )
-            .init();
-    } else {
-        registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
-            .init();
-    }
-}
-
-/// GET `path` from the admin endpoint (plain HTTP/1.0 on loopback).
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).await?;
-    let (head, rest) = body
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("malformed HTTP response"))?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(std::io::Error::other(
-            head.lines().next().unwrap_or("").to_string(),
-        ));
-    }
-    Ok(rest.to_string())
-}
-
-fn print_status(s: &Status, live: bool) {
-    println!(
-        "agent            {}",
-        if live {
-            "running"
-        } else {
-            "stopped (read from the journal)"
-        }
-    );
-    if live {
-        println!(
-            "collector        {}",
-            if s.connected {
-                "connected"
-            } else {
-                "disconnected"
-            }
-        );
-        println!("readings in      {}", s.readings_in);
-        println!("readings acked   {}", s.readings_out);
-    }
-    println!(
-        "journal          {:.1} MiB of {:.1} MiB",
-        s.journal_bytes as f64 / 1048576.0,
-        s.journal_budget as f64 / 1048576.0
-    );
-    println!(
-        "waiting          {} readings in {} batches, {} not yet batched",
-        s.outbox_readings, s.outbox_batches, s.pending_readings
-    );
-    match s.oldest_unacked_age_s {
-        Some(age) => println!("oldest unacked   {age:.1} s"),
-        None => println!("oldest unacked   -"),
-    }
-    if s.dropped.is_empty() {
-        println!("dropped          none");
-    } else {
-        println!("dropped          origin / kind / readings");
-        for (origin, kind, n) in &s.dropped {
-            println!("                 {origin} / {kind} / {n}");
-        }
-    }
-}
-
-async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
-    let (status, live) = match admin_get(config.admin.listen, "/status").await {
-        Ok(body) => (serde_json::from_str::<Status>(&body)?, true),
-        Err(_) => {
-            let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
-            if !path.exists() {
-                anyhow::bail!(
-                    "the agent is not running (no answer on {}) and has no journal at {}",
-                    config.admin.listen,
-                    path.display()
-                );
-            }
-            let (journal, _) = open_journal(&path, config.journal_config(), 1 << 20)?;
-            let stats = journal.stats()?;
-            (
-                AgentMetrics::default().status(&stats, ferry_agent::writer::now_ns()),
-                false,
-            )
-        }
-    };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&status)?);
-    } else {
-        print_status(&status, live);
-    }
-    Ok(())
-}
-
-async fn inspect(config: &Config) -> anyhow::Result<()> {
-    let rows: Vec<(String, u64, u64)> = match admin_get(config.admin.listen, "/buffer").await {
-        Ok(body) => serde_json::from_str(&body)?,
-        Err(_) => {
-            let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
-            let (journal, _) = open_journal(&path, config.journal_config(), 1 << 20)?;
-            journal.inspect()?
-        }
-    };
-    println!("{:>10} {:>8}  series", "readings", "windows");
-    for (series, readings, windows) in &rows {
-        println!("{readings:>10} {windows:>8}  {series}");
-    }
-    if rows.is_empty() {
-        println!("(nothing waiting)");
-    }
-    Ok(())
-}
-
-#[derive(serde::Deserialize)]
-struct SeriesRow {
-    series: String,
-    readings: Vec<(Number, Number)>,
-    windows: Vec<WindowRow>,
-}
-
-#[derive(serde::Deserialize)]
-struct WindowRow {
-    start_ns: Number,
-    count: u64,
-    last: Number,
-}
-
-/// A timestamp or value of the collector's JSON: a string (`"1700…"`,
-/// `"21.5"`, `"NaN"`, `"+Inf"`), or a number from an older collector.
-#[derive(serde::Deserialize, Clone, Copy)]
-#[serde(untagged)]
-enum Number {
-    Int(i64),
-    Float(f64),
-    #[serde(deserialize_with = "number_text")]
-    Text(f64, i64),
-}
-
-fn number_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<(f64, i64), D::Error> {
-    let s = <String as serde::Deserialize>::deserialize(d)?;
-    let f = match s.as_str() {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        _ => s.parse().unwrap_or(f64::NAN),
-    };
-    Ok((f, s.parse().unwrap_or(f as i64)))
-}
-
-impl Number {
-    fn ns(self) -> i64 {
-        match self {
-            Number::Int(i) => i,
-            Number::Float(f) => f as i64,
-            Number::Text(_, i) => i,
-        }
-    }
-
-    fn value(self) -> f64 {
-        match self {
-            Number::Int(i) => i as f64,
-            Number::Float(f) | Number::Text(f, _) => f,
-        }
-    }
-}
-
-async fn watch(config: &Config, collector: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
-    let mut last: Option<(std::time::Instant, Status)> = None;
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-        }
-        let mut screen = String::from("\x1b[2J\x1b[H");
-        use std::fmt::Write as _;
-        match admin_get(config.admin.listen, "/status")
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_str::<Status>(&b).ok())
-        {
-            Some(s) => {
-                let (rate_in, rate_out) = match &last {
-                    Some((t, prev)) => {
-                        let dt = t.elapsed().as_secs_f64().max(1e-3);
-                        (
-                            (s.readings_in - prev.readings_in) as f64 / dt,
-                            (s.readings_out - prev.readings_out) as f64 / dt,
-                        )
-                    }
-                    None => (0.0, 0.0),
-                };
-                let _ = writeln!(
-                    screen,
-                    "ferry-agent {}  collector {}",
-                    config.collector.agent_id,
-                    if s.connected {
-                        "connected"
-                    } else {
-                        "DISCONNECTED"
-                    }
-                );
-                let _ = writeln!(
-                    screen,
-                    "readings/s in {rate_in:>9.0}   acked/s {rate_out:>9.0}"
-                );
-                let _ = writeln!(
-                    screen,
-                    "backlog {} readings in {} batches (+{} not batched), oldest {}   journal {:.1} of {:.0} MiB",
-                    s.outbox_readings,
-                    s.outbox_batches,
-                    s.pending_readings,
-                    s.oldest_unacked_age_s
-                        .map_or("-".to_string(), |a| format!("{a:.1} s")),
-                    s.journal_bytes as f64 / 1048576.0,
-                    s.journal_budget as f64 / 1048576.0
-                );
-                let dropped: u64 = s.dropped.iter().map(|d| d.2).sum();
-                let _ = writeln!(screen, "dropped {dropped}");
-                last = Some((std::time::Instant::now(), s));
-            }
-            None => {
-                let _ = writeln!(
-                    screen,
-                    "agent not answering on {} (starting?)",
-                    config.admin.listen
-                );
-            }
-        }
-        if let Some(addr) = collector {
-            let _ = writeln!(
-                screen,
-                "\ncollector query API: http://{addr}/api/v1/query?match=temperature&from=-5m"
-            );
-            match admin_get(addr, "/api/v1/query?from=-30s&kind=all")
-                .await
-                .ok()
-                .and_then(|b| serde_json::from_str::<Vec<SeriesRow>>(&b).ok())
-            {
-                Some(mut rows) => {
-                    // Real and emulated boards first, then simulated devices.
-                    rows.sort_by_key(|r| r.series.contains("device=\"sim-"));
-                    let devices: std::collections::BTreeSet<&str> = rows
-                        .iter()
-                        .filter_map(|r| {
-                            r.series
-                                .split("device=\"")
-                                .nth(1)
-                                .and_then(|x| x.split('"').next())
-                        })
-                        .collect();
-                    let _ = writeln!(
-                        screen,
-                        "{} devices, {} series with data in the last 30 s; latest values:",
-                        devices.len(),
-                        rows.len()
-                    );
-                    for r in rows.iter().take(30) {
-                        let latest = r
-                            .readings
-                            .last()
-                            .map(|&(t, v)| (t.ns(), v.value()))
-                            .into_iter()
-                            .chain(r.windows.last().map(|w| (w.start_ns.ns(), w.last.value())))
-                            .max_by_key(|x| x.0);
-                        let windows = r.windows.iter().map(|w| w.count).sum::<u64>();
-                        if let Some((_, v)) = latest {
-                            let _ = writeln!(
-                                screen,
-                                "  {v:>10.2}  {}{}",
-                                r.series,
-                                if windows > 0 {
-                                    format!("  ({} windows)", r.windows.len())
-                                } else {
-                                    String::new()
-                                }
-                            );
-                        }
-                    }
-                }
-                None => {
-                    let _ = writeln!(screen, "collector not answering on {addr}");
-                }
-            }
-        }
-        let _ = writeln!(screen, "\nCtrl-C stops.");
-        print!("{screen}");
-    }
-}
-
 async fn run(config: Config) -> anyhow::Result<()> {
     let running = ferry_agent::run::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -444,7 +99,8 @@ async fn run(config: Config) -> anyhow::Result<()> {
 /// 0.5 MiB of the idle agent's RSS, measured with `/proc/<pid>/smaps`. This
 /// definition, musl's `pow` ported to Rust (the `libm` crate), satisfies the
 /// call inside the binary, so the linker no longer records `libm.so` as
-/// needed (`readelf -d`; `tests/tests/kill9.rs` checks the running agent's
+/// needed (`scripts/check-build.sh` checks the binary with `readelf -d`;
+/// `tests/tests/kill9.rs` checks the running agent's
 /// mappings). Results are within one ulp of glibc's.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
@@ -461,7 +117,7 @@ fn main() -> ExitCode {
     ferry_agent::memory::without_thread_caches();
     ferry_agent::memory::tune_malloc();
     let cli = Cli::parse();
-    init_logs(cli.log.clone(), cli.log_json);
+    cli::init_logs(cli.log.clone(), cli.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Journal commits run in `block_in_place`, which moves the worker to
@@ -487,11 +143,33 @@ fn main() -> ExitCode {
             Command::Watch {
                 config,
                 collector_http,
-            } => watch(&Config::load(&config)?, collector_http).await,
-            Command::Status { config, json } => status(&Config::load(&config)?, json).await,
+            } => {
+                let c = Config::load(&config)?;
+                let clock = ferry_clock::SystemClock;
+                ferry_agent::watch::run(
+                    &c.collector.agent_id,
+                    c.admin.listen,
+                    collector_http,
+                    &clock,
+                )
+                .await
+            }
+            Command::Status { config, json } => {
+                let (status, live) = cli::status(&Config::load(&config)?).await?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&status)?);
+                } else {
+                    print!("{}", cli::format_status(&status, live));
+                }
+                Ok(())
+            }
             Command::Buffer {
                 command: BufferCommand::Inspect { config },
-            } => inspect(&Config::load(&config)?).await,
+            } => {
+                let rows = cli::inspect(&Config::load(&config)?).await?;
+                print!("{}", cli::format_inspect(&rows));
+                Ok(())
+            }
         }
     });
     match result {
@@ -500,24 +178,5 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watch_reads_the_collectors_json_old_and_new() {
-        let new = r#"[{"series":"t","readings":[["1700000000123456789","21.5"],["1700000000123456790","NaN"]],"windows":[{"start_ns":"5","count":2,"last":"-Inf"}]}]"#;
-        let old = r#"[{"series":"t","readings":[[1700000000123456000,21.5]],"windows":[{"start_ns":5,"count":2,"last":1.5}]}]"#;
-        let rows: Vec<SeriesRow> = serde_json::from_str(new).unwrap();
-        assert_eq!(rows[0].readings[0].0.ns(), 1_700_000_000_123_456_789);
-        assert_eq!(rows[0].readings[0].1.value(), 21.5);
-        assert!(rows[0].readings[1].1.value().is_nan());
-        assert_eq!(rows[0].windows[0].last.value(), f64::NEG_INFINITY);
-        let rows: Vec<SeriesRow> = serde_json::from_str(old).unwrap();
-        assert_eq!(rows[0].readings[0].0.ns(), 1_700_000_000_123_456_000);
-        assert_eq!(rows[0].windows[0].start_ns.ns(), 5);
     }
 }

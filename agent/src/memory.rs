@@ -89,9 +89,26 @@ pub fn tune_malloc() -> bool {
     }
 }
 
-/// The `GLIBC_TUNABLES` value to re-execute with, or `None` when `current`
-/// already says what the per-thread caches should be (ours, or an
-/// operator's own choice, which is kept).
+/// Set (to the process id) in the environment of the re-executed agent: a
+/// process that finds its own pid there has been re-executed already and
+/// never does it again, even when `GLIBC_TUNABLES` did not survive the exec
+/// (glibc drops it for setuid programs; a wrapper may clear it).
+pub const REEXEC_MARKER: &str = "FERRY_AGENT_REEXECUTED";
+
+/// The `GLIBC_TUNABLES` value to re-execute with, or `None` when there is
+/// nothing to do: this process (`pid`) was re-executed already (`marker`,
+/// the value of [`REEXEC_MARKER`]), or `current` already says what the
+/// per-thread caches should be (ours, or an operator's own choice, which is
+/// kept).
+pub fn reexec_tunables(current: Option<&str>, marker: Option<&str>, pid: u32) -> Option<String> {
+    if marker.is_some_and(|m| m == pid.to_string()) {
+        return None;
+    }
+    tunables_with_no_thread_caches(current)
+}
+
+/// The `GLIBC_TUNABLES` value with the per-thread caches off, or `None` when
+/// `current` already says what they should be.
 pub fn tunables_with_no_thread_caches(current: Option<&str>) -> Option<String> {
     match current {
         Some(v) if v.contains("glibc.malloc.tcache_count") => None,
@@ -110,8 +127,12 @@ pub fn without_thread_caches() {
     {
         use std::os::unix::process::CommandExt;
         let current = std::env::var_os("GLIBC_TUNABLES");
-        let Some(value) = tunables_with_no_thread_caches(
+        let marker = std::env::var_os(REEXEC_MARKER);
+        let pid = std::process::id();
+        let Some(value) = reexec_tunables(
             current.as_ref().map(|v| v.to_string_lossy()).as_deref(),
+            marker.as_ref().map(|v| v.to_string_lossy()).as_deref(),
+            pid,
         ) else {
             return;
         };
@@ -121,6 +142,7 @@ pub fn without_thread_caches() {
             .arg0(arg0)
             .args(args)
             .env("GLIBC_TUNABLES", value)
+            .env(REEXEC_MARKER, pid.to_string())
             .exec();
         eprintln!("ferry-agent: running with malloc's thread caches (re-exec failed: {error})");
     }
@@ -190,6 +212,23 @@ mod tests {
         assert_eq!(
             tunables_with_no_thread_caches(Some("glibc.malloc.tcache_count=7:x=1")),
             None
+        );
+    }
+
+    #[test]
+    fn a_re_executed_agent_never_re_executes_again() {
+        // The exec keeps the pid: the marker names this process.
+        assert_eq!(reexec_tunables(None, Some("42"), 42), None);
+        // Even when GLIBC_TUNABLES was dropped on the way.
+        assert_eq!(reexec_tunables(Some(""), Some("42"), 42), None);
+        // Another process's marker (an agent started by an agent): ignored.
+        assert_eq!(
+            reexec_tunables(None, Some("41"), 42).as_deref(),
+            Some(NO_THREAD_CACHES)
+        );
+        assert_eq!(
+            reexec_tunables(None, None, 42).as_deref(),
+            Some(NO_THREAD_CACHES)
         );
     }
 

@@ -79,7 +79,7 @@ pub fn open_journal(
     match open(path) {
         Ok(j) => Ok((j, None)),
         Err(first) => {
-            let secs = crate::writer::now_ns() / 1_000_000_000;
+            let secs = ferry_clock::now_ns() / 1_000_000_000;
             let aside = path.with_extension(format!("redb.corrupt-{secs}"));
             tracing::error!(
                 journal = %path.display(),

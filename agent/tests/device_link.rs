@@ -254,9 +254,16 @@ fn source(
     registry: DeviceRegistry,
     clock: &Arc<AtomicI64>,
 ) -> DeviceSource {
-    let clock = clock.clone();
-    DeviceSource::new(config, intake, registry)
-        .with_clock(Arc::new(move || clock.load(Ordering::SeqCst)))
+    DeviceSource::new(config, intake, registry).with_clock(Arc::new(Shared(clock.clone())))
+}
+
+/// The test's clock, as the source reads it.
+struct Shared(Arc<AtomicI64>);
+
+impl ferry_clock::Clock for Shared {
+    fn now_ns(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
 }
 
 #[tokio::test(flavor = "current_thread", start_paused = true)]

@@ -91,12 +91,10 @@ async fn the_emulated_board_reports_land_in_the_journal_exactly() {
     let (intake, mut rx) = Intake::channel(16);
     let (mark_tx, mut mark) = tokio::sync::watch::channel(0u32);
     let writer_journal = journal.clone();
-    let clock = ferry_agent::sources::device::system_clock();
-    let writer_clock = clock.clone();
     tokio::spawn(async move {
         while let Some(s) = rx.recv().await {
             let mut j = writer_journal.lock().unwrap();
-            let result = j.commit(s.work, writer_clock());
+            let result = j.commit(s.work, ferry_clock::now_ns());
             if let Some((_, _, seq)) = j.devices().unwrap().first() {
                 mark_tx.send_replace(*seq);
             }

@@ -88,7 +88,7 @@ fn readings(device: &str, n: usize, t0: i64) -> Work {
 
 /// Two hours ago on a whole second: inside the collector's sanity window.
 fn recent() -> i64 {
-    let now = ferry_agent::writer::now_ns();
+    let now = ferry_clock::now_ns();
     now - 7_200_000_000_000 - now.rem_euclid(1_000_000_000)
 }
 
@@ -197,11 +197,8 @@ async fn readings_arrive_exactly_and_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_down_then_up_everything_arrives_once() {
     let (dir, data, bundle) = site();
-    // A port nobody serves yet.
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port nobody serves yet, and nobody else will take.
+    let port = ferry_tests::reserve_port();
     let agent_dir = dir.path().join("agent");
     let agent = run::start(agent_config(&bundle, &agent_dir, port, ""))
         .await
@@ -262,7 +259,7 @@ async fn windows_are_aggregated_and_shipped() {
     .unwrap();
     // Half an hour ago, within the hour of lateness: three windows; then a
     // reading 1 h 30 s later moves the series' watermark past their close.
-    let now = ferry_agent::writer::now_ns();
+    let now = ferry_clock::now_ns();
     let t0 = now - 1_800_000_000_000 - now.rem_euclid(10_000_000_000);
     agent.intake.submit(readings("a1", 30, t0)).await.unwrap();
     let mut late = readings("a1", 1, t0 + 3_630_000_000_000);
@@ -429,7 +426,7 @@ async fn a_refused_reading_costs_only_itself_and_the_ledger_closes() {
     let view = admin.agents().await.unwrap().remove(0);
     assert_eq!(view.epoch, format!("{:016x}", agent.epoch));
     let terms = agent.collector_terms.borrow().clone().expect("a Welcome");
-    let now = ferry_agent::writer::now_ns();
+    let now = ferry_clock::now_ns();
     let (lo, hi) = terms.timestamp_window(now).unwrap();
     assert!(lo < t0 && t0 < hi && t0 + year > hi);
     assert_eq!(terms.welcome.idle_timeout_ms, 6_000);

@@ -54,6 +54,7 @@ pub mod metrics;
 pub mod pki;
 pub mod prometheus;
 pub mod query;
+pub mod report;
 mod server;
 pub mod store;
 mod udp;
@@ -62,7 +63,7 @@ mod writer;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -106,12 +107,9 @@ pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
 }
 
-/// Nanoseconds since the Unix epoch by the system clock.
-pub fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
+/// Nanoseconds since the Unix epoch by the system clock (the one clock,
+/// [`ferry_clock`]).
+pub use ferry_clock::now_ns;
 
 /// A bound, not yet running collector. See the crate docs for an example.
 #[derive(Debug)]

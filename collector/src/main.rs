@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use ferry_collector::admin::{Admin, AgentView, Drops};
-use ferry_collector::fanout::{AlertEvent, AlertParams, SubscriberView};
+use ferry_collector::admin::Admin;
+use ferry_collector::fanout::AlertParams;
 use ferry_collector::query::QueryParams;
-use ferry_collector::store::{SeriesInfo, SeriesResult};
+use ferry_collector::report::{self, Format};
 use ferry_collector::{Collector, Config, EnrollOptions, InitOptions};
 
 /// `println!` that returns the write error instead of panicking, so that a
@@ -48,13 +48,6 @@ struct Cli {
 enum LogFormat {
     Text,
     Json,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
-    Table,
-    Json,
-    Csv,
 }
 
 /// Where to find the collector's data directory.
@@ -371,7 +364,7 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Agents { location, format } => {
             let admin = Admin::connect(&location.data_dir()?).await?;
-            print_agents(&admin.agents().await?, format)?;
+            report::print(report::agents(&admin.agents().await?, format))?;
         }
         Command::Drops {
             location,
@@ -379,7 +372,7 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
             format,
         } => {
             let admin = Admin::connect(&location.data_dir()?).await?;
-            print_drops(&admin.drops().await?, ledger, format)?;
+            report::print(report::drops(&admin.drops().await?, ledger, format))?;
         }
         Command::Run { config } => run(&config).await?,
         Command::Compact { location } => {
@@ -404,7 +397,7 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
                 step,
                 kind,
             };
-            print_query(&admin.query(&params).await?, format)?;
+            report::print(report::query(&admin.query(&params).await?, format))?;
         }
         Command::Alerts {
             selector,
@@ -425,11 +418,11 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
                 to,
                 limit: Some(limit),
             };
-            print_alerts(&admin.alerts(&params).await?, format)?;
+            report::print(report::alerts(&admin.alerts(&params).await?, format))?;
         }
         Command::Subscribers { location, format } => {
             let admin = Admin::connect(&location.data_dir()?).await?;
-            print_subscribers(&admin.subscribers().await?, format)?;
+            report::print(report::subscribers(&admin.subscribers().await?, format))?;
         }
         Command::Reload { location } => {
             let admin = Admin::connect(&location.data_dir()?).await?;
@@ -458,10 +451,10 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
             format,
         } => {
             let admin = Admin::connect(&location.data_dir()?).await?;
-            print_series(
+            report::print(report::series(
                 &admin.series(selector.as_deref().unwrap_or("")).await?,
                 format,
-            )?;
+            ))?;
         }
     }
     Ok(())
@@ -511,270 +504,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => tracing::info!("SIGINT received"),
         _ = term => tracing::info!("SIGTERM received"),
     }
-}
-
-fn time_text(ns: i64) -> String {
-    if ns == 0 {
-        return "never".into();
-    }
-    let st = std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns.max(0) as u64);
-    humantime::format_rfc3339_millis(st).to_string()
-}
-
-fn print_table(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.len());
-        }
-    }
-    let mut out = std::io::stdout().lock();
-    let line = |out: &mut std::io::StdoutLock<'_>, cells: Vec<&str>| -> std::io::Result<()> {
-        let text: Vec<String> = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        writeln!(out, "{}", text.join("  ").trim_end())
-    };
-    line(&mut out, header.to_vec())?;
-    for r in rows {
-        line(&mut out, r.iter().map(String::as_str).collect())?;
-    }
-    Ok(())
-}
-
-fn print_csv(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
-    let mut out = std::io::stdout().lock();
-    let esc = |c: &str| {
-        if c.contains([',', '"', '\n']) {
-            format!("\"{}\"", c.replace('"', "\"\""))
-        } else {
-            c.to_owned()
-        }
-    };
-    writeln!(out, "{}", header.join(","))?;
-    for r in rows {
-        writeln!(
-            out,
-            "{}",
-            r.iter().map(|c| esc(c)).collect::<Vec<_>>().join(",")
-        )?;
-    }
-    Ok(())
-}
-
-fn print_rows(
-    format: Format,
-    header: &[&str],
-    rows: &[Vec<String>],
-    json: impl FnOnce() -> String,
-) -> anyhow::Result<()> {
-    match format {
-        Format::Table => print_table(header, rows),
-        Format::Csv => print_csv(header, rows),
-        Format::Json => {
-            out!("{}", json());
-            Ok(())
-        }
-    }
-}
-
-fn print_agents(agents: &[AgentView], format: Format) -> anyhow::Result<()> {
-    let header = [
-        "AGENT",
-        "STATE",
-        "LAST SEEN",
-        "REMOTE",
-        "BATCHES",
-        "READINGS",
-        "LAST SEQ",
-        "DROPPED",
-        "REFUSED",
-        "EPOCH",
-        "RESETS",
-    ];
-    let rows: Vec<Vec<String>> = agents
-        .iter()
-        .map(|a| {
-            vec![
-                a.id.clone(),
-                a.state.clone(),
-                time_text(a.last_seen_ns),
-                a.remote.clone(),
-                a.batches.to_string(),
-                a.readings.to_string(),
-                a.last_seq.map_or("-".into(), |s| s.to_string()),
-                a.dropped.to_string(),
-                a.refused.to_string(),
-                if a.epoch.is_empty() {
-                    "-".into()
-                } else {
-                    a.epoch.clone()
-                },
-                a.journal_resets.to_string(),
-            ]
-        })
-        .collect();
-    print_rows(format, &header, &rows, || {
-        serde_json::to_string_pretty(agents).unwrap_or_default()
-    })
-}
-
-fn print_drops(drops: &Drops, ledger: bool, format: Format) -> anyhow::Result<()> {
-    let dash = |s: &str| {
-        if s.is_empty() {
-            "-".to_owned()
-        } else {
-            s.to_owned()
-        }
-    };
-    let json = || serde_json::to_string_pretty(drops).unwrap_or_default();
-    if ledger {
-        let rows: Vec<Vec<String>> = drops
-            .ledgers
-            .iter()
-            .map(|l| {
-                vec![
-                    l.agent.clone(),
-                    l.received.to_string(),
-                    l.stored.to_string(),
-                    l.dropped.to_string(),
-                    l.refused.to_string(),
-                    l.in_transit.to_string(),
-                ]
-            })
-            .collect();
-        let header = [
-            "AGENT",
-            "RECEIVED",
-            "STORED",
-            "DROPPED",
-            "REFUSED",
-            "IN TRANSIT",
-        ];
-        return print_rows(format, &header, &rows, json);
-    }
-    let rows: Vec<Vec<String>> = drops
-        .drops
-        .iter()
-        .map(|d| {
-            vec![
-                d.agent.clone(),
-                dash(&d.device),
-                d.reason.clone(),
-                d.counted_by.clone(),
-                d.readings.to_string(),
-            ]
-        })
-        .collect();
-    print_rows(
-        format,
-        &["AGENT", "DEVICE", "REASON", "COUNTED BY", "READINGS"],
-        &rows,
-        json,
-    )
-}
-
-fn print_series(series: &[SeriesInfo], format: Format) -> anyhow::Result<()> {
-    let rows: Vec<Vec<String>> = series
-        .iter()
-        .map(|s| vec![s.id.to_string(), s.name.clone()])
-        .collect();
-    print_rows(format, &["ID", "SERIES"], &rows, || {
-        serde_json::to_string_pretty(series).unwrap_or_default()
-    })
-}
-
-fn opt(v: Option<f64>) -> String {
-    v.map_or(String::new(), |v| v.to_string())
-}
-
-fn print_query(results: &[SeriesResult], format: Format) -> anyhow::Result<()> {
-    let header = [
-        "SERIES", "TIME", "VALUE", "WINDOW", "COUNT", "SUM", "MIN", "MAX", "FIRST", "LAST", "P50",
-        "P90", "P99",
-    ];
-    let mut rows = Vec::new();
-    for r in results {
-        for &(ts, v) in &r.readings {
-            let mut row = vec![r.series.clone(), time_text(ts), v.to_string()];
-            row.resize(header.len(), String::new());
-            rows.push(row);
-        }
-        for w in &r.windows {
-            rows.push(vec![
-                r.series.clone(),
-                time_text(w.start_ns),
-                String::new(),
-                humantime::format_duration(std::time::Duration::from_nanos(w.len_ns)).to_string(),
-                w.count.to_string(),
-                w.sum.to_string(),
-                w.min.to_string(),
-                w.max.to_string(),
-                w.first.to_string(),
-                w.last.to_string(),
-                opt(w.p50),
-                opt(w.p90),
-                opt(w.p99),
-            ]);
-        }
-    }
-    print_rows(format, &header, &rows, || {
-        serde_json::to_string_pretty(results).unwrap_or_default()
-    })
-}
-
-fn print_alerts(alerts: &[AlertEvent], format: Format) -> anyhow::Result<()> {
-    let header = ["ID", "TIME", "RULE", "STATE", "SUBJECT", "VALUE", "MESSAGE"];
-    let rows: Vec<Vec<String>> = alerts
-        .iter()
-        .map(|a| {
-            vec![
-                a.id.to_string(),
-                time_text(a.ts_ns),
-                a.rule.clone(),
-                a.state.as_str().to_owned(),
-                a.subject.clone(),
-                a.value.to_string(),
-                a.message.clone(),
-            ]
-        })
-        .collect();
-    print_rows(format, &header, &rows, || {
-        serde_json::to_string_pretty(alerts).unwrap_or_default()
-    })
-}
-
-fn print_subscribers(subs: &[SubscriberView], format: Format) -> anyhow::Result<()> {
-    let header = [
-        "SUBSCRIBER",
-        "CURSOR",
-        "HEAD",
-        "LAG",
-        "BUDGET",
-        "POLICY",
-        "HANDLED",
-        "SKIPPED",
-        "DEAD",
-    ];
-    let rows: Vec<Vec<String>> = subs
-        .iter()
-        .map(|s| {
-            vec![
-                s.name.clone(),
-                s.cursor.to_string(),
-                s.head.to_string(),
-                s.lag.to_string(),
-                s.lag_budget.to_string(),
-                format!("{:?}", s.policy).to_lowercase(),
-                s.handled.to_string(),
-                s.skipped.to_string(),
-                s.dead_letters.to_string(),
-            ]
-        })
-        .collect();
-    print_rows(format, &header, &rows, || {
-        serde_json::to_string_pretty(subs).unwrap_or_default()
-    })
 }

@@ -11,7 +11,8 @@
 //!   macros that declare wire types;
 //! - [`codec`]: encode and decode single messages with either encoder;
 //! - [`series`], [`batch`], [`sketch`], [`session`], [`health`] (`alloc`):
-//!   what agents send collectors;
+//!   what agents send collectors; [`query`] (`alloc`): the collector's JSON
+//!   query answer, for its clients, with [`json`]'s string times and values;
 //! - [`link`]: what devices and gateways say to each other (no allocation);
 //! - [`stream`]: length-prefixed frames on QUIC streams;
 //! - [`serial`]: COBS + CRC-32C frames on serial links.
@@ -35,6 +36,10 @@ pub mod wire;
 
 #[cfg(feature = "alloc")]
 pub mod batch;
+#[cfg(feature = "alloc")]
+pub mod json;
+#[cfg(feature = "alloc")]
+pub mod query;
 #[cfg(feature = "alloc")]
 pub mod series;
 #[cfg(feature = "alloc")]

@@ -1,12 +1,15 @@
 //! Helpers for Ferry's end-to-end tests: finding the real binaries, running
 //! them as child processes, and a collector in-process to stop and start.
 //!
-//! The binaries are those `cargo test --workspace` (or `cargo build
-//! --workspace --bins`) built next to this test's own executable.
+//! The harness ([`binary`], [`reserve_port`]) builds the binaries from the
+//! current tree and hands out ports that cannot race; see [`harness`].
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+
+pub mod harness;
+pub use harness::{binary, reserve_port};
 use std::time::Duration;
 
 use ferry_collector::admin::Admin;
@@ -101,23 +104,6 @@ impl RunningCollector {
     }
 }
 
-/// Path of a workspace binary, e.g. `ferry-agent`, built for this profile.
-pub fn binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build it first with `cargo build -p {name}` (scripts/test.sh does)",
-        path.display()
-    );
-    path
-}
-
 /// A child process killed (SIGKILL) when dropped.
 pub struct Proc(pub Child);
 
@@ -150,20 +136,14 @@ impl Drop for Proc {
     }
 }
 
-/// A free loopback port (bound and released).
+/// A loopback port for a TCP server started later ([`reserve_port`]).
 pub fn free_tcp_port() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    reserve_port()
 }
 
-/// A free loopback UDP port (bound and released).
+/// A loopback port for a UDP server started later ([`reserve_port`]).
 pub fn free_udp_port() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    reserve_port()
 }
 
 /// Raw readings the collector in `data` holds for series matching

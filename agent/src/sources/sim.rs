@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::intake::{Intake, Refused, SubmitError};
 use crate::journal::{SeriesReadings, Work};
 use crate::metrics::Counter;
-use crate::writer::now_ns;
+use ferry_clock::now_ns;
 
 /// `[[simulator]]` in agent.toml.
 #[derive(Debug, Clone, Deserialize)]

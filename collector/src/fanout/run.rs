@@ -95,6 +95,92 @@ fn skipped_event(from: u64, to: u64, now: i64) -> AlertEvent {
     }
 }
 
+/// What a subscriber does with its log at a given cursor and head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Nothing new.
+    Idle,
+    /// Past its lag budget under `skip`: jump over `from..=to`.
+    Skip {
+        /// First entry skipped.
+        from: u64,
+        /// Last entry skipped (the head).
+        to: u64,
+    },
+    /// Handle the entries after the cursor.
+    Handle,
+}
+
+/// The lag-budget rule (docs/alerts.md): a subscriber more than
+/// `budget.max` entries behind under `skip` jumps to the head.
+fn plan(cursor: u64, head: u64, budget: LagBudget) -> Pass {
+    let lag = head.saturating_sub(cursor);
+    if lag > budget.max && budget.policy == LagPolicy::Skip {
+        Pass::Skip {
+            from: cursor + 1,
+            to: head,
+        }
+    } else if lag > 0 {
+        Pass::Handle
+    } else {
+        Pass::Idle
+    }
+}
+
+/// Where the cursor goes after a pass that read up to `last`: entries below
+/// the head that are gone (never logged) are passed over.
+fn cursor_after(head: u64, last: u64, read: u64) -> u64 {
+    if read == 0 { head } else { last }
+}
+
+/// Whether a processors' pass has anything to commit.
+fn worth_committing(c: &FanoutCommit, cursor_before: u64) -> bool {
+    c.cursor != cursor_before
+        || !c.alerts.is_empty()
+        || !c.states.is_empty()
+        || !c.removed.is_empty()
+}
+
+/// The processors' pass over log entries after `cursor`: the series names
+/// they need are looked up once, each entry handled at `now`.
+fn handle_entries(
+    store: &crate::store::Store,
+    w: &mut Work,
+    cursor: u64,
+    now: i64,
+) -> Result<(u64, u64, u64, Vec<AlertEvent>), crate::StoreError> {
+    let entries = store.log_after(cursor, PASS_ENTRIES)?;
+    let mut missing: Vec<u64> = entries
+        .iter()
+        .flat_map(|(_, e)| {
+            e.chunks
+                .iter()
+                .map(|c| c.0)
+                .chain(e.aggregate_series.iter().copied())
+        })
+        .filter(|id| !w.names.contains_key(id))
+        .collect();
+    missing.sort_unstable();
+    missing.dedup();
+    w.names.extend(store.series_names(&missing)?);
+    let (mut last, mut handled, mut bad) = (cursor, 0, 0);
+    let mut alerts = Vec::new();
+    for (seq, e) in &entries {
+        match w.procs.handle(e, &w.names, now) {
+            Ok(a) => {
+                alerts.extend(a);
+                handled += 1;
+            }
+            Err(err) => {
+                tracing::error!(seq, "event log entry unreadable, skipped: {err}");
+                bad += 1;
+            }
+        }
+        last = *seq;
+    }
+    Ok((last, handled, bad, alerts))
+}
+
 /// The processors' task: until `stop`, handle the event log from the
 /// durable cursor and commit state, cursor and alerts together.
 pub(crate) async fn processors(
@@ -134,81 +220,52 @@ pub(crate) async fn processors(
         let record = bus.record(PROCESSORS).unwrap_or_default();
         let budget = bus.budget(PROCESSORS).unwrap_or_default();
         let head = bus.event_head();
-        let lag = head.saturating_sub(record.seq);
         let now = crate::now_ns();
         let mut commit = FanoutCommit {
             cursor: record.seq,
             max_alerts: cfg.max_alerts,
             ..FanoutCommit::default()
         };
-        if lag > budget.max && budget.policy == LagPolicy::Skip {
-            tracing::warn!(
-                from = record.seq + 1,
-                to = head,
-                "processors past their lag budget ({}): skipping {lag} stored batches",
-                budget.max
-            );
-            commit.cursor = head;
-            commit.skipped = lag;
-            commit.alerts.push(skipped_event(record.seq + 1, head, now));
-        } else if lag > 0 {
-            let store = shared.store.clone();
-            let cursor = record.seq;
-            let joined = tokio::task::spawn_blocking(move || {
-                let r = (|| -> Result<(u64, u64, u64, Vec<AlertEvent>), crate::StoreError> {
-                    let entries = store.log_after(cursor, PASS_ENTRIES)?;
-                    let mut missing: Vec<u64> = entries
-                        .iter()
-                        .flat_map(|(_, e)| {
-                            e.chunks
-                                .iter()
-                                .map(|c| c.0)
-                                .chain(e.aggregate_series.iter().copied())
-                        })
-                        .filter(|id| !w.names.contains_key(id))
-                        .collect();
-                    missing.sort_unstable();
-                    missing.dedup();
-                    w.names.extend(store.series_names(&missing)?);
-                    let (mut last, mut handled, mut bad) = (cursor, 0, 0);
-                    let mut alerts = Vec::new();
-                    for (seq, e) in &entries {
-                        match w.procs.handle(e, &w.names, now) {
-                            Ok(a) => {
-                                alerts.extend(a);
-                                handled += 1;
-                            }
-                            Err(err) => {
-                                tracing::error!(seq, "event log entry unreadable, skipped: {err}");
-                                bad += 1;
-                            }
-                        }
-                        last = *seq;
+        match plan(record.seq, head, budget) {
+            Pass::Idle => {}
+            Pass::Skip { from, to } => {
+                let lag = to + 1 - from;
+                tracing::warn!(
+                    from,
+                    to,
+                    "processors past their lag budget ({}): skipping {lag} stored batches",
+                    budget.max
+                );
+                commit.cursor = head;
+                commit.skipped = lag;
+                commit.alerts.push(skipped_event(from, to, now));
+            }
+            Pass::Handle => {
+                let store = shared.store.clone();
+                let cursor = record.seq;
+                let joined = tokio::task::spawn_blocking(move || {
+                    let r = handle_entries(&store, &mut w, cursor, now);
+                    (w, r)
+                })
+                .await;
+                let Ok((back, r)) = joined else {
+                    tracing::error!("the processors' pass panicked; processors stop");
+                    break;
+                };
+                w = back;
+                match r {
+                    Ok((last, handled, bad, alerts)) => {
+                        commit.cursor = cursor_after(head, last, handled + bad);
+                        commit.handled = handled;
+                        commit.skipped = bad;
+                        commit.alerts = alerts;
                     }
-                    Ok((last, handled, bad, alerts))
-                })();
-                (w, r)
-            })
-            .await;
-            let Ok((back, r)) = joined else {
-                tracing::error!("the processors' pass panicked; processors stop");
-                break;
-            };
-            w = back;
-            match r {
-                Ok((last, handled, bad, alerts)) => {
-                    // Entries below the head that are gone (never logged)
-                    // are passed over.
-                    commit.cursor = if handled + bad == 0 { head } else { last };
-                    commit.handled = handled;
-                    commit.skipped = bad;
-                    commit.alerts = alerts;
-                }
-                Err(e) => {
-                    tracing::error!("reading the event log: {e}");
-                    work = Some(w);
-                    pause(&mut stop, Duration::from_secs(1)).await;
-                    continue;
+                    Err(e) => {
+                        tracing::error!("reading the event log: {e}");
+                        work = Some(w);
+                        pause(&mut stop, Duration::from_secs(1)).await;
+                        continue;
+                    }
                 }
             }
         }
@@ -219,11 +276,7 @@ pub(crate) async fn processors(
         commit.states = w.procs.take_dirty();
         commit.removed = std::mem::take(&mut removed);
         let progressed = commit.cursor != record.seq;
-        if progressed
-            || !commit.alerts.is_empty()
-            || !commit.states.is_empty()
-            || !commit.removed.is_empty()
-        {
+        if worth_committing(&commit, record.seq) {
             let (tx, rx) = oneshot::channel();
             let n_alerts = commit.alerts.len();
             if shared
@@ -532,5 +585,47 @@ async fn sink_task(shared: Arc<Shared>, sink: Sink, mut stop: watch::Receiver<bo
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_subscriber_past_its_budget_skips_only_under_skip() {
+        let skip = LagBudget {
+            max: 10,
+            policy: LagPolicy::Skip,
+        };
+        let wait = LagBudget {
+            max: 10,
+            policy: LagPolicy::Backpressure,
+        };
+        assert_eq!(plan(5, 5, skip), Pass::Idle);
+        assert_eq!(plan(5, 15, skip), Pass::Handle, "at the budget: handled");
+        assert_eq!(plan(5, 16, skip), Pass::Skip { from: 6, to: 16 });
+        assert_eq!(
+            plan(5, 1000, wait),
+            Pass::Handle,
+            "backpressure never skips"
+        );
+        assert_eq!(plan(9, 3, skip), Pass::Idle, "a head behind the cursor");
+    }
+
+    #[test]
+    fn a_pass_that_read_nothing_moves_to_the_head() {
+        assert_eq!(cursor_after(20, 7, 0), 20, "entries gone: passed over");
+        assert_eq!(cursor_after(20, 12, 5), 12);
+        let mut c = FanoutCommit {
+            cursor: 3,
+            ..FanoutCommit::default()
+        };
+        assert!(!worth_committing(&c, 3));
+        c.removed.push("old-rule".into());
+        assert!(worth_committing(&c, 3));
+        c.removed.clear();
+        c.cursor = 4;
+        assert!(worth_committing(&c, 3));
     }
 }

@@ -5,6 +5,7 @@
 
 use std::time::Duration;
 
+use ferry_clock::Backoff;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -79,6 +80,74 @@ async fn post(sink: &WebhookSink, body: &[u8]) -> Result<u16, String> {
         .map_err(|_| format!("no answer within {:?}", sink.timeout))?
 }
 
+/// What to do after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Done: delivered or given up on.
+    Done(Delivery),
+    /// Try again after this pause; the reason the attempt failed.
+    Retry {
+        /// The pause.
+        after: Duration,
+        /// Why the attempt failed.
+        reason: String,
+    },
+}
+
+/// One event's delivery attempts, sans-IO: what each attempt's result
+/// means (2xx delivered; 4xx other than 408 and 429 a permanent refusal;
+/// anything else retried with doubling pauses until `max_attempts`).
+#[derive(Debug, Clone)]
+pub(crate) struct Attempts {
+    max_attempts: u32,
+    made: u32,
+    backoff: Backoff,
+}
+
+impl Attempts {
+    pub(crate) fn new(sink: &WebhookSink) -> Self {
+        Self {
+            max_attempts: sink.raw.max_attempts,
+            made: 0,
+            backoff: Backoff::new(
+                sink.backoff_min.max(Duration::from_millis(1)),
+                sink.backoff_max,
+            ),
+        }
+    }
+
+    /// An attempt ended with an HTTP status, or with no answer (`Err`).
+    pub(crate) fn handle_result(&mut self, result: Result<u16, String>) -> Next {
+        self.made += 1;
+        let attempts = self.made;
+        let reason = match result {
+            Ok(code) if (200..300).contains(&code) => {
+                return Next::Done(Delivery::Delivered { attempts });
+            }
+            Ok(code) if (400..500).contains(&code) && code != 408 && code != 429 => {
+                return Next::Done(Delivery::DeadLetter {
+                    reason: format!("refused with HTTP {code}"),
+                    attempts,
+                });
+            }
+            Ok(code) => format!("HTTP {code}"),
+            Err(e) => e,
+        };
+        if attempts >= self.max_attempts {
+            return Next::Done(Delivery::DeadLetter { reason, attempts });
+        }
+        Next::Retry {
+            after: self.backoff.next_delay(),
+            reason,
+        }
+    }
+
+    /// Attempts made.
+    pub(crate) fn made(&self) -> u32 {
+        self.made
+    }
+}
+
 /// Delivers `body`, retrying; `on_retry` is called before each retry.
 pub(crate) async fn deliver(
     sink: &WebhookSink,
@@ -86,37 +155,79 @@ pub(crate) async fn deliver(
     stop: &mut watch::Receiver<bool>,
     mut on_retry: impl FnMut(u32, &str),
 ) -> Delivery {
-    let mut backoff = sink.backoff_min;
-    let mut attempts = 0;
+    let mut attempts = Attempts::new(sink);
     loop {
         if *stop.borrow() {
             return Delivery::Stopped;
         }
-        attempts += 1;
-        let reason = tokio::select! {
-            r = post(sink, body) => match r {
-                Ok(code) if (200..300).contains(&code) => return Delivery::Delivered { attempts },
-                Ok(code) if (400..500).contains(&code) && code != 408 && code != 429 => {
-                    return Delivery::DeadLetter {
-                        reason: format!("refused with HTTP {code}"),
-                        attempts,
-                    };
-                }
-                Ok(code) => format!("HTTP {code}"),
-                Err(e) => e,
-            },
+        let result = tokio::select! {
+            r = post(sink, body) => r,
             _ = crate::stopped(stop) => return Delivery::Stopped,
         };
-        if attempts >= sink.raw.max_attempts {
-            return Delivery::DeadLetter { reason, attempts };
-        }
-        on_retry(attempts, &reason);
+        let (after, reason) = match attempts.handle_result(result) {
+            Next::Done(d) => return d,
+            Next::Retry { after, reason } => (after, reason),
+        };
+        on_retry(attempts.made(), &reason);
         tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
+            _ = tokio::time::sleep(after) => {}
             _ = crate::stopped(stop) => return Delivery::Stopped,
         }
-        backoff = (backoff * 2)
-            .min(sink.backoff_max)
-            .max(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn attempts(max: u32) -> Attempts {
+        Attempts {
+            max_attempts: max,
+            made: 0,
+            backoff: Backoff::new(100 * MS, 300 * MS),
+        }
+    }
+
+    #[test]
+    fn failures_are_retried_with_doubling_pauses_then_dead_lettered() {
+        let mut a = attempts(4);
+        let mut pauses = Vec::new();
+        for result in [Err("connection refused".to_owned()), Ok(503), Ok(429)] {
+            match a.handle_result(result) {
+                Next::Retry { after, .. } => pauses.push(after),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(pauses, [100 * MS, 200 * MS, 300 * MS], "doubling, capped");
+        assert_eq!(
+            a.handle_result(Ok(500)),
+            Next::Done(Delivery::DeadLetter {
+                reason: "HTTP 500".into(),
+                attempts: 4
+            })
+        );
+    }
+
+    #[test]
+    fn success_and_permanent_refusals_end_at_once() {
+        let mut a = attempts(5);
+        assert!(
+            matches!(a.handle_result(Ok(408)), Next::Retry { .. }),
+            "timeout: retried"
+        );
+        assert_eq!(
+            a.handle_result(Ok(204)),
+            Next::Done(Delivery::Delivered { attempts: 2 })
+        );
+        let mut a = attempts(5);
+        assert_eq!(
+            a.handle_result(Ok(404)),
+            Next::Done(Delivery::DeadLetter {
+                reason: "refused with HTTP 404".into(),
+                attempts: 1
+            })
+        );
     }
 }

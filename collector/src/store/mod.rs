@@ -163,74 +163,23 @@ pub struct SeriesInfo {
     pub tags: Vec<(String, String)>,
 }
 
-/// Readings and aggregates of one series, as a query returns them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct SeriesResult {
-    /// The series in Prometheus text form.
-    pub series: String,
-    /// Raw readings `[ts_ns, value]` in timestamp order (without a step);
-    /// in JSON both as strings ([`crate::json`]).
-    #[serde(with = "crate::json::readings")]
-    pub readings: Vec<(i64, f64)>,
-    /// Windows in start order: stored aggregates, or with a step the
-    /// re-bucketed readings and aggregates.
-    pub windows: Vec<WindowRow>,
-}
+pub use ferry_proto::query::{SeriesResult, WindowRow};
 
-/// One window of a query result. In JSON, times and values are strings
-/// ([`crate::json`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WindowRow {
-    /// Window start, ns since the epoch.
-    #[serde(with = "crate::json::ns")]
-    pub start_ns: i64,
-    /// Window length, ns.
-    #[serde(with = "crate::json::ns_u64")]
-    pub len_ns: u64,
-    /// Readings in the window.
-    pub count: u64,
-    /// Sum.
-    #[serde(with = "crate::json::value")]
-    pub sum: f64,
-    /// Smallest.
-    #[serde(with = "crate::json::value")]
-    pub min: f64,
-    /// Largest.
-    #[serde(with = "crate::json::value")]
-    pub max: f64,
-    /// Earliest value.
-    #[serde(with = "crate::json::value")]
-    pub first: f64,
-    /// Latest value.
-    #[serde(with = "crate::json::value")]
-    pub last: f64,
-    /// Median from the sketch (1% relative error), when there is one.
-    #[serde(with = "crate::json::opt_value")]
-    pub p50: Option<f64>,
-    /// 90th percentile.
-    #[serde(with = "crate::json::opt_value")]
-    pub p90: Option<f64>,
-    /// 99th percentile.
-    #[serde(with = "crate::json::opt_value")]
-    pub p99: Option<f64>,
-}
-
-impl WindowRow {
-    fn of(a: &WindowAggregate) -> Self {
-        let q = |q| a.sketch.as_ref().and_then(|s| s.quantile(q));
-        Self {
-            start_ns: a.start_ns,
-            len_ns: a.len_ns,
-            count: a.count,
-            sum: a.sum,
-            min: a.min,
-            max: a.max,
-            first: a.first,
-            last: a.last,
-            p50: q(0.5),
-            p90: q(0.9),
-            p99: q(0.99),
-        }
+/// A stored aggregate as a query answers it.
+fn window_row(a: &WindowAggregate) -> WindowRow {
+    let q = |q| a.sketch.as_ref().and_then(|s| s.quantile(q));
+    WindowRow {
+        start_ns: a.start_ns,
+        len_ns: a.len_ns,
+        count: a.count,
+        sum: a.sum,
+        min: a.min,
+        max: a.max,
+        first: a.first,
+        last: a.last,
+        p50: q(0.5),
+        p90: q(0.9),
+        p99: q(0.99),
     }
 }
 
@@ -525,7 +474,7 @@ impl Store {
             out.push(SeriesResult {
                 series: s.name,
                 readings,
-                windows: windows.iter().map(WindowRow::of).collect(),
+                windows: windows.iter().map(window_row).collect(),
             });
         }
         Ok(out)

@@ -29,25 +29,29 @@
 //! A line longer than [`InfluxConfig::max_line_bytes`] is rejected and
 //! skipped up to its end.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use ferry_clock::{Backoff, Clock, SystemClock};
 
 use ferry_proto::health;
 use tokio::io::AsyncReadExt;
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 
+mod udp;
+
+pub use self::udp::run_udp;
 use super::line::{
-    ChunkParser, KeyCache, LineError, LineSplitter, Parsed, Precision, count_newlines,
+    Chunk, ChunkParser, Chunker, KeyCache, LineError, Parsed, Piece, Precision, split_datagram,
 };
 use crate::intake::{Intake, Refused, SubmitError};
-use crate::journal::{CommitReport, Work};
+use crate::journal::Work;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
@@ -56,7 +60,7 @@ const READ_SIZE: usize = 64 * 1024;
 /// connection's buffer to about `CHUNK_BYTES + READ_SIZE`, plus one line).
 const CHUNK_BYTES: usize = 256 * 1024;
 /// First pause before resubmitting work the journal refused; doubles up to
-/// [`MAX_RETRY_PAUSE`].
+/// [`MAX_RETRY_PAUSE`] ([`Backoff`]).
 const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
 const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Most log lines per connection per this period.
@@ -207,6 +211,7 @@ pub async fn run_tcp(
     shutdown: impl Future<Output = ()>,
 ) {
     let cfg = Arc::new(cfg);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (stop_tx, stop_rx) = watch::channel(false);
     let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
     let mut connections = JoinSet::new();
@@ -234,6 +239,7 @@ pub async fn run_tcp(
         };
         let connection = Connection {
             cfg: cfg.clone(),
+            clock: clock.clone(),
             intake: intake.clone(),
             stats: stats.clone(),
             stop: stop_rx.clone(),
@@ -250,58 +256,14 @@ pub async fn run_tcp(
     while connections.join_next().await.is_some() {}
 }
 
-/// Reads line protocol datagrams from `socket` until `shutdown` completes.
-pub async fn run_udp(
-    socket: UdpSocket,
-    cfg: InfluxConfig,
-    intake: Intake,
-    stats: Arc<SourceStats>,
-    shutdown: impl Future<Output = ()>,
-) {
-    tokio::pin!(shutdown);
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut udp = Udp {
-        cfg: &cfg,
-        intake: &intake,
-        stats: &stats,
-        pending: BTreeMap::new(),
-        in_flight: JoinSet::new(),
-        warn: WarnLimit::default(),
-        keys: KeyCache::default(),
-    };
-    let mut retry = tokio::time::interval(UDP_HEALTH_RETRY);
-    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => break,
-            received = socket.recv_from(&mut buf) => match received {
-                Ok((n, peer)) => udp.datagram(&buf[..n], peer),
-                Err(e) => tracing::debug!(source = %cfg.name, error = %e, "UDP receive failed"),
-            },
-            Some(answer) = udp.in_flight.join_next(), if !udp.in_flight.is_empty() => {
-                if let Ok((sent, result)) = answer {
-                    udp.answered(sent, result);
-                }
-            }
-            _ = retry.tick(), if !udp.pending.is_empty() => udp.submit(Work::default(), Sent::default()),
-        }
-    }
-}
-
-fn now_ns() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-}
-
-/// A line found in a buffer, or a line rejected for its length.
-enum Piece {
-    Line { no: usize, start: usize, end: usize },
-    TooLong { no: usize },
-}
-
-fn parse_pieces(buf: &[u8], pieces: &[Piece], cfg: &InfluxConfig, keys: &mut KeyCache) -> Parsed {
-    let mut parser = ChunkParser::new(cfg.precision, now_ns(), &cfg.name, &cfg.device_tag, keys);
+fn parse_pieces(
+    buf: &[u8],
+    pieces: &[Piece],
+    cfg: &InfluxConfig,
+    keys: &mut KeyCache,
+    now_ns: i64,
+) -> Parsed {
+    let mut parser = ChunkParser::new(cfg.precision, now_ns, &cfg.name, &cfg.device_tag, keys);
     for piece in pieces {
         match *piece {
             Piece::Line { no, start, end } => parser.push_line(no, &buf[start..end]),
@@ -335,22 +297,27 @@ fn chunk_work(parsed: Parsed, cfg: &InfluxConfig) -> Work {
 /// At most one warning per [`WARN_PERIOD`]; counts the rest.
 #[derive(Debug, Default)]
 struct WarnLimit {
-    last: Option<Instant>,
+    last: Option<i64>,
     suppressed: u64,
 }
 
 impl WarnLimit {
-    fn rejected(&mut self, source: &str, peer: SocketAddr, errors: &[(usize, LineError)]) {
+    /// Rejections at `now`: true when they were logged, false when counted
+    /// as suppressed.
+    fn rejected(
+        &mut self,
+        now: i64,
+        source: &str,
+        peer: SocketAddr,
+        errors: &[(usize, LineError)],
+    ) -> bool {
         let Some((first, rest)) = errors.split_first() else {
-            return;
+            return false;
         };
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < WARN_PERIOD)
-        {
+        let period = ferry_clock::nanos(WARN_PERIOD);
+        if self.last.is_some_and(|t| now.saturating_sub(t) < period) {
             self.suppressed += errors.len() as u64;
-            return;
+            return false;
         }
         let (line, reason) = first;
         tracing::warn!(
@@ -360,6 +327,7 @@ impl WarnLimit {
         );
         self.last = Some(now);
         self.suppressed = rest.len() as u64;
+        true
     }
 
     fn finish(&mut self, source: &str, peer: SocketAddr) {
@@ -373,6 +341,7 @@ impl WarnLimit {
 
 struct Connection {
     cfg: Arc<InfluxConfig>,
+    clock: Arc<dyn Clock>,
     intake: Intake,
     stats: Arc<SourceStats>,
     stop: watch::Receiver<bool>,
@@ -393,115 +362,56 @@ impl Connection {
     }
 
     async fn read_loop(&mut self, stream: &mut TcpStream) {
-        let max_line = self.cfg.max_line_bytes.max(1);
-        let chunk_lines = self.cfg.chunk_lines.max(1);
-        let mut buf: Vec<u8> = Vec::with_capacity(READ_SIZE);
-        let mut splitter = LineSplitter::default();
-        // Skipping the rest of an overlong line, up to its newline.
-        let mut skipping = false;
-        let mut line_no = 1;
-        let mut pieces = Vec::new();
-        // Bytes of `buf` taken into `pieces` (or skipped).
-        let mut consumed = 0;
+        let mut chunker = Chunker::new(self.cfg.max_line_bytes, self.cfg.chunk_lines, CHUNK_BYTES);
         loop {
-            // Take complete lines from the buffer, up to a chunk.
-            while pieces.len() < chunk_lines {
-                if skipping {
-                    match buf[consumed..].iter().position(|&b| b == b'\n') {
-                        Some(p) => {
-                            consumed += p + 1;
-                            line_no += 1;
-                            skipping = false;
-                            continue;
-                        }
-                        None => {
-                            consumed = buf.len();
-                            break;
-                        }
-                    }
-                }
-                match splitter.next_end(&buf[consumed..]) {
-                    Some(e) => {
-                        let (start, end) = (consumed, consumed + e);
-                        pieces.push(if e > max_line {
-                            Piece::TooLong { no: line_no }
-                        } else {
-                            Piece::Line {
-                                no: line_no,
-                                start,
-                                end,
-                            }
-                        });
-                        line_no += 1 + splitter.newlines();
-                        consumed = end + 1;
-                    }
-                    None => {
-                        if buf.len() - consumed > max_line {
-                            pieces.push(Piece::TooLong { no: line_no });
-                            splitter.reset();
-                            skipping = true;
-                            consumed = buf.len();
-                        }
-                        break;
-                    }
-                }
-            }
-            if !pieces.is_empty() {
-                // What is already waiting in the socket joins this chunk
-                // (without waiting for more): one journal commit per chunk,
-                // so a fast sender gets large commits, a slow one small ones.
-                if pieces.len() < chunk_lines && buf.len() < CHUNK_BYTES {
-                    buf.reserve(READ_SIZE);
-                    if let Ok(n @ 1..) = stream.try_read_buf(&mut buf) {
+            match chunker.poll() {
+                Chunk::Ready => {}
+                Chunk::TopUp => {
+                    // What is already waiting in the socket joins this chunk
+                    // (without waiting for more): one journal commit per
+                    // chunk, so a fast sender gets large commits, a slow one
+                    // small ones. Nothing waiting, the end of the stream or
+                    // an error: the blocking read meets it again.
+                    if let Ok(n @ 1..) = stream.try_read_buf(chunker.read_buf(READ_SIZE)) {
                         self.stats.add(&self.stats.bytes, n as u64);
                         continue;
                     }
-                    // Nothing waiting, the end of the stream or an error:
-                    // the blocking read below meets it again.
                 }
-                let parsed = parse_pieces(&buf, &pieces, &self.cfg, &mut self.keys);
-                pieces.clear();
-                buf.drain(..consumed);
-                consumed = 0;
-                if !self.submit(parsed).await {
-                    return;
-                }
-                continue;
-            }
-            buf.drain(..consumed);
-            consumed = 0;
-
-            // Nothing complete in the buffer: read more.
-            buf.reserve(READ_SIZE);
-            let read = tokio::select! {
-                read = stream.read_buf(&mut buf) => read,
-                _ = stopped(&mut self.stop) => return,
-            };
-            match read {
-                Ok(0) => {
-                    if !skipping && !buf.is_empty() {
-                        let end = buf.len();
-                        let piece = if end > max_line {
-                            Piece::TooLong { no: line_no }
-                        } else {
-                            Piece::Line {
-                                no: line_no,
-                                start: 0,
-                                end,
+                Chunk::Read => {
+                    let read = tokio::select! {
+                        read = stream.read_buf(chunker.read_buf(READ_SIZE)) => read,
+                        _ = stopped(&mut self.stop) => return,
+                    };
+                    match read {
+                        Ok(0) => {
+                            chunker.handle_eof();
+                            if chunker.lines() > 0 {
+                                let parsed = self.parse(&mut chunker);
+                                self.submit(parsed).await;
                             }
-                        };
-                        let parsed = parse_pieces(&buf, &[piece], &self.cfg, &mut self.keys);
-                        self.submit(parsed).await;
+                            return;
+                        }
+                        Ok(n) => {
+                            self.stats.add(&self.stats.bytes, n as u64);
+                            continue;
+                        }
+                        Err(e) => {
+                            tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e, "connection read failed");
+                            return;
+                        }
                     }
-                    return;
                 }
-                Ok(n) => self.stats.add(&self.stats.bytes, n as u64),
-                Err(e) => {
-                    tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e, "connection read failed");
-                    return;
-                }
+            }
+            let parsed = self.parse(&mut chunker);
+            if !self.submit(parsed).await {
+                return;
             }
         }
+    }
+
+    fn parse(&mut self, chunker: &mut Chunker) -> Parsed {
+        let now = self.clock.now_ns();
+        chunker.take(|buf, pieces| parse_pieces(buf, pieces, &self.cfg, &mut self.keys, now))
     }
 
     /// Hands a chunk to the journal, retrying while it is refused; false
@@ -510,15 +420,16 @@ impl Connection {
         let rejected = parsed.errors.len() as u64;
         if rejected > 0 {
             self.stats.add(&self.stats.lines_rejected, rejected);
+            let now = self.clock.now_ns();
             self.warn
-                .rejected(&self.cfg.name, self.peer, &parsed.errors);
+                .rejected(now, &self.cfg.name, self.peer, &parsed.errors);
         }
         let (lines, readings) = (parsed.lines_accepted, parsed.readings_accepted);
         let work = chunk_work(parsed, &self.cfg);
         if work.is_empty() {
             return true;
         }
-        let mut pause = FIRST_RETRY_PAUSE;
+        let mut pause = Backoff::new(FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE);
         let mut work = work;
         loop {
             match self.intake.submit_or_return(work).await {
@@ -552,13 +463,12 @@ impl Connection {
                     tracing::debug!(source = %self.cfg.name, peer = %self.peer, %error,
                         "journal refused a chunk; pausing this connection");
                     tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
+                        _ = tokio::time::sleep(pause.next_delay()) => {}
                         _ = stopped(&mut self.stop) => {
                             self.stats.add(&self.stats.dropped_readings, readings);
                             return false;
                         }
                     }
-                    pause = (pause * 2).min(MAX_RETRY_PAUSE);
                 }
             }
         }
@@ -570,141 +480,29 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|&s| s).await;
 }
 
-/// What an unanswered UDP submission carried, to count if it is lost.
-#[derive(Debug, Default)]
-struct Sent {
-    lines: u64,
-    /// Readings per origin.
-    readings: Vec<(String, u64)>,
-    /// Health increments it carried.
-    health: Vec<(String, u16, u64)>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-type Answer = (Sent, Result<Result<CommitReport, SubmitError>, ()>);
-
-struct Udp<'a> {
-    cfg: &'a InfluxConfig,
-    intake: &'a Intake,
-    stats: &'a SourceStats,
-    /// Health increments waiting for room in the queue.
-    pending: BTreeMap<(String, u16), u64>,
-    in_flight: JoinSet<Answer>,
-    warn: WarnLimit,
-    /// Series keys parsed from datagrams.
-    keys: KeyCache,
-}
-
-impl Udp<'_> {
-    fn datagram(&mut self, bytes: &[u8], peer: SocketAddr) {
-        let max_line = self.cfg.max_line_bytes.max(1);
-        let mut splitter = LineSplitter::default();
-        let mut pieces = Vec::new();
-        let (mut pos, mut no) = (0, 1);
-        while pos < bytes.len() {
-            let (end, newlines) = match splitter.next_end(&bytes[pos..]) {
-                Some(e) => (pos + e, splitter.newlines()),
-                None => (bytes.len(), count_newlines(&bytes[pos..])),
-            };
-            pieces.push(if end - pos > max_line {
-                Piece::TooLong { no }
-            } else {
-                Piece::Line {
-                    no,
-                    start: pos,
-                    end,
-                }
-            });
-            no += 1 + newlines;
-            pos = end + 1;
-        }
-        let parsed = parse_pieces(bytes, &pieces, self.cfg, &mut self.keys);
-        if !parsed.errors.is_empty() {
-            self.stats
-                .lines_rejected
-                .fetch_add(parsed.errors.len() as u64, Ordering::Relaxed);
-            self.warn.rejected(&self.cfg.name, peer, &parsed.errors);
-        }
-        let mut per_origin: BTreeMap<&str, u64> = BTreeMap::new();
-        for group in &parsed.readings {
-            *per_origin.entry(&group.origin).or_default() += group.readings.len() as u64;
-        }
-        let sent = Sent {
-            lines: parsed.lines_accepted,
-            readings: per_origin
-                .into_iter()
-                .map(|(o, n)| (o.to_owned(), n))
-                .collect(),
-            health: Vec::new(),
+    #[test]
+    fn rejections_are_logged_at_most_once_a_period_and_the_rest_counted() {
+        let peer = SocketAddr::from(([127, 0, 0, 1], 9));
+        let errs = |n: usize| -> Vec<(usize, LineError)> {
+            (1..=n)
+                .map(|no| (no, LineError::LineTooLong { max: 8 }))
+                .collect()
         };
-        let work = chunk_work(parsed, self.cfg);
-        self.submit(work, sent);
-        // Counted last, so that a watcher of the stats sees the datagram
-        // handled, submitted or dropped.
-        self.stats.add(&self.stats.bytes, bytes.len() as u64);
-    }
-
-    /// Tries to hand `work` plus pending health counts to the journal.
-    fn submit(&mut self, mut work: Work, mut sent: Sent) {
-        for ((origin, kind), n) in std::mem::take(&mut self.pending) {
-            work.health.push((origin, kind, n));
-        }
-        if work.is_empty() {
-            return;
-        }
-        sent.health = work.health.clone();
-        match self.intake.try_submit(work) {
-            Ok(answer) => {
-                self.in_flight.spawn(async move {
-                    let outcome = answer.await.map_err(|_| ());
-                    (sent, outcome.map(|o| o.map_err(|r| r.error)))
-                });
-            }
-            Err(_) => self.lost(sent),
-        }
-    }
-
-    fn answered(&mut self, sent: Sent, result: Result<Result<CommitReport, SubmitError>, ()>) {
-        match result {
-            Ok(Ok(_)) => {
-                let readings = sent.readings.iter().map(|(_, n)| n).sum();
-                self.stats
-                    .lines_accepted
-                    .fetch_add(sent.lines, Ordering::Relaxed);
-                self.stats.add(&self.stats.readings_accepted, readings);
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(source = %self.cfg.name, error = %e, "journal refused a datagram");
-                self.lost(sent);
-            }
-            // The writer is gone: nothing more can be recorded.
-            Err(()) => {
-                let readings = sent.readings.iter().map(|(_, n)| n).sum();
-                self.stats.add(&self.stats.dropped_readings, readings);
-            }
-        }
-    }
-
-    /// Counts a submission that was not committed, and keeps what it
-    /// carried for the next one.
-    fn lost(&mut self, sent: Sent) {
-        let mut dropped = 0;
-        for (origin, n) in sent.readings {
-            dropped += n;
-            self.pend(origin, health::DROPPED_QUEUE_FULL, n);
-        }
-        for (origin, kind, n) in sent.health {
-            self.pend(origin, kind, n);
-        }
-        self.stats.add(&self.stats.dropped_readings, dropped);
-    }
-
-    fn pend(&mut self, origin: String, kind: u16, n: u64) {
-        let known = self.pending.contains_key(&(origin.clone(), kind));
-        let origin = if known || self.pending.len() < MAX_PENDING_ORIGINS {
-            origin
-        } else {
-            self.cfg.name.clone()
-        };
-        *self.pending.entry((origin, kind)).or_default() += n;
+        let s = ferry_clock::SEC;
+        let mut w = WarnLimit::default();
+        assert!(!w.rejected(0, "src", peer, &[]), "nothing to log");
+        assert!(w.rejected(10 * s, "src", peer, &errs(3)));
+        assert_eq!(w.suppressed, 2, "the first is logged, the rest counted");
+        assert!(!w.rejected(11 * s - 1, "src", peer, &errs(4)));
+        assert_eq!(w.suppressed, 6);
+        assert!(w.rejected(11 * s, "src", peer, &errs(1)), "a period later");
+        assert_eq!(w.suppressed, 0);
+        w.rejected(11 * s + 1, "src", peer, &errs(2));
+        w.finish("src", peer);
+        assert_eq!(w.suppressed, 0, "reported when the connection ends");
     }
 }

@@ -1,0 +1,478 @@
+//! Key sections and fields: [`ChunkParser`] turns lines into series groups,
+//! with the [`KeyCache`] that carries parsed keys from chunk to chunk.
+
+use std::borrow::Cow;
+
+use smallvec::SmallVec;
+
+use ferry_proto::batch::Reading;
+use ferry_proto::series::{MAX_METRIC_LEN, MAX_TAGS, SeriesError, SeriesKey};
+
+use crate::journal::SeriesReadings;
+
+use super::*;
+
+/// Series parsed from key sections, kept across the chunks of one source
+/// connection: a series seen before costs a hash lookup, not a parse. It
+/// holds at most about [`KeyCache::MAX_KEYS`] key sections (emptied at the
+/// start of a chunk past that). One cache serves one source configuration
+/// (the origin depends on its device tag and name).
+#[derive(Debug, Default)]
+pub struct KeyCache {
+    /// Raw key section (measurement and tags as written) → index in
+    /// `entries`.
+    pub(super) raw_keys: HashMap<Vec<u8>, usize>,
+    /// Canonical key section (measurement, sorted tags) → index in `entries`,
+    /// so that one series written with tags in different orders is one group.
+    keys: HashMap<SeriesKey, usize>,
+    pub(super) entries: Vec<KeyEntry>,
+    /// Per series (`KeyEntry::ids`): `(chunk, group)`, its group's index in
+    /// the groups of chunk number `chunk`. Replaces a per-chunk map.
+    group_of: Vec<(u64, u32)>,
+    /// Chunks parsed with this cache (the current chunk's number).
+    chunk: u64,
+}
+
+impl KeyCache {
+    /// Key sections kept before the cache is emptied.
+    pub const MAX_KEYS: usize = 65_536;
+}
+
+/// Parses lines one at a time into series groups: what [`parse_lines`] does,
+/// for sources that split lines themselves.
+#[derive(Debug)]
+pub struct ChunkParser<'a> {
+    precision: Precision,
+    now_ns: i64,
+    source_name: &'a str,
+    device_tag: &'a str,
+    cache: &'a mut KeyCache,
+    groups: Vec<SeriesReadings>,
+    errors: Vec<(usize, LineError)>,
+    lines_accepted: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct KeyEntry {
+    /// The measurement as metric, and the tags.
+    key: SeriesKey,
+    origin: String,
+    /// Unescaped field key → field id: an index in `series`.
+    fields: HashMap<Vec<u8>, u32>,
+    /// The series of each field.
+    series: Vec<SeriesKey>,
+    /// Each field's index in [`KeyCache::group_of`].
+    ids: Vec<u32>,
+}
+
+pub(super) struct Field<'l> {
+    key: Cow<'l, [u8]>,
+    column: usize,
+    value: f64,
+}
+
+impl<'a> ChunkParser<'a> {
+    /// A parser for one chunk; lines without a timestamp get `now_ns`.
+    /// `cache` carries parsed keys from chunk to chunk of one source.
+    pub fn new(
+        precision: Precision,
+        now_ns: i64,
+        source_name: &'a str,
+        device_tag: &'a str,
+        cache: &'a mut KeyCache,
+    ) -> Self {
+        if cache.raw_keys.len() >= KeyCache::MAX_KEYS {
+            *cache = KeyCache::default();
+        }
+        cache.chunk += 1;
+        Self {
+            precision,
+            now_ns,
+            source_name,
+            device_tag,
+            cache,
+            groups: Vec::new(),
+            errors: Vec::new(),
+            lines_accepted: 0,
+        }
+    }
+
+    /// Parses one line (without its `\n`).
+    pub fn push_line(&mut self, line_no: usize, line: &[u8]) {
+        match self.parse_line(line) {
+            Ok(true) => self.lines_accepted += 1,
+            Ok(false) => {}
+            Err(e) => self.errors.push((line_no, e)),
+        }
+    }
+
+    /// Records a line rejected before parsing (e.g. too long).
+    pub fn reject(&mut self, line_no: usize, error: LineError) {
+        self.errors.push((line_no, error));
+    }
+
+    /// Lines pushed so far that were rejected.
+    pub fn rejected(&self) -> usize {
+        self.errors.len()
+    }
+
+    /// The groups, errors and counts.
+    pub fn finish(mut self) -> Parsed {
+        self.groups.retain(|g| !g.readings.is_empty());
+        let readings_accepted = self.groups.iter().map(|g| g.readings.len() as u64).sum();
+        Parsed {
+            readings: self.groups,
+            errors: self.errors,
+            lines_accepted: self.lines_accepted,
+            readings_accepted,
+        }
+    }
+
+    /// `Ok(false)` for blank and comment lines.
+    fn parse_line(&mut self, line: &[u8]) -> Result<bool, LineError> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let start = skip_blanks(line, 0);
+        if start == line.len() || line[start] == b'#' {
+            return Ok(false);
+        }
+        let key_end = key_section_end(line, start);
+        let raw_key = &line[start..key_end];
+        let cache = &mut *self.cache;
+        let entry = match cache.raw_keys.get(raw_key) {
+            Some(&e) => e,
+            None => {
+                let key = parse_key(line, start, key_end)?;
+                let e = match cache.keys.get(&key) {
+                    Some(&e) => e,
+                    None => {
+                        let origin = key.tag(self.device_tag).unwrap_or(self.source_name);
+                        cache.entries.push(KeyEntry {
+                            origin: origin.to_owned(),
+                            key: key.clone(),
+                            fields: HashMap::default(),
+                            series: Vec::new(),
+                            ids: Vec::new(),
+                        });
+                        cache.keys.insert(key, cache.entries.len() - 1);
+                        cache.entries.len() - 1
+                    }
+                };
+                cache.raw_keys.insert(raw_key.to_vec(), e);
+                e
+            }
+        };
+
+        let mut pos = skip_blanks(line, key_end);
+        if pos == line.len() {
+            return Err(LineError::MissingFields { column: pos + 1 });
+        }
+        // Most lines have a few fields: no allocation per line.
+        let mut fields: SmallVec<[Field<'_>; 4]> = SmallVec::new();
+        loop {
+            let (key, stop) = scan(line, pos, b",= ");
+            if key.is_empty() {
+                return Err(LineError::EmptyFieldKey { column: pos + 1 });
+            }
+            if stop == line.len() || line[stop] != b'=' {
+                return Err(LineError::MissingFieldEquals {
+                    key: quote(&key),
+                    column: stop + 1,
+                });
+            }
+            let vstart = stop + 1;
+            let vend = line[vstart..]
+                .iter()
+                .position(|&b| matches!(b, b',' | b' ' | b'\t'))
+                .map_or(line.len(), |p| vstart + p);
+            let value = parse_value(&key, &line[vstart..vend], vstart + 1)?;
+            if fields.iter().any(|f| f.key == key) {
+                return Err(LineError::DuplicateField {
+                    key: quote(&key),
+                    column: pos + 1,
+                });
+            }
+            fields.push(Field {
+                key,
+                column: pos + 1,
+                value,
+            });
+            if vend < line.len() && line[vend] == b',' {
+                pos = vend + 1;
+            } else {
+                pos = vend;
+                break;
+            }
+        }
+
+        pos = skip_blanks(line, pos);
+        let ts_ns = if pos == line.len() {
+            self.now_ns
+        } else {
+            let tend = line[pos..]
+                .iter()
+                .position(|&b| b == b' ' || b == b'\t')
+                .map_or(line.len(), |p| pos + p);
+            let ts = parse_timestamp(&line[pos..tend], pos + 1, self.precision)?;
+            let after = skip_blanks(line, tend);
+            if after != line.len() {
+                return Err(LineError::TrailingText { column: after + 1 });
+            }
+            ts
+        };
+
+        let cache = &mut *self.cache;
+        let key_entry = &mut cache.entries[entry];
+        let mut groups: SmallVec<[usize; 4]> = SmallVec::new();
+        for field in &fields {
+            let id = match key_entry.fields.get(&*field.key) {
+                Some(&id) => id,
+                None => {
+                    let series = field_series(key_entry, field)?;
+                    let id = key_entry.series.len() as u32;
+                    key_entry.series.push(series);
+                    key_entry.ids.push(cache.group_of.len() as u32);
+                    cache.group_of.push((0, 0));
+                    key_entry.fields.insert(field.key.to_vec(), id);
+                    id
+                }
+            };
+            let slot = &mut cache.group_of[key_entry.ids[id as usize] as usize];
+            let group = if slot.0 == cache.chunk {
+                slot.1 as usize
+            } else {
+                let g = self.groups.len();
+                self.groups.push(SeriesReadings {
+                    series: key_entry.series[id as usize].clone(),
+                    origin: key_entry.origin.clone(),
+                    readings: Vec::new(),
+                });
+                *slot = (cache.chunk, g as u32);
+                g
+            };
+            groups.push(group);
+        }
+        for (field, g) in fields.iter().zip(groups) {
+            self.groups[g].readings.push(Reading {
+                ts_ns,
+                value: field.value,
+            });
+        }
+        Ok(true)
+    }
+}
+
+pub(super) fn is_blank(b: u8) -> bool {
+    b == b' ' || b == b'\t'
+}
+
+pub(super) fn skip_blanks(line: &[u8], mut pos: usize) -> usize {
+    while pos < line.len() && is_blank(line[pos]) {
+        pos += 1;
+    }
+    pos
+}
+
+pub(super) fn is_escapable(b: u8) -> bool {
+    matches!(b, b',' | b' ' | b'=' | b'\\')
+}
+
+/// The first unescaped space at or after `pos` (or the end).
+pub(super) fn key_section_end(line: &[u8], mut pos: usize) -> usize {
+    while pos < line.len() {
+        match line[pos] {
+            b'\\' if pos + 1 < line.len() && is_escapable(line[pos + 1]) => pos += 2,
+            b' ' => return pos,
+            _ => pos += 1,
+        }
+    }
+    pos
+}
+
+/// Unescaped bytes from `pos` to the first unescaped byte of `stops` (or the
+/// end), and where that is.
+pub(super) fn scan<'l>(line: &'l [u8], pos: usize, stops: &[u8]) -> (Cow<'l, [u8]>, usize) {
+    let mut owned: Option<Vec<u8>> = None;
+    let mut i = pos;
+    while i < line.len() {
+        let b = line[i];
+        if b == b'\\' && i + 1 < line.len() && is_escapable(line[i + 1]) {
+            owned
+                .get_or_insert_with(|| line[pos..i].to_vec())
+                .push(line[i + 1]);
+            i += 2;
+            continue;
+        }
+        if stops.contains(&b) {
+            break;
+        }
+        if let Some(o) = &mut owned {
+            o.push(b);
+        }
+        i += 1;
+    }
+    (owned.map_or(Cow::Borrowed(&line[pos..i]), Cow::Owned), i)
+}
+
+/// A name for an error message: lossy UTF-8, clipped.
+pub(super) fn quote(bytes: &[u8]) -> String {
+    clip(&String::from_utf8_lossy(bytes))
+}
+
+pub(super) fn clip(s: &str) -> String {
+    if s.len() <= MAX_QUOTED {
+        return s.to_owned();
+    }
+    let mut end = MAX_QUOTED;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &s[..end])
+}
+
+pub(super) struct RawTag {
+    key: String,
+    value: String,
+    key_column: usize,
+    value_column: usize,
+}
+
+/// The measurement (as the metric) and tags of a key section, checked.
+pub(super) fn parse_key(line: &[u8], start: usize, end: usize) -> Result<SeriesKey, LineError> {
+    let line = &line[..end];
+    let (measurement, mut pos) = scan(line, start, b", ");
+    if measurement.is_empty() {
+        return Err(LineError::MissingMeasurement { column: start + 1 });
+    }
+    let measurement = String::from_utf8_lossy(&measurement).into_owned();
+    let mut tags: Vec<RawTag> = Vec::new();
+    while pos < line.len() {
+        // `scan` stopped at an unescaped ',' (the section ends at a space).
+        let kstart = pos + 1;
+        let (key, stop) = scan(line, kstart, b",= ");
+        if key.is_empty() {
+            return Err(LineError::EmptyTagKey { column: kstart + 1 });
+        }
+        if stop == line.len() || line[stop] != b'=' {
+            return Err(LineError::MissingTagEquals {
+                key: quote(&key),
+                column: stop + 1,
+            });
+        }
+        let vstart = stop + 1;
+        let (value, vstop) = scan(line, vstart, b", ");
+        if value.is_empty() {
+            return Err(LineError::EmptyTagValue {
+                key: quote(&key),
+                column: vstart + 1,
+            });
+        }
+        // Escapes are ASCII, so the raw bytes are UTF-8 iff the value is.
+        if let Err(e) = std::str::from_utf8(&line[vstart..vstop]) {
+            return Err(LineError::InvalidUtf8 {
+                column: vstart + e.valid_up_to() + 1,
+            });
+        }
+        let value = String::from_utf8(value.into_owned()).expect("checked above");
+        tags.push(RawTag {
+            key: String::from_utf8_lossy(&key).into_owned(),
+            value,
+            key_column: kstart + 1,
+            value_column: vstart + 1,
+        });
+        pos = vstop;
+    }
+    SeriesKey::new(
+        measurement.as_str(),
+        tags.iter().map(|t| (t.key.as_str(), t.value.as_str())),
+    )
+    .map_err(|e| series_error(e, &measurement, &tags, start + 1))
+}
+
+pub(super) fn series_error(
+    e: SeriesError,
+    measurement: &str,
+    tags: &[RawTag],
+    column: usize,
+) -> LineError {
+    let key_column = |key: &str, nth: usize| {
+        tags.iter()
+            .filter(|t| t.key == key)
+            .nth(nth)
+            .map_or(column, |t| t.key_column)
+    };
+    match e {
+        SeriesError::BadMetric { why, .. } => LineError::BadName {
+            element: NameElement::Measurement,
+            name: clip(measurement),
+            why,
+            column,
+        },
+        SeriesError::BadTagKey { key, why } => LineError::BadName {
+            element: NameElement::TagKey,
+            name: clip(&key),
+            why,
+            column: key_column(&key, 0),
+        },
+        SeriesError::BadTagValue { key, why } => {
+            let tag = tags.iter().find(|t| t.key == key);
+            LineError::BadName {
+                element: NameElement::TagValue(clip(&key)),
+                name: tag.map_or_else(String::new, |t| clip(&t.value)),
+                why,
+                column: tag.map_or(column, |t| t.value_column),
+            }
+        }
+        SeriesError::TooManyTags { count } => LineError::TooManyTags {
+            count,
+            column: tags.get(MAX_TAGS).map_or(column, |t| t.key_column),
+        },
+        // Sorted tags are out of order only when a key repeats.
+        SeriesError::TagOrder { key } => LineError::DuplicateTag {
+            column: key_column(&key, 1),
+            key: clip(&key),
+        },
+        other => LineError::InvalidSeries {
+            reason: other.to_string(),
+            column,
+        },
+    }
+}
+
+pub(super) fn field_series(entry: &KeyEntry, field: &Field<'_>) -> Result<SeriesKey, LineError> {
+    let name = String::from_utf8_lossy(&field.key);
+    let measurement = &entry.key.metric;
+    let mut metric = String::with_capacity(measurement.len() + 1 + name.len());
+    metric.push_str(measurement);
+    metric.push('_');
+    metric.push_str(&name);
+    // The measurement and tags are valid: only the field can be wrong here.
+    let mut series = SeriesKey {
+        metric,
+        tags: Vec::new(),
+    };
+    match series.validate() {
+        Ok(()) => {}
+        Err(SeriesError::BadMetric { .. }) if series.metric.len() > MAX_METRIC_LEN => {
+            return Err(LineError::MetricTooLong {
+                name: clip(&series.metric),
+                column: field.column,
+            });
+        }
+        Err(SeriesError::BadMetric { why, .. }) => {
+            return Err(LineError::BadName {
+                element: NameElement::Field,
+                name: clip(&name),
+                why,
+                column: field.column,
+            });
+        }
+        Err(other) => {
+            return Err(LineError::InvalidSeries {
+                reason: other.to_string(),
+                column: field.column,
+            });
+        }
+    }
+    series.tags = entry.key.tags.clone();
+    Ok(series)
+}
