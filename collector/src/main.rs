@@ -626,6 +626,8 @@ fn print_subscribers(subs: &[SubscriberView], format: Format) -> anyhow::Result<
         "HANDLED",
         "SKIPPED",
         "DEAD",
+        "DELIVERED",
+        "REFUSED",
     ];
     let rows: Vec<Vec<String>> = subs
         .iter()
@@ -640,6 +642,8 @@ fn print_subscribers(subs: &[SubscriberView], format: Format) -> anyhow::Result<
                 s.handled.to_string(),
                 s.skipped.to_string(),
                 s.dead_letters.to_string(),
+                s.delivered.to_string(),
+                s.refused.to_string(),
             ]
         })
         .collect();

@@ -69,6 +69,11 @@ pub struct Metrics {
     pub ingest_waiting: Gauge<u64, AtomicU64>,
     /// Configuration reloads by outcome (`ok`, `error`).
     pub reloads: Family<Labels1, Counter>,
+    /// Storage sinks: readings (and aggregate rows or samples) by sink and
+    /// outcome (`delivered`, `refused`).
+    pub sink_readings: Family<Dynamic, Counter>,
+    /// Storage sinks: delivery attempts retried, by sink.
+    pub sink_retries: Family<Dynamic, Counter>,
     log: Mutex<LogLimiter>,
 }
 
@@ -124,6 +129,8 @@ impl Metrics {
             backpressure_waits: Counter::default(),
             ingest_waiting: Gauge::default(),
             reloads: Family::default(),
+            sink_readings: Family::default(),
+            sink_retries: Family::default(),
             log: Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10))),
         };
         m.registry.register(
@@ -234,6 +241,16 @@ impl Metrics {
             "Configuration reloads by outcome",
             m.reloads.clone(),
         );
+        m.registry.register(
+            "sink_readings",
+            "Storage sinks: readings and aggregate rows by sink and outcome (delivered, refused)",
+            m.sink_readings.clone(),
+        );
+        m.registry.register(
+            "sink_retries",
+            "Storage sinks: delivery attempts retried, by sink",
+            m.sink_retries.clone(),
+        );
         for kind in BadInput::ALL {
             let _ = m.bad_input.get_or_create(&[("kind", kind.label())]);
         }
@@ -263,6 +280,25 @@ impl Metrics {
     /// Counts a webhook retry.
     pub fn webhook_retry(&self, sink: &str) {
         self.webhook_retries
+            .get_or_create(&vec![("sink", sink.to_owned())])
+            .inc();
+    }
+
+    /// Counts storage-sink readings by outcome.
+    pub fn sink_readings(&self, sink: &str, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.sink_readings
+                .get_or_create(&vec![
+                    ("sink", sink.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ])
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a storage-sink retry.
+    pub fn sink_retry(&self, sink: &str) {
+        self.sink_retries
             .get_or_create(&vec![("sink", sink.to_owned())])
             .inc();
     }

@@ -444,6 +444,11 @@ fn apply_one(
                 .map(|c| (ids[c.series as usize], c.bytes.clone()))
                 .collect(),
             aggregate_series,
+            aggregates: b
+                .aggregates
+                .iter()
+                .map(|a| (ids[a.series as usize], a.clone()))
+                .collect(),
         };
         state.next_event += 1;
         super::append_log(txn, state.next_event, &entry)?;
