@@ -1,0 +1,314 @@
+//! Storage sinks end to end, with the real binaries and real servers:
+//! readings enter a real agent (Influx line protocol over TCP), reach a real
+//! `ferry-collector run`, and come back exact from Prometheus'
+//! `/api/v1/query_range`, from `psql` and from DuckDB reading the Parquet
+//! files — through `kill -9` of the collector during delivery, and through
+//! a server that is down for a while.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ferry_collector::admin::Admin;
+use ferry_tests::servers::{Postgres, Prometheus, duckdb};
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, stored, until};
+use tokio::io::AsyncWriteExt;
+
+const DEVICES: usize = 4;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// The reading `i` of device `d`: `(ts_ms, value)`, values with two decimals.
+fn reading(t0_ms: i64, d: usize, i: usize) -> (i64, f64) {
+    let cents = ((i * 37 + d * 1000) % 5000) as i64 - 1000;
+    (t0_ms + i as i64 * 1000, cents as f64 / 100.0)
+}
+
+fn series(d: usize) -> String {
+    format!("env_temp_c{{device=\"d{d}\"}}")
+}
+
+/// What was sent: series → [(ts_ms, value)].
+type Sent = BTreeMap<String, Vec<(i64, f64)>>;
+
+struct Rig {
+    site: Site,
+    collector_toml: PathBuf,
+    influx: SocketAddr,
+    lake: PathBuf,
+    agent: Option<Proc>,
+    collector: Option<Proc>,
+    runs: usize,
+    http: Option<String>,
+}
+
+impl Rig {
+    /// A site whose collector has the given `[sink.*]` tables, and an agent.
+    async fn new(sinks: impl Fn(&Path) -> String) -> Self {
+        let site = Site::new();
+        let lake = site.dir.path().join("lake");
+        let collector_toml = site.data.join("collector.toml");
+        std::fs::write(
+            &collector_toml,
+            format!(
+                "data_dir = \".\"\n[quic]\nlisten = \"{}\"\n[http]\nlisten = \"127.0.0.1:0\"\n\n{}",
+                site.quic,
+                sinks(&lake)
+            ),
+        )
+        .unwrap();
+        let (influx, admin) = (free_tcp_port(), free_tcp_port());
+        let agent_toml = site.agent_config(&format!(
+            "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+             [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
+             [journal]\nbatch_max_readings = 200\n\n\
+             [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
+        ));
+        let mut rig = Self {
+            site,
+            collector_toml,
+            influx,
+            lake,
+            agent: None,
+            collector: None,
+            runs: 0,
+            http: None,
+        };
+        rig.start_collector().await;
+        rig.agent = Some(Proc::spawn(
+            &binary("ferry-agent"),
+            &["run", "--config", agent_toml.to_str().unwrap()],
+            &rig.site.dir.path().join("agent.log"),
+        ));
+        until("agent up", || async {
+            http_get(admin, "/status").await.is_some()
+        })
+        .await;
+        rig
+    }
+
+    async fn start_collector(&mut self) {
+        self.runs += 1;
+        let log = self.site.dir.path().join(format!("collector{}.log", self.runs));
+        self.collector = Some(Proc::spawn(
+            &binary("ferry-collector"),
+            &["run", "--config", self.collector_toml.to_str().unwrap()],
+            &log,
+        ));
+        // Up: a new address in collector.http that answers.
+        let file = self.site.data.join(ferry_collector::admin::ADDR_FILE);
+        let old = self.http.clone();
+        let mut up = None;
+        for _ in 0..12_000 {
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                let text = text.trim().to_owned();
+                if Some(&text) != old.as_ref()
+                    && let Ok(sock) = text.parse()
+                    && http_get(sock, "/healthz").await.is_some()
+                {
+                    up = Some(text);
+                    break;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        self.http = Some(up.expect("collector HTTP up"));
+    }
+
+    fn kill_collector(&mut self) {
+        if let Some(c) = self.collector.take() {
+            c.kill9();
+        }
+    }
+
+    fn http_addr(&self) -> SocketAddr {
+        self.http.as_ref().unwrap().parse().unwrap()
+    }
+
+    /// Sends readings `from..to` of every device; waits until the
+    /// collector stored `to` per device.
+    async fn send(&self, t0_ms: i64, from: usize, to: usize, sent: &mut Sent) {
+        let mut tcp = tokio::net::TcpStream::connect(self.influx).await.unwrap();
+        let mut text = String::new();
+        for i in from..to {
+            for d in 0..DEVICES {
+                let (ts, v) = reading(t0_ms, d, i);
+                text.push_str(&format!("env,device=d{d} temp_c={v} {ts}\n"));
+                sent.entry(series(d)).or_default().push((ts, v));
+            }
+        }
+        tcp.write_all(text.as_bytes()).await.unwrap();
+        tcp.shutdown().await.unwrap();
+        let total = sent.values().map(Vec::len).sum::<usize>();
+        until("readings stored", || async {
+            stored(&self.site.data, "env_temp_c")
+                .await
+                .is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() == total)
+        })
+        .await;
+    }
+
+    /// The storage sinks' cursors and the event log's head, as the running
+    /// collector shows them.
+    async fn subscribers(&self) -> BTreeMap<String, (u64, u64, u64, u64)> {
+        let Ok(admin) = Admin::connect(&self.site.data).await else {
+            return BTreeMap::new();
+        };
+        admin
+            .subscribers()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.name, (s.cursor, s.head, s.lag, s.skipped)))
+            .collect()
+    }
+
+    /// Waits until every sink named has caught up with the head.
+    async fn caught_up(&self, names: &[&str]) {
+        until("sinks caught up", || async {
+            let subs = self.subscribers().await;
+            names.iter().all(|n| {
+                subs.get(&format!("sink/{n}"))
+                    .is_some_and(|&(cursor, head, _, _)| head > 0 && cursor == head)
+            })
+        })
+        .await;
+    }
+
+    async fn metrics(&self) -> String {
+        http_get(self.http_addr(), "/metrics").await.unwrap_or_default()
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.agent.take();
+        self.collector.take();
+    }
+}
+
+fn sinks_config(prom: Option<&Prometheus>, pg: Option<&Postgres>, lake: Option<&Path>) -> String {
+    let mut s = String::new();
+    if let Some(p) = prom {
+        s.push_str(&format!(
+            "[sink.prom]\nkind = \"prometheus_remote_write\"\nurl = \"http://{}/api/v1/write\"\n\
+             batch_linger = \"100ms\"\nmax_samples_per_send = 500\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n",
+            p.addr
+        ));
+    }
+    if let Some(pg) = pg {
+        s.push_str(&format!(
+            "[sink.pg]\nkind = \"postgres\"\ndsn = \"{}\"\nbatch_linger = \"50ms\"\nmax_rows = 300\n\
+             backoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n",
+            pg.dsn()
+        ));
+    }
+    if let Some(dir) = lake {
+        s.push_str(&format!(
+            "[sink.lake]\nkind = \"parquet\"\ndir = \"{}\"\nroll_every = \"1s\"\n\
+             backoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n",
+            dir.display()
+        ));
+    }
+    s
+}
+
+/// Every `env_temp_c` series Prometheus holds over the sent range, with
+/// their samples.
+async fn from_prometheus(prom: &Prometheus, t0_ms: i64, n: usize) -> Sent {
+    prom.query_range("env_temp_c", t0_ms, t0_ms + (n as i64 - 1) * 1000, 1000)
+        .await
+        .into_iter()
+        .map(|(labels, values)| {
+            assert_eq!(
+                labels.keys().map(String::as_str).collect::<Vec<_>>(),
+                ["__name__", "device"],
+                "labels as docs/prometheus.md names them"
+            );
+            (format!("env_temp_c{{device=\"{}\"}}", labels["device"]), values)
+        })
+        .collect()
+}
+
+fn from_postgres(pg: &Postgres) -> Sent {
+    let mut out = Sent::new();
+    let rows = pg.psql(
+        "SELECT s.name, r.ts_ns, r.value FROM ferry.readings r JOIN ferry.series s ON s.id = r.series_id ORDER BY s.name, r.ts_ns",
+    );
+    for line in rows.lines() {
+        let mut f = line.split('|');
+        let (name, ts, v) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        out.entry(name.to_owned())
+            .or_default()
+            .push((ts.parse::<i64>().unwrap() / 1_000_000, v.parse().unwrap()));
+    }
+    out
+}
+
+fn from_parquet(lake: &Path) -> Sent {
+    let mut out = Sent::new();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(lake.join("manifest.json")).unwrap()).unwrap();
+    let listed: BTreeSet<String> = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "readings")
+        .map(|f| f["path"].as_str().unwrap().to_owned())
+        .collect();
+    // Every file on disk is one the manifest lists.
+    let glob = format!("{}/readings/*/*.parquet", lake.display());
+    let on_disk: BTreeSet<String> = duckdb(&format!("SELECT file FROM glob('{glob}')"))
+        .into_iter()
+        .map(|f| f.strip_prefix(&format!("{}/", lake.display())).unwrap().to_owned())
+        .collect();
+    assert_eq!(on_disk, listed, "the manifest lists exactly the files there");
+    for line in duckdb(&format!(
+        "SELECT series, epoch_ns(ts), value FROM read_parquet('{glob}') ORDER BY series, ts"
+    )) {
+        let mut f = line.split('|');
+        let (name, ts, v) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap());
+        out.entry(name.to_owned())
+            .or_default()
+            .push((ts.parse::<i64>().unwrap() / 1_000_000, v.parse().unwrap()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readings_come_back_exact_from_prometheus_postgres_and_duckdb() {
+    let prom = Prometheus::start(None).await;
+    let pg = Postgres::start();
+    let rig = Rig::new(|lake| sinks_config(Some(&prom), Some(&pg), Some(lake))).await;
+    let t0 = now_ms() - 600_000;
+    let n = 300;
+    let mut sent = Sent::new();
+    rig.send(t0, 0, n, &mut sent).await;
+    rig.caught_up(&["prom", "pg", "lake"]).await;
+
+    assert_eq!(from_prometheus(&prom, t0, n).await, sent, "Prometheus");
+    assert_eq!(from_postgres(&pg), sent, "PostgreSQL");
+    assert_eq!(from_parquet(&rig.lake), sent, "Parquet through DuckDB");
+    // The schema is documented: series with their tags as JSON.
+    assert_eq!(
+        pg.psql("SELECT metric, tags->>'device' FROM ferry.series ORDER BY id LIMIT 1").trim(),
+        "env_temp_c|d0"
+    );
+    let m = rig.metrics().await;
+    for sink in ["prom", "pg", "lake"] {
+        let line = format!(
+            "ferry_collector_sink_readings_total{{sink=\"{sink}\",outcome=\"delivered\"}} {}",
+            n * DEVICES
+        );
+        assert!(m.contains(&line), "{line} in\n{m}");
+        assert!(
+            m.contains(&format!("ferry_collector_fanout_lag{{subscriber=\"sink/{sink}\"}} 0")),
+            "lag of {sink}"
+        );
+    }
+}
