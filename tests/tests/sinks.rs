@@ -42,6 +42,8 @@ struct Rig {
     influx: SocketAddr,
     lake: PathBuf,
     agent: Option<Proc>,
+    agent_toml: PathBuf,
+    admin: SocketAddr,
     collector: Option<Proc>,
     runs: usize,
     http: Option<String>,
@@ -75,26 +77,44 @@ impl Rig {
             influx,
             lake,
             agent: None,
+            agent_toml,
+            admin,
             collector: None,
             runs: 0,
             http: None,
         };
         rig.start_collector().await;
-        rig.agent = Some(Proc::spawn(
+        rig.start_agent().await;
+        rig
+    }
+
+    /// (Re)starts the agent. After a collector's `kill -9` the agent would
+    /// only notice the dead QUIC connection at its idle timeout (30 s);
+    /// the kill test restarts it instead (its journal keeps everything).
+    async fn start_agent(&mut self) {
+        if let Some(a) = self.agent.take() {
+            a.kill9();
+        }
+        self.runs += 1;
+        self.agent = Some(Proc::spawn(
             &binary("ferry-agent"),
-            &["run", "--config", agent_toml.to_str().unwrap()],
-            &rig.site.dir.path().join("agent.log"),
+            &["run", "--config", self.agent_toml.to_str().unwrap()],
+            &self.site.dir.path().join(format!("agent{}.log", self.runs)),
         ));
-        until("agent up", || async {
+        let admin = self.admin;
+        until("agent up", || async move {
             http_get(admin, "/status").await.is_some()
         })
         .await;
-        rig
     }
 
     async fn start_collector(&mut self) {
         self.runs += 1;
-        let log = self.site.dir.path().join(format!("collector{}.log", self.runs));
+        let log = self
+            .site
+            .dir
+            .path()
+            .join(format!("collector{}.log", self.runs));
         self.collector = Some(Proc::spawn(
             &binary("ferry-collector"),
             &["run", "--config", self.collector_toml.to_str().unwrap()],
@@ -181,7 +201,9 @@ impl Rig {
     }
 
     async fn metrics(&self) -> String {
-        http_get(self.http_addr(), "/metrics").await.unwrap_or_default()
+        http_get(self.http_addr(), "/metrics")
+            .await
+            .unwrap_or_default()
     }
 }
 
@@ -189,6 +211,11 @@ impl Drop for Rig {
     fn drop(&mut self) {
         self.agent.take();
         self.collector.take();
+        if std::thread::panicking() {
+            // Keep the logs of a failed run.
+            let dir = std::mem::replace(&mut self.site.dir, tempfile::tempdir().unwrap());
+            eprintln!("logs kept in {}", dir.keep().display());
+        }
     }
 }
 
@@ -230,7 +257,10 @@ async fn from_prometheus(prom: &Prometheus, t0_ms: i64, n: usize) -> Sent {
                 ["__name__", "device"],
                 "labels as docs/prometheus.md names them"
             );
-            (format!("env_temp_c{{device=\"{}\"}}", labels["device"]), values)
+            (
+                format!("env_temp_c{{device=\"{}\"}}", labels["device"]),
+                values,
+            )
         })
         .collect()
 }
@@ -265,9 +295,16 @@ fn from_parquet(lake: &Path) -> Sent {
     let glob = format!("{}/readings/*/*.parquet", lake.display());
     let on_disk: BTreeSet<String> = duckdb(&format!("SELECT file FROM glob('{glob}')"))
         .into_iter()
-        .map(|f| f.strip_prefix(&format!("{}/", lake.display())).unwrap().to_owned())
+        .map(|f| {
+            f.strip_prefix(&format!("{}/", lake.display()))
+                .unwrap()
+                .to_owned()
+        })
         .collect();
-    assert_eq!(on_disk, listed, "the manifest lists exactly the files there");
+    assert_eq!(
+        on_disk, listed,
+        "the manifest lists exactly the files there"
+    );
     for line in duckdb(&format!(
         "SELECT series, epoch_ns(ts), value FROM read_parquet('{glob}') ORDER BY series, ts"
     )) {
@@ -296,7 +333,8 @@ async fn readings_come_back_exact_from_prometheus_postgres_and_duckdb() {
     assert_eq!(from_parquet(&rig.lake), sent, "Parquet through DuckDB");
     // The schema is documented: series with their tags as JSON.
     assert_eq!(
-        pg.psql("SELECT metric, tags->>'device' FROM ferry.series ORDER BY id LIMIT 1").trim(),
+        pg.psql("SELECT metric, tags->>'device' FROM ferry.series ORDER BY id LIMIT 1")
+            .trim(),
         "env_temp_c|d0"
     );
     let m = rig.metrics().await;
@@ -307,8 +345,117 @@ async fn readings_come_back_exact_from_prometheus_postgres_and_duckdb() {
         );
         assert!(m.contains(&line), "{line} in\n{m}");
         assert!(
-            m.contains(&format!("ferry_collector_fanout_lag{{subscriber=\"sink/{sink}\"}} 0")),
+            m.contains(&format!(
+                "ferry_collector_fanout_lag{{subscriber=\"sink/{sink}\"}} 0"
+            )),
             "lag of {sink}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_killed_during_delivery_repeats_and_loses_nothing() {
+    // No out-of-order window: the samples resent after a kill are refused
+    // as out of order (or ignored as duplicates), never stored twice.
+    let prom = Prometheus::start(None).await;
+    let pg = Postgres::start();
+    let mut rig = Rig::new(|lake| sinks_config(Some(&prom), Some(&pg), Some(lake))).await;
+    let t0 = now_ms() - 2_400_000;
+    let per_round = 250;
+    let mut sent = Sent::new();
+    // Kills at different points of delivery: PostgreSQL transactions of 300
+    // rows, remote-write requests of 500 samples, Parquet files each second
+    // (written a second after their period).
+    let delays_ms = [0u64, 30, 120, 350, 800, 1300, 1900, 2600];
+    for (round, delay) in delays_ms.iter().enumerate() {
+        rig.send(t0, round * per_round, (round + 1) * per_round, &mut sent)
+            .await;
+        tokio::time::sleep(std::time::Duration::from_millis(*delay)).await;
+        rig.kill_collector();
+        rig.start_collector().await;
+        rig.start_agent().await;
+    }
+    rig.caught_up(&["prom", "pg", "lake"]).await;
+    let n = delays_ms.len() * per_round;
+    assert_eq!(sent.values().map(Vec::len).sum::<usize>(), n * DEVICES);
+    assert_eq!(
+        from_postgres(&pg),
+        sent,
+        "PostgreSQL: every reading exactly once"
+    );
+    assert_eq!(
+        from_parquet(&rig.lake),
+        sent,
+        "Parquet: every reading exactly once"
+    );
+    assert_eq!(
+        from_prometheus(&prom, t0, n).await,
+        sent,
+        "Prometheus: every sample"
+    );
+    // The cursors PostgreSQL and the manifest hold are the collector's.
+    let subs = rig.subscribers().await;
+    let pg_cursor: u64 = pg
+        .psql("SELECT seq FROM ferry.cursors WHERE sink = 'pg'")
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(pg_cursor, subs["sink/pg"].0);
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rig.lake.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["cursor"].as_u64(), Some(subs["sink/lake"].0));
+    for name in ["sink/prom", "sink/pg", "sink/lake"] {
+        assert_eq!(subs[name].3, 0, "{name} skipped nothing");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_whose_server_is_down_shows_its_lag_and_catches_up() {
+    let mut prom = Prometheus::start(None).await;
+    let pg = Postgres::start();
+    let rig = Rig::new(|_| sinks_config(Some(&prom), Some(&pg), None)).await;
+    let t0 = now_ms() - 900_000;
+    let mut sent = Sent::new();
+    rig.send(t0, 0, 100, &mut sent).await;
+    rig.caught_up(&["prom", "pg"]).await;
+
+    prom.pause();
+    pg.pause();
+    rig.send(t0, 100, 400, &mut sent).await;
+    // While down: the lag shows, in `subscribers` and /metrics, and the
+    // retries count up.
+    until("lag and retries visible", || async {
+        let subs = rig.subscribers().await;
+        let m = rig.metrics().await;
+        ["prom", "pg"].iter().all(|s| {
+            subs.get(&format!("sink/{s}"))
+                .is_some_and(|&(_, _, lag, _)| lag > 0)
+                && m.contains(&format!(
+                    "ferry_collector_sink_retries_total{{sink=\"{s}\"}}"
+                ))
+                && !m.contains(&format!(
+                    "ferry_collector_fanout_lag{{subscriber=\"sink/{s}\"}} 0\n"
+                ))
+        })
+    })
+    .await;
+    let cli = std::process::Command::new(binary("ferry-collector"))
+        .args(["subscribers", "--data-dir", rig.site.data.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&cli.stdout);
+    assert!(
+        table.lines().any(|l| l.starts_with("sink/pg")) && table.contains("DELIVERED"),
+        "{table}"
+    );
+
+    prom.resume().await;
+    pg.resume();
+    rig.caught_up(&["prom", "pg"]).await;
+    assert_eq!(from_postgres(&pg), sent, "PostgreSQL caught up");
+    assert_eq!(
+        from_prometheus(&prom, t0, 400).await,
+        sent,
+        "Prometheus caught up"
+    );
 }

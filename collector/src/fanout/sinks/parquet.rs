@@ -544,33 +544,9 @@ fn write_period(
     let mut entries = 0u64;
     let mut rows = 0u64;
     let mut staged: Vec<Entry> = Vec::new();
-    'read: loop {
-        let got = read_blocking(store, sink, last, READ_ENTRIES, names)?;
-        if got.is_empty() {
-            break;
-        }
-        for e in got {
-            if e.seq > limit {
-                break 'read;
-            }
-            let p = e.stored_ns - e.stored_ns.rem_euclid(cfg.period_ns);
-            match period {
-                None => period = Some(p),
-                Some(q) if q != p => break 'read,
-                Some(_) => {}
-            }
-            let n = (e.reading_count() + e.aggregates.len()) as u64;
-            if rows > 0 && rows + n > cfg.raw.max_rows_per_file {
-                break 'read;
-            }
-            rows += n;
-            last = e.seq;
-            entries += 1;
-            staged.push(e);
-        }
-        // Write what was read: the range's end is not known yet, so the
-        // files get their names at the end (they are temporary until then).
-        let pdir = period_dir(period.unwrap_or(0), cfg.period_ns);
+    // Writes what was read: the range's end is not known yet, so the files
+    // get their names at the end (they are temporary until then).
+    let mut stage = |staged: &mut Vec<Entry>, pdir: &str, names: &Names| -> Result<(), String> {
         for e in staged.drain(..) {
             for (series, rs) in &e.readings {
                 let Some(key) = names.get(series) else {
@@ -617,7 +593,39 @@ fn write_period(
                 )?;
             }
         }
+
+        Ok(())
+    };
+    'read: loop {
+        let got = read_blocking(store, sink, last, READ_ENTRIES, names)?;
+        if got.is_empty() {
+            break;
+        }
+        for e in got {
+            if e.seq > limit {
+                break 'read;
+            }
+            let p = e.stored_ns - e.stored_ns.rem_euclid(cfg.period_ns);
+            match period {
+                None => period = Some(p),
+                Some(q) if q != p => break 'read,
+                Some(_) => {}
+            }
+            let n = (e.reading_count() + e.aggregates.len()) as u64;
+            if rows > 0 && rows + n > cfg.raw.max_rows_per_file {
+                break 'read;
+            }
+            rows += n;
+            last = e.seq;
+            entries += 1;
+            staged.push(e);
+        }
+        let pdir = period_dir(period.unwrap_or(0), cfg.period_ns);
+        stage(&mut staged, &pdir, names)?;
     }
+    // Entries read before a cut are written too.
+    let pdir = period_dir(period.unwrap_or(0), cfg.period_ns);
+    stage(&mut staged, &pdir, names)?;
     if entries == 0 {
         return Ok(None);
     }

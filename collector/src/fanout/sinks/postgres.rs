@@ -574,18 +574,17 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
                 )
                 .await;
             pending = None;
-            match moved {
-                Ok(1) => {
-                    let p = Progress {
-                        skipped: to + 1 - from,
-                        ..Progress::default()
-                    };
-                    if !feed.commit_retrying(to, p).await {
-                        return;
-                    }
-                    conn = Some(c);
+            // Otherwise PostgreSQL's cursor moved (or the connection
+            // failed): reconnect and reconcile.
+            if let Ok(1) = moved {
+                let p = Progress {
+                    skipped: to + 1 - from,
+                    ..Progress::default()
+                };
+                if !feed.commit_retrying(to, p).await {
+                    return;
                 }
-                _ => {} // reconnect and reconcile
+                conn = Some(c);
             }
             continue;
         }

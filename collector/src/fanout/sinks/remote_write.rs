@@ -386,6 +386,9 @@ async fn send(
     req: Vec<TimeSeries>,
 ) -> Sent {
     let (mut delivered, mut refused) = (0, 0);
+    // Refused samples logged one by one (the rest in one line at the end).
+    const LOG_EACH: u64 = 5;
+    let mut last_reason = String::new();
     // Pieces still to send, the next one last.
     let mut todo = vec![req];
     while let Some(piece) = todo.pop() {
@@ -413,15 +416,18 @@ async fn send(
                         refused += 1;
                         let ts = &piece[0];
                         let s = ts.samples[0];
-                        tracing::warn!(
-                            sink = feed.name,
-                            status = a.status,
-                            series = describe(ts),
-                            timestamp_ms = s.timestamp,
-                            value = s.value,
-                            "sample refused by the server (docs/sinks.md, out-of-order samples): {}",
-                            a.body.trim()
-                        );
+                        last_reason = a.body.trim().to_owned();
+                        if refused <= LOG_EACH {
+                            tracing::warn!(
+                                sink = feed.name,
+                                status = a.status,
+                                series = describe(ts),
+                                timestamp_ms = s.timestamp,
+                                value = s.value,
+                                "sample refused by the server (docs/sinks.md, out-of-order samples): {}",
+                                a.body.trim()
+                            );
+                        }
                     } else if let Some((first, second)) = halves(piece) {
                         todo.push(second);
                         todo.push(first);
@@ -439,6 +445,13 @@ async fn send(
                 _ = crate::stopped(&mut stop) => return Sent::Stopped,
             }
         }
+    }
+    if refused > LOG_EACH {
+        tracing::warn!(
+            sink = feed.name,
+            "{} more samples of this request refused by the server, the last with: {last_reason}",
+            refused - LOG_EACH
+        );
     }
     Sent::Done { delivered, refused }
 }
