@@ -69,6 +69,7 @@ impl Rig {
             "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
              [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
              [journal]\nbatch_max_readings = 200\n\n\
+             [[aggregate]]\nmetric = \"env_hum*\"\nperiod = \"10s\"\nlateness = \"0s\"\nsketch = true\n\n\
              [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
         ));
         let mut rig = Self {
@@ -317,6 +318,62 @@ fn from_parquet(lake: &Path) -> Sent {
     out
 }
 
+/// A window as the collector stores it: `(series, start_ns)` →
+/// `(len_ns, count, sum, min, max, first, last, p50, p90, p99)`.
+type Windows = BTreeMap<(String, i64), (u64, u64, [f64; 6], [Option<f64>; 3])>;
+
+async fn stored_windows(data: &Path) -> Windows {
+    let admin = Admin::connect(data).await.unwrap();
+    let res = admin
+        .query(&ferry_collector::query::QueryParams {
+            selector: Some("env_hum_pct".into()),
+            from: Some("0".into()),
+            to: Some("4000000000000000000".into()),
+            step: None,
+            kind: Some("aggregates".into()),
+        })
+        .await
+        .unwrap();
+    let mut out = Windows::new();
+    for s in res {
+        for w in s.windows {
+            out.insert(
+                (s.series.clone(), w.start_ns),
+                (
+                    w.len_ns,
+                    w.count,
+                    [w.sum, w.min, w.max, w.first, w.last, 0.0],
+                    [w.p50, w.p90, w.p99],
+                ),
+            );
+        }
+    }
+    out
+}
+
+fn opt(text: &str) -> Option<f64> {
+    (!text.is_empty() && text != "None").then(|| text.parse().unwrap())
+}
+
+/// Parses `series|start|len|count|sum|min|max|first|last|p50|p90|p99` rows.
+fn windows_of(rows: impl IntoIterator<Item = String>) -> Windows {
+    rows.into_iter()
+        .map(|line| {
+            let f: Vec<&str> = line.split('|').collect();
+            let n = |i: usize| f[i].parse::<f64>().unwrap();
+            (
+                (f[0].to_owned(), f[1].parse().unwrap()),
+                (
+                    f[2].parse().unwrap(),
+                    f[3].parse().unwrap(),
+                    [n(4), n(5), n(6), n(7), n(8), 0.0],
+                    [opt(f[9]), opt(f[10]), opt(f[11])],
+                ),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readings_come_back_exact_from_prometheus_postgres_and_duckdb() {
     let prom = Prometheus::start(None).await;
@@ -325,23 +382,98 @@ async fn readings_come_back_exact_from_prometheus_postgres_and_duckdb() {
     let t0 = now_ms() - 600_000;
     let n = 300;
     let mut sent = Sent::new();
+    // Humidity in 10 s windows with quantile sketches (the agent's
+    // [[aggregate]]): 60 readings per device, six windows, a little ahead
+    // of the clock (a window whose end is past is closed already, and its
+    // readings would go raw as late); one more reading per device pushes
+    // each series past the sixth window's end, which closes it.
+    let mut tcp = tokio::net::TcpStream::connect(rig.influx).await.unwrap();
+    let ahead = now_ms() + 20_000;
+    let w0 = ahead - ahead.rem_euclid(10_000);
+    let mut text = String::new();
+    for i in 0..60i64 {
+        for d in 0..DEVICES {
+            text.push_str(&format!(
+                "env,device=d{d} hum_pct={}.{} {}\n",
+                40 + (i * 7 + d as i64) % 30,
+                i % 10,
+                w0 + i * 1000
+            ));
+        }
+    }
+    for d in 0..DEVICES {
+        text.push_str(&format!("env,device=d{d} hum_pct=50 {}\n", w0 + 70_000));
+    }
+    tcp.write_all(text.as_bytes()).await.unwrap();
+    tcp.shutdown().await.unwrap();
+    until("six windows per device stored", || async {
+        stored_windows(&rig.site.data).await.len() == 6 * DEVICES
+    })
+    .await;
     rig.send(t0, 0, n, &mut sent).await;
     rig.caught_up(&["prom", "pg", "lake"]).await;
 
     assert_eq!(from_prometheus(&prom, t0, n).await, sent, "Prometheus");
+    // Aggregates, exactly as the collector stored them.
+    let windows = stored_windows(&rig.site.data).await;
+    let pg_windows = windows_of(pg.psql(
+        "SELECT s.name, a.start_ns, a.len_ns, a.count, a.sum, a.min, a.max, a.first, a.last, a.p50, a.p90, a.p99 \
+         FROM ferry.aggregates a JOIN ferry.series s ON s.id = a.series_id",
+    ).lines().map(str::to_owned));
+    assert_eq!(pg_windows, windows, "PostgreSQL aggregates");
+    let lake_windows = windows_of(duckdb(&format!(
+        "SELECT series, epoch_ns(start), len_ns, count, sum, min, max, first, last, p50, p90, p99 \
+         FROM read_parquet('{}/aggregates/*/*.parquet')",
+        rig.lake.display()
+    )));
+    assert_eq!(lake_windows, windows, "Parquet aggregates");
+    // Prometheus: `_count`, `_sum`, `_min`, `_max` and quantiles at each
+    // window's end.
+    for (part, pick) in [
+        ("env_hum_pct_count", 0usize),
+        ("env_hum_pct_sum", 1),
+        ("env_hum_pct_max", 3),
+        ("env_hum_pct{quantile=\"0.9\"}", 5),
+    ] {
+        let got = prom.query_range(part, w0, w0 + 60_000, 10_000).await;
+        assert_eq!(got.len(), DEVICES, "{part}");
+        for (labels, values) in got {
+            let series = format!("env_hum_pct{{device=\"{}\"}}", labels["device"]);
+            let want: Vec<(i64, f64)> = windows
+                .iter()
+                .filter(|((s, _), _)| *s == series)
+                .map(|((_, start), (len, count, f, q))| {
+                    let v = match pick {
+                        0 => *count as f64,
+                        1 => f[0],
+                        3 => f[2],
+                        _ => q[1].unwrap(),
+                    };
+                    ((start + *len as i64) / 1_000_000, v)
+                })
+                .collect();
+            assert_eq!(values, want, "{part} of {series}");
+        }
+    }
     assert_eq!(from_postgres(&pg), sent, "PostgreSQL");
     assert_eq!(from_parquet(&rig.lake), sent, "Parquet through DuckDB");
     // The schema is documented: series with their tags as JSON.
     assert_eq!(
-        pg.psql("SELECT metric, tags->>'device' FROM ferry.series ORDER BY id LIMIT 1")
+        pg.psql("SELECT metric, tags->>'device' FROM ferry.series WHERE metric = 'env_temp_c' ORDER BY id LIMIT 1")
             .trim(),
         "env_temp_c|d0"
     );
     let m = rig.metrics().await;
-    for sink in ["prom", "pg", "lake"] {
+    // Delivered: readings, plus per window one row (PostgreSQL, Parquet)
+    // or eight samples (count, sum, min, max, four quantiles).
+    let w = windows.len();
+    for (sink, delivered) in [
+        ("prom", n * DEVICES + 8 * w),
+        ("pg", n * DEVICES + w),
+        ("lake", n * DEVICES + w),
+    ] {
         let line = format!(
-            "ferry_collector_sink_readings_total{{sink=\"{sink}\",outcome=\"delivered\"}} {}",
-            n * DEVICES
+            "ferry_collector_sink_readings_total{{sink=\"{sink}\",outcome=\"delivered\"}} {delivered}"
         );
         assert!(m.contains(&line), "{line} in\n{m}");
         assert!(
