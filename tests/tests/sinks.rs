@@ -154,6 +154,20 @@ impl Rig {
     /// Sends readings `from..to` of every device; waits until the
     /// collector stored `to` per device.
     async fn send(&self, t0_ms: i64, from: usize, to: usize, sent: &mut Sent) {
+        let count = || async {
+            stored(&self.site.data, "env_temp_c")
+                .await
+                .map(|s| s.iter().map(|x| x.1.len()).sum::<usize>())
+        };
+        let mut before = None;
+        for _ in 0..12_000 {
+            before = count().await;
+            if before.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let total = before.expect("the collector answers queries") + (to - from) * DEVICES;
         let mut tcp = tokio::net::TcpStream::connect(self.influx).await.unwrap();
         let mut text = String::new();
         for i in from..to {
@@ -165,13 +179,7 @@ impl Rig {
         }
         tcp.write_all(text.as_bytes()).await.unwrap();
         tcp.shutdown().await.unwrap();
-        let total = sent.values().map(Vec::len).sum::<usize>();
-        until("readings stored", || async {
-            stored(&self.site.data, "env_temp_c")
-                .await
-                .is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() == total)
-        })
-        .await;
+        until("readings stored", || async { count().await == Some(total) }).await;
     }
 
     /// The storage sinks' cursors and the event log's head, as the running
@@ -189,14 +197,24 @@ impl Rig {
             .collect()
     }
 
-    /// Waits until every sink named has caught up with the head.
+    /// Waits until the event log's head counts every batch stored (a
+    /// storage sink runs from the start, so each has an entry) and every
+    /// sink named has reached it.
     async fn caught_up(&self, names: &[&str]) {
         until("sinks caught up", || async {
+            let Ok(admin) = Admin::connect(&self.site.data).await else {
+                return false;
+            };
+            let Ok(agents) = admin.agents().await else {
+                return false;
+            };
+            let stored: u64 = agents.iter().map(|a| a.batches).sum();
             let subs = self.subscribers().await;
-            names.iter().all(|n| {
+            let ok = names.iter().all(|n| {
                 subs.get(&format!("sink/{n}"))
-                    .is_some_and(|&(cursor, head, _, _)| head > 0 && cursor == head)
-            })
+                    .is_some_and(|&(cursor, head, _, _)| head == stored && cursor == head)
+            });
+            ok
         })
         .await;
     }
@@ -590,4 +608,77 @@ async fn a_sink_whose_server_is_down_shows_its_lag_and_catches_up() {
         sent,
         "Prometheus caught up"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_sinks_without_a_restart() {
+    let pg = Postgres::start();
+    let rig = Rig::new(|_| sinks_config(None, Some(&pg), None)).await;
+    let t0 = now_ms() - 600_000;
+    let reload = |rig: &Rig, sinks: String| {
+        let text = std::fs::read_to_string(&rig.collector_toml).unwrap();
+        let head = text.split("[sink.").next().unwrap().to_owned();
+        std::fs::write(&rig.collector_toml, head + &sinks).unwrap();
+        let out = std::process::Command::new(binary("ferry-collector"))
+            .args(["reload", "--data-dir", rig.site.data.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "reload: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut a = Sent::new();
+    rig.send(t0, 0, 50, &mut a).await;
+    rig.caught_up(&["pg"]).await;
+
+    // Add a Parquet sink: it starts at the head (what is stored from now on).
+    reload(&rig, sinks_config(None, Some(&pg), Some(&rig.lake)));
+    until("sink/lake subscribed", || async {
+        rig.subscribers().await.contains_key("sink/lake")
+    })
+    .await;
+    let mut b = Sent::new();
+    rig.send(t0, 50, 100, &mut b).await;
+    rig.caught_up(&["pg", "lake"]).await;
+    assert_eq!(
+        from_parquet(&rig.lake),
+        b,
+        "the new sink has what came after it"
+    );
+    let mut ab = a.clone();
+    for (k, v) in &b {
+        ab.get_mut(k).unwrap().extend(v);
+    }
+    assert_eq!(from_postgres(&pg), ab);
+
+    // Remove PostgreSQL: it no longer shows, and no longer holds the log.
+    reload(&rig, sinks_config(None, None, Some(&rig.lake)));
+    until("sink/pg gone", || async {
+        !rig.subscribers().await.contains_key("sink/pg")
+    })
+    .await;
+    let mut c = Sent::new();
+    rig.send(t0, 100, 150, &mut c).await;
+    rig.caught_up(&["lake"]).await;
+    assert_eq!(from_postgres(&pg), ab, "a removed sink gets nothing more");
+
+    // Back again: the batches stored while it was gone were trimmed from
+    // the log (the Parquet sink had them): counted as skipped, and it
+    // carries on from there.
+    reload(&rig, sinks_config(None, Some(&pg), Some(&rig.lake)));
+    let mut d = Sent::new();
+    rig.send(t0, 150, 200, &mut d).await;
+    rig.caught_up(&["pg", "lake"]).await;
+    let subs = rig.subscribers().await;
+    assert!(
+        subs["sink/pg"].3 > 0,
+        "the gap counted as skipped: {subs:?}"
+    );
+    let mut abd = ab.clone();
+    for (k, v) in &d {
+        abd.get_mut(k).unwrap().extend(v);
+    }
+    assert_eq!(from_postgres(&pg), abd);
 }
