@@ -212,6 +212,52 @@ pub(crate) fn duration(what: &str, text: &str) -> Result<Duration, String> {
 mod tests {
     use super::*;
 
+    /// Every TOML example in docs/sinks.md parses and validates.
+    #[test]
+    fn documented_configurations_are_valid() {
+        let doc = include_str!("../../../../docs/sinks.md");
+        let mut blocks = 0;
+        for part in doc.split("```toml\n").skip(1) {
+            let block = part.split("```").next().unwrap();
+            let config: crate::Config = toml::from_str(block)
+                .unwrap_or_else(|e| panic!("docs/sinks.md block {blocks}: {e}\n{block}"));
+            config.validate().unwrap();
+            assert_eq!(config.sink.storage.len(), 1);
+            blocks += 1;
+        }
+        assert_eq!(blocks, 3);
+    }
+
+    #[test]
+    fn sinks_are_named_tables_with_a_kind_and_bad_ones_are_explained() {
+        let c: crate::Config = toml::from_str(
+            "[sink.b]\nkind = \"parquet\"\ndir = \"/x\"\n[sink.a]\nkind = \"postgres\"\ndsn = \"host=h\"\n[[sink.log]]\nname = \"l\"\n",
+        )
+        .unwrap();
+        let names: Vec<(&str, &str)> = c
+            .sink
+            .storage
+            .iter()
+            .map(|s| (s.name.as_str(), s.kind_name()))
+            .collect();
+        assert_eq!(names, [("a", "postgres"), ("b", "parquet")]);
+        assert_eq!(c.sink.log.len(), 1);
+        let err = |t: &str| toml::from_str::<crate::Config>(t).unwrap_err().to_string();
+        let e = err("[sink.p]\nkind = \"prometheus_remote_write\"\nurl = \"ftp://x\"\n");
+        assert!(e.contains("sink.p: url \"ftp://x\": expected http:// or https://"), "{e}");
+        let e = err("[sink.p]\nkind = \"kafka\"\n");
+        assert!(e.contains("kafka"), "{e}");
+        let e = err("[sink.p]\nkind = \"parquet\"\ndir = \"/x\"\nroll = \"1h\"\n");
+        assert!(e.contains("roll"), "{e}");
+        let e = err("[sink.\"bad name\"]\nkind = \"parquet\"\ndir = \"/x\"\n");
+        assert!(e.contains("use 1 to 64"), "{e}");
+        let c: crate::Config = toml::from_str(
+            "[sink.x]\nkind = \"parquet\"\ndir = \"/x\"\n[[sink.log]]\nname = \"x\"\n",
+        )
+        .unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("used by two sinks"));
+    }
+
     #[test]
     fn backoff_doubles_up_to_its_max_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
