@@ -273,6 +273,18 @@ impl Collector {
             );
         }
         fanout::sinks::subscribe_storage_sinks(&bus, &cursors, &config.sink);
+        // A new storage sink's starting point is durable before any batch
+        // can be stored after it.
+        for s in &config.sink.storage {
+            if !cursors.contains_key(&s.key()) {
+                store.commit_sink(&store::SinkCommit {
+                    name: s.name.clone(),
+                    cursor: event_head,
+                    reads_log: true,
+                    ..store::SinkCommit::default()
+                })?;
+            }
+        }
         let (writer_tx, writer_rx) = mpsc::channel(config.storage.max_batches_per_commit * 2);
         let shared = Arc::new(server::Shared::new(
             config, store, writer_tx, metrics, revoked, bus,

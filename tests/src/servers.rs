@@ -260,6 +260,52 @@ impl Postgres {
         );
     }
 
+    /// Turns TLS on (`ssl = on`, reloaded) with a fresh CA and a server
+    /// certificate for 127.0.0.1 issued by it; returns the CA's PEM.
+    pub fn enable_tls(&self, dir: &Path) -> String {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("CA");
+        let issuer = Issuer::new(ca_params, &ca_key);
+        let key = KeyPair::generate().expect("key");
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("server certificate");
+        let (crt, pem) = (dir.join("server.crt"), dir.join("server.key"));
+        std::fs::write(&crt, cert.pem()).expect("server.crt");
+        std::fs::write(&pem, key.serialize_pem()).expect("server.key");
+        // The server runs as `postgres`: the key must be its own, 0600.
+        let out = Command::new("chown")
+            .args(["postgres:", crt.to_str().unwrap(), pem.to_str().unwrap()])
+            .output()
+            .expect("chown");
+        assert!(
+            out.status.success(),
+            "chown: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&pem, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        self.psql(&format!(
+            "ALTER SYSTEM SET ssl_cert_file = '{}'",
+            crt.display()
+        ));
+        self.psql(&format!(
+            "ALTER SYSTEM SET ssl_key_file = '{}'",
+            pem.display()
+        ));
+        self.psql("ALTER SYSTEM SET ssl = on");
+        self.psql("SELECT pg_reload_conf()");
+        until_sync("PostgreSQL serves TLS", || {
+            self.try_psql("SHOW ssl").is_some_and(|s| s.trim() == "on")
+        });
+        ca.pem()
+    }
+
     /// Stops the server (immediate shutdown), keeping its data.
     pub fn pause(&self) {
         self.ctl("stop");
@@ -289,6 +335,16 @@ impl Drop for Postgres {
             let _ = c.wait();
         }
     }
+}
+
+fn until_sync(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..12_000 {
+        if cond() {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("never happened: {what}");
 }
 
 /// The Python with DuckDB: `$FERRY_DUCKDB_PYTHON`, or the virtual

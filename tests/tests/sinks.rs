@@ -210,11 +210,10 @@ impl Rig {
             };
             let stored: u64 = agents.iter().map(|a| a.batches).sum();
             let subs = self.subscribers().await;
-            let ok = names.iter().all(|n| {
+            names.iter().all(|n| {
                 subs.get(&format!("sink/{n}"))
                     .is_some_and(|&(cursor, head, _, _)| head == stored && cursor == head)
-            });
-            ok
+            })
         })
         .await;
     }
@@ -681,4 +680,53 @@ async fn reload_adds_and_removes_sinks_without_a_restart() {
         abd.get_mut(k).unwrap().extend(v);
     }
     assert_eq!(from_postgres(&pg), abd);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_over_tls_checks_the_servers_certificate() {
+    let pg = Postgres::start();
+    let certs = tempfile::tempdir().unwrap();
+    let ca = pg.enable_tls(certs.path());
+    let ca_file = certs.path().join("ca.pem");
+    std::fs::write(&ca_file, ca).unwrap();
+    // A CA that did not sign the server's certificate.
+    let other = tempfile::tempdir().unwrap();
+    let stranger = Postgres::start();
+    let wrong = stranger.enable_tls(other.path());
+    let wrong_file = other.path().join("ca.pem");
+    std::fs::write(&wrong_file, wrong).unwrap();
+    let dsn = format!("{} sslmode=require", pg.dsn());
+    let rig = Rig::new(|_| {
+        format!(
+            "[sink.pg]\nkind = \"postgres\"\ndsn = \"{dsn}\"\nca_file = \"{}\"\nbatch_linger = \"50ms\"\n\n\
+             [sink.impostor]\nkind = \"postgres\"\ndsn = \"{dsn}\"\nschema = \"impostor\"\nca_file = \"{}\"\n\
+             backoff_min = \"20ms\"\nbackoff_max = \"100ms\"\nlag_budget = {{ max = 100000, policy = \"skip\" }}\n",
+            ca_file.display(),
+            wrong_file.display()
+        )
+    })
+    .await;
+    let t0 = now_ms() - 600_000;
+    let mut sent = Sent::new();
+    rig.send(t0, 0, 100, &mut sent).await;
+    rig.caught_up(&["pg"]).await;
+    assert_eq!(from_postgres(&pg), sent);
+    // The sink's connection is encrypted.
+    assert_eq!(
+        pg.psql(
+            "SELECT bool_and(s.ssl) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+             WHERE a.application_name = 'ferry-collector'"
+        )
+        .trim(),
+        "t"
+    );
+    // The one trusting another CA never gets in: it retries, and lags.
+    until("the impostor retries", || async {
+        rig.metrics()
+            .await
+            .contains("ferry_collector_sink_retries_total{sink=\"impostor\"}")
+    })
+    .await;
+    assert!(rig.subscribers().await["sink/impostor"].2 > 0);
+    assert!(pg.try_psql("SELECT 1 FROM impostor.cursors").is_none());
 }

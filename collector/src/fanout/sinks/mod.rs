@@ -244,7 +244,10 @@ mod tests {
         assert_eq!(c.sink.log.len(), 1);
         let err = |t: &str| toml::from_str::<crate::Config>(t).unwrap_err().to_string();
         let e = err("[sink.p]\nkind = \"prometheus_remote_write\"\nurl = \"ftp://x\"\n");
-        assert!(e.contains("sink.p: url \"ftp://x\": expected http:// or https://"), "{e}");
+        assert!(
+            e.contains("sink.p: url \"ftp://x\": expected http:// or https://"),
+            "{e}"
+        );
         let e = err("[sink.p]\nkind = \"kafka\"\n");
         assert!(e.contains("kafka"), "{e}");
         let e = err("[sink.p]\nkind = \"parquet\"\ndir = \"/x\"\nroll = \"1h\"\n");
@@ -255,7 +258,12 @@ mod tests {
             "[sink.x]\nkind = \"parquet\"\ndir = \"/x\"\n[[sink.log]]\nname = \"x\"\n",
         )
         .unwrap();
-        assert!(c.validate().unwrap_err().to_string().contains("used by two sinks"));
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("used by two sinks")
+        );
     }
 
     #[test]

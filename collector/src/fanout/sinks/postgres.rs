@@ -531,6 +531,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
         let mut c = match conn.take() {
             Some(c) if !c.client.is_closed() => c,
             _ => {
+                let mut stop = feed.stop_signal();
                 let attempt = async {
                     let mut client = connect(cfg).await.map_err(Failure::Retry)?;
                     migrate(&mut client, schema).await?;
@@ -541,7 +542,11 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
                     reconcile(feed, &mut c, schema).await?;
                     Ok::<_, Failure>(c)
                 };
-                match attempt.await {
+                let attempt = tokio::select! {
+                    r = attempt => r,
+                    _ = crate::stopped(&mut stop) => return,
+                };
+                match attempt {
                     Ok(c) => {
                         // What was gathered may be stale after a reconcile.
                         pending = None;
@@ -616,7 +621,15 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
             );
         }
         let to = entries.last().map_or(after + gap, |e| e.seq);
-        match write(feed, &mut c, schema, after, to, &entries).await {
+        // A stop (shutdown, reload) does not wait for a server that hangs:
+        // the transaction is dropped uncommitted, and the range delivered
+        // again by the next run.
+        let mut stop = feed.stop_signal();
+        let written = tokio::select! {
+            r = write(feed, &mut c, schema, after, to, &entries) => r,
+            _ = crate::stopped(&mut stop) => return,
+        };
+        match written {
             Ok((rows, new_series)) => {
                 backoff.reset();
                 c.series.extend(new_series);
