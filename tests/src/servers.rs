@@ -155,6 +155,7 @@ pub struct Postgres {
     pub port: u16,
     env: Vec<(String, String)>,
     child: Option<Child>,
+    drain: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Postgres {
@@ -172,7 +173,8 @@ impl Postgres {
             .expect("pg_virtualenv");
         let out = child.stdout.take().expect("stdout");
         let mut env = Vec::new();
-        for line in std::io::BufReader::new(out).lines() {
+        let mut lines = std::io::BufReader::new(out).lines();
+        for line in lines.by_ref() {
             let line = line.expect("pg_virtualenv output");
             if line == "READY" {
                 break;
@@ -187,10 +189,14 @@ impl Postgres {
             env.iter().any(|(k, _)| k == "PGPASSWORD"),
             "pg_virtualenv did not start a cluster"
         );
+        // pg_virtualenv reports its clean-up on stdout: a closed pipe would
+        // kill it (SIGPIPE) before it drops the cluster. Drain it.
+        let drain = std::thread::spawn(move || lines.for_each(drop));
         Self {
             port,
             env,
             child: Some(child),
+            drain: Some(drain),
         }
     }
 
@@ -333,6 +339,9 @@ impl Drop for Postgres {
                 let _ = writeln!(stdin);
             }
             let _ = c.wait();
+        }
+        if let Some(d) = self.drain.take() {
+            let _ = d.join();
         }
     }
 }
