@@ -62,6 +62,9 @@ cargo build --locked -p ferry-firmware --features nor-flash --target thumbv7em-n
 step "firmware cross-builds and sizes"
 scripts/firmware.sh build
 
+step "servers the storage-sink tests write to"
+scripts/sink-servers.sh
+
 step "binaries the end-to-end tests run"
 cargo build --locked --workspace --bins
 

@@ -452,7 +452,7 @@ impl Admin {
                     .cursors()?
                     .into_iter()
                     .map(|(name, r)| {
-                        let (log, head) = if name == crate::fanout::PROCESSORS {
+                        let (log, head) = if name == crate::fanout::PROCESSORS || r.reads_log {
                             (crate::fanout::bus::LogKind::Events, event_head)
                         } else {
                             (crate::fanout::bus::LogKind::Alerts, alert_head)
@@ -468,6 +468,8 @@ impl Admin {
                             handled: r.handled,
                             skipped: r.skipped,
                             dead_letters: r.dead_letters,
+                            delivered: r.delivered,
+                            refused: r.refused,
                         }
                     })
                     .collect())

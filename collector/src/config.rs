@@ -438,6 +438,22 @@ maintenance_interval = "60s"
 #
 # [[sink.log]]
 # name = "log"
+
+# Storage sinks (docs/sinks.md): every stored reading, exactly once, to
+# Prometheus (remote_write), PostgreSQL or Parquet files. For example:
+#
+# [sink.prom]
+# kind = "prometheus_remote_write"
+# url = "http://127.0.0.1:9090/api/v1/write"
+#
+# [sink.warehouse]
+# kind = "postgres"
+# dsn = "host=127.0.0.1 user=ferry password=secret dbname=telemetry"
+#
+# [sink.lake]
+# kind = "parquet"
+# dir = "/var/lib/ferry-lake"
+# roll_every = "1h"
 "#;
 
 /// serde adapter for human-readable durations (`"30s"`, `"7days"`).

@@ -258,20 +258,33 @@ impl Collector {
         metrics.store_chunk_bytes.set(writer_state.chunk_bytes());
         let (event_head, alert_head) = store.fanout_heads()?;
         let bus = Arc::new(fanout::Bus::new(event_head, alert_head));
-        // Before the first batch can arrive: the log is written from the
-        // first stored batch on, and the processors' budget applies at once.
-        bus.set_log_events(!config.processor.is_empty());
-        let cursor = store
-            .cursors()?
-            .get(fanout::PROCESSORS)
-            .copied()
-            .unwrap_or_default();
-        bus.subscribe(
-            fanout::PROCESSORS,
-            fanout::bus::LogKind::Events,
-            cursor,
-            config.processor.lag_budget,
-        );
+        // Before the first batch can arrive: the event log is written from
+        // the first stored batch on for its subscribers (the processors, if
+        // they have rules, and the storage sinks), whose budgets apply at
+        // once and who hold the log from their durable cursors.
+        let cursors = store.cursors()?;
+        if !config.processor.is_empty() {
+            let cursor = cursors.get(fanout::PROCESSORS).copied().unwrap_or_default();
+            bus.subscribe(
+                fanout::PROCESSORS,
+                fanout::bus::LogKind::Events,
+                cursor,
+                config.processor.lag_budget,
+            );
+        }
+        fanout::sinks::subscribe_storage_sinks(&bus, &cursors, &config.sink);
+        // A new storage sink's starting point is durable before any batch
+        // can be stored after it.
+        for s in &config.sink.storage {
+            if !cursors.contains_key(&s.key()) {
+                store.commit_sink(&store::SinkCommit {
+                    name: s.name.clone(),
+                    cursor: event_head,
+                    reads_log: true,
+                    ..store::SinkCommit::default()
+                })?;
+            }
+        }
         let (writer_tx, writer_rx) = mpsc::channel(config.storage.max_batches_per_commit * 2);
         let shared = Arc::new(server::Shared::new(
             config, store, writer_tx, metrics, revoked, bus,

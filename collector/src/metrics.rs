@@ -80,6 +80,11 @@ pub struct Metrics {
     pub dropped_readings: Family<Dynamic, Gauge<u64, AtomicU64>>,
     /// Per agent: journal resets (durable total from the store).
     pub agent_journal_resets: Family<Dynamic, Gauge<u64, AtomicU64>>,
+    /// Storage sinks: readings (and aggregate rows or samples) by sink and
+    /// outcome (`delivered`, `refused`).
+    pub sink_readings: Family<Dynamic, Counter>,
+    /// Storage sinks: delivery attempts retried, by sink.
+    pub sink_retries: Family<Dynamic, Counter>,
     log: Mutex<LogLimiter>,
 }
 
@@ -127,6 +132,8 @@ impl Metrics {
             journal_resets: Counter::default(),
             dropped_readings: Family::default(),
             agent_journal_resets: Family::default(),
+            sink_readings: Family::default(),
+            sink_retries: Family::default(),
             log: Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10))),
         };
         m.registry.register(
@@ -257,6 +264,16 @@ impl Metrics {
             "Times an agent came back with another journal epoch (durable total)",
             m.agent_journal_resets.clone(),
         );
+        m.registry.register(
+            "sink_readings",
+            "Storage sinks: readings and aggregate rows by sink and outcome (delivered, refused)",
+            m.sink_readings.clone(),
+        );
+        m.registry.register(
+            "sink_retries",
+            "Storage sinks: delivery attempts retried, by sink",
+            m.sink_retries.clone(),
+        );
         for kind in BadInput::ALL {
             let _ = m.bad_input.get_or_create(&[("kind", kind.label())]);
         }
@@ -286,6 +303,25 @@ impl Metrics {
     /// Counts a webhook retry.
     pub fn webhook_retry(&self, sink: &str) {
         self.webhook_retries
+            .get_or_create(&vec![("sink", sink.to_owned())])
+            .inc();
+    }
+
+    /// Counts storage-sink readings by outcome.
+    pub fn sink_readings(&self, sink: &str, outcome: &'static str, n: u64) {
+        if n > 0 {
+            self.sink_readings
+                .get_or_create(&vec![
+                    ("sink", sink.to_owned()),
+                    ("outcome", outcome.to_owned()),
+                ])
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a storage-sink retry.
+    pub fn sink_retry(&self, sink: &str) {
+        self.sink_retries
             .get_or_create(&vec![("sink", sink.to_owned())])
             .inc();
     }

@@ -267,6 +267,8 @@ pub fn subscribers(subs: &[SubscriberView], format: Format) -> String {
         "HANDLED",
         "SKIPPED",
         "DEAD",
+        "DELIVERED",
+        "REFUSED",
     ];
     let rows: Vec<Vec<String>> = subs
         .iter()
@@ -281,6 +283,8 @@ pub fn subscribers(subs: &[SubscriberView], format: Format) -> String {
                 s.handled.to_string(),
                 s.skipped.to_string(),
                 s.dead_letters.to_string(),
+                s.delivered.to_string(),
+                s.refused.to_string(),
             ]
         })
         .collect();

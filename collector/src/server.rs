@@ -222,6 +222,7 @@ impl Shared {
                 .iter()
                 .map(|w| w.raw.name.clone())
                 .chain(config.sink.log.iter().map(|l| l.name.clone()))
+                .chain(config.sink.storage.iter().map(|s| s.name.clone()))
                 .collect(),
         };
         self.fanout

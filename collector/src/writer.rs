@@ -181,7 +181,9 @@ pub fn run(
                     let _ = reply.send(r.map_err(|e| e.to_string()));
                 }
             }
-            Some(Command::Fanout { commit, reply }) => {
+            Some(Command::Fanout { mut commit, reply }) => {
+                commit.log_floor = bus.log_floor(crate::fanout::PROCESSORS, commit.cursor);
+                commit.processors_idle = !bus.is_subscribed(crate::fanout::PROCESSORS);
                 let r = store.commit_fanout(commit).map_err(|e| e.to_string());
                 if let Err(e) = &r {
                     metrics.commit_errors.inc();
@@ -189,7 +191,12 @@ pub fn run(
                 }
                 let _ = reply.send(r);
             }
-            Some(Command::Sink { commit, reply }) => {
+            Some(Command::Sink { mut commit, reply }) => {
+                if commit.reads_log {
+                    let key = format!("sink/{}", commit.name);
+                    commit.log_floor = bus.log_floor(&key, commit.cursor);
+                    commit.processors_idle = !bus.is_subscribed(crate::fanout::PROCESSORS);
+                }
                 let r = store.commit_sink(&commit).map_err(|e| e.to_string());
                 if let Err(e) = &r {
                     metrics.commit_errors.inc();

@@ -200,9 +200,9 @@ fn operator_workflow() {
     }
     assert_eq!(
         subs,
-        "SUBSCRIBER,CURSOR,HEAD,LAG,BUDGET,POLICY,HANDLED,SKIPPED,DEAD\n\
-         processors,0,0,0,100000,backpressure,0,0,0\n\
-         sink/log,0,0,0,100000,backpressure,0,0,0\n"
+        "SUBSCRIBER,CURSOR,HEAD,LAG,BUDGET,POLICY,HANDLED,SKIPPED,DEAD,DELIVERED,REFUSED\n\
+         processors,0,0,0,100000,backpressure,0,0,0,0,0\n\
+         sink/log,0,0,0,100000,backpressure,0,0,0,0,0\n"
     );
     let out = ok(&[
         "alerts",

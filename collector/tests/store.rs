@@ -376,6 +376,9 @@ fn event_log_and_fanout_commit() {
             handled: 1,
             alerts: vec![alert("a"), alert("b"), alert("c")],
             max_alerts: 2,
+            // The writer sets the floor: every subscriber of the log (here
+            // the processors alone) has passed entry 1.
+            log_floor: 1,
             ..FanoutCommit::default()
         })
         .unwrap();

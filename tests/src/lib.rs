@@ -15,6 +15,8 @@ use std::time::Duration;
 use ferry_collector::admin::Admin;
 use ferry_collector::query::QueryParams;
 
+pub mod servers;
+
 /// A collector data directory with an enrolled agent `gw`, whose bundle's
 /// `agent.toml` points at a free QUIC port the collector will use.
 pub struct Site {

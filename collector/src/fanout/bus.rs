@@ -7,6 +7,15 @@
 //! subscriber past its budget makes ingest wait ([`Bus::wait_for_room`])
 //! before handing batches to the writer; a `skip` subscriber jumps to the
 //! head itself (see `run`).
+//!
+//! **The event log is held for every subscriber of it.** The stored-batch
+//! log (`event_log`) is written while it has at least one subscriber on
+//! the bus: the processors (only while they have rules) and every storage
+//! sink (docs/sinks.md). An entry is deleted only once every subscriber's
+//! cursor has passed it ([`Bus::log_floor`]); the writer trims the log to
+//! that floor in the transaction of each subscriber's cursor commit. A
+//! subscriber that is not on the bus (processors without rules, a sink
+//! removed from the configuration) holds nothing.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -65,6 +74,13 @@ pub struct SubscriberView {
     pub skipped: u64,
     /// Events dead-lettered.
     pub dead_letters: u64,
+    /// Storage sinks: readings (and aggregate samples or rows) delivered.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Storage sinks: readings the server refused for good (counted and
+    /// logged, passed over).
+    #[serde(default)]
+    pub refused: u64,
 }
 
 /// See the module docs.
@@ -72,7 +88,6 @@ pub struct SubscriberView {
 pub struct Bus {
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
-    log_events: AtomicBool,
     closed: AtomicBool,
     waiting: AtomicU64,
 }
@@ -96,7 +111,6 @@ impl Bus {
                 subs: BTreeMap::new(),
             }),
             changed: watch::channel(0).0,
-            log_events: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             waiting: AtomicU64::new(0),
         }
@@ -117,16 +131,31 @@ impl Bus {
         self.changed.subscribe()
     }
 
-    /// Whether the writer appends stored batches to the event log.
+    /// Whether the writer appends stored batches to the event log: while
+    /// anything subscribes to it.
     pub fn log_events(&self) -> bool {
-        self.log_events.load(Ordering::SeqCst)
+        self.read(|i| i.subs.values().any(|s| s.log == LogKind::Events))
     }
 
-    pub(crate) fn set_log_events(&self, on: bool) {
-        if on != self.log_events() {
-            tracing::info!(on, "event log for the processors");
-        }
-        self.log_events.store(on, Ordering::SeqCst);
+    /// The highest event seq every subscriber of the event log has passed:
+    /// entries up to it may be deleted. `name`'s cursor counts as `cursor`
+    /// (the one it is committing now) whether or not it is on the bus. With
+    /// no subscriber at all, the head.
+    pub fn log_floor(&self, name: &str, cursor: u64) -> u64 {
+        self.read(|i| {
+            i.subs
+                .iter()
+                .filter(|(n, s)| s.log == LogKind::Events && n.as_str() != name)
+                .map(|(_, s)| s.record.seq)
+                .min()
+                .unwrap_or(i.event_head)
+                .min(cursor)
+        })
+    }
+
+    /// Whether `name` is on the bus.
+    pub fn is_subscribed(&self, name: &str) -> bool {
+        self.read(|i| i.subs.contains_key(name))
     }
 
     /// Last event-log seq.
@@ -220,6 +249,8 @@ impl Bus {
                         handled: s.record.handled,
                         skipped: s.record.skipped,
                         dead_letters: s.record.dead_letters,
+                        delivered: s.record.delivered,
+                        refused: s.record.refused,
                     }
                 })
                 .collect()
@@ -272,6 +303,37 @@ impl Bus {
             }
         }
     }
+}
+
+/// Puts the processors on the bus while they have rules (they hold the
+/// event log from their durable cursor) and takes them off while they have
+/// none (they hold nothing; their cursor follows the log's floor).
+pub(crate) fn set_processors_active(
+    shared: &crate::server::Shared,
+    active: bool,
+    budget: LagBudget,
+) {
+    let bus = &shared.bus;
+    let name = super::PROCESSORS;
+    if active == bus.is_subscribed(name) {
+        return;
+    }
+    tracing::info!(active, "processors on the event log");
+    if !active {
+        bus.unsubscribe(name);
+        return;
+    }
+    let record = match shared.store.cursors() {
+        Ok(c) => c.get(name).copied().unwrap_or_default(),
+        Err(e) => {
+            tracing::error!("reading the processors' cursor: {e}; starting at the head");
+            CursorRecord {
+                seq: bus.event_head(),
+                ..CursorRecord::default()
+            }
+        }
+    };
+    bus.subscribe(name, LogKind::Events, record, budget);
 }
 
 #[cfg(test)]
@@ -327,6 +389,16 @@ mod tests {
         let v = bus.views();
         assert_eq!((v[0].name.as_str(), v[0].lag), ("processors", 2));
         assert_eq!((v[1].name.as_str(), v[1].lag), ("sink/x", 10));
+        // The log floor: the slowest events subscriber.
+        assert_eq!(bus.log_floor("sink/pg", 3), 1);
+        assert_eq!(bus.log_floor("processors", 3), 3, "alone on the log");
+        bus.subscribe("sink/pg", LogKind::Events, CursorRecord::default(), budget);
+        assert_eq!(bus.log_floor("processors", 3), 0);
+        assert!(bus.log_events());
+        bus.unsubscribe("sink/pg");
+        bus.unsubscribe("processors");
+        assert!(!bus.log_events());
+        assert_eq!(bus.log_floor("sink/pg", 7), 3, "no subscriber: the head");
         // Closed: never waits.
         bus.set_event_head(100);
         bus.close();

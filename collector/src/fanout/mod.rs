@@ -31,6 +31,7 @@ pub mod pipeline;
 pub mod rate;
 pub mod rules;
 pub(crate) mod run;
+pub mod sinks;
 mod webhook;
 
 use serde::{Deserialize, Serialize};
@@ -126,6 +127,11 @@ pub struct LogEntry {
     /// Series that only had window aggregates in the batch (they count as
     /// data for offline detection; rules evaluate raw readings only).
     pub aggregate_series: Vec<u64>,
+    /// `(series id, aggregate)`: the batch's window aggregates, for the
+    /// storage sinks (the aggregate's own `series` index is meaningless
+    /// here). Absent from entries written before storage sinks existed.
+    #[serde(default)]
+    pub aggregates: Vec<(u64, ferry_proto::batch::WindowAggregate)>,
 }
 
 /// Alert query parameters as text, from a URL query string or the CLI.

@@ -496,7 +496,7 @@ after = "60s"
             agent: "gw".into(),
             stored_ns,
             chunks: vec![(series, ferry_proto::codec::to_vec(&block).unwrap())],
-            aggregate_series: vec![],
+            ..LogEntry::default()
         }
     }
 

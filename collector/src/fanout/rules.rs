@@ -44,14 +44,51 @@ impl Default for ProcessorConfig {
     }
 }
 
-/// `[sink]`: where alert events go.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+/// `[sink]`: where alert events go (`[[sink.webhook]]`, `[[sink.log]]`),
+/// and the storage sinks that get every stored reading (`[sink.<name>]`
+/// with a `kind`, docs/sinks.md).
+#[derive(Debug, Clone, Default)]
 pub struct SinkConfig {
     /// `[[sink.webhook]]`.
     pub webhook: Vec<WebhookSink>,
     /// `[[sink.log]]`.
     pub log: Vec<LogSink>,
+    /// `[sink.<name>]` storage sinks, in name order.
+    pub storage: Vec<super::sinks::StorageSink>,
+}
+
+impl<'de> Deserialize<'de> for SinkConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Tables;
+        impl<'de> serde::de::Visitor<'de> for Tables {
+            type Value = SinkConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("[[sink.webhook]], [[sink.log]] or [sink.<name>] tables")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SinkConfig, A::Error> {
+                use serde::de::Error as _;
+                let mut out = SinkConfig::default();
+                while let Some(key) = map.next_key::<String>()? {
+                    match key.as_str() {
+                        "webhook" => out.webhook = map.next_value()?,
+                        "log" => out.log = map.next_value()?,
+                        _ => {
+                            let raw: super::sinks::StorageRaw = map.next_value()?;
+                            let sink = super::sinks::StorageSink::new(&key, raw)
+                                .map_err(|e| A::Error::custom(format!("sink.{key}: {e}")))?;
+                            out.storage.push(sink);
+                        }
+                    }
+                }
+                out.storage.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Tables)
+    }
 }
 
 /// What happens when a subscriber falls more than its budget behind.
@@ -96,6 +133,10 @@ fn ns(d: Duration) -> i64 {
 
 fn selector(text: &str) -> Result<Selector, String> {
     Selector::parse(text).map_err(|e| format!("match: {e}"))
+}
+
+pub(crate) fn check_name(text: &str) -> Result<(), String> {
+    name(text)
 }
 
 fn name(text: &str) -> Result<(), String> {
@@ -597,6 +638,11 @@ pub fn validate(p: &ProcessorConfig, s: &SinkConfig) -> Result<(), String> {
         .iter()
         .map(|w| ("sink.webhook", &w.raw.name, w.raw.lag_budget))
         .chain(s.log.iter().map(|l| ("sink.log", &l.name, l.lag_budget)))
+        .chain(
+            s.storage
+                .iter()
+                .map(|x| ("sink.<name>", &x.name, x.lag_budget())),
+        )
     {
         name(n).map_err(|e| format!("{key}: {e}"))?;
         if !seen.insert(n.clone()) {

@@ -219,7 +219,12 @@ pub(crate) async fn processors(
         let Some(mut w) = work.take() else { break };
         let record = bus.record(PROCESSORS).unwrap_or_default();
         let budget = bus.budget(PROCESSORS).unwrap_or_default();
-        let head = bus.event_head();
+        // Without rules the processors are off the event log (bus.rs): no lag.
+        let head = if w.procs.is_empty() {
+            record.seq
+        } else {
+            bus.event_head()
+        };
         let now = crate::now_ns();
         let mut commit = FanoutCommit {
             cursor: record.seq,
@@ -337,7 +342,7 @@ pub(crate) async fn processors(
                 cfg = cfg_rx.borrow_and_update().clone();
                 if let Some(w) = &mut work {
                     removed.extend(w.procs.reconfigure(&cfg));
-                    bus.set_log_events(!w.procs.is_empty());
+                    super::bus::set_processors_active(&shared, !w.procs.is_empty(), cfg.lag_budget);
                     check = tokio::time::interval(every(&w.procs));
                     check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     tracing::info!(rules = ?w.procs.rule_ids(), removed = ?removed, "processors reconfigured");
@@ -402,7 +407,11 @@ pub(crate) async fn sinks(
             .map(Sink::Webhook)
             .chain(cfg.log.iter().cloned().map(Sink::Log))
             .collect();
-        let keys: Vec<String> = sinks.iter().map(|s| format!("sink/{}", s.name())).collect();
+        let keys: Vec<String> = sinks
+            .iter()
+            .map(|s| format!("sink/{}", s.name()))
+            .chain(cfg.storage.iter().map(super::sinks::StorageSink::key))
+            .collect();
         for v in shared.bus.views() {
             if v.name.starts_with("sink/") && !keys.contains(&v.name) {
                 shared.bus.unsubscribe(&v.name);
@@ -412,6 +421,9 @@ pub(crate) async fn sinks(
         let mut tasks = JoinSet::new();
         for s in sinks {
             tasks.spawn(sink_task(shared.clone(), s, gen_rx.clone()));
+        }
+        for s in cfg.storage.iter().cloned() {
+            tasks.spawn(super::sinks::run(shared.clone(), s, gen_rx.clone()));
         }
         let again = tokio::select! {
             _ = crate::stopped(&mut stop) => false,
@@ -574,7 +586,7 @@ async fn sink_task(shared: Arc<Shared>, sink: Sink, mut stop: watch::Receiver<bo
                 cursor: a.id,
                 handled: 1,
                 dead_letters: dead,
-                skipped: 0,
+                ..SinkCommit::default()
             };
             match commit_sink(&shared, c).await {
                 Ok(r) => bus.advance(&key, r),

@@ -36,6 +36,12 @@ pub struct CursorRecord {
     pub skipped: u64,
     /// Events given up on after every retry (webhooks).
     pub dead_letters: u64,
+    /// Storage sinks: readings and aggregate rows delivered.
+    pub delivered: u64,
+    /// Storage sinks: readings the server refused for good.
+    pub refused: u64,
+    /// The subscriber reads the event log (a storage sink), not alerts.
+    pub reads_log: bool,
 }
 
 /// What the processors commit at once.
@@ -55,6 +61,13 @@ pub struct FanoutCommit {
     pub alerts: Vec<AlertEvent>,
     /// Most alerts kept; the oldest beyond are deleted (0: no limit).
     pub max_alerts: u64,
+    /// Log entries up to this are deleted (every subscriber of the log
+    /// has passed them: [`crate::fanout::Bus::log_floor`]); set by the
+    /// writer.
+    pub log_floor: u64,
+    /// The processors are not on the bus (no rules): their cursor follows
+    /// the floor instead of holding the log; set by the writer.
+    pub processors_idle: bool,
 }
 
 /// What a sink commits after a delivery.
@@ -70,6 +83,17 @@ pub struct SinkCommit {
     pub dead_letters: u64,
     /// Skipped in this step.
     pub skipped: u64,
+    /// Storage sinks: readings and aggregate rows delivered in this step.
+    pub delivered: u64,
+    /// Storage sinks: readings refused in this step.
+    pub refused: u64,
+    /// The sink reads the event log (a storage sink): the log is trimmed
+    /// to `log_floor` in the same transaction.
+    pub reads_log: bool,
+    /// Set by the writer for sinks that read the log.
+    pub log_floor: u64,
+    /// Set by the writer: the processors are not on the bus.
+    pub processors_idle: bool,
 }
 
 /// Filters for [`Store::alerts`].
@@ -102,6 +126,31 @@ fn cursor_in(txn: &WriteTransaction, name: &str) -> Result<CursorRecord, StoreEr
 fn save_cursor(txn: &WriteTransaction, name: &str, c: &CursorRecord) -> Result<(), StoreError> {
     let bytes = codec::to_vec(c).map_err(corrupt)?;
     txn.open_table(CURSORS)?.insert(name, bytes.as_slice())?;
+    Ok(())
+}
+
+/// Deletes the log entries up to `floor` (every subscriber has passed
+/// them). With `processors_idle`, the processors (no rules, not on the
+/// bus) have their cursor raised to the floor: when rules come back they
+/// start from what the log still holds, not from a range long deleted.
+fn trim_log(txn: &WriteTransaction, floor: u64, processors_idle: bool) -> Result<(), StoreError> {
+    {
+        let mut log = txn.open_table(EVENT_LOG)?;
+        let done: Vec<u64> = log
+            .range(..=floor)?
+            .map(|e| e.map(|(k, _)| k.value()))
+            .collect::<Result<_, _>>()?;
+        for k in done {
+            log.remove(k)?;
+        }
+    }
+    if processors_idle {
+        let mut cur = cursor_in(txn, PROCESSORS)?;
+        if cur.seq < floor {
+            cur.seq = floor;
+            save_cursor(txn, PROCESSORS, &cur)?;
+        }
+    }
     Ok(())
 }
 
@@ -267,16 +316,7 @@ impl Store {
                 }
             }
         }
-        {
-            let mut log = txn.open_table(EVENT_LOG)?;
-            let done: Vec<u64> = log
-                .range(..=c.cursor)?
-                .map(|e| e.map(|(k, _)| k.value()))
-                .collect::<Result<_, _>>()?;
-            for k in done {
-                log.remove(k)?;
-            }
-        }
+        trim_log(&txn, c.log_floor, false)?;
         {
             let mut t = txn.open_table(RULE_STATE)?;
             for (id, st) in &c.states {
@@ -289,6 +329,9 @@ impl Store {
         }
         let mut cur = cursor_in(&txn, PROCESSORS)?;
         cur.seq = cur.seq.max(c.cursor);
+        if c.processors_idle {
+            cur.seq = cur.seq.max(c.log_floor);
+        }
         cur.handled += c.handled;
         cur.skipped += c.skipped;
         save_cursor(&txn, PROCESSORS, &cur)?;
@@ -306,7 +349,13 @@ impl Store {
         cur.handled += c.handled;
         cur.dead_letters += c.dead_letters;
         cur.skipped += c.skipped;
+        cur.delivered += c.delivered;
+        cur.refused += c.refused;
+        cur.reads_log |= c.reads_log;
         save_cursor(&txn, &name, &cur)?;
+        if c.reads_log {
+            trim_log(&txn, c.log_floor, c.processors_idle)?;
+        }
         txn.commit()?;
         Ok(cur)
     }

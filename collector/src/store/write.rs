@@ -523,6 +523,11 @@ fn apply_one(
                 .filter_map(|c| Some((ids[c.series as usize]?, c.bytes.clone())))
                 .collect(),
             aggregate_series,
+            aggregates: b
+                .aggregates
+                .iter()
+                .filter_map(|a| Some((ids[a.series as usize]?, a.clone())))
+                .collect(),
         };
         state.next_event += 1;
         super::append_log(txn, state.next_event, &entry)?;
