@@ -13,7 +13,8 @@
 //!   (Influx line protocol over TCP/UDP, the device link over serial and TCP,
 //!   the simulator), `writer` (the task that owns the journal and group-
 //!   commits), `shipper` (QUIC with mTLS, in-flight window, backoff), `admin`
-//!   (status and Prometheus metrics over HTTP), and [`run`](crate::run).
+//!   (status and Prometheus metrics over HTTP), `systemd` (readiness and the
+//!   watchdog under a `Type=notify` unit), and [`run`](crate::run).
 //!
 //! **Architecture invariant:** only this crate knows the journal layout; only
 //! `ferry-proto` types cross a process boundary.
@@ -41,5 +42,7 @@ pub mod run;
 pub mod shipper;
 #[cfg(feature = "std")]
 pub mod sources;
+#[cfg(feature = "std")]
+pub mod systemd;
 #[cfg(feature = "std")]
 pub mod writer;

@@ -116,6 +116,8 @@ pub struct Running {
     pub influx_udp_addrs: Vec<SocketAddr>,
     /// Bound addresses of `[[device_tcp_listen]]` sources, in file order.
     pub device_addrs: Vec<SocketAddr>,
+    /// The journal writer's control handle (the systemd watchdog probes it).
+    pub writer_handle: crate::writer::WriterHandle,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     writer: tokio::task::JoinHandle<Journal>,
@@ -309,6 +311,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         influx_tcp_addrs,
         influx_udp_addrs,
         device_addrs,
+        writer_handle: handle,
         stop,
         tasks,
         writer: writer_task,

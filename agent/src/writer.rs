@@ -270,8 +270,11 @@ impl Writer {
         let started = std::time::Instant::now();
         let readings = work.reading_count();
         // Never `Full`: data was refused above, before the merge.
-        let result = tokio::task::block_in_place(|| self.journal.commit(work, now_ns()))
-            .map_err(|e| SubmitError::Storage(e.to_string()));
+        let result = tokio::task::block_in_place(|| {
+            crate::systemd::stall_writer_if_asked();
+            self.journal.commit(work, now_ns())
+        })
+        .map_err(|e| SubmitError::Storage(e.to_string()));
         match &result {
             Ok(_) if report_health => self.last_health = std::time::Instant::now(),
             // Not journaled: reported with the next commit.

@@ -80,8 +80,13 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Init {
         /// Directory to create (or fill, if empty).
-        #[arg(long, short = 'd')]
-        data_dir: PathBuf,
+        #[arg(long, short = 'd', required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        /// Initialise the data_dir this configuration file names, and
+        /// write no collector.toml (the Debian package's way:
+        /// --config /etc/ferry-collector/collector.toml).
+        #[arg(long, short = 'c', conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
         /// Subject alternative name of the server certificate (repeatable).
         #[arg(long = "san", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         sans: Vec<String>,
@@ -223,6 +228,14 @@ enum Command {
         #[command(flatten)]
         location: Location,
     },
+    /// Check a configuration file (errors name the file, line and key) and
+    /// the data directory it names: the CA and server certificate and key
+    /// that `init` wrote. The Debian unit runs it before every start.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, short = 'c', default_value = "collector.toml")]
+        config: PathBuf,
+    },
     /// List the known series (optionally those matching a selector).
     Series {
         /// Series selector: metric{key="value",...}; every series if absent.
@@ -252,27 +265,40 @@ fn main() -> anyhow::Result<()> {
 
 async fn command(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Init { data_dir, sans } => {
+        Command::Init {
+            data_dir,
+            config,
+            sans,
+        } => {
+            let data_dir = match (&config, data_dir) {
+                (Some(path), _) => Config::load(path)?.data_dir,
+                (None, Some(dir)) => dir,
+                (None, None) => anyhow::bail!("give --data-dir or --config"),
+            };
             let report = ferry_collector::init(&InitOptions {
                 data_dir: data_dir.clone(),
                 sans,
+                write_config: config.is_none(),
             })?;
             println!("created CA {}", report.ca_cert.display());
             println!(
                 "created server certificate {}",
                 report.server_cert.display()
             );
-            match report.config {
-                Some(c) => println!("wrote {}", c.display()),
-                None => println!(
-                    "kept the existing {}",
-                    data_dir.join("collector.toml").display()
-                ),
-            }
-            println!(
-                "next: ferry-collector enroll AGENT_ID --data-dir {} --out DIR",
-                data_dir.display()
-            );
+            let location = match (&config, report.config) {
+                (Some(path), _) => format!("--config {}", path.display()),
+                (None, written) => {
+                    match written {
+                        Some(c) => println!("wrote {}", c.display()),
+                        None => println!(
+                            "kept the existing {}",
+                            data_dir.join("collector.toml").display()
+                        ),
+                    }
+                    format!("--data-dir {}", data_dir.display())
+                }
+            };
+            println!("next: ferry-collector enroll AGENT_ID {location} --out DIR");
         }
         Command::Enroll {
             agent_id,
@@ -316,6 +342,13 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
             print_agents(&admin.agents().await?, format)?;
         }
         Command::Run { config } => run(&config).await?,
+        Command::CheckConfig { config: path } => {
+            let config = Config::load(&path)?;
+            let revoked = std::sync::Arc::new(ferry_collector::pki::RevocationList::new([]));
+            ferry_collector::pki::server_tls(&config.data_dir, revoked)
+                .with_context(|| format!("{}: data_dir", path.display()))?;
+            println!("{}: ok", path.display());
+        }
         Command::Compact { location } => {
             let path = location.data_dir()?.join(ferry_collector::STORE_FILE);
             let (before, after) = ferry_collector::Store::compact_file(&path)?;
@@ -404,6 +437,8 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
 async fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let collector = Collector::bind(config).await?;
+    let (quic, http) = (collector.quic_addr(), collector.http_addr());
+    let watchdog = tokio::spawn(ferry_collector::systemd::watchdog(collector.handle()));
     #[cfg(unix)]
     {
         let handle = collector.handle();
@@ -420,7 +455,14 @@ async fn run(path: &Path) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("cannot watch SIGHUP ({e}); use `ferry-collector reload`"),
         }
     }
-    collector.run(shutdown_signal()).await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        ferry_collector::systemd::stopping();
+        watchdog.abort();
+    };
+    collector
+        .run_with_ready(shutdown, || ferry_collector::systemd::ready(quic, http))
+        .await?;
     Ok(())
 }
 
