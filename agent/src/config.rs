@@ -487,9 +487,8 @@ mod tests {
             .filter_map(|l| l.strip_prefix("# "))
             .filter(|l| {
                 (l.starts_with('[') && l.ends_with(']'))
-                    || l.split_once(" = ").is_some_and(|(k, _)| {
-                        k.chars().all(|c| c.is_ascii_lowercase() || c == '_')
-                    })
+                    || l.split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
             })
             .map(|l| format!("{l}\n"))
             .collect();

@@ -438,7 +438,14 @@ async fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let collector = Collector::bind(config).await?;
     let (quic, http) = (collector.quic_addr(), collector.http_addr());
-    let watchdog = tokio::spawn(ferry_collector::systemd::watchdog(collector.handle()));
+    // The watchdog starts after READY=1.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = collector.handle();
+    let watchdog = tokio::spawn(async move {
+        if ready_rx.await.is_ok() {
+            ferry_collector::systemd::watchdog(handle).await;
+        }
+    });
     #[cfg(unix)]
     {
         let handle = collector.handle();
@@ -461,7 +468,10 @@ async fn run(path: &Path) -> anyhow::Result<()> {
         watchdog.abort();
     };
     collector
-        .run_with_ready(shutdown, || ferry_collector::systemd::ready(quic, http))
+        .run_with_ready(shutdown, move || {
+            ferry_collector::systemd::ready(quic, http);
+            let _ = ready_tx.send(());
+        })
         .await?;
     Ok(())
 }

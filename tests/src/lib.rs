@@ -12,6 +12,8 @@ use std::time::Duration;
 use ferry_collector::admin::Admin;
 use ferry_collector::query::QueryParams;
 
+pub mod systemd;
+
 /// A collector data directory with an enrolled agent `gw`, whose bundle's
 /// `agent.toml` points at a free QUIC port the collector will use.
 pub struct Site {
