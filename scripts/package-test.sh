@@ -66,7 +66,7 @@ step "throw-away Debian root"
 if [ ! -s "$TARBALL" ]; then
     mkdir -p "$CACHE"
     started=$SECONDS
-    mmdebstrap --quiet --variant=minbase --include=systemd --mode=root bookworm "$TARBALL.part"
+    mmdebstrap --quiet --variant=minbase --include=systemd --mode=root --format=tar bookworm "$TARBALL.part"
     mv "$TARBALL.part" "$TARBALL"
     echo "made $TARBALL in $((SECONDS - started)) s"
 fi

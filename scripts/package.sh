@@ -99,7 +99,7 @@ setup() {
             cargo install --locked --quiet "$tool"
         fi
     done
-    echo "zig $( "${CARGO_ZIGBUILD_PYTHON_PATH:-python3}" -m ziglang version), $(cargo zigbuild --version | head -1), $(cargo deb --version)"
+    echo "zig $("${CARGO_ZIGBUILD_PYTHON_PATH:-python3}" -m ziglang version), $(cargo-zigbuild --version), $(cargo deb --version)"
 }
 
 # Strips any architecture: llvm-strip from rustup's llvm-tools.
