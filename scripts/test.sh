@@ -65,6 +65,7 @@ step "cargo clippy (workspace, all targets)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked -p ferry-agent --features qemu --all-targets -- -D warnings
 cargo clippy --locked -p ferry-firmware --features nor-flash --all-targets -- -D warnings
+cargo clippy --locked -p ferry-tests --features cross --all-targets -- -D warnings
 
 step "cargo clippy (firmware boards, their targets)"
 scripts/firmware.sh clippy
