@@ -168,6 +168,12 @@ fn armv7_agent_answers_version_under_qemu_arm() {
         .arg(&agent)
         .arg("--version")
         .env("QEMU_LD_PREFIX", prefix)
+        // A glibc agent re-executes itself once to turn malloc's per-thread
+        // caches off (agent/src/memory.rs). Under qemu-user without binfmt
+        // that exec would be of an ARM binary by the host kernel, which
+        // fails (and glibc then hands the file to /bin/sh); with the
+        // tunable already set there is no re-exec, as after the real one.
+        .env("GLIBC_TUNABLES", "glibc.malloc.tcache_count=0")
         .output()
         .unwrap();
     assert!(
