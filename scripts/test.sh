@@ -6,7 +6,11 @@
 #
 # Steps: toolchain and packages → fmt → clippy (host and firmware targets) →
 # no_std builds → firmware cross-builds with their sizes (the RAM-ring images
-# and the journal image the power-loss test runs) → every test.
+# and the journal image the power-loss test runs) → every test. Meanwhile, in
+# the background: the gateway cross-builds and Debian packages
+# (scripts/package.sh, profile cross-test) and their install/upgrade/purge
+# test in a throw-away Debian root (scripts/package-test.sh); the emulated
+# gateway builds run under qemu-user after the other tests (cross_qemu).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +34,12 @@ command -v arm-none-eabi-size >/dev/null || missing+=(binutils-arm-none-eabi)
 command -v prometheus >/dev/null || missing+=(prometheus)
 command -v chromium >/dev/null || missing+=(chromium fonts-dejavu-core)
 command -v readelf >/dev/null || missing+=(binutils)
+# The gateway builds under emulation, the armv7 build's glibc loader, and
+# the packages' throw-away root and unit checks.
+command -v qemu-aarch64-static >/dev/null || missing+=(qemu-user-static)
+[ -e /usr/arm-linux-gnueabihf/lib/ld-linux-armhf.so.3 ] || missing+=(libc6-armhf-cross)
+command -v mmdebstrap >/dev/null || missing+=(mmdebstrap)
+command -v systemd-analyze >/dev/null || missing+=(systemd)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing ${missing[*]}"
     sudo_if_needed apt-get update -qq
@@ -42,6 +52,22 @@ if [ ! -d tests/browser/node_modules/playwright-core ]; then
 fi
 echo "rustc $(rustc --version | cut -d' ' -f2), $(qemu-system-arm --version | head -1)"
 
+# What scripts/package.sh builds (agent: x86_64 and aarch64 musl, armv7
+# glibc 2.17), with the quick cross-test profile, and the collector for
+# x86_64 musl to package both for amd64 from one target; then the packages'
+# test. Its own target directories: nothing here waits for it until the end.
+step "cross builds, Debian packages and their test (in the background)"
+PACKAGE_BUILDS="ferry-agent:x86_64-unknown-linux-musl ferry-collector:x86_64-unknown-linux-musl ferry-agent:aarch64-unknown-linux-musl ferry-agent:armv7-unknown-linux-gnueabihf.2.17"
+package_log=$(mktemp)
+(
+    started=$SECONDS
+    FERRY_PACKAGE_PROFILE=cross-test FERRY_DIST=target/dist-test FERRY_PACKAGE_BUILDS="$PACKAGE_BUILDS" \
+        scripts/package.sh && echo "cross builds and packages: $((SECONDS - started)) s" &&
+        scripts/package-test.sh target/dist-test && echo "with the package test: $((SECONDS - started)) s"
+) >"$package_log" 2>&1 &
+package_pid=$!
+echo "scripts/package.sh and scripts/package-test.sh running (pid $package_pid)"
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
@@ -49,6 +75,7 @@ step "cargo clippy (workspace, all targets)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy --locked -p ferry-agent --features qemu --all-targets -- -D warnings
 cargo clippy --locked -p ferry-firmware --features nor-flash --all-targets -- -D warnings
+cargo clippy --locked -p ferry-tests --features cross --all-targets -- -D warnings
 
 step "cargo clippy (firmware boards, their targets)"
 scripts/firmware.sh clippy
@@ -64,6 +91,26 @@ scripts/firmware.sh build
 
 step "servers the storage-sink tests write to"
 scripts/sink-servers.sh
+# scripts/flash.sh builds both nRF52840-DK images and, with no probe-rs or
+# no probe (CI), says so and exits 3 without flashing. Where probe-rs is
+# installed it would flash an attached board: not run there.
+flash_without_probe() {
+    printf '\n==> scripts/flash.sh with no probe\n'
+    if command -v probe-rs >/dev/null; then
+        echo "probe-rs is installed here: scripts/flash.sh not run (it would flash an attached board)"
+        return 0
+    fi
+    local out code=0
+    out=$(scripts/flash.sh journal 2>&1) || code=$?
+    echo "$out" | tail -n 4
+    if [ "$code" -eq 3 ] && grep -q '^NOT FLASHED: probe-rs is not installed' <<<"$out" &&
+        grep -q 'ferry-nrf52840-dk-journal$' <<<"$out"; then
+        echo "flash.sh: 1 passed, 0 failed"
+    else
+        echo "flash.sh: exit $code, expected 3 and NOT FLASHED"
+        return 1
+    fi
+}
 
 step "binaries the end-to-end tests run"
 cargo build --locked --workspace --bins
@@ -73,7 +120,7 @@ scripts/check-build.sh target/debug/ferry-agent
 
 step "tests"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+trap 'rm -f "$log" "$package_log"' EXIT
 set +e
 {
     cargo test --workspace --locked &&
@@ -81,12 +128,24 @@ set +e
         cargo test --locked -p ferry-firmware --features nor-flash --test nor_flash &&
         cargo test --locked -p ferry-firmware --features journal --test journal_node &&
         cargo test --locked -p ferry-firmware --features journal,nor-flash --test journal_nor &&
-        scripts/firmware.sh smoke
+        scripts/firmware.sh smoke &&
+        flash_without_probe
 } 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The background job: its log, then the emulated gateway builds it made.
+printf '\n==> cross builds and Debian packages (scripts/package.sh, scripts/package-test.sh)\n' | tee -a "$log"
+wait "$package_pid"
+package_status=$?
+tee -a "$log" <"$package_log"
+if [ "$package_status" -ne 0 ]; then
+    status=$package_status
+elif [ "$status" -eq 0 ]; then
+    cargo test --locked -p ferry-tests --features cross --test cross_qemu 2>&1 | tee -a "$log"
+    status=${PIPESTATUS[0]}
+fi
 set -e
-passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed|^(package tests|flash\.sh): [0-9]+ passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;|^(package tests|flash\.sh): [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
 if [ "$status" -ne 0 ]; then
     echo "tests: $passed passed, $failed failed"
     exit "$status"

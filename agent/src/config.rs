@@ -485,6 +485,39 @@ mod tests {
         assert_eq!(parse_size("12 parsecs"), None);
     }
 
+    /// The Debian package's /etc/ferry-agent/agent.toml is valid and says
+    /// what the unit expects.
+    #[test]
+    fn packaged_config_parses() {
+        let text = include_str!("../../packaging/agent/agent.toml");
+        let c = Config::parse(text, "agent.toml", PathBuf::from("/etc/ferry-agent")).unwrap();
+        assert_eq!(c.agent.data_dir, PathBuf::from("/var/lib/ferry-agent"));
+        assert_eq!(
+            c.resolve(&c.collector.key),
+            PathBuf::from("/etc/ferry-agent/agent.key")
+        );
+        assert_eq!(c.influx_tcp.len(), 1);
+        assert_eq!(c.journal.budget, JournalSection::default().budget);
+        assert_eq!(c.admin.listen, AdminSection::default().listen);
+        // The commented examples parse too, once uncommented.
+        let examples: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| {
+                (l.starts_with('[') && l.ends_with(']'))
+                    || l.split_once(" = ")
+                        .is_some_and(|(k, _)| k.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+            })
+            .map(|l| format!("{l}\n"))
+            .collect();
+        let all = format!("{COLLECTOR}{examples}");
+        let c = Config::parse(&all, "examples", PathBuf::new()).unwrap();
+        assert_eq!(
+            (c.influx_udp.len(), c.device_serial.len(), c.aggregate.len()),
+            (1, 1, 1)
+        );
+    }
+
     #[test]
     fn errors_name_file_line_and_key() {
         let text = format!("{COLLECTOR}[journal]\nbudget = \"lots\"\n");

@@ -14,7 +14,8 @@
 //!   the simulator), `writer` (the task that owns the journal; its group
 //!   commit is the state machine `GroupCommit`), `shipper` (QUIC with mTLS;
 //!   its window, acks and backoff are the state machine `Flight`), `admin`
-//!   (status and Prometheus metrics over HTTP), `memory` (a small heap),
+//!   (status and Prometheus metrics over HTTP), `systemd` (readiness and the
+//!   watchdog under a `Type=notify` unit), `memory` (a small heap),
 //!   `cli` and `watch` (what the CLI's commands do), and
 //!   [`run`](crate::run). Every state machine takes `now` from one clock
 //!   (`ferry_clock`); docs/ARCHITECTURE.md lists them with their tests.
@@ -47,6 +48,7 @@ pub mod run;
 pub mod shipper;
 #[cfg(feature = "std")]
 pub mod sources;
+pub mod systemd;
 #[cfg(feature = "std")]
 pub mod watch;
 #[cfg(feature = "std")]

@@ -59,7 +59,8 @@ enum Command {
         #[arg(long)]
         collector_http: Option<std::net::SocketAddr>,
     },
-    /// Check a configuration file; errors name the file, line and key.
+    /// Check a configuration file (errors name the file, line and key) and
+    /// the certificates and key its [collector] table names.
     CheckConfig {
         /// The configuration file.
         #[arg(long, short)]
@@ -85,10 +86,16 @@ enum BufferCommand {
 async fn run(config: Config) -> anyhow::Result<()> {
     let running = ferry_agent::run::start(config).await?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    ferry_agent::systemd::ready(&running);
+    let watchdog = tokio::spawn(ferry_agent::systemd::watchdog(
+        running.writer_handle.clone(),
+    ));
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+    ferry_agent::systemd::stopping();
+    watchdog.abort();
     tracing::info!("stopping: committing what sources handed over, finishing in-flight batches");
     running.stop().await;
     Ok(())
@@ -134,9 +141,22 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::CheckConfig { config } => {
-                Config::load(&config)?;
-                println!("{}: ok", config.display());
+            Command::CheckConfig { config: path } => {
+                let config = Config::load(&path)?;
+                // The bundle's certificates and key, as `run` loads them.
+                let c = &config.collector;
+                ferry_agent::shipper::client_tls(
+                    &config.resolve(&c.ca),
+                    &config.resolve(&c.cert),
+                    &config.resolve(&c.key),
+                )
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}: [collector] ca, cert, key: {e} (copy in the bundle `ferry-collector enroll` wrote)",
+                        path.display()
+                    )
+                })?;
+                println!("{}: ok", path.display());
                 Ok(())
             }
             Command::Run { config } => run(Config::load(&config)?).await,

@@ -122,6 +122,8 @@ pub struct Running {
     /// window and limits), for sources that check readings before
     /// journaling them; `None` until the first Welcome.
     pub collector_terms: watch::Receiver<Option<shipper::CollectorTerms>>,
+    /// The journal writer's control handle (the systemd watchdog probes it).
+    pub writer_handle: crate::writer::WriterHandle,
     stop: watch::Sender<bool>,
     tasks: JoinSet<()>,
     writer: tokio::task::JoinHandle<Journal>,
@@ -329,6 +331,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         device_addrs,
         epoch,
         collector_terms,
+        writer_handle: handle,
         stop,
         tasks,
         writer: writer_task,

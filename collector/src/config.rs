@@ -495,6 +495,21 @@ mod tests {
         parsed.validate().unwrap();
     }
 
+    /// The Debian package's /etc/ferry-collector/collector.toml is this
+    /// file with its own header and data_dir: the rest must not drift.
+    #[test]
+    fn packaged_config_is_the_default_with_the_state_directory() {
+        let packaged = include_str!("../../packaging/collector/collector.toml");
+        let tail = |s: &'static str| &s[s.find("\n[quic]\n").expect("a [quic] table")..];
+        assert!(
+            tail(packaged) == tail(DEFAULT_TOML),
+            "packaging/collector/collector.toml differs from DEFAULT_TOML after [quic]: copy DEFAULT_TOML's text from [quic] on into it"
+        );
+        let parsed: Config = toml::from_str(packaged).unwrap();
+        assert_eq!(parsed.data_dir, PathBuf::from("/var/lib/ferry-collector"));
+        parsed.validate().unwrap();
+    }
+
     #[test]
     fn unknown_keys_are_named() {
         let err = toml::from_str::<Config>("[limits]\nmax_conections = 3\n").unwrap_err();

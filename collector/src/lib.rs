@@ -17,7 +17,9 @@
 //!   maintenance (compaction, downsampling, retention);
 //! - [`query`]: selectors and time ranges;
 //! - `http`: the axum API ([`json`]: how it writes timestamps and values); [`admin`]: the CLI's access, through the running
-//!   server or the data directory; [`metrics`]: Prometheus.
+//!   server or the data directory; [`metrics`]: Prometheus;
+//! - [`systemd`]: readiness, the watchdog and stop notices under a
+//!   `Type=notify` unit (`packaging/collector/`).
 //!
 //! # Ports
 //! QUIC on UDP [`config::DEFAULT_QUIC_PORT`] (7410), HTTP on TCP
@@ -57,6 +59,7 @@ pub mod query;
 pub mod report;
 mod server;
 pub mod store;
+pub mod systemd;
 mod udp;
 mod writer;
 
@@ -177,6 +180,24 @@ impl Handle {
     /// The fan-out bus: heads, cursors, lag.
     pub fn bus(&self) -> &fanout::Bus {
         &self.shared.bus
+    }
+
+    /// True once the store's writer has taken a ping from its queue (after
+    /// everything queued before it); false if it has stopped. A writer stuck
+    /// in a commit never answers: the systemd watchdog ([`systemd`]) waits
+    /// for this with a deadline.
+    pub async fn writer_alive(&self) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .shared
+            .writer
+            .send(writer::Command::Ping(tx))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        rx.await.is_ok()
     }
 }
 
@@ -323,6 +344,18 @@ impl Collector {
     /// `close::SHUTDOWN` and returns once the store is committed and both
     /// ports are released (a restart may bind the same addresses).
     pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        self.run_with_ready(shutdown, || {}).await
+    }
+
+    /// [`Collector::run`], calling `ready` once the server is up: store open,
+    /// both sockets bound, the writer, the HTTP server and the accept loop
+    /// started and `collector.http` written (`ferry-collector run` tells
+    /// systemd `READY=1` there).
+    pub async fn run_with_ready(
+        self,
+        shutdown: impl Future<Output = ()>,
+        ready: impl FnOnce(),
+    ) -> Result<(), Error> {
         let Collector {
             endpoint,
             http,
@@ -437,6 +470,7 @@ impl Collector {
             shared.clone(),
             stop_rx,
         ));
+        ready();
 
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight batches");

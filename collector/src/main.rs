@@ -81,8 +81,13 @@ enum Command {
     #[command(verbatim_doc_comment)]
     Init {
         /// Directory to create (or fill, if empty).
-        #[arg(long, short = 'd')]
-        data_dir: PathBuf,
+        #[arg(long, short = 'd', required_unless_present = "config")]
+        data_dir: Option<PathBuf>,
+        /// Initialise the data_dir this configuration file names, and
+        /// write no collector.toml (the Debian package's way:
+        /// --config /etc/ferry-collector/collector.toml).
+        #[arg(long, short = 'c', conflicts_with = "data_dir")]
+        config: Option<PathBuf>,
         /// Subject alternative name of the server certificate (repeatable).
         #[arg(long = "san", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
         sans: Vec<String>,
@@ -255,6 +260,14 @@ enum Command {
         #[command(flatten)]
         location: Location,
     },
+    /// Check a configuration file (errors name the file, line and key) and
+    /// the data directory it names: the CA and server certificate and key
+    /// that `init` wrote. The Debian unit runs it before every start.
+    CheckConfig {
+        /// Configuration file.
+        #[arg(long, short = 'c', default_value = "collector.toml")]
+        config: PathBuf,
+    },
     /// List the known series (optionally those matching a selector).
     Series {
         /// Series selector: metric{key="value",...}; every series if absent.
@@ -303,27 +316,40 @@ fn start() -> anyhow::Result<()> {
 
 async fn command(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Init { data_dir, sans } => {
+        Command::Init {
+            data_dir,
+            config,
+            sans,
+        } => {
+            let data_dir = match (&config, data_dir) {
+                (Some(path), _) => Config::load(path)?.data_dir,
+                (None, Some(dir)) => dir,
+                (None, None) => anyhow::bail!("give --data-dir or --config"),
+            };
             let report = ferry_collector::init(&InitOptions {
                 data_dir: data_dir.clone(),
                 sans,
+                write_config: config.is_none(),
             })?;
             out!("created CA {}", report.ca_cert.display());
             out!(
                 "created server certificate {}",
                 report.server_cert.display()
             );
-            match report.config {
-                Some(c) => out!("wrote {}", c.display()),
-                None => out!(
-                    "kept the existing {}",
-                    data_dir.join("collector.toml").display()
-                ),
-            }
-            out!(
-                "next: ferry-collector enroll AGENT_ID --data-dir {} --out DIR",
-                data_dir.display()
-            );
+            let location = match (&config, report.config) {
+                (Some(path), _) => format!("--config {}", path.display()),
+                (None, written) => {
+                    match written {
+                        Some(c) => out!("wrote {}", c.display()),
+                        None => out!(
+                            "kept the existing {}",
+                            data_dir.join("collector.toml").display()
+                        ),
+                    }
+                    format!("--data-dir {}", data_dir.display())
+                }
+            };
+            out!("next: ferry-collector enroll AGENT_ID {location} --out DIR");
         }
         Command::Enroll {
             agent_id,
@@ -375,6 +401,13 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
             report::print(report::drops(&admin.drops().await?, ledger, format))?;
         }
         Command::Run { config } => run(&config).await?,
+        Command::CheckConfig { config: path } => {
+            let config = Config::load(&path)?;
+            let revoked = std::sync::Arc::new(ferry_collector::pki::RevocationList::new([]));
+            ferry_collector::pki::server_tls(&config.data_dir, revoked)
+                .with_context(|| format!("{}: data_dir", path.display()))?;
+            out!("{}: ok", path.display());
+        }
         Command::Compact { location } => {
             let path = location.data_dir()?.join(ferry_collector::STORE_FILE);
             let (before, after) = ferry_collector::Store::compact_file(&path)?;
@@ -463,6 +496,15 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
 async fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let collector = Collector::bind(config).await?;
+    let (quic, http) = (collector.quic_addr(), collector.http_addr());
+    // The watchdog starts after READY=1.
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
+    let handle = collector.handle();
+    let watchdog = tokio::spawn(async move {
+        if ready_rx.await.is_ok() {
+            ferry_collector::systemd::watchdog(handle).await;
+        }
+    });
     #[cfg(unix)]
     {
         let handle = collector.handle();
@@ -479,7 +521,17 @@ async fn run(path: &Path) -> anyhow::Result<()> {
             Err(e) => tracing::warn!("cannot watch SIGHUP ({e}); use `ferry-collector reload`"),
         }
     }
-    collector.run(shutdown_signal()).await?;
+    let shutdown = async move {
+        shutdown_signal().await;
+        ferry_collector::systemd::stopping();
+        watchdog.abort();
+    };
+    collector
+        .run_with_ready(shutdown, move || {
+            ferry_collector::systemd::ready(quic, http);
+            let _ = ready_tx.send(());
+        })
+        .await?;
     Ok(())
 }
 

@@ -105,6 +105,10 @@ pub struct InitOptions {
     /// Subject alternative names of the server certificate: DNS names or IP
     /// addresses agents use to reach the collector.
     pub sans: Vec<String>,
+    /// Write a commented `collector.toml` into the data directory (unless
+    /// one is there). Off when the configuration lives elsewhere, as with
+    /// the Debian package's `/etc/ferry-collector/collector.toml`.
+    pub write_config: bool,
 }
 
 impl InitOptions {
@@ -113,6 +117,7 @@ impl InitOptions {
         Self {
             data_dir: data_dir.into(),
             sans: vec!["localhost".into(), "127.0.0.1".into()],
+            write_config: true,
         }
     }
 }
@@ -124,7 +129,8 @@ pub struct InitReport {
     pub ca_cert: PathBuf,
     /// The server certificate.
     pub server_cert: PathBuf,
-    /// The configuration file (`None` if one existed and was kept).
+    /// The configuration file (`None` if one existed and was kept, or none
+    /// was asked for).
     pub config: Option<PathBuf>,
 }
 
@@ -169,7 +175,7 @@ pub fn init(opts: &InitOptions) -> Result<InitReport, PkiError> {
     write_private(&dir.join(SERVER_KEY), &server_key.serialize_pem())?;
     write_file(&dir.join(SERVER_CERT), &server_cert.pem())?;
     let config_path = dir.join(CONFIG_FILE);
-    let config = if config_path.exists() {
+    let config = if config_path.exists() || !opts.write_config {
         None
     } else {
         write_file(&config_path, DEFAULT_TOML)?;

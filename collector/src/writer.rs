@@ -85,6 +85,9 @@ pub enum Command {
         /// The new cursor.
         reply: oneshot::Sender<Result<CursorRecord, String>>,
     },
+    /// Answered as soon as the loop reaches it, in queue order (the systemd
+    /// watchdog's proof that the writer is not stuck).
+    Ping(oneshot::Sender<()>),
     /// Stop after everything queued before this.
     Stop,
 }
@@ -121,6 +124,7 @@ pub fn run(
         let Some(first) = pending.take().or_else(|| rx.blocking_recv()) else {
             break;
         };
+        crate::systemd::stall_writer_if_asked();
         let mut group = Group::default();
         let mut other = None;
         match group.take(first) {
@@ -203,6 +207,9 @@ pub fn run(
                     tracing::error!(sink = commit.name, "sink cursor commit failed: {e}");
                 }
                 let _ = reply.send(r);
+            }
+            Some(Command::Ping(reply)) => {
+                let _ = reply.send(());
             }
             Some(Command::Stop) => break,
             Some(Command::Batch { .. } | Command::Session { .. }) | None => {}

@@ -16,6 +16,7 @@ use ferry_collector::admin::Admin;
 use ferry_collector::query::QueryParams;
 
 pub mod servers;
+pub mod systemd;
 
 /// A collector data directory with an enrolled agent `gw`, whose bundle's
 /// `agent.toml` points at a free QUIC port the collector will use.

@@ -196,7 +196,10 @@ impl Writer {
         }
         let (works, dones): (Vec<_>, Vec<_>) = subs.into_iter().map(|s| (s.work, s.done)).unzip();
         let now = self.clock.now_ns();
-        let report = tokio::task::block_in_place(|| self.machine.handle_group(now, works, acks));
+        let report = tokio::task::block_in_place(|| {
+            crate::systemd::stall_writer_if_asked();
+            self.machine.handle_group(now, works, acks)
+        });
         if report.sealed {
             self.sealed.notify_waiters();
             self.sealed.notify_one();
