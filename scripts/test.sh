@@ -14,9 +14,11 @@ step() { printf '\n==> %s\n' "$*"; }
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "toolchain and packages"
-if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
-    rustup target add thumbv7em-none-eabihf
-fi
+for target in thumbv7em-none-eabihf thumbv6m-none-eabi; do
+    if ! rustup target list --installed | grep -qx "$target"; then
+        rustup target add "$target"
+    fi
+done
 for component in rustfmt clippy; do
     if ! rustup component list --installed | grep -q "^$component"; then
         rustup component add "$component"
@@ -43,10 +45,12 @@ cargo clippy --locked -p ferry-firmware --features nor-flash --all-targets -- -D
 step "cargo clippy (firmware boards, their targets)"
 scripts/firmware.sh clippy
 
-step "no_std builds for thumbv7em-none-eabihf"
+step "no_std builds for thumbv7em-none-eabihf and thumbv6m-none-eabi (no CAS)"
 cargo build --locked -p ferry-proto --target thumbv7em-none-eabihf --no-default-features
 cargo build --locked -p ferry-agent --lib --target thumbv7em-none-eabihf --no-default-features
 cargo build --locked -p ferry-firmware --features nor-flash --target thumbv7em-none-eabihf
+cargo build --locked -p ferry-proto --target thumbv6m-none-eabi --no-default-features
+cargo build --locked -p ferry-firmware --target thumbv6m-none-eabi
 
 # The end-to-end tests run the emulated board: build its image first.
 step "firmware cross-builds and sizes"
