@@ -1,76 +1,63 @@
-//! The resume record: where a journaling node carries on after a power
-//! loss, in its own table beside the journal's.
+//! The node's own tables in redb, beside the journal's (whose layout only
+//! the agent knows): the resume record and the layout of each folded batch.
+//! Both are `&[u8] → &[u8]` ([`Bytes`]), the journal tables' one type, so
+//! redb's B-tree code is not instantiated again for them (~10 KiB of flash).
+//!
+//! | table | key → value | holds |
+//! |---|---|---|
+//! | `node_resume` | `record` → [`ResumeRecord`], 5 × u64 LE | the epoch (for the journal's life) and, as of the last fold, the power-up count, device time and sampling |
+//! | `node_folds` | batch seq (u64 BE) → `first_seq u32 LE` + one `u8` per report | which link reports a folded batch holds: consecutive sequences from `first_seq`, each with that many windows, in the batch's aggregate order |
+//!
+//! A fold writes these (one transaction) *before* the journal commit that
+//! seals the batch, keyed by the batch sequence that commit will take; a
+//! power cut between the two leaves a row for a batch that does not exist,
+//! which the next fold of the same reports overwrites.
+
+use alloc::vec::Vec;
 
 use ferry_agent::journal::layout::{self, Bytes};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
 use super::{CommitError, StartError};
 
-/// The resume record's table, beside the journal's own (it is not part of
-/// the journal's layout, which only the agent knows): one row, [`ROW`] →
-/// the record's fields in order, each a little-endian `u64`. Its type is the
-/// journal tables' one ([`Bytes`]), so redb's B-tree code is not
-/// instantiated again for it (~10 KiB of flash).
 const RESUME: Bytes = Bytes::new("node_resume");
-
-/// The record's key in `node_resume`.
+const FOLDS: Bytes = Bytes::new("node_folds");
 const ROW: &[u8] = b"record";
+const FIELDS: usize = 5;
 
-/// Fields in the record.
-const FIELDS: usize = 8;
-
-/// Where a journaling node carries on after a power loss (table
-/// `node_resume`).
+/// What outlives every power loss in redb (table `node_resume`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ResumeRecord {
     /// The link's boot number, kept for the journal's life.
     pub epoch: u32,
-    /// `DeviceReport` number of the next window (from 1).
-    pub next_report: u32,
-    /// Start of the next window to sample, device ms.
-    pub window_start_ms: u64,
-    /// Where the sampling schedule began, device ms.
-    pub schedule_epoch_ms: u64,
-    /// Sampling config in force.
-    pub sample_period_ms: u32,
-    /// Window length in force, ms.
-    pub window_ms: u32,
-    /// Reports lost (journal full or failing), since the epoch began.
-    pub dropped: u32,
-    /// Times the node started on this journal.
+    /// Power-ups counted, as of the last fold (the report log counts the
+    /// ones since).
     pub power_ups: u32,
+    /// Device time reached, ms, as of the last fold.
+    pub base_ms: u64,
+    /// Sampling period in force, ms, as of the last fold.
+    pub sample_period_ms: u32,
+    /// Window length in force, ms, as of the last fold.
+    pub window_ms: u32,
 }
 
-impl ResumeRecord {
-    fn to_values(self) -> [u64; FIELDS] {
-        [
-            u64::from(self.epoch),
-            u64::from(self.next_report),
-            self.window_start_ms,
-            self.schedule_epoch_ms,
-            u64::from(self.sample_period_ms),
-            u64::from(self.window_ms),
-            u64::from(self.dropped),
-            u64::from(self.power_ups),
-        ]
-    }
+/// The link reports in one folded batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Fold {
+    /// Sequence of the first report.
+    pub first_seq: u32,
+    /// Windows of each report, in order.
+    pub windows: Vec<u8>,
+}
 
-    fn from_values(v: [u64; FIELDS]) -> Option<Self> {
-        let small = |x: u64| u32::try_from(x).ok();
-        Some(Self {
-            epoch: small(v[0])?,
-            next_report: small(v[1])?,
-            window_start_ms: v[2],
-            schedule_epoch_ms: v[3],
-            sample_period_ms: small(v[4])?,
-            window_ms: small(v[5])?,
-            dropped: small(v[6])?,
-            power_ups: small(v[7])?,
-        })
+impl Fold {
+    /// Sequence of the last report.
+    pub(crate) fn last_seq(&self) -> u32 {
+        self.first_seq + self.windows.len() as u32 - 1
     }
 }
 
-pub(super) fn read_record(db: &Database) -> Result<Option<ResumeRecord>, StartError> {
+pub(super) fn read_resume(db: &Database) -> Result<Option<ResumeRecord>, StartError> {
     let txn = db.begin_read().map_err(CommitError::from)?;
     let table = match txn.open_table(RESUME) {
         Ok(t) => t,
@@ -84,23 +71,85 @@ pub(super) fn read_record(db: &Database) -> Result<Option<ResumeRecord>, StartEr
     if row.len() != FIELDS * 8 {
         return Err(StartError::BadResumeRecord);
     }
-    let mut values = [0u64; FIELDS];
-    for (value, bytes) in values.iter_mut().zip(row.chunks_exact(8)) {
+    let mut v = [0u64; FIELDS];
+    for (value, bytes) in v.iter_mut().zip(row.chunks_exact(8)) {
         *value = layout::u64_of(bytes).ok_or(StartError::BadResumeRecord)?;
     }
-    ResumeRecord::from_values(values)
-        .map(Some)
-        .ok_or(StartError::BadResumeRecord)
+    let small = |x: u64| u32::try_from(x).map_err(|_| StartError::BadResumeRecord);
+    Ok(Some(ResumeRecord {
+        epoch: small(v[0])?,
+        power_ups: small(v[1])?,
+        base_ms: v[2],
+        sample_period_ms: small(v[3])?,
+        window_ms: small(v[4])?,
+    }))
 }
 
-pub(super) fn write_record(db: &Database, record: &ResumeRecord) -> Result<(), CommitError> {
+/// The rows of `node_folds`, in batch order.
+pub(super) fn read_folds(db: &Database) -> Result<Vec<(u64, Fold)>, StartError> {
+    let txn = db.begin_read().map_err(CommitError::from)?;
+    let table = match txn.open_table(FOLDS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(CommitError::from(e).into()),
+    };
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(CommitError::from)? {
+        let (k, v) = entry.map_err(CommitError::from)?;
+        let key: [u8; 8] = k.value().try_into().map_err(|_| StartError::BadResumeRecord)?;
+        let v = v.value();
+        if v.len() < 5 {
+            return Err(StartError::BadResumeRecord);
+        }
+        // Big-endian keys: redb iterates in batch order.
+        out.push((
+            u64::from_be_bytes(key),
+            Fold {
+                first_seq: u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
+                windows: v[4..].to_vec(),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// One transaction: the resume record, the row of the batch about to be
+/// sealed (if any), and no rows below `lowest_batch` (batches deleted).
+pub(super) fn write(
+    db: &Database,
+    record: &ResumeRecord,
+    fold: Option<(u64, &Fold)>,
+    lowest_batch: u64,
+) -> Result<(), CommitError> {
     let txn = db.begin_write()?;
     {
+        let values = [
+            u64::from(record.epoch),
+            u64::from(record.power_ups),
+            record.base_ms,
+            u64::from(record.sample_period_ms),
+            u64::from(record.window_ms),
+        ];
         let mut row = [0u8; FIELDS * 8];
-        for (bytes, value) in row.chunks_exact_mut(8).zip(record.to_values()) {
+        for (bytes, value) in row.chunks_exact_mut(8).zip(values) {
             bytes.copy_from_slice(&layout::u64_value(value));
         }
         txn.open_table(RESUME)?.insert(ROW, row.as_slice())?;
+        let mut folds = txn.open_table(FOLDS)?;
+        let stale: Vec<[u8; 8]> = folds
+            .range(..lowest_batch.to_be_bytes().as_slice())?
+            .filter_map(|e| e.ok())
+            .filter_map(|(k, _)| k.value().try_into().ok())
+            .collect();
+        for k in stale {
+            folds.remove(k.as_slice())?;
+        }
+        if let Some((batch, f)) = fold {
+            let mut v = Vec::with_capacity(4 + f.windows.len());
+            v.extend_from_slice(&f.first_seq.to_le_bytes());
+            v.extend_from_slice(&f.windows);
+            folds.insert(batch.to_be_bytes().as_slice(), v.as_slice())?;
+        }
     }
     txn.commit()?;
     Ok(())

@@ -1,0 +1,147 @@
+//! The records a journaling node writes to its report log
+//! (`storage::ReportLog`): one per closed window boundary, one per
+//! power-up. Little-endian, fixed layout; the log frames them (length,
+//! CRC-32C).
+//!
+//! ```text
+//! report:   1 u8 | windows u8 | 0 u16 | seq u32 | start_ms u64 | len_ms u32 | period_ms u32 | acked u32
+//!           | windows × (channel u8 | count u32 | sum f32 | min f32 | max f32 | first f32 | last f32)
+//! power-up: 2 u8 | 0 u8 | 0 u16 | power_up u32 | base_ms u64 | period_ms u32 | window_ms u32
+//! ```
+//!
+//! A report's windows share its `start_ms` and `len_ms` (one boundary of
+//! the sampler); `acked` is the highest sequence the gateway had acked when
+//! the record was written (so a restart resends at most what was acked
+//! since). A power-up record names the power-up, the device time it starts
+//! at and the sampling in force, so that the next start-up finds them even
+//! when no report was written since.
+
+use ferry_proto::link::{MAX_REPORT_WINDOWS, WindowReport};
+
+const KIND_REPORT: u8 = 1;
+const KIND_POWER_UP: u8 = 2;
+const REPORT_FIXED: usize = 28;
+const WINDOW: usize = 25;
+const POWER_UP: usize = 24;
+
+/// A closed window boundary, as logged.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ReportRecord {
+    pub seq: u32,
+    pub start_ms: u64,
+    pub len_ms: u32,
+    pub period_ms: u32,
+    pub acked: u32,
+    pub windows: heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>,
+}
+
+/// A power-up, as logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PowerUpRecord {
+    pub power_up: u32,
+    pub base_ms: u64,
+    pub period_ms: u32,
+    pub window_ms: u32,
+}
+
+/// A record read back.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Record {
+    Report(ReportRecord),
+    PowerUp(PowerUpRecord),
+}
+
+/// Longest encoded record.
+pub(crate) const MAX_LEN: usize = REPORT_FIXED + WINDOW * MAX_REPORT_WINDOWS;
+
+impl ReportRecord {
+    pub(crate) fn encode(&self, out: &mut [u8; MAX_LEN]) -> usize {
+        out[0] = KIND_REPORT;
+        out[1] = self.windows.len() as u8;
+        out[2..4].fill(0);
+        out[4..8].copy_from_slice(&self.seq.to_le_bytes());
+        out[8..16].copy_from_slice(&self.start_ms.to_le_bytes());
+        out[16..20].copy_from_slice(&self.len_ms.to_le_bytes());
+        out[20..24].copy_from_slice(&self.period_ms.to_le_bytes());
+        out[24..28].copy_from_slice(&self.acked.to_le_bytes());
+        let mut at = REPORT_FIXED;
+        for w in &self.windows {
+            out[at] = w.channel;
+            out[at + 1..at + 5].copy_from_slice(&w.count.to_le_bytes());
+            for (k, v) in [w.sum, w.min, w.max, w.first, w.last].into_iter().enumerate() {
+                out[at + 5 + 4 * k..at + 9 + 4 * k].copy_from_slice(&v.to_le_bytes());
+            }
+            at += WINDOW;
+        }
+        at
+    }
+}
+
+impl PowerUpRecord {
+    pub(crate) fn encode(&self, out: &mut [u8; MAX_LEN]) -> usize {
+        out[0] = KIND_POWER_UP;
+        out[1..4].fill(0);
+        out[4..8].copy_from_slice(&self.power_up.to_le_bytes());
+        out[8..16].copy_from_slice(&self.base_ms.to_le_bytes());
+        out[16..20].copy_from_slice(&self.period_ms.to_le_bytes());
+        out[20..24].copy_from_slice(&self.window_ms.to_le_bytes());
+        POWER_UP
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    u64::from(u32_at(b, at)) | u64::from(u32_at(b, at + 4)) << 32
+}
+
+impl Record {
+    /// Decodes a record; `None` for an unknown kind or a wrong length (the
+    /// log's CRC already vouched for the bytes).
+    pub(crate) fn decode(b: &[u8]) -> Option<Self> {
+        match *b.first()? {
+            KIND_REPORT if b.len() >= REPORT_FIXED => {
+                let n = usize::from(b[1]);
+                if n > MAX_REPORT_WINDOWS || b.len() != REPORT_FIXED + n * WINDOW {
+                    return None;
+                }
+                let start_ms = u64_at(b, 8);
+                let len_ms = u32_at(b, 16);
+                let mut windows = heapless::Vec::new();
+                for w in b[REPORT_FIXED..].chunks_exact(WINDOW) {
+                    let f = |k: usize| f32::from_bits(u32_at(w, 5 + 4 * k));
+                    windows
+                        .push(WindowReport {
+                            channel: w[0],
+                            start_ms,
+                            len_ms,
+                            count: u32_at(w, 1),
+                            sum: f(0),
+                            min: f(1),
+                            max: f(2),
+                            first: f(3),
+                            last: f(4),
+                        })
+                        .ok()?;
+                }
+                Some(Self::Report(ReportRecord {
+                    seq: u32_at(b, 4),
+                    start_ms,
+                    len_ms,
+                    period_ms: u32_at(b, 20),
+                    acked: u32_at(b, 24),
+                    windows,
+                }))
+            }
+            KIND_POWER_UP if b.len() == POWER_UP => Some(Self::PowerUp(PowerUpRecord {
+                power_up: u32_at(b, 4),
+                base_ms: u64_at(b, 8),
+                period_ms: u32_at(b, 16),
+                window_ms: u32_at(b, 20),
+            })),
+            _ => None,
+        }
+    }
+}
