@@ -1,7 +1,7 @@
 //! The nRF52840-DK journal image's storage, run on the host: the journaling
 //! node on a simulated flash with the NVMC's geometry (4 KiB erase pages,
 //! 4-byte words) and the board's layout — `FlashLayout::internal_512k`
-//! (redb on 48 sectors, the tally on 4, the report log on 76) and its
+//! (redb on 48 sectors, the tally on 2, the report log on 78) and its
 //! journal budget (`firmware/boards/nrf52840-dk/src/journal_firmware.rs`).
 //! With no gateway, the log fills and folds into the journal until the
 //! journal's budget refuses (never the flash), then windows are dropped and
@@ -40,7 +40,7 @@ const CONFIG: LinkConfig = LinkConfig {
 
 fn start(flash: &Nvmc, clock: &SimClock) -> JournalNode<SharedFlash<Nvmc>> {
     let storage = mount_flash(flash.clone(), &FlashLayout::internal_512k(0)).unwrap();
-    assert_eq!(SECTORS, 48 + 4 + 76);
+    assert_eq!(SECTORS, 48 + 2 + 78);
     let sht = Simulated::new(clock, Sht4x::new(SimSht4xBus::new(clock), NoopDelay));
     let tmp = Simulated::new(clock, Tmp102::new(SimTmp102Bus::new(clock)));
     JournalNode::start(

@@ -1140,40 +1140,41 @@ pub struct FlashLayout {
 impl FlashLayout {
     /// 128 sectors of 4 KiB from `offset` (512 KiB: the nRF52840-DK's
     /// journal region, the upper half of its internal flash): redb in the
-    /// first 48 (160 KiB for its file), the tally in the next 4, the report
-    /// log in the last 76 (3 648 reports of two windows: ten hours at one
-    /// per 10 s before the first fold). The log's share is what endurance
-    /// needs at 10 000 erase cycles (firmware/README.md, "Wear").
+    /// first 48 (160 KiB for its file), the tally in the next 2, the report
+    /// log in the last 78 (51 reports of two windows per sector: eleven
+    /// hours at one per 10 s before the first fold). The log's share is
+    /// what endurance needs at 10 000 erase cycles (firmware/README.md,
+    /// "Wear").
     #[must_use]
     pub const fn internal_512k(offset: u32) -> Self {
         Self {
             journal: crate::storage::Config::new(offset, 48),
             drops: crate::storage::LogConfig {
                 offset: offset + 48 * 4096,
-                sectors: 4,
+                sectors: 2,
             },
             log: crate::storage::LogConfig {
-                offset: offset + 52 * 4096,
-                sectors: 76,
+                offset: offset + 50 * 4096,
+                sectors: 78,
             },
             cache_bytes: 16 * 1024,
         }
     }
 
     /// 256 sectors of 4 KiB from `offset` (a 1 MiB SPI NOR chip): redb in
-    /// the first 128 (512 KiB, 512-byte pages), the tally in 4, the report
-    /// log in 124.
+    /// the first 128 (512 KiB, 512-byte pages), the tally in 2, the report
+    /// log in 126.
     #[must_use]
     pub const fn spi_nor_1m(offset: u32) -> Self {
         Self {
             journal: crate::storage::Config::new(offset, 128),
             drops: crate::storage::LogConfig {
                 offset: offset + 128 * 4096,
-                sectors: 4,
+                sectors: 2,
             },
             log: crate::storage::LogConfig {
-                offset: offset + 132 * 4096,
-                sectors: 124,
+                offset: offset + 130 * 4096,
+                sectors: 126,
             },
             cache_bytes: 16 * 1024,
         }

@@ -4,15 +4,17 @@
 //! CRC-32C).
 //!
 //! ```text
-//! report:   1 u8 | windows u8 | 0 u16 | seq u32 | start_ms u64 | len_ms u32 | period_ms u32 | acked u32
+//! report:   1 u8 | windows u8 | unacked u16 | seq u32 | start_ms u64 | len_ms u32 | period_ms u32
 //!           | windows × (channel u8 | count u32 | sum f32 | min f32 | max f32 | first f32 | last f32)
 //! power-up: 2 u8 | 0 u8 | 0 u16 | power_up u32 | base_ms u64 | period_ms u32 | window_ms u32
 //! ```
 //!
 //! A report's windows share its `start_ms` and `len_ms` (one boundary of
-//! the sampler); `acked` is the highest sequence the gateway had acked when
-//! the record was written (so a restart resends at most what was acked
-//! since). A power-up record names the power-up, the device time it starts
+//! the sampler); `unacked` is how far below `seq` the gateway's acks had
+//! come when the record was written, `seq − 1 − acked` (saturating: a
+//! larger backlog reads as less acked), so a restart resends at most what
+//! was acked since. 80 bytes on the flash for two windows (with the log's
+//! framing), 105 for three. A power-up record names the power-up, the device time it starts
 //! at and the sampling in force, so that the next start-up finds them even
 //! when no report was written since.
 
@@ -20,7 +22,7 @@ use ferry_proto::link::{MAX_REPORT_WINDOWS, WindowReport};
 
 const KIND_REPORT: u8 = 1;
 const KIND_POWER_UP: u8 = 2;
-const REPORT_FIXED: usize = 28;
+const REPORT_FIXED: usize = 24;
 const WINDOW: usize = 25;
 const POWER_UP: usize = 24;
 
@@ -58,12 +60,12 @@ impl ReportRecord {
     pub(crate) fn encode(&self, out: &mut [u8; MAX_LEN]) -> usize {
         out[0] = KIND_REPORT;
         out[1] = self.windows.len() as u8;
-        out[2..4].fill(0);
+        let unacked = self.seq.saturating_sub(1).saturating_sub(self.acked);
+        out[2..4].copy_from_slice(&u16::try_from(unacked).unwrap_or(u16::MAX).to_le_bytes());
         out[4..8].copy_from_slice(&self.seq.to_le_bytes());
         out[8..16].copy_from_slice(&self.start_ms.to_le_bytes());
         out[16..20].copy_from_slice(&self.len_ms.to_le_bytes());
         out[20..24].copy_from_slice(&self.period_ms.to_le_bytes());
-        out[24..28].copy_from_slice(&self.acked.to_le_bytes());
         let mut at = REPORT_FIXED;
         for w in &self.windows {
             out[at] = w.channel;
@@ -126,12 +128,14 @@ impl Record {
                         })
                         .ok()?;
                 }
+                let seq = u32_at(b, 4);
+                let unacked = u32::from(u16::from_le_bytes([b[2], b[3]]));
                 Some(Self::Report(ReportRecord {
-                    seq: u32_at(b, 4),
+                    seq,
                     start_ms,
                     len_ms,
                     period_ms: u32_at(b, 20),
-                    acked: u32_at(b, 24),
+                    acked: seq.saturating_sub(1).saturating_sub(unacked),
                     windows,
                 }))
             }

@@ -136,11 +136,14 @@ pub(super) fn write(
         }
         txn.open_table(RESUME)?.insert(ROW, row.as_slice())?;
         let mut folds = txn.open_table(FOLDS)?;
-        let stale: Vec<[u8; 8]> = folds
-            .range(..lowest_batch.to_be_bytes().as_slice())?
-            .filter_map(|e| e.ok())
-            .filter_map(|(k, _)| k.value().try_into().ok())
-            .collect();
+        let mut stale: Vec<[u8; 8]> = Vec::new();
+        for entry in folds.range(..lowest_batch.to_be_bytes().as_slice())? {
+            // An error ends the transaction (a read error repeats forever).
+            let (k, _) = entry?;
+            if let Ok(key) = k.value().try_into() {
+                stale.push(key);
+            }
+        }
         for k in stale {
             folds.remove(k.as_slice())?;
         }

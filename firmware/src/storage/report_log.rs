@@ -111,6 +111,8 @@ struct Sector {
     seq: Option<u32>,
     /// Bytes in use: header and records up to the first that does not read.
     used: u32,
+    /// Erased since the mount and not written: taking it needs no erase.
+    erased: bool,
 }
 
 /// Counters since mount.
@@ -187,7 +189,11 @@ impl<F: NorFlash> ReportLog<F> {
                     used += round_up(FRAMING + len, write_size) as u32;
                 }
             }
-            sectors.push(Sector { seq, used });
+            sectors.push(Sector {
+                seq,
+                used,
+                erased: false,
+            });
         }
         Ok(Self {
             flash,
@@ -337,7 +343,11 @@ impl<F: NorFlash> ReportLog<F> {
         }
         // Free from now on, whatever the erase does: a torn erase leaves a
         // header that does not check.
-        self.sectors[sector as usize] = Sector { seq: None, used: 0 };
+        self.sectors[sector as usize] = Sector {
+            seq: None,
+            used: 0,
+            erased: false,
+        };
         if self.head == Some(sector) {
             self.head = None;
         }
@@ -345,6 +355,7 @@ impl<F: NorFlash> ReportLog<F> {
         self.flash
             .erase(from, from + self.sector_size)
             .map_err(flash_err)?;
+        self.sectors[sector as usize].erased = true;
         self.stats.erases += 1;
         Ok(())
     }
@@ -360,10 +371,16 @@ impl<F: NorFlash> ReportLog<F> {
         };
         let from = self.config.offset + next * self.sector_size;
         self.head = None;
-        self.flash
-            .erase(from, from + self.sector_size)
-            .map_err(flash_err)?;
-        self.stats.erases += 1;
+        // A sector erased since the mount is taken as it is (one erase per
+        // turn of the ring); any other free sector may hold a torn header
+        // or records and is erased first.
+        if !self.sectors[next as usize].erased {
+            self.flash
+                .erase(from, from + self.sector_size)
+                .map_err(flash_err)?;
+            self.stats.erases += 1;
+        }
+        self.sectors[next as usize].erased = false;
         let seq = self.next_seq;
         let mut header = vec![0xFFu8; round_up(HEADER, self.write_size)];
         header[..4].copy_from_slice(&MAGIC.to_le_bytes());
@@ -376,6 +393,7 @@ impl<F: NorFlash> ReportLog<F> {
         self.sectors[next as usize] = Sector {
             seq: Some(seq),
             used: header.len() as u32,
+            erased: false,
         };
         self.head = Some(next);
         Ok(())

@@ -7,8 +7,8 @@ use ferry_firmware::link::{LinkTimers, TX_BUFFER};
 use crate::board::{self, CONFIG, halt};
 use crate::{clock, flash, heap};
 
-/// The journal region's stores: redb on 48 sectors, the drop tally on 4,
-/// the report log on 76 (`FlashLayout::internal_512k`; the log's share is
+/// The journal region's stores: redb on 48 sectors, the drop tally on 2,
+/// the report log on 78 (`FlashLayout::internal_512k`; the log's share is
 /// what ten years of endurance need, firmware/README.md "Wear").
 const LAYOUT: FlashLayout = FlashLayout::internal_512k(0);
 /// Rows the journal keeps (folded reports) before it refuses more: what
