@@ -6,8 +6,9 @@
 #   scripts/firmware.sh build    # release builds (profiles `firmware`, `firmware-journal`) + sizes + budgets
 #                                # (Cortex-M4F and Cortex-M0/M0+ boards)
 #   scripts/firmware.sh clippy   # clippy -D warnings: each board for its target, the smoke test
-#   scripts/firmware.sh smoke    # build the QEMU board, run tests/qemu_smoke.rs
-#   scripts/firmware.sh all      # build, clippy, smoke (the default)
+#   scripts/firmware.sh smoke    # build the QEMU boards (M4, M0), run tests/qemu_smoke.rs
+#   scripts/firmware.sh wear     # the journal build's projected flash lifetime (fails under 10 years)
+#   scripts/firmware.sh all      # build, clippy, smoke, wear (the default)
 #
 # Host tests of the library are plain `cargo test -p ferry-firmware`.
 set -euo pipefail
@@ -155,18 +156,28 @@ smoke() {
         cargo test -p ferry-firmware --features qemu-smoke --test qemu_smoke
 }
 
+# The journal build's flash endurance: the real node on a simulated flash
+# with each layout (firmware/README.md, "Wear"), 10 simulated days at the
+# default sampling with an acking gateway; prints the projected lifetime
+# and fails under 10 years. Dev profile: it shares the tests' build.
+wear() {
+    cargo run -p ferry-firmware --features journal --example node_wear -- --check --days 10
+}
+
 case "${1:-all}" in
 setup) setup ;;
 build) build ;;
 clippy) clippy ;;
 smoke) smoke ;;
+wear) wear ;;
 all)
     build
     clippy
     smoke
+    wear
     ;;
 *)
-    echo "usage: $0 [setup|build|clippy|smoke|all]" >&2
+    echo "usage: $0 [setup|build|clippy|smoke|wear|all]" >&2
     exit 2
     ;;
 esac

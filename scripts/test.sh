@@ -69,11 +69,15 @@ set +e
         cargo test --locked -p ferry-firmware --features nor-flash --test nor_flash &&
         cargo test --locked -p ferry-firmware --features journal --test journal_node &&
         cargo test --locked -p ferry-firmware --features journal,nor-flash --test journal_nor &&
-        scripts/firmware.sh smoke
+        cargo test --locked -p ferry-firmware --features journal --test journal_power_cut &&
+        cargo test --locked -p ferry-firmware --features nor-flash --test report_log &&
+        scripts/firmware.sh smoke &&
+        scripts/firmware.sh wear
 } 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+grep '^firmware lifetime: ' "$log" || true
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
 if [ "$status" -ne 0 ]; then
     echo "tests: $passed passed, $failed failed"

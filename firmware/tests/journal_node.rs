@@ -171,7 +171,10 @@ fn an_acking_gateway_costs_the_journal_nothing() {
     assert_exact(&gw, 300);
     assert_eq!(node.unacked(), 0);
     let s = node.stats();
-    assert_eq!((s.journaled, s.folds, s.dropped, s.journal_errors), (300, 0, 0, 0));
+    assert_eq!(
+        (s.journaled, s.folds, s.dropped, s.journal_errors),
+        (300, 0, 0, 0)
+    );
     // Nothing reached redb: not one erase or commit in its region; every
     // program was a log record or header.
     assert_eq!(erases(&flash, 0..48), ftl_erases);
@@ -258,7 +261,11 @@ fn a_power_loss_resumes_epoch_sequence_and_device_time() {
     let mut node = start_with(&flash, 999, JournalSettings::default());
     let r = node.record();
     assert_eq!((r.epoch, r.power_ups), (EPOCH, 2));
-    assert_eq!(node.base_ms(), 30_000, "device time continues at the last window's end");
+    assert_eq!(
+        node.base_ms(),
+        30_000,
+        "device time continues at the last window's end"
+    );
     assert_eq!(node.device_ms(0), 30_000);
     assert_eq!(node.next_seq(), 151);
     // The ack of 1..=2 was in RAM only: at most those come again.
@@ -283,19 +290,31 @@ fn a_full_journal_drops_windows_and_counts_them_across_power_loss() {
     let s = node.stats();
     let kept = node.unacked();
     assert!(s.dropped > 0 && s.folds <= 1, "{s:?}");
-    assert_eq!(kept + u64::from(s.dropped), 300, "every window kept or counted");
+    assert_eq!(
+        kept + u64::from(s.dropped),
+        300,
+        "every window kept or counted"
+    );
     assert_eq!(gw.last_heartbeat.unwrap().dropped, s.dropped);
     power_loss(node);
 
     let mut node = start_with(&flash, EPOCH, tiny);
-    assert_eq!(node.heartbeat(0).dropped, s.dropped, "the tally outlives the power");
+    assert_eq!(
+        node.heartbeat(0).dropped,
+        s.dropped,
+        "the tally outlives the power"
+    );
     assert_eq!(node.unacked(), kept);
     // The gateway comes back: what was kept arrives, and journaling resumes.
     run(&mut node, &mut gw, 0, 20_001, true);
     assert_eq!(node.unacked(), 0);
     let seqs: Vec<u32> = gw.reports.keys().copied().collect();
     assert_eq!(seqs, (1..node.next_seq() as u32).collect::<Vec<_>>());
-    assert_eq!(node.stats().dropped, s.dropped, "no drop once there is room");
+    assert_eq!(
+        node.stats().dropped,
+        s.dropped,
+        "no drop once there is room"
+    );
 }
 
 #[test]

@@ -17,8 +17,8 @@ use ferry_firmware::journal_node::{
 use ferry_firmware::link::{LinkTimers, TX_BUFFER};
 use ferry_firmware::sensor::Sensor;
 use ferry_firmware::sim::{EMULATED_EVERY, SimClock, SimSht4xBus, SimTmp102Bus, Simulated};
-use ferry_firmware::storage::sim_flash::SimFlash;
 use ferry_firmware::storage::SharedFlash;
+use ferry_firmware::storage::sim_flash::SimFlash;
 use ferry_proto::codec;
 use ferry_proto::link::{DeviceId, Downlink, LinkAck, LinkConfig};
 use ferry_proto::serial;

@@ -63,7 +63,12 @@ impl Gateway {
                 && let Ok(Uplink::Report(r)) = codec::from_bytes::<Uplink>("Uplink", p)
                 && let Some(old) = self.reports.insert(r.seq, r.windows.to_vec())
             {
-                assert_eq!(old, r.windows.to_vec(), "{context}: report {} changed", r.seq);
+                assert_eq!(
+                    old,
+                    r.windows.to_vec(),
+                    "{context}: report {} changed",
+                    r.seq
+                );
             }
         }
     }
@@ -146,7 +151,11 @@ fn recover(chip: &Chip, log_chip: &LogChip, gw: &mut Gateway, context: &str) -> 
     run(&mut node, gw, (0, 12_000), true, &|| false, context);
     assert_eq!(node.unacked(), 0, "{context}");
     let s = node.stats();
-    assert_eq!((s.dropped, s.journal_errors, s.unsendable), (0, 0, 0), "{context}: {s:?}");
+    assert_eq!(
+        (s.dropped, s.journal_errors, s.unsendable),
+        (0, 0, 0),
+        "{context}: {s:?}"
+    );
     let last = node.next_seq() as u32 - 1;
     let seqs: Vec<u32> = gw.reports.keys().copied().collect();
     assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "{context}: sequences");
@@ -163,7 +172,11 @@ fn recover(chip: &Chip, log_chip: &LogChip, gw: &mut Gateway, context: &str) -> 
         0,
         "{context}: device time resumes on the window grid"
     );
-    assert_eq!(node.journal().stats().unwrap().outbox_batches, 0, "{context}");
+    assert_eq!(
+        node.journal().stats().unwrap().outbox_batches,
+        0,
+        "{context}"
+    );
     (last, s.folds)
 }
 
@@ -187,7 +200,9 @@ fn power_cut_at_every_flash_operation_keeps_every_report_once() {
     }
 
     let mut cuts = 0;
-    let only: Option<u64> = std::env::var("FERRY_CUT_ONE").ok().and_then(|v| v.parse().ok());
+    let only: Option<u64> = std::env::var("FERRY_CUT_ONE")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for (which, total) in [("redb", ops), ("log", log_ops)] {
         for cut in 0..total {
             if only.is_some_and(|o| o != cut) {
@@ -202,11 +217,22 @@ fn power_cut_at_every_flash_operation_keeps_every_report_once() {
             }
             let mut gw = Gateway::default();
             workload(&chip, &log_chip, &mut gw);
-            assert!(chip.is_cut() || log_chip.is_cut(), "{which} cut {cut} never came");
+            assert!(
+                chip.is_cut() || log_chip.is_cut(),
+                "{which} cut {cut} never came"
+            );
             let t1 = t0.elapsed();
-            recover(&chip, &log_chip, &mut gw, &format!("{which} cut {cut}/{total}"));
+            recover(
+                &chip,
+                &log_chip,
+                &mut gw,
+                &format!("{which} cut {cut}/{total}"),
+            );
             if only.is_some() || std::env::var_os("FERRY_CUT_TRACE").is_some() {
-                println!("{which} cut {cut}: workload {t1:?}, total {:?}", t0.elapsed());
+                println!(
+                    "{which} cut {cut}: workload {t1:?}, total {:?}",
+                    t0.elapsed()
+                );
             }
             cuts += 1;
         }

@@ -68,7 +68,11 @@ fn records_come_back_in_order_and_a_full_log_writes_nothing() {
     log.erase(oldest).unwrap();
     assert_eq!(records(&mut log), appended[in_oldest..]);
     log.append(&payload(1000)).unwrap();
-    assert_eq!(log.sectors_oldest_first().last(), Some(&oldest), "the ring turns");
+    assert_eq!(
+        log.sectors_oldest_first().last(),
+        Some(&oldest),
+        "the ring turns"
+    );
 
     // A mount finds the same records and continues in a fresh sector.
     let mut log = ReportLog::mount(flash.clone(), LOG).unwrap();
@@ -79,19 +83,46 @@ fn records_come_back_in_order_and_a_full_log_writes_nothing() {
     let oldest = log.sectors_oldest_first()[0];
     log.erase(oldest).unwrap();
     let at = log.append(&payload(7)).unwrap();
-    assert_eq!((at.sector, at.offset), (oldest, 12), "a fresh sector after a mount");
+    assert_eq!(
+        (at.sector, at.offset),
+        (oldest, 12),
+        "a fresh sector after a mount"
+    );
     // Nothing outside the region was touched.
     let image = flash.image();
-    assert!(image[..4096].iter().chain(&image[4 * 4096..]).all(|&b| b == 0xFF));
+    assert!(
+        image[..4096]
+            .iter()
+            .chain(&image[4 * 4096..])
+            .all(|&b| b == 0xFF)
+    );
 }
 
 #[test]
 fn layouts_that_cannot_work_are_refused() {
     let flash = Flash::new(4, 1);
     for (config, why) in [
-        (LogConfig { offset: 0, sectors: 1 }, "at least 2"),
-        (LogConfig { offset: 100, sectors: 2 }, "offset"),
-        (LogConfig { offset: 0, sectors: 5 }, "beyond"),
+        (
+            LogConfig {
+                offset: 0,
+                sectors: 1,
+            },
+            "at least 2",
+        ),
+        (
+            LogConfig {
+                offset: 100,
+                sectors: 2,
+            },
+            "offset",
+        ),
+        (
+            LogConfig {
+                offset: 0,
+                sectors: 5,
+            },
+            "beyond",
+        ),
     ] {
         let e = ReportLog::mount(flash.clone(), config).unwrap_err();
         assert!(e.to_string().contains(why), "{e}");
@@ -116,7 +147,11 @@ fn the_tally_counts_across_mounts_and_sector_turns() {
     let tally = Tally::mount(flash.clone(), TALLY).unwrap();
     assert_eq!(tally.total(), 2_500);
     let erases = flash.stats().erases;
-    assert_eq!(erases[4] + erases[5], 3, "one erase per sector's worth: {erases:?}");
+    assert_eq!(
+        erases[4] + erases[5],
+        3,
+        "one erase per sector's worth: {erases:?}"
+    );
 }
 
 /// What a workload left: records whose append returned and were not erased

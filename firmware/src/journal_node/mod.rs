@@ -64,8 +64,8 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
-pub use ferry_agent::journal::CommitError;
 use embedded_storage::nor_flash::NorFlash;
+pub use ferry_agent::journal::CommitError;
 use ferry_agent::journal::{DeviceReport, FullPolicy, Journal, JournalConfig, Work};
 use ferry_agent::window::Partial;
 use ferry_proto::batch::Batch;
@@ -805,11 +805,13 @@ impl<F: NorFlash> JournalNode<F> {
         }
         let mut reports: Vec<ReportRecord> = Vec::new();
         let mut power_up = 0u32;
-        let read = self.log.for_each_record(sector, |_, bytes| match Record::decode(bytes) {
-            Some(Record::Report(r)) if r.seq > done => reports.push(r),
-            Some(Record::PowerUp(p)) => power_up = power_up.max(p.power_up),
-            _ => {}
-        });
+        let read = self
+            .log
+            .for_each_record(sector, |_, bytes| match Record::decode(bytes) {
+                Some(Record::Report(r)) if r.seq > done => reports.push(r),
+                Some(Record::PowerUp(p)) => power_up = power_up.max(p.power_up),
+                _ => {}
+            });
         if read.is_err() {
             return Err(CommitError::Corrupt("report log unreadable".into()));
         }
@@ -936,9 +938,9 @@ impl<F: NorFlash> JournalNode<F> {
                 return;
             }
             let windows = if seq <= self.folded {
-                self.from_journal(seq)
+                self.read_from_journal(seq)
             } else {
-                self.from_log(seq)
+                self.read_from_log(seq)
             };
             let Some(windows) = windows else {
                 // Cannot happen for what this node wrote. Counted; the link
@@ -955,7 +957,10 @@ impl<F: NorFlash> JournalNode<F> {
         }
     }
 
-    fn from_log(&mut self, seq: u32) -> Option<heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>> {
+    fn read_from_log(
+        &mut self,
+        seq: u32,
+    ) -> Option<heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>> {
         let sector = self
             .index
             .iter()
@@ -973,7 +978,10 @@ impl<F: NorFlash> JournalNode<F> {
         found
     }
 
-    fn from_journal(&mut self, seq: u32) -> Option<heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>> {
+    fn read_from_journal(
+        &mut self,
+        seq: u32,
+    ) -> Option<heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>> {
         for attempt in 0..2 {
             if let Some((_, w)) = self.batch_cache.iter().find(|(s, _)| *s == seq) {
                 return Some(w.clone());

@@ -46,8 +46,10 @@ pub(crate) struct PowerUpRecord {
     pub window_ms: u32,
 }
 
-/// A record read back.
+/// A record read back (the size difference is fine: one at a time, on the
+/// stack).
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Record {
     Report(ReportRecord),
     PowerUp(PowerUpRecord),
@@ -70,7 +72,10 @@ impl ReportRecord {
         for w in &self.windows {
             out[at] = w.channel;
             out[at + 1..at + 5].copy_from_slice(&w.count.to_le_bytes());
-            for (k, v) in [w.sum, w.min, w.max, w.first, w.last].into_iter().enumerate() {
+            for (k, v) in [w.sum, w.min, w.max, w.first, w.last]
+                .into_iter()
+                .enumerate()
+            {
                 out[at + 5 + 4 * k..at + 9 + 4 * k].copy_from_slice(&v.to_le_bytes());
             }
             at += WINDOW;

@@ -96,7 +96,10 @@ pub(super) fn read_folds(db: &Database) -> Result<Vec<(u64, Fold)>, StartError> 
     let mut out = Vec::new();
     for entry in table.iter().map_err(CommitError::from)? {
         let (k, v) = entry.map_err(CommitError::from)?;
-        let key: [u8; 8] = k.value().try_into().map_err(|_| StartError::BadResumeRecord)?;
+        let key: [u8; 8] = k
+            .value()
+            .try_into()
+            .map_err(|_| StartError::BadResumeRecord)?;
         let v = v.value();
         if v.len() < 5 {
             return Err(StartError::BadResumeRecord);

@@ -162,7 +162,9 @@ impl<F: NorFlash> ReportLog<F> {
             return Err(LogError::Layout("a report log needs at least 2 sectors"));
         }
         if !config.offset.is_multiple_of(sector_size) {
-            return Err(LogError::Layout("offset is not a multiple of the erase size"));
+            return Err(LogError::Layout(
+                "offset is not a multiple of the erase size",
+            ));
         }
         let end = u64::from(config.offset) + u64::from(config.sectors) * u64::from(sector_size);
         if end > flash.capacity() as u64 {
@@ -326,7 +328,9 @@ impl<F: NorFlash> ReportLog<F> {
         // the units, which must not be programmed again.
         self.sectors[head as usize].used += len as u32;
         let base = self.config.offset + head * self.sector_size;
-        self.flash.write(base + at.offset, &rec).map_err(flash_err)?;
+        self.flash
+            .write(base + at.offset, &rec)
+            .map_err(flash_err)?;
         self.stats.records += 1;
         self.stats.bytes_programmed += len as u64;
         Ok(at)
@@ -406,7 +410,11 @@ fn round_up(n: usize, to: usize) -> usize {
 
 /// Reads `out.len()` bytes at `addr`, through an aligned bounce buffer when
 /// the flash reads in units larger than a byte.
-pub(super) fn read_at<F: NorFlash>(flash: &mut F, addr: u32, out: &mut [u8]) -> Result<(), LogError> {
+pub(super) fn read_at<F: NorFlash>(
+    flash: &mut F,
+    addr: u32,
+    out: &mut [u8],
+) -> Result<(), LogError> {
     let r = F::READ_SIZE.max(1) as u32;
     if r == 1 {
         return flash.read(addr, out).map_err(flash_err);

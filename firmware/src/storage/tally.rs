@@ -77,7 +77,9 @@ impl<F: NorFlash> Tally<F> {
             return Err(LogError::Layout("a tally needs at least 2 sectors"));
         }
         if !config.offset.is_multiple_of(sector_size) {
-            return Err(LogError::Layout("offset is not a multiple of the erase size"));
+            return Err(LogError::Layout(
+                "offset is not a multiple of the erase size",
+            ));
         }
         let end = u64::from(config.offset) + u64::from(config.sectors) * u64::from(sector_size);
         if end > flash.capacity() as u64 {
@@ -157,8 +159,11 @@ impl<F: NorFlash> Tally<F> {
             None => (0, 0),
         };
         let from = self.config.offset + sector * self.sector_size;
-        let kind = |e: F::Error| LogError::Flash(embedded_storage::nor_flash::NorFlashError::kind(&e));
-        self.flash.erase(from, from + self.sector_size).map_err(kind)?;
+        let kind =
+            |e: F::Error| LogError::Flash(embedded_storage::nor_flash::NorFlashError::kind(&e));
+        self.flash
+            .erase(from, from + self.sector_size)
+            .map_err(kind)?;
         let mut h = vec![0xFFu8; header_len(self.unit) as usize];
         h[..4].copy_from_slice(&MAGIC.to_le_bytes());
         h[4..8].copy_from_slice(&seq.to_le_bytes());

@@ -57,7 +57,11 @@ fn main() -> ! {
         });
 
     let mut nor_path: heapless::String<256> = heapless::String::new();
-    if nor_path.push_str(path).and_then(|()| nor_path.push_str(".nor")).is_err() {
+    if nor_path
+        .push_str(path)
+        .and_then(|()| nor_path.push_str(".nor"))
+        .is_err()
+    {
         fail("flash path too long");
     }
     let (Some(log_chip), Some(tally_chip)) = (
