@@ -41,7 +41,7 @@ use ferry_firmware::sim::{SimClock, SimSht4xBus, Simulated};
 use ferry_firmware::storage::SharedFlash;
 use ferry_firmware::storage::sim_flash::SimFlash;
 use ferry_proto::codec;
-use ferry_proto::link::{DeviceId, Downlink, LinkAck, LinkConfig, Uplink};
+use ferry_proto::link::{DeviceId, Downlink, LinkAck, LinkConfig, TimeSync, Uplink};
 use ferry_proto::serial::{self, Deframer};
 
 const DAY_MS: u64 = 24 * 3600 * 1000;
@@ -130,32 +130,49 @@ fn simulate<const W: usize>(
     let mut out = [0u8; TX_BUFFER];
     let mut highest = 0u32;
     let mut now = 0u64;
-    let mut ack = [0u8; 64];
+    let mut frame = [0u8; 64];
+    let mut downlink = |node: &mut JournalNode<_>, now: u64, msg: &Downlink| {
+        let payload = codec::to_vec(msg).unwrap();
+        let n = serial::encode_frame(&payload, &mut frame).unwrap();
+        for &b in &frame[..n] {
+            node.handle_rx(now, b);
+        }
+    };
     while now < end {
         node.poll(now, &mut [&mut sht as &mut dyn Sensor]);
         let gone = away(now);
+        let mut syncs = Vec::new();
         while let Some(n) = node.poll_transmit(now, &mut out) {
             if gone {
                 continue;
             }
             for &b in &out[..n] {
-                if let Some(Ok(payload)) = deframer.push(b)
-                    && let Ok(Uplink::Report(r)) = codec::from_bytes::<Uplink>("Uplink", payload)
-                {
-                    highest = highest.max(r.seq);
+                let Some(Ok(payload)) = deframer.push(b) else {
+                    continue;
+                };
+                match codec::from_bytes::<Uplink>("Uplink", payload) {
+                    Ok(Uplink::Report(r)) => highest = highest.max(r.seq),
+                    // The gateway answers hellos and heartbeats with its clock.
+                    Ok(Uplink::Hello(h)) => syncs.push((h.power_up, h.uptime_ms)),
+                    Ok(Uplink::Heartbeat(h)) => syncs.push((h.power_up, h.uptime_ms)),
+                    Err(_) => {}
                 }
             }
+        }
+        for (power_up, uptime_ms) in syncs {
+            let sync = TimeSync {
+                power_up,
+                uptime_ms,
+                wall_ms: 1_700_000_000_000 + uptime_ms as i64,
+            };
+            downlink(&mut node, now, &Downlink::TimeSync(sync));
         }
         if !gone && highest > 0 {
             let msg = Downlink::Ack(LinkAck {
                 boot: EPOCH,
                 up_to: highest,
             });
-            let payload = codec::to_vec(&msg).unwrap();
-            let n = serial::encode_frame(&payload, &mut ack).unwrap();
-            for &b in &ack[..n] {
-                node.handle_rx(now, b);
-            }
+            downlink(&mut node, now, &msg);
         }
         // On to the next instant with work (a sample, a resend, a
         // heartbeat), or the gateway's return.

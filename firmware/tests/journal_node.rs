@@ -4,8 +4,10 @@
 //! geometry): windows go to the log and from there to the link; an acking
 //! gateway costs no journal commit; an outage folds the log into the
 //! journal; a power loss (the node vanishes without closing anything)
-//! resumes the epoch, the sequence and device time; a full journal counts
-//! its drops across power loss.
+//! resumes the epoch and the sequence, and each power-up's windows are
+//! placed in wall-clock time by the gateway's time syncs (marked when taken
+//! before the sync, estimated when no sync came); a full journal counts its
+//! drops across power loss.
 
 use std::collections::BTreeMap;
 
@@ -21,7 +23,10 @@ use ferry_firmware::sim::{self, EMULATED_EVERY, SimClock, SimSht4xBus, SimTmp102
 use ferry_firmware::storage::sim_flash::SimFlash;
 use ferry_firmware::storage::{Config, LogConfig, SharedFlash};
 use ferry_proto::codec;
-use ferry_proto::link::{DeviceId, Downlink, LinkAck, LinkConfig, Uplink, WindowReport};
+use ferry_proto::link::{
+    DeviceId, Downlink, LinkAck, LinkConfig, ReportTime, TimeSync, Uplink, WindowReport,
+    time_quality,
+};
 use ferry_proto::serial::{self, Deframer};
 
 type Flash = SimFlash<4, 4096>;
@@ -53,15 +58,23 @@ const LAYOUT: FlashLayout = FlashLayout {
 };
 const SECTORS: usize = 54;
 
+/// Wall-clock time (Unix ms) at which power-up `p` of a test began: the
+/// power-ups of a test are a minute apart (the gaps are power-off time).
+fn wall_zero(p: u32) -> i64 {
+    1_700_000_000_000 + i64::from(p) * 60_000
+}
+
 /// The gateway end: keeps reports by sequence (checking resends are
-/// identical), acks on demand.
+/// identical), answers hellos and heartbeats with its clock (the true one:
+/// [`wall_zero`] of the power-up plus its uptime), acks on demand.
 #[derive(Default)]
 struct Gateway {
     deframer: Deframer,
-    hellos: Vec<(u32, u64)>,
-    reports: BTreeMap<u32, Vec<WindowReport>>,
+    hellos: Vec<(u32, u32, u64)>,
+    reports: BTreeMap<u32, (Vec<WindowReport>, ReportTime)>,
     resends: usize,
     last_heartbeat: Option<ferry_proto::link::Heartbeat>,
+    syncs: Vec<Downlink>,
 }
 
 impl Gateway {
@@ -69,17 +82,32 @@ impl Gateway {
         for &b in bytes {
             if let Some(r) = self.deframer.push(b) {
                 match codec::from_bytes::<Uplink>("Uplink", r.unwrap()).unwrap() {
-                    Uplink::Hello(h) => self.hellos.push((h.boot, h.uptime_ms)),
+                    Uplink::Hello(h) => {
+                        self.hellos.push((h.boot, h.power_up, h.uptime_ms));
+                        self.sync(h.power_up, h.uptime_ms);
+                    }
                     Uplink::Report(r) => {
-                        if let Some(old) = self.reports.insert(r.seq, r.windows.to_vec()) {
-                            assert_eq!(old, r.windows.to_vec(), "seq {} changed", r.seq);
+                        let got = (r.windows.to_vec(), r.time);
+                        if let Some(old) = self.reports.insert(r.seq, got.clone()) {
+                            assert_eq!(old, got, "seq {} changed", r.seq);
                             self.resends += 1;
                         }
                     }
-                    Uplink::Heartbeat(h) => self.last_heartbeat = Some(h),
+                    Uplink::Heartbeat(h) => {
+                        self.sync(h.power_up, h.uptime_ms);
+                        self.last_heartbeat = Some(h);
+                    }
                 }
             }
         }
+    }
+
+    fn sync(&mut self, power_up: u32, uptime_ms: u64) {
+        self.syncs.push(Downlink::TimeSync(TimeSync {
+            power_up,
+            uptime_ms,
+            wall_ms: wall_zero(power_up) + uptime_ms as i64,
+        }));
     }
 }
 
@@ -94,7 +122,8 @@ fn downlink(node: &mut Node, now: u64, msg: &Downlink) -> Vec<JournalEvent> {
 }
 
 /// Runs the node over uptimes `from..to` ms, 5 ms apart, delivering every
-/// frame to `gw`; with `ack`, the gateway acks the highest report it holds.
+/// frame to `gw` and its time syncs back; with `ack`, the gateway acks the
+/// highest report it holds.
 fn run(node: &mut Node, gw: &mut Gateway, from: u64, to: u64, ack: bool) {
     let clock = SimClock::new(0);
     let mut sht = Simulated::new(&clock, Sht4x::new(SimSht4xBus::new(&clock), NoopDelay));
@@ -105,7 +134,12 @@ fn run(node: &mut Node, gw: &mut Gateway, from: u64, to: u64, ack: bool) {
         while let Some(n) = node.poll_transmit(now, &mut buf) {
             gw.receive(&buf[..n]);
         }
-        if ack && let Some(&up_to) = gw.reports.keys().next_back() {
+        for sync in std::mem::take(&mut gw.syncs) {
+            downlink(node, now, &sync);
+        }
+        // As a gateway does: up to the highest contiguous sequence.
+        let up_to = (1..).take_while(|s| gw.reports.contains_key(s)).last();
+        if ack && let Some(up_to) = up_to {
             let msg = Downlink::Ack(LinkAck { boot: EPOCH, up_to });
             downlink(node, now, &msg);
         }
@@ -144,18 +178,58 @@ fn erases(flash: &Flash, range: std::ops::Range<usize>) -> u32 {
     flash.stats().erases[range].iter().sum()
 }
 
-/// Every report is the waveform's windows for its start, and the reports
-/// cover `[0, windows × 200 ms)` once each, in sequence order.
-fn assert_exact(gw: &Gateway, windows: u64) {
+/// Sequences 1..=`reports` once each; every report the waveform's windows
+/// at its start (ms since its power-up), contiguous within a power-up;
+/// returns each report's `(power-up, wall-clock start, quality)`.
+fn assert_exact(gw: &Gateway, reports: u64) -> Vec<(u32, i64, u8)> {
     let seqs: Vec<u32> = gw.reports.keys().copied().collect();
-    assert_eq!(seqs, (1..=windows as u32).collect::<Vec<_>>());
-    for (seq, ws) in &gw.reports {
-        let start = (u64::from(*seq) - 1) * u64::from(CONFIG.window_ms);
+    assert_eq!(seqs, (1..=reports as u32).collect::<Vec<_>>());
+    let mut out: Vec<(u32, i64, u8)> = Vec::new();
+    let mut prev: Option<(u32, u64)> = None;
+    for (seq, (ws, time)) in &gw.reports {
+        let start = ws[0].start_ms;
         assert_eq!(
             ws.as_slice(),
             sim::expected_windows(0, CONFIG, start).as_slice(),
             "report {seq}"
         );
+        match prev {
+            Some((p, s)) if p == time.power_up => {
+                assert_eq!(
+                    start,
+                    s + u64::from(CONFIG.window_ms),
+                    "report {seq}: a gap"
+                )
+            }
+            _ => assert_eq!(
+                start, 0,
+                "report {seq}: a power-up's first window starts at 0"
+            ),
+        }
+        prev = Some((time.power_up, start));
+        out.push((
+            time.power_up,
+            time.wall_at_zero_ms + start as i64,
+            time.quality,
+        ));
+    }
+    out
+}
+
+/// Every report placed exactly where its power-up's true clock says.
+fn assert_true_time(placed: &[(u32, i64, u8)]) {
+    let mut by_power_up: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+    for &(p, wall, _) in placed {
+        by_power_up.entry(p).or_default().push(wall);
+    }
+    for (p, walls) in by_power_up {
+        for (k, wall) in walls.into_iter().enumerate() {
+            assert_eq!(
+                wall,
+                wall_zero(p) + (k as i64) * i64::from(CONFIG.window_ms),
+                "power-up {p}, window {k}"
+            );
+        }
     }
 }
 
@@ -168,7 +242,13 @@ fn an_acking_gateway_costs_the_journal_nothing() {
     let mut gw = Gateway::default();
     // 60 s: 300 windows, the log turns over twice.
     run(&mut node, &mut gw, 0, 60_001, true);
-    assert_exact(&gw, 300);
+    let placed = assert_exact(&gw, 300);
+    assert_true_time(&placed);
+    assert!(
+        placed
+            .iter()
+            .all(|&(p, _, q)| p == 1 && q == time_quality::SYNCED)
+    );
     assert_eq!(node.unacked(), 0);
     let s = node.stats();
     assert_eq!(
@@ -227,7 +307,7 @@ fn an_outage_folds_the_log_into_the_journal_and_everything_arrives_once() {
 
     // The gateway is back: the journal's reports, then the log's, in order.
     run(&mut node, &mut gw, 40_001, 44_100, true);
-    assert_exact(&gw, 220);
+    assert_true_time(&assert_exact(&gw, 220));
     assert_eq!(node.unacked(), 0);
     assert_eq!(
         node.journal().stats().unwrap().outbox_batches,
@@ -238,7 +318,7 @@ fn an_outage_folds_the_log_into_the_journal_and_everything_arrives_once() {
 }
 
 #[test]
-fn a_power_loss_resumes_epoch_sequence_and_device_time() {
+fn a_power_loss_resumes_epoch_and_sequence_and_every_window_keeps_its_true_time() {
     let flash = Flash::new(SECTORS, 1);
     let mut node = start(&flash);
     let mut gw = Gateway::default();
@@ -255,28 +335,112 @@ fn a_power_loss_resumes_epoch_sequence_and_device_time() {
     );
     assert_eq!((node.next_seq(), node.unacked()), (151, 148));
     assert!(node.folded() > 0);
+    assert_eq!(node.wall_at_zero_ms(), Some(wall_zero(1)));
     power_loss(node);
 
-    // Power-up, uptime 0 again; a new epoch argument is ignored.
+    // Power-up 2, its clock at 0 again (a minute later in wall-clock
+    // time); a new epoch argument is ignored.
     let mut node = start_with(&flash, 999, JournalSettings::default());
     let r = node.record();
     assert_eq!((r.epoch, r.power_ups), (EPOCH, 2));
-    assert_eq!(
-        node.base_ms(),
-        30_000,
-        "device time continues at the last window's end"
-    );
-    assert_eq!(node.device_ms(0), 30_000);
+    assert_eq!(node.power_up(), 2);
     assert_eq!(node.next_seq(), 151);
+    assert_eq!(node.wall_at_zero_ms(), None, "not synced yet");
     // The ack of 1..=2 was in RAM only: at most those come again.
     assert!(node.unacked() >= 148 && node.unacked() <= 150);
     run(&mut node, &mut gw, 0, 8_001, true);
-    assert_eq!(gw.hellos.last(), Some(&(EPOCH, 30_000)));
+    assert_eq!(gw.hellos.last(), Some(&(EPOCH, 2, 0)));
     assert_eq!(node.unacked(), 0);
-    // Windows 0..190 once each: the half-sampled window was lost with the
-    // power (never journaled), and device time resumed where the log ended.
-    assert_exact(&gw, 190);
+    // 150 windows of power-up 1 and 40 of power-up 2, each at its true
+    // time: the half-sampled window was lost with the power (never
+    // journaled), and power-up 2's clock started again at 0.
+    let placed = assert_exact(&gw, 190);
+    assert_true_time(&placed);
+    assert_eq!(placed.iter().filter(|p| p.0 == 2).count(), 40);
+    assert!(placed.iter().all(|&(_, _, q)| q == time_quality::SYNCED));
     assert_eq!(node.journal().stats().unwrap().outbox_batches, 0);
+}
+
+#[test]
+fn windows_before_a_sync_are_marked_and_a_power_up_never_synced_is_estimated() {
+    let flash = Flash::new(SECTORS, 1);
+    let mut node = start(&flash);
+    let mut gw = Gateway::default();
+    // Power-up 1 meets the gateway: 10 windows, acked.
+    run(&mut node, &mut gw, 0, 2_001, true);
+    assert_eq!(node.unacked(), 0);
+    power_loss(node);
+
+    // Power-up 2 never meets a gateway: 5 windows in 1.1 s, then the power
+    // goes again. Its zero is estimated: power-up 1's zero plus the end of
+    // its last window (2 s), as if the power had come back at once.
+    let mut node = start(&flash);
+    let mut away = Gateway::default();
+    let clock = SimClock::new(0);
+    let mut sht = Simulated::new(&clock, Sht4x::new(SimSht4xBus::new(&clock), NoopDelay));
+    let mut tmp = Simulated::new(&clock, Tmp102::new(SimTmp102Bus::new(&clock)));
+    let mut buf = [0u8; TX_BUFFER];
+    for now in (0..1_100).step_by(5) {
+        node.poll(now, &mut [&mut sht as &mut dyn Sensor, &mut tmp]);
+        while let Some(n) = node.poll_transmit(now, &mut buf) {
+            away.receive(&buf[..n]);
+        }
+    }
+    // Power-up 1's last report may go again (its ack was in RAM only);
+    // none of power-up 2's goes out before a sync.
+    assert!(
+        away.reports.values().all(|(_, t)| t.power_up == 1),
+        "no report of an unsynced power-up goes out"
+    );
+    // Five windows of power-up 2, and power-up 1's last report (its ack
+    // came after its record).
+    assert_eq!(node.unacked(), 6);
+    power_loss(node);
+
+    // Power-up 3: the gateway comes only after 1 s (the windows logged
+    // before the sync: marked, and placed exactly by it).
+    let mut node = start(&flash);
+    let mut mute = Gateway::default();
+    for now in (0..1_001).step_by(5) {
+        node.poll(now, &mut [&mut sht as &mut dyn Sensor, &mut tmp]);
+        while let Some(n) = node.poll_transmit(now, &mut buf) {
+            mute.receive(&buf[..n]);
+        }
+    }
+    run(&mut node, &mut gw, 1_001, 3_101, true);
+    assert_eq!(node.unacked(), 0);
+    let placed = assert_exact(&gw, 30);
+    let quality = |p: u32| -> Vec<u8> {
+        placed
+            .iter()
+            .filter(|x| x.0 == p)
+            .map(|x| x.2)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(quality(1), [time_quality::SYNCED; 10]);
+    assert_eq!(quality(2), [time_quality::ESTIMATED; 5]);
+    // Power-up 3: what it logged before its first sync (the gateway's
+    // answer to its next hello, after 1 s), then synced.
+    let q3 = quality(3);
+    let before = q3
+        .iter()
+        .take_while(|&&q| q == time_quality::BEFORE_SYNC)
+        .count();
+    assert!(before >= 5, "{q3:?}");
+    assert!(
+        q3[before..].iter().all(|&q| q == time_quality::SYNCED),
+        "{q3:?}"
+    );
+    // Power-up 2: right after power-up 1's last window (early by the time
+    // the power was off); power-ups 1 and 3: their true times.
+    let estimated: Vec<i64> = placed.iter().filter(|x| x.0 == 2).map(|x| x.1).collect();
+    let after_one = wall_zero(1) + 2_000;
+    assert_eq!(
+        estimated,
+        (0..5).map(|k| after_one + k * 200).collect::<Vec<_>>()
+    );
+    let exact: Vec<(u32, i64, u8)> = placed.iter().filter(|x| x.0 != 2).copied().collect();
+    assert_true_time(&exact);
 }
 
 #[test]
@@ -332,5 +496,4 @@ fn a_config_outlives_a_power_loss() {
     power_loss(node);
     let node = start(&flash);
     assert_eq!(node.sampler().config(), next);
-    assert_eq!(node.base_ms(), 1_000);
 }

@@ -22,7 +22,9 @@ use ferry_firmware::sim::{self, EMULATED_EVERY, SimClock, SimSht4xBus, SimTmp102
 use ferry_firmware::storage::sim_flash::SimFlash;
 use ferry_firmware::storage::{Config, LogConfig, NorBackend, ReportLog, Tally, open_database};
 use ferry_proto::codec;
-use ferry_proto::link::{DeviceId, Downlink, LinkAck, LinkConfig, Uplink, WindowReport};
+use ferry_proto::link::{
+    DeviceId, Downlink, LinkAck, LinkConfig, ReportTime, TimeSync, Uplink, WindowReport,
+};
 use ferry_proto::serial::{self, Deframer};
 
 /// redb's chip.
@@ -50,30 +52,58 @@ const LOG: LogConfig = LogConfig {
     sectors: 3,
 };
 
+/// Wall-clock time (Unix ms) at which power-up `p` began.
+fn wall_zero(p: u32) -> i64 {
+    1_700_000_000_000 + i64::from(p) * 60_000
+}
+
 #[derive(Default)]
 struct Gateway {
     deframer: Deframer,
-    reports: BTreeMap<u32, Vec<WindowReport>>,
+    reports: BTreeMap<u32, (Vec<WindowReport>, ReportTime)>,
+    syncs: Vec<Downlink>,
 }
 
 impl Gateway {
     fn receive(&mut self, bytes: &[u8], context: &str) {
         for &b in bytes {
-            if let Some(Ok(p)) = self.deframer.push(b)
-                && let Ok(Uplink::Report(r)) = codec::from_bytes::<Uplink>("Uplink", p)
-                && let Some(old) = self.reports.insert(r.seq, r.windows.to_vec())
-            {
-                assert_eq!(
-                    old,
-                    r.windows.to_vec(),
-                    "{context}: report {} changed",
-                    r.seq
-                );
-            }
+            let Some(Ok(p)) = self.deframer.push(b) else {
+                continue;
+            };
+            let (power_up, uptime_ms) = match codec::from_bytes::<Uplink>("Uplink", p) {
+                Ok(Uplink::Report(r)) => {
+                    let got = (r.windows.to_vec(), r.time);
+                    if let Some(old) = self.reports.insert(r.seq, got.clone()) {
+                        assert_eq!(old, got, "{context}: report {} changed", r.seq);
+                    }
+                    continue;
+                }
+                Ok(Uplink::Hello(h)) => (h.power_up, h.uptime_ms),
+                Ok(Uplink::Heartbeat(h)) => (h.power_up, h.uptime_ms),
+                Err(_) => continue,
+            };
+            self.syncs.push(Downlink::TimeSync(TimeSync {
+                power_up,
+                uptime_ms,
+                wall_ms: wall_zero(power_up) + uptime_ms as i64,
+            }));
         }
+    }
+
+    /// Highest sequence received with every one below it.
+    fn contiguous(&self) -> Option<u32> {
+        (1..).take_while(|s| self.reports.contains_key(s)).last()
     }
 }
 
+fn deliver(node: &mut JournalNode<LogChip>, now: u64, msg: &Downlink) {
+    let payload = codec::to_vec(msg).unwrap();
+    let mut frame = [0u8; 64];
+    let n = serial::encode_frame(&payload, &mut frame).unwrap();
+    for &b in &frame[..n] {
+        node.handle_rx(now, b);
+    }
+}
 /// `None` if the power is (still) off.
 fn start(chip: &Chip, log_chip: &LogChip) -> Option<JournalNode<LogChip>> {
     let backend = NorBackend::mount_or_format(chip.clone(), Config::new(0, 48)).ok()?;
@@ -119,13 +149,11 @@ fn run(
         while let Some(n) = node.poll_transmit(now, &mut buf) {
             gw.receive(&buf[..n], context);
         }
-        if ack && let Some(&up_to) = gw.reports.keys().next_back() {
-            let payload = codec::to_vec(&Downlink::Ack(LinkAck { boot: EPOCH, up_to })).unwrap();
-            let mut frame = [0u8; 64];
-            let n = serial::encode_frame(&payload, &mut frame).unwrap();
-            for &b in &frame[..n] {
-                node.handle_rx(now, b);
-            }
+        for sync in std::mem::take(&mut gw.syncs) {
+            deliver(node, now, &sync);
+        }
+        if ack && let Some(up_to) = gw.contiguous() {
+            deliver(node, now, &Downlink::Ack(LinkAck { boot: EPOCH, up_to }));
         }
     }
 }
@@ -147,9 +175,14 @@ fn recover(chip: &Chip, log_chip: &LogChip, gw: &mut Gateway, context: &str) -> 
     chip.restore_power();
     log_chip.restore_power();
     let mut node = start(chip, log_chip).unwrap_or_else(|| panic!("{context}: no restart"));
-    let base = node.base_ms();
     run(&mut node, gw, (0, 12_000), true, &|| false, context);
-    assert_eq!(node.unacked(), 0, "{context}");
+    assert_eq!(
+        node.unacked(),
+        0,
+        "{context}: got {:?}, stats {:?}",
+        gw.reports.keys().collect::<Vec<_>>(),
+        node.stats()
+    );
     let s = node.stats();
     assert_eq!(
         (s.dropped, s.journal_errors, s.unsendable),
@@ -159,19 +192,27 @@ fn recover(chip: &Chip, log_chip: &LogChip, gw: &mut Gateway, context: &str) -> 
     let last = node.next_seq() as u32 - 1;
     let seqs: Vec<u32> = gw.reports.keys().copied().collect();
     assert_eq!(seqs, (1..=last).collect::<Vec<_>>(), "{context}: sequences");
-    for (seq, ws) in &gw.reports {
-        let start = u64::from(seq - 1) * u64::from(CONFIG.window_ms);
+    let mut prev: Option<(u32, u64)> = None;
+    for (seq, (ws, time)) in &gw.reports {
+        let start = ws[0].start_ms;
         assert_eq!(
             ws.as_slice(),
             sim::expected_windows(0, CONFIG, start).as_slice(),
             "{context}: report {seq}"
         );
+        // Contiguous within a power-up, from its clock's 0.
+        let want = match prev {
+            Some((p, s)) if p == time.power_up => s + u64::from(CONFIG.window_ms),
+            _ => 0,
+        };
+        assert_eq!(start, want, "{context}: report {seq}");
+        prev = Some((time.power_up, start));
+        assert_eq!(
+            time.wall_at_zero_ms,
+            wall_zero(time.power_up),
+            "{context}: report {seq} placed off its power-up's true time"
+        );
     }
-    assert_eq!(
-        base % u64::from(CONFIG.window_ms),
-        0,
-        "{context}: device time resumes on the window grid"
-    );
     assert_eq!(
         node.journal().stats().unwrap().outbox_batches,
         0,

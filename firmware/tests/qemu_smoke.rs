@@ -19,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use ferry_firmware::sim;
 use ferry_proto::codec;
-use ferry_proto::link::{Downlink, LinkAck, LinkConfig, Report, Uplink};
+use ferry_proto::link::{Downlink, LinkAck, LinkConfig, Report, TimeSync, Uplink};
 use ferry_proto::serial::{self, Deframer};
 
 const DEVICE: &str = "f0e1d2c3b4a59687";
+/// The gateway's clock at the board's uptime 0, in this test (Unix ms).
+const WALL_ZERO: i64 = 1_700_000_000_000;
 const BOOT: u32 = 4242;
 const START: LinkConfig = LinkConfig {
     sample_period_ms: 20,
@@ -216,7 +218,15 @@ fn smoke(board: &Board) {
                 Uplink::Hello(h) => {
                     assert_eq!(h.device_id.to_string(), DEVICE);
                     assert_eq!(h.boot, BOOT);
+                    assert_eq!(h.power_up, BOOT, "a RAM-ring board's power-up is its boot");
                     assert_eq!(h.channels.len(), 3);
+                    // The gateway's clock, in answer: reports wait for it.
+                    let sync = TimeSync {
+                        power_up: h.power_up,
+                        uptime_ms: h.uptime_ms,
+                        wall_ms: WALL_ZERO + h.uptime_ms as i64,
+                    };
+                    send(&mut stream, &Downlink::TimeSync(sync));
                     hello.get_or_insert(h);
                 }
                 Uplink::Heartbeat(h) => {
@@ -225,6 +235,12 @@ fn smoke(board: &Board) {
                 }
                 Uplink::Report(r) => {
                     assert!(hello.is_some(), "report before hello");
+                    assert_eq!(
+                        (r.time.power_up, r.time.wall_at_zero_ms),
+                        (BOOT, WALL_ZERO),
+                        "report {} placed by the sync",
+                        r.seq
+                    );
                     if let Some(first) = reports.get(r.seq as usize - 1) {
                         // A resend: same content.
                         assert_eq!(first, &r);

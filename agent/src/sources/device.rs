@@ -22,13 +22,19 @@
 //!   the journal (from the [`DeviceRegistry`]; 0 for none), which also stops
 //!   the device repeating its hello. A configured [`LinkConfig`] follows.
 //!   The offset is measured once per `(device, boot)` and kept in the
-//!   registry, so a reconnect does not shift the device's windows.
+//!   registry. The hello is also answered with a [`TimeSync`] (the wall
+//!   clock now, echoing the hello's `power_up` and `uptime_ms`), and so is
+//!   every heartbeat: the device's clock keeps its wall-clock zero.
 //! - **Report before any hello** (the gateway restarted) and heartbeat before
 //!   any hello: answered with `HelloRequest` (at most one per
 //!   [`DeviceLinkConfig::hello_request_interval_ms`]); the report is not
 //!   journaled, since there is no catalogue to name its series.
-//! - **Report**: each window becomes `(SeriesKey, Partial)`: start = offset +
-//!   `start_ms`, f32 values widened to f64 (exact), no sketch. `first_ts` is
+//! - **Report**: each window becomes `(SeriesKey, Partial)`: start =
+//!   the report's `time.wall_at_zero_ms` + `start_ms` (the device's clock of
+//!   power-up `time.power_up`, placed by a time sync; a device that journals
+//!   carries reports across power-ups, each with its own clock), f32 values
+//!   widened to f64 (exact), no sketch. Reports whose time the device could
+//!   only estimate (a power-up that ended before any sync) are counted. `first_ts` is
 //!   the window start and `last_ts` the window's last nanosecond
 //!   (`start + len − 1`): the device does not send sample instants, and these
 //!   are the tightest bounds known to hold. A window naming a channel the
@@ -69,8 +75,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferry_proto::codec;
 use ferry_proto::link::{
-    DeviceHello, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig, Report, Uplink,
-    WindowReport,
+    DeviceHello, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig, Report, TimeSync, Uplink,
+    time_quality,
 };
 use ferry_proto::serial::{self, Deframer, MAX_SERIAL_FRAME, SerialError};
 use ferry_proto::series::SeriesKey;
@@ -173,6 +179,9 @@ pub struct DeviceStats {
     pub reports_out_of_order: AtomicU64,
     /// Reports rejected: unknown channel or an invalid window.
     pub reports_rejected: AtomicU64,
+    /// Reports whose wall-clock time the device could only estimate (a
+    /// power-up that ended before any time sync), journaled at the estimate.
+    pub reports_time_estimated: AtomicU64,
     /// Reports dropped unacked because too many were waiting for a commit.
     pub reports_overflow: AtomicU64,
     /// Commits that failed (journal full under backpressure, storage).
@@ -305,7 +314,6 @@ impl DeviceRegistry {
 struct Session {
     hex: String,
     boot: u32,
-    offset_ns: i64,
     series: BTreeMap<u8, SeriesKey>,
     /// Highest sequence acked to the device.
     acked: u32,
@@ -637,7 +645,6 @@ impl GatewayLink {
             let session = Session {
                 hex: hex.clone(),
                 boot: h.boot,
-                offset_ns,
                 series,
                 acked: known.map_or(0, |m| m.journaled),
                 floor: 0,
@@ -674,6 +681,7 @@ impl GatewayLink {
             boot: h.boot,
             up_to: acked,
         });
+        self.queue_time_sync(now_ns, h.power_up, h.uptime_ms);
         if let Some(config) = self.config.push_config {
             self.transmit.retain(|m| !matches!(m, Downlink::Config(_)));
             self.transmit.push_back(Downlink::Config(config));
@@ -706,7 +714,7 @@ impl GatewayLink {
             DeviceStats::inc(&self.stats.reports_duplicate);
             return;
         }
-        let windows = match map_windows(s, &r.windows) {
+        let windows = match map_windows(s, &r) {
             Ok(w) => w,
             Err(why) => {
                 DeviceStats::inc(&self.stats.reports_rejected);
@@ -721,12 +729,15 @@ impl GatewayLink {
             DeviceStats::inc(&self.stats.reports_overflow);
             return;
         }
+        if r.time.quality == time_quality::ESTIMATED {
+            DeviceStats::inc(&self.stats.reports_time_estimated);
+        }
         let report = DeviceReport {
             device: s.hex.clone(),
             boot: s.boot,
             seq: r.seq,
             floor: s.floor,
-            offset_ns: s.offset_ns,
+            offset_ns: ms_to_ns_signed(r.time.wall_at_zero_ms),
             windows,
         };
         self.pending.insert(id, report);
@@ -739,6 +750,7 @@ impl GatewayLink {
             return;
         };
         DeviceStats::inc(&self.stats.heartbeats);
+        let (power_up, uptime_ms) = (h.power_up, h.uptime_ms);
         let floor = h
             .next_seq
             .saturating_sub(u32::from(h.queued))
@@ -748,6 +760,19 @@ impl GatewayLink {
         if s.dropped_seen > s.dropped_forwarded {
             self.health_due = true;
         }
+        self.queue_time_sync(now_ns, power_up, uptime_ms);
+    }
+
+    /// The wall clock now, for the device's clock of `power_up` at
+    /// `uptime_ms` (replacing one not yet sent).
+    fn queue_time_sync(&mut self, now_ns: i64, power_up: u32, uptime_ms: u64) {
+        self.transmit
+            .retain(|m| !matches!(m, Downlink::TimeSync(_)));
+        self.transmit.push_back(Downlink::TimeSync(TimeSync {
+            power_up,
+            uptime_ms,
+            wall_ms: now_ns.div_euclid(1_000_000),
+        }));
     }
 
     fn queue_ack(&mut self, ack: LinkAck) {
@@ -808,9 +833,15 @@ fn ms_to_ns(ms: u64) -> i64 {
         .saturating_mul(1_000_000)
 }
 
-/// The windows of a report in wall-clock time, or why they are refused.
-fn map_windows(s: &Session, windows: &[WindowReport]) -> Result<Vec<(SeriesKey, Partial)>, String> {
-    windows
+fn ms_to_ns_signed(ms: i64) -> i64 {
+    ms.saturating_mul(1_000_000)
+}
+
+/// The windows of a report in wall-clock time (its clock's zero plus each
+/// window's start on that clock), or why they are refused.
+fn map_windows(s: &Session, r: &Report) -> Result<Vec<(SeriesKey, Partial)>, String> {
+    let zero_ns = ms_to_ns_signed(r.time.wall_at_zero_ms);
+    r.windows
         .iter()
         .map(|w| {
             let series = s.series.get(&w.channel).ok_or_else(|| {
@@ -825,7 +856,7 @@ fn map_windows(s: &Session, windows: &[WindowReport]) -> Result<Vec<(SeriesKey, 
                     w.channel, w.count, w.len_ms
                 ));
             }
-            let start_ns = s.offset_ns.saturating_add(ms_to_ns(w.start_ms));
+            let start_ns = zero_ns.saturating_add(ms_to_ns(w.start_ms));
             let len_ns = u64::from(w.len_ms) * 1_000_000;
             let partial = Partial {
                 start_ns,
@@ -1150,7 +1181,7 @@ pub async fn run_serial(
 
 #[cfg(test)]
 mod tests {
-    use ferry_proto::link::{Channel, DeviceId};
+    use ferry_proto::link::{Channel, DeviceId, ReportTime, WindowReport};
 
     use super::*;
 
@@ -1193,6 +1224,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            power_up: boot,
         })
     }
 
@@ -1210,10 +1242,17 @@ mod tests {
         }
     }
 
+    /// A report of boot 7's clock, whose zero the device learnt from the
+    /// sync answering its hello (at T0, 5 s of uptime).
     fn report(seq: u32, windows: &[WindowReport]) -> Uplink {
         Uplink::Report(Report {
             seq,
             windows: windows.iter().copied().collect(),
+            time: ReportTime {
+                power_up: 7,
+                wall_at_zero_ms: T0 / MS - 5_000,
+                quality: time_quality::SYNCED,
+            },
         })
     }
 
@@ -1223,6 +1262,7 @@ mod tests {
             dropped,
             queued,
             next_seq,
+            power_up: 7,
         })
     }
 
@@ -1238,8 +1278,54 @@ mod tests {
         link.handle_bytes(now, &frame(msg));
     }
 
+    /// The downlinks waiting, without the time syncs (the test below
+    /// checks those).
     fn drain(link: &mut GatewayLink) -> Vec<Downlink> {
-        core::iter::from_fn(|| link.poll_transmit()).collect()
+        core::iter::from_fn(|| link.poll_transmit())
+            .filter(|m| !matches!(m, Downlink::TimeSync(_)))
+            .collect()
+    }
+
+    #[test]
+    fn hellos_and_heartbeats_get_the_wall_clock_and_reports_are_placed_by_their_own_clock() {
+        let mut link = link();
+        send(&mut link, T0, &hello(7, 5_000));
+        let sync = TimeSync {
+            power_up: 7,
+            uptime_ms: 5_000,
+            wall_ms: T0 / MS,
+        };
+        assert_eq!(
+            core::iter::from_fn(|| link.poll_transmit()).collect::<Vec<_>>(),
+            [ack(7, 0), Downlink::TimeSync(sync)]
+        );
+        // A heartbeat a second later: one sync queued, the latest.
+        send(&mut link, T0 + 1_000 * MS, &heartbeat(0, 0, 1));
+        send(&mut link, T0 + 2_000 * MS, &heartbeat(0, 0, 1));
+        assert_eq!(
+            core::iter::from_fn(|| link.poll_transmit()).collect::<Vec<_>>(),
+            [Downlink::TimeSync(TimeSync {
+                power_up: 7,
+                uptime_ms: 0,
+                wall_ms: T0 / MS + 2_000,
+            })]
+        );
+        // A journaling device sends a report of an earlier power-up (3),
+        // whose zero it could only estimate: placed there, and counted.
+        let zero_ms = T0 / MS - 3_600_000;
+        let Uplink::Report(mut r) = report(1, &[window(0, 10_000, 21.0)]) else {
+            unreachable!()
+        };
+        r.time = ReportTime {
+            power_up: 3,
+            wall_at_zero_ms: zero_ms,
+            quality: time_quality::ESTIMATED,
+        };
+        send(&mut link, T0 + 2_000 * MS, &Uplink::Report(r));
+        let work = link.poll_work().unwrap();
+        let (_, window) = &work.reports[0].windows[0];
+        assert_eq!(window.start_ns, (zero_ms + 10_000) * MS);
+        assert_eq!(n(&link.stats().reports_time_estimated), 1);
     }
 
     fn ack(boot: u32, up_to: u32) -> Downlink {
@@ -1311,12 +1397,12 @@ mod tests {
         assert_eq!(n(&l.stats().devices_seen), 1);
         assert_eq!(n(&again.stats().devices_seen), 0, "seen by the first link");
 
-        // Another link version is refused.
+        // Another link version is refused (version 1 had no time sync).
         let mut v2 = link();
         let Uplink::Hello(mut h) = hello(7, 0) else {
             unreachable!()
         };
-        h.link_version = 2;
+        h.link_version = 1;
         send(&mut v2, T0, &Uplink::Hello(h));
         assert_eq!(drain(&mut v2), []);
         assert_eq!(v2.device(), None);

@@ -72,7 +72,7 @@ use ferry_proto::batch::Batch;
 use ferry_proto::codec;
 use ferry_proto::link::{
     Channel, DeviceHello, DeviceId, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig,
-    MAX_REPORT_WINDOWS, Report, Uplink, WindowReport,
+    MAX_REPORT_WINDOWS, Report, ReportTime, TimeSync, Uplink, WindowReport,
 };
 use ferry_proto::serial::Deframer;
 use ferry_proto::series::SeriesKey;
@@ -81,15 +81,17 @@ use redb::Database;
 use crate::link::{LinkTimers, frame};
 use crate::storage::{LogError, ReportLog, Tally};
 
+mod clock;
 mod record;
 mod resume;
 
 use crate::node::FIRMWARE;
 use crate::sampler::{ConfigError, MAX_SENSORS, Sampler, SamplerStats};
 use crate::sensor::Sensor;
+use clock::Clock;
 use record::{PowerUpRecord, Record, ReportRecord};
 pub use resume::ResumeRecord;
-use resume::{Fold, read_folds, read_resume};
+use resume::{Fold, read_clocks, read_folds, read_resume};
 
 /// Reports sent and not yet acknowledged, at most.
 pub const IN_FLIGHT: usize = 4;
@@ -184,6 +186,15 @@ pub enum JournalEvent {
     Config(LinkConfig),
     /// The gateway asked for a hello: everything in flight goes again.
     HelloRequested,
+    /// The gateway's clock: this power-up's clock zero is at
+    /// `wall_at_zero_ms` (Unix ms).
+    TimeSynced {
+        /// Wall-clock time of uptime 0.
+        wall_at_zero_ms: i64,
+    },
+    /// A time sync for another power-up, or echoing an uptime not yet
+    /// reached: ignored.
+    StaleTimeSync(TimeSync),
     /// An ack of another epoch or of sequences never sent: ignored.
     StaleAck(LinkAck),
     /// A corrupt or unknown frame.
@@ -226,16 +237,21 @@ pub struct JournalNodeStats {
 struct Outgoing {
     seq: u32,
     windows: heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>,
+    time: ReportTime,
     sent_ms: Option<u64>,
 }
 
-/// Report sequences in one log sector, and whether it holds a power-up
-/// record not yet reflected in the resume record.
+/// What one log sector holds: its report sequences, the highest power-up
+/// of its power-up records, and whether it holds clock records.
 #[derive(Debug, Clone, Copy, Default)]
 struct SectorIndex {
     reports: Option<(u32, u32)>,
     power_up: Option<u32>,
+    clocks: bool,
 }
+
+/// A report read back: its power-up and windows.
+type Stored = (u32, heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>);
 
 /// A sampler, the report log, the agent's journal and the device end of
 /// the link.
@@ -253,9 +269,9 @@ pub struct JournalNode<F> {
     series: Vec<SeriesKey>,
     timers: LinkTimers,
     deframer: Deframer,
-    /// Device time at power-up: device ms = `base_ms + now_ms - start_ms`.
-    base_ms: u64,
-    start_ms: u64,
+    /// Clocks of this power-up and of those with unacknowledged reports,
+    /// by power-up.
+    clocks: Vec<Clock>,
     next_seq: u32,
     /// Highest sequence the gateway acked (RAM; logged with each record).
     acked: u32,
@@ -264,13 +280,15 @@ pub struct JournalNode<F> {
     index: Vec<SectorIndex>,
     /// The journal's batches: their reports.
     folds: Vec<(u64, Fold)>,
-    /// Reports of the journal batch read last (sequence, windows).
-    batch_cache: Vec<(u32, heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>)>,
+    /// Reports of the journal batch read last (sequence, power-up, windows).
+    batch_cache: Vec<(u32, Stored)>,
     outgoing: heapless::Deque<Outgoing, IN_FLIGHT>,
     hello_due_ms: Option<u64>,
     hello_sent: bool,
     heard_gateway: bool,
     heartbeat_due_ms: u64,
+    /// The sampling the last power-up record names.
+    logged_config: LinkConfig,
     /// A log write failed part-way: nothing more is appended until restart.
     log_failed: bool,
     stats: JournalNodeStats,
@@ -291,9 +309,10 @@ impl<F> core::fmt::Debug for JournalNode<F> {
 
 impl<F: NorFlash> JournalNode<F> {
     /// Opens the journal, reads the report log and starts the node at
-    /// uptime `now_ms`. On new storage the epoch is `new_epoch` and sampling
-    /// starts at device time 0 with `config`; otherwise the storage decides
-    /// (and `new_epoch` and `config` are not used).
+    /// uptime `now_ms` (ms since this power-up began: the clock its windows
+    /// and hellos count in). On new storage the epoch is `new_epoch` and
+    /// sampling uses `config`; otherwise the storage decides (and
+    /// `new_epoch` and `config` are not used).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         now_ms: u64,
@@ -321,13 +340,15 @@ impl<F: NorFlash> JournalNode<F> {
         )?;
         let stored = read_resume(journal.database())?;
         let folds_on_disk = read_folds(journal.database())?;
+        // Clocks as of the last fold; the log's records are newer.
+        let mut clocks: Vec<Clock> = read_clocks(journal.database())?;
 
         // The log, oldest record first.
         let mut index = alloc::vec![SectorIndex::default(); log.config().sectors as usize];
         let mut max_seq = 0u32;
         let mut acked_hint = 0u32;
-        let mut latest: Option<(u64, LinkConfig)> = None;
-        let mut max_power_up = 0u32;
+        let mut latest_config: Option<LinkConfig> = None;
+        let mut max_power_up = clocks.iter().map(|c| c.power_up).max().unwrap_or(0);
         for sector in log.sectors_oldest_first() {
             let entry = &mut index[sector as usize];
             log.for_each_record(sector, |_, bytes| match Record::decode(bytes) {
@@ -338,20 +359,22 @@ impl<F: NorFlash> JournalNode<F> {
                     });
                     max_seq = max_seq.max(r.seq);
                     acked_hint = acked_hint.max(r.acked);
-                    let config = LinkConfig {
-                        sample_period_ms: r.period_ms,
-                        window_ms: r.len_ms,
-                    };
-                    latest = Some((r.start_ms + u64::from(r.len_ms), config));
+                    max_power_up = max_power_up.max(r.power_up);
+                    clock_mut(&mut clocks, r.power_up)
+                        .saw_report(r.seq, r.start_ms + u64::from(r.len_ms));
                 }
                 Some(Record::PowerUp(p)) => {
                     entry.power_up = Some(entry.power_up.unwrap_or(0).max(p.power_up));
                     max_power_up = max_power_up.max(p.power_up);
-                    let config = LinkConfig {
+                    latest_config = Some(LinkConfig {
                         sample_period_ms: p.period_ms,
                         window_ms: p.window_ms,
-                    };
-                    latest = Some((latest.map_or(0, |(b, _)| b).max(p.base_ms), config));
+                    });
+                }
+                Some(Record::Clock(c)) => {
+                    entry.clocks = true;
+                    max_power_up = max_power_up.max(c.power_up);
+                    clock_mut(&mut clocks, c.power_up).update_from(&c);
                 }
                 None => {}
             })?;
@@ -363,25 +386,18 @@ impl<F: NorFlash> JournalNode<F> {
                 let r = ResumeRecord {
                     epoch: new_epoch,
                     power_ups: 0,
-                    base_ms: 0,
                     sample_period_ms: config.sample_period_ms,
                     window_ms: config.window_ms,
                 };
                 // The epoch is named once, for the journal's life.
-                resume::write(journal.database(), &r, None, 0)?;
+                resume::write(journal.database(), &r, None, 0, &[], false)?;
                 r
             }
         };
-        let (base_ms, config) = match latest {
-            Some((base, config)) => (base.max(record.base_ms), config),
-            None => (
-                record.base_ms,
-                LinkConfig {
-                    sample_period_ms: record.sample_period_ms,
-                    window_ms: record.window_ms,
-                },
-            ),
-        };
+        let config = latest_config.unwrap_or(LinkConfig {
+            sample_period_ms: record.sample_period_ms,
+            window_ms: record.window_ms,
+        });
         let power_up = record.power_ups.max(max_power_up) + 1;
         for entry in &mut index {
             // Power-up records the resume record already covers need no care.
@@ -401,6 +417,11 @@ impl<F: NorFlash> JournalNode<F> {
             .into_iter()
             .filter(|(b, _)| *b >= lowest_batch && *b < js.next_seq)
             .collect();
+        for (_, f) in &folds {
+            for (k, &(_, p)) in f.reports.iter().enumerate() {
+                clock_mut(&mut clocks, p).saw_report(f.first_seq + k as u32, 0);
+            }
+        }
         let next_seq = max_seq
             .max(folded)
             .max(folds.last().map_or(0, |(_, f)| f.last_seq()))
@@ -411,6 +432,16 @@ impl<F: NorFlash> JournalNode<F> {
             .first()
             .map_or(folded, |(_, f)| f.first_seq.saturating_sub(1));
         let acked = acked_hint.max(acked_floor).min(next_seq - 1);
+
+        // This power-up's clock: estimated from the latest power-up whose
+        // zero is known, as if the power had come back at once.
+        clocks.sort_unstable_by_key(|c| c.power_up);
+        let mut now_clock = Clock::new(power_up);
+        now_clock.estimate = clocks
+            .iter()
+            .rev()
+            .find_map(|c| Some(c.zero()?.saturating_add(c.end_ms as i64)));
+        clocks.push(now_clock);
 
         let mut channels = heapless::Vec::new();
         let mut series = Vec::new();
@@ -434,7 +465,9 @@ impl<F: NorFlash> JournalNode<F> {
                 series.push(channel_series(id).ok_or(StartError::Config(ConfigError::BadLayout))?);
             }
         }
-        let sampler = Sampler::new(base_ms, config, &counts, every).map_err(StartError::Config)?;
+        // The window grid starts at this power-up's zero; samples due
+        // before `now_ms` are taken late, at their scheduled instants.
+        let sampler = Sampler::new(0, config, &counts, every).map_err(StartError::Config)?;
         let mut node = Self {
             sampler,
             journal,
@@ -449,8 +482,7 @@ impl<F: NorFlash> JournalNode<F> {
             series,
             timers,
             deframer: Deframer::new(),
-            base_ms,
-            start_ms: now_ms,
+            clocks,
             next_seq,
             acked,
             folded,
@@ -462,58 +494,97 @@ impl<F: NorFlash> JournalNode<F> {
             hello_sent: false,
             heard_gateway: false,
             heartbeat_due_ms: now_ms + u64::from(timers.heartbeat_every_ms),
+            logged_config: config,
             log_failed: false,
             stats: JournalNodeStats::default(),
         };
         node.stats.dropped = node.drops.total();
+        node.prune_clocks();
         // This power-up, in the log: its number is never used again, and
-        // the next start-up finds where device time stands.
-        let rec = PowerUpRecord {
-            power_up,
-            base_ms,
-            period_ms: config.sample_period_ms,
-            window_ms: config.window_ms,
-        };
-        let mut buf = [0u8; record::MAX_LEN];
-        let n = rec.encode(&mut buf);
-        match node.append(&buf[..n], None, Some(power_up)) {
+        // its sampling and estimated clock are found after a power loss.
+        match node.log_power_up() {
             Ok(()) => {}
             Err(LogError::Full) => {
                 // A log full of unacknowledged reports (and a full
                 // journal): the power-up is counted in the resume record.
                 node.record.power_ups = power_up;
                 let lowest = node.folds.first().map_or(u64::MAX, |(b, _)| *b);
-                resume::write(node.journal.database(), &node.record, None, lowest)?;
+                resume::write(
+                    node.journal.database(),
+                    &node.record,
+                    None,
+                    lowest,
+                    &[],
+                    false,
+                )?;
             }
             Err(_) => node.stats.journal_errors += 1,
         }
         Ok(node)
     }
 
+    /// Appends this power-up's record (number and sampling) and its clock.
+    fn log_power_up(&mut self) -> Result<(), LogError> {
+        let config = self.sampler.config();
+        let rec = PowerUpRecord {
+            power_up: self.power_up,
+            period_ms: config.sample_period_ms,
+            window_ms: config.window_ms,
+        };
+        let mut buf = [0u8; record::MAX_LEN];
+        let n = rec.encode(&mut buf);
+        self.append(&buf[..n], None, Some(self.power_up), false)?;
+        self.logged_config = config;
+        self.log_clock(self.power_up)
+    }
+
+    /// Appends the clock of `power_up` (what is known of it now).
+    fn log_clock(&mut self, power_up: u32) -> Result<(), LogError> {
+        let Some(c) = self.clocks.iter().find(|c| c.power_up == power_up) else {
+            return Ok(());
+        };
+        let mut buf = [0u8; record::MAX_LEN];
+        let n = record::encode_clock(c, &mut buf);
+        self.append(&buf[..n], None, None, true)
+    }
+
+    /// Forgets clocks no unacknowledged report needs (keeping this
+    /// power-up's and the latest one with a known zero, which the next
+    /// power-up's estimate starts from).
+    fn prune_clocks(&mut self) {
+        let acked = self.acked;
+        let current = self.power_up;
+        let anchor = self
+            .clocks
+            .iter()
+            .filter(|c| c.power_up != current && c.zero().is_some())
+            .map(|c| c.power_up)
+            .max();
+        self.clocks
+            .retain(|c| c.power_up == current || Some(c.power_up) == anchor || c.last_seq > acked);
+    }
+
     /// The resume record as of this power-up (epoch, power-ups counted).
     pub fn record(&self) -> ResumeRecord {
         ResumeRecord {
             power_ups: self.power_up,
-            base_ms: self.base_ms,
             sample_period_ms: self.sampler.config().sample_period_ms,
             window_ms: self.sampler.config().window_ms,
             ..self.record
         }
     }
 
+    /// Wall-clock time (Unix ms) of this power-up's zero, once synced.
+    pub fn wall_at_zero_ms(&self) -> Option<i64> {
+        self.clocks
+            .iter()
+            .find(|c| c.power_up == self.power_up)
+            .and_then(|c| c.syncs.last().map(|&(_, w)| w))
+    }
+
     /// This power-up's number (1 for the first on a new journal).
     pub fn power_up(&self) -> u32 {
         self.power_up
-    }
-
-    /// Device time at uptime `now_ms`.
-    pub fn device_ms(&self, now_ms: u64) -> u64 {
-        self.base_ms + now_ms.saturating_sub(self.start_ms)
-    }
-
-    /// Device time this power-up started at: where sampling resumed.
-    pub fn base_ms(&self) -> u64 {
-        self.base_ms
     }
 
     /// The link sequence the next report will get.
@@ -605,6 +676,52 @@ impl<F: NorFlash> JournalNode<F> {
                 }
                 JournalEvent::HelloRequested
             }
+            Downlink::TimeSync(sync) => self.handle_time_sync(now_ms, sync),
+        }
+    }
+
+    fn handle_time_sync(&mut self, now_ms: u64, sync: TimeSync) -> JournalEvent {
+        let uptime = i64::try_from(sync.uptime_ms).ok();
+        let Some(up) =
+            uptime.filter(|_| sync.power_up == self.power_up && sync.uptime_ms <= now_ms)
+        else {
+            return JournalEvent::StaleTimeSync(sync);
+        };
+        let zero = sync.wall_ms.saturating_sub(up);
+        let current = self.power_up;
+        let next_seq = self.next_seq;
+        let first = clock_mut(&mut self.clocks, current).syncs.is_empty();
+        if clock_mut(&mut self.clocks, current).sync(next_seq, zero) {
+            let mut changed = alloc::vec![current];
+            if first {
+                // Earlier power-ups nothing placed (a device that never met
+                // a gateway): each ended where the next began.
+                let mut next_zero = zero;
+                for c in self
+                    .clocks
+                    .iter_mut()
+                    .rev()
+                    .filter(|c| c.power_up < current)
+                {
+                    match c.zero() {
+                        Some(z) => next_zero = z,
+                        None => {
+                            let z = next_zero.saturating_sub(c.end_ms as i64);
+                            c.estimate = Some(z);
+                            next_zero = z;
+                            changed.push(c.power_up);
+                        }
+                    }
+                }
+            }
+            for p in changed {
+                if self.log_clock(p).is_err() {
+                    self.stats.journal_errors += 1;
+                }
+            }
+        }
+        JournalEvent::TimeSynced {
+            wall_at_zero_ms: zero,
         }
     }
 
@@ -630,7 +747,7 @@ impl<F: NorFlash> JournalNode<F> {
                 acks: self.folds.iter().map(|(b, _)| (*b, true)).collect(),
                 ..Work::default()
             };
-            match self.journal.commit(work, self.device_ns(now_ms)) {
+            match self.journal.commit(work, ms_to_ns(now_ms)) {
                 Ok(_) => {
                     self.folds.clear();
                     self.batch_cache.clear();
@@ -647,8 +764,25 @@ impl<F: NorFlash> JournalNode<F> {
 
     /// Samples what is due and logs the windows of each boundary reached.
     pub fn poll(&mut self, now_ms: u64, sensors: &mut [&mut dyn Sensor]) {
-        let device_now = self.device_ms(now_ms);
-        while let Some(windows) = self.sampler.poll(device_now, sensors) {
+        while let Some(windows) = self.sampler.poll(now_ms, sensors) {
+            if self.sampler.config() != self.logged_config {
+                // A config took effect at this boundary: logged before the
+                // first report under it, so a power-up after finds it.
+                let config = self.sampler.config();
+                let rec = PowerUpRecord {
+                    power_up: self.power_up,
+                    period_ms: config.sample_period_ms,
+                    window_ms: config.window_ms,
+                };
+                let mut buf = [0u8; record::MAX_LEN];
+                let n = rec.encode(&mut buf);
+                if self
+                    .append(&buf[..n], None, Some(self.power_up), false)
+                    .is_ok()
+                {
+                    self.logged_config = config;
+                }
+            }
             self.journal_windows(&windows);
         }
     }
@@ -657,16 +791,18 @@ impl<F: NorFlash> JournalNode<F> {
         let Some(first) = windows.first() else { return };
         let rec = ReportRecord {
             seq: self.next_seq,
+            power_up: self.power_up,
             start_ms: first.start_ms,
             len_ms: first.len_ms,
-            period_ms: self.sampler.config().sample_period_ms,
             acked: self.acked,
             windows: windows.iter().copied().collect(),
         };
         let mut buf = [0u8; record::MAX_LEN];
         let n = rec.encode(&mut buf);
-        match self.append(&buf[..n], Some(rec.seq), None) {
+        match self.append(&buf[..n], Some(rec.seq), None, false) {
             Ok(()) => {
+                let end = rec.start_ms + u64::from(rec.len_ms);
+                clock_mut(&mut self.clocks, self.power_up).saw_report(rec.seq, end);
                 self.next_seq += 1;
                 self.stats.journaled += 1;
             }
@@ -693,6 +829,7 @@ impl<F: NorFlash> JournalNode<F> {
         bytes: &[u8],
         seq: Option<u32>,
         power_up: Option<u32>,
+        clock: bool,
     ) -> Result<(), LogError> {
         if self.log_failed {
             return Err(LogError::Full);
@@ -718,6 +855,7 @@ impl<F: NorFlash> JournalNode<F> {
         if let Some(p) = power_up {
             entry.power_up = Some(p);
         }
+        entry.clocks |= clock;
         if self.log.free_sectors() == 0 {
             // Ahead of need, while the head still has room: a fold that
             // fails now costs nothing yet.
@@ -751,40 +889,50 @@ impl<F: NorFlash> JournalNode<F> {
                 }
             }
         }
-        // This power-up's record must outlive the sector: it numbers the
-        // power-up and says where its device time began. Copied to the head
-        // (there is room: a sector was just taken), or else into the
-        // resume record.
+        // What the sector says of this power-up (its number and sampling)
+        // and of clocks still needed must outlive it: copied to the head
+        // (there is room: a sector was just taken), or else into redb.
+        self.prune_clocks();
+        let mut carried = true;
         if entry.power_up == Some(self.power_up) && self.record.power_ups < self.power_up {
             let config = self.sampler.config();
             let rec = PowerUpRecord {
                 power_up: self.power_up,
-                base_ms: self.base_ms,
                 period_ms: config.sample_period_ms,
                 window_ms: config.window_ms,
             };
             let mut buf = [0u8; record::MAX_LEN];
             let n = rec.encode(&mut buf);
-            let copied = self.log.fits_in_head(n)
-                && match self.log.append(&buf[..n]) {
-                    Ok(at) => {
-                        self.index[at.sector as usize].power_up = Some(self.power_up);
-                        true
-                    }
-                    Err(_) => false,
-                };
-            if !copied {
-                let record = ResumeRecord {
-                    power_ups: self.power_up,
-                    ..self.record
-                };
-                let lowest = self.folds.first().map_or(u64::MAX, |(b, _)| *b);
-                if resume::write(self.journal.database(), &record, None, lowest).is_err() {
-                    self.stats.journal_errors += 1;
-                    return false;
-                }
-                self.record = record;
+            carried &= self.carry(&buf[..n], Some(self.power_up), false);
+        }
+        if entry.clocks || !carried {
+            let mut buf = [0u8; record::MAX_LEN];
+            for k in 0..self.clocks.len() {
+                let n = record::encode_clock(&self.clocks[k], &mut buf);
+                carried &= self.carry(&buf[..n], None, true);
             }
+        }
+        if !carried {
+            let record = ResumeRecord {
+                power_ups: self.record.power_ups.max(self.power_up),
+                ..self.record
+            };
+            let lowest = self.folds.first().map_or(u64::MAX, |(b, _)| *b);
+            let clocks: Vec<&Clock> = self.clocks.iter().collect();
+            if resume::write(
+                self.journal.database(),
+                &record,
+                None,
+                lowest,
+                &clocks,
+                true,
+            )
+            .is_err()
+            {
+                self.stats.journal_errors += 1;
+                return false;
+            }
+            self.record = record;
         }
         if self.log.erase(oldest).is_err() {
             self.stats.journal_errors += 1;
@@ -792,6 +940,25 @@ impl<F: NorFlash> JournalNode<F> {
         }
         self.index[oldest as usize] = SectorIndex::default();
         true
+    }
+
+    /// Appends a record to the head sector without taking a new one;
+    /// `false` if it does not fit or the write fails.
+    fn carry(&mut self, bytes: &[u8], power_up: Option<u32>, clock: bool) -> bool {
+        if !self.log.fits_in_head(bytes.len()) {
+            return false;
+        }
+        match self.log.append(bytes) {
+            Ok(at) => {
+                let entry = &mut self.index[at.sector as usize];
+                if power_up.is_some() {
+                    entry.power_up = power_up;
+                }
+                entry.clocks |= clock;
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// Folds the reports of `sector` above `done` into the journal: txn A
@@ -825,16 +992,22 @@ impl<F: NorFlash> JournalNode<F> {
         let next_batch = self.journal.stats()?.next_seq;
         let fold = (!reports.is_empty()).then(|| Fold {
             first_seq: reports[0].seq,
-            windows: reports.iter().map(|r| r.windows.len() as u8).collect(),
+            reports: reports
+                .iter()
+                .map(|r| (r.windows.len() as u8, r.power_up))
+                .collect(),
         });
         let config = self.sampler.config();
         let record = ResumeRecord {
             power_ups: self.record.power_ups.max(power_up),
-            base_ms: self.record.base_ms.max(self.base_ms),
             sample_period_ms: config.sample_period_ms,
             window_ms: config.window_ms,
             ..self.record
         };
+        // The clocks of what is unacknowledged go with it: the log's clock
+        // records may be gone before these reports are.
+        self.prune_clocks();
+        let clocks: Vec<&Clock> = self.clocks.iter().collect();
         let lowest_kept = self
             .folds
             .iter()
@@ -846,6 +1019,8 @@ impl<F: NorFlash> JournalNode<F> {
             &record,
             fold.as_ref().map(|f| (next_batch, f)),
             lowest_kept,
+            &clocks,
+            true,
         )?;
         self.record = record;
         let Some(fold) = fold else {
@@ -874,8 +1049,7 @@ impl<F: NorFlash> JournalNode<F> {
             acks: acked_batches.iter().map(|&b| (b, true)).collect(),
             ..Work::default()
         };
-        let now = ms_to_ns(self.base_ms);
-        let r = self.journal.commit(work, now)?;
+        let r = self.journal.commit(work, 0)?;
         if r.sealed.as_slice() != [next_batch] {
             return Err(CommitError::Corrupt(
                 "a fold sealed another batch than its row names".into(),
@@ -886,7 +1060,7 @@ impl<F: NorFlash> JournalNode<F> {
         self.journal.release_in_flight();
         self.folded = self.folded.max(fold.last_seq());
         self.stats.folds += 1;
-        self.stats.folded_reports += fold.windows.len() as u32;
+        self.stats.folded_reports += fold.reports.len() as u32;
         self.folds.push((next_batch, fold));
         Ok(())
     }
@@ -907,11 +1081,7 @@ impl<F: NorFlash> JournalNode<F> {
     /// The next instant `poll` or `poll_transmit` has work, in uptime ms.
     pub fn next_due_ms(&self, now_ms: u64) -> u64 {
         let resend = u64::from(self.timers.resend_after_ms);
-        let sample = self
-            .sampler
-            .next_due_ms()
-            .saturating_sub(self.device_ms(now_ms))
-            + now_ms;
+        let sample = self.sampler.next_due_ms();
         let fill = if self.outgoing.len() < IN_FLIGHT && self.next_to_load() < self.next_seq {
             now_ms
         } else {
@@ -937,30 +1107,42 @@ impl<F: NorFlash> JournalNode<F> {
             if seq >= self.next_seq {
                 return;
             }
-            let windows = if seq <= self.folded {
+            let stored = if seq <= self.folded {
                 self.read_from_journal(seq)
             } else {
                 self.read_from_log(seq)
             };
-            let Some(windows) = windows else {
+            let Some((power_up, windows)) = stored else {
                 // Cannot happen for what this node wrote. Counted; the link
                 // stalls visibly rather than send out of order.
                 self.stats.unsendable += 1;
+                return;
+            };
+            // Where its windows lie. This power-up's reports wait for its
+            // first sync (the gateway answers the hello with one), and what
+            // follows them waits too, in order; an ended power-up's
+            // estimate is the best anyone will know.
+            let current = power_up == self.power_up;
+            let Some(time) = self
+                .clocks
+                .iter()
+                .find(|c| c.power_up == power_up)
+                .filter(|c| !current || !c.syncs.is_empty())
+                .and_then(|c| c.time_of(seq))
+            else {
                 return;
             };
             // Not full (checked above).
             let _ = self.outgoing.push_back(Outgoing {
                 seq,
                 windows,
+                time,
                 sent_ms: None,
             });
         }
     }
 
-    fn read_from_log(
-        &mut self,
-        seq: u32,
-    ) -> Option<heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>> {
+    fn read_from_log(&mut self, seq: u32) -> Option<Stored> {
         let sector = self
             .index
             .iter()
@@ -971,17 +1153,14 @@ impl<F: NorFlash> JournalNode<F> {
                 if let Some(Record::Report(r)) = Record::decode(bytes)
                     && r.seq == seq
                 {
-                    found = Some(r.windows);
+                    found = Some((r.power_up, r.windows));
                 }
             })
             .ok()?;
         found
     }
 
-    fn read_from_journal(
-        &mut self,
-        seq: u32,
-    ) -> Option<heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>> {
+    fn read_from_journal(&mut self, seq: u32) -> Option<Stored> {
         for attempt in 0..2 {
             if let Some((_, w)) = self.batch_cache.iter().find(|(s, _)| *s == seq) {
                 return Some(w.clone());
@@ -1010,15 +1189,11 @@ impl<F: NorFlash> JournalNode<F> {
     }
 
     /// A folded batch back into its link reports.
-    fn split_batch(
-        &self,
-        fold: &Fold,
-        body: &[u8],
-    ) -> Option<Vec<(u32, heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>)>> {
+    fn split_batch(&self, fold: &Fold, body: &[u8]) -> Option<Vec<(u32, Stored)>> {
         let batch: Batch = codec::from_slice("Batch", body).ok()?;
         let mut aggregates = batch.aggregates.iter();
-        let mut out = Vec::with_capacity(fold.windows.len());
-        for (k, &n) in fold.windows.iter().enumerate() {
+        let mut out = Vec::with_capacity(fold.reports.len());
+        for (k, &(n, power_up)) in fold.reports.iter().enumerate() {
             let mut windows = heapless::Vec::new();
             for _ in 0..n {
                 let a = aggregates.next()?;
@@ -1039,7 +1214,7 @@ impl<F: NorFlash> JournalNode<F> {
                     })
                     .ok()?;
             }
-            out.push((fold.first_seq + k as u32, windows));
+            out.push((fold.first_seq + k as u32, (power_up, windows)));
         }
         Some(out)
     }
@@ -1054,8 +1229,9 @@ impl<F: NorFlash> JournalNode<F> {
                 device_id: self.device_id.clone(),
                 boot: self.record.epoch,
                 firmware: self.firmware.clone(),
-                uptime_ms: self.device_ms(now_ms),
+                uptime_ms: now_ms,
                 channels: self.channels.clone(),
+                power_up: self.power_up,
             }));
         }
         self.fill_outgoing();
@@ -1072,6 +1248,7 @@ impl<F: NorFlash> JournalNode<F> {
             return Some(Uplink::Report(Report {
                 seq: o.seq,
                 windows: o.windows.clone(),
+                time: o.time,
             }));
         }
         if self.heartbeat_due_ms <= now_ms {
@@ -1086,16 +1263,25 @@ impl<F: NorFlash> JournalNode<F> {
     /// `next_seq − queued − 1` is the highest acknowledged sequence.
     pub fn heartbeat(&self, now_ms: u64) -> Heartbeat {
         Heartbeat {
-            uptime_ms: self.device_ms(now_ms),
+            uptime_ms: now_ms,
             dropped: self.drops.total(),
             queued: u16::try_from(self.unacked()).unwrap_or(u16::MAX),
             next_seq: self.next_seq,
+            power_up: self.power_up,
         }
     }
+}
 
-    fn device_ns(&self, now_ms: u64) -> i64 {
-        ms_to_ns(self.device_ms(now_ms))
-    }
+/// The clock of `power_up` in `clocks`, added if missing.
+fn clock_mut(clocks: &mut Vec<Clock>, power_up: u32) -> &mut Clock {
+    let at = match clocks.iter().position(|c| c.power_up == power_up) {
+        Some(at) => at,
+        None => {
+            clocks.push(Clock::new(power_up));
+            clocks.len() - 1
+        }
+    };
+    &mut clocks[at]
 }
 
 /// The journal's name for a channel's windows on the device: `ch<id>`.

@@ -5,8 +5,9 @@
 //!
 //! | table | key → value | holds |
 //! |---|---|---|
-//! | `node_resume` | `record` → [`ResumeRecord`], 5 × u64 LE | the epoch (for the journal's life) and, as of the last fold, the power-up count, device time and sampling |
-//! | `node_folds` | batch seq (u64 BE) → `first_seq u32 LE` + one `u8` per report | which link reports a folded batch holds: consecutive sequences from `first_seq`, each with that many windows, in the batch's aggregate order |
+//! | `node_resume` | `record` → [`ResumeRecord`], 4 × u64 LE | the epoch (for the journal's life) and, as of the last fold, the power-up count and sampling |
+//! | `node_folds` | batch seq (u64 BE) → `first_seq u32 LE` + per report `windows u8, power_up u32 LE` | which link reports a folded batch holds: consecutive sequences from `first_seq`, each with that many windows (in the batch's aggregate order) and its power-up |
+//! | `node_clocks` | power-up (u32 BE) → a clock record (`record.rs`) | the clocks of power-ups with folded reports, as of the last fold |
 //!
 //! A fold writes these (one transaction) *before* the journal commit that
 //! seals the batch, keyed by the batch sequence that commit will take; a
@@ -18,12 +19,15 @@ use alloc::vec::Vec;
 use ferry_agent::journal::layout::{self, Bytes};
 use redb::{Database, ReadableDatabase, ReadableTable};
 
+use super::clock::Clock;
+use super::record;
 use super::{CommitError, StartError};
 
 const RESUME: Bytes = Bytes::new("node_resume");
 const FOLDS: Bytes = Bytes::new("node_folds");
+const CLOCKS: Bytes = Bytes::new("node_clocks");
 const ROW: &[u8] = b"record";
-const FIELDS: usize = 5;
+const FIELDS: usize = 4;
 
 /// What outlives every power loss in redb (table `node_resume`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,8 +37,6 @@ pub struct ResumeRecord {
     /// Power-ups counted, as of the last fold (the report log counts the
     /// ones since).
     pub power_ups: u32,
-    /// Device time reached, ms, as of the last fold.
-    pub base_ms: u64,
     /// Sampling period in force, ms, as of the last fold.
     pub sample_period_ms: u32,
     /// Window length in force, ms, as of the last fold.
@@ -46,14 +48,14 @@ pub struct ResumeRecord {
 pub(crate) struct Fold {
     /// Sequence of the first report.
     pub first_seq: u32,
-    /// Windows of each report, in order.
-    pub windows: Vec<u8>,
+    /// Windows and power-up of each report, in order.
+    pub reports: Vec<(u8, u32)>,
 }
 
 impl Fold {
     /// Sequence of the last report.
     pub(crate) fn last_seq(&self) -> u32 {
-        self.first_seq + self.windows.len() as u32 - 1
+        self.first_seq + self.reports.len() as u32 - 1
     }
 }
 
@@ -79,9 +81,8 @@ pub(super) fn read_resume(db: &Database) -> Result<Option<ResumeRecord>, StartEr
     Ok(Some(ResumeRecord {
         epoch: small(v[0])?,
         power_ups: small(v[1])?,
-        base_ms: v[2],
-        sample_period_ms: small(v[3])?,
-        window_ms: small(v[4])?,
+        sample_period_ms: small(v[2])?,
+        window_ms: small(v[3])?,
     }))
 }
 
@@ -101,7 +102,7 @@ pub(super) fn read_folds(db: &Database) -> Result<Vec<(u64, Fold)>, StartError> 
             .try_into()
             .map_err(|_| StartError::BadResumeRecord)?;
         let v = v.value();
-        if v.len() < 5 {
+        if v.len() < 9 || (v.len() - 4) % 5 != 0 {
             return Err(StartError::BadResumeRecord);
         }
         // Big-endian keys: redb iterates in batch order.
@@ -109,27 +110,49 @@ pub(super) fn read_folds(db: &Database) -> Result<Vec<(u64, Fold)>, StartError> 
             u64::from_be_bytes(key),
             Fold {
                 first_seq: u32::from_le_bytes([v[0], v[1], v[2], v[3]]),
-                windows: v[4..].to_vec(),
+                reports: v[4..]
+                    .chunks_exact(5)
+                    .map(|r| (r[0], u32::from_le_bytes([r[1], r[2], r[3], r[4]])))
+                    .collect(),
             },
         ));
     }
     Ok(out)
 }
 
+/// The rows of `node_clocks`.
+pub(super) fn read_clocks(db: &Database) -> Result<Vec<Clock>, StartError> {
+    let txn = db.begin_read().map_err(CommitError::from)?;
+    let table = match txn.open_table(CLOCKS) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(CommitError::from(e).into()),
+    };
+    let mut out = Vec::new();
+    for entry in table.iter().map_err(CommitError::from)? {
+        let (_, v) = entry.map_err(CommitError::from)?;
+        out.push(record::decode_clock(v.value()).ok_or(StartError::BadResumeRecord)?);
+    }
+    Ok(out)
+}
+
 /// One transaction: the resume record, the row of the batch about to be
-/// sealed (if any), and no rows below `lowest_batch` (batches deleted).
+/// sealed (if any), no rows below `lowest_batch` (batches deleted), and
+/// `clocks` (replacing those rows; every other clock row goes when
+/// `prune_clocks`).
 pub(super) fn write(
     db: &Database,
     record: &ResumeRecord,
     fold: Option<(u64, &Fold)>,
     lowest_batch: u64,
+    clocks: &[&Clock],
+    prune_clocks: bool,
 ) -> Result<(), CommitError> {
     let txn = db.begin_write()?;
     {
         let values = [
             u64::from(record.epoch),
             u64::from(record.power_ups),
-            record.base_ms,
             u64::from(record.sample_period_ms),
             u64::from(record.window_ms),
         ];
@@ -151,10 +174,23 @@ pub(super) fn write(
             folds.remove(k.as_slice())?;
         }
         if let Some((batch, f)) = fold {
-            let mut v = Vec::with_capacity(4 + f.windows.len());
+            let mut v = Vec::with_capacity(4 + 5 * f.reports.len());
             v.extend_from_slice(&f.first_seq.to_le_bytes());
-            v.extend_from_slice(&f.windows);
+            for &(windows, power_up) in &f.reports {
+                v.push(windows);
+                v.extend_from_slice(&power_up.to_le_bytes());
+            }
             folds.insert(batch.to_be_bytes().as_slice(), v.as_slice())?;
+        }
+        drop(folds);
+        let mut table = txn.open_table(CLOCKS)?;
+        if prune_clocks {
+            table.retain(|_, _| false)?;
+        }
+        let mut buf = [0u8; record::MAX_LEN];
+        for c in clocks {
+            let n = record::encode_clock(c, &mut buf);
+            table.insert(c.power_up.to_be_bytes().as_slice(), &buf[..n])?;
         }
     }
     txn.commit()?;
