@@ -76,12 +76,23 @@ fn main() -> ! {
     let cp = cortex_m::Peripherals::take().unwrap_or_else(|| fail("core peripherals taken"));
     let mut uart = uart::Uart0::take();
     clock::start(cp.SYST);
+    // True time of uptime 0 (with `wall0=`): the host's clock when QEMU
+    // started plus how long QEMU has run. The simulated sensors read their
+    // waveforms at true time, so a test can check where windows are placed.
+    let true_zero = args
+        .wall0_ms
+        .map(|w| w + semihosting::elapsed_ms().unwrap_or(0));
 
     let sim_clock = SimClock::new(0);
     let mut sht = Sht4x::new(SimSht4xBus::new(&sim_clock), clock::TickDelay);
     sht.set_precision(Precision::Low);
-    let mut sht = Simulated::new(&sim_clock, sht);
-    let mut tmp = Simulated::new(&sim_clock, Tmp102::new(SimTmp102Bus::new(&sim_clock)));
+    let offset = true_zero.unwrap_or(0);
+    let mut sht = Simulated::with_offset(&sim_clock, sht, offset);
+    let mut tmp = Simulated::with_offset(
+        &sim_clock,
+        Tmp102::new(SimTmp102Bus::new(&sim_clock)),
+        offset,
+    );
 
     let mut node = JournalNode::start(
         clock::now_ms(),
@@ -100,11 +111,11 @@ fn main() -> ! {
     });
     let r = node.record();
     heprintln!(
-        "ferry: journal device {} epoch {} power-up {} resumes at {} ms, next seq {}, unacked {}, folded {}, dropped {}, period {} ms window {} ms",
+        "ferry: journal device {} epoch {} power-up {} true zero {} ms, next seq {}, unacked {}, folded {}, dropped {}, period {} ms window {} ms",
         args.device_id,
         r.epoch,
         node.power_up(),
-        node.base_ms(),
+        offset,
         node.next_seq(),
         node.unacked(),
         node.folded(),
