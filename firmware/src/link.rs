@@ -137,7 +137,8 @@ pub struct Link<const N: usize, const W: usize = MAX_REPORT_WINDOWS> {
     hello_sent: bool,
     heard_gateway: bool,
     heartbeat_due_ms: u64,
-    /// Wall-clock time of uptime 0, from the latest [`TimeSync`].
+    /// Wall-clock time of uptime 0, from the time syncs ([`SyncFilter`]).
+    sync: SyncFilter,
     wall_at_zero_ms: Option<i64>,
     stats: LinkStats,
 }
@@ -155,6 +156,7 @@ impl<const N: usize, const W: usize> Link<N, W> {
             hello_sent: false,
             heard_gateway: false,
             heartbeat_due_ms: now_ms + u64::from(timers.heartbeat_every_ms),
+            sync: SyncFilter::default(),
             wall_at_zero_ms: None,
             stats: LinkStats::default(),
         }
@@ -252,10 +254,10 @@ impl<const N: usize, const W: usize> Link<N, W> {
                 let uptime = i64::try_from(sync.uptime_ms).ok();
                 match uptime {
                     Some(up) if sync.power_up == self.identity.boot && sync.uptime_ms <= now_ms => {
-                        let zero = sync.wall_ms.saturating_sub(up);
-                        self.wall_at_zero_ms = Some(zero);
+                        self.sync.offer(sync.wall_ms.saturating_sub(up));
+                        self.wall_at_zero_ms = self.sync.zero();
                         Event::TimeSynced {
-                            wall_at_zero_ms: zero,
+                            wall_at_zero_ms: self.sync.zero().unwrap_or_default(),
                         }
                     }
                     _ => Event::StaleTimeSync(sync),
@@ -376,6 +378,55 @@ pub fn frame(msg: &Uplink, out: &mut [u8]) -> Option<usize> {
     let mut payload = [0u8; MAX_LINK_PAYLOAD];
     let n = codec::to_slice(msg, &mut payload).ok()?;
     serial::encode_frame(&payload[..n], out).ok()
+}
+
+/// A later time sync moves a clock's zero only when it differs by this
+/// much or more (drift); smaller differences are the transit time's jitter
+/// and would only shift windows against each other.
+pub const RESYNC_MS: i64 = 250;
+/// Samples in a row that must say the zero moved later before it does (a
+/// sample is late by its transit time, so one late sample is no evidence).
+pub const RESYNC_LATER_SAMPLES: u8 = 3;
+
+/// Filters a clock's time syncs: the first sets the zero; later ones move it
+/// earlier by [`RESYNC_MS`] or more at once, later by as much only when
+/// [`RESYNC_LATER_SAMPLES`] in a row agree. Returns the new zero when it
+/// moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncFilter {
+    zero: Option<i64>,
+    later_in_a_row: u8,
+}
+
+impl SyncFilter {
+    /// The zero in force.
+    pub fn zero(&self) -> Option<i64> {
+        self.zero
+    }
+
+    /// Offers a sample `wall − uptime`; `Some(zero)` if the zero moved.
+    pub fn offer(&mut self, sample: i64) -> Option<i64> {
+        let Some(zero) = self.zero else {
+            self.zero = Some(sample);
+            return self.zero;
+        };
+        if sample <= zero - RESYNC_MS {
+            self.later_in_a_row = 0;
+            self.zero = Some(sample);
+            return self.zero;
+        }
+        if sample >= zero + RESYNC_MS {
+            self.later_in_a_row += 1;
+            if self.later_in_a_row >= RESYNC_LATER_SAMPLES {
+                self.later_in_a_row = 0;
+                self.zero = Some(sample);
+                return self.zero;
+            }
+        } else {
+            self.later_in_a_row = 0;
+        }
+        None
+    }
 }
 
 /// Buffer size for [`Link::poll_transmit`].

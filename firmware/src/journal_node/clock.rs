@@ -5,8 +5,8 @@
 //!
 //! - **Syncs**: each `TimeSync` from the gateway gives the zero
 //!   (`wall_ms − uptime_ms`). The first of a power-up, and any that moves
-//!   the zero by [`RESYNC_MS`] or more (crystal drift), is kept with the
-//!   first report sequence it applies to. A report takes the latest sync at
+//!   the zero (crystal drift: [`SyncFilter`]), is kept with the first report
+//!   sequence it applies to. A report takes the latest sync at
 //!   or before its sequence (`SYNCED`), or, logged before the power-up's
 //!   first sync, that first one (`BEFORE_SYNC`: exact, the clock ran on).
 //! - **Estimates**: a power-up that ends before any sync can only be
@@ -19,10 +19,10 @@
 
 use ferry_proto::link::{ReportTime, time_quality};
 
+use crate::link::SyncFilter;
+
 /// Syncs kept per power-up (the first, then the latest when full).
 pub(crate) const MAX_SYNCS: usize = 8;
-/// A sync that moves the zero by this much or more is kept (and logged).
-pub(crate) const RESYNC_MS: i64 = 50;
 
 /// One power-up's clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub(crate) struct Clock {
     /// First and last report sequence of this power-up known to the node.
     pub first_seq: Option<u32>,
     pub last_seq: u32,
+    /// Which samples move the zero (this power-up's, in RAM).
+    pub filter: SyncFilter,
 }
 
 impl Clock {
@@ -49,6 +51,7 @@ impl Clock {
             end_ms: 0,
             first_seq: None,
             last_seq: 0,
+            filter: SyncFilter::default(),
         }
     }
 
@@ -77,14 +80,10 @@ impl Clock {
 
     /// Takes a sync applying from report `from_seq`; `true` if it changed
     /// what is kept (and must be logged).
-    pub(crate) fn sync(&mut self, from_seq: u32, zero: i64) -> bool {
-        if self
-            .syncs
-            .last()
-            .is_some_and(|&(_, w)| (w - zero).abs() < RESYNC_MS)
-        {
+    pub(crate) fn sync(&mut self, from_seq: u32, sample: i64) -> bool {
+        let Some(zero) = self.filter.offer(sample) else {
             return false;
-        }
+        };
         if self.syncs.is_full() {
             // Keep the first (it places what came before it) and the latest.
             self.syncs.remove(1);

@@ -687,11 +687,14 @@ impl<F: NorFlash> JournalNode<F> {
         else {
             return JournalEvent::StaleTimeSync(sync);
         };
-        let zero = sync.wall_ms.saturating_sub(up);
+        let sample = sync.wall_ms.saturating_sub(up);
         let current = self.power_up;
         let next_seq = self.next_seq;
         let first = clock_mut(&mut self.clocks, current).syncs.is_empty();
-        if clock_mut(&mut self.clocks, current).sync(next_seq, zero) {
+        if clock_mut(&mut self.clocks, current).sync(next_seq, sample) {
+            let zero = clock_mut(&mut self.clocks, current)
+                .zero()
+                .unwrap_or(sample);
             let mut changed = alloc::vec![current];
             if first {
                 // Earlier power-ups nothing placed (a device that never met
@@ -720,6 +723,9 @@ impl<F: NorFlash> JournalNode<F> {
                 }
             }
         }
+        let zero = clock_mut(&mut self.clocks, current)
+            .zero()
+            .unwrap_or(sample);
         JournalEvent::TimeSynced {
             wall_at_zero_ms: zero,
         }

@@ -205,5 +205,6 @@ pub(crate) fn decode_clock(b: &[u8]) -> Option<Clock> {
         syncs,
         first_seq: None,
         last_seq: 0,
+        filter: Default::default(),
     })
 }

@@ -111,15 +111,13 @@ fn main() -> ! {
     });
     let r = node.record();
     heprintln!(
-        "ferry: journal device {} epoch {} power-up {} true zero {} ms, next seq {}, unacked {}, folded {}, dropped {}, period {} ms window {} ms",
+        "ferry: journal device {} epoch {} power-up {} true zero {} ms, next seq {}, unacked {}, period {} ms window {} ms",
         args.device_id,
         r.epoch,
         node.power_up(),
         offset,
         node.next_seq(),
         node.unacked(),
-        node.folded(),
-        node.stats().dropped,
         r.sample_period_ms,
         r.window_ms
     );
