@@ -639,9 +639,13 @@ impl GatewayLink {
             let uptime_ns = i64::try_from(h.uptime_ms)
                 .unwrap_or(i64::MAX)
                 .saturating_mul(1_000_000);
+            // In whole ms, as the TimeSync answering this hello tells the
+            // device: the registry's offset is the zero the device's
+            // reports will carry.
+            let now_ms_ns = now_ns.div_euclid(1_000_000).saturating_mul(1_000_000);
             let offset_ns = known
                 .and_then(|m| m.offset_ns)
-                .unwrap_or_else(|| now_ns.saturating_sub(uptime_ns));
+                .unwrap_or_else(|| now_ms_ns.saturating_sub(uptime_ns));
             let session = Session {
                 hex: hex.clone(),
                 boot: h.boot,
