@@ -289,6 +289,8 @@ pub struct JournalNode<F> {
     heartbeat_due_ms: u64,
     /// The sampling the last power-up record names.
     logged_config: LinkConfig,
+    /// The next report to send waits for this power-up's first sync.
+    waiting_for_sync: bool,
     /// A log write failed part-way: nothing more is appended until restart.
     log_failed: bool,
     stats: JournalNodeStats,
@@ -495,6 +497,7 @@ impl<F: NorFlash> JournalNode<F> {
             heard_gateway: false,
             heartbeat_due_ms: now_ms + u64::from(timers.heartbeat_every_ms),
             logged_config: config,
+            waiting_for_sync: false,
             log_failed: false,
             stats: JournalNodeStats::default(),
         };
@@ -723,6 +726,7 @@ impl<F: NorFlash> JournalNode<F> {
                 }
             }
         }
+        self.waiting_for_sync = false;
         let zero = clock_mut(&mut self.clocks, current)
             .zero()
             .unwrap_or(sample);
@@ -1088,7 +1092,10 @@ impl<F: NorFlash> JournalNode<F> {
     pub fn next_due_ms(&self, now_ms: u64) -> u64 {
         let resend = u64::from(self.timers.resend_after_ms);
         let sample = self.sampler.next_due_ms();
-        let fill = if self.outgoing.len() < IN_FLIGHT && self.next_to_load() < self.next_seq {
+        let fill = if self.outgoing.len() < IN_FLIGHT
+            && self.next_to_load() < self.next_seq
+            && !self.waiting_for_sync
+        {
             now_ms
         } else {
             u64::MAX
@@ -1136,6 +1143,8 @@ impl<F: NorFlash> JournalNode<F> {
                 .filter(|c| !current || !c.syncs.is_empty())
                 .and_then(|c| c.time_of(seq))
             else {
+                // Not due again until a sync comes (no busy loop).
+                self.waiting_for_sync = true;
                 return;
             };
             // Not full (checked above).
