@@ -397,7 +397,11 @@ fn windows_before_a_sync_are_marked_and_a_power_up_never_synced_is_estimated() {
     assert_eq!(node.unacked(), 6);
     // Waiting for a sync is not work: nothing is due before the next
     // sample (no busy loop reading the log).
-    assert!(node.next_due_ms(1_095) > 1_095, "{}", node.next_due_ms(1_095));
+    assert!(
+        node.next_due_ms(1_095) > 1_095,
+        "{}",
+        node.next_due_ms(1_095)
+    );
     power_loss(node);
 
     // Power-up 3: the gateway comes only after 1 s (the windows logged
