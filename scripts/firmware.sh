@@ -4,21 +4,29 @@
 #
 #   scripts/firmware.sh setup    # rustup target + apt packages (idempotent)
 #   scripts/firmware.sh build    # release builds (profiles `firmware`, `firmware-journal`) + sizes + budgets
+#                                # (Cortex-M4F and Cortex-M0/M0+ boards)
 #   scripts/firmware.sh clippy   # clippy -D warnings: each board for its target, the smoke test
-#   scripts/firmware.sh smoke    # build the QEMU board, run tests/qemu_smoke.rs
-#   scripts/firmware.sh all      # build, clippy, smoke (the default)
+#   scripts/firmware.sh smoke    # build the QEMU boards (M4, M0), run tests/qemu_smoke.rs
+#   scripts/firmware.sh wear     # the journal build's projected flash lifetime (fails under 10 years)
+#   scripts/firmware.sh all      # build, clippy, smoke, wear (the default)
 #
 # Host tests of the library are plain `cargo test -p ferry-firmware`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TARGET=thumbv7em-none-eabihf
+# Cortex-M0/M0+ (ARMv6-M: no compare-and-swap, no FPU).
+M0_TARGET=thumbv6m-none-eabi
 PROFILE=firmware
 TARGET_DIR=$(realpath -m "${CARGO_TARGET_DIR:-target}")
-# board package : binary : flash budget (bytes) : static RAM budget (bytes); 0 = none
+# The RAM-ring images. target : board package : binary : flash budget
+# (bytes) : static RAM budget (bytes); 0 = none. The ARMv6-M images are
+# also checked to link no atomic read-modify-write emulation.
 BOARDS=(
-    "ferry-board-mps2-an386:ferry-mps2-an386:32768:8192"
-    "ferry-board-nrf52840-dk:ferry-nrf52840-dk:0:0"
+    "$TARGET:ferry-board-mps2-an386:ferry-mps2-an386:32768:8192"
+    "$TARGET:ferry-board-nrf52840-dk:ferry-nrf52840-dk:0:0"
+    "$M0_TARGET:ferry-board-rp2040-pico:ferry-rp2040-pico:32768:8192"
+    "$M0_TARGET:ferry-board-microbit:ferry-microbit:32768:8192"
 )
 # The journal images (firmware/README.md, "Two builds"): their own profile
 # and feature `journal`. board package : binary : flash budget : static RAM
@@ -35,30 +43,42 @@ JOURNALS=(
 )
 
 setup() {
-    rustup target add "$TARGET"
+    rustup target add "$TARGET" "$M0_TARGET"
     if ! command -v qemu-system-arm >/dev/null || ! command -v arm-none-eabi-size >/dev/null; then
         apt-get update
         apt-get install -y qemu-system-arm binutils-arm-none-eabi
     fi
 }
 
-sizer() {
-    if command -v arm-none-eabi-size >/dev/null; then
-        echo arm-none-eabi-size
-    elif command -v llvm-size >/dev/null; then
-        echo llvm-size
+objdump() {
+    if command -v arm-none-eabi-objdump >/dev/null; then
+        echo arm-none-eabi-objdump
+    elif command -v llvm-objdump >/dev/null; then
+        echo llvm-objdump
     else
-        echo "no arm-none-eabi-size or llvm-size: apt-get install binutils-arm-none-eabi" >&2
+        echo "no arm-none-eabi-objdump or llvm-objdump: apt-get install binutils-arm-none-eabi" >&2
         exit 1
     fi
 }
 
 # Prints an image's flash and static RAM and checks them against its
 # budgets (0: none); returns 1 when over. $5 is a note after the RAM figure.
+# Flash: every allocated section loaded below 0x2000_0000 (code, constants,
+# the initial values of .data); RAM: every allocated section that lives at
+# or above it (.data, .bss, .uninit), whatever its flags say.
 report_size() {
-    local elf=$1 bin=$2 flash_budget=$3 ram_budget=$4 note=$5 text data bss
-    read -r text data bss _ < <("$(sizer)" -B "$elf" | tail -n 1)
-    local flash=$((text + data)) ram=$((data + bss))
+    local elf=$1 bin=$2 flash_budget=$3 ram_budget=$4 note=$5 flash ram
+    local size vma lma
+    flash=0 ram=0
+    # `objdump -h`: a line "idx name size vma lma offset align", then its flags.
+    while read -r first second rest; do
+        if [[ $first =~ ^[0-9]+$ ]]; then
+            read -r size vma lma _ <<<"$rest"
+        elif [[ "$first $second $rest" == *ALLOC* ]]; then
+            if ((16#$lma < 0x20000000)); then flash=$((flash + 16#$size)); fi
+            if ((16#$vma >= 0x20000000)); then ram=$((ram + 16#$size)); fi
+        fi
+    done < <("$(objdump)" -h "$elf")
     printf 'firmware size: %-25s flash %6d B (%5.1f KiB)  static RAM %6d B (%5.1f KiB%s)' \
         "$bin" "$flash" "$(awk "BEGIN{print $flash/1024}")" "$ram" "$(awk "BEGIN{print $ram/1024}")" "$note"
     if [ "$flash_budget" -gt 0 ]; then
@@ -71,15 +91,32 @@ report_size() {
     printf '\n'
 }
 
+# ARMv6-M has no atomic read-modify-write: an image that links a libcall
+# emulating one (`__sync_*`, `__atomic_*`) or portable-atomic's fallback
+# would hide a lock where the code promises load/store only.
+check_no_rmw_atomics() {
+    local elf=$1 bin=$2 nm
+    nm=$(objdump)
+    nm=${nm%objdump}nm
+    if "$nm" "$elf" | grep -Eiq '__sync_|__atomic_|portable_atomic'; then
+        echo "firmware: $bin links atomic read-modify-write emulation:" >&2
+        "$nm" "$elf" | grep -Ei '__sync_|__atomic_|portable_atomic' >&2
+        return 1
+    fi
+}
+
 build() {
     local over=0
-    sizer >/dev/null
+    objdump >/dev/null
     for entry in "${BOARDS[@]}"; do
-        IFS=: read -r pkg bin flash_budget ram_budget <<<"$entry"
+        IFS=: read -r target pkg bin flash_budget ram_budget <<<"$entry"
         # One package per invocation: cargo must not unify features across
-        # boards (the nRF PAC turns on cortex-m-rt's `device`).
-        cargo build -p "$pkg" --target "$TARGET" --profile "$PROFILE"
-        report_size "$TARGET_DIR/$TARGET/$PROFILE/$bin" "$bin" "$flash_budget" "$ram_budget" "" || over=1
+        # boards (the nRF and RP2040 PACs turn on cortex-m-rt's `device`).
+        cargo build -p "$pkg" --target "$target" --profile "$PROFILE"
+        report_size "$TARGET_DIR/$target/$PROFILE/$bin" "$bin" "$flash_budget" "$ram_budget" "" || over=1
+        if [ "$target" = "$M0_TARGET" ]; then
+            check_no_rmw_atomics "$TARGET_DIR/$target/$PROFILE/$bin" "$bin" || over=1
+        fi
     done
     for entry in "${JOURNALS[@]}"; do
         IFS=: read -r pkg bin flash_budget ram_budget <<<"$entry"
@@ -89,7 +126,7 @@ build() {
             ", heap included" || over=1
     done
     if [ "$over" -ne 0 ]; then
-        echo "firmware: a board is over its size budget" >&2
+        echo "firmware: a board is over its size budget (or links atomics it must not)" >&2
         exit 1
     fi
 }
@@ -98,8 +135,8 @@ clippy() {
     # The library with its feature-gated QEMU smoke test, on the host.
     cargo clippy -p ferry-firmware --all-targets --features qemu-smoke -- -D warnings
     for entry in "${BOARDS[@]}"; do
-        IFS=: read -r pkg _ <<<"$entry"
-        cargo clippy -p "$pkg" --target "$TARGET" --profile "$PROFILE" -- -D warnings
+        IFS=: read -r target pkg _ <<<"$entry"
+        cargo clippy -p "$pkg" --target "$target" --profile "$PROFILE" -- -D warnings
     done
     # The journal build: the library's features (host tests, the nRF
     # journal's storage among them) and the images.
@@ -113,8 +150,18 @@ clippy() {
 
 smoke() {
     cargo build -p ferry-board-mps2-an386 --target "$TARGET" --profile "$PROFILE"
+    cargo build -p ferry-board-microbit --target "$M0_TARGET" --profile "$PROFILE"
     FERRY_MPS2_ELF="$TARGET_DIR/$TARGET/$PROFILE/ferry-mps2-an386" \
+        FERRY_MICROBIT_ELF="$TARGET_DIR/$M0_TARGET/$PROFILE/ferry-microbit" \
         cargo test -p ferry-firmware --features qemu-smoke --test qemu_smoke
+}
+
+# The journal build's flash endurance: the real node on a simulated flash
+# with each layout (firmware/README.md, "Wear"), 10 simulated days at the
+# default sampling with an acking gateway; prints the projected lifetime
+# and fails under 10 years. Dev profile: it shares the tests' build.
+wear() {
+    cargo run -p ferry-firmware --features journal --example node_wear -- --check --days 10
 }
 
 case "${1:-all}" in
@@ -122,13 +169,15 @@ setup) setup ;;
 build) build ;;
 clippy) clippy ;;
 smoke) smoke ;;
+wear) wear ;;
 all)
     build
     clippy
     smoke
+    wear
     ;;
 *)
-    echo "usage: $0 [setup|build|clippy|smoke|all]" >&2
+    echo "usage: $0 [setup|build|clippy|smoke|wear|all]" >&2
     exit 2
     ;;
 esac

@@ -18,9 +18,11 @@ step() { printf '\n==> %s\n' "$*"; }
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "toolchain and packages"
-if ! rustup target list --installed | grep -qx thumbv7em-none-eabihf; then
-    rustup target add thumbv7em-none-eabihf
-fi
+for target in thumbv7em-none-eabihf thumbv6m-none-eabi; do
+    if ! rustup target list --installed | grep -qx "$target"; then
+        rustup target add "$target"
+    fi
+done
 for component in rustfmt clippy; do
     if ! rustup component list --installed | grep -q "^$component"; then
         rustup component add "$component"
@@ -80,10 +82,12 @@ cargo clippy --locked -p ferry-tests --features cross --all-targets -- -D warnin
 step "cargo clippy (firmware boards, their targets)"
 scripts/firmware.sh clippy
 
-step "no_std builds for thumbv7em-none-eabihf"
+step "no_std builds for thumbv7em-none-eabihf and thumbv6m-none-eabi (no CAS)"
 cargo build --locked -p ferry-proto --target thumbv7em-none-eabihf --no-default-features
 cargo build --locked -p ferry-agent --lib --target thumbv7em-none-eabihf --no-default-features
 cargo build --locked -p ferry-firmware --features nor-flash --target thumbv7em-none-eabihf
+cargo build --locked -p ferry-proto --target thumbv6m-none-eabi --no-default-features
+cargo build --locked -p ferry-firmware --target thumbv6m-none-eabi
 
 # The end-to-end tests run the emulated board: build its image first.
 step "firmware cross-builds and sizes"
@@ -128,7 +132,10 @@ set +e
         cargo test --locked -p ferry-firmware --features nor-flash --test nor_flash &&
         cargo test --locked -p ferry-firmware --features journal --test journal_node &&
         cargo test --locked -p ferry-firmware --features journal,nor-flash --test journal_nor &&
+        cargo test --locked -p ferry-firmware --features journal --test journal_power_cut &&
+        cargo test --locked -p ferry-firmware --features nor-flash --test report_log &&
         scripts/firmware.sh smoke &&
+        scripts/firmware.sh wear &&
         flash_without_probe
 } 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
@@ -146,6 +153,7 @@ fi
 set -e
 passed=$(grep -Eo 'test result: [a-zA-Z]+\. [0-9]+ passed|^(package tests|flash\.sh): [0-9]+ passed' "$log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;|^(package tests|flash\.sh): [0-9]+ passed, [0-9]+ failed' "$log" | grep -Eo '[0-9]+ failed' | awk '{s+=$1} END {print s+0}')
+grep '^firmware lifetime: ' "$log" || true
 if [ "$status" -ne 0 ]; then
     echo "tests: $passed passed, $failed failed"
     exit "$status"

@@ -30,8 +30,8 @@ use ferry_proto::batch::Batch;
 use ferry_proto::codec;
 use ferry_proto::health;
 use ferry_proto::link::{
-    Channel, DeviceHello, DeviceId, Downlink, LINK_VERSION, LinkAck, LinkConfig, Report, Uplink,
-    WindowReport,
+    Channel, DeviceHello, DeviceId, Downlink, LINK_VERSION, LinkAck, LinkConfig, Report,
+    ReportTime, Uplink, WindowReport, time_quality,
 };
 use ferry_proto::serial::{self, Deframer, MAX_SERIAL_FRAME};
 use ferry_proto::series::SeriesKey;
@@ -287,11 +287,16 @@ async fn a_real_node_streams_its_exact_windows_and_every_report_is_acked() {
     device.settle(&mut dev_io).await;
     assert_eq!(
         device.events,
-        [Event::Acked {
-            up_to: 0,
-            released: 0
-        }],
-        "the hello is answered"
+        [
+            Event::Acked {
+                up_to: 0,
+                released: 0
+            },
+            Event::TimeSynced {
+                wall_at_zero_ms: T0 / MS
+            }
+        ],
+        "the hello is answered with an ack and the gateway's clock"
     );
     device.run(5_000, Some(&mut dev_io)).await;
     drop(dev_io);
@@ -455,6 +460,7 @@ fn hello() -> Uplink {
         }]
         .into_iter()
         .collect(),
+        power_up: BOOT,
     })
 }
 
@@ -474,16 +480,25 @@ fn report(seq: u32) -> Uplink {
         }]
         .into_iter()
         .collect(),
+        time: ReportTime {
+            power_up: BOOT,
+            wall_at_zero_ms: T0 / MS,
+            quality: time_quality::SYNCED,
+        },
     })
 }
 
-/// Reads frames until the next downlink message.
+/// Reads frames until the next downlink message other than a time sync
+/// (the gateway answers every hello with one).
 async fn next_downlink<S: AsyncRead + Unpin>(io: &mut S, deframer: &mut Deframer) -> Downlink {
     let mut byte = [0u8; 1];
     loop {
         assert_eq!(io.read(&mut byte).await.unwrap(), 1, "link closed");
         if let Some(frame) = deframer.push(byte[0]) {
-            return codec::from_bytes("Downlink", frame.unwrap()).unwrap();
+            match codec::from_bytes("Downlink", frame.unwrap()).unwrap() {
+                Downlink::TimeSync(_) => continue,
+                other => return other,
+            }
         }
     }
 }

@@ -15,6 +15,7 @@
 //! | `heartbeat`  | heartbeat period, ms                    | [`LinkTimers::default`]    |
 //! | `exit_after` | exit (status 0) at this uptime, ms      | run forever                |
 //! | `flash`      | host path of the flash file (journal image only) | none           |
+//! | `wall0`      | the host's clock (Unix ms) when QEMU was started: the simulated sensors read their waveforms at true time, `wall0` + QEMU's elapsed time at the board's uptime 0 + uptime (journal image only) | waveforms on uptime |
 
 use ferry_proto::link::{DeviceId, LinkConfig, MAX_DEVICE_ID};
 
@@ -44,6 +45,8 @@ pub struct BootArgs {
     /// The host file that plays the flash chip (the journal image's redb
     /// journal), if given.
     pub flash: Option<heapless::String<MAX_FLASH_PATH>>,
+    /// The host's clock (Unix ms) when QEMU was started, if given.
+    pub wall0_ms: Option<u64>,
 }
 
 /// Longest `flash=` path.
@@ -63,7 +66,7 @@ impl core::fmt::Display for ArgError<'_> {
         match self {
             Self::UnknownKey(w) => write!(
                 f,
-                "unknown argument `{w}` (known: device, boot, period, window, resend, heartbeat, exit_after, flash)"
+                "unknown argument `{w}` (known: device, boot, period, window, resend, heartbeat, exit_after, flash, wall0)"
             ),
             Self::BadValue(w) => write!(f, "bad value in `{w}`"),
         }
@@ -80,6 +83,7 @@ impl BootArgs {
             timers: LinkTimers::default(),
             exit_after_ms: None,
             flash: None,
+            wall0_ms: None,
         };
         for word in cmdline.split_ascii_whitespace() {
             let Some((key, value)) = word.split_once('=') else {
@@ -95,6 +99,7 @@ impl BootArgs {
                 "resend" => args.timers.resend_after_ms = int()?,
                 "heartbeat" => args.timers.heartbeat_every_ms = int()?,
                 "exit_after" => args.exit_after_ms = Some(u64::from(int()?)),
+                "wall0" => args.wall0_ms = Some(value.parse::<u64>().map_err(|_| bad)?),
                 "flash" => {
                     let path = heapless::String::try_from(value).map_err(|_| bad)?;
                     args.flash = Some(path).filter(|p| !p.is_empty());

@@ -11,6 +11,8 @@
 //! - [`link`]: hello, reports with sequence numbers, the retry ring, acks,
 //!   heartbeats, sans-IO with explicit instants;
 //! - [`node`]: sampler + link + deframer, what a board's main loop drives;
+//! - [`rx_ring`]: the byte ring between a UART's receive interrupt and the
+//!   main loop (lock-free, atomic loads and stores only: ARMv6-M too);
 //! - `journal_node` (feature `journal`): sampler + the agent's redb journal
 //!   + the link, for parts with the flash and RAM for redb;
 //! - [`emulated`]: the emulated board's command-line settings;
@@ -40,6 +42,7 @@ pub mod emulated;
 pub mod journal_node;
 pub mod link;
 pub mod node;
+pub mod rx_ring;
 pub mod sampler;
 pub mod sensor;
 pub mod sim;

@@ -16,6 +16,11 @@
 //!   counts it in `dropped`, which every [`Heartbeat`] carries, so the loss
 //!   reaches the collector as a figure rather than as silence.
 //! - **Heartbeats** every `heartbeat_every_ms`.
+//! - **Time**: the boot is the power-up (`power_up = boot`) and times are
+//!   the caller's `now_ms` (ms since boot). A [`TimeSync`] for this boot
+//!   sets the clock's wall-clock zero; reports wait in the ring until the
+//!   first one (the gateway answers the hello with one), then carry it: a
+//!   report closed before that first sync is marked `BEFORE_SYNC`.
 //!
 //! **Invariants:** the ring holds consecutive sequence numbers, oldest
 //! first (a drop removes only the oldest, so no gap opens inside the ring);
@@ -25,7 +30,8 @@
 use ferry_proto::codec;
 use ferry_proto::link::{
     Channel, DeviceHello, DeviceId, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig,
-    MAX_CHANNELS, MAX_REPORT_WINDOWS, Report, Uplink, WindowReport,
+    MAX_CHANNELS, MAX_REPORT_WINDOWS, Report, ReportTime, TimeSync, Uplink, WindowReport,
+    time_quality,
 };
 use ferry_proto::serial::{self, MAX_LINK_PAYLOAD, MAX_SERIAL_FRAME};
 
@@ -77,6 +83,14 @@ pub enum Event {
     Config(LinkConfig),
     /// The gateway asked for a hello; everything queued will be resent.
     HelloRequested,
+    /// The gateway's clock: this boot's clock zero is at `wall_at_zero_ms`.
+    TimeSynced {
+        /// Wall-clock time (Unix ms) of uptime 0.
+        wall_at_zero_ms: i64,
+    },
+    /// A time sync for another power-up, or echoing an uptime not yet
+    /// reached: ignored.
+    StaleTimeSync(TimeSync),
     /// An ack for another boot, or for sequences never sent: ignored.
     StaleAck(LinkAck),
     /// The frame was corrupt or not a downlink message: ignored.
@@ -104,6 +118,9 @@ pub struct LinkStats {
 struct Pending<const W: usize> {
     seq: u32,
     windows: heapless::Vec<WindowReport, W>,
+    /// The clock's wall-clock zero when the report was queued (`None`:
+    /// before the boot's first sync).
+    wall_at_zero_ms: Option<i64>,
     /// Last transmission; `None` until first sent (or after a hello request).
     sent_ms: Option<u64>,
 }
@@ -114,13 +131,15 @@ struct Pending<const W: usize> {
 pub struct Link<const N: usize, const W: usize = MAX_REPORT_WINDOWS> {
     identity: Identity,
     timers: LinkTimers,
-    start_ms: u64,
     next_seq: u32,
     ring: heapless::Deque<Pending<W>, N>,
     hello_due_ms: Option<u64>,
     hello_sent: bool,
     heard_gateway: bool,
     heartbeat_due_ms: u64,
+    /// Wall-clock time of uptime 0, from the time syncs ([`SyncFilter`]).
+    sync: SyncFilter,
+    wall_at_zero_ms: Option<i64>,
     stats: LinkStats,
 }
 
@@ -131,15 +150,21 @@ impl<const N: usize, const W: usize> Link<N, W> {
         Self {
             identity,
             timers,
-            start_ms: now_ms,
             next_seq: 1,
             ring: heapless::Deque::new(),
             hello_due_ms: Some(now_ms),
             hello_sent: false,
             heard_gateway: false,
             heartbeat_due_ms: now_ms + u64::from(timers.heartbeat_every_ms),
+            sync: SyncFilter::default(),
+            wall_at_zero_ms: None,
             stats: LinkStats::default(),
         }
+    }
+
+    /// Wall-clock time (Unix ms) of uptime 0, once synced.
+    pub fn wall_at_zero_ms(&self) -> Option<i64> {
+        self.wall_at_zero_ms
     }
 
     /// This boot's number.
@@ -175,6 +200,7 @@ impl<const N: usize, const W: usize> Link<N, W> {
                 seq: self.next_seq,
                 // chunks(W) yields at most W items.
                 windows: heapless::Vec::from_slice(chunk).unwrap_or_default(),
+                wall_at_zero_ms: self.wall_at_zero_ms,
                 sent_ms: None,
             };
             self.next_seq += 1;
@@ -224,6 +250,19 @@ impl<const N: usize, const W: usize> Link<N, W> {
                 }
                 Event::HelloRequested
             }
+            Downlink::TimeSync(sync) => {
+                let uptime = i64::try_from(sync.uptime_ms).ok();
+                match uptime {
+                    Some(up) if sync.power_up == self.identity.boot && sync.uptime_ms <= now_ms => {
+                        self.sync.offer(sync.wall_ms.saturating_sub(up));
+                        self.wall_at_zero_ms = self.sync.zero();
+                        Event::TimeSynced {
+                            wall_at_zero_ms: self.sync.zero().unwrap_or_default(),
+                        }
+                    }
+                    _ => Event::StaleTimeSync(sync),
+                }
+            }
         }
     }
 
@@ -249,6 +288,7 @@ impl<const N: usize, const W: usize> Link<N, W> {
         let resend = u64::from(self.timers.resend_after_ms);
         self.ring
             .iter()
+            .filter(|_| self.wall_at_zero_ms.is_some())
             .map(|p| p.sent_ms.map_or(0, |t| t + resend))
             .chain(self.hello_due_ms)
             .fold(self.heartbeat_due_ms, u64::min)
@@ -277,15 +317,20 @@ impl<const N: usize, const W: usize> Link<N, W> {
                 device_id: self.identity.device_id.clone(),
                 boot: self.identity.boot,
                 firmware: self.identity.firmware.clone(),
-                uptime_ms: now_ms - self.start_ms,
+                uptime_ms: now_ms,
                 channels: self.identity.channels.clone(),
+                power_up: self.identity.boot,
             }));
         }
         let resend = u64::from(self.timers.resend_after_ms);
-        if let Some(p) = self
-            .ring
-            .iter_mut()
-            .find(|p| p.sent_ms.is_none_or(|t| t + resend <= now_ms))
+        // Reports wait for the boot's first sync: before it, nothing says
+        // where their windows are in wall-clock time.
+        let synced = self.wall_at_zero_ms;
+        if let Some(zero) = synced
+            && let Some(p) = self
+                .ring
+                .iter_mut()
+                .find(|p| p.sent_ms.is_none_or(|t| t + resend <= now_ms))
         {
             if p.sent_ms.is_some() {
                 self.stats.resent += 1;
@@ -294,9 +339,19 @@ impl<const N: usize, const W: usize> Link<N, W> {
             let mut windows = heapless::Vec::new();
             // W <= MAX_REPORT_WINDOWS (checked in `new`).
             let _ = windows.extend_from_slice(&p.windows);
+            let time = ReportTime {
+                power_up: self.identity.boot,
+                wall_at_zero_ms: p.wall_at_zero_ms.unwrap_or(zero),
+                quality: if p.wall_at_zero_ms.is_some() {
+                    time_quality::SYNCED
+                } else {
+                    time_quality::BEFORE_SYNC
+                },
+            };
             return Some(Uplink::Report(Report {
                 seq: p.seq,
                 windows,
+                time,
             }));
         }
         if self.heartbeat_due_ms <= now_ms {
@@ -309,10 +364,11 @@ impl<const N: usize, const W: usize> Link<N, W> {
     /// The heartbeat as it would be sent at `now_ms`.
     pub fn heartbeat(&self, now_ms: u64) -> Heartbeat {
         Heartbeat {
-            uptime_ms: now_ms - self.start_ms,
+            uptime_ms: now_ms,
             dropped: self.stats.dropped,
             queued: self.ring.len() as u16,
             next_seq: self.next_seq,
+            power_up: self.identity.boot,
         }
     }
 }
@@ -322,6 +378,55 @@ pub fn frame(msg: &Uplink, out: &mut [u8]) -> Option<usize> {
     let mut payload = [0u8; MAX_LINK_PAYLOAD];
     let n = codec::to_slice(msg, &mut payload).ok()?;
     serial::encode_frame(&payload[..n], out).ok()
+}
+
+/// A later time sync moves a clock's zero only when it differs by this
+/// much or more (drift); smaller differences are the transit time's jitter
+/// and would only shift windows against each other.
+pub const RESYNC_MS: i64 = 250;
+/// Samples in a row that must say the zero moved later before it does (a
+/// sample is late by its transit time, so one late sample is no evidence).
+pub const RESYNC_LATER_SAMPLES: u8 = 3;
+
+/// Filters a clock's time syncs: the first sets the zero; later ones move it
+/// earlier by [`RESYNC_MS`] or more at once, later by as much only when
+/// [`RESYNC_LATER_SAMPLES`] in a row agree. Returns the new zero when it
+/// moves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncFilter {
+    zero: Option<i64>,
+    later_in_a_row: u8,
+}
+
+impl SyncFilter {
+    /// The zero in force.
+    pub fn zero(&self) -> Option<i64> {
+        self.zero
+    }
+
+    /// Offers a sample `wall − uptime`; `Some(zero)` if the zero moved.
+    pub fn offer(&mut self, sample: i64) -> Option<i64> {
+        let Some(zero) = self.zero else {
+            self.zero = Some(sample);
+            return self.zero;
+        };
+        if sample <= zero - RESYNC_MS {
+            self.later_in_a_row = 0;
+            self.zero = Some(sample);
+            return self.zero;
+        }
+        if sample >= zero + RESYNC_MS {
+            self.later_in_a_row += 1;
+            if self.later_in_a_row >= RESYNC_LATER_SAMPLES {
+                self.later_in_a_row = 0;
+                self.zero = Some(sample);
+                return self.zero;
+            }
+        } else {
+            self.later_in_a_row = 0;
+        }
+        None
+    }
 }
 
 /// Buffer size for [`Link::poll_transmit`].

@@ -118,17 +118,31 @@ pub fn expected_windows(epoch_ms: u64, config: LinkConfig, start_ms: u64) -> Clo
 }
 
 /// A simulated sensor: sets the shared [`SimClock`] to each sample's
-/// scheduled instant, then reads through the real driver.
+/// scheduled instant (plus an offset), then reads through the real driver.
 #[derive(Debug)]
 pub struct Simulated<'a, S> {
     clock: &'a SimClock,
     sensor: S,
+    offset_ms: u64,
 }
 
 impl<'a, S: Sensor> Simulated<'a, S> {
-    /// Wraps `sensor`, whose simulated bus reads `clock`.
+    /// Wraps `sensor`, whose simulated bus reads `clock`: the waveforms at
+    /// the sample's scheduled instant.
     pub fn new(clock: &'a SimClock, sensor: S) -> Self {
-        Self { clock, sensor }
+        Self::with_offset(clock, sensor, 0)
+    }
+
+    /// Like [`Simulated::new`], with the waveforms at `offset_ms` + the
+    /// scheduled instant: a board whose uptime 0 is at true time
+    /// `offset_ms` reads the waveforms of true time (the emulated journal
+    /// board, so that a power-loss test can check where windows are placed).
+    pub fn with_offset(clock: &'a SimClock, sensor: S, offset_ms: u64) -> Self {
+        Self {
+            clock,
+            sensor,
+            offset_ms,
+        }
     }
 }
 
@@ -138,7 +152,7 @@ impl<S: Sensor> Sensor for Simulated<'_, S> {
     }
 
     fn read(&mut self, at_ms: u64, out: &mut [f32]) -> Result<(), ReadError> {
-        self.clock.set(at_ms);
+        self.clock.set(self.offset_ms + at_ms);
         self.sensor.read(at_ms, out)
     }
 }

@@ -1,24 +1,36 @@
 //! The journaling node (feature `journal`) on simulated sensors with a fake
-//! clock, over redb on a storage that outlives the node: windows go through
-//! the agent's journal to the link, leave it only on an ack, and a power
-//! loss (the node and its database vanish without closing) resumes the
-//! epoch, the sequence and the sampling schedule exactly.
+//! clock, its three stores — redb on the translation layer, the report log
+//! and the drop tally — on one simulated NOR flash (the nRF52840's NVMC
+//! geometry): windows go to the log and from there to the link; an acking
+//! gateway costs no journal commit; an outage folds the log into the
+//! journal; a power loss (the node vanishes without closing anything)
+//! resumes the epoch and the sequence, and each power-up's windows are
+//! placed in wall-clock time by the gateway's time syncs (marked when taken
+//! before the sync, estimated when no sync came); a full journal counts its
+//! drops across power loss.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use embedded_hal_mock::eh1::delay::NoopDelay;
 use ferry_firmware::drivers::sht4x::Sht4x;
 use ferry_firmware::drivers::tmp102::Tmp102;
-use ferry_firmware::journal_node::{JournalEvent, JournalNode, JournalSettings};
+use ferry_firmware::journal_node::{
+    FlashLayout, JournalEvent, JournalNode, JournalSettings, mount_flash,
+};
 use ferry_firmware::link::{LinkTimers, TX_BUFFER};
 use ferry_firmware::sensor::Sensor;
 use ferry_firmware::sim::{self, EMULATED_EVERY, SimClock, SimSht4xBus, SimTmp102Bus, Simulated};
+use ferry_firmware::storage::sim_flash::SimFlash;
+use ferry_firmware::storage::{Config, LogConfig, SharedFlash};
 use ferry_proto::codec;
-use ferry_proto::link::{DeviceId, Downlink, LinkAck, LinkConfig, Uplink, WindowReport};
+use ferry_proto::link::{
+    DeviceId, Downlink, LinkAck, LinkConfig, ReportTime, TimeSync, Uplink, WindowReport,
+    time_quality,
+};
 use ferry_proto::serial::{self, Deframer};
-use redb::{BackendError, StorageBackend};
+
+type Flash = SimFlash<4, 4096>;
+type Node = JournalNode<SharedFlash<Flash>>;
 
 const EPOCH: u32 = 41;
 const CONFIG: LinkConfig = LinkConfig {
@@ -30,95 +42,39 @@ const TIMERS: LinkTimers = LinkTimers {
     heartbeat_every_ms: 1_000,
     hello_every_ms: 500,
 };
+/// 48 sectors of redb, a 2-sector tally and a 4-sector log (36 reports of
+/// three windows per sector: an outage of ~30 s folds).
+const LAYOUT: FlashLayout = FlashLayout {
+    journal: Config::new(0, 48),
+    drops: LogConfig {
+        offset: 48 * 4096,
+        sectors: 2,
+    },
+    log: LogConfig {
+        offset: 50 * 4096,
+        sectors: 4,
+    },
+    cache_bytes: 16 * 1024,
+};
+const SECTORS: usize = 54;
 
-/// A flash chip: bytes that survive the database that wrote them. With
-/// `die_at`, the power goes at that write: it and every later write or
-/// resize are not applied (and fail), as when QEMU is killed.
-#[derive(Debug, Clone, Default)]
-struct Flash {
-    bytes: Arc<Mutex<Vec<u8>>>,
-    writes: Arc<AtomicUsize>,
-    die_at: Option<usize>,
+/// Wall-clock time (Unix ms) at which power-up `p` of a test began: the
+/// power-ups of a test are a minute apart (the gaps are power-off time).
+fn wall_zero(p: u32) -> i64 {
+    1_700_000_000_000 + i64::from(p) * 60_000
 }
 
-impl Flash {
-    /// The same chip after the power came back.
-    fn power_up(&self) -> Self {
-        Self {
-            bytes: self.bytes.clone(),
-            ..Self::default()
-        }
-    }
-
-    fn dead(&self) -> bool {
-        self.die_at
-            .is_some_and(|k| self.writes.load(Ordering::SeqCst) >= k)
-    }
-
-    fn count_write(&self) -> Result<(), BackendError> {
-        if self.dead() {
-            return Err(BackendError::Io(std::io::Error::other("no power")));
-        }
-        self.writes.fetch_add(1, Ordering::SeqCst);
-        if self.dead() {
-            return Err(BackendError::Io(std::io::Error::other("no power")));
-        }
-        Ok(())
-    }
-}
-
-impl StorageBackend for Flash {
-    fn len(&self) -> Result<u64, BackendError> {
-        Ok(self.bytes.lock().unwrap().len() as u64)
-    }
-
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
-        let bytes = self.bytes.lock().unwrap();
-        let start = offset as usize;
-        let src = bytes
-            .get(start..start + out.len())
-            .ok_or_else(|| BackendError::Io(std::io::Error::other("read past the end")))?;
-        out.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn set_len(&self, len: u64) -> Result<(), BackendError> {
-        self.count_write()?;
-        self.bytes.lock().unwrap().resize(len as usize, 0);
-        Ok(())
-    }
-
-    fn sync_data(&self) -> Result<(), BackendError> {
-        Ok(())
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        self.count_write()?;
-        let mut bytes = self.bytes.lock().unwrap();
-        let start = offset as usize;
-        let dst = bytes
-            .get_mut(start..start + data.len())
-            .ok_or_else(|| BackendError::Io(std::io::Error::other("write past the end")))?;
-        dst.copy_from_slice(data);
-        Ok(())
-    }
-}
-
-fn open(flash: &Flash) -> redb::Database {
-    redb::Builder::new()
-        .set_cache_size(16 * 1024)
-        .create_with_backend(flash.clone())
-        .unwrap()
-}
-
-/// The gateway end: keeps reports by sequence, counts resends, acks on demand.
+/// The gateway end: keeps reports by sequence (checking resends are
+/// identical), answers hellos and heartbeats with its clock (the true one:
+/// [`wall_zero`] of the power-up plus its uptime), acks on demand.
 #[derive(Default)]
 struct Gateway {
     deframer: Deframer,
-    hellos: Vec<(u32, u64)>,
-    reports: BTreeMap<u32, Vec<WindowReport>>,
+    hellos: Vec<(u32, u32, u64)>,
+    reports: BTreeMap<u32, (Vec<WindowReport>, ReportTime)>,
     resends: usize,
     last_heartbeat: Option<ferry_proto::link::Heartbeat>,
+    syncs: Vec<Downlink>,
 }
 
 impl Gateway {
@@ -126,21 +82,36 @@ impl Gateway {
         for &b in bytes {
             if let Some(r) = self.deframer.push(b) {
                 match codec::from_bytes::<Uplink>("Uplink", r.unwrap()).unwrap() {
-                    Uplink::Hello(h) => self.hellos.push((h.boot, h.uptime_ms)),
+                    Uplink::Hello(h) => {
+                        self.hellos.push((h.boot, h.power_up, h.uptime_ms));
+                        self.sync(h.power_up, h.uptime_ms);
+                    }
                     Uplink::Report(r) => {
-                        if let Some(old) = self.reports.insert(r.seq, r.windows.to_vec()) {
-                            assert_eq!(old, r.windows.to_vec(), "seq {} changed", r.seq);
+                        let got = (r.windows.to_vec(), r.time);
+                        if let Some(old) = self.reports.insert(r.seq, got.clone()) {
+                            assert_eq!(old, got, "seq {} changed", r.seq);
                             self.resends += 1;
                         }
                     }
-                    Uplink::Heartbeat(h) => self.last_heartbeat = Some(h),
+                    Uplink::Heartbeat(h) => {
+                        self.sync(h.power_up, h.uptime_ms);
+                        self.last_heartbeat = Some(h);
+                    }
                 }
             }
         }
     }
+
+    fn sync(&mut self, power_up: u32, uptime_ms: u64) {
+        self.syncs.push(Downlink::TimeSync(TimeSync {
+            power_up,
+            uptime_ms,
+            wall_ms: wall_zero(power_up) + uptime_ms as i64,
+        }));
+    }
 }
 
-fn downlink(node: &mut JournalNode, now: u64, msg: &Downlink) -> Vec<JournalEvent> {
+fn downlink(node: &mut Node, now: u64, msg: &Downlink) -> Vec<JournalEvent> {
     let payload = codec::to_vec(msg).unwrap();
     let mut frame = [0u8; serial::MAX_SERIAL_FRAME];
     let n = serial::encode_frame(&payload, &mut frame).unwrap();
@@ -150,48 +121,39 @@ fn downlink(node: &mut JournalNode, now: u64, msg: &Downlink) -> Vec<JournalEven
         .collect()
 }
 
-/// Runs the node over uptimes `from..to` ms, 1 ms apart, delivering every
-/// frame to `gw`; with `ack`, the gateway acks every report as it arrives.
-fn run(node: &mut JournalNode, gw: &mut Gateway, from: u64, to: u64, ack: bool) {
-    run_while(node, gw, from, to, ack, &|| true);
-}
-
-/// [`run`], stopping early when `alive` turns false.
-fn run_while(
-    node: &mut JournalNode,
-    gw: &mut Gateway,
-    from: u64,
-    to: u64,
-    ack: bool,
-    alive: &dyn Fn() -> bool,
-) {
+/// Runs the node over uptimes `from..to` ms, 5 ms apart, delivering every
+/// frame to `gw` and its time syncs back; with `ack`, the gateway acks the
+/// highest report it holds.
+fn run(node: &mut Node, gw: &mut Gateway, from: u64, to: u64, ack: bool) {
     let clock = SimClock::new(0);
     let mut sht = Simulated::new(&clock, Sht4x::new(SimSht4xBus::new(&clock), NoopDelay));
     let mut tmp = Simulated::new(&clock, Tmp102::new(SimTmp102Bus::new(&clock)));
     let mut buf = [0u8; TX_BUFFER];
-    for now in from..to {
-        if !alive() {
-            return;
-        }
+    for now in (from..to).step_by(5) {
         node.poll(now, &mut [&mut sht as &mut dyn Sensor, &mut tmp]);
         while let Some(n) = node.poll_transmit(now, &mut buf) {
             gw.receive(&buf[..n]);
         }
-        if ack && let Some(&up_to) = gw.reports.keys().next_back() {
+        for sync in std::mem::take(&mut gw.syncs) {
+            downlink(node, now, &sync);
+        }
+        // As a gateway does: up to the highest contiguous sequence.
+        let up_to = (1..).take_while(|s| gw.reports.contains_key(s)).last();
+        if ack && let Some(up_to) = up_to {
             let msg = Downlink::Ack(LinkAck { boot: EPOCH, up_to });
             downlink(node, now, &msg);
         }
     }
 }
 
-fn start(flash: &Flash, now: u64, new_epoch: u32) -> JournalNode {
+fn start_with(flash: &Flash, new_epoch: u32, settings: JournalSettings) -> Node {
     let clock = SimClock::new(0);
     let sht = Simulated::new(&clock, Sht4x::new(SimSht4xBus::new(&clock), NoopDelay));
     let tmp = Simulated::new(&clock, Tmp102::new(SimTmp102Bus::new(&clock)));
     JournalNode::start(
-        now,
-        open(flash),
-        JournalSettings::default(),
+        0,
+        mount_flash(flash.clone(), &LAYOUT).unwrap(),
+        settings,
         DeviceId::from_bytes(&[0xC0, 0xFF, 0xEE]).unwrap(),
         new_epoch,
         CONFIG,
@@ -202,231 +164,343 @@ fn start(flash: &Flash, now: u64, new_epoch: u32) -> JournalNode {
     .unwrap()
 }
 
-/// Every report is the waveform's windows for its start, and the reports
-/// cover `[0, windows × 200 ms)` once each, in sequence order.
-fn assert_exact(gw: &Gateway, windows: u64) {
+fn start(flash: &Flash) -> Node {
+    start_with(flash, EPOCH, JournalSettings::default())
+}
+
+/// The power goes: nothing is closed or flushed (redb's drop would write).
+fn power_loss(node: Node) {
+    std::mem::forget(node);
+}
+
+/// Erases of the sectors of `range` so far.
+fn erases(flash: &Flash, range: std::ops::Range<usize>) -> u32 {
+    flash.stats().erases[range].iter().sum()
+}
+
+/// Sequences 1..=`reports` once each; every report the waveform's windows
+/// at its start (ms since its power-up), contiguous within a power-up;
+/// returns each report's `(power-up, wall-clock start, quality)`.
+fn assert_exact(gw: &Gateway, reports: u64) -> Vec<(u32, i64, u8)> {
     let seqs: Vec<u32> = gw.reports.keys().copied().collect();
-    assert_eq!(seqs, (1..=windows as u32).collect::<Vec<_>>());
-    let mut starts: Vec<u64> = gw.reports.values().flatten().map(|w| w.start_ms).collect();
-    starts.dedup();
-    assert_eq!(starts.len() as u64, windows, "one start per report");
-    for (seq, ws) in &gw.reports {
-        let start = (u64::from(*seq) - 1) * u64::from(CONFIG.window_ms);
+    assert_eq!(seqs, (1..=reports as u32).collect::<Vec<_>>());
+    let mut out: Vec<(u32, i64, u8)> = Vec::new();
+    let mut prev: Option<(u32, u64)> = None;
+    for (seq, (ws, time)) in &gw.reports {
+        let start = ws[0].start_ms;
         assert_eq!(
             ws.as_slice(),
             sim::expected_windows(0, CONFIG, start).as_slice(),
             "report {seq}"
         );
+        match prev {
+            Some((p, s)) if p == time.power_up => {
+                assert_eq!(
+                    start,
+                    s + u64::from(CONFIG.window_ms),
+                    "report {seq}: a gap"
+                )
+            }
+            _ => assert_eq!(
+                start, 0,
+                "report {seq}: a power-up's first window starts at 0"
+            ),
+        }
+        prev = Some((time.power_up, start));
+        out.push((
+            time.power_up,
+            time.wall_at_zero_ms + start as i64,
+            time.quality,
+        ));
+    }
+    out
+}
+
+/// Every report placed exactly where its power-up's true clock says.
+fn assert_true_time(placed: &[(u32, i64, u8)]) {
+    let mut by_power_up: BTreeMap<u32, Vec<i64>> = BTreeMap::new();
+    for &(p, wall, _) in placed {
+        by_power_up.entry(p).or_default().push(wall);
+    }
+    for (p, walls) in by_power_up {
+        for (k, wall) in walls.into_iter().enumerate() {
+            assert_eq!(
+                wall,
+                wall_zero(p) + (k as i64) * i64::from(CONFIG.window_ms),
+                "power-up {p}, window {k}"
+            );
+        }
     }
 }
 
 #[test]
-fn windows_leave_the_journal_only_when_acked() {
-    let flash = Flash::default();
-    let mut node = start(&flash, 0, EPOCH);
+fn an_acking_gateway_costs_the_journal_nothing() {
+    let flash = Flash::new(SECTORS, 1);
+    let mut node = start(&flash);
+    let ftl_erases = erases(&flash, 0..48);
+    let ftl_programs = flash.stats().programs;
     let mut gw = Gateway::default();
-    run(&mut node, &mut gw, 0, 2_001, false);
+    // 60 s: 300 windows, the log turns over twice.
+    run(&mut node, &mut gw, 0, 60_001, true);
+    let placed = assert_exact(&gw, 300);
+    assert_true_time(&placed);
+    assert!(
+        placed
+            .iter()
+            .all(|&(p, _, q)| p == 1 && q == time_quality::SYNCED)
+    );
+    assert_eq!(node.unacked(), 0);
+    let s = node.stats();
+    assert_eq!(
+        (s.journaled, s.folds, s.dropped, s.journal_errors),
+        (300, 0, 0, 0)
+    );
+    // Nothing reached redb: not one erase or commit in its region; every
+    // program was a log record or header.
+    assert_eq!(erases(&flash, 0..48), ftl_erases);
+    let log = node.log().stats();
+    let programs = flash.stats().programs - ftl_programs;
+    // Records (300 reports, a power-up record copied forward) and sector
+    // headers (at most one per erase).
+    assert!(
+        programs >= 300 && programs <= log.records + log.erases,
+        "{programs} programs for {log:?}"
+    );
+    assert!(log.erases >= 8, "the log's sectors took turns: {log:?}");
+    assert_eq!(node.journal().stats().unwrap().outbox_batches, 0);
+}
 
-    // Ten windows journaled, four in flight (sent and resent), none deleted.
-    assert_eq!((node.next_seq(), node.unacked()), (11, 10));
+#[test]
+fn an_outage_folds_the_log_into_the_journal_and_everything_arrives_once() {
+    let flash = Flash::new(SECTORS, 1);
+    let mut node = start(&flash);
+    let mut gw = Gateway::default();
+    // 40 s without acks: 200 windows, far more than the log holds.
+    run(&mut node, &mut gw, 0, 40_001, false);
+    assert_eq!((node.next_seq(), node.unacked()), (201, 200));
+    let s = node.stats();
+    assert!(s.folds >= 3, "{s:?}");
+    assert_eq!(u64::from(node.folded()), u64::from(s.folded_reports));
+    let batches = node.journal().stats().unwrap().outbox_batches;
+    assert_eq!(batches, u64::from(s.folds), "one batch per fold");
+    // Four in flight, resent while unacked.
     assert_eq!(gw.reports.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert!(gw.resends > 0);
-    assert_eq!(node.journal().stats().unwrap().outbox_batches, 10);
     let hb = gw.last_heartbeat.unwrap();
-    assert_eq!((hb.queued, hb.next_seq, hb.dropped), (10, 11, 0));
+    assert_eq!((hb.queued, hb.next_seq, hb.dropped), (200, 201, 0));
 
-    // A stale ack (another epoch, or a sequence never sent) deletes nothing.
+    // Stale acks delete nothing.
     let stale = LinkAck { boot: 7, up_to: 3 };
     assert_eq!(
-        downlink(&mut node, 2_000, &Downlink::Ack(stale)),
+        downlink(&mut node, 40_001, &Downlink::Ack(stale)),
         [JournalEvent::StaleAck(stale)]
     );
     let future = LinkAck {
         boot: EPOCH,
-        up_to: 11,
+        up_to: 201,
     };
     assert_eq!(
-        downlink(&mut node, 2_000, &Downlink::Ack(future)),
+        downlink(&mut node, 40_001, &Downlink::Ack(future)),
         [JournalEvent::StaleAck(future)]
     );
-    assert_eq!(node.unacked(), 10);
+    assert_eq!(node.unacked(), 200);
 
-    // An ack deletes up to its sequence; the rest go out.
-    let ack = LinkAck {
-        boot: EPOCH,
-        up_to: 4,
-    };
-    assert_eq!(
-        downlink(&mut node, 2_000, &Downlink::Ack(ack)),
-        [JournalEvent::Acked {
-            up_to: 4,
-            released: 4
-        }]
-    );
-    assert_eq!(node.journal().stats().unwrap().outbox_batches, 6);
-    run(&mut node, &mut gw, 2_001, 2_010, true);
+    // The gateway is back: the journal's reports, then the log's, in order.
+    run(&mut node, &mut gw, 40_001, 44_100, true);
+    assert_true_time(&assert_exact(&gw, 220));
     assert_eq!(node.unacked(), 0);
-    assert_eq!(node.journal().stats().unwrap().outbox_batches, 0);
-    assert_exact(&gw, 10);
-    let s = node.stats();
     assert_eq!(
-        (
-            s.journaled,
-            s.rejournaled,
-            s.acked,
-            s.dropped,
-            s.journal_errors
-        ),
-        (10, 0, 10, 0, 0)
+        node.journal().stats().unwrap().outbox_batches,
+        0,
+        "one commit emptied the journal once the gateway had it all"
     );
+    assert_eq!(node.stats().journal_errors, 0);
 }
 
 #[test]
-fn one_ack_deletes_a_long_backlog_in_chunks() {
-    let flash = Flash::default();
-    let mut node = start(&flash, 0, EPOCH);
+fn a_power_loss_resumes_epoch_and_sequence_and_every_window_keeps_its_true_time() {
+    let flash = Flash::new(SECTORS, 1);
+    let mut node = start(&flash);
     let mut gw = Gateway::default();
-    // 20 s without acks: 100 windows journaled.
-    run(&mut node, &mut gw, 0, 20_001, false);
-    assert_eq!(node.unacked(), 100);
-    let ack = LinkAck {
-        boot: EPOCH,
-        up_to: 100,
-    };
-    assert_eq!(
-        downlink(&mut node, 20_001, &Downlink::Ack(ack)),
-        [JournalEvent::Acked {
-            up_to: 100,
-            released: 100
-        }]
-    );
-    assert_eq!(node.unacked(), 0);
-    assert_eq!(node.journal().stats().unwrap().outbox_batches, 0);
-    assert_eq!(node.stats().acked, 100);
-}
-
-#[test]
-fn a_power_loss_resumes_epoch_sequence_and_schedule() {
-    let flash = Flash::default();
-    let mut node = start(&flash, 0, EPOCH);
-    let mut gw = Gateway::default();
-    // 1.1 s: five windows journaled, the sixth half sampled; two acked.
-    run(&mut node, &mut gw, 0, 1_100, false);
+    // 30.1 s without acks: 150 windows logged or folded, the next half
+    // sampled; then two acked.
+    run(&mut node, &mut gw, 0, 30_100, false);
     downlink(
         &mut node,
-        1_100,
+        30_100,
         &Downlink::Ack(LinkAck {
             boot: EPOCH,
             up_to: 2,
         }),
     );
-    assert_eq!((node.next_seq(), node.unacked()), (6, 3));
-    // The power goes: nothing is closed or flushed.
-    std::mem::forget(node);
+    assert_eq!((node.next_seq(), node.unacked()), (151, 148));
+    assert!(node.folded() > 0);
+    assert_eq!(node.wall_at_zero_ms(), Some(wall_zero(1)));
+    power_loss(node);
 
-    // Power-up, uptime 0 again; a new epoch argument is ignored.
-    let mut node = start(&flash, 0, 999);
+    // Power-up 2, its clock at 0 again (a minute later in wall-clock
+    // time); a new epoch argument is ignored.
+    let mut node = start_with(&flash, 999, JournalSettings::default());
     let r = node.record();
-    assert_eq!(
-        (r.epoch, r.power_ups, r.window_start_ms, r.next_report),
-        (EPOCH, 2, 1_000, 6)
-    );
-    assert_eq!((node.next_seq(), node.unacked()), (6, 3));
-    assert_eq!(node.device_ms(0), 1_000);
-    run(&mut node, &mut gw, 0, 1_001, true);
-    // The hello carries device time, so the gateway's offset holds.
-    assert_eq!(gw.hellos.last(), Some(&(EPOCH, 1_000)));
+    assert_eq!((r.epoch, r.power_ups), (EPOCH, 2));
+    assert_eq!(node.power_up(), 2);
+    assert_eq!(node.next_seq(), 151);
+    assert_eq!(node.wall_at_zero_ms(), None, "not synced yet");
+    // The ack of 1..=2 was in RAM only: at most those come again.
+    assert!(node.unacked() >= 148 && node.unacked() <= 150);
+    run(&mut node, &mut gw, 0, 8_001, true);
+    assert_eq!(gw.hellos.last(), Some(&(EPOCH, 2, 0)));
     assert_eq!(node.unacked(), 0);
-    // Windows 0..10 once each: the half-sampled window was sampled again
-    // from its start, nothing was journaled twice.
-    assert_exact(&gw, 10);
-    assert_eq!(node.stats().rejournaled, 0);
+    // 150 windows of power-up 1 and 40 of power-up 2, each at its true
+    // time: the half-sampled window was lost with the power (never
+    // journaled), and power-up 2's clock started again at 0.
+    let placed = assert_exact(&gw, 190);
+    assert_true_time(&placed);
+    assert_eq!(placed.iter().filter(|p| p.0 == 2).count(), 40);
+    assert!(placed.iter().all(|&(_, _, q)| q == time_quality::SYNCED));
+    assert_eq!(node.journal().stats().unwrap().outbox_batches, 0);
 }
 
 #[test]
-fn a_full_journal_drops_windows_and_counts_them() {
-    let flash = Flash::default();
-    let clock = SimClock::new(0);
-    let sht = Simulated::new(&clock, Sht4x::new(SimSht4xBus::new(&clock), NoopDelay));
-    let tmp = Simulated::new(&clock, Tmp102::new(SimTmp102Bus::new(&clock)));
-    let mut node = JournalNode::start(
-        0,
-        open(&flash),
-        JournalSettings { budget_bytes: 1 },
-        DeviceId::from_bytes(&[1]).unwrap(),
-        EPOCH,
-        CONFIG,
-        TIMERS,
-        &[&sht, &tmp],
-        &EMULATED_EVERY,
-    )
-    .unwrap();
+fn windows_before_a_sync_are_marked_and_a_power_up_never_synced_is_estimated() {
+    let flash = Flash::new(SECTORS, 1);
+    let mut node = start(&flash);
     let mut gw = Gateway::default();
-    run(&mut node, &mut gw, 0, 1_001, false);
-    // The first window fills the 1-byte budget; the next four are refused
-    // and counted, and the count survives a power loss.
-    assert_eq!((node.next_seq(), node.unacked()), (2, 1));
-    assert_eq!(node.stats().dropped, 4);
-    std::mem::forget(node);
-    let node = start(&flash, 0, EPOCH);
-    assert_eq!(node.heartbeat(0).dropped, 4);
-    assert_eq!(node.record().window_start_ms, 1_000);
+    // Power-up 1 meets the gateway: 10 windows, acked.
+    run(&mut node, &mut gw, 0, 2_001, true);
+    assert_eq!(node.unacked(), 0);
+    power_loss(node);
+
+    // Power-up 2 never meets a gateway: 5 windows in 1.1 s, then the power
+    // goes again. Its zero is estimated: power-up 1's zero plus the end of
+    // its last window (2 s), as if the power had come back at once.
+    let mut node = start(&flash);
+    let mut away = Gateway::default();
+    let clock = SimClock::new(0);
+    let mut sht = Simulated::new(&clock, Sht4x::new(SimSht4xBus::new(&clock), NoopDelay));
+    let mut tmp = Simulated::new(&clock, Tmp102::new(SimTmp102Bus::new(&clock)));
+    let mut buf = [0u8; TX_BUFFER];
+    for now in (0..1_100).step_by(5) {
+        node.poll(now, &mut [&mut sht as &mut dyn Sensor, &mut tmp]);
+        while let Some(n) = node.poll_transmit(now, &mut buf) {
+            away.receive(&buf[..n]);
+        }
+    }
+    // Power-up 1's last report may go again (its ack was in RAM only);
+    // none of power-up 2's goes out before a sync.
+    assert!(
+        away.reports.values().all(|(_, t)| t.power_up == 1),
+        "no report of an unsynced power-up goes out"
+    );
+    // Five windows of power-up 2, and power-up 1's last report (its ack
+    // came after its record).
+    assert_eq!(node.unacked(), 6);
+    // Waiting for a sync is not work: nothing is due before the next
+    // sample (no busy loop reading the log).
+    assert!(
+        node.next_due_ms(1_095) > 1_095,
+        "{}",
+        node.next_due_ms(1_095)
+    );
+    power_loss(node);
+
+    // Power-up 3: the gateway comes only after 1 s (the windows logged
+    // before the sync: marked, and placed exactly by it).
+    let mut node = start(&flash);
+    let mut mute = Gateway::default();
+    for now in (0..1_001).step_by(5) {
+        node.poll(now, &mut [&mut sht as &mut dyn Sensor, &mut tmp]);
+        while let Some(n) = node.poll_transmit(now, &mut buf) {
+            mute.receive(&buf[..n]);
+        }
+    }
+    run(&mut node, &mut gw, 1_001, 3_101, true);
+    assert_eq!(node.unacked(), 0);
+    let placed = assert_exact(&gw, 30);
+    let quality = |p: u32| -> Vec<u8> {
+        placed
+            .iter()
+            .filter(|x| x.0 == p)
+            .map(|x| x.2)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(quality(1), [time_quality::SYNCED; 10]);
+    assert_eq!(quality(2), [time_quality::ESTIMATED; 5]);
+    // Power-up 3: what it logged before its first sync (the gateway's
+    // answer to its next hello, after 1 s), then synced.
+    let q3 = quality(3);
+    let before = q3
+        .iter()
+        .take_while(|&&q| q == time_quality::BEFORE_SYNC)
+        .count();
+    assert!(before >= 5, "{q3:?}");
+    assert!(
+        q3[before..].iter().all(|&q| q == time_quality::SYNCED),
+        "{q3:?}"
+    );
+    // Power-up 2: right after power-up 1's last window (early by the time
+    // the power was off); power-ups 1 and 3: their true times.
+    let estimated: Vec<i64> = placed.iter().filter(|x| x.0 == 2).map(|x| x.1).collect();
+    let after_one = wall_zero(1) + 2_000;
+    assert_eq!(
+        estimated,
+        (0..5).map(|k| after_one + k * 200).collect::<Vec<_>>()
+    );
+    let exact: Vec<(u32, i64, u8)> = placed.iter().filter(|x| x.0 != 2).copied().collect();
+    assert_true_time(&exact);
 }
 
-/// The power goes at every k-th storage write of a run (redb's pages and
-/// headers, the resume record, ack deletions), including between a
-/// report's journal commit and its resume record; after the power-up the
-/// gateway still gets every window exactly once, bit-identical, contiguous.
 #[test]
-fn power_loss_at_any_write_loses_and_repeats_nothing() {
-    // Writes of an undisturbed run, to spread the kill points over.
-    let probe = Flash::default();
-    let mut node = start(&probe, 0, EPOCH);
-    run(&mut node, &mut Gateway::default(), 0, 1_001, true);
-    let total = probe.writes.load(Ordering::SeqCst);
-    assert!(total > 20, "{total} writes");
-    drop(node);
+fn a_full_journal_drops_windows_and_counts_them_across_power_loss() {
+    let flash = Flash::new(SECTORS, 1);
+    // A journal that refuses its first fold: only the log holds reports.
+    let tiny = JournalSettings { budget_bytes: 1 };
+    let mut node = start_with(&flash, EPOCH, tiny);
+    let mut gw = Gateway::default();
+    run(&mut node, &mut gw, 0, 60_001, false);
+    let s = node.stats();
+    let kept = node.unacked();
+    assert!(s.dropped > 0 && s.folds <= 1, "{s:?}");
+    assert_eq!(
+        kept + u64::from(s.dropped),
+        300,
+        "every window kept or counted"
+    );
+    assert_eq!(gw.last_heartbeat.unwrap().dropped, s.dropped);
+    power_loss(node);
 
-    let mut rejournaled = 0;
-    for k in (1..total).step_by(3) {
-        let flash = Flash {
-            die_at: Some(k),
-            ..Flash::default()
-        };
-        let mut gw = Gateway::default();
-        // start() itself writes: the power may go before it is done.
-        let clock = SimClock::new(0);
-        let sht = Simulated::new(&clock, Sht4x::new(SimSht4xBus::new(&clock), NoopDelay));
-        let tmp = Simulated::new(&clock, Tmp102::new(SimTmp102Bus::new(&clock)));
-        let db = redb::Builder::new()
-            .set_cache_size(16 * 1024)
-            .create_with_backend(flash.clone());
-        if let Ok(db) = db
-            && let Ok(mut node) = JournalNode::start(
-                0,
-                db,
-                JournalSettings::default(),
-                DeviceId::from_bytes(&[0xC0, 0xFF, 0xEE]).unwrap(),
-                EPOCH,
-                CONFIG,
-                TIMERS,
-                &[&sht, &tmp],
-                &EMULATED_EVERY,
-            )
-        {
-            run_while(&mut node, &mut gw, 0, 1_001, true, &|| !flash.dead());
-            std::mem::forget(node);
-        }
-        assert!(flash.dead(), "write {k} of {total} never came");
+    let mut node = start_with(&flash, EPOCH, tiny);
+    assert_eq!(
+        node.heartbeat(0).dropped,
+        s.dropped,
+        "the tally outlives the power"
+    );
+    assert_eq!(node.unacked(), kept);
+    // The gateway comes back: what was kept arrives, and journaling resumes.
+    run(&mut node, &mut gw, 0, 20_001, true);
+    assert_eq!(node.unacked(), 0);
+    let seqs: Vec<u32> = gw.reports.keys().copied().collect();
+    assert_eq!(seqs, (1..node.next_seq() as u32).collect::<Vec<_>>());
+    assert_eq!(
+        node.stats().dropped,
+        s.dropped,
+        "no drop once there is room"
+    );
+}
 
-        let mut node = start(&flash.power_up(), 0, EPOCH);
-        let resumed = node.record().window_start_ms;
-        run(&mut node, &mut gw, 0, 1_001, true);
-        assert_eq!(node.unacked(), 0, "kill at write {k}");
-        let windows = (resumed + 1_000) / u64::from(CONFIG.window_ms);
-        assert_exact(&gw, windows);
-        rejournaled += node.stats().rejournaled;
-    }
-    // Some kill fell between a journal commit and its resume record.
-    assert!(rejournaled > 0, "no kill point hit the two-transaction gap");
+#[test]
+fn a_config_outlives_a_power_loss() {
+    let flash = Flash::new(SECTORS, 1);
+    let mut node = start(&flash);
+    let mut gw = Gateway::default();
+    let next = LinkConfig {
+        sample_period_ms: 10,
+        window_ms: 100,
+    };
+    downlink(&mut node, 0, &Downlink::Config(next));
+    run(&mut node, &mut gw, 0, 1_001, true);
+    assert_eq!(node.sampler().config(), next);
+    power_loss(node);
+    let node = start(&flash);
+    assert_eq!(node.sampler().config(), next);
 }

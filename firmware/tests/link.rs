@@ -1,10 +1,12 @@
 //! The device link with a fake clock: hello, sequence numbers, acks, resends,
-//! ring overflow accounting and heartbeats.
+//! ring overflow accounting, heartbeats and time sync (reports wait for the
+//! first sync and carry it, marked when queued before it).
 
 use ferry_firmware::link::{Event, Identity, Link, LinkTimers, TX_BUFFER};
 use ferry_proto::codec;
 use ferry_proto::link::{
-    Channel, DeviceId, Downlink, Heartbeat, LinkAck, LinkConfig, Report, Uplink, WindowReport,
+    Channel, DeviceId, Downlink, Heartbeat, LinkAck, LinkConfig, Report, ReportTime, TimeSync,
+    Uplink, WindowReport, time_quality,
 };
 use ferry_proto::serial::{self, Deframer};
 
@@ -84,6 +86,28 @@ fn downlink_frame(msg: &Downlink) -> Vec<u8> {
     frame[..m - 1].to_vec() // without the delimiter: decode_frame input
 }
 
+/// Wall-clock time (Unix ms) of the boot's uptime 0 in these tests.
+const WALL_ZERO: i64 = 1_700_000_000_000;
+
+/// The gateway's answer to a hello or heartbeat at uptime `now`.
+fn sync<const N: usize, const W: usize>(link: &mut Link<N, W>, now: u64) -> Event {
+    link.handle_downlink(
+        now,
+        Downlink::TimeSync(TimeSync {
+            power_up: BOOT,
+            uptime_ms: now,
+            wall_ms: WALL_ZERO + now as i64,
+        }),
+    )
+}
+
+/// A link that starts at `now` and has been synced.
+fn synced<const N: usize, const W: usize>(now: u64) -> Link<N, W> {
+    let mut link = Link::new(now, identity(), TIMERS);
+    sync(&mut link, now);
+    link
+}
+
 fn ack<const N: usize, const W: usize>(
     link: &mut Link<N, W>,
     now: u64,
@@ -101,14 +125,16 @@ fn hello_first_then_repeated_until_the_gateway_speaks() {
         panic!("{sent:?}")
     };
     assert_eq!(hello.boot, BOOT);
-    assert_eq!(hello.uptime_ms, 0);
+    // Uptime is the caller's clock: ms since boot.
+    assert_eq!(hello.uptime_ms, 100);
+    assert_eq!(hello.power_up, BOOT);
     assert_eq!(hello.device_id.to_string(), "a1b2c3");
     assert_eq!(hello.channels.len(), 1);
     assert_eq!(hello.link_version, ferry_proto::link::LINK_VERSION);
     assert!(drain(&mut link, 599).is_empty());
     assert_eq!(link.next_due_ms(), 600);
     let again = drain(&mut link, 600);
-    assert!(matches!(&again[..], [Uplink::Hello(h)] if h.uptime_ms == 500));
+    assert!(matches!(&again[..], [Uplink::Hello(h)] if h.uptime_ms == 600));
     // Any downlink proves the gateway is there: no more unsolicited hellos.
     ack(&mut link, 700, BOOT, 0);
     let s = drain(&mut link, 1_100);
@@ -118,7 +144,7 @@ fn hello_first_then_repeated_until_the_gateway_speaks() {
 
 #[test]
 fn reports_get_sequence_numbers_from_one_and_leave_on_cumulative_ack() {
-    let mut link: Link<8> = Link::new(0, identity(), TIMERS);
+    let mut link: Link<8> = synced(0);
     drain(&mut link, 0);
     ack(&mut link, 0, BOOT, 0);
     link.push_report(&[window(0)]);
@@ -153,7 +179,7 @@ fn reports_get_sequence_numbers_from_one_and_leave_on_cumulative_ack() {
 
 #[test]
 fn unacked_reports_are_resent_after_the_timeout_and_only_then() {
-    let mut link: Link<8> = Link::new(0, identity(), TIMERS);
+    let mut link: Link<8> = synced(0);
     drain(&mut link, 0);
     ack(&mut link, 0, BOOT, 0);
     link.push_report(&[window(0)]);
@@ -173,7 +199,7 @@ fn unacked_reports_are_resent_after_the_timeout_and_only_then() {
 
 #[test]
 fn acks_of_another_boot_or_of_unsent_sequences_are_ignored() {
-    let mut link: Link<8> = Link::new(0, identity(), TIMERS);
+    let mut link: Link<8> = synced(0);
     link.push_report(&[window(0)]);
     link.push_report(&[window(1_000)]);
     let stale = LinkAck {
@@ -198,7 +224,7 @@ fn acks_of_another_boot_or_of_unsent_sequences_are_ignored() {
 
 #[test]
 fn full_ring_drops_the_oldest_and_heartbeats_count_it() {
-    let mut link: Link<3> = Link::new(0, identity(), TIMERS);
+    let mut link: Link<3> = synced(0);
     drain(&mut link, 0);
     for i in 0..5 {
         link.push_report(&[window(i * 1_000)]);
@@ -209,6 +235,7 @@ fn full_ring_drops_the_oldest_and_heartbeats_count_it() {
     assert_eq!(
         link.heartbeat(10),
         Heartbeat {
+            power_up: BOOT,
             uptime_ms: 10,
             dropped: 2,
             queued: 3,
@@ -224,6 +251,7 @@ fn full_ring_drops_the_oldest_and_heartbeats_count_it() {
     assert_eq!(
         sent.last(),
         Some(&Uplink::Heartbeat(Heartbeat {
+            power_up: BOOT,
             uptime_ms: 5_000,
             dropped: 2,
             queued: 1,
@@ -245,13 +273,13 @@ fn heartbeats_come_on_their_period() {
     ack(&mut link, 1_000, BOOT, 0);
     assert!(drain(&mut link, 5_999).is_empty());
     let sent = drain(&mut link, 6_000);
-    assert!(matches!(&sent[..], [Uplink::Heartbeat(h)] if h.uptime_ms == 5_000 && h.next_seq == 1));
+    assert!(matches!(&sent[..], [Uplink::Heartbeat(h)] if h.uptime_ms == 6_000 && h.next_seq == 1));
     assert_eq!(link.next_due_ms(), 11_000);
 }
 
 #[test]
 fn hello_request_resends_hello_and_everything_unacked_at_once() {
-    let mut link: Link<4> = Link::new(0, identity(), TIMERS);
+    let mut link: Link<4> = synced(0);
     drain(&mut link, 0);
     ack(&mut link, 0, BOOT, 0);
     link.push_report(&[window(0)]);
@@ -268,7 +296,7 @@ fn hello_request_resends_hello_and_everything_unacked_at_once() {
 
 #[test]
 fn frames_are_decoded_and_bad_ones_counted() {
-    let mut link: Link<4> = Link::new(0, identity(), TIMERS);
+    let mut link: Link<4> = synced(0);
     let mut frame = downlink_frame(&Downlink::Config(LinkConfig {
         sample_period_ms: 50,
         window_ms: 500,
@@ -288,7 +316,7 @@ fn frames_are_decoded_and_bad_ones_counted() {
 
 #[test]
 fn many_windows_are_split_into_reports_of_at_most_w() {
-    let mut link: Link<4, 2> = Link::new(0, identity(), TIMERS);
+    let mut link: Link<4, 2> = synced(0);
     drain(&mut link, 0);
     let windows: Vec<_> = (0..5).map(|i| window(i * 1_000)).collect();
     link.push_report(&windows);
@@ -301,4 +329,66 @@ fn many_windows_are_split_into_reports_of_at_most_w() {
         })
         .collect();
     assert_eq!(reports, [(1, 2), (2, 2), (3, 1)]);
+}
+
+#[test]
+fn reports_wait_for_the_first_sync_and_carry_it_marked_when_queued_before() {
+    let mut link: Link<8> = Link::new(0, identity(), TIMERS);
+    assert!(matches!(&drain(&mut link, 0)[..], [Uplink::Hello(_)]));
+    link.push_report(&[window(0)]);
+    // No sync yet: nothing says where the window is in wall-clock time.
+    assert!(drain(&mut link, 10).is_empty());
+    assert_eq!(link.next_due_ms(), 500, "only the hello is due again");
+    // A sync for another boot, or echoing an uptime not reached, is ignored.
+    let other = TimeSync {
+        power_up: BOOT + 1,
+        uptime_ms: 0,
+        wall_ms: WALL_ZERO,
+    };
+    assert_eq!(
+        link.handle_downlink(20, Downlink::TimeSync(other)),
+        Event::StaleTimeSync(other)
+    );
+    let future = TimeSync {
+        power_up: BOOT,
+        uptime_ms: 21,
+        wall_ms: WALL_ZERO,
+    };
+    assert_eq!(
+        link.handle_downlink(20, Downlink::TimeSync(future)),
+        Event::StaleTimeSync(future)
+    );
+    assert!(drain(&mut link, 20).is_empty());
+    // The sync: "at your uptime 0 it was WALL_ZERO" (answering the hello).
+    assert_eq!(
+        link.handle_downlink(
+            30,
+            Downlink::TimeSync(TimeSync {
+                power_up: BOOT,
+                uptime_ms: 0,
+                wall_ms: WALL_ZERO,
+            })
+        ),
+        Event::TimeSynced {
+            wall_at_zero_ms: WALL_ZERO
+        }
+    );
+    link.push_report(&[window(1_000)]);
+    let sent = drain(&mut link, 30);
+    let times: Vec<ReportTime> = sent
+        .iter()
+        .filter_map(|m| match m {
+            Uplink::Report(r) => Some(r.time),
+            _ => None,
+        })
+        .collect();
+    let at = |quality| ReportTime {
+        power_up: BOOT,
+        wall_at_zero_ms: WALL_ZERO,
+        quality,
+    };
+    assert_eq!(
+        times,
+        [at(time_quality::BEFORE_SYNC), at(time_quality::SYNCED)]
+    );
 }

@@ -38,7 +38,12 @@ struct Gateway {
     reports: BTreeMap<u32, Vec<WindowReport>>,
     duplicates: usize,
     heartbeats: Vec<Heartbeat>,
+    /// Time syncs to send: the answers to hellos and heartbeats.
+    syncs: Vec<Downlink>,
 }
+
+/// Wall-clock time (Unix ms) of the boot's uptime 0.
+const WALL_ZERO: i64 = 1_700_000_000_000;
 
 impl Gateway {
     fn receive(&mut self, bytes: &[u8]) {
@@ -69,16 +74,31 @@ impl Gateway {
                             ]
                         );
                         self.hellos += 1;
+                        self.sync(h.power_up, h.uptime_ms);
                     }
                     Uplink::Report(r) => {
+                        assert_eq!(r.time.power_up, BOOT);
+                        assert_eq!(r.time.wall_at_zero_ms, WALL_ZERO);
                         if self.reports.insert(r.seq, r.windows.to_vec()).is_some() {
                             self.duplicates += 1;
                         }
                     }
-                    Uplink::Heartbeat(h) => self.heartbeats.push(h),
+                    Uplink::Heartbeat(h) => {
+                        self.sync(h.power_up, h.uptime_ms);
+                        self.heartbeats.push(h);
+                    }
                 }
             }
         }
+    }
+
+    fn sync(&mut self, power_up: u32, uptime_ms: u64) {
+        self.syncs
+            .push(Downlink::TimeSync(ferry_proto::link::TimeSync {
+                power_up,
+                uptime_ms,
+                wall_ms: WALL_ZERO + uptime_ms as i64,
+            }));
     }
 
     /// A gateway answers the hello with an ack of what it holds of this
@@ -121,6 +141,11 @@ fn run<const N: usize, const W: usize>(
         while let Some(n) = node.poll_transmit(now, &mut buf) {
             if online {
                 gw.receive(&buf[..n]);
+            }
+        }
+        for sync in std::mem::take(&mut gw.syncs) {
+            for b in encode(&sync) {
+                node.handle_rx(now, b);
             }
         }
         if online && let Some(ack) = gw.ack() {

@@ -1,12 +1,15 @@
-//! Boots the emulated board in `qemu-system-arm` with UART0 on a TCP socket
-//! and plays the gateway: deframes the hello and the reports, checks every
-//! window against `ferry_firmware::sim`, withholds acks until a report is
-//! resent, acks, pushes a config and checks the new windows.
+//! Boots the emulated boards' RAM-ring image in `qemu-system-arm` with the
+//! UART on a TCP socket and plays the gateway: deframes the hello and the
+//! reports, checks every window against `ferry_firmware::sim`, withholds
+//! acks until a report is resent, acks, pushes a config and checks the new
+//! windows. Twice: on the Cortex-M4F (`mps2-an386`) and on the Cortex-M0
+//! (`microbit`: ARMv6-M, no atomic read-modify-write, no FPU).
 //!
-//! Needs qemu-system-arm and the cross-built image; `scripts/firmware.sh
-//! smoke` builds the image and runs this (feature `qemu-smoke`). The image
-//! path is `$FERRY_MPS2_ELF`, by default
-//! `target/thumbv7em-none-eabihf/firmware/ferry-mps2-an386`.
+//! Needs qemu-system-arm and the cross-built images; `scripts/firmware.sh
+//! smoke` builds them and runs this (feature `qemu-smoke`). The image paths
+//! are `$FERRY_MPS2_ELF` and `$FERRY_MICROBIT_ELF`, by default
+//! `target/thumbv7em-none-eabihf/firmware/ferry-mps2-an386` and
+//! `target/thumbv6m-none-eabi/firmware/ferry-microbit`.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -16,10 +19,12 @@ use std::time::{Duration, Instant};
 
 use ferry_firmware::sim;
 use ferry_proto::codec;
-use ferry_proto::link::{Downlink, LinkAck, LinkConfig, Report, Uplink};
+use ferry_proto::link::{Downlink, LinkAck, LinkConfig, Report, TimeSync, Uplink};
 use ferry_proto::serial::{self, Deframer};
 
 const DEVICE: &str = "f0e1d2c3b4a59687";
+/// The gateway's clock at the board's uptime 0, in this test (Unix ms).
+const WALL_ZERO: i64 = 1_700_000_000_000;
 const BOOT: u32 = 4242;
 const START: LinkConfig = LinkConfig {
     sample_period_ms: 20,
@@ -32,14 +37,36 @@ const NEXT: LinkConfig = LinkConfig {
 /// Bound on the whole exchange; the board exits by itself after 60 s.
 const DEADLINE: Duration = Duration::from_secs(45);
 
-fn elf() -> PathBuf {
-    if let Some(p) = std::env::var_os("FERRY_MPS2_ELF") {
+/// An emulated board: QEMU machine and CPU, and where its image is.
+struct Board {
+    machine: &'static str,
+    cpu: Option<&'static str>,
+    elf_env: &'static str,
+    elf: &'static str,
+}
+
+const MPS2_AN386: Board = Board {
+    machine: "mps2-an386",
+    cpu: Some("cortex-m4"),
+    elf_env: "FERRY_MPS2_ELF",
+    elf: "thumbv7em-none-eabihf/firmware/ferry-mps2-an386",
+};
+
+const MICROBIT: Board = Board {
+    machine: "microbit",
+    cpu: None,
+    elf_env: "FERRY_MICROBIT_ELF",
+    elf: "thumbv6m-none-eabi/firmware/ferry-microbit",
+};
+
+fn elf(board: &Board) -> PathBuf {
+    if let Some(p) = std::env::var_os(board.elf_env) {
         return p.into();
     }
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    target.join("thumbv7em-none-eabihf/firmware/ferry-mps2-an386")
+    target.join(board.elf)
 }
 
 /// Kills QEMU however the test ends.
@@ -81,7 +108,16 @@ enum Phase {
 }
 
 #[test]
-fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
+fn cortex_m4_board_streams_predicted_windows_and_obeys_acks_and_config() {
+    smoke(&MPS2_AN386);
+}
+
+#[test]
+fn cortex_m0_board_streams_predicted_windows_and_obeys_acks_and_config() {
+    smoke(&MICROBIT);
+}
+
+fn smoke(board: &Board) {
     match Command::new("qemu-system-arm").arg("--version").output() {
         Ok(o) if o.status.success() => {}
         _ => panic!(
@@ -89,11 +125,12 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
              (this test must not be skipped)"
         ),
     }
-    let elf = elf();
+    let elf = elf(board);
     assert!(
         elf.is_file(),
-        "no firmware image at {}: build it with scripts/firmware.sh build (or set FERRY_MPS2_ELF)",
-        elf.display()
+        "no firmware image at {}: build it with scripts/firmware.sh build (or set {})",
+        elf.display(),
+        board.elf_env
     );
 
     // QEMU connects to our listener: the port is ours before QEMU starts.
@@ -104,17 +141,13 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
          arg=resend=300,arg=heartbeat=500,arg=exit_after=60000",
         START.sample_period_ms, START.window_ms
     );
-    let child = Command::new("qemu-system-arm")
-        .args([
-            "-machine",
-            "mps2-an386",
-            "-cpu",
-            "cortex-m4",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-        ])
+    let mut cmd = Command::new("qemu-system-arm");
+    cmd.args(["-machine", board.machine]);
+    if let Some(cpu) = board.cpu {
+        cmd.args(["-cpu", cpu]);
+    }
+    let child = cmd
+        .args(["-display", "none", "-monitor", "none"])
         .args(["-semihosting-config", &semihosting])
         .args([
             "-chardev",
@@ -185,7 +218,15 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
                 Uplink::Hello(h) => {
                     assert_eq!(h.device_id.to_string(), DEVICE);
                     assert_eq!(h.boot, BOOT);
+                    assert_eq!(h.power_up, BOOT, "a RAM-ring board's power-up is its boot");
                     assert_eq!(h.channels.len(), 3);
+                    // The gateway's clock, in answer: reports wait for it.
+                    let sync = TimeSync {
+                        power_up: h.power_up,
+                        uptime_ms: h.uptime_ms,
+                        wall_ms: WALL_ZERO + h.uptime_ms as i64,
+                    };
+                    send(&mut stream, &Downlink::TimeSync(sync));
                     hello.get_or_insert(h);
                 }
                 Uplink::Heartbeat(h) => {
@@ -194,6 +235,12 @@ fn emulated_board_streams_predicted_windows_and_obeys_acks_and_config() {
                 }
                 Uplink::Report(r) => {
                     assert!(hello.is_some(), "report before hello");
+                    assert_eq!(
+                        (r.time.power_up, r.time.wall_at_zero_ms),
+                        (BOOT, WALL_ZERO),
+                        "report {} placed by the sync",
+                        r.seq
+                    );
                     if let Some(first) = reports.get(r.seq as usize - 1) {
                         // A resend: same content.
                         assert_eq!(first, &r);

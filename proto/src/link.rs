@@ -16,13 +16,22 @@
 //!   journal, and discards reports with `(boot, seq)` it has already journaled.
 //! - [`Uplink::Heartbeat`] carries uptime and the count of reports the device
 //!   dropped because its retry buffer was full.
+//! - **Time**: a device has no wall clock, only a monotonic one per
+//!   power-up (its *boot id*, `power_up`). The gateway answers every hello
+//!   and heartbeat with [`Downlink::TimeSync`] (its wall clock at the
+//!   device's uptime); a report's [`ReportTime`] then places its windows:
+//!   `wall = wall_at_zero_ms + start_ms`, marked when the device took them
+//!   before it was re-synced after a reboot (`BEFORE_SYNC`), or when it could
+//!   only estimate (`ESTIMATED`: a power-up that ended before any sync).
 
 use core::fmt;
 
 use crate::{wire_enum, wire_struct};
 
 /// Device-link protocol version, sent in [`DeviceHello::link_version`].
-pub const LINK_VERSION: u8 = 1;
+/// Version 2 added device time sync (`power_up`, [`ReportTime`],
+/// [`TimeSync`]).
+pub const LINK_VERSION: u8 = 2;
 /// Most bytes in a device id.
 pub const MAX_DEVICE_ID: usize = 16;
 /// Most channels a device declares.
@@ -118,10 +127,14 @@ wire_struct! {
         pub boot: u32,
         /// Firmware name and version, e.g. `ferry-fw 0.1.0`.
         pub firmware: heapless::String<24>,
-        /// Milliseconds since boot.
+        /// Milliseconds since this power-up (the clock `power_up` names).
         pub uptime_ms: u64,
         /// The sensor catalogue.
         pub channels: heapless::Vec<Channel, MAX_CHANNELS>,
+        /// The device's boot id: which power-up `uptime_ms` counts in. A
+        /// device that does not journal uses its `boot`; one that journals
+        /// counts its power-ups (its `boot` is an epoch that outlives them).
+        pub power_up: u32,
     }
 }
 
@@ -131,7 +144,8 @@ wire_struct! {
     pub struct WindowReport {
         /// Channel id from the hello.
         pub channel: u8,
-        /// Window start, ms since boot.
+        /// Window start, ms since the power-up its report's [`ReportTime`]
+        /// names.
         pub start_ms: u64,
         /// Window length, ms.
         pub len_ms: u32,
@@ -150,6 +164,32 @@ wire_struct! {
     }
 }
 
+/// How a device knew the wall-clock time of a report ([`ReportTime::quality`]).
+pub mod time_quality {
+    /// Taken after the device's clock was synced in that power-up.
+    pub const SYNCED: u8 = 0;
+    /// Taken after a reboot, before the power-up's first sync; placed with
+    /// that sync (exact: the monotonic clock ran on between the two).
+    pub const BEFORE_SYNC: u8 = 1;
+    /// The power-up ended before any sync: placed by the device's estimate
+    /// (right after the previous power-up's last window, or right before
+    /// the next power-up's start), off by however long the power was off.
+    pub const ESTIMATED: u8 = 2;
+}
+
+wire_struct! {
+    /// Where a report's windows lie in wall-clock time.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct ReportTime {
+        /// The power-up (boot id) whose clock the windows' `start_ms` count.
+        pub power_up: u32,
+        /// Wall-clock time (Unix ms) of that clock's zero.
+        pub wall_at_zero_ms: i64,
+        /// [`time_quality`]: synced, before the sync, or estimated.
+        pub quality: u8,
+    }
+}
+
 wire_struct! {
     /// Closed windows under one device sequence number.
     #[derive(Debug, Clone, PartialEq)]
@@ -158,6 +198,8 @@ wire_struct! {
         pub seq: u32,
         /// The windows.
         pub windows: heapless::Vec<WindowReport, MAX_REPORT_WINDOWS>,
+        /// Their clock and its wall-clock time.
+        pub time: ReportTime,
     }
 }
 
@@ -173,6 +215,8 @@ wire_struct! {
         pub queued: u16,
         /// Sequence the next report will get.
         pub next_seq: u32,
+        /// The power-up `uptime_ms` counts in (as in the hello).
+        pub power_up: u32,
     }
 }
 
@@ -211,6 +255,22 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// The gateway's clock when a hello or heartbeat arrived: "at your
+    /// `uptime_ms` of `power_up`, it was `wall_ms`". The device takes
+    /// `wall_ms − uptime_ms` as its clock's zero (early by the message's
+    /// transit time: milliseconds on a serial link).
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct TimeSync {
+        /// The power-up the hello or heartbeat named.
+        pub power_up: u32,
+        /// Its `uptime_ms`, echoed.
+        pub uptime_ms: u64,
+        /// The gateway's wall clock when it arrived, Unix ms.
+        pub wall_ms: i64,
+    }
+}
+
 wire_enum! {
     /// Gateway to device.
     #[derive(Debug, Clone, PartialEq)]
@@ -221,5 +281,7 @@ wire_enum! {
         1 => Config(LinkConfig),
         /// Ask the device to send its hello again (the gateway restarted).
         2 => HelloRequest(()),
+        /// The gateway's wall clock, for the device's clock.
+        3 => TimeSync(TimeSync),
     }
 }

@@ -14,7 +14,7 @@ use ferry_proto::batch::{
 use ferry_proto::codec;
 use ferry_proto::link::{
     Channel, DeviceHello, DeviceId, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig, Report,
-    Uplink, WindowReport,
+    ReportTime, TimeSync, Uplink, WindowReport, time_quality,
 };
 use ferry_proto::series::SeriesKey;
 use ferry_proto::session::{
@@ -160,6 +160,7 @@ fn device_hello() -> DeviceHello {
         firmware: hs("ferry-fw 0.1.0"),
         uptime_ms: 1500,
         channels,
+        power_up: 7,
     }
 }
 
@@ -178,7 +179,15 @@ fn report() -> Report {
             last: 22.0,
         })
         .unwrap();
-    Report { seq: 1, windows }
+    Report {
+        seq: 1,
+        windows,
+        time: ReportTime {
+            power_up: 7,
+            wall_at_zero_ms: 1_700_000_000_000,
+            quality: time_quality::SYNCED,
+        },
+    }
 }
 
 /// Checks a vector's expected bytes (empty when writing) and returns the encoding.
@@ -514,24 +523,25 @@ fn cases() -> Vec<Case> {
         message(
             "uplink_hello",
             "Uplink",
-            "device f00dcafe, boot 7, one SHT4x temperature channel",
+            "device f00dcafe, boot 7 (power-up 7), one SHT4x temperature channel",
             Uplink::Hello(device_hello()),
         ),
         message(
             "uplink_report",
             "Uplink",
-            "report 1: one 10 s window of 10 samples",
+            "report 1: one 10 s window of 10 samples, on power-up 7's clock (zero at 1 700 000 000 000 ms, synced)",
             Uplink::Report(report()),
         ),
         message(
             "uplink_heartbeat",
             "Uplink",
-            "uptime 60 s, 2 dropped, 1 queued, next seq 5",
+            "uptime 60 s of power-up 7, 2 dropped, 1 queued, next seq 5",
             Uplink::Heartbeat(Heartbeat {
                 uptime_ms: 60_000,
                 dropped: 2,
                 queued: 1,
                 next_seq: 5,
+                power_up: 7,
             }),
         ),
         message(
@@ -554,6 +564,16 @@ fn cases() -> Vec<Case> {
             "Downlink",
             "ask the device for its hello",
             Downlink::HelloRequest(()),
+        ),
+        message(
+            "downlink_time_sync",
+            "Downlink",
+            "at uptime 1.5 s of power-up 7 the gateway's clock read 1 700 000 001 500 ms",
+            Downlink::TimeSync(TimeSync {
+                power_up: 7,
+                uptime_ms: 1_500,
+                wall_ms: 1_700_000_001_500,
+            }),
         ),
         raw(
             "serial_downlink_ack",

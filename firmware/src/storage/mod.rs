@@ -117,11 +117,17 @@ mod ftl;
 mod layout;
 mod meta;
 mod nor;
+pub mod report_log;
+mod shared;
 pub mod sim_flash;
+mod tally;
 
 use redb::{Builder, Database, DatabaseError, StorageBackend};
 
 pub use nor::{Config, Error, FtlStats, Geometry, NorBackend};
+pub use report_log::{LogConfig, LogError, LogStats, ReportLog};
+pub use shared::SharedFlash;
+pub use tally::Tally;
 
 /// redb's file magic (its `docs/design.md`, "Database header"): the first
 /// bytes of every database whose creation finished.

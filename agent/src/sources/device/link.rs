@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ferry_proto::codec;
 use ferry_proto::link::{
-    DeviceHello, Downlink, Heartbeat, LINK_VERSION, LinkAck, Report, Uplink, WindowReport,
+    DeviceHello, Downlink, Heartbeat, LINK_VERSION, LinkAck, Report, TimeSync, Uplink, time_quality,
 };
 use ferry_proto::serial::{self, Deframer, MAX_SERIAL_FRAME, SerialError};
 use ferry_proto::series::SeriesKey;
@@ -21,7 +21,6 @@ use super::*;
 pub(super) struct Session {
     hex: String,
     boot: u32,
-    offset_ns: i64,
     series: BTreeMap<u8, SeriesKey>,
     /// Highest sequence acked to the device.
     acked: u32,
@@ -347,13 +346,16 @@ impl GatewayLink {
             let uptime_ns = i64::try_from(h.uptime_ms)
                 .unwrap_or(i64::MAX)
                 .saturating_mul(1_000_000);
+            // In whole ms, as the TimeSync answering this hello tells the
+            // device: the registry's offset is the zero the device's
+            // reports will carry.
+            let now_ms_ns = now_ns.div_euclid(1_000_000).saturating_mul(1_000_000);
             let offset_ns = known
                 .and_then(|m| m.offset_ns)
-                .unwrap_or_else(|| now_ns.saturating_sub(uptime_ns));
+                .unwrap_or_else(|| now_ms_ns.saturating_sub(uptime_ns));
             let session = Session {
                 hex: hex.clone(),
                 boot: h.boot,
-                offset_ns,
                 series,
                 acked: known.map_or(0, |m| m.journaled),
                 floor: 0,
@@ -390,6 +392,7 @@ impl GatewayLink {
             boot: h.boot,
             up_to: acked,
         });
+        self.queue_time_sync(now_ns, h.power_up, h.uptime_ms);
         if let Some(config) = self.config.push_config {
             self.transmit.retain(|m| !matches!(m, Downlink::Config(_)));
             self.transmit.push_back(Downlink::Config(config));
@@ -422,7 +425,7 @@ impl GatewayLink {
             DeviceStats::inc(&self.stats.reports_duplicate);
             return;
         }
-        let windows = match map_windows(s, &r.windows) {
+        let windows = match map_windows(s, &r) {
             Ok(w) => w,
             Err(why) => {
                 DeviceStats::inc(&self.stats.reports_rejected);
@@ -437,12 +440,15 @@ impl GatewayLink {
             DeviceStats::inc(&self.stats.reports_overflow);
             return;
         }
+        if r.time.quality == time_quality::ESTIMATED {
+            DeviceStats::inc(&self.stats.reports_time_estimated);
+        }
         let report = DeviceReport {
             device: s.hex.clone(),
             boot: s.boot,
             seq: r.seq,
             floor: s.floor,
-            offset_ns: s.offset_ns,
+            offset_ns: ms_to_ns_signed(r.time.wall_at_zero_ms),
             windows,
         };
         self.pending.insert(id, report);
@@ -455,6 +461,7 @@ impl GatewayLink {
             return;
         };
         DeviceStats::inc(&self.stats.heartbeats);
+        let (power_up, uptime_ms) = (h.power_up, h.uptime_ms);
         let floor = h
             .next_seq
             .saturating_sub(u32::from(h.queued))
@@ -464,6 +471,19 @@ impl GatewayLink {
         if s.dropped_seen > s.dropped_forwarded {
             self.health_due = true;
         }
+        self.queue_time_sync(now_ns, power_up, uptime_ms);
+    }
+
+    /// The wall clock now, for the device's clock of `power_up` at
+    /// `uptime_ms` (replacing one not yet sent).
+    fn queue_time_sync(&mut self, now_ns: i64, power_up: u32, uptime_ms: u64) {
+        self.transmit
+            .retain(|m| !matches!(m, Downlink::TimeSync(_)));
+        self.transmit.push_back(Downlink::TimeSync(TimeSync {
+            power_up,
+            uptime_ms,
+            wall_ms: now_ns.div_euclid(1_000_000),
+        }));
     }
 
     fn queue_ack(&mut self, ack: LinkAck) {
@@ -524,12 +544,15 @@ pub(super) fn ms_to_ns(ms: u64) -> i64 {
         .saturating_mul(1_000_000)
 }
 
-/// The windows of a report in wall-clock time, or why they are refused.
-pub(super) fn map_windows(
-    s: &Session,
-    windows: &[WindowReport],
-) -> Result<Vec<(SeriesKey, Partial)>, String> {
-    windows
+fn ms_to_ns_signed(ms: i64) -> i64 {
+    ms.saturating_mul(1_000_000)
+}
+
+/// The windows of a report in wall-clock time (its clock's zero plus each
+/// window's start on that clock), or why they are refused.
+pub(super) fn map_windows(s: &Session, r: &Report) -> Result<Vec<(SeriesKey, Partial)>, String> {
+    let zero_ns = ms_to_ns_signed(r.time.wall_at_zero_ms);
+    r.windows
         .iter()
         .map(|w| {
             let series = s.series.get(&w.channel).ok_or_else(|| {
@@ -544,7 +567,7 @@ pub(super) fn map_windows(
                     w.channel, w.count, w.len_ms
                 ));
             }
-            let start_ns = s.offset_ns.saturating_add(ms_to_ns(w.start_ms));
+            let start_ns = zero_ns.saturating_add(ms_to_ns(w.start_ms));
             let len_ns = u64::from(w.len_ms) * 1_000_000;
             let partial = Partial {
                 start_ns,

@@ -22,13 +22,20 @@
 //!   the journal (from the [`DeviceRegistry`]; 0 for none), which also stops
 //!   the device repeating its hello. A configured [`LinkConfig`] follows.
 //!   The offset is measured once per `(device, boot)` and kept in the
-//!   registry, so a reconnect does not shift the device's windows.
+//!   registry. The hello is also answered with a
+//!   [`TimeSync`](ferry_proto::link::TimeSync) (the wall clock now, echoing
+//!   the hello's `power_up` and `uptime_ms`), and so is every heartbeat: the
+//!   device's clock keeps its wall-clock zero.
 //! - **Report before any hello** (the gateway restarted) and heartbeat before
 //!   any hello: answered with `HelloRequest` (at most one per
 //!   [`DeviceLinkConfig::hello_request_interval_ms`]); the report is not
 //!   journaled, since there is no catalogue to name its series.
-//! - **Report**: each window becomes `(SeriesKey, Partial)`: start = offset +
-//!   `start_ms`, f32 values widened to f64 (exact), no sketch. `first_ts` is
+//! - **Report**: each window becomes `(SeriesKey, Partial)`: start =
+//!   the report's `time.wall_at_zero_ms` + `start_ms` (the device's clock of
+//!   power-up `time.power_up`, placed by a time sync; a device that journals
+//!   carries reports across power-ups, each with its own clock), f32 values
+//!   widened to f64 (exact), no sketch. Reports whose time the device could
+//!   only estimate (a power-up that ended before any sync) are counted. `first_ts` is
 //!   the window start and `last_ts` the window's last nanosecond
 //!   (`start + len − 1`): the device does not send sample instants, and these
 //!   are the tightest bounds known to hold. A window naming a channel the
@@ -171,6 +178,9 @@ pub struct DeviceStats {
     pub reports_out_of_order: AtomicU64,
     /// Reports rejected: unknown channel or an invalid window.
     pub reports_rejected: AtomicU64,
+    /// Reports whose wall-clock time the device could only estimate (a
+    /// power-up that ended before any time sync), journaled at the estimate.
+    pub reports_time_estimated: AtomicU64,
     /// Reports dropped unacked because too many were waiting for a commit.
     pub reports_overflow: AtomicU64,
     /// Commits that failed (journal full under backpressure, storage).

@@ -1,6 +1,6 @@
 //! The gateway link's tests: the sans-IO protocol, driven with a fake clock.
 
-use ferry_proto::link::{Channel, DeviceId};
+use ferry_proto::link::{Channel, DeviceId, ReportTime, TimeSync, time_quality};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +57,7 @@ fn hello(boot: u32, uptime_ms: u64) -> Uplink {
         ]
         .into_iter()
         .collect(),
+        power_up: boot,
     })
 }
 
@@ -74,10 +75,17 @@ fn window(channel: u8, start_ms: u64, v: f32) -> WindowReport {
     }
 }
 
+/// A report of boot 7's clock, whose zero the device learnt from the
+/// sync answering its hello (at T0, 5 s of uptime).
 fn report(seq: u32, windows: &[WindowReport]) -> Uplink {
     Uplink::Report(Report {
         seq,
         windows: windows.iter().copied().collect(),
+        time: ReportTime {
+            power_up: 7,
+            wall_at_zero_ms: T0 / MS - 5_000,
+            quality: time_quality::SYNCED,
+        },
     })
 }
 
@@ -87,6 +95,7 @@ fn heartbeat(dropped: u32, queued: u16, next_seq: u32) -> Uplink {
         dropped,
         queued,
         next_seq,
+        power_up: 7,
     })
 }
 
@@ -102,8 +111,54 @@ fn send(link: &mut GatewayLink, now: i64, msg: &Uplink) {
     link.handle_bytes(now, &frame(msg));
 }
 
+/// The downlinks waiting, without the time syncs (the test below
+/// checks those).
 fn drain(link: &mut GatewayLink) -> Vec<Downlink> {
-    core::iter::from_fn(|| link.poll_transmit()).collect()
+    core::iter::from_fn(|| link.poll_transmit())
+        .filter(|m| !matches!(m, Downlink::TimeSync(_)))
+        .collect()
+}
+
+#[test]
+fn hellos_and_heartbeats_get_the_wall_clock_and_reports_are_placed_by_their_own_clock() {
+    let mut link = link();
+    send(&mut link, T0, &hello(7, 5_000));
+    let sync = TimeSync {
+        power_up: 7,
+        uptime_ms: 5_000,
+        wall_ms: T0 / MS,
+    };
+    assert_eq!(
+        core::iter::from_fn(|| link.poll_transmit()).collect::<Vec<_>>(),
+        [ack(7, 0), Downlink::TimeSync(sync)]
+    );
+    // A heartbeat a second later: one sync queued, the latest.
+    send(&mut link, T0 + 1_000 * MS, &heartbeat(0, 0, 1));
+    send(&mut link, T0 + 2_000 * MS, &heartbeat(0, 0, 1));
+    assert_eq!(
+        core::iter::from_fn(|| link.poll_transmit()).collect::<Vec<_>>(),
+        [Downlink::TimeSync(TimeSync {
+            power_up: 7,
+            uptime_ms: 0,
+            wall_ms: T0 / MS + 2_000,
+        })]
+    );
+    // A journaling device sends a report of an earlier power-up (3),
+    // whose zero it could only estimate: placed there, and counted.
+    let zero_ms = T0 / MS - 3_600_000;
+    let Uplink::Report(mut r) = report(1, &[window(0, 10_000, 21.0)]) else {
+        unreachable!()
+    };
+    r.time = ReportTime {
+        power_up: 3,
+        wall_at_zero_ms: zero_ms,
+        quality: time_quality::ESTIMATED,
+    };
+    send(&mut link, T0 + 2_000 * MS, &Uplink::Report(r));
+    let work = link.poll_work().unwrap();
+    let (_, window) = &work.reports[0].windows[0];
+    assert_eq!(window.start_ns, (zero_ms + 10_000) * MS);
+    assert_eq!(n(&link.stats().reports_time_estimated), 1);
 }
 
 fn ack(boot: u32, up_to: u32) -> Downlink {
@@ -175,12 +230,12 @@ fn hello_is_acked_with_what_the_journal_holds_of_that_boot_and_config_follows() 
     assert_eq!(n(&l.stats().devices_seen), 1);
     assert_eq!(n(&again.stats().devices_seen), 0, "seen by the first link");
 
-    // Another link version is refused.
+    // Another link version is refused (version 1 had no time sync).
     let mut v2 = link();
     let Uplink::Hello(mut h) = hello(7, 0) else {
         unreachable!()
     };
-    h.link_version = 2;
+    h.link_version = 1;
     send(&mut v2, T0, &Uplink::Hello(h));
     assert_eq!(drain(&mut v2), []);
     assert_eq!(v2.device(), None);

@@ -1,4 +1,6 @@
 //! Milliseconds since boot from SysTick, and a `DelayNs` on top of it.
+//! Shared with the micro:bit board (`#[path]`): the core clock is the
+//! including crate's `CORE_HZ`.
 
 use core::cell::Cell;
 
@@ -7,8 +9,7 @@ use cortex_m::peripheral::SYST;
 use cortex_m::peripheral::syst::SystClkSource;
 use cortex_m_rt::exception;
 
-/// The MPS2 AN386 core clock.
-const CORE_HZ: u32 = 25_000_000;
+use crate::CORE_HZ;
 
 static MILLIS: Mutex<Cell<u64>> = Mutex::new(Cell::new(0));
 

@@ -1,4 +1,6 @@
-//! The firmware proper: entry point, main loop, panic handler.
+//! The firmware proper: entry point, main loop, panic handler. The
+//! micro:bit board (Cortex-M0) runs this same file (`#[path]`), with its own
+//! `uart` and `CORE_HZ`.
 
 use crate::{clock, semihosting, uart};
 use cortex_m_rt::entry;

@@ -5,15 +5,31 @@ use cortex_m_semihosting::{debug, heprintln};
 use ferry_firmware::drivers::sht4x::{Precision, Sht4x};
 use ferry_firmware::drivers::tmp102::Tmp102;
 use ferry_firmware::emulated::BootArgs;
-use ferry_firmware::journal_node::{CommitError, JournalNode, JournalSettings, StartError};
+use ferry_firmware::journal_node::{
+    CommitError, JournalNode, JournalSettings, NodeStorage, StartError,
+};
 use ferry_firmware::link::TX_BUFFER;
 use ferry_firmware::sim::{EMULATED_EVERY, SimClock, SimSht4xBus, SimTmp102Bus, Simulated};
+use ferry_firmware::storage::{LogConfig, ReportLog, Tally};
 
 use crate::semihosting_file::SemihostingFile;
+use crate::semihosting_nor::{SECTOR, SemihostingNor};
 use crate::{clock, heap, semihosting, uart};
 
 /// redb's page cache (read cache and write buffer together).
 const CACHE_BYTES: usize = 16 * 1024;
+/// The report log's chip (`<flash>.nor`): the drop tally in sectors 0–1,
+/// the log in 2–5 (four 1 KiB sectors: ~36 reports of three windows, so an
+/// outage of a few seconds folds the log into the journal).
+const NOR_SECTORS: usize = 6;
+const DROPS: LogConfig = LogConfig {
+    offset: 0,
+    sectors: 2,
+};
+const LOG: LogConfig = LogConfig {
+    offset: 2 * SECTOR as u32,
+    sectors: 4,
+};
 
 #[entry]
 fn main() -> ! {
@@ -40,19 +56,47 @@ fn main() -> ! {
             fail("no database")
         });
 
+    let mut nor_path: heapless::String<256> = heapless::String::new();
+    if nor_path
+        .push_str(path)
+        .and_then(|()| nor_path.push_str(".nor"))
+        .is_err()
+    {
+        fail("flash path too long");
+    }
+    let (Some(log_chip), Some(tally_chip)) = (
+        SemihostingNor::open(&nor_path, NOR_SECTORS),
+        SemihostingNor::open(&nor_path, NOR_SECTORS),
+    ) else {
+        fail("no report log file")
+    };
+    let log = ReportLog::mount(log_chip, LOG).unwrap_or_else(|_| fail("report log unreadable"));
+    let drops = Tally::mount(tally_chip, DROPS).unwrap_or_else(|_| fail("drop tally unreadable"));
+
     let cp = cortex_m::Peripherals::take().unwrap_or_else(|| fail("core peripherals taken"));
     let mut uart = uart::Uart0::take();
     clock::start(cp.SYST);
+    // True time of uptime 0 (with `wall0=`): the host's clock when QEMU
+    // started plus how long QEMU has run. The simulated sensors read their
+    // waveforms at true time, so a test can check where windows are placed.
+    let true_zero = args
+        .wall0_ms
+        .map(|w| w + semihosting::elapsed_ms().unwrap_or(0));
 
     let sim_clock = SimClock::new(0);
     let mut sht = Sht4x::new(SimSht4xBus::new(&sim_clock), clock::TickDelay);
     sht.set_precision(Precision::Low);
-    let mut sht = Simulated::new(&sim_clock, sht);
-    let mut tmp = Simulated::new(&sim_clock, Tmp102::new(SimTmp102Bus::new(&sim_clock)));
+    let offset = true_zero.unwrap_or(0);
+    let mut sht = Simulated::with_offset(&sim_clock, sht, offset);
+    let mut tmp = Simulated::with_offset(
+        &sim_clock,
+        Tmp102::new(SimTmp102Bus::new(&sim_clock)),
+        offset,
+    );
 
     let mut node = JournalNode::start(
         clock::now_ms(),
-        db,
+        NodeStorage { db, log, drops },
         JournalSettings::default(),
         args.device_id.clone(),
         args.boot.unwrap_or_else(semihosting::unix_time),
@@ -67,12 +111,11 @@ fn main() -> ! {
     });
     let r = node.record();
     heprintln!(
-        "ferry: journal device {} epoch {} power-up {} resumes at {} ms (report {}), next seq {}, unacked {}, period {} ms window {} ms",
+        "ferry: journal device {} epoch {} power-up {} true zero {} ms, next seq {}, unacked {}, period {} ms window {} ms",
         args.device_id,
         r.epoch,
-        r.power_ups,
-        r.window_start_ms,
-        r.next_report,
+        node.power_up(),
+        offset,
         node.next_seq(),
         node.unacked(),
         r.sample_period_ms,
@@ -105,11 +148,11 @@ fn main() -> ! {
         if args.exit_after_ms.is_some_and(|t| now >= t) {
             let s = node.stats();
             heprintln!(
-                "ferry: exit at {} ms: samples {} journaled {} rejournaled {} acked {} resent {} dropped {} journal_errors {} bad_frames {} heap peak {} B stack peak {} B",
+                "ferry: exit at {} ms: samples {} journaled {} folds {} acked {} resent {} dropped {} journal_errors {} bad_frames {} heap peak {} B stack peak {} B",
                 now,
                 s.sampler.samples,
                 s.journaled,
-                s.rejournaled,
+                s.folds,
                 s.acked,
                 s.resent,
                 s.dropped,
@@ -159,6 +202,7 @@ fn start_error(e: &StartError) -> &'static str {
         StartError::Journal(CommitError::Storage(_)) => "storage error",
         StartError::Journal(CommitError::Corrupt(_)) => "a journal row does not decode",
         StartError::Journal(_) => "journal error",
+        StartError::Log(_) => "report log error",
         StartError::BadResumeRecord => "the resume record does not decode",
         StartError::Config(_) => "config or sensor layout refused",
         _ => "cannot start",

@@ -1,8 +1,9 @@
 //! Ferry firmware for the emulated board, **journal build**: the same
 //! simulated sensors and link as `ferry-mps2-an386`, but closed windows go
-//! into the gateway agent's redb journal (`ferry_firmware::journal_node`)
-//! on a host file that plays the flash chip (`semihosting_file`), and leave
-//! it only when the gateway acks them. Killing QEMU is a power loss; started
+//! into the report log (`ferry_firmware::journal_node`) on a host file that
+//! plays a NOR chip (`semihosting_nor`, `<flash>.nor`), folded when needed
+//! into the gateway agent's redb journal on another host file
+//! (`semihosting_file`), and leave them only when the gateway acks them. Killing QEMU is a power loss; started
 //! again on the same file, the board carries on where its journal was.
 //!
 //! ```text
@@ -21,6 +22,9 @@ extern crate alloc;
 
 #[cfg(target_os = "none")]
 mod clock;
+/// The MPS2 AN386 core clock (SysTick counts it).
+#[cfg(target_os = "none")]
+const CORE_HZ: u32 = 25_000_000;
 #[cfg(target_os = "none")]
 mod heap;
 #[cfg(target_os = "none")]
@@ -29,6 +33,8 @@ mod journal_firmware;
 mod semihosting;
 #[cfg(target_os = "none")]
 mod semihosting_file;
+#[cfg(target_os = "none")]
+mod semihosting_nor;
 #[cfg(target_os = "none")]
 mod uart;
 

@@ -21,6 +21,9 @@
 
 #[cfg(target_os = "none")]
 mod clock;
+/// The MPS2 AN386 core clock (SysTick counts it).
+#[cfg(target_os = "none")]
+const CORE_HZ: u32 = 25_000_000;
 #[cfg(target_os = "none")]
 mod firmware;
 #[cfg(target_os = "none")]

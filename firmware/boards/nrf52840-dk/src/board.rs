@@ -1,5 +1,6 @@
-//! The DK's wiring, shared by both images: UARTE0 on the J-Link VCOM,
-//! the SHT4x on TWIM0, the chip's identity and a random number.
+//! The DK's wiring, shared by both images: UARTE0 on the J-Link VCOM
+//! (receiving through `uart`'s interrupt-driven ring), the SHT4x on TWIM0,
+//! the chip's identity and a random number.
 
 use cortex_m::peripheral::SYST;
 use ferry_firmware::drivers::sht4x::Sht4x;
@@ -7,8 +8,10 @@ use ferry_proto::link::{DeviceId, LinkConfig};
 use nrf52840_hal::gpio::{Level, p0};
 use nrf52840_hal::pac::{self, NVMC, TIMER0, TWIM0, UARTE0};
 use nrf52840_hal::twim::{self, Twim};
-use nrf52840_hal::uarte::{self, Baudrate, Parity, Uarte, UarteRx, UarteTx};
+use nrf52840_hal::uarte::{self, Baudrate, Parity, Uarte};
 use nrf52840_hal::{Rng, Timer, clocks::Clocks};
+
+use crate::uart;
 
 /// Sampling until the gateway says otherwise: 1 s samples, 10 s windows.
 pub const CONFIG: LinkConfig = LinkConfig {
@@ -21,10 +24,11 @@ pub type Sensor = Sht4x<Twim<TWIM0>, Timer<TIMER0>>;
 
 /// The peripherals the firmware drives.
 pub struct Board {
-    /// Link to the gateway, transmit half.
-    pub tx: UarteTx<UARTE0>,
-    /// Link to the gateway, receive half (one byte per DMA transfer).
-    pub rx: UarteRx<UARTE0>,
+    /// Link to the gateway, transmit (blocking EasyDMA writes).
+    pub tx: Uarte<UARTE0>,
+    /// Link to the gateway, receive: bytes the UARTE's interrupt handler
+    /// put in the ring.
+    pub rx: uart::Rx,
     /// The temperature and humidity sensor.
     pub sht: Sensor,
     /// FICR DEVICEID.
@@ -54,9 +58,7 @@ pub fn take() -> Option<(Board, NVMC)> {
         Parity::EXCLUDED,
         Baudrate::BAUD115200,
     );
-    let dma_tx = cortex_m::singleton!(: [u8; 64] = [0; 64])?;
-    let dma_rx = cortex_m::singleton!(: [u8; 1] = [0; 1])?;
-    let (tx, rx) = uarte.split(dma_tx, dma_rx).ok()?;
+    let rx = uart::start()?;
 
     let i2c = Twim::new(
         p.TWIM0,
@@ -67,7 +69,7 @@ pub fn take() -> Option<(Board, NVMC)> {
         twim::Frequency::K100,
     );
     let board = Board {
-        tx,
+        tx: uarte,
         rx,
         sht: Sht4x::new(i2c, Timer::new(p.TIMER0)),
         device_id: unique_id(&p.FICR),

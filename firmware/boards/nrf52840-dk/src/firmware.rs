@@ -1,7 +1,6 @@
 //! The firmware proper: entry point, main loop, panic handler.
 
 use cortex_m_rt::entry;
-use embedded_io::{Read as _, ReadReady as _, Write as _};
 use ferry_firmware::link::{LinkTimers, TX_BUFFER};
 use ferry_firmware::node::Node;
 
@@ -53,17 +52,14 @@ fn main() -> ! {
 
     loop {
         let now = clock::now_ms();
-        // One byte per DMA transfer; the UARTE's RX FIFO covers the gaps.
-        while rx.read_ready().unwrap_or(false) {
-            let mut byte = [0u8; 1];
-            if matches!(rx.read(&mut byte), Ok(1)) {
-                state.node.handle_rx(now, byte[0]);
-            }
+        // Bytes the UARTE's interrupt handler received meanwhile.
+        while let Some(byte) = rx.pop() {
+            state.node.handle_rx(now, byte);
         }
         state.node.poll(now, &mut [&mut sht]);
         while let Some(n) = state.node.poll_transmit(now, &mut state.frame) {
             // A failed write loses the frame; the link resends reports.
-            let _ = tx.write_all(&state.frame[..n]).and_then(|()| tx.flush());
+            let _ = tx.write(&state.frame[..n]);
         }
     }
 }

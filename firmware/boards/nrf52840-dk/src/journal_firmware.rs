@@ -1,17 +1,21 @@
 //! The journal build proper: entry point, main loop, panic handler.
 
 use cortex_m_rt::entry;
-use embedded_io::{Read as _, ReadReady as _, Write as _};
-use ferry_firmware::journal_node::{JournalNode, JournalSettings};
+use ferry_firmware::journal_node::{FlashLayout, JournalNode, JournalSettings, mount_flash};
 use ferry_firmware::link::{LinkTimers, TX_BUFFER};
-use ferry_firmware::storage::{self, NorBackend};
 
 use crate::board::{self, CONFIG, halt};
 use crate::{clock, flash, heap};
 
-/// redb's page cache (read cache and write buffer together), as on the
-/// emulated board.
-const CACHE_BYTES: usize = 16 * 1024;
+/// The journal region's stores: redb on 48 sectors, the drop tally on 2,
+/// the report log on 78 (`FlashLayout::internal_512k`; the log's share is
+/// what ten years of endurance need, firmware/README.md "Wear").
+const LAYOUT: FlashLayout = FlashLayout::internal_512k(0);
+/// Rows the journal keeps (folded reports) before it refuses more: what
+/// redb's 48 sectors hold with room for a fold (tests/journal_nor.rs).
+pub const JOURNAL: JournalSettings = JournalSettings {
+    budget_bytes: 32 * 1024,
+};
 
 #[entry]
 fn main() -> ! {
@@ -33,14 +37,10 @@ fn main() -> ! {
     let Some(nvmc) = flash::take(nvmc) else {
         halt()
     };
-    // A region with no valid anchor entry (blank) is formatted; any other
-    // mount failure stops here rather than erasing the journal.
-    let Ok(backend) = NorBackend::mount_or_format(nvmc, storage::Config::new(0, flash::SECTORS))
-    else {
-        halt()
-    };
-    let Ok(db) = storage::open_database(redb::Builder::new().set_cache_size(CACHE_BYTES), backend)
-    else {
+    // A region with no valid anchor entry (blank flash at first boot) is
+    // formatted; any other mount failure stops here rather than erasing
+    // the journal.
+    let Ok(storage) = mount_flash(nvmc, &LAYOUT) else {
         halt()
     };
     clock::start(syst);
@@ -49,8 +49,8 @@ fn main() -> ! {
     // journal keeps its own (the resume record).
     let Ok(mut node) = JournalNode::start(
         clock::now_ms(),
-        db,
-        JournalSettings::default(),
+        storage,
+        JOURNAL,
         device_id,
         random,
         CONFIG,
@@ -64,17 +64,14 @@ fn main() -> ! {
     let mut frame = [0u8; TX_BUFFER];
     loop {
         let now = clock::now_ms();
-        // One byte per DMA transfer; the UARTE's RX FIFO covers the gaps.
-        while rx.read_ready().unwrap_or(false) {
-            let mut byte = [0u8; 1];
-            if matches!(rx.read(&mut byte), Ok(1)) {
-                node.handle_rx(now, byte[0]);
-            }
+        // Bytes the UARTE's interrupt handler received meanwhile.
+        while let Some(byte) = rx.pop() {
+            node.handle_rx(now, byte);
         }
         node.poll(now, &mut [&mut sht]);
         while let Some(n) = node.poll_transmit(now, &mut frame) {
             // A failed write loses the frame; the link resends reports.
-            let _ = tx.write_all(&frame[..n]).and_then(|()| tx.flush());
+            let _ = tx.write(&frame[..n]);
         }
     }
 }

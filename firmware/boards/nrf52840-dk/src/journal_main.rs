@@ -23,6 +23,8 @@ mod flash;
 mod heap;
 #[cfg(target_os = "none")]
 mod journal_firmware;
+#[cfg(target_os = "none")]
+mod uart;
 
 #[cfg(not(target_os = "none"))]
 fn main() {

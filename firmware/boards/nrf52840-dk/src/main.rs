@@ -26,6 +26,8 @@ mod board;
 mod clock;
 #[cfg(target_os = "none")]
 mod firmware;
+#[cfg(target_os = "none")]
+mod uart;
 
 #[cfg(not(target_os = "none"))]
 fn main() {
