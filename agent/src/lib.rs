@@ -48,6 +48,7 @@ pub mod run;
 pub mod shipper;
 #[cfg(feature = "std")]
 pub mod sources;
+#[cfg(feature = "std")]
 pub mod systemd;
 #[cfg(feature = "std")]
 pub mod watch;
