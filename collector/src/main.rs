@@ -13,18 +13,22 @@ use ferry_collector::query::QueryParams;
 use ferry_collector::store::{SeriesInfo, SeriesResult};
 use ferry_collector::{Collector, Config, EnrollOptions, InitOptions};
 
+mod cli_token;
+
 /// Ferry's central collector.
 ///
 /// Agents connect over QUIC (UDP 7410 by default) with client certificates
 /// issued by this collector's own CA, ship batches of readings and get an
 /// ack once each batch is durably stored. The HTTP API (TCP 7411, loopback
 /// by default) serves queries, the agents table, alerts and Prometheus
-/// metrics. Alert rules and sinks live in collector.toml (docs/alerts.md).
+/// metrics to holders of a token. Alert rules and sinks live in
+/// collector.toml (docs/alerts.md).
 ///
 /// First steps:
 ///   ferry-collector init --data-dir /var/lib/ferry
 ///   ferry-collector enroll gw-01 --data-dir /var/lib/ferry --out ./gw-01
 ///   ferry-collector run --config /var/lib/ferry/collector.toml
+///   ferry-collector token create --role read --name grafana --data-dir /var/lib/ferry
 #[derive(Parser, Debug)]
 #[command(name = "ferry-collector", version, verbatim_doc_comment)]
 struct Cli {
@@ -43,7 +47,7 @@ enum LogFormat {
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
+pub(crate) enum Format {
     Table,
     Json,
     Csv,
@@ -51,7 +55,7 @@ enum Format {
 
 /// Where to find the collector's data directory.
 #[derive(Args, Debug)]
-struct Location {
+pub(crate) struct Location {
     /// The collector's configuration file; its data_dir is used.
     #[arg(long, short = 'c', conflicts_with = "data_dir")]
     config: Option<PathBuf>,
@@ -61,7 +65,7 @@ struct Location {
 }
 
 impl Location {
-    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn data_dir(&self) -> anyhow::Result<PathBuf> {
         match &self.config {
             Some(path) => Ok(Config::load(path)?.data_dir),
             None => Ok(self.data_dir.clone()),
@@ -222,6 +226,13 @@ enum Command {
     Reload {
         #[command(flatten)]
         location: Location,
+    },
+    /// Operators' tokens for the HTTP API: create (shown once), list,
+    /// revoke. Roles: read (queries, dashboards, /metrics) and admin (also
+    /// revoke, reload, tokens).
+    Token {
+        #[command(subcommand)]
+        command: cli_token::TokenCommand,
     },
     /// List the known series (optionally those matching a selector).
     Series {
@@ -386,6 +397,7 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
                 }
             );
         }
+        Command::Token { command } => cli_token::run(command).await?,
         Command::Series {
             selector,
             location,
@@ -447,7 +459,7 @@ async fn shutdown_signal() {
     }
 }
 
-fn time_text(ns: i64) -> String {
+pub(crate) fn time_text(ns: i64) -> String {
     if ns == 0 {
         return "never".into();
     }
@@ -498,7 +510,7 @@ fn print_csv(header: &[&str], rows: &[Vec<String>]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_rows(
+pub(crate) fn print_rows(
     format: Format,
     header: &[&str],
     rows: &[Vec<String>],

@@ -69,6 +69,12 @@ pub struct Metrics {
     pub ingest_waiting: Gauge<u64, AtomicU64>,
     /// Configuration reloads by outcome (`ok`, `error`).
     pub reloads: Family<Labels1, Counter>,
+    /// HTTP requests refused by the auth gate, by reason (`no_credentials`,
+    /// `bad_token`, `forbidden`).
+    pub http_refused: Family<Labels1, Counter>,
+    /// Queries refused for their memory budget, by API (`ferry`,
+    /// `prometheus`) and bound (`series`, `points`, `bytes`, `step`).
+    pub queries_refused: Family<Labels2, Counter>,
     log: Mutex<LogLimiter>,
 }
 
@@ -124,6 +130,8 @@ impl Metrics {
             backpressure_waits: Counter::default(),
             ingest_waiting: Gauge::default(),
             reloads: Family::default(),
+            http_refused: Family::default(),
+            queries_refused: Family::default(),
             log: Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10))),
         };
         m.registry.register(
@@ -234,6 +242,19 @@ impl Metrics {
             "Configuration reloads by outcome",
             m.reloads.clone(),
         );
+        m.registry.register(
+            "http_refused",
+            "HTTP requests refused by authentication, by reason",
+            m.http_refused.clone(),
+        );
+        m.registry.register(
+            "queries_refused",
+            "Queries refused for their memory budget, by API and bound",
+            m.queries_refused.clone(),
+        );
+        for reason in ["no_credentials", "bad_token", "forbidden"] {
+            let _ = m.http_refused.get_or_create(&[("reason", reason)]);
+        }
         for kind in BadInput::ALL {
             let _ = m.bad_input.get_or_create(&[("kind", kind.label())]);
         }
