@@ -35,6 +35,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::TooLarge(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            StoreError::OverBudget(b) => ApiError(StatusCode::BAD_REQUEST, b.to_string()),
             _ => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -190,7 +191,23 @@ async fn query(
         .resolve(crate::now_ns())
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let store = shared.store.clone();
-    Ok(Json(blocking(move || Ok(store.query(&q)?)).await?))
+    let limits = shared.config.query;
+    let answer = tokio::task::spawn_blocking(move || store.query_within(&q, &limits))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match answer {
+        Ok(v) => Ok(Json(v)),
+        Err(e) => {
+            if let StoreError::OverBudget(b) = &e {
+                shared
+                    .metrics
+                    .queries_refused
+                    .get_or_create(&[("api", "ferry"), ("bound", b.label())])
+                    .inc();
+            }
+            Err(e.into())
+        }
+    }
 }
 
 #[derive(Deserialize)]
