@@ -57,7 +57,8 @@ enum Command {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
-        /// The collector's HTTP address, e.g. 127.0.0.1:7411.
+        /// The collector's HTTP address, e.g. 127.0.0.1:7411; its API
+        /// needs a read token, taken from $FERRY_TOKEN.
         #[arg(long)]
         collector_http: Option<std::net::SocketAddr>,
     },
@@ -142,10 +143,18 @@ fn init_logs(filter: Targets, json: bool) {
     }
 }
 
-/// GET `path` from the admin endpoint (plain HTTP/1.0 on loopback).
-async fn admin_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result<String> {
+/// GET `path` from the admin endpoint (plain HTTP/1.0), with `token` as a
+/// bearer token when there is one.
+async fn admin_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<String> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
         .await?;
     let mut body = String::new();
     s.read_to_string(&mut body).await?;
@@ -205,7 +214,13 @@ fn print_status(s: &Status, live: bool) {
 }
 
 async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
-    let (status, live) = match admin_get(config.admin.listen, "/status").await {
+    let (status, live) = match admin_get(
+        config.admin.listen,
+        "/status",
+        config.admin.token.as_deref(),
+    )
+    .await
+    {
         Ok(body) => (serde_json::from_str::<Status>(&body)?, true),
         Err(_) => {
             let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
@@ -233,7 +248,13 @@ async fn status(config: &Config, json: bool) -> anyhow::Result<()> {
 }
 
 async fn inspect(config: &Config) -> anyhow::Result<()> {
-    let rows: Vec<(String, u64, u64)> = match admin_get(config.admin.listen, "/buffer").await {
+    let rows: Vec<(String, u64, u64)> = match admin_get(
+        config.admin.listen,
+        "/buffer",
+        config.admin.token.as_deref(),
+    )
+    .await
+    {
         Ok(body) => serde_json::from_str(&body)?,
         Err(_) => {
             let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
@@ -275,10 +296,14 @@ async fn watch(config: &Config, collector: Option<std::net::SocketAddr>) -> anyh
         }
         let mut screen = String::from("\x1b[2J\x1b[H");
         use std::fmt::Write as _;
-        match admin_get(config.admin.listen, "/status")
-            .await
-            .ok()
-            .and_then(|b| serde_json::from_str::<Status>(&b).ok())
+        match admin_get(
+            config.admin.listen,
+            "/status",
+            config.admin.token.as_deref(),
+        )
+        .await
+        .ok()
+        .and_then(|b| serde_json::from_str::<Status>(&b).ok())
         {
             Some(s) => {
                 let (rate_in, rate_out) = match &last {
@@ -333,7 +358,9 @@ async fn watch(config: &Config, collector: Option<std::net::SocketAddr>) -> anyh
                 screen,
                 "\ncollector query API: http://{addr}/api/v1/query?match=temperature&from=-5m"
             );
-            match admin_get(addr, "/api/v1/query?from=-30s&kind=all")
+            // The collector's API needs a read token: $FERRY_TOKEN.
+            let token = std::env::var("FERRY_TOKEN").ok();
+            match admin_get(addr, "/api/v1/query?from=-30s&kind=all", token.as_deref())
                 .await
                 .ok()
                 .and_then(|b| serde_json::from_str::<Vec<SeriesRow>>(&b).ok())
