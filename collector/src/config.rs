@@ -218,7 +218,7 @@ impl Default for QueryLimits {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 4096,
+            max_connections: 16_384,
             max_streams_per_connection: 64,
             max_frame_bytes: ferry_proto::stream::DEFAULT_MAX_FRAME,
             max_batch_readings: ferry_proto::batch::MAX_BATCH_READINGS,
@@ -403,7 +403,7 @@ max_bytes = 268435456
 
 [limits]
 # Agent connections at once; more are refused.
-max_connections = 4096
+max_connections = 16384
 # Batch streams open at once per connection.
 max_streams_per_connection = 64
 # Largest frame body in bytes, also after decompression (4 MiB).
