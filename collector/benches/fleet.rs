@@ -21,7 +21,9 @@
 //! Run: `cargo bench -p ferry-collector --bench fleet`
 //! (`FERRY_FLEET_SIZES` = comma-separated N, default `1000,5000,10000`;
 //! `FERRY_FLEET_ROUNDS` = batches per agent measured, default 3;
-//! `FERRY_FLEET_FLOOD_RATE` = garbage datagrams per second, default 50000).
+//! `FERRY_FLEET_FLOOD_RATE` = garbage datagrams per second, default 50000;
+//! `FERRY_FLEET_TOML` = TOML tables appended to the collector's
+//! configuration, e.g. `[limits]` settings to compare).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -89,6 +91,10 @@ struct Row {
     expected: u64,
     garbage_sent: u64,
     garbage_counted: u64,
+    client_cpu_share: f64,
+    commits: u64,
+    commit_mean: Duration,
+    round_p99: Vec<Duration>,
 }
 
 async fn bench(sizes: &[usize], rounds: u64, flood_agents: usize, flood_rate: u64) {
@@ -200,6 +206,16 @@ fn print_row(r: &Row, header: bool) {
         ms(r.p99),
         ms(r.max),
         format!("{}/{}", r.stored, r.expected),
+    );
+    println!(
+        "           ack p99 by round {:?} ms; {} durable commits, {:.1} ms each on average; the agents' process used {:.0}% of a core",
+        r.round_p99
+            .iter()
+            .map(|d| (ms(*d) * 10.0).round() / 10.0)
+            .collect::<Vec<_>>(),
+        r.commits,
+        ms(r.commit_mean),
+        r.client_cpu_share * 100.0
     );
 }
 
@@ -388,7 +404,9 @@ async fn run(
     let gate = Arc::new(Semaphore::new(CONNECTING));
     let (go_tx, go_rx) = watch::channel::<Option<Instant>>(None);
     let (done_tx, done_rx) = watch::channel(false);
-    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n * rounds as usize)));
+    let latencies = Arc::new(Mutex::new(Vec::<(u64, Duration)>::with_capacity(
+        n * rounds as usize,
+    )));
     let failures = Arc::new(Mutex::new(Vec::<String>::new()));
     let connected = Arc::new(AtomicU64::new(0));
     let connect_start = Instant::now();
@@ -426,7 +444,7 @@ async fn run(
                 let frame = batch_frame(i, r + 1);
                 let t = Instant::now();
                 match ship(&conn, &frame).await {
-                    Ok(ack) if ack == Ack::stored(r + 1) => mine.push(t.elapsed()),
+                    Ok(ack) if ack == Ack::stored(r + 1) => mine.push((r, t.elapsed())),
                     Ok(ack) => {
                         failures
                             .lock()
@@ -476,6 +494,7 @@ async fn run(
     let metrics_before = http_get(http, "/metrics", &token).await;
     let tick = clock_tick();
     let cpu_start = cpu_time(pid, tick);
+    let client_start = cpu_time(std::process::id(), tick);
     let wall_start = Instant::now();
     go_tx.send_replace(Some(Instant::now() + Duration::from_millis(200)));
     let mut rss_peak = rss_idle;
@@ -494,6 +513,7 @@ async fn run(
         );
     }
     let cpu = cpu_time(pid, tick).saturating_sub(cpu_start);
+    let client_cpu = cpu_time(std::process::id(), tick).saturating_sub(client_start);
     let wall = wall_start.elapsed();
     stop_flood.store(true, Ordering::Relaxed);
     let garbage_sent: u64 = flooders.into_iter().map(|t| t.join().unwrap_or(0)).sum();
@@ -535,7 +555,30 @@ async fn run(
     let garbage = "ferry_collector_bad_input_total{kind=\"garbage_datagram\"}";
     let garbage_counted = metric(&metrics, garbage) - metric(&metrics_before, garbage);
 
-    let mut lat = latencies.lock().unwrap().clone();
+    let commits_name = "ferry_collector_commit_seconds_count";
+    let commits = metric(&metrics, commits_name) - metric(&metrics_before, commits_name);
+    let sum = |t: &str| {
+        t.lines()
+            .find_map(|l| {
+                l.strip_prefix("ferry_collector_commit_seconds_sum ")?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let commit_mean =
+        Duration::from_secs_f64((sum(&metrics) - sum(&metrics_before)) / commits.max(1) as f64);
+    let all = latencies.lock().unwrap().clone();
+    let round_p99 = (0..rounds)
+        .map(|r| {
+            let mut v: Vec<Duration> = all.iter().filter(|(k, _)| *k == r).map(|x| x.1).collect();
+            v.sort();
+            v.get(((v.len().max(1) - 1) as f64 * 0.99).round() as usize)
+                .copied()
+                .unwrap_or_default()
+        })
+        .collect();
+    let mut lat: Vec<Duration> = all.into_iter().map(|x| x.1).collect();
     lat.sort();
     let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
     let row = Row {
@@ -552,6 +595,10 @@ async fn run(
         expected,
         garbage_sent,
         garbage_counted,
+        client_cpu_share: client_cpu.as_secs_f64() / wall.as_secs_f64(),
+        commits,
+        commit_mean,
+        round_p99,
     };
     done_tx.send_replace(true);
     while tasks.join_next().await.is_some() {}
