@@ -37,6 +37,10 @@ echo "==> collector: $DIR/collector"
 "$BIN/ferry-collector" init --data-dir "$DIR/collector" >/dev/null
 sed -i 's/^listen = "0.0.0.0:7410"/listen = "127.0.0.1:7410"/' "$DIR/collector/collector.toml"
 "$BIN/ferry-collector" enroll demo-gw --data-dir "$DIR/collector" --out "$DIR/agent" >/dev/null
+# The HTTP API needs a token: a read token for the page, Grafana and curl.
+(umask 077; "$BIN/ferry-collector" token create --role read --name demo --data-dir "$DIR/collector" \
+    >"$DIR/read.token" 2>/dev/null)
+export FERRY_TOKEN=$(cat "$DIR/read.token")
 "$BIN/ferry-collector" run --config "$DIR/collector/collector.toml" 2>"$DIR/collector.log" &
 pids+=($!)
 
@@ -84,7 +88,9 @@ else
     echo "==> qemu-system-arm not installed: no emulated board (scripts/test.sh installs it)"
 fi
 
-echo "==> query API: http://127.0.0.1:7411/api/v1/query?match=temperature&from=-5m"
+echo "==> read token (the page asks for it; Grafana: header Authorization: Bearer <token>): $FERRY_TOKEN"
+echo "    (kept in $DIR/read.token; more with: ferry-collector token create --role read --name NAME --data-dir $DIR/collector)"
+echo "==> query API: curl -H \"Authorization: Bearer \$(cat $DIR/read.token)\" 'http://127.0.0.1:7411/api/v1/query?match=temperature&from=-5m'"
 echo "==> fleet page: http://127.0.0.1:7411/   Grafana (Prometheus data source): http://127.0.0.1:7411/prometheus"
 sleep 1
 "$BIN/ferry-agent" watch --config "$DIR/agent/agent.toml" --collector-http 127.0.0.1:7411

@@ -118,11 +118,18 @@ pub enum GetError {
 }
 
 /// GET `path` (plain HTTP/1.0) and the body of a 200 answer, within
-/// [`HTTP_TIMEOUT`].
-pub async fn http_get(addr: SocketAddr, path: &str) -> Result<String, GetError> {
+/// [`HTTP_TIMEOUT`]; with `token` as a bearer token when there is one.
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> Result<String, GetError> {
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.trim()))
+        .unwrap_or_default();
     let exchange = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
             .await?;
         let mut answer = String::new();
         s.read_to_string(&mut answer).await?;
@@ -192,7 +199,13 @@ pub fn format_status(s: &Status, live: bool) -> String {
 /// The agent's status: from its admin endpoint (`live`), or from the journal
 /// on disk when it is not running.
 pub async fn status(config: &Config) -> anyhow::Result<(Status, bool)> {
-    match http_get(config.admin.listen, "/status").await {
+    match http_get(
+        config.admin.listen,
+        "/status",
+        config.admin.token.as_deref(),
+    )
+    .await
+    {
         Ok(body) => Ok((serde_json::from_str::<Status>(&body)?, true)),
         Err(_) => {
             let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
@@ -214,7 +227,13 @@ pub async fn status(config: &Config) -> anyhow::Result<(Status, bool)> {
 /// What waits, per series `(series, readings, windows)`: from the running
 /// agent, or from the journal on disk.
 pub async fn inspect(config: &Config) -> anyhow::Result<Vec<(String, u64, u64)>> {
-    match http_get(config.admin.listen, "/buffer").await {
+    match http_get(
+        config.admin.listen,
+        "/buffer",
+        config.admin.token.as_deref(),
+    )
+    .await
+    {
         Ok(body) => Ok(serde_json::from_str(&body)?),
         Err(_) => {
             let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);

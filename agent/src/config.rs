@@ -335,14 +335,20 @@ pub enum CompressionName {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminSection {
-    /// Address of `/status` and `/metrics`; port 0 picks one.
+    /// Address of `/status` and `/metrics`; port 0 picks one. Loopback
+    /// only, unless `token` is set.
     pub listen: SocketAddr,
+    /// When set, every request but `/healthz` must carry
+    /// `Authorization: Bearer <token>` (at least 16 characters); required
+    /// to listen beyond loopback.
+    pub token: Option<String>,
 }
 
 impl Default for AdminSection {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 7412)),
+            token: None,
         }
     }
 }
@@ -422,6 +428,20 @@ impl Config {
                 "shipping.keep_alive: must be positive and shorter than shipping.idle_timeout"
                     .into(),
             ));
+        }
+        match &config.admin.token {
+            Some(t) if t.trim().len() < 16 => {
+                return Err(invalid(
+                    "admin.token: at least 16 characters (e.g. `openssl rand -hex 32`)".into(),
+                ));
+            }
+            None if !config.admin.listen.ip().is_loopback() => {
+                return Err(invalid(format!(
+                    "admin.listen = \"{}\" is not a loopback address: set admin.token to require a token, or listen on 127.0.0.1",
+                    config.admin.listen
+                )));
+            }
+            _ => {}
         }
         Ok(config)
     }

@@ -55,7 +55,8 @@ enum Command {
         /// The configuration file.
         #[arg(long, short)]
         config: PathBuf,
-        /// The collector's HTTP address, e.g. 127.0.0.1:7411.
+        /// The collector's HTTP address, e.g. 127.0.0.1:7411; its API
+        /// needs a read token, taken from $FERRY_TOKEN.
         #[arg(long)]
         collector_http: Option<std::net::SocketAddr>,
     },
@@ -169,6 +170,7 @@ fn main() -> ExitCode {
                 ferry_agent::watch::run(
                     &c.collector.agent_id,
                     c.admin.listen,
+                    c.admin.token.as_deref(),
                     collector_http,
                     &clock,
                 )

@@ -226,7 +226,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: config.admin.listen,
         source,
     })?;
-    let app = crate::admin::router(metrics.clone(), handle.clone());
+    let app = crate::admin::router(metrics.clone(), handle.clone(), config.admin.token.clone());
     let mut admin_stop = stopped.clone();
     tasks.spawn(async move {
         let _ = axum::serve(listener, app)

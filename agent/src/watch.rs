@@ -149,30 +149,38 @@ fn series(screen: &mut String, rows: &[SeriesResult]) {
     }
 }
 
-/// Refreshes the screen every second until Ctrl-C.
+/// Refreshes the screen every second until Ctrl-C. `admin_token` is the
+/// agent's `[admin] token`; the collector's API needs a read token, taken
+/// from `$FERRY_TOKEN`.
 pub async fn run(
     agent_id: &str,
     admin: SocketAddr,
+    admin_token: Option<&str>,
     collector: Option<SocketAddr>,
     clock: &dyn Clock,
 ) -> anyhow::Result<()> {
     let mut watch = Watch::new(agent_id, admin, collector);
+    let collector_token = std::env::var("FERRY_TOKEN").ok();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = tokio::signal::ctrl_c() => return Ok(()),
         }
-        let status = http_get(admin, "/status")
+        let status = http_get(admin, "/status", admin_token)
             .await
             .ok()
             .and_then(|b| serde_json::from_str::<Status>(&b).ok());
         watch.handle_status(clock.now_ns(), status);
         if let Some(addr) = collector {
-            let rows = http_get(addr, "/api/v1/query?from=-30s&kind=all")
-                .await
-                .ok()
-                .and_then(|b| serde_json::from_str::<Vec<SeriesResult>>(&b).ok());
+            let rows = http_get(
+                addr,
+                "/api/v1/query?from=-30s&kind=all",
+                collector_token.as_deref(),
+            )
+            .await
+            .ok()
+            .and_then(|b| serde_json::from_str::<Vec<SeriesResult>>(&b).ok());
             watch.handle_series(rows);
         }
         print!("{}", watch.render());

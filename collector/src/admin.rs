@@ -2,10 +2,13 @@
 //! loopback, or, when no server runs, by opening the data directory.
 //!
 //! The running server writes its HTTP address to `<data_dir>/collector.http`
-//! at start and removes it at shutdown. The CLI connects there; when the
-//! file is missing or nobody answers (a server killed with `kill -9` leaves
-//! the file behind), it opens the store itself. redb locks the store file,
-//! so the two never write at once.
+//! and a fresh admin credential to `<data_dir>/admin.token` (0600) at start,
+//! and removes both at shutdown. The CLI connects there with that
+//! credential (or `$FERRY_TOKEN`); when the file is missing or nobody
+//! answers (a server killed with `kill -9` leaves the file behind), it
+//! opens the store itself. redb locks the store file, so the two never
+//! write at once; the same lock keeps the CLI from editing `tokens.json`
+//! behind a running server.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use crate::auth::{self, AuthError, CreatedToken, Role, Token, TokenView};
 use crate::pki;
 use crate::query::{QueryError, QueryParams, Selector};
 use crate::server::LiveConnection;
@@ -231,10 +235,15 @@ pub fn agent_views(
             ..AgentRecord::default()
         });
     }
+    let mut conns_of: std::collections::HashMap<&str, Vec<&LiveConnection>> =
+        std::collections::HashMap::new();
+    for c in live {
+        conns_of.entry(c.agent.as_str()).or_default().push(c);
+    }
     by_id
         .into_values()
         .map(|r| {
-            let conns: Vec<&LiveConnection> = live.iter().filter(|c| c.agent == r.id).collect();
+            let conns = conns_of.remove(r.id.as_str()).unwrap_or_default();
             let state = if r.revoked {
                 "revoked"
             } else if !conns.is_empty() {
@@ -279,6 +288,9 @@ pub enum AdminError {
     /// The agent id is invalid.
     #[error(transparent)]
     Pki(#[from] pki::PkiError),
+    /// A token operation failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The server answered with an error.
     #[error("the collector at {addr} answered {status}: {message}")]
     Server {
@@ -305,11 +317,33 @@ pub enum AdminError {
     },
 }
 
+/// A running server, and the credential the CLI sends it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Remote {
+    /// Its HTTP address.
+    pub addr: SocketAddr,
+    /// Sent as `Authorization: Bearer`, when there is one.
+    pub token: Option<Token>,
+}
+
+impl Remote {
+    /// `addr` with `token`.
+    pub fn new(addr: SocketAddr, token: Option<Token>) -> Self {
+        Self { addr, token }
+    }
+}
+
+impl std::fmt::Display for Remote {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.addr.fmt(f)
+    }
+}
+
 /// Where the CLI gets its answers.
 #[derive(Debug)]
 pub enum Admin {
     /// A running server's HTTP API.
-    Remote(SocketAddr),
+    Remote(Remote),
     /// The data directory, opened directly.
     Local {
         /// The data directory.
@@ -336,13 +370,22 @@ pub struct RevokeResult {
 }
 
 impl Admin {
-    /// Finds the running server for `data_dir`, or opens the store.
+    /// Finds the running server for `data_dir`, or opens the store. The
+    /// server is called with the token in `$FERRY_TOKEN` if set, else with
+    /// the local admin credential `<data_dir>/admin.token`.
     pub async fn connect(data_dir: &Path) -> Result<Self, AdminError> {
         if let Ok(text) = std::fs::read_to_string(data_dir.join(ADDR_FILE))
             && let Ok(addr) = text.trim().parse::<SocketAddr>()
             && TcpStream::connect(addr).await.is_ok()
         {
-            return Ok(Admin::Remote(addr));
+            let token = match std::env::var(auth::TOKEN_ENV) {
+                Ok(t) if !t.trim().is_empty() => Some(
+                    Token::parse(&t)
+                        .map_err(|e| AdminError::Invalid(format!("${}: {e}", auth::TOKEN_ENV)))?,
+                ),
+                _ => auth::read_local_token(data_dir),
+            };
+            return Ok(Admin::Remote(Remote::new(addr, token)));
         }
         // Never create a store where there is no collector.
         if !data_dir.join(pki::CA_CERT).exists() {
@@ -485,6 +528,57 @@ impl Admin {
         }
     }
 
+    /// The operators' tokens (names, roles, creation times).
+    pub async fn tokens(&self) -> Result<Vec<TokenView>, AdminError> {
+        match self {
+            Admin::Remote(addr) => request(*addr, "GET", "/api/v1/tokens").await,
+            Admin::Local { data_dir, .. } => {
+                let mut v: Vec<TokenView> =
+                    auth::load(data_dir)?.iter().map(TokenView::from).collect();
+                v.sort_by(|a, b| a.name.cmp(&b.name));
+                Ok(v)
+            }
+        }
+    }
+
+    /// Creates a token; its text is in the answer, and nowhere else.
+    pub async fn create_token(&self, name: &str, role: Role) -> Result<CreatedToken, AdminError> {
+        auth::validate_name(name)?;
+        match self {
+            Admin::Remote(addr) => {
+                let path = format!(
+                    "/api/v1/tokens?name={}&role={}",
+                    encode_query(name),
+                    role.as_str()
+                );
+                request(*addr, "POST", &path).await
+            }
+            // The store is open (locked): no server can be writing the file.
+            Admin::Local { data_dir, .. } => {
+                let mut records = auth::load(data_dir)?;
+                let created = auth::create(&mut records, name, role, crate::now_ns())?;
+                auth::save(data_dir, &records)?;
+                Ok(created)
+            }
+        }
+    }
+
+    /// Revokes a token: refused from now on.
+    pub async fn revoke_token(&self, name: &str) -> Result<TokenView, AdminError> {
+        match self {
+            Admin::Remote(addr) => {
+                let path = format!("/api/v1/tokens/{}/revoke", encode_query(name));
+                request(*addr, "POST", &path).await
+            }
+            Admin::Local { data_dir, .. } => {
+                let mut records = auth::load(data_dir)?;
+                let gone = auth::revoke(&mut records, name)?;
+                auth::save(data_dir, &records)?;
+                Ok(gone)
+            }
+        }
+    }
+
     /// Revokes an agent.
     pub async fn revoke(&self, agent: &str) -> Result<RevokeResult, AdminError> {
         pki::validate_agent_id(agent)?;
@@ -514,19 +608,24 @@ pub fn encode_query(v: &str) -> String {
     out
 }
 
-/// A minimal HTTP/1.1 client for the loopback admin API: one request per
+/// A minimal HTTP/1.1 client for the admin API: one request per
 /// connection, `Connection: close`, JSON answers.
 async fn request<T: serde::de::DeserializeOwned>(
-    addr: SocketAddr,
+    remote: Remote,
     method: &str,
     path: &str,
 ) -> Result<T, AdminError> {
+    let addr = remote.addr;
     let http = |message: String| AdminError::Http { addr, message };
     let mut stream = TcpStream::connect(addr)
         .await
         .map_err(|e| http(e.to_string()))?;
+    let authorization = remote
+        .token
+        .map(|t| format!("Authorization: Bearer {}\r\n", t.as_str()))
+        .unwrap_or_default();
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{authorization}Content-Length: 0\r\n\r\n"
     );
     stream
         .write_all(req.as_bytes())
@@ -556,7 +655,15 @@ async fn request<T: serde::de::DeserializeOwned>(
         body.to_owned()
     };
     if status != 200 {
-        let message = serde_json::from_str::<ErrorBody>(&body).map_or(body, |e| e.error);
+        let mut message = serde_json::from_str::<ErrorBody>(&body).map_or(body, |e| e.error);
+        if status == 401 && remote.token.is_none() {
+            message.push_str(&format!(
+                " (the CLI sends ${} if set, else the data directory's {}, which the running \
+                 collector writes readable by its own user only)",
+                auth::TOKEN_ENV,
+                auth::LOCAL_TOKEN_FILE
+            ));
+        }
         return Err(AdminError::Server {
             addr,
             status,

@@ -56,6 +56,8 @@ pub struct Config {
     pub http: HttpConfig,
     /// Bounds on what agents may send.
     pub limits: Limits,
+    /// Bounds on what one query may hold in memory.
+    pub query: QueryLimits,
     /// The embedded store.
     pub storage: StorageConfig,
     /// Processor rules and their lag budget (reloadable).
@@ -97,9 +99,30 @@ pub struct QuicConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
-    /// TCP address to listen on; default `127.0.0.1:7411`. The admin
-    /// endpoint (revoke) answers loopback clients only, whatever this is.
+    /// TCP address to listen on; default `127.0.0.1:7411`.
     pub listen: SocketAddr,
+    /// Which requests need a token (`crate::auth`): `tokens` (every
+    /// request but `/healthz` and the fleet page's files; the default) or
+    /// `open_reads` (reads need none; loopback addresses only). Admin
+    /// actions need an admin token either way.
+    pub auth: crate::auth::AuthMode,
+}
+
+/// `[query]`: what one query (the JSON API, the CLI, the Prometheus API)
+/// may hold. Checked before the data is read where the query says enough
+/// (series matched, buckets of a step), and as it is read otherwise;
+/// past a bound the query is refused with a 4xx naming it.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueryLimits {
+    /// Most series one selector may match.
+    pub max_series: usize,
+    /// Most points (raw readings, windows, samples) one query may hold at
+    /// once, and most it may answer.
+    pub max_points: usize,
+    /// Most bytes those points may take: 16 per reading or sample, a
+    /// window's size with its sketch.
+    pub max_bytes: u64,
 }
 
 /// `[limits]`.
@@ -168,6 +191,7 @@ impl Default for Config {
             quic: QuicConfig::default(),
             http: HttpConfig::default(),
             limits: Limits::default(),
+            query: QueryLimits::default(),
             storage: StorageConfig::default(),
             processor: crate::fanout::ProcessorConfig::default(),
             sink: crate::fanout::SinkConfig::default(),
@@ -192,6 +216,17 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], DEFAULT_HTTP_PORT)),
+            auth: crate::auth::AuthMode::default(),
+        }
+    }
+}
+
+impl Default for QueryLimits {
+    fn default() -> Self {
+        Self {
+            max_series: 50_000,
+            max_points: 5_000_000,
+            max_bytes: 256 << 20,
         }
     }
 }
@@ -199,7 +234,7 @@ impl Default for HttpConfig {
 impl Default for Limits {
     fn default() -> Self {
         Self {
-            max_connections: 4096,
+            max_connections: 16_384,
             max_streams_per_connection: 64,
             max_frame_bytes: ferry_proto::stream::DEFAULT_MAX_FRAME,
             max_batch_readings: ferry_proto::batch::MAX_BATCH_READINGS,
@@ -239,6 +274,7 @@ impl Config {
             },
             http: HttpConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+                ..HttpConfig::default()
             },
             ..Self::default()
         }
@@ -319,6 +355,24 @@ impl Config {
                 humantime::format_duration(q.idle_timeout)
             )));
         }
+        if self.http.auth == crate::auth::AuthMode::OpenReads
+            && !self.http.listen.ip().is_loopback()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "http.listen = \"{}\" is not a loopback address, and http.auth = \"open_reads\" \
+                 would serve every reading to whoever can reach it: set http.auth = \"tokens\" \
+                 (the default; create tokens with `ferry-collector token create`) or listen on \
+                 127.0.0.1",
+                self.http.listen
+            )));
+        }
+        let q = &self.query;
+        if q.max_series == 0 || q.max_points == 0 || q.max_bytes < 1024 {
+            return Err(ConfigError::Invalid(
+                "query.max_series and query.max_points must be at least 1, query.max_bytes at least 1024"
+                    .into(),
+            ));
+        }
         let s = &self.storage;
         if s.downsample_window.is_zero() {
             return Err(ConfigError::Invalid(
@@ -368,14 +422,30 @@ keep_alive = "2s"
 hello_timeout = "10s"
 
 [http]
-# TCP address of the HTTP API: /api/v1/query, /api/v1/series,
-# /api/v1/agents, /metrics, /healthz. Admin calls (revoke) are answered for
-# loopback clients only.
+# TCP address of the HTTP API: the fleet page (/), /api/v1/..., the
+# Prometheus API (/prometheus/api/v1/...), /metrics, /healthz.
 listen = "127.0.0.1:7411"
+# Who may use it. "tokens": every request but /healthz and the fleet page's
+# files needs a token (Authorization: Bearer, or basic auth with the token
+# as the password): `ferry-collector token create --role read|admin --name
+# NAME`. "open_reads": reads need no token (loopback addresses only).
+# Admin actions (revoke, reload, tokens) need an admin token either way;
+# the CLI on this machine uses admin.token, which the server writes here.
+auth = "tokens"
+
+[query]
+# What one query may hold in memory (the JSON API, the CLI and the
+# Prometheus API); past a bound it is refused with a 4xx naming it.
+# Series one selector may match.
+max_series = 50000
+# Readings, windows and samples held at once (and answered).
+max_points = 5000000
+# Bytes they take: 16 per reading or sample, a window ~100 plus its sketch.
+max_bytes = 268435456
 
 [limits]
 # Agent connections at once; more are refused.
-max_connections = 4096
+max_connections = 16384
 # Batch streams open at once per connection.
 max_streams_per_connection = 64
 # Largest frame body in bytes, also after decompression (4 MiB).
@@ -479,6 +549,8 @@ mod tests {
         let d = Config::default();
         assert_eq!(parsed.quic.listen, d.quic.listen);
         assert_eq!(parsed.http.listen, d.http.listen);
+        assert_eq!(parsed.http.auth, d.http.auth);
+        assert_eq!(parsed.query, d.query);
         assert_eq!(parsed.limits.max_past, d.limits.max_past);
         assert_eq!(parsed.quic.idle_timeout, d.quic.idle_timeout);
         assert_eq!(parsed.quic.keep_alive, d.quic.keep_alive);
@@ -508,6 +580,22 @@ mod tests {
         let parsed: Config = toml::from_str(packaged).unwrap();
         assert_eq!(parsed.data_dir, PathBuf::from("/var/lib/ferry-collector"));
         parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn open_reads_beyond_loopback_are_refused() {
+        let c: Config =
+            toml::from_str("[http]\nlisten = \"0.0.0.0:7411\"\nauth = \"open_reads\"\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("http.listen = \"0.0.0.0:7411\" is not a loopback address"),
+            "{e}"
+        );
+        let c: Config = toml::from_str("[http]\nlisten = \"0.0.0.0:7411\"\n").unwrap();
+        c.validate().unwrap();
+        let c: Config =
+            toml::from_str("[http]\nlisten = \"[::1]:7411\"\nauth = \"open_reads\"\n").unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

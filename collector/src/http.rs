@@ -1,18 +1,22 @@
-//! The HTTP API (axum): queries, agents, `/metrics`, `/healthz`, and the
-//! loopback-only admin call that revokes an agent.
+//! The HTTP API (axum): queries, agents, `/metrics`, `/healthz`, the
+//! admin calls (revoke, reload, tokens), all behind the auth gate
+//! (`crate::auth`): one middleware decides every request from its method
+//! and path, routes added later included.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 
 use crate::admin::{AgentView, RevokeResult, agent_views};
+use crate::auth::{AuthError, CreatedToken, Role, TokenView};
 use crate::pki;
 use crate::query::{QueryParams, Selector};
 use crate::server::{RevokeError, Shared};
@@ -31,6 +35,7 @@ impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::TooLarge(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
+            StoreError::OverBudget(b) => ApiError(StatusCode::BAD_REQUEST, b.to_string()),
             _ => ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
         }
     }
@@ -49,12 +54,110 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/v1/alerts", get(alerts))
         .route("/api/v1/subscribers", get(subscribers))
         .route("/api/v1/reload", post(reload))
+        .route("/api/v1/tokens", get(tokens).post(create_token))
+        .route("/api/v1/tokens/{name}/revoke", post(revoke_token))
         .nest(
             crate::prometheus::api::PREFIX,
             crate::prometheus::api::routes(),
         )
         .merge(crate::fleet::routes())
+        .layer(middleware::from_fn_with_state(shared.clone(), gate))
         .with_state(shared)
+}
+
+/// The auth gate: every request, before routing.
+async fn gate(State(shared): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+    let decision = shared.auth.check(
+        req.method().as_str(),
+        req.uri().path(),
+        req.headers()
+            .get(header::AUTHORIZATION)
+            .map(|v| v.as_bytes()),
+    );
+    let refusal = match decision {
+        Ok(_) => return next.run(req).await,
+        Err(r) => r,
+    };
+    let (method, path) = (req.method().as_str(), req.uri().path());
+    let message = refusal.message(method, path);
+    shared
+        .metrics
+        .http_refused
+        .get_or_create(&[("reason", refusal.label())])
+        .inc();
+    if let Some(suppressed) = shared.auth.should_log(&refusal) {
+        let peer = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "?".to_owned(), |c| c.0.to_string());
+        tracing::warn!(reason = refusal.label(), %peer, suppressed, "HTTP request refused: {message}");
+    }
+    let status = StatusCode::from_u16(refusal.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+    // One body for both kinds of clients: Ferry's `error`, and Prometheus's
+    // `status`/`errorType` (what Grafana shows).
+    let body = Json(serde_json::json!({
+        "status": "error",
+        "errorType": if status == StatusCode::FORBIDDEN { "forbidden" } else { "unauthorized" },
+        "error": message,
+    }));
+    if status == StatusCode::UNAUTHORIZED {
+        // Bearer only: a Basic challenge would make browsers pop up their
+        // own dialog over the fleet page's prompt.
+        (
+            status,
+            [(header::WWW_AUTHENTICATE, "Bearer realm=\"ferry-collector\"")],
+            body,
+        )
+            .into_response()
+    } else {
+        (status, body).into_response()
+    }
+}
+
+fn auth_error(e: AuthError) -> ApiError {
+    let status = match e {
+        AuthError::BadName { .. } | AuthError::BadRole(_) => StatusCode::BAD_REQUEST,
+        AuthError::Exists(_) => StatusCode::CONFLICT,
+        AuthError::NotFound(_) => StatusCode::NOT_FOUND,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    ApiError(status, e.to_string())
+}
+
+async fn tokens(State(shared): State<Arc<Shared>>) -> Json<Vec<TokenView>> {
+    Json(shared.auth.list())
+}
+
+#[derive(Deserialize)]
+struct CreateParams {
+    name: String,
+    #[serde(default)]
+    role: Option<String>,
+}
+
+async fn create_token(
+    State(shared): State<Arc<Shared>>,
+    Query(params): Query<CreateParams>,
+) -> Result<Json<CreatedToken>, ApiError> {
+    let role: Role = params
+        .role
+        .as_deref()
+        .unwrap_or("read")
+        .parse()
+        .map_err(auth_error)?;
+    let created =
+        blocking(move || shared.auth.create(&params.name, role).map_err(auth_error)).await?;
+    tracing::info!(name = created.name, role = %created.role, "token created");
+    Ok(Json(created))
+}
+
+async fn revoke_token(
+    State(shared): State<Arc<Shared>>,
+    Path(name): Path<String>,
+) -> Result<Json<TokenView>, ApiError> {
+    let gone = blocking(move || shared.auth.revoke(&name).map_err(auth_error)).await?;
+    tracing::info!(name = gone.name, role = %gone.role, "token revoked");
+    Ok(Json(gone))
 }
 
 async fn blocking<T: Send + 'static>(
@@ -104,7 +207,23 @@ async fn query(
         .resolve(crate::now_ns())
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let store = shared.store.clone();
-    Ok(Json(blocking(move || Ok(store.query(&q)?)).await?))
+    let limits = shared.config.query;
+    let answer = tokio::task::spawn_blocking(move || store.query_within(&q, &limits))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match answer {
+        Ok(v) => Ok(Json(v)),
+        Err(e) => {
+            if let StoreError::OverBudget(b) = &e {
+                shared
+                    .metrics
+                    .queries_refused
+                    .get_or_create(&[("api", "ferry"), ("bound", b.label())])
+                    .inc();
+            }
+            Err(e.into())
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -143,15 +262,8 @@ async fn drops(State(shared): State<Arc<Shared>>) -> Result<Json<crate::admin::D
 
 async fn revoke(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
 ) -> Result<Json<RevokeResult>, ApiError> {
-    if !peer.ip().is_loopback() {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!("revoke is answered for loopback clients only, not {peer}"),
-        ));
-    }
     let closed = shared.live().iter().filter(|c| c.agent == id).count();
     let changed = shared.revoke(&id).await.map_err(|e| match e {
         RevokeError::BadId(_) => ApiError(StatusCode::BAD_REQUEST, e.to_string()),
@@ -183,14 +295,7 @@ async fn subscribers(
 
 async fn reload(
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Result<Json<crate::server::ReloadReport>, ApiError> {
-    if !peer.ip().is_loopback() {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
-            format!("reload is answered for loopback clients only, not {peer}"),
-        ));
-    }
     shared
         .reload()
         .await

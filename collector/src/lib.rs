@@ -16,8 +16,10 @@
 //! - [`store`]: the redb layout (docs/storage.md), dedupe, queries,
 //!   maintenance (compaction, downsampling, retention);
 //! - [`query`]: selectors and time ranges;
-//! - `http`: the axum API ([`json`]: how it writes timestamps and values); [`admin`]: the CLI's access, through the running
-//!   server or the data directory; [`metrics`]: Prometheus;
+//! - `http`: the axum API ([`json`]: how it writes timestamps and values);
+//!   [`auth`]: operators' tokens and roles, which request needs which;
+//!   [`admin`]: the CLI's access, through the running server or the data
+//!   directory; [`metrics`]: Prometheus;
 //! - [`systemd`]: readiness, the watchdog and stop notices under a
 //!   `Type=notify` unit (`packaging/collector/`).
 //!
@@ -46,6 +48,7 @@
 //! transaction holding the batch and its dedupe entry has committed durably.
 
 pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod fanout;
 pub mod fleet;
@@ -103,6 +106,10 @@ pub enum Error {
     /// The QUIC or TLS setup failed.
     #[error("QUIC setup: {0}")]
     Quic(String),
+    /// The operators' tokens could not be loaded, or the local admin
+    /// credential written.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
 }
 
 /// Resolves when the watched flag is true (or its sender is gone).
@@ -198,6 +205,12 @@ impl Handle {
             return false;
         }
         rx.await.is_ok()
+    }
+
+    /// The local admin credential (also in `<data_dir>/admin.token`), for
+    /// embedding and tests that call the HTTP API.
+    pub fn admin_token(&self) -> auth::Token {
+        self.shared.auth.local_token()
     }
 }
 
@@ -307,8 +320,11 @@ impl Collector {
             }
         }
         let (writer_tx, writer_rx) = mpsc::channel(config.storage.max_batches_per_commit * 2);
+        // After the store: its lock keeps the CLI from editing tokens.json
+        // behind a running server.
+        let gate = auth::Gate::open(config.http.auth, &config.data_dir)?;
         let shared = Arc::new(server::Shared::new(
-            config, store, writer_tx, metrics, revoked, bus,
+            config, store, writer_tx, metrics, revoked, bus, gate,
         ));
         Ok(Self {
             endpoint,
@@ -407,7 +423,7 @@ impl Collector {
                 addr_file.display()
             );
         }
-        tracing::info!(%quic_addr, %http_addr, data_dir = %config.data_dir.display(), "collector running");
+        tracing::info!(%quic_addr, %http_addr, data_dir = %config.data_dir.display(), auth = ?config.http.auth, tokens = shared.auth.list().len(), "collector running");
 
         let (stop_tx, stop_rx) = watch::channel(false);
         let http_task = {
@@ -505,6 +521,7 @@ impl Collector {
             tracing::warn!("the QUIC socket was not released within 5 s");
         }
         let _ = std::fs::remove_file(&addr_file);
+        let _ = std::fs::remove_file(config.data_dir.join(auth::LOCAL_TOKEN_FILE));
         tracing::info!("collector stopped");
         Ok(())
     }

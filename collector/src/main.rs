@@ -21,18 +21,22 @@ macro_rules! out {
     };
 }
 
+mod cli_token;
+
 /// Ferry's central collector.
 ///
 /// Agents connect over QUIC (UDP 7410 by default) with client certificates
 /// issued by this collector's own CA, ship batches of readings and get an
 /// ack once each batch is durably stored. The HTTP API (TCP 7411, loopback
 /// by default) serves queries, the agents table, alerts and Prometheus
-/// metrics. Alert rules and sinks live in collector.toml (docs/alerts.md).
+/// metrics to holders of a token. Alert rules and sinks live in
+/// collector.toml (docs/alerts.md).
 ///
 /// First steps:
 ///   ferry-collector init --data-dir /var/lib/ferry
 ///   ferry-collector enroll gw-01 --data-dir /var/lib/ferry --out ./gw-01
 ///   ferry-collector run --config /var/lib/ferry/collector.toml
+///   ferry-collector token create --role read --name grafana --data-dir /var/lib/ferry
 #[derive(Parser, Debug)]
 #[command(name = "ferry-collector", version, verbatim_doc_comment)]
 struct Cli {
@@ -52,7 +56,7 @@ enum LogFormat {
 
 /// Where to find the collector's data directory.
 #[derive(Args, Debug)]
-struct Location {
+pub(crate) struct Location {
     /// The collector's configuration file; its data_dir is used.
     #[arg(long, short = 'c', conflicts_with = "data_dir")]
     config: Option<PathBuf>,
@@ -62,7 +66,7 @@ struct Location {
 }
 
 impl Location {
-    fn data_dir(&self) -> anyhow::Result<PathBuf> {
+    pub(crate) fn data_dir(&self) -> anyhow::Result<PathBuf> {
         match &self.config {
             Some(path) => Ok(Config::load(path)?.data_dir),
             None => Ok(self.data_dir.clone()),
@@ -267,6 +271,13 @@ enum Command {
         /// Configuration file.
         #[arg(long, short = 'c', default_value = "collector.toml")]
         config: PathBuf,
+    },
+    /// Operators' tokens for the HTTP API: create (shown once), list,
+    /// revoke. Roles: read (queries, dashboards, /metrics) and admin (also
+    /// revoke, reload, tokens).
+    Token {
+        #[command(subcommand)]
+        command: cli_token::TokenCommand,
     },
     /// List the known series (optionally those matching a selector).
     Series {
@@ -478,6 +489,7 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
                 }
             );
         }
+        Command::Token { command } => cli_token::run(command).await?,
         Command::Series {
             selector,
             location,

@@ -85,6 +85,12 @@ pub struct Metrics {
     pub sink_readings: Family<Dynamic, Counter>,
     /// Storage sinks: delivery attempts retried, by sink.
     pub sink_retries: Family<Dynamic, Counter>,
+    /// HTTP requests refused by the auth gate, by reason (`no_credentials`,
+    /// `bad_token`, `forbidden`).
+    pub http_refused: Family<Labels1, Counter>,
+    /// Queries refused for their memory budget, by API (`ferry`,
+    /// `prometheus`) and bound (`series`, `points`, `bytes`, `step`).
+    pub queries_refused: Family<Labels2, Counter>,
     log: Mutex<LogLimiter>,
 }
 
@@ -134,6 +140,8 @@ impl Metrics {
             agent_journal_resets: Family::default(),
             sink_readings: Family::default(),
             sink_retries: Family::default(),
+            http_refused: Family::default(),
+            queries_refused: Family::default(),
             log: Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10))),
         };
         m.registry.register(
@@ -274,6 +282,19 @@ impl Metrics {
             "Storage sinks: delivery attempts retried, by sink",
             m.sink_retries.clone(),
         );
+        m.registry.register(
+            "http_refused",
+            "HTTP requests refused by authentication, by reason",
+            m.http_refused.clone(),
+        );
+        m.registry.register(
+            "queries_refused",
+            "Queries refused for their memory budget, by API and bound",
+            m.queries_refused.clone(),
+        );
+        for reason in ["no_credentials", "bad_token", "forbidden"] {
+            let _ = m.http_refused.get_or_create(&[("reason", reason)]);
+        }
         for kind in BadInput::ALL {
             let _ = m.bad_input.get_or_create(&[("kind", kind.label())]);
         }

@@ -250,50 +250,22 @@ pub fn enroll(data_dir: &Path, agent_id: &str, out_dir: &Path) -> Result<Bundle,
 /// [`enroll`] with every option.
 pub fn enroll_with(opts: &EnrollOptions) -> Result<Bundle, PkiError> {
     validate_agent_id(&opts.agent_id)?;
-    let dir = &opts.data_dir;
-    let ca_cert_path = dir.join(CA_CERT);
-    let ca_key_path = dir.join(CA_KEY);
-    if !ca_cert_path.exists() || !ca_key_path.exists() {
-        return Err(PkiError::NotInitialized(dir.clone()));
-    }
-    let ca_pem = fs::read_to_string(&ca_cert_path).map_err(io_err(&ca_cert_path))?;
-    let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
-    let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|_| PkiError::BadPem {
-        path: ca_key_path.clone(),
-        what: "private key",
-    })?;
-    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key).map_err(|_| PkiError::BadPem {
-        path: ca_cert_path.clone(),
-        what: "certificate",
-    })?;
-
+    let authority = Authority::load(&opts.data_dir)?;
     let out = &opts.out_dir;
     fs::create_dir_all(out).map_err(io_err(out))?;
     let key_path = out.join("agent.key");
     if key_path.exists() {
         return Err(PkiError::BundleExists(key_path));
     }
-    let key = KeyPair::generate()?;
-    let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, opts.agent_id.as_str());
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    set_validity(&mut params, opts.valid_days);
-    let cert = params.signed_by(&key, &issuer)?;
-
+    let issued = authority.issue(&opts.agent_id, opts.valid_days)?;
     let cert_path = out.join("agent.crt");
     let ca_out = out.join(CA_CERT);
     let config_path = out.join("agent.toml");
-    write_private(&key_path, &key.serialize_pem())?;
-    write_file(&cert_path, &cert.pem())?;
-    write_file(&ca_out, &ca_pem)?;
+    write_private(&key_path, &issued.key_pem)?;
+    write_file(&cert_path, &issued.cert_pem)?;
+    write_file(&ca_out, authority.ca_pem())?;
     write_file(&config_path, &agent_toml(opts))?;
-    let agents = dir.join(AGENTS_DIR);
-    fs::create_dir_all(&agents).map_err(io_err(&agents))?;
-    let record = agents.join(format!("{}.crt", opts.agent_id));
-    write_file(&record, &cert.pem())?;
+    authority.record(&opts.agent_id, &issued.cert_pem)?;
     Ok(Bundle {
         agent_id: opts.agent_id.clone(),
         cert: cert_path,
@@ -301,6 +273,99 @@ pub fn enroll_with(opts: &EnrollOptions) -> Result<Bundle, PkiError> {
         ca: ca_out,
         config: config_path,
     })
+}
+
+/// A certificate and its key, in PEM, as issued (nothing written).
+#[derive(Clone)]
+pub struct Issued {
+    /// The agent id (the certificate's Common Name).
+    pub agent_id: String,
+    /// The client certificate.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+}
+
+impl fmt::Debug for Issued {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Issued")
+            .field("agent_id", &self.agent_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The CA of a data directory, loaded once to issue many certificates
+/// (what `enroll` does one at a time; the fleet benchmark issues 10,000).
+pub struct Authority {
+    data_dir: PathBuf,
+    ca_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl fmt::Debug for Authority {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authority")
+            .field("data_dir", &self.data_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// Loads the CA certificate and key of `data_dir`.
+    pub fn load(data_dir: &Path) -> Result<Self, PkiError> {
+        let ca_cert_path = data_dir.join(CA_CERT);
+        let ca_key_path = data_dir.join(CA_KEY);
+        if !ca_cert_path.exists() || !ca_key_path.exists() {
+            return Err(PkiError::NotInitialized(data_dir.to_owned()));
+        }
+        let ca_pem = fs::read_to_string(&ca_cert_path).map_err(io_err(&ca_cert_path))?;
+        let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(io_err(&ca_key_path))?;
+        let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(|_| PkiError::BadPem {
+            path: ca_key_path.clone(),
+            what: "private key",
+        })?;
+        let issuer = Issuer::from_ca_cert_pem(&ca_pem, ca_key).map_err(|_| PkiError::BadPem {
+            path: ca_cert_path.clone(),
+            what: "certificate",
+        })?;
+        Ok(Self {
+            data_dir: data_dir.to_owned(),
+            ca_pem,
+            issuer,
+        })
+    }
+
+    /// The CA certificate, PEM.
+    pub fn ca_pem(&self) -> &str {
+        &self.ca_pem
+    }
+
+    /// Issues a client certificate for `agent_id`, valid for `valid_days`
+    /// (negative: already expired). Writes nothing.
+    pub fn issue(&self, agent_id: &str, valid_days: i64) -> Result<Issued, PkiError> {
+        validate_agent_id(agent_id)?;
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, agent_id);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        set_validity(&mut params, valid_days);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Issued {
+            agent_id: agent_id.to_owned(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Records an issued certificate as enrolled (`agents/<id>.crt`, what
+    /// the agents table lists).
+    pub fn record(&self, agent_id: &str, cert_pem: &str) -> Result<(), PkiError> {
+        validate_agent_id(agent_id)?;
+        let agents = self.data_dir.join(AGENTS_DIR);
+        fs::create_dir_all(&agents).map_err(io_err(&agents))?;
+        write_file(&agents.join(format!("{agent_id}.crt")), cert_pem)
+    }
 }
 
 fn agent_toml(opts: &EnrollOptions) -> String {
@@ -497,17 +562,44 @@ pub fn server_tls(
 /// A client TLS configuration from an agent bundle's files, for tests and
 /// tools that speak to the collector like an agent does.
 pub fn client_tls(ca: &Path, cert: &Path, key: &Path) -> Result<rustls::ClientConfig, PkiError> {
+    client_tls_with(read_certs(ca)?, read_certs(cert)?, read_key(key)?)
+}
+
+/// [`client_tls`] from PEM text in memory (an [`Issued`] certificate and
+/// [`Authority::ca_pem`]).
+pub fn client_tls_pem(
+    ca_pem: &str,
+    cert_pem: &str,
+    key_pem: &str,
+) -> Result<rustls::ClientConfig, PkiError> {
+    let bad = |what| PkiError::BadPem {
+        path: PathBuf::from("(memory)"),
+        what,
+    };
+    let certs = |pem: &str| -> Result<Vec<CertificateDer<'static>>, PkiError> {
+        let v: Result<Vec<_>, _> = CertificateDer::pem_slice_iter(pem.as_bytes()).collect();
+        v.ok().filter(|v| !v.is_empty()).ok_or(bad("certificate"))
+    };
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|_| bad("private key"))?;
+    client_tls_with(certs(ca_pem)?, certs(cert_pem)?, key)
+}
+
+fn client_tls_with(
+    ca: Vec<CertificateDer<'static>>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::ClientConfig, PkiError> {
     let mut roots = RootCertStore::empty();
-    for c in read_certs(ca)? {
+    for c in ca {
         roots
             .add(c)
-            .map_err(|e| PkiError::Tls(format!("{}: {e}", ca.display())))?;
+            .map_err(|e| PkiError::Tls(format!("CA certificate: {e}")))?;
     }
     let mut config = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| PkiError::Tls(e.to_string()))?
         .with_root_certificates(roots)
-        .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+        .with_client_auth_cert(chain, key)
         .map_err(|e| PkiError::Tls(e.to_string()))?;
     config.alpn_protocols = vec![ferry_proto::session::ALPN.to_vec()];
     Ok(config)
@@ -616,5 +708,13 @@ mod tests {
         ));
         server_tls(&data, Arc::new(RevocationList::default())).unwrap();
         client_tls(&bundle.ca, &bundle.cert, &bundle.key).unwrap();
+        let authority = Authority::load(&data).unwrap();
+        let issued = authority.issue("gw-2", 30).unwrap();
+        let cert = CertificateDer::from_pem_slice(issued.cert_pem.as_bytes()).unwrap();
+        assert_eq!(agent_id_of(&cert).as_deref(), Some("gw-2"));
+        client_tls_pem(authority.ca_pem(), &issued.cert_pem, &issued.key_pem).unwrap();
+        assert_eq!(enrolled_agents(&data), vec!["gw-1".to_owned()]);
+        authority.record("gw-2", &issued.cert_pem).unwrap();
+        assert_eq!(enrolled_agents(&data), ["gw-1", "gw-2"]);
     }
 }

@@ -6,8 +6,11 @@
 //! `{key="value"}` matches any metric; an empty selector or `*` matches
 //! every series.
 
+use ferry_proto::batch::WindowAggregate;
 use ferry_proto::series::SeriesKey;
 use serde::{Deserialize, Serialize};
+
+pub use crate::config::QueryLimits;
 
 /// Why a query could not be understood.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -47,6 +50,212 @@ pub enum QueryError {
     /// `kind` is not one of the known values.
     #[error("kind {0:?}: expected raw, aggregates or all")]
     Kind(String),
+}
+
+/// A query past its memory budget (`[query]` in `collector.toml`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OverBudget {
+    /// The selector matches too many series.
+    #[error("the selector matches {matched} series, more than query.max_series = {max}: narrow it")]
+    Series {
+        /// Series matched.
+        matched: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// The step cuts the range into more windows than the budget holds.
+    #[error(
+        "a step of {step} over {range} makes {buckets} windows per series, more than query.max_points = {max}: use a step of at least {min_step} or a shorter range"
+    )]
+    Step {
+        /// The step asked for.
+        step: String,
+        /// The range.
+        range: String,
+        /// Windows per series.
+        buckets: u128,
+        /// The bound.
+        max: usize,
+        /// The smallest step the budget allows over this range.
+        min_step: String,
+    },
+    /// More points than the budget.
+    #[error(
+        "the query would hold more than query.max_points = {max} readings and windows: narrow the selector or the range, or give a larger step"
+    )]
+    Points {
+        /// The bound.
+        max: usize,
+    },
+    /// More bytes than the budget.
+    #[error(
+        "the query would hold more than query.max_bytes = {max} bytes of readings and windows: narrow the selector or the range, or give a larger step"
+    )]
+    Bytes {
+        /// The bound.
+        max: u64,
+    },
+}
+
+impl OverBudget {
+    /// The metric label: `series`, `step`, `points` or `bytes`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            OverBudget::Series { .. } => "series",
+            OverBudget::Step { .. } => "step",
+            OverBudget::Points { .. } => "points",
+            OverBudget::Bytes { .. } => "bytes",
+        }
+    }
+}
+
+/// Bytes a raw reading (or a Prometheus sample) is counted as.
+pub const READING_BYTES: u64 = 16;
+
+/// Bytes a window is counted as: its size, with its sketch's bins.
+pub fn window_bytes(w: &WindowAggregate) -> u64 {
+    let bins = w
+        .sketch
+        .as_ref()
+        .map_or(0, |s| s.positive.counts.len() + s.negative.counts.len());
+    (std::mem::size_of::<WindowAggregate>() + 8 * bins) as u64
+}
+
+/// What a query holds, counted as it reads: every point taken is checked
+/// against the budget before more is read; what is let go is given back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    limits: QueryLimits,
+    points: usize,
+    bytes: u64,
+}
+
+impl Held {
+    /// Nothing held yet.
+    pub fn new(limits: QueryLimits) -> Self {
+        Self {
+            limits,
+            points: 0,
+            bytes: 0,
+        }
+    }
+
+    /// The budget.
+    pub fn limits(&self) -> QueryLimits {
+        self.limits
+    }
+
+    /// Points held now.
+    pub fn points(&self) -> usize {
+        self.points
+    }
+
+    /// Checks a count of matched series, before their data is read.
+    pub fn series(&self, matched: usize) -> Result<(), OverBudget> {
+        if matched > self.limits.max_series {
+            return Err(OverBudget::Series {
+                matched,
+                max: self.limits.max_series,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes `points` weighing `bytes`; fails if that goes over either
+    /// bound.
+    pub fn take(&mut self, points: usize, bytes: u64) -> Result<(), OverBudget> {
+        self.points = self.points.saturating_add(points);
+        self.bytes = self.bytes.saturating_add(bytes);
+        if self.points > self.limits.max_points {
+            return Err(OverBudget::Points {
+                max: self.limits.max_points,
+            });
+        }
+        if self.bytes > self.limits.max_bytes {
+            return Err(OverBudget::Bytes {
+                max: self.limits.max_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Gives back what was let go.
+    pub fn give_back(&mut self, points: usize, bytes: u64) {
+        self.points = self.points.saturating_sub(points);
+        self.bytes = self.bytes.saturating_sub(bytes);
+    }
+}
+
+const UNITS: [(&str, u128); 7] = [
+    ("d", 86_400_000_000_000),
+    ("h", 3_600_000_000_000),
+    ("m", 60_000_000_000),
+    ("s", 1_000_000_000),
+    ("ms", 1_000_000),
+    ("us", 1_000),
+    ("ns", 1),
+];
+
+/// `ns` exactly, in days to nanoseconds: `365d 1s`, `250ms`.
+fn duration_text(ns: u128) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let mut rest = ns;
+    let mut parts = Vec::new();
+    for (name, unit) in UNITS {
+        if rest >= unit {
+            parts.push(format!("{}{name}", rest / unit));
+            rest %= unit;
+        }
+    }
+    parts.join(" ")
+}
+
+/// `ns` rounded up to a whole number of the unit below its largest:
+/// `315.36s` → `5m 16s` (a form `step` accepts).
+fn round_up(ns: u128) -> u128 {
+    let i = UNITS
+        .iter()
+        .position(|(_, u)| ns >= *u)
+        .unwrap_or(UNITS.len() - 1);
+    let g = UNITS[(i + 1).min(UNITS.len() - 1)].1;
+    ns.div_ceil(g) * g
+}
+
+/// Windows one series can have in `[from, to)` with `step`: the aligned
+/// buckets the range touches.
+pub fn buckets(from_ns: i64, to_ns: i64, step_ns: u64) -> u128 {
+    let step = i128::from(step_ns.max(1));
+    let first = i128::from(from_ns).div_euclid(step);
+    let last = (i128::from(to_ns) - 1).div_euclid(step);
+    u128::try_from(last - first + 1).unwrap_or(0)
+}
+
+impl Query {
+    /// Checks what the query itself says against the budget, before
+    /// anything is read: a step must not cut the range into more windows
+    /// per series than `max_points` (one window per reading at worst
+    /// would otherwise be built before it could be counted).
+    pub fn plan(&self, limits: &QueryLimits) -> Result<(), OverBudget> {
+        let Some(step) = self.step_ns else {
+            return Ok(());
+        };
+        let n = buckets(self.from_ns, self.to_ns, step);
+        if n > limits.max_points as u128 {
+            let range = (i128::from(self.to_ns) - i128::from(self.from_ns)).max(0) as u128;
+            let min_step = range.div_ceil(limits.max_points.max(1) as u128);
+            return Err(OverBudget::Step {
+                step: duration_text(u128::from(step)),
+                range: duration_text(range),
+                buckets: n,
+                max: limits.max_points,
+                min_step: duration_text(round_up(min_step.max(1))),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A parsed series selector; see the module docs.
@@ -308,6 +517,58 @@ mod tests {
             r#"selector "temp{unit=Cel}" at byte 10: expected `"` to open the tag value"#
         );
         assert!(Selector::parse(r#"temp{unit="Cel""#).is_err());
+    }
+
+    #[test]
+    fn a_fine_step_over_a_long_range_is_refused_before_reading() {
+        let limits = QueryLimits::default();
+        let year = 365 * 86_400 * 1_000_000_000i64;
+        let q = QueryParams {
+            from: Some("-365days".into()),
+            to: Some("now".into()),
+            step: Some("1ns".into()),
+            ..QueryParams::default()
+        }
+        .resolve(year * 55)
+        .unwrap();
+        let e = q.plan(&limits).unwrap_err();
+        assert_eq!(e.label(), "step");
+        assert_eq!(
+            e.to_string(),
+            "a step of 1ns over 365d makes 31536000000000000 windows per series, more than query.max_points = 5000000: use a step of at least 6s 308ms or a shorter range"
+        );
+        // The step it names passes; the whole range in one window too.
+        for step in ["6308ms", "1h", "365days"] {
+            let q = QueryParams {
+                from: Some("-365days".into()),
+                to: Some("now".into()),
+                step: Some(step.into()),
+                ..QueryParams::default()
+            }
+            .resolve(year * 55)
+            .unwrap();
+            q.plan(&limits).unwrap();
+        }
+        assert_eq!(buckets(0, 10, 5), 2);
+        assert_eq!(buckets(1, 10, 5), 2);
+        assert_eq!(buckets(-1, 1, 5), 2);
+        assert_eq!(buckets(0, 1, 5), 1);
+    }
+
+    #[test]
+    fn held_points_and_bytes_are_bounded() {
+        let mut held = Held::new(QueryLimits {
+            max_series: 2,
+            max_points: 10,
+            max_bytes: 100,
+        });
+        held.series(2).unwrap();
+        assert_eq!(held.series(3).unwrap_err().label(), "series");
+        held.take(5, 80).unwrap();
+        assert_eq!(held.take(1, 40).unwrap_err().label(), "bytes");
+        held.give_back(6, 120);
+        held.take(10, 0).unwrap();
+        assert_eq!(held.take(1, 0).unwrap_err().label(), "points");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The operator CLI's reports: agents, drops, series, query answers, alerts
-//! and subscribers as a table, CSV or JSON. Rendering only (the binary prints).
+//! subscribers and tokens as a table, CSV or JSON. Rendering only (the binary prints).
 
 use std::fmt::Write as _;
 
 use crate::admin::{AgentView, Drops};
+use crate::auth::TokenView;
 use crate::fanout::{AlertEvent, SubscriberView};
 use crate::store::{SeriesInfo, SeriesResult};
 
@@ -252,6 +253,18 @@ pub fn alerts(alerts: &[AlertEvent], format: Format) -> String {
         .collect();
     render(format, &header, &rows, || {
         serde_json::to_string_pretty(alerts).unwrap_or_default()
+    })
+}
+
+/// `token list` in `format` (names, roles and creation times; never the
+/// tokens).
+pub fn tokens(tokens: &[TokenView], format: Format) -> String {
+    let rows: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|t| vec![t.name.clone(), t.role.to_string(), time_text(t.created_ns)])
+        .collect();
+    render(format, &["NAME", "ROLE", "CREATED"], &rows, || {
+        serde_json::to_string_pretty(tokens).unwrap_or_default()
     })
 }
 

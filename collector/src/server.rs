@@ -47,6 +47,7 @@ pub struct Shared {
     pub(crate) revoked: Arc<RevocationList>,
     pub(crate) bus: Arc<crate::fanout::Bus>,
     pub(crate) fanout: crate::fanout::run::Control,
+    pub(crate) auth: crate::auth::Gate,
     live: Mutex<HashMap<u64, LiveConnection>>,
     next_conn: AtomicU64,
     rate: Mutex<RateLimiter>,
@@ -78,6 +79,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         revoked: Arc<RevocationList>,
         bus: Arc<crate::fanout::Bus>,
+        auth: crate::auth::Gate,
     ) -> Self {
         let rate = RateLimiter::new(config.limits.agent_readings_per_sec);
         let fanout = crate::fanout::run::Control::new(&config.processor, &config.sink);
@@ -89,6 +91,7 @@ impl Shared {
             revoked,
             bus,
             fanout,
+            auth,
             live: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             rate: Mutex::new(rate),

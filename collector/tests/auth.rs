@@ -126,7 +126,7 @@ async fn revoking_closes_the_open_connection_and_refuses_reconnects() {
 
     // The CLI finds the running server through the data directory.
     let admin = Admin::connect(&fx.data).await.unwrap();
-    assert!(matches!(admin, Admin::Remote(addr) if addr == server.http));
+    assert!(matches!(admin, Admin::Remote(r) if r.addr == server.http && r.token.is_some()));
     let r = admin.revoke("gw-1").await.unwrap();
     assert_eq!((r.changed, r.closed), (true, 1));
 

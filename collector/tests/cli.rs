@@ -47,8 +47,14 @@ fn every_subcommand_explains_itself() {
         "subscribers",
         "reload",
         "drops",
+        "token",
+        "token create",
+        "token list",
+        "token revoke",
     ] {
-        let help = ok(&[sub, "--help"]);
+        let mut args: Vec<&str> = sub.split(' ').collect();
+        args.push("--help");
+        let help = ok(&args);
         assert!(help.contains("Usage: ferry-collector"), "{sub}: {help}");
     }
     let top = ok(&["--help"]);
@@ -308,4 +314,254 @@ fn every_subcommand_is_quiet_on_a_closed_pipe() {
     assert!(bundle.join("agent.crt").exists());
     let agents = ok(&["agents", "--data-dir", d, "-f", "csv"]);
     assert!(agents.contains("gw-1,revoked"), "{agents}");
+}
+
+/// `(status, body)` of a GET with an optional bearer token.
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    (
+        head.split(' ').nth(1).unwrap().parse().unwrap(),
+        body.to_owned(),
+    )
+}
+
+/// Starts `ferry-collector run`; returns it and its HTTP address once it
+/// runs.
+fn start(config: &Path) -> (std::process::Child, String) {
+    let mut server = Command::new(BIN)
+        .args(["run", "--config", s(config)])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stderr.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        if line.unwrap().contains("collector running") {
+            break;
+        }
+    }
+    // Keep draining its log so that it never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    let data = config.parent().unwrap();
+    let addr = std::fs::read_to_string(data.join("collector.http")).unwrap();
+    (server, addr.trim().to_owned())
+}
+
+fn stop(mut server: std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(server.wait().unwrap().success());
+}
+
+#[test]
+fn tokens_are_created_listed_and_revoked_with_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&["init", "--data-dir", s(&data)]);
+    let config = data.join("collector.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("0.0.0.0:7410", "127.0.0.1:0")
+        .replace("127.0.0.1:7411", "127.0.0.1:0");
+    std::fs::write(&config, &text).unwrap();
+
+    // No server: the CLI writes tokens.json itself (shown once, on stdout).
+    let out = cli(&[
+        "token",
+        "create",
+        "--role",
+        "read",
+        "--name",
+        "grafana",
+        "--data-dir",
+        s(&data),
+    ]);
+    assert!(out.status.success());
+    let grafana = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        grafana.starts_with("ferry_") && grafana.len() == 70,
+        "{grafana}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "created token \"grafana\" (role read); it is shown this once, keep it now:\n"
+    );
+    let stored = std::fs::read_to_string(data.join("tokens.json")).unwrap();
+    assert!(!stored.contains(&grafana), "tokens are stored hashed");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(data.join("tokens.json"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let dup = cli(&[
+        "token",
+        "create",
+        "--role",
+        "admin",
+        "--name",
+        "grafana",
+        "--data-dir",
+        s(&data),
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&dup.stderr),
+        "Error: a token named \"grafana\" exists: revoke it first or pick another name\n"
+    );
+    let bad = cli(&[
+        "token",
+        "create",
+        "--role",
+        "root",
+        "--name",
+        "x",
+        "--data-dir",
+        s(&data),
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("invalid value 'root' for '--role <ROLE>'")
+    );
+
+    // A running server: the CLI goes through it with admin.token.
+    let (server, http) = start(&config);
+    let local = std::fs::read_to_string(data.join("admin.token")).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(data.join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let ops = ok(&[
+        "token",
+        "create",
+        "--role",
+        "admin",
+        "--name",
+        "ops",
+        "--data-dir",
+        s(&data),
+    ])
+    .trim()
+    .to_owned();
+    let list = ok(&["token", "list", "--data-dir", s(&data), "-f", "csv"]);
+    let rows: Vec<Vec<&str>> = list.lines().map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows[0], ["NAME", "ROLE", "CREATED"]);
+    assert_eq!(
+        rows[1..].iter().map(|r| (r[0], r[1])).collect::<Vec<_>>(),
+        [("grafana", "read"), ("ops", "admin")]
+    );
+    assert!(!list.contains("ferry_"));
+
+    // Unauthenticated: refused. The read token reads, not more.
+    assert_eq!(http_get(&http, "/api/v1/agents", None).0, 401);
+    assert_eq!(http_get(&http, "/api/v1/agents", Some(&grafana)).0, 200);
+    assert_eq!(http_get(&http, "/api/v1/tokens", Some(&grafana)).0, 403);
+    assert_eq!(http_get(&http, "/api/v1/tokens", Some(&ops)).0, 200);
+    assert_eq!(http_get(&http, "/api/v1/tokens", Some(local.trim())).0, 200);
+
+    // Revoked through the server: refused at once.
+    assert_eq!(
+        ok(&["token", "revoke", "grafana", "--data-dir", s(&data)]),
+        "revoked token \"grafana\" (role read)\n"
+    );
+    let (status, body) = http_get(&http, "/api/v1/agents", Some(&grafana));
+    assert_eq!(status, 401, "{body}");
+    let gone = cli(&["token", "revoke", "grafana", "--data-dir", s(&data)]);
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("answered 404: no token named \"grafana\""),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+
+    // A stranger's credential is not the local one: the CLI with a read
+    // token from $FERRY_TOKEN cannot revoke.
+    let reader = ok(&[
+        "token",
+        "create",
+        "--role",
+        "read",
+        "--name",
+        "viewer",
+        "--data-dir",
+        s(&data),
+    ])
+    .trim()
+    .to_owned();
+    let out = Command::new(BIN)
+        .args(["revoke", "gw-9", "--data-dir", s(&data)])
+        .env("FERRY_TOKEN", &reader)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "answered 403: forbidden: token \"viewer\" has the read role; POST /api/v1/agents/gw-9/revoke needs the admin role"
+        ),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stop(server);
+    assert!(!data.join("admin.token").exists());
+
+    // Stopped: listed and revoked in the data directory.
+    assert_eq!(
+        ok(&["token", "revoke", "ops", "--data-dir", s(&data)]),
+        "revoked token \"ops\" (role admin)\n"
+    );
+    let list = ok(&["token", "list", "--data-dir", s(&data), "-f", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["name"], "viewer");
+
+    // A restart keeps them: ops stays revoked, viewer still reads.
+    let (server, http) = start(&config);
+    assert_eq!(http_get(&http, "/api/v1/agents", Some(&ops)).0, 401);
+    assert_eq!(http_get(&http, "/api/v1/agents", Some(&reader)).0, 200);
+    stop(server);
+}
+
+#[test]
+fn open_reads_beyond_loopback_are_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    ok(&["init", "--data-dir", s(&data)]);
+    let config = data.join("collector.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("0.0.0.0:7410", "127.0.0.1:0")
+        .replace("127.0.0.1:7411", "0.0.0.0:0")
+        .replace("auth = \"tokens\"", "auth = \"open_reads\"");
+    std::fs::write(&config, text).unwrap();
+    let out = cli(&["run", "--config", s(&config)]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "Error: invalid configuration {}: http.listen = \"0.0.0.0:0\" is not a loopback address, and http.auth = \"open_reads\" would serve every reading to whoever can reach it: set http.auth = \"tokens\"",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert!(!data.join("collector.http").exists());
 }

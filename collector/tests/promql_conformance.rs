@@ -260,6 +260,9 @@ fn snappy_literal(data: &[u8]) -> Vec<u8> {
 
 // ---- HTTP, by hand ----
 
+/// The collector's address and a read token (`token create --role read`).
+static READ_TOKEN: std::sync::OnceLock<(SocketAddr, String)> = std::sync::OnceLock::new();
+
 /// One HTTP/1.1 request with `Connection: close`; `(status, body)`.
 async fn http(
     addr: SocketAddr,
@@ -275,6 +278,12 @@ async fn http(
     );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    // Grafana's way: basic auth with a read token as the password.
+    if let Some(t) = READ_TOKEN.get().filter(|(a, _)| *a == addr) {
+        use base64::Engine as _;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("grafana:{}", t.1));
+        req.push_str(&format!("Authorization: Basic {basic}\r\n"));
     }
     req.push_str("\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
@@ -484,6 +493,12 @@ async fn promql_answers_match_prometheus() {
     let fx = Fixture::new();
     let bundle = fx.enroll(AGENT);
     let server = fx.start().await;
+    let reader = server
+        .admin()
+        .create_token("grafana", ferry_collector::auth::Role::Read)
+        .await
+        .unwrap();
+    READ_TOKEN.set((server.http, reader.token)).unwrap();
 
     let now_ms = ferry_collector::now_ns() / 1_000_000;
     let end = now_ms - now_ms % M - M;

@@ -3,7 +3,10 @@
 // test read from the JSON API, and saves screenshots at desktop and phone
 // widths.
 //
-//   node fleet_page.mjs <page url> <expected.json> <screenshot dir>
+//   node fleet_page.mjs <page url> <expected.json> <screenshot dir> [token]
+//
+// With a token, the collector's API needs one: the page must ask for it
+// (refusing a wrong one with the collector's error), then show the fleet.
 //
 // Run by tests/tests/fleet_page.rs; exits non-zero naming the first check
 // that failed.
@@ -12,7 +15,7 @@ import { mkdtempSync, mkdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 
-const [url, expectedPath, outDir] = process.argv.slice(2);
+const [url, expectedPath, outDir, token] = process.argv.slice(2);
 const expected = JSON.parse(readFileSync(expectedPath, "utf8"));
 mkdirSync(outDir, { recursive: true });
 
@@ -40,7 +43,28 @@ try {
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
   await page.goto(url);
+  if (token) {
+    // No data without a token: the prompt, and nothing else.
+    await page.waitForSelector("#login:not([hidden])", { timeout: 20000 });
+    check(await page.locator("main").isHidden(), "the fleet is hidden until a token is given");
+    await page.fill("#token", "ferry_" + "0".repeat(64));
+    await page.click("#login button[type=submit]");
+    await page.waitForFunction(
+      () => document.getElementById("login-error").textContent.includes("not valid"),
+      null,
+      { timeout: 20000 },
+    );
+    const refused = await page.locator("#login-error").innerText();
+    check(refused === "the token is not valid: unknown or revoked", `a wrong token is refused: ${refused}`);
+    await page.fill("#token", token);
+    await page.click("#login button[type=submit]");
+  }
   await page.waitForSelector('body[data-loaded="1"]', { timeout: 20000 });
+  if (token) {
+    check(await page.locator("#login").isHidden(), "the prompt is gone once the token works");
+    const stored = await page.evaluate(() => localStorage.getItem("ferry.token"));
+    check(stored === token, "the token is kept in the browser's local storage");
+  }
 
   // Agents: one row each, with the state, remote address and readings.
   for (const a of expected.agents) {

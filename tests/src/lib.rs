@@ -183,9 +183,17 @@ where
 
 /// GET `path` from an HTTP/1.0 endpoint; the body, or `None` on failure.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    http_get_with(addr, path, None).await
+}
+
+/// [`http_get`] with a bearer token (the collector's API needs one).
+pub async fn http_get_with(addr: SocketAddr, path: &str, token: Option<&str>) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
         .await
         .ok()?;
     let mut body = String::new();

@@ -2,7 +2,7 @@
 
 use std::process::Command;
 
-use ferry_tests::{Proc, binary, free_tcp_port, http_get, until};
+use ferry_tests::{Proc, binary, free_tcp_port, http_get, http_get_with, until};
 
 fn bundle(dir: &std::path::Path) -> std::path::PathBuf {
     let data = dir.join("collector");
@@ -88,9 +88,75 @@ fn bad_configs_are_refused_with_file_line_and_key() {
     let (code, _, err) = check("[shiping]\n");
     assert_eq!(code, Some(1));
     assert!(err.contains("unknown field `shiping`"), "{err}");
+    // The admin endpoint stays on loopback unless it has a token.
+    let (code, _, err) = check("[admin]\nlisten = \"0.0.0.0:7412\"\n");
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("admin.listen = \"0.0.0.0:7412\" is not a loopback address: set admin.token"),
+        "{err}"
+    );
+    let (code, _, err) = check("[admin]\nlisten = \"0.0.0.0:7412\"\ntoken = \"short\"\n");
+    assert_eq!(code, Some(1));
+    assert!(err.contains("admin.token: at least 16 characters"), "{err}");
+    let (code, _, _) =
+        check("[admin]\nlisten = \"0.0.0.0:7412\"\ntoken = \"0123456789abcdef0123\"\n");
+    assert_eq!(code, Some(0));
     let (code, out, _) = check("");
     assert_eq!(code, Some(0));
     assert!(out.ends_with("agent.toml: ok\n"), "{out}");
+}
+
+/// With `[admin] token`, the admin endpoint answers only requests that
+/// carry it (but /healthz); `ferry-agent status` sends it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_token_is_required_when_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = bundle(dir.path());
+    let admin = free_tcp_port();
+    let token = "0123456789abcdef0123456789abcdef";
+    let mut text = std::fs::read_to_string(bundle.join("agent.toml")).unwrap();
+    text.push_str(&format!(
+        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\ntoken = \"{token}\"\n"
+    ));
+    std::fs::write(bundle.join("agent.toml"), text).unwrap();
+    let config = bundle.join("agent.toml");
+    let agent = Proc::spawn(
+        &binary("ferry-agent"),
+        &["run", "--config", config.to_str().unwrap()],
+        &dir.path().join("agent.log"),
+    );
+    until("agent up", || async {
+        http_get(admin, "/healthz").await.is_some()
+    })
+    .await;
+    for path in ["/status", "/metrics", "/buffer"] {
+        assert!(
+            http_get(admin, path).await.is_none(),
+            "{path} without the token"
+        );
+        assert!(
+            http_get_with(admin, path, Some("wrong-token-0123456789"))
+                .await
+                .is_none(),
+            "{path} with a wrong token"
+        );
+        assert!(
+            http_get_with(admin, path, Some(token)).await.is_some(),
+            "{path} with the token"
+        );
+    }
+    let out = Command::new(binary("ferry-agent"))
+        .args(["status", "--json", "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v.is_object(), "{v}");
+    agent.kill9();
 }
 
 /// A log filter the agent cannot read is a usage error naming the flag, not

@@ -2,10 +2,12 @@
 //! threshold rule, a real `ferry-agent` with the emulated board
 //! (firmware/boards/mps2-an386 in qemu-system-arm) on its device link and
 //! a line-protocol producer; then Debian's headless Chromium, driven by
-//! playwright-core (tests/browser/fleet_page.mjs), loads `/ui/` and checks
-//! the agent, the board's device, the firing alert and the board's chart
-//! against the JSON API, and saves screenshots at desktop and phone widths
-//! under target/artifacts/fleet/.
+//! playwright-core (tests/browser/fleet_page.mjs), loads `/ui/`, is asked
+//! for a token (the API needs one: a read token made with `ferry-collector
+//! token create`; a wrong one is refused), and checks the agent, the
+//! board's device, the firing alert and the board's chart against the JSON
+//! API, and saves screenshots at desktop and phone widths under
+//! target/artifacts/fleet/.
 //!
 //! Needs qemu-system-arm, the cross-built image, chromium, node and
 //! `npm ci` in tests/browser: scripts/test.sh provides them all.
@@ -13,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, until};
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, http_get_with, until};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 
@@ -27,8 +29,8 @@ fn require(what: &str, ok: bool, how: &str) {
     assert!(ok, "{what} is missing: {how} (scripts/test.sh does)");
 }
 
-async fn api(addr: std::net::SocketAddr, path: &str) -> Value {
-    let body = http_get(addr, path)
+async fn api(addr: std::net::SocketAddr, path: &str, token: &str) -> Value {
+    let body = http_get_with(addr, path, Some(token))
         .await
         .unwrap_or_else(|| panic!("GET {path} failed"));
     serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
@@ -112,6 +114,31 @@ for = "1s"
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let http = http.expect("the collector's HTTP API never answered");
+    // The API needs a token: a read token, as an operator makes one.
+    let out = Command::new(binary("ferry-collector"))
+        .args([
+            "token",
+            "create",
+            "--role",
+            "read",
+            "--name",
+            "fleet-page",
+            "--data-dir",
+        ])
+        .arg(&site.data)
+        .output()
+        .expect("token create");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    let token = token.as_str();
+    assert!(
+        http_get(http, "/api/v1/agents").await.is_none(),
+        "the API answered without a token"
+    );
 
     let (link, influx, admin) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
     let agent_toml = site.agent_config(&format!(
@@ -163,22 +190,26 @@ for = "1s"
             .expect("start qemu-system-arm"),
     );
     until("the board's device and 20 windows stored", || async {
-        http_get(http, "/api/v1/devices").await.is_some_and(|b| {
-            let v: Value = serde_json::from_str(&b).unwrap_or(Value::Null);
-            v.as_array()
-                .is_some_and(|ds| ds.iter().any(|d| d["device"] == DEVICE))
-        }) && http_get(
-            http,
-            &format!(
-                "/api/v1/query?{}&from=-15m",
-                serde_urlencoded_pair("match", &format!("temperature{{device=\"{DEVICE}\"}}"))
-            ),
-        )
-        .await
-        .is_some_and(|b| {
-            let v: Value = serde_json::from_str(&b).unwrap_or(Value::Null);
-            v[0]["windows"].as_array().is_some_and(|w| w.len() >= 20)
-        })
+        http_get_with(http, "/api/v1/devices", Some(token))
+            .await
+            .is_some_and(|b| {
+                let v: Value = serde_json::from_str(&b).unwrap_or(Value::Null);
+                v.as_array()
+                    .is_some_and(|ds| ds.iter().any(|d| d["device"] == DEVICE))
+            })
+            && http_get_with(
+                http,
+                &format!(
+                    "/api/v1/query?{}&from=-15m",
+                    serde_urlencoded_pair("match", &format!("temperature{{device=\"{DEVICE}\"}}"))
+                ),
+                Some(token),
+            )
+            .await
+            .is_some_and(|b| {
+                let v: Value = serde_json::from_str(&b).unwrap_or(Value::Null);
+                v[0]["windows"].as_array().is_some_and(|w| w.len() >= 20)
+            })
     })
     .await;
 
@@ -194,7 +225,7 @@ for = "1s"
     tcp.write_all(lines.as_bytes()).await.unwrap();
     tcp.shutdown().await.unwrap();
     until("the alert fired", || async {
-        http_get(http, "/api/v1/alerts?state=firing")
+        http_get_with(http, "/api/v1/alerts?state=firing", Some(token))
             .await
             .is_some_and(|b| b.contains("boiler-hot"))
     })
@@ -211,8 +242,8 @@ for = "1s"
     })
     .await;
 
-    let agents = api(http, "/api/v1/agents").await;
-    let devices = api(http, "/api/v1/devices").await;
+    let agents = api(http, "/api/v1/agents", token).await;
+    let devices = api(http, "/api/v1/devices", token).await;
     let board: Vec<Value> = devices
         .as_array()
         .unwrap()
@@ -224,7 +255,7 @@ for = "1s"
     for d in &board {
         assert_eq!(d["agent"], "gw", "every series carries its agent: {d}");
     }
-    let alerts = api(http, "/api/v1/alerts?state=firing").await;
+    let alerts = api(http, "/api/v1/alerts?state=firing", token).await;
     let alert = alerts.as_array().unwrap().last().unwrap().clone();
     assert_eq!(
         alert["subject"],
@@ -241,7 +272,7 @@ for = "1s"
         "/api/v1/query?{}",
         serde_urlencoded_pair("match", &series) + "&from=-15m"
     );
-    let chart = api(http, &query).await;
+    let chart = api(http, &query, token).await;
     let windows = chart[0]["windows"].clone();
     assert!(windows.as_array().unwrap().len() >= 20);
     let expected = json!({
@@ -258,12 +289,14 @@ for = "1s"
     let shots_dir = shots.clone();
     let page = format!("http://{http}/ui/");
     let script = browser.join("fleet_page.mjs");
+    let token_arg = token.to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(script)
             .arg(page)
             .arg(&expected_path)
             .arg(&shots_dir)
+            .arg(token_arg)
             .current_dir(&browser)
             .output()
     })

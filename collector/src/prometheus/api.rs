@@ -74,7 +74,7 @@ fn success(data: &str) -> Answer {
 fn failure(e: &QueryError) -> Answer {
     let (status, kind) = match e {
         QueryError::BadData(_) => (400, "bad_data"),
-        QueryError::Execution(_) => (422, "execution"),
+        QueryError::Execution(_) | QueryError::Budget { .. } => (422, "execution"),
         _ => (500, "internal"),
     };
     let mut body = format!("{{\"status\":\"error\",\"errorType\":\"{kind}\",\"error\":");
@@ -210,6 +210,7 @@ fn json_strings<'a>(items: impl IntoIterator<Item = &'a str>) -> String {
 
 /// Answers one request: the endpoint, its parameters (query string and
 /// form body, in that order), the time now.
+#[cfg(test)]
 pub fn answer(
     endpoint: &Endpoint,
     params: &[(String, String)],
@@ -217,9 +218,28 @@ pub fn answer(
     engine: &Engine,
     now_ms: i64,
 ) -> Answer {
+    answer_counted(endpoint, params, source, engine, now_ms).0
+}
+
+/// Answers one request (the endpoint, its parameters: query string and
+/// form body, in that order; the time now), and names the bound a refused
+/// query went past (`series`, `points`, `bytes`), for the metrics.
+fn answer_counted(
+    endpoint: &Endpoint,
+    params: &[(String, String)],
+    source: &dyn SeriesSource,
+    engine: &Engine,
+    now_ms: i64,
+) -> (Answer, Option<&'static str>) {
     match run(endpoint, &Params(params), source, engine, now_ms) {
-        Ok(data) => success(&data),
-        Err(e) => failure(&e),
+        Ok(data) => (success(&data), None),
+        Err(e) => {
+            let bound = match e {
+                QueryError::Budget { bound, .. } => Some(bound),
+                _ => None,
+            };
+            (failure(&e), bound)
+        }
     }
 }
 
@@ -394,12 +414,23 @@ async fn serve(
         .unwrap_or(i64::MAX)
         .max(3_600_000_000_000);
     let now_ms = crate::now_ns().div_euclid(1_000_000);
-    let answered = tokio::task::spawn_blocking(move || {
+    let engine = Engine {
+        limits: shared.config.query.into(),
+        ..Engine::default()
+    };
+    let metrics = shared.metrics.clone();
+    let (answered, refused) = tokio::task::spawn_blocking(move || {
         let source = StoreSource::new(&shared.store, margin);
-        answer(&endpoint, &params, &source, &Engine::default(), now_ms)
+        answer_counted(&endpoint, &params, &source, &engine, now_ms)
     })
     .await
-    .unwrap_or_else(|e| failure(&QueryError::Internal(e.to_string())));
+    .unwrap_or_else(|e| (failure(&QueryError::Internal(e.to_string())), None));
+    if let Some(bound) = refused {
+        metrics
+            .queries_refused
+            .get_or_create(&[("api", "prometheus"), ("bound", bound)])
+            .inc();
+    }
     (
         StatusCode::from_u16(answered.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
         [(header::CONTENT_TYPE, "application/json")],

@@ -158,10 +158,13 @@ impl Engine {
             };
             points += samples.len();
             if points > self.limits.max_samples {
-                return Err(QueryError::Execution(format!(
-                    "query would return more than {} points: narrow the selector, the range or raise the step",
-                    self.limits.max_samples
-                )));
+                return Err(QueryError::Budget {
+                    bound: "points",
+                    message: format!(
+                        "query would return more than {} points (query.max_points): narrow the selector, the range or raise the step",
+                        self.limits.max_samples
+                    ),
+                });
             }
             for s in samples {
                 let series = out.entry(s.labels).or_default();

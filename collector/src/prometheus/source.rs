@@ -6,20 +6,31 @@ use promql_parser::label::Matcher;
 use super::value::{Labels, Series, get};
 
 /// Bounds on what one query may load or produce: checked before the data
-/// is allocated, answered as a 422 naming the bound.
+/// is allocated, answered as a 422 naming the bound. The collector takes
+/// them from `[query]` in `collector.toml` (the same budget as Ferry's own
+/// query API).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
     /// Most series one selector may match.
     pub max_series: usize,
     /// Most samples one query may load, and most points it may return.
     pub max_samples: usize,
+    /// Most bytes the samples and windows read may take (16 per sample).
+    pub max_bytes: u64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
+        crate::config::QueryLimits::default().into()
+    }
+}
+
+impl From<crate::config::QueryLimits> for Limits {
+    fn from(q: crate::config::QueryLimits) -> Self {
         Self {
-            max_series: 50_000,
-            max_samples: 5_000_000,
+            max_series: q.max_series,
+            max_samples: q.max_points,
+            max_bytes: q.max_bytes,
         }
     }
 }
@@ -39,6 +50,14 @@ pub enum QueryError {
     /// The store failed: `internal`, 500.
     #[error("{0}")]
     Internal(String),
+    /// The query goes past its budget (`[query]`): `execution`, 422.
+    #[error("{message}")]
+    Budget {
+        /// Which bound: `series`, `points` or `bytes`.
+        bound: &'static str,
+        /// What to do about it.
+        message: String,
+    },
 }
 
 impl QueryError {
@@ -71,22 +90,38 @@ impl Budget {
     /// Checks a count of matched series, before their data is read.
     pub fn check_series(&self, n: usize) -> Result<(), QueryError> {
         if n > self.limits.max_series {
-            return Err(QueryError::Execution(format!(
-                "query matches {n} series, more than the limit of {}: narrow the selector",
-                self.limits.max_series
-            )));
+            return Err(QueryError::Budget {
+                bound: "series",
+                message: format!(
+                    "query matches {n} series, more than the limit of {} (query.max_series): narrow the selector",
+                    self.limits.max_series
+                ),
+            });
         }
         Ok(())
     }
 
-    /// Takes `n` samples; fails once the total is over the limit.
+    /// Takes `n` samples; fails once the total is over the limit (in
+    /// samples, or in bytes at 16 per sample).
     pub fn take(&mut self, n: usize) -> Result<(), QueryError> {
         self.samples = self.samples.saturating_add(n);
         if self.samples > self.limits.max_samples {
-            return Err(QueryError::Execution(format!(
-                "query processing would load too many samples into memory (more than {}): narrow the selector or the time range",
-                self.limits.max_samples
-            )));
+            return Err(QueryError::Budget {
+                bound: "points",
+                message: format!(
+                    "query processing would load too many samples into memory (more than {}, query.max_points): narrow the selector or the time range",
+                    self.limits.max_samples
+                ),
+            });
+        }
+        if self.samples as u64 * crate::query::READING_BYTES > self.limits.max_bytes {
+            return Err(QueryError::Budget {
+                bound: "bytes",
+                message: format!(
+                    "query processing would load too many samples into memory (more than {} bytes, query.max_bytes): narrow the selector or the time range",
+                    self.limits.max_bytes
+                ),
+            });
         }
         Ok(())
     }

@@ -79,9 +79,10 @@ fn window_value(w: &WindowAggregate, part: AggregatePart) -> Option<f64> {
 
 fn store_error(e: StoreError) -> QueryError {
     match e {
-        StoreError::TooLarge(what) => QueryError::Execution(format!(
-            "query processing would load too many samples into memory ({what}): narrow the selector or the time range"
-        )),
+        StoreError::OverBudget(b) => QueryError::Budget {
+            bound: b.label(),
+            message: format!("query processing would load too many samples into memory ({b})"),
+        },
         other => QueryError::Internal(other.to_string()),
     }
 }
@@ -150,7 +151,11 @@ impl SeriesSource for StoreSource<'_> {
                 to_ns(start_ms, false),
                 to_ns(end_ms, true),
                 self.window_margin_ns,
-                limits.max_samples,
+                &crate::query::QueryLimits {
+                    max_series: limits.max_series,
+                    max_points: limits.max_samples,
+                    max_bytes: limits.max_bytes,
+                },
             )
             .map_err(store_error)?;
         let mut out = Vec::new();

@@ -92,6 +92,9 @@ pub enum StoreError {
     /// A query asked for more than the store will return at once.
     #[error("query too large: {0}")]
     TooLarge(String),
+    /// A query went past its memory budget (`[query]`).
+    #[error("query refused: {0}")]
+    OverBudget(crate::query::OverBudget),
 }
 
 macro_rules! from_redb {
@@ -182,11 +185,6 @@ fn window_row(a: &WindowAggregate) -> WindowRow {
         p99: q(0.99),
     }
 }
-
-/// Most raw readings one query returns; ask for a step beyond that.
-pub const MAX_QUERY_READINGS: usize = 2_000_000;
-/// Most windows one query returns.
-pub const MAX_QUERY_WINDOWS: usize = 1_000_000;
 
 /// The store; see the module docs.
 pub struct Store {
@@ -382,26 +380,38 @@ impl Store {
         Ok(out)
     }
 
-    /// Runs a query; see [`Query`].
+    /// Runs a query within the default budget; see [`Query`] and
+    /// [`Store::query_within`].
     pub fn query(&self, q: &Query) -> Result<Vec<SeriesResult>, StoreError> {
+        self.query_within(q, &crate::query::QueryLimits::default())
+    }
+
+    /// Runs a query, holding at most what `limits` allows: the step is
+    /// checked before anything is read ([`Query::plan`]), the series count
+    /// from the dictionary, and every chunk, bundle and window as it is
+    /// decoded, so that a refusal comes before a large allocation. With a
+    /// step, each series' readings are let go once re-bucketed.
+    pub fn query_within(
+        &self,
+        q: &Query,
+        limits: &crate::query::QueryLimits,
+    ) -> Result<Vec<SeriesResult>, StoreError> {
+        use crate::query::{Held, READING_BYTES, window_bytes};
+        let over = |e: crate::query::OverBudget| StoreError::OverBudget(e);
+        q.plan(limits).map_err(over)?;
+        let mut held = Held::new(*limits);
         let series = self.series(&q.selector)?;
+        held.series(series.len()).map_err(over)?;
         let txn = self.db.begin_read()?;
         let chunks = txn.open_table(CHUNKS)?;
         let aggs = txn.open_table(AGGREGATES)?;
         let mut out = Vec::new();
-        let mut total_readings = 0usize;
-        let mut total_windows = 0usize;
-        let too_many = || {
-            StoreError::TooLarge(format!(
-                "more than {MAX_QUERY_READINGS} readings; narrow the range or give a step"
-            ))
-        };
+        let readings_bytes = |n: usize| n as u64 * READING_BYTES;
         // Readings still in staged bundles: one pass over the bundles of the
         // range for every series asked for.
         let mut staged: HashMap<u64, Vec<ferry_proto::batch::Reading>> = HashMap::new();
         if q.raw && !series.is_empty() {
             let wanted: std::collections::HashSet<u64> = series.iter().map(|s| s.id).collect();
-            let mut held = 0usize;
             let table = txn.open_table(STAGED)?;
             for entry in table.range((bucket_of(q.from_ns), 0u64)..(q.to_ns, 0u64))? {
                 let (_, bytes) = entry?;
@@ -410,15 +420,8 @@ impl Store {
                         continue;
                     }
                     let into = staged.entry(sid).or_default();
-                    for r in chunk::decode(piece).map_err(corrupt)? {
-                        if r.ts_ns >= q.from_ns && r.ts_ns < q.to_ns {
-                            into.push(r);
-                            held += 1;
-                        }
-                    }
-                    if q.step_ns.is_none() && held > MAX_QUERY_READINGS {
-                        return Err(too_many());
-                    }
+                    keep(&mut held, into, chunk::decode(piece).map_err(corrupt)?, q)
+                        .map_err(over)?;
                 }
             }
         }
@@ -429,51 +432,61 @@ impl Store {
                 let hi = (s.id, q.to_ns, 0u64);
                 for entry in chunks.range(lo..hi)? {
                     let (_, bytes) = entry?;
-                    for r in chunk::decode(bytes.value()).map_err(corrupt)? {
-                        if r.ts_ns >= q.from_ns && r.ts_ns < q.to_ns {
-                            readings.push(r);
-                        }
-                    }
-                    if q.step_ns.is_none() && total_readings + readings.len() > MAX_QUERY_READINGS {
-                        return Err(too_many());
-                    }
+                    keep(
+                        &mut held,
+                        &mut readings,
+                        chunk::decode(bytes.value()).map_err(corrupt)?,
+                        q,
+                    )
+                    .map_err(over)?;
                 }
-                // Staged readings were written after every chunk.
+                // Staged readings were written after every chunk (already
+                // counted).
                 readings.extend(staged.remove(&s.id).unwrap_or_default());
-                if q.step_ns.is_none() && total_readings + readings.len() > MAX_QUERY_READINGS {
-                    return Err(too_many());
-                }
                 readings.sort_by_key(|r| r.ts_ns);
             }
             let mut windows = Vec::new();
+            let mut windows_held = 0u64;
             if q.aggregates {
                 let lo = (s.id, q.from_ns, 0u64);
                 let hi = (s.id, q.to_ns, 0u64);
                 for entry in aggs.range(lo..hi)? {
                     let (_, bytes) = entry?;
-                    windows.push(chunk::decode_aggregate(bytes.value()).map_err(corrupt)?);
+                    let w = chunk::decode_aggregate(bytes.value()).map_err(corrupt)?;
+                    let b = window_bytes(&w);
+                    held.take(1, b).map_err(over)?;
+                    windows_held += b;
+                    windows.push(w);
                 }
             }
-            let (readings, windows) = match q.step_ns {
+            let (rows_readings, windows) = match q.step_ns {
                 None => (
                     readings.iter().map(|r| (r.ts_ns, r.value)).collect(),
                     windows,
                 ),
-                Some(step) => (Vec::new(), rebucket(&readings, &windows, step)),
+                Some(step) => {
+                    // At most one window per bucket and per input, each
+                    // counted as a window, before they are built.
+                    let inputs = readings.len() + windows.len();
+                    let n = (inputs as u128).min(crate::query::buckets(q.from_ns, q.to_ns, step))
+                        as usize;
+                    let each = std::mem::size_of::<WindowAggregate>() as u64;
+                    held.take(n, n as u64 * each).map_err(over)?;
+                    let built = rebucket(&readings, &windows, step);
+                    let built_bytes: u64 = built.iter().map(window_bytes).sum();
+                    held.give_back(n, n as u64 * each);
+                    held.give_back(readings.len(), readings_bytes(readings.len()));
+                    held.give_back(windows.len(), windows_held);
+                    held.take(built.len(), built_bytes).map_err(over)?;
+                    (Vec::new(), built)
+                }
             };
-            if readings.is_empty() && windows.is_empty() {
+            if rows_readings.is_empty() && windows.is_empty() {
                 continue;
-            }
-            total_readings += readings.len();
-            total_windows += windows.len();
-            if total_windows > MAX_QUERY_WINDOWS {
-                return Err(StoreError::TooLarge(format!(
-                    "more than {MAX_QUERY_WINDOWS} windows; use a larger step"
-                )));
             }
             out.push(SeriesResult {
                 series: s.name,
-                readings,
+                readings: rows_readings,
                 windows: windows.iter().map(window_row).collect(),
             });
         }
@@ -512,6 +525,28 @@ impl Store {
     pub(crate) fn db(&self) -> &Database {
         &self.db
     }
+}
+
+/// Counts `decoded` (one chunk or bundle piece) against `held`, keeps its
+/// readings in the query's range in `into`, and gives back the others.
+fn keep(
+    held: &mut crate::query::Held,
+    into: &mut Vec<ferry_proto::batch::Reading>,
+    decoded: Vec<ferry_proto::batch::Reading>,
+    q: &Query,
+) -> Result<(), crate::query::OverBudget> {
+    use crate::query::READING_BYTES;
+    let n = decoded.len();
+    held.take(n, n as u64 * READING_BYTES)?;
+    let before = into.len();
+    into.extend(
+        decoded
+            .into_iter()
+            .filter(|r| r.ts_ns >= q.from_ns && r.ts_ns < q.to_ns),
+    );
+    let dropped = n - (into.len() - before);
+    held.give_back(dropped, dropped as u64 * READING_BYTES);
+    Ok(())
 }
 
 /// Re-buckets raw readings and stored windows into aligned windows of

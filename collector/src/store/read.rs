@@ -62,28 +62,25 @@ impl Store {
 
     /// Reads the raw readings and windows of `wants` in `[from_ns, to_ns]`
     /// (both inclusive; windows by their end, starting at most
-    /// `margin_ns` before `from_ns`). Fails with [`StoreError::TooLarge`]
-    /// as soon as more than `max_items` readings and windows are held.
+    /// `margin_ns` before `from_ns`). Fails with [`StoreError::OverBudget`]
+    /// as soon as the readings and windows decoded (before they are
+    /// filtered to the range: what is allocated) pass `limits.max_points`
+    /// or `limits.max_bytes`.
     pub fn read_series(
         &self,
         wants: &[Want],
         from_ns: i64,
         to_ns: i64,
         margin_ns: i64,
-        max_items: usize,
+        limits: &crate::query::QueryLimits,
     ) -> Result<HashMap<u64, SeriesData>, StoreError> {
+        use crate::query::{Held, READING_BYTES, window_bytes};
         let txn = self.db().begin_read()?;
         let chunks = txn.open_table(CHUNKS)?;
         let aggs = txn.open_table(AGGREGATES)?;
-        let mut held = 0usize;
-        let mut take = |n: usize| -> Result<(), StoreError> {
-            held += n;
-            if held > max_items {
-                return Err(StoreError::TooLarge(format!(
-                    "more than {max_items} samples in the range"
-                )));
-            }
-            Ok(())
+        let mut held = Held::new(*limits);
+        let mut take = |n: usize, bytes: u64| -> Result<(), StoreError> {
+            held.take(n, bytes).map_err(StoreError::OverBudget)
         };
         let mut out: HashMap<u64, SeriesData> = HashMap::new();
         let raw: HashSet<u64> = wants.iter().filter(|w| w.raw).map(|w| w.id).collect();
@@ -95,12 +92,12 @@ impl Store {
                     if !raw.contains(&sid) {
                         continue;
                     }
-                    let rs: Vec<Reading> = chunk::decode(piece)
-                        .map_err(corrupt)?
+                    let decoded = chunk::decode(piece).map_err(corrupt)?;
+                    take(decoded.len(), decoded.len() as u64 * READING_BYTES)?;
+                    let rs: Vec<Reading> = decoded
                         .into_iter()
                         .filter(|r| r.ts_ns >= from_ns && r.ts_ns <= to_ns)
                         .collect();
-                    take(rs.len())?;
                     out.entry(sid).or_default().readings.extend(rs);
                 }
             }
@@ -113,12 +110,12 @@ impl Store {
                     chunks.range((w.id, bucket_of(from_ns), 0u64)..=(w.id, to_ns, u64::MAX))?
                 {
                     let (_, bytes) = entry?;
-                    let part: Vec<Reading> = chunk::decode(bytes.value())
-                        .map_err(corrupt)?
+                    let decoded = chunk::decode(bytes.value()).map_err(corrupt)?;
+                    take(decoded.len(), decoded.len() as u64 * READING_BYTES)?;
+                    let part: Vec<Reading> = decoded
                         .into_iter()
                         .filter(|r| r.ts_ns >= from_ns && r.ts_ns <= to_ns)
                         .collect();
-                    take(part.len())?;
                     rs.extend(part);
                 }
                 // Staged readings were written after every chunk.
@@ -133,7 +130,7 @@ impl Store {
                     let a = chunk::decode_aggregate(bytes.value()).map_err(corrupt)?;
                     let end = a.start_ns.saturating_add_unsigned(a.len_ns);
                     if end >= from_ns && end <= to_ns {
-                        take(1)?;
+                        take(1, window_bytes(&a))?;
                         data.windows.push(a);
                     }
                 }

@@ -36,8 +36,23 @@ function numericSeries(s) {
   return { ...s, readings, windows };
 }
 
+// The collector's HTTP API needs a token (http.auth = "tokens", the
+// default): the page asks for one, keeps it in this browser's local storage
+// and sends it as a bearer token.
+const TOKEN_KEY = "ferry.token";
+
+class AuthError extends Error {}
+
 async function get(path) {
-  const r = await fetch(path, { headers: { Accept: "application/json" } });
+  const headers = { Accept: "application/json" };
+  const token = localStorage.getItem(TOKEN_KEY);
+  if (token) headers.Authorization = `Bearer ${token}`;
+  const r = await fetch(path, { headers });
+  if (r.status === 401 || r.status === 403) {
+    let why = `HTTP ${r.status}`;
+    try { why = (await r.json()).error || why; } catch (_) { /* not JSON */ }
+    throw new AuthError(why);
+  }
   if (!r.ok) throw new Error(`${path}: HTTP ${r.status}`);
   return r.json();
 }
@@ -312,10 +327,25 @@ async function refresh() {
     status.textContent = `updated ${new Date().toLocaleTimeString()}`;
     status.className = "";
     document.body.dataset.loaded = "1";
+    showLogin(false);
   } catch (e) {
+    if (e instanceof AuthError) {
+      status.textContent = "a token is needed";
+      status.className = "error";
+      showLogin(true, localStorage.getItem(TOKEN_KEY) ? e.message : "");
+      return;
+    }
     status.textContent = `cannot reach the collector: ${e.message}`;
     status.className = "error";
   }
+}
+
+function showLogin(show, why = "") {
+  document.getElementById("login").hidden = !show;
+  document.querySelector("main").hidden = show;
+  document.getElementById("login-error").textContent = why;
+  document.getElementById("sign-out").hidden = show || !localStorage.getItem(TOKEN_KEY);
+  if (show) document.getElementById("token").focus();
 }
 
 function setup() {
@@ -330,6 +360,18 @@ function setup() {
     ranges.append(b);
   }
   document.getElementById("series-select").addEventListener("change", (e) => selectSeries(e.target.value));
+  document.getElementById("login").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const input = document.getElementById("token");
+    localStorage.setItem(TOKEN_KEY, input.value.trim());
+    input.value = "";
+    refresh();
+  });
+  document.getElementById("sign-out").addEventListener("click", () => {
+    localStorage.removeItem(TOKEN_KEY);
+    delete document.body.dataset.loaded;
+    refresh();
+  });
   refresh();
   setInterval(refresh, 5000);
 }

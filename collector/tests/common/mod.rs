@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ferry_collector::admin::Admin;
+use ferry_collector::admin::{Admin, Remote};
 use ferry_collector::{Bundle, Collector, Config, EnrollOptions, Handle, InitOptions};
 use ferry_proto::batch::{Batch, Reading, ReadingBlock};
 use ferry_proto::codec;
@@ -76,6 +76,10 @@ impl Running {
         let task = tokio::spawn(collector.run(async {
             let _ = stopped.await;
         }));
+        tokens()
+            .lock()
+            .unwrap()
+            .insert(http, handle.admin_token().as_str().to_owned());
         Self {
             quic,
             http,
@@ -85,8 +89,9 @@ impl Running {
         }
     }
 
+    /// The CLI's view of it, with the local admin credential.
     pub fn admin(&self) -> Admin {
-        Admin::Remote(self.http)
+        Admin::Remote(Remote::new(self.http, Some(self.handle.admin_token())))
     }
 
     pub async fn stop(mut self) {
@@ -399,11 +404,33 @@ pub fn series_batch(seq: u64, key: SeriesKey, t0: i64, values: &[f64]) -> Batch 
     }
 }
 
-/// GET `path` over HTTP/1.0; the body of a 200 answer.
+/// The local admin credential of each collector started here, by HTTP
+/// address: the helpers below send it, as the CLI does.
+fn tokens() -> &'static std::sync::Mutex<std::collections::HashMap<SocketAddr, String>> {
+    static TOKENS: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<SocketAddr, String>>,
+    > = std::sync::OnceLock::new();
+    TOKENS.get_or_init(Default::default)
+}
+
+/// `Authorization: Bearer …\r\n` with the admin credential of the
+/// collector at `addr`, if it was started here; else nothing.
+pub fn authorization(addr: SocketAddr) -> String {
+    tokens()
+        .lock()
+        .unwrap()
+        .get(&addr)
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default()
+}
+
+/// GET `path` over HTTP/1.0 with the collector's admin credential; the
+/// body of a 200 answer.
 pub async fn http_get(addr: SocketAddr, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
+    let auth = authorization(addr);
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n{auth}\r\n").as_bytes())
         .await
         .unwrap();
     let mut text = String::new();

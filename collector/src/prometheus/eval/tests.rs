@@ -381,6 +381,7 @@ fn bounds_are_checked_before_loading_everything() {
         limits: Limits {
             max_series: 2,
             max_samples: 1_000,
+            ..Limits::default()
         },
         ..Engine::default()
     };
@@ -389,12 +390,13 @@ fn bounds_are_checked_before_loading_everything() {
         .unwrap_err();
     assert_eq!(
         e.to_string(),
-        "query matches 3 series, more than the limit of 2: narrow the selector"
+        "query matches 3 series, more than the limit of 2 (query.max_series): narrow the selector"
     );
     let engine = Engine {
         limits: Limits {
             max_series: 10,
             max_samples: 20,
+            ..Limits::default()
         },
         ..Engine::default()
     };
