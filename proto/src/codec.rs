@@ -96,8 +96,26 @@ pub fn from_slice<'de, T: serde::Deserialize<'de>>(
 pub fn encode_alloc<T: serde::Serialize + ?Sized>(
     value: &T,
 ) -> Result<alloc::vec::Vec<u8>, EncodeError> {
-    messagepack_serde::ser::to_vec_with_config(value, Pinned)
-        .map_err(|_| EncodeError::Unrepresentable)
+    let mut out = VecWriter(alloc::vec::Vec::new());
+    messagepack_serde::ser::to_core_writer_with_config(value, &mut out, Pinned)
+        .map_err(|_| EncodeError::Unrepresentable)?;
+    Ok(out.0)
+}
+
+/// A growing vector as a `messagepack-core` writer. Ours rather than
+/// `messagepack-serde`'s `alloc` feature, which pulls its whole owned-value
+/// machinery into the device journal image (about 70 KiB of flash).
+#[cfg(feature = "alloc")]
+struct VecWriter(alloc::vec::Vec<u8>);
+
+#[cfg(feature = "alloc")]
+impl messagepack_serde::messagepack_core::io::IoWrite for VecWriter {
+    type Error = core::convert::Infallible;
+
+    fn write(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
+        self.0.extend_from_slice(buf);
+        Ok(())
+    }
 }
 
 /// Encodes `value` with `rmp-serde`.
