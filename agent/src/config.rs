@@ -191,6 +191,15 @@ pub struct AgentSection {
     /// collector as health records (kind 7, docs/protocol.md).
     #[serde(deserialize_with = "duration")]
     pub health_interval: Duration,
+    /// Oldest timestamp accepted at ingest, before the collector's first
+    /// Welcome says its own (readings older than now minus this are
+    /// refused and counted, health kind 8). The collector's default.
+    #[serde(deserialize_with = "duration")]
+    pub max_past: Duration,
+    /// Furthest timestamp ahead of now accepted at ingest, before the first
+    /// Welcome (as `max_past`).
+    #[serde(deserialize_with = "duration")]
+    pub max_future: Duration,
 }
 
 impl Default for AgentSection {
@@ -199,6 +208,8 @@ impl Default for AgentSection {
             data_dir: PathBuf::from("ferry-agent-data"),
             tick: Duration::from_millis(5),
             health_interval: Duration::from_secs(10),
+            max_past: Duration::from_secs(30 * 86_400),
+            max_future: Duration::from_secs(600),
         }
     }
 }
