@@ -85,7 +85,8 @@ async fn a_second_run_and_offline_commands_leave_the_data_directory_unchanged() 
     let dir = site.dir.path();
     let (influx, admin) = (free_tcp_port(), free_tcp_port());
     let config = site.agent_config(&format!(
-        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+        "\n[agent]\ndata_dir = \"data\"\nhealth_interval = \"100ms\"\n\n\
+         [admin]\nlisten = \"{admin}\"\n\n\
          [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
          [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
     ));
@@ -113,12 +114,25 @@ async fn a_second_run_and_offline_commands_leave_the_data_directory_unchanged() 
             .is_some_and(|s| s.iter().map(|x| x.1.len()).sum::<usize>() == 100)
     })
     .await;
+    // Idle: the readings and their received count (health, every 100 ms)
+    // are stored, and the batch carrying the count is acked.
+    until("the received count at the collector", || async {
+        let Ok(admin) = Admin::connect(&site.data).await else {
+            return false;
+        };
+        admin.drops().await.is_ok_and(|d| {
+            d.ledgers
+                .iter()
+                .any(|l| l.agent == "gw" && l.received == 100 && l.in_transit == 0)
+        })
+    })
+    .await;
     until("acked and idle", || async {
         let Some(body) = http_get(admin, "/status").await else {
             return false;
         };
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v["outbox_readings"] == 0 && v["pending_readings"] == 0 && v["connected"] == true
+        v["outbox_batches"] == 0 && v["pending_readings"] == 0 && v["connected"] == true
     })
     .await;
 
@@ -599,11 +613,11 @@ async fn datagrams_the_kernel_drops_are_counted_and_reach_the_collector() {
 }
 
 /// `order = "newest_first"` with a backlog of batches far beyond what the
-/// collector's dedupe state may hold (`limits.max_dedupe_ranges` = 2 here):
-/// the collector refuses the batch that would open one gap too many as
-/// transient (`DEDUPE_FULL`), the agent ships oldest first from then on,
-/// and every reading is stored exactly once: none is answered "duplicate"
-/// and deleted unstored.
+/// collector's dedupe state may hold (`limits.max_dedupe_ranges` = 2 here,
+/// 200 batches): every reading is stored exactly once, none answered
+/// "duplicate" and deleted unstored (a collector whose dedupe state is full
+/// refuses as transient, `DEDUPE_FULL`, and the agent then ships oldest
+/// first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn newest_first_with_a_backlog_beyond_the_dedupe_state_loses_nothing() {
     const N: usize = 20_000;
@@ -666,13 +680,6 @@ async fn newest_first_with_a_backlog_beyond_the_dedupe_state_loses_nothing() {
         metric(admin, "ferry_agent_batches_duplicate_total").await,
         Some(0),
         "no batch was answered duplicate"
-    );
-    assert!(
-        metric(admin, "ferry_agent_batches_retried_total")
-            .await
-            .unwrap()
-            > 0,
-        "the collector refused some as DEDUPE_FULL"
     );
     collector.stop().await;
 }

@@ -580,4 +580,89 @@ mod tests {
         );
         assert_eq!(g.received().get("b2"), None);
     }
+
+    #[test]
+    fn a_group_with_nothing_to_do_begins_no_transaction() {
+        let (_dir, j) = journal(lingering());
+        let metrics = Arc::new(AgentMetrics::default());
+        let mut g = GroupCommit::new(j, metrics.clone(), pacing(5, 3600));
+        for i in 0..10 {
+            g.handle_group(T0 + i, Vec::new(), Vec::new());
+        }
+        assert_eq!(metrics.guard.journal_transactions.get(), 0);
+        g.handle_group(T0 + 10, vec![work("a1", 1, T0)], Vec::new());
+        assert_eq!(metrics.guard.journal_transactions.get(), 1);
+        // The batch lingers 2 s: nothing is due before.
+        g.handle_group(T0 + SEC, Vec::new(), Vec::new());
+        assert_eq!(metrics.guard.journal_transactions.get(), 1);
+        assert!(
+            g.handle_group(T0 + 2 * SEC + 10, Vec::new(), Vec::new())
+                .sealed
+        );
+        assert_eq!(metrics.guard.journal_transactions.get(), 2);
+    }
+
+    #[test]
+    fn readings_outside_the_window_are_refused_alone_and_counted_per_origin() {
+        let (_dir, j) = journal(JournalConfig::default());
+        let metrics = Arc::new(AgentMetrics::default());
+        let mut g = GroupCommit::new(j, metrics.clone(), pacing(5, 3600));
+        g.set_timestamp_window(Some((T0, T0 + 10)));
+        // a1: 20 readings at T0.., 10 of them past the window; b2 all good.
+        let r = g.handle_group(
+            T0,
+            vec![work("a1", 20, T0 + 1), work("b2", 5, T0)],
+            Vec::new(),
+        );
+        assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 10);
+        assert_eq!(r.outcomes[1].as_ref().unwrap().accepted, 5);
+        assert_eq!(metrics.guard.readings_rejected_timestamp.get(), 10);
+        assert_eq!(metrics.readings_in.get(), 15);
+        let received: Vec<_> = g.received().iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        assert_eq!(
+            received,
+            [("a1", 10), ("b2", 5)],
+            "refused ones not received"
+        );
+        let stats = g.journal().stats().unwrap();
+        assert_eq!(
+            stats.dropped,
+            [("a1".to_owned(), ferry_proto::health::REJECTED_TIMESTAMP, 10)]
+        );
+        // A work whose readings are all outside keeps only its count.
+        let mut w = work("c3", 3, T0 - 100);
+        assert_eq!(reject_outside(&mut w, (T0, T0 + 10)), 3);
+        assert!(w.readings.is_empty());
+        assert_eq!(
+            w.health,
+            [("c3".to_owned(), ferry_proto::health::REJECTED_TIMESTAMP, 3)]
+        );
+    }
+
+    #[test]
+    fn near_a_full_disk_a_held_journal_hands_data_back_and_commits_health() {
+        let (_dir, j) = journal(JournalConfig::default());
+        let metrics = Arc::new(AgentMetrics::default());
+        let mut g = GroupCommit::new(j, metrics.clone(), pacing(5, 3600));
+        g.set_disk_hold(Some(100));
+        let health = Work {
+            health: vec![("u1".into(), ferry_proto::health::DROPPED_QUEUE_FULL, 2)],
+            ..Work::default()
+        };
+        let data = work("a1", 4, T0);
+        let r = g.handle_group(T0, vec![data.clone(), health], Vec::new());
+        let mut outcomes = r.outcomes.into_iter();
+        let Some(Err(Refused {
+            error: SubmitError::DiskFull { free: 100 },
+            work: Some(back),
+        })) = outcomes.next()
+        else {
+            panic!("data is handed back while the disk is full");
+        };
+        assert_eq!(*back, data);
+        assert!(outcomes.next().unwrap().is_ok(), "health is committed");
+        g.set_disk_hold(None);
+        let r = g.handle_group(T0 + 1, vec![data], Vec::new());
+        assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 4);
+    }
 }
