@@ -364,9 +364,7 @@ async fn one_producers_bad_timestamps_cost_no_other_readings() {
     // The source's own counters are on /metrics.
     let text = http_get(admin, "/metrics").await.unwrap();
     assert!(
-        text.contains(&format!(
-            "ferry_agent_influx_connections_total{{source=\"influx\"}} 5\n"
-        )),
+        text.contains("ferry_agent_influx_connections_total{source=\"influx\"} 5\n"),
         "{text}"
     );
     collector.stop().await;
