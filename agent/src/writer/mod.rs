@@ -434,9 +434,23 @@ impl Writer {
                     }
                 },
                 Control::Stats(reply) => {
-                    if let Ok(stats) = journal.stats() {
-                        let _ = reply.send(stats);
-                    }
+                    // A journal whose write failed (waiting to be reopened
+                    // on a full disk) cannot be read: the counters last
+                    // published stand in, so `status` still answers.
+                    let stats = journal.stats().unwrap_or_else(|_| {
+                        let m = &self.metrics;
+                        let outbox_ns = m.oldest_unacked_ns.get();
+                        JournalStats {
+                            bytes: m.journal_bytes.get().max(0) as u64,
+                            budget_bytes: m.journal_budget.get().max(0) as u64,
+                            pending_readings: m.pending_readings.get().max(0) as u64,
+                            outbox_batches: m.outbox_batches.get().max(0) as u64,
+                            outbox_readings: m.outbox_readings.get().max(0) as u64,
+                            oldest_unacked_ns: (outbox_ns != 0).then_some(outbox_ns),
+                            ..JournalStats::default()
+                        }
+                    });
+                    let _ = reply.send(stats);
                 }
                 Control::Inspect(reply) => {
                     if let Ok(rows) = journal.inspect() {
