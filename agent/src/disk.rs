@@ -10,7 +10,11 @@
 //! space inside the journal. When a journal write fails anyway (`ENOSPC`
 //! in a race with another writer of the filesystem, or any I/O error), redb
 //! refuses every later operation on that file: the writer reopens the
-//! journal once space is back ([`DiskGuard::may_reopen`]).
+//! journal once space is back, or once a second while it is not
+//! ([`DiskGuard::may_reopen`]). When the journal itself is what fills the
+//! disk, shipping makes the room: rows acked since the disk filled (a
+//! reserve's worth, or half the journal) let data in again, into the pages
+//! redb reuses inside its file.
 //!
 //! [`DiskGuard`] is a sans-IO state machine: it takes `now` and the
 //! measured free bytes, and says what to do and when to log (at most once
@@ -25,6 +29,10 @@ pub const RESERVE: u64 = 4 << 20;
 
 /// Most one log line per this period about a full disk.
 pub const LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Least time between two attempts to reopen a failed journal while the
+/// disk is still full.
+pub const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Free bytes for unprivileged writers on the filesystem holding `path`.
 pub fn free_bytes(path: &Path) -> std::io::Result<u64> {
@@ -88,6 +96,8 @@ pub struct DiskGuard {
     /// Journal row bytes when data was first refused: rows acked since
     /// free room inside the file, which redb reuses.
     journal_bytes_at_full: u64,
+    /// When a reopen was last tried.
+    last_reopen: Option<i64>,
 }
 
 impl DiskGuard {
@@ -125,10 +135,12 @@ impl DiskGuard {
         journal_bytes: u64,
         log: &mut Option<DiskLog>,
     ) -> bool {
-        let room = free >= self.reserve
-            // Rows deleted since the disk filled left room inside the file.
-            || (self.is_full()
-                && self.journal_bytes_at_full.saturating_sub(journal_bytes) >= self.reserve);
+        // Rows deleted since the disk filled (shipped and acked) left room
+        // inside the journal's file, which redb reuses: a reserve's worth,
+        // or half of what the journal held when the disk filled.
+        let freed = self.journal_bytes_at_full.saturating_sub(journal_bytes);
+        let inside = self.reserve.min(self.journal_bytes_at_full / 2).max(1);
+        let room = free >= self.reserve || (self.is_full() && freed >= inside);
         match (self.full_since, room && !self.broken) {
             (None, true) => true,
             (Some(_), true) => {
@@ -196,9 +208,22 @@ impl DiskGuard {
         })
     }
 
-    /// True when a broken journal may be reopened: there is room again.
-    pub fn may_reopen(&self, free: u64) -> bool {
-        self.broken && free >= self.reserve
+    /// True when a broken journal may be reopened at `now`: there is room
+    /// again, or [`REOPEN_INTERVAL`] passed since the last attempt (the
+    /// journal itself may be what fills the disk: reopened, it ships, and
+    /// acked rows make room inside its file).
+    pub fn may_reopen(&mut self, now: i64, free: u64) -> bool {
+        if !self.broken {
+            return false;
+        }
+        let due = self
+            .last_reopen
+            .is_none_or(|t| now.saturating_sub(t) >= ferry_clock::nanos(REOPEN_INTERVAL));
+        if free >= self.reserve || due {
+            self.last_reopen = Some(now);
+            return true;
+        }
+        false
     }
 
     /// The journal was reopened.
@@ -261,6 +286,11 @@ mod tests {
         assert!(!g.admit(0, MIB, 50 * MIB, &mut log));
         assert!(!g.admit(SEC, MIB, 47 * MIB, &mut log), "3 MiB freed");
         assert!(g.admit(2 * SEC, MIB, 46 * MIB, &mut log), "4 MiB freed");
+        // A journal smaller than the reserve: half of it shipped is room.
+        let mut g = DiskGuard::new(4 * MIB);
+        assert!(!g.admit(0, MIB, 3 * MIB, &mut log));
+        assert!(!g.admit(SEC, MIB, 2 * MIB, &mut log));
+        assert!(g.admit(2 * SEC, MIB, 3 * MIB / 2, &mut log));
     }
 
     #[test]
@@ -270,9 +300,12 @@ mod tests {
         let line = g.write_failed(0, 0, 9 * MIB, "No space left on device".into());
         assert!(matches!(line, Some(DiskLog::Full { error: Some(_), .. })));
         assert!(!g.admit(SEC, 100 * MIB, 9 * MIB, &mut log), "broken");
-        assert!(!g.may_reopen(MIB));
-        assert!(g.may_reopen(100 * MIB));
+        assert!(g.may_reopen(SEC, MIB), "a first attempt on a full disk");
+        assert!(!g.may_reopen(2 * SEC - 1, MIB), "then once a second");
+        assert!(g.may_reopen(2 * SEC - 1, 100 * MIB), "at once with room");
+        assert!(g.may_reopen(3 * SEC, MIB));
         g.reopened();
+        assert!(!g.may_reopen(4 * SEC, 100 * MIB), "not broken");
         assert!(g.admit(2 * SEC, 100 * MIB, 9 * MIB, &mut log));
         assert!(matches!(log, Some(DiskLog::Resumed { .. })));
     }

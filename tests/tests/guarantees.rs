@@ -681,3 +681,66 @@ async fn newest_first_with_a_backlog_beyond_the_dedupe_state_loses_nothing() {
     );
     collector.stop().await;
 }
+
+/// The journal itself fills a small filesystem while the collector is
+/// down: the agent stops reading its producer instead of losing what it
+/// read; once the collector is back, shipping makes room inside the
+/// journal's file and every reading is stored, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_that_fills_its_disk_waits_for_shipping_and_loses_nothing() {
+    const N: usize = 1_000_000;
+    let site = Site::new();
+    let dir = site.dir.path();
+    let data = site.bundle.join("data");
+    let _tmpfs = Tmpfs::mount(&data, "6m");
+    let (influx, admin) = (free_tcp_port(), free_tcp_port());
+    let config = site.agent_config(&format!(
+        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
+         [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
+    ));
+    let _agent = Proc::spawn(
+        &binary("ferry-agent"),
+        &["run", "--config", config.to_str().unwrap()],
+        &dir.join("agent.log"),
+    );
+    until("agent up", || async {
+        http_get(admin, "/status").await.is_some()
+    })
+    .await;
+    let t0 = now_ms() - 3_600_000;
+    let producer = tokio::spawn(async move {
+        let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
+        for part in 0..100 {
+            let text: String = (part * N / 100..(part + 1) * N / 100)
+                .map(|i| format!("flow,device=m1 litres={i} {}\n", t0 + i as i64))
+                .collect();
+            tcp.write_all(text.as_bytes()).await.unwrap();
+        }
+        tcp.shutdown().await.unwrap();
+    });
+    until("the disk fills", || async {
+        metric(admin, "ferry_agent_disk_full").await == Some(1)
+    })
+    .await;
+    let collector = site.start_collector().await;
+    producer.await.unwrap();
+    until("every reading stored", || async {
+        stored_per_device(&site, "flow_litres").await.get("m1") == Some(&N)
+    })
+    .await;
+    let series = stored(&site.data, "flow_litres").await.unwrap();
+    let mut values: Vec<i64> = series[0].1.iter().map(|(_, v)| *v as i64).collect();
+    values.sort_unstable();
+    values.dedup();
+    assert_eq!(values.len(), N, "each reading once");
+    assert_eq!(
+        metric(
+            admin,
+            "ferry_agent_influx_dropped_readings_total{source=\"influx\"}"
+        )
+        .await,
+        Some(0)
+    );
+    collector.stop().await;
+}

@@ -327,7 +327,7 @@ impl Writer {
             return true;
         }
         let free = free_or_zero(&d.dir);
-        if d.guard.may_reopen(free) {
+        if d.guard.may_reopen(now, free) {
             // The failed handle holds the file's lock: it goes first, an
             // empty in-memory journal standing in until the reopen works.
             let config = self.machine.journal().config().clone();
