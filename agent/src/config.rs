@@ -200,6 +200,10 @@ pub struct AgentSection {
     /// Welcome (as `max_past`).
     #[serde(deserialize_with = "duration")]
     pub max_future: Duration,
+    /// Refuse readings outside the collector's time window at ingest (the
+    /// default). Off, such readings are journaled and shipped, and the
+    /// collector refuses them one by one (counted at the collector).
+    pub check_timestamps: bool,
 }
 
 impl Default for AgentSection {
@@ -210,6 +214,7 @@ impl Default for AgentSection {
             health_interval: Duration::from_secs(10),
             max_past: Duration::from_secs(30 * 86_400),
             max_future: Duration::from_secs(600),
+            check_timestamps: true,
         }
     }
 }

@@ -345,9 +345,13 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let (terms, collector_terms) = watch::channel(None);
     let writer = writer
         .with_health_interval(config.agent.health_interval)
-        .with_time_window(crate::writer::TimeWindow {
-            terms: Some(collector_terms.clone()),
-            default: Some((config.agent.max_past, config.agent.max_future)),
+        .with_time_window(if config.agent.check_timestamps {
+            crate::writer::TimeWindow {
+                terms: Some(collector_terms.clone()),
+                default: Some((config.agent.max_past, config.agent.max_future)),
+            }
+        } else {
+            crate::writer::TimeWindow::default()
         })
         .with_disk_guard(data_dir.clone(), crate::disk::RESERVE, {
             let (path, journal_config) = (journal_path.clone(), config.journal_config());
