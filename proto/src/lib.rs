@@ -68,10 +68,24 @@ pub mod health {
     /// dropped as late), sent periodically: they equal what the collector
     /// stored plus kinds 1, 3 and 6, so every reading is accounted for.
     pub const RECEIVED: u16 = 7;
+    /// Readings the agent refused at ingest because their timestamp was
+    /// outside the collector's accepted window (announced in Welcome, or
+    /// the agent's configured default before the first Welcome): counted
+    /// per origin, one producer's bad clock costing none of the others'
+    /// readings.
+    pub const REJECTED_TIMESTAMP: u16 = 8;
+    /// Datagrams the kernel dropped on an agent's UDP socket because its
+    /// receive buffer was full (`/proc/net/udp`'s `drops`), counted for the
+    /// source's name: datagrams, not readings (each may hold many lines).
+    pub const DROPPED_KERNEL: u16 = 9;
+    /// Readings in a corrupt journal the agent moved aside that could not
+    /// be read back (the rest of it is shipped under its old epoch).
+    pub const DROPPED_CORRUPT_JOURNAL: u16 = 10;
 
     /// True for kinds that count readings lost on the agent's side (1, 2,
-    /// 3, 5, 6): what the collector adds to an agent's `dropped` figure.
-    /// Kind 2 counts device reports, not readings.
+    /// 3, 5, 6, 8, 9, 10): what the collector adds to an agent's `dropped`
+    /// figure. Kind 2 counts device reports and kind 9 datagrams, not
+    /// readings.
     pub fn is_dropped(kind: u16) -> bool {
         matches!(
             kind,
@@ -80,6 +94,9 @@ pub mod health {
                 | DROPPED_LATE
                 | DROPPED_QUEUE_FULL
                 | DROPPED_REJECTED
+                | REJECTED_TIMESTAMP
+                | DROPPED_KERNEL
+                | DROPPED_CORRUPT_JOURNAL
         )
     }
 
@@ -94,6 +111,9 @@ pub mod health {
             DROPPED_QUEUE_FULL => "queue_full",
             DROPPED_REJECTED => "rejected_batch",
             RECEIVED => "received",
+            REJECTED_TIMESTAMP => "rejected_timestamp",
+            DROPPED_KERNEL => "dropped_kernel",
+            DROPPED_CORRUPT_JOURNAL => "corrupt_journal",
             _ => return None,
         })
     }
