@@ -36,7 +36,7 @@ pub enum ConfigError {
     },
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -191,6 +191,25 @@ pub struct AgentSection {
     /// collector as health records (kind 7, docs/protocol.md).
     #[serde(deserialize_with = "duration")]
     pub health_interval: Duration,
+    /// One bound for series-key caches, connection buffers and window
+    /// state (`"12 MiB"` or bytes); by default what a 32 MiB agent has
+    /// left after the journal's page cache and a fixed reserve
+    /// ([`crate::limits::default_budget`]).
+    #[serde(deserialize_with = "optional_bytes")]
+    pub memory_budget: Option<u64>,
+}
+
+impl AgentSection {
+    /// The memory budget in bytes, with a journal page cache of
+    /// `journal_cache` bytes.
+    pub fn memory_budget(&self, journal_cache: u64) -> u64 {
+        self.memory_budget
+            .unwrap_or_else(|| crate::limits::default_budget(journal_cache))
+    }
+}
+
+fn optional_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bytes(d).map(Some)
 }
 
 impl Default for AgentSection {
@@ -199,6 +218,7 @@ impl Default for AgentSection {
             data_dir: PathBuf::from("ferry-agent-data"),
             tick: Duration::from_millis(5),
             health_interval: Duration::from_secs(10),
+            memory_budget: None,
         }
     }
 }

@@ -182,6 +182,10 @@ pub struct AgentMetrics {
     pub pending_readings: Gauge,
     /// `created_ns` of the oldest unacked batch, 0 if none.
     pub oldest_unacked_ns: Gauge,
+    /// The memory budget of caches, buffers and window state, once set.
+    pub memory: std::sync::OnceLock<std::sync::Arc<crate::limits::MemoryBudget>>,
+    /// Line-protocol sources' counters, by source name.
+    pub influx: std::sync::Mutex<Vec<(String, std::sync::Arc<crate::sources::influx::SourceStats>)>>,
 }
 
 /// What `ferry-agent status` shows; served as JSON at `/status`.
@@ -355,6 +359,20 @@ impl AgentMetrics {
             );
         }
         self.readings_refused.render(&mut out);
+        if let Some(memory) = self.memory.get() {
+            memory.render_prometheus(&mut out);
+        }
+        let influx = self.influx.lock().unwrap_or_else(|e| e.into_inner());
+        if !influx.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP ferry_agent_influx Line-protocol sources' counters (lines, readings, connections, closes by limit, memory-budget refusals)."
+            );
+            for (name, stats) in influx.iter() {
+                stats.render_prometheus(name, &mut out);
+            }
+        }
+        drop(influx);
         self.commit_latency.render(
             &mut out,
             "ferry_agent_commit_seconds",

@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::config::{CompressionName, Config, Order};
 use crate::intake::Intake;
 use crate::journal::{Journal, JournalConfig};
+use crate::limits::MemoryBudget;
 use crate::metrics::{AgentMetrics, Counter};
 use crate::shipper::{self, ShipperConfig};
 use crate::sources::device::{self, DeviceRegistry, DeviceSource};
@@ -166,9 +167,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })?);
     let epoch = journal.epoch();
     let metrics = Arc::new(AgentMetrics::default());
+    let budget = MemoryBudget::new(config.agent.memory_budget(config.journal.cache));
+    let _ = metrics.memory.set(budget.clone());
     let (intake, intake_rx) = Intake::channel(1024);
+    let intake = intake.with_budget(budget.clone());
     let (writer, handle) = Writer::new(journal, intake_rx, metrics.clone(), config.agent.tick);
-    let writer = writer.with_health_interval(config.agent.health_interval);
+    let writer = writer
+        .with_health_interval(config.agent.health_interval)
+        .with_memory_budget(budget);
     let (stop, stopped) = watch::channel(false);
     let writer_task = tokio::spawn(writer.run(stopped.clone()));
     let mut tasks = JoinSet::new();
@@ -256,6 +262,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(bind_err("influx_tcp", src.listen))?;
         influx_tcp_addrs.push(l.local_addr().map_err(bind_err("influx_tcp", src.listen))?);
         let stats = Arc::new(SourceStats::default());
+        metrics.influx.lock().unwrap_or_else(|e| e.into_inner()).push((src.source.name.clone(), stats.clone()));
         tasks.spawn(influx::run_tcp(
             l,
             src.source.clone(),
@@ -271,6 +278,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(bind_err("influx_udp", src.listen))?;
         influx_udp_addrs.push(s.local_addr().map_err(bind_err("influx_udp", src.listen))?);
         let stats = Arc::new(SourceStats::default());
+        metrics.influx.lock().unwrap_or_else(|e| e.into_inner()).push((src.source.name.clone(), stats.clone()));
         tasks.spawn(influx::run_udp(
             s,
             src.source.clone(),

@@ -68,9 +68,14 @@ pub mod health {
     /// dropped as late), sent periodically: they equal what the collector
     /// stored plus kinds 1, 3 and 6, so every reading is accounted for.
     pub const RECEIVED: u16 = 7;
+    /// Readings of a new series the agent refused because its memory budget
+    /// (series-key caches, connection buffers, window state) had no room
+    /// for the series (agent `[agent] memory_budget`). Not handed to the
+    /// journal, so not in kind 7.
+    pub const DROPPED_MEMORY_BUDGET: u16 = 11;
 
     /// True for kinds that count readings lost on the agent's side (1, 2,
-    /// 3, 5, 6): what the collector adds to an agent's `dropped` figure.
+    /// 3, 5, 6, 11): what the collector adds to an agent's `dropped` figure.
     /// Kind 2 counts device reports, not readings.
     pub fn is_dropped(kind: u16) -> bool {
         matches!(
@@ -80,6 +85,7 @@ pub mod health {
                 | DROPPED_LATE
                 | DROPPED_QUEUE_FULL
                 | DROPPED_REJECTED
+                | DROPPED_MEMORY_BUDGET
         )
     }
 
@@ -94,6 +100,7 @@ pub mod health {
             DROPPED_QUEUE_FULL => "queue_full",
             DROPPED_REJECTED => "rejected_batch",
             RECEIVED => "received",
+            DROPPED_MEMORY_BUDGET => "memory_budget",
             _ => return None,
         })
     }

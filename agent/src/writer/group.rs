@@ -13,12 +13,16 @@
 //! (its fsync) took, for the commit-latency histogram and the slow-commit
 //! log. It decides nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::intake::{Outcome, Refused, SubmitError};
+use ferry_proto::health::DROPPED_MEMORY_BUDGET;
+use ferry_proto::series::SeriesKey;
+
 use crate::journal::{CommitReport, Journal, Work};
+use crate::limits::{Charge, MemoryBudget, WINDOW_SERIES_BYTES};
 use crate::metrics::AgentMetrics;
 
 /// A journal commit taking this long is logged (the disk or the page cache
@@ -58,6 +62,8 @@ pub struct GroupCommit {
     last_health: Option<i64>,
     /// When the last group was committed.
     last_commit: Option<i64>,
+    /// Window state's share of the memory budget, if bound by one.
+    window_budget: Option<Charge>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -81,6 +87,7 @@ impl GroupCommit {
             received: BTreeMap::new(),
             last_health: None,
             last_commit: None,
+            window_budget: None,
         };
         machine.publish_stats();
         machine
@@ -89,6 +96,48 @@ impl GroupCommit {
     /// The pacing in force.
     pub fn pacing(&self) -> Pacing {
         self.pacing
+    }
+
+    /// Charges window state to `budget`: every series with open windows
+    /// costs [`WINDOW_SERIES_BYTES`]; readings of a new aggregated series
+    /// that does not fit are refused, counted per origin as health kind
+    /// [`DROPPED_MEMORY_BUDGET`](ferry_proto::health::DROPPED_MEMORY_BUDGET)
+    /// (not as received: they never reach the journal).
+    pub fn set_memory_budget(&mut self, budget: Arc<MemoryBudget>) {
+        let mut charge = Charge::new(budget);
+        charge.set(self.journal.window_series() as u64 * WINDOW_SERIES_BYTES);
+        self.window_budget = Some(charge);
+    }
+
+    /// Takes out of `work` the readings of new aggregated series that do not
+    /// fit in the budget (`admitted`: new series already charged in this
+    /// group), and counts them in its health.
+    fn refuse_window_series(&mut self, work: &mut Work, admitted: &mut BTreeSet<SeriesKey>) {
+        let Self {
+            journal,
+            window_budget,
+            ..
+        } = self;
+        let Some(charge) = window_budget else {
+            return;
+        };
+        let mut refused: BTreeMap<String, u64> = BTreeMap::new();
+        work.readings.retain(|group| {
+            if admitted.contains(&group.series) || !journal.is_new_window_series(&group.series) {
+                return true;
+            }
+            if charge.try_grow(WINDOW_SERIES_BYTES) {
+                admitted.insert(group.series.clone());
+                return true;
+            }
+            let n = group.readings.len() as u64;
+            charge.budget().record_refusal(n);
+            *refused.entry(group.origin.clone()).or_default() += n;
+            false
+        });
+        for (origin, n) in refused {
+            work.health.push((origin, DROPPED_MEMORY_BUDGET, n));
+        }
     }
 
     /// Changes the pacing (before the first commit, typically).
@@ -156,7 +205,11 @@ impl GroupCommit {
             ..Work::default()
         };
         let mut spans = Vec::with_capacity(works.len());
+        let mut admitted = BTreeSet::new();
         for (w, refused) in works.iter_mut().zip(&outcomes) {
+            if refused.is_none() {
+                self.refuse_window_series(w, &mut admitted);
+            }
             let start = work.reports.len();
             let count = if refused.is_some() {
                 0
@@ -225,6 +278,10 @@ impl GroupCommit {
                 (None, Err(e)) => Err(Refused::from(e.clone())),
             })
             .collect();
+        if let Some(charge) = &mut self.window_budget {
+            // What the windows hold now: closed windows hand theirs back.
+            charge.set(self.journal.window_series() as u64 * WINDOW_SERIES_BYTES);
+        }
         self.publish_stats();
         GroupReport { outcomes, sealed }
     }

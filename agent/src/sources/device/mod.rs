@@ -64,6 +64,11 @@
 //! device resends them); at most one commit is in flight per link; downlinks
 //! waiting to be written are coalesced (one ack, one config, one hello
 //! request); the registry holds at most [`DeviceLinkConfig::max_devices`].
+//! A link silent for [`DeviceLinkConfig::idle_timeout_ms`] is closed
+//! ([`LinkEnd::Idle`], the deadline is [`Deadlines`](super::conn::Deadlines)),
+//! and a listener at [`DeviceLinkConfig::max_connections`] closes new
+//! connections at once, counted and logged at most once per
+//! `warn_interval_ms`.
 //!
 //! # Layout
 //! `link` is the protocol ([`GatewayLink`]); `registry` what is known of
@@ -108,8 +113,14 @@ pub struct DeviceLinkConfig {
     pub max_pending_reports: usize,
     /// Most devices the [`DeviceRegistry`] remembers.
     pub max_devices: usize,
-    /// Most simultaneous connections of [`run_tcp_listener`].
+    /// Most simultaneous connections of [`run_tcp_listener`]; more are
+    /// closed at once (counted in `connections_refused`, logged at most
+    /// once per `warn_interval_ms`).
     pub max_connections: usize,
+    /// A link with no byte for this long is closed (and, for a serial port
+    /// or a board the agent connects to, reopened), ms; 0: never. Devices
+    /// send a heartbeat far more often.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for DeviceLinkConfig {
@@ -124,6 +135,7 @@ impl Default for DeviceLinkConfig {
             max_pending_reports: 256,
             max_devices: 4_096,
             max_connections: 64,
+            idle_timeout_ms: 300_000,
         }
     }
 }
@@ -191,6 +203,10 @@ pub struct DeviceStats {
     pub devices_seen: AtomicU64,
     /// Connections (or serial port openings) made.
     pub connections: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Links closed after `idle_timeout_ms` without a byte.
+    pub idle_timeouts: AtomicU64,
 }
 
 impl DeviceStats {

@@ -39,7 +39,7 @@ pub async fn run_udp(
         pending: BTreeMap::new(),
         in_flight: JoinSet::new(),
         warn: WarnLimit::default(),
-        keys: KeyCache::default(),
+        keys: intake.key_cache(),
     };
     let mut retry = tokio::time::interval(UDP_HEALTH_RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -121,6 +121,11 @@ pub struct Parsed {
     pub lines_accepted: u64,
     /// Readings in `readings`.
     pub readings_accepted: u64,
+    /// Readings of well-formed lines refused because a new series of
+    /// theirs did not fit in the memory budget, per origin (sorted).
+    pub refused: Vec<(String, u64)>,
+    /// Lines refused so.
+    pub lines_refused: u64,
 }
 
 /// Parses a chunk of lines; see the module docs. The last line needs no
