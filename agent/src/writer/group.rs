@@ -511,4 +511,65 @@ mod tests {
         );
         assert_eq!(g.received().get("b2"), None);
     }
+
+    /// Window state is charged per series: a new aggregated series past the
+    /// budget is refused and counted as kind 11 (not as received), series
+    /// already in a window go on, and closing windows hands the bytes back.
+    #[test]
+    fn new_window_series_past_the_budget_are_refused_and_counted() {
+        use crate::journal::AggregateRule;
+        use crate::window::{LatePolicy, WindowRule};
+        let config = JournalConfig {
+            rules: vec![AggregateRule {
+                metric: "temperature".into(),
+                window: WindowRule {
+                    period_ns: 10 * SEC as u64,
+                    lateness_ns: 0,
+                    sketch: false,
+                    late: LatePolicy::Raw,
+                },
+            }],
+            ..lingering()
+        };
+        let (_dir, j) = journal(config);
+        let mut g = GroupCommit::new(j, Arc::default(), pacing(5, 3600));
+        let budget = MemoryBudget::new(2 * WINDOW_SERIES_BYTES);
+        g.set_memory_budget(budget.clone());
+        let r = g.handle_group(
+            T0,
+            vec![work("a1", 2, T0), work("b2", 1, T0), work("c3", 5, T0)],
+            Vec::new(),
+        );
+        let accepted: Vec<u64> = r
+            .outcomes
+            .iter()
+            .map(|o| o.as_ref().unwrap().accepted)
+            .collect();
+        assert_eq!(accepted, [2, 1, 0], "c3's series did not fit");
+        assert_eq!(budget.used(), 2 * WINDOW_SERIES_BYTES);
+        assert_eq!((budget.refused_series(), budget.refused_readings()), (1, 5));
+        let received: Vec<_> = g.received().iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        assert_eq!(received, [("a1", 2), ("b2", 1)], "refused readings were never received");
+        // A series with open windows takes more readings at the bound.
+        let r = g.handle_group(T0 + 1, vec![work("a1", 3, T0 + 5)], Vec::new());
+        assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 3);
+        // Its windows close: their bytes come back, and c3 fits.
+        g.handle_group(T0 + 20 * SEC, Vec::new(), Vec::new());
+        assert_eq!(budget.used(), 0);
+        let r = g.handle_group(T0 + 21 * SEC, vec![work("c3", 1, T0 + 21 * SEC)], Vec::new());
+        assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 1);
+        // The count reaches the collector in a batch.
+        g.handle_group(T0 + 30 * SEC, Vec::new(), Vec::new());
+        let mut counted = Vec::new();
+        for (_, bytes) in g.journal().next_to_send(u64::MAX, false).unwrap() {
+            let batch: ferry_proto::batch::Batch =
+                ferry_proto::codec::from_bytes("Batch", &bytes).unwrap();
+            for h in batch.health {
+                if h.kind == DROPPED_MEMORY_BUDGET {
+                    counted.push((h.source, h.count));
+                }
+            }
+        }
+        assert_eq!(counted, [("c3".to_string(), 5)]);
+    }
 }

@@ -52,7 +52,6 @@ use std::time::Duration;
 use ferry_clock::{Backoff, Clock, SystemClock};
 
 use ferry_proto::health;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
@@ -465,14 +464,11 @@ impl Connection {
             .unwrap_or_else(|e| e.into_inner())
             .remove(self.id);
         if let Some(why) = closed {
-            let counter = match why {
-                Closed::Idle => &self.stats.idle_timeouts,
-                Closed::LineStalled => &self.stats.line_timeouts,
+            match why {
+                Closed::Idle => self.stats.add(&self.stats.idle_timeouts, 1),
+                Closed::LineStalled => self.stats.add(&self.stats.line_timeouts, 1),
                 // Counted by the listener when it chose it.
-                Closed::Evicted => &self.stats.connections,
-            };
-            if why != Closed::Evicted {
-                self.stats.add(counter, 1);
+                Closed::Evicted => {}
             }
             tracing::debug!(source = %self.cfg.name, peer = %self.peer, reason = why.as_str(), "connection closed by the agent");
         }
@@ -512,33 +508,6 @@ impl Connection {
                     }
                 }
                 Chunk::Read => {
-                    // Waiting: no buffer held while there is nothing in it.
-                    chunker.release_if_empty();
-                    self.charge_buffer(&chunker);
-                    let due = self.deadlines.due().map(|due| {
-                        let wait = due.saturating_sub(self.clock.now_ns()).max(0);
-                        tokio::time::Instant::now() + Duration::from_nanos(wait as u64)
-                    });
-                    tokio::select! {
-                        _ = stopped(&mut self.stop) => return None,
-                        _ = &mut kicked => return Some(Closed::Evicted),
-                        _ = sleep_until(due) => {
-                            match self.deadlines.expired(self.clock.now_ns()) {
-                                Some(why) => return Some(why),
-                                None => continue,
-                            }
-                        }
-                        _ = pressed(&mut pressure) => {
-                            self.keys.evict();
-                            continue;
-                        }
-                        ready = stream.readable() => {
-                            if let Err(e) = ready {
-                                tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e, "connection read failed");
-                                return None;
-                            }
-                        }
-                    }
                     match stream.try_read_buf(chunker.read_buf(READ_SIZE)) {
                         Ok(0) => {
                             chunker.handle_eof();
@@ -552,12 +521,43 @@ impl Connection {
                             self.read(n, &chunker, &mut fresh);
                             continue;
                         }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => {
                             tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e, "connection read failed");
                             return None;
                         }
                     }
+                    // Nothing waiting: no buffer is held while there is
+                    // nothing in it, and the wait ends at a deadline, a
+                    // close, the budget's pressure or readable bytes.
+                    chunker.release_if_empty();
+                    self.charge_buffer(&chunker);
+                    let due = self.deadlines.due().map(|due| {
+                        let wait = due.saturating_sub(self.clock.now_ns()).max(0);
+                        tokio::time::Instant::now() + Duration::from_nanos(wait as u64)
+                    });
+                    tokio::select! {
+                        _ = stopped(&mut self.stop) => return None,
+                        _ = &mut kicked => return Some(Closed::Evicted),
+                        _ = sleep_until(due) => {
+                            if let Some(why) = self.deadlines.expired(self.clock.now_ns()) {
+                                return Some(why);
+                            }
+                        }
+                        _ = pressed(&mut pressure) => {
+                            // Unless this cache made room already.
+                            if self.keys.pressed() {
+                                self.keys.evict();
+                            }
+                        }
+                        ready = stream.readable() => {
+                            if let Err(e) = ready {
+                                tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e, "connection read failed");
+                                return None;
+                            }
+                        }
+                    }
+                    continue;
                 }
             }
             let parsed = self.parse(&mut chunker);

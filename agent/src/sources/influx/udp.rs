@@ -97,6 +97,10 @@ impl Udp<'_> {
             self.warn
                 .rejected(now, &self.cfg.name, peer, &parsed.errors);
         }
+        let refused: u64 = parsed.refused.iter().map(|(_, n)| n).sum();
+        if refused > 0 {
+            self.stats.add(&self.stats.readings_refused, refused);
+        }
         let mut per_origin: BTreeMap<&str, u64> = BTreeMap::new();
         for group in &parsed.readings {
             *per_origin.entry(&group.origin).or_default() += group.readings.len() as u64;

@@ -89,12 +89,12 @@ impl KeyCache {
         if let Some(p) = &mut self.pressure {
             p.mark_unchanged();
         }
+        let bytes = self.charged();
         self.clear();
-        if let Some(charge) = &mut self.charge {
-            let bytes = charge.clear();
-            if bytes > 0 {
-                charge.budget().record_eviction(bytes);
-            }
+        if let Some(charge) = &self.charge
+            && bytes > 0
+        {
+            charge.budget().record_eviction(bytes);
         }
     }
 
@@ -121,7 +121,7 @@ impl KeyCache {
 
 /// Heap bytes of a series key, as charged: its strings and their headers.
 fn key_bytes(key: &SeriesKey) -> u64 {
-    let tags: usize = key.tags.iter().map(|(k, v)| k.len() + v.len() + 48).sum();
+    let tags: usize = key.tags.iter().map(|t| t.key.len() + t.value.len() + 48).sum();
     (key.metric.len() + 48 + tags) as u64
 }
 
@@ -261,8 +261,8 @@ impl<'a> ChunkParser<'a> {
             None => {
                 let key = parse_key(line, start, key_end)?;
                 let origin = key.tag(self.device_tag).unwrap_or(self.source_name);
-                match cache.keys.get(&key) {
-                    Some(&e) => {
+                match cache.keys.get(&key).copied() {
+                    Some(e) => {
                         if cache.charge(raw_key.len() as u64 + 96) {
                             cache.raw_keys.insert(raw_key.to_vec(), e);
                         }
