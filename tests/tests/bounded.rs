@@ -173,6 +173,12 @@ async fn distinct_series_stay_within_the_memory_budget_and_the_rest_is_counted()
         mib(reserve)
     );
 
+    // Every connection closed: everything charged is handed back.
+    until("the memory budget is handed back", || async {
+        metric(admin, "ferry_agent_memory_used_bytes").await == Some(0)
+    })
+    .await;
+
     agent.kill9();
     drop(handle);
     collector.stop().await;
