@@ -340,8 +340,14 @@ mod tests {
         assert!(budget.activity() > before, "the idle trim sees charges");
         let mut out = String::new();
         budget.render_prometheus(&mut out);
-        assert!(out.contains("ferry_agent_memory_budget_bytes 10\n"), "{out}");
+        assert!(
+            out.contains("ferry_agent_memory_budget_bytes 10\n"),
+            "{out}"
+        );
         assert!(out.contains("ferry_agent_memory_used_bytes 5\n"), "{out}");
-        assert!(out.contains("ferry_agent_memory_refused_readings_total 3\n"), "{out}");
+        assert!(
+            out.contains("ferry_agent_memory_refused_readings_total 3\n"),
+            "{out}"
+        );
     }
 }

@@ -185,7 +185,8 @@ pub struct AgentMetrics {
     /// The memory budget of caches, buffers and window state, once set.
     pub memory: std::sync::OnceLock<std::sync::Arc<crate::limits::MemoryBudget>>,
     /// Line-protocol sources' counters, by source name.
-    pub influx: std::sync::Mutex<Vec<(String, std::sync::Arc<crate::sources::influx::SourceStats>)>>,
+    pub influx:
+        std::sync::Mutex<Vec<(String, std::sync::Arc<crate::sources::influx::SourceStats>)>>,
 }
 
 /// What `ferry-agent status` shows; served as JSON at `/status`.

@@ -262,7 +262,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(bind_err("influx_tcp", src.listen))?;
         influx_tcp_addrs.push(l.local_addr().map_err(bind_err("influx_tcp", src.listen))?);
         let stats = Arc::new(SourceStats::default());
-        metrics.influx.lock().unwrap_or_else(|e| e.into_inner()).push((src.source.name.clone(), stats.clone()));
+        metrics
+            .influx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((src.source.name.clone(), stats.clone()));
         tasks.spawn(influx::run_tcp(
             l,
             src.source.clone(),
@@ -278,7 +282,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(bind_err("influx_udp", src.listen))?;
         influx_udp_addrs.push(s.local_addr().map_err(bind_err("influx_udp", src.listen))?);
         let stats = Arc::new(SourceStats::default());
-        metrics.influx.lock().unwrap_or_else(|e| e.into_inner()).push((src.source.name.clone(), stats.clone()));
+        metrics
+            .influx
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((src.source.name.clone(), stats.clone()));
         tasks.spawn(influx::run_udp(
             s,
             src.source.clone(),

@@ -450,7 +450,10 @@ async fn a_new_series_beyond_the_memory_budget_is_counted_in_the_work() {
         let mut client = TcpStream::connect(addr).await.unwrap();
         client.write_all(b"m,device=d1 f=1 1\n").await.unwrap();
         let s = next(&mut rx).await;
-        assert_eq!(flat(std::slice::from_ref(&s.work)), [("m_f{device=\"d1\"}".to_owned(), 1, 1.0)]);
+        assert_eq!(
+            flat(std::slice::from_ref(&s.work)),
+            [("m_f{device=\"d1\"}".to_owned(), 1, 1.0)]
+        );
         // Now something else holds the whole budget: d1 is cached, d2 is
         // new and does not fit.
         let mut hog = Charge::new(budget.clone());
@@ -471,7 +474,11 @@ async fn a_new_series_beyond_the_memory_budget_is_counted_in_the_work() {
         assert_eq!(source.stats.readings_refused(), 2);
         assert_eq!(budget.refused_readings(), 2);
         drop(hog);
-        assert_eq!(budget.used(), 0, "a closed connection hands everything back");
+        assert_eq!(
+            budget.used(),
+            0,
+            "a closed connection hands everything back"
+        );
         source.stop().await;
     })
     .await;

@@ -158,7 +158,10 @@ async fn distinct_series_stay_within_the_memory_budget_and_the_rest_is_counted()
         mib(BUDGET)
     );
     assert!(refused > 0, "the budget holds far fewer than {sent} series");
-    assert_eq!(refused_metric, refused, "/metrics counts what the collector got");
+    assert_eq!(
+        refused_metric, refused,
+        "/metrics counts what the collector got"
+    );
     assert!(stored > 0);
     // What the agent grew by stays within the budget plus its fixed reserve
     // for what is not charged to it (batches being built and sent, the

@@ -549,14 +549,22 @@ mod tests {
         assert_eq!(budget.used(), 2 * WINDOW_SERIES_BYTES);
         assert_eq!((budget.refused_series(), budget.refused_readings()), (1, 5));
         let received: Vec<_> = g.received().iter().map(|(o, n)| (o.as_str(), *n)).collect();
-        assert_eq!(received, [("a1", 2), ("b2", 1)], "refused readings were never received");
+        assert_eq!(
+            received,
+            [("a1", 2), ("b2", 1)],
+            "refused readings were never received"
+        );
         // A series with open windows takes more readings at the bound.
         let r = g.handle_group(T0 + 1, vec![work("a1", 3, T0 + 5)], Vec::new());
         assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 3);
         // Its windows close: their bytes come back, and c3 fits.
         g.handle_group(T0 + 20 * SEC, Vec::new(), Vec::new());
         assert_eq!(budget.used(), 0);
-        let r = g.handle_group(T0 + 21 * SEC, vec![work("c3", 1, T0 + 21 * SEC)], Vec::new());
+        let r = g.handle_group(
+            T0 + 21 * SEC,
+            vec![work("c3", 1, T0 + 21 * SEC)],
+            Vec::new(),
+        );
         assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 1);
         // The count reaches the collector in a batch.
         g.handle_group(T0 + 30 * SEC, Vec::new(), Vec::new());

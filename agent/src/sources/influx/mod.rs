@@ -41,10 +41,10 @@
 //! A line longer than [`InfluxConfig::max_line_bytes`] is rejected and
 //! skipped up to its end.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -59,13 +59,13 @@ use tokio::task::JoinSet;
 mod udp;
 
 pub use self::udp::run_udp;
+use super::conn::{Closed, ConnectionTable, Deadlines, LogLimit};
 use super::line::{
     Chunk, ChunkParser, Chunker, KeyCache, LineError, Parsed, Piece, Precision, split_datagram,
 };
-use super::conn::{Closed, ConnectionTable, Deadlines, LogLimit};
 use crate::intake::{Intake, Refused, SubmitError};
-use crate::limits::Charge;
 use crate::journal::Work;
+use crate::limits::Charge;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
@@ -292,7 +292,10 @@ pub async fn run_tcp(
             }
         };
         let now = clock.now_ns();
-        let (id, kicked, evicted) = open.lock().unwrap_or_else(|e| e.into_inner()).admit(now, cfg.max_connections);
+        let (id, kicked, evicted) = open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(now, cfg.max_connections);
         if evicted {
             stats.add(&stats.connections_evicted, 1);
             if let Some(held_back) = limit_log.event(now) {
@@ -378,8 +381,7 @@ fn chunk_work(parsed: Parsed, cfg: &InfluxConfig) -> Work {
         ..Work::default()
     };
     for (origin, n) in parsed.refused {
-        work.health
-            .push((origin, health::DROPPED_MEMORY_BUDGET, n));
+        work.health.push((origin, health::DROPPED_MEMORY_BUDGET, n));
     }
     if !parsed.errors.is_empty() {
         work.health.push((

@@ -121,7 +121,11 @@ impl KeyCache {
 
 /// Heap bytes of a series key, as charged: its strings and their headers.
 fn key_bytes(key: &SeriesKey) -> u64 {
-    let tags: usize = key.tags.iter().map(|t| t.key.len() + t.value.len() + 48).sum();
+    let tags: usize = key
+        .tags
+        .iter()
+        .map(|t| t.key.len() + t.value.len() + 48)
+        .sum();
     (key.metric.len() + 48 + tags) as u64
 }
 

@@ -795,7 +795,11 @@ fn a_new_series_past_the_budget_is_refused_counted_and_caches_evict() {
     assert!(a.pressed(), "the refusal asked every cache for room");
     let again = parse_with(&mut a, "m,device=d1 v=3\n");
     assert_eq!(again.lines_accepted, 1);
-    assert_eq!(budget.evictions(), 1, "`a` evicted itself at its next chunk");
+    assert_eq!(
+        budget.evictions(),
+        1,
+        "`a` evicted itself at its next chunk"
+    );
     assert!(!a.pressed());
     // `b` makes room for itself the same way, then its series fit.
     let third = parse_with(&mut b, "n,device=d3 v=1,w=2\n");
