@@ -525,6 +525,35 @@ mod tests {
         assert_eq!(parse_size("12 parsecs"), None);
     }
 
+    #[test]
+    fn memory_budget_and_connection_limits() {
+        let c = Config::parse(COLLECTOR, "agent.toml", PathBuf::new()).unwrap();
+        assert_eq!(c.agent.memory_budget, None);
+        assert_eq!(
+            c.agent.memory_budget(c.journal.cache),
+            12 << 20,
+            "a 32 MiB agent with a 4 MiB page cache"
+        );
+        let text = format!(
+            "{COLLECTOR}[agent]\nmemory_budget = \"8 MiB\"\n\n[journal]\ncache = \"8 MiB\"\n\n\
+             [[influx_tcp]]\nlisten = \"127.0.0.1:0\"\nidle_timeout = \"1m\"\nline_timeout = \"0s\"\n"
+        );
+        let c = Config::parse(&text, "agent.toml", PathBuf::new()).unwrap();
+        assert_eq!(c.agent.memory_budget(c.journal.cache), 8 << 20);
+        let tcp = &c.influx_tcp[0].source;
+        assert_eq!(tcp.idle_timeout, Duration::from_secs(60));
+        assert_eq!(tcp.line_timeout, Duration::ZERO);
+        assert_eq!(tcp.max_connections, 64);
+        let text = format!("{COLLECTOR}[agent]\nmemory_budget = \"a lot\"\n");
+        let e = Config::parse(&text, "agent.toml", PathBuf::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("memory_budget") && e.contains("not a size"),
+            "{e}"
+        );
+    }
+
     /// The Debian package's /etc/ferry-agent/agent.toml is valid and says
     /// what the unit expects.
     #[test]
