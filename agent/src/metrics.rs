@@ -187,6 +187,9 @@ pub struct AgentMetrics {
     /// Line-protocol sources' counters, by source name.
     pub influx:
         std::sync::Mutex<Vec<(String, std::sync::Arc<crate::sources::influx::SourceStats>)>>,
+    /// Device-link sources' counters, by source name.
+    pub devices:
+        std::sync::Mutex<Vec<(String, std::sync::Arc<crate::sources::device::DeviceStats>)>>,
 }
 
 /// What `ferry-agent status` shows; served as JSON at `/status`.
@@ -374,6 +377,17 @@ impl AgentMetrics {
             }
         }
         drop(influx);
+        let devices = self.devices.lock().unwrap_or_else(|e| e.into_inner());
+        if !devices.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP ferry_agent_device Device-link sources' counters (frames, reports, connections, refusals at the limit, idle timeouts)."
+            );
+            for (name, stats) in devices.iter() {
+                stats.render_prometheus(name, &mut out);
+            }
+        }
+        drop(devices);
         self.commit_latency.render(
             &mut out,
             "ferry_agent_commit_seconds",

@@ -305,6 +305,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .map_err(bind_err("device_tcp_listen", src.listen))?,
         );
         let source = DeviceSource::new(src.link.clone(), intake.clone(), registry.clone());
+        metrics
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((source.config.name.clone(), source.stats.clone()));
         let stop = stop_on(stopped.clone());
         tasks.spawn(async move {
             if let Err(e) = device::run_tcp_listener(l, &source, stop).await {
@@ -314,6 +319,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     for src in &config.device_tcp_connect {
         let source = DeviceSource::new(src.link.clone(), intake.clone(), registry.clone());
+        metrics
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((source.config.name.clone(), source.stats.clone()));
         let (addr, stop) = (src.connect, stop_on(stopped.clone()));
         tasks.spawn(async move {
             if let Err(e) = device::run_tcp_client(addr, &source, stop).await {
@@ -323,6 +333,11 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     for src in &config.device_serial {
         let source = DeviceSource::new(src.link.clone(), intake.clone(), registry.clone());
+        metrics
+            .devices
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((source.config.name.clone(), source.stats.clone()));
         let (path, baud, stop) = (src.path.clone(), src.baud, stop_on(stopped.clone()));
         tasks.spawn(async move {
             if let Err(e) = device::run_serial(&path, baud, &source, stop).await {

@@ -132,15 +132,7 @@ impl ConnectionTable {
     /// (ties: the oldest id). The evicted connection is out of the table.
     pub fn admit(&mut self, now: i64, max: usize) -> (u64, Option<u64>) {
         let evict = if self.last_progress.len() >= max.max(1) {
-            let idlest = self
-                .last_progress
-                .iter()
-                .min_by_key(|&(&id, &t)| (t, id))
-                .map(|(&id, _)| id);
-            if let Some(id) = idlest {
-                self.last_progress.remove(&id);
-            }
-            idlest
+            self.evict_idlest()
         } else {
             None
         };
@@ -148,6 +140,19 @@ impl ConnectionTable {
         self.next_id += 1;
         self.last_progress.insert(id, now);
         (id, evict)
+    }
+
+    /// Takes the idlest connection out of the table (ties: the oldest id),
+    /// to be closed: at the limit, or when the process is out of file
+    /// descriptors and cannot accept.
+    pub fn evict_idlest(&mut self) -> Option<u64> {
+        let idlest = self
+            .last_progress
+            .iter()
+            .min_by_key(|&(&id, &t)| (t, id))
+            .map(|(&id, _)| id)?;
+        self.last_progress.remove(&idlest);
+        Some(idlest)
     }
 
     /// Connection `id` completed a line at `now`.

@@ -210,6 +210,37 @@ pub struct DeviceStats {
 }
 
 impl DeviceStats {
+    /// Appends Prometheus samples `ferry_agent_device_<counter>{source="name"}`
+    /// (no `# HELP`/`# TYPE` lines, so several sources can share a family)
+    /// for `frames_ok_total`, `bad_frames_total` (CRC, COBS, too short, too
+    /// long, undecodable), `reports_journaled_total`,
+    /// `reports_rejected_total`, `connections_total`,
+    /// `connections_refused_total` and `idle_timeouts_total`.
+    pub fn render_prometheus(&self, source: &str, out: &mut String) {
+        use std::fmt::Write as _;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let source = source.replace('\\', r"\\").replace('"', "\\\"");
+        let bad = get(&self.bad_crc)
+            + get(&self.bad_cobs)
+            + get(&self.too_short)
+            + get(&self.too_long)
+            + get(&self.undecodable);
+        for (name, value) in [
+            ("frames_ok_total", get(&self.frames_ok)),
+            ("bad_frames_total", bad),
+            ("reports_journaled_total", get(&self.reports_journaled)),
+            ("reports_rejected_total", get(&self.reports_rejected)),
+            ("connections_total", get(&self.connections)),
+            ("connections_refused_total", get(&self.connections_refused)),
+            ("idle_timeouts_total", get(&self.idle_timeouts)),
+        ] {
+            let _ = writeln!(
+                out,
+                "ferry_agent_device_{name}{{source=\"{source}\"}} {value}"
+            );
+        }
+    }
+
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

@@ -15,7 +15,8 @@
 //! **Connection limits** ([`conn`](super::conn)): the listener always
 //! accepts; at [`InfluxConfig::max_connections`] it closes the idlest
 //! connection (counted in `connections_evicted_total`, logged at most once
-//! per [`LIMIT_LOG_PERIOD`]). A connection with no byte for
+//! per [`LIMIT_LOG_PERIOD`]), and so it does when an accept fails (out of
+//! file descriptors). A connection with no byte for
 //! [`InfluxConfig::idle_timeout`], or holding a partial line for
 //! [`InfluxConfig::line_timeout`], is closed (counted). An idle connection
 //! holds no read buffer.
@@ -272,6 +273,7 @@ pub async fn run_tcp(
     let (stop_tx, stop_rx) = watch::channel(false);
     let open = Arc::new(Mutex::new(Open::default()));
     let mut limit_log = LogLimit::new(LIMIT_LOG_PERIOD);
+    let mut accept_log = LogLimit::new(LIMIT_LOG_PERIOD);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -283,8 +285,21 @@ pub async fn run_tcp(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors and the like: pause, don't spin.
-                tracing::warn!(source = %cfg.name, error = %e, "accepting a connection failed");
+                // Out of file descriptors and the like: close the idlest
+                // connection (its descriptor serves the next accept), pause,
+                // don't spin.
+                let now = clock.now_ns();
+                let evicted = open
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .evict_idlest();
+                if evicted {
+                    stats.add(&stats.connections_evicted, 1);
+                }
+                if let Some(held_back) = accept_log.event(now) {
+                    tracing::warn!(source = %cfg.name, error = %e, evicted, held_back,
+                        "accepting a connection failed ({held_back} more since the last message)");
+                }
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(FIRST_RETRY_PAUSE * 10) => continue,
@@ -343,6 +358,17 @@ impl Open {
         let (tx, rx) = oneshot::channel();
         self.kick.insert(id, tx);
         (id, rx, evicted.is_some())
+    }
+
+    /// Closes the idlest connection; true if there was one.
+    fn evict_idlest(&mut self) -> bool {
+        let Some(id) = self.table.evict_idlest() else {
+            return false;
+        };
+        if let Some(kick) = self.kick.remove(&id) {
+            let _ = kick.send(());
+        }
+        true
     }
 
     fn remove(&mut self, id: u64) {
