@@ -636,6 +636,13 @@ impl Connection {
                 .rejected(now, &self.cfg.name, self.peer, &parsed.errors);
         }
         let (lines, readings) = (parsed.lines_accepted, parsed.readings_accepted);
+        // The chunk's readings are held until committed: charged as a
+        // buffer is (bounded by `chunk_lines`), handed back on return.
+        let _held = self.intake.budget().map(|b| {
+            let mut held = Charge::new(b.clone());
+            held.set(parsed.heap_bytes());
+            held
+        });
         let work = chunk_work(parsed, &self.cfg);
         if work.is_empty() {
             return true;

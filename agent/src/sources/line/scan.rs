@@ -119,26 +119,46 @@ impl KeyCache {
     }
 }
 
-/// Heap bytes of a series key, as charged: its strings and their headers.
-fn key_bytes(key: &SeriesKey) -> u64 {
-    let tags: usize = key
+/// Bytes `malloc` takes for `n` bytes of heap: a 16-byte-aligned chunk with
+/// its 8-byte header, at least 32 (glibc); nothing for an empty buffer.
+pub(super) fn alloc(n: usize) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    ((n + 8).div_ceil(16) * 16).max(32) as u64
+}
+
+/// What a series key costs besides its 48-byte header: the metric, the tag
+/// vector and every tag's two strings, each a heap allocation.
+pub fn series_key_heap(key: &SeriesKey) -> u64 {
+    let strings: u64 = key
         .tags
         .iter()
-        .map(|t| t.key.len() + t.value.len() + 48)
+        .map(|t| alloc(t.key.len()) + alloc(t.value.len()))
         .sum();
-    (key.metric.len() + 48 + tags) as u64
+    alloc(key.metric.len()) + alloc(key.tags.len() * 48) + strings
 }
 
-/// What a cached key section is charged: its raw bytes, the canonical key
-/// twice (a map key and the entry), its origin and the maps' slots (at
-/// twice their size, as maps grow by doubling).
+/// Hash map slots are charged twice their size: maps grow by doubling and
+/// keep an eighth free.
+const SLOT: u64 = 2;
+
+/// What a cached key section is charged: its raw bytes (a map key), the
+/// canonical key twice (a map key and the entry's), its origin, its entry
+/// (grown by doubling) and the entry's empty field map.
 fn entry_bytes(raw: &[u8], key: &SeriesKey, origin: &str) -> u64 {
-    raw.len() as u64 + 2 * key_bytes(key) + origin.len() as u64 + 320
+    let key_heap = series_key_heap(key);
+    SLOT * 32 + alloc(raw.len())
+        + SLOT * 56 + key_heap
+        + SLOT * 168 + key_heap
+        + alloc(origin.len())
+        + 160
 }
 
-/// What a cached field is charged: its series key, its name, its slots.
+/// What a cached field is charged: its name (a map key), its series key
+/// (header and heap), its id and group slots.
 fn field_bytes(series: &SeriesKey, field: &[u8]) -> u64 {
-    key_bytes(series) + field.len() as u64 + 96
+    SLOT * 32 + alloc(field.len()) + SLOT * 48 + series_key_heap(series) + SLOT * (4 + 16)
 }
 
 /// Parses lines one at a time into series groups: what [`parse_lines`] does,
@@ -267,7 +287,7 @@ impl<'a> ChunkParser<'a> {
                 let origin = key.tag(self.device_tag).unwrap_or(self.source_name);
                 match cache.keys.get(&key).copied() {
                     Some(e) => {
-                        if cache.charge(raw_key.len() as u64 + 96) {
+                        if cache.charge(SLOT * 32 + alloc(raw_key.len())) {
                             cache.raw_keys.insert(raw_key.to_vec(), e);
                         }
                         Ok(e)

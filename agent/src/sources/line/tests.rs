@@ -771,7 +771,7 @@ fn parse_with(cache: &mut KeyCache, chunk: &str) -> Parsed {
 fn a_new_series_past_the_budget_is_refused_counted_and_caches_evict() {
     use crate::limits::MemoryBudget;
     // Room for about two key sections with their fields.
-    let budget = MemoryBudget::new(1_800);
+    let budget = MemoryBudget::new(3_400);
     let mut a = KeyCache::with_budget(budget.clone());
     let mut b = KeyCache::with_budget(budget.clone());
     let first = parse_with(&mut a, "m,device=d1 v=1\nm,device=d2 v=2\n");
