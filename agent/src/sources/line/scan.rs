@@ -148,9 +148,12 @@ const SLOT: u64 = 2;
 /// (grown by doubling) and the entry's empty field map.
 fn entry_bytes(raw: &[u8], key: &SeriesKey, origin: &str) -> u64 {
     let key_heap = series_key_heap(key);
-    SLOT * 32 + alloc(raw.len())
-        + SLOT * 56 + key_heap
-        + SLOT * 168 + key_heap
+    SLOT * 32
+        + alloc(raw.len())
+        + SLOT * 56
+        + key_heap
+        + SLOT * 168
+        + key_heap
         + alloc(origin.len())
         + 160
 }
