@@ -36,7 +36,7 @@ pub enum ConfigError {
     },
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -204,6 +204,25 @@ pub struct AgentSection {
     /// default). Off, such readings are journaled and shipped, and the
     /// collector refuses them one by one (counted at the collector).
     pub check_timestamps: bool,
+    /// One bound for series-key caches, connection buffers and window
+    /// state (`"12 MiB"` or bytes); by default what a 32 MiB agent has
+    /// left after the journal's page cache and a fixed reserve
+    /// ([`crate::limits::default_budget`]).
+    #[serde(deserialize_with = "optional_bytes")]
+    pub memory_budget: Option<u64>,
+}
+
+impl AgentSection {
+    /// The memory budget in bytes, with a journal page cache of
+    /// `journal_cache` bytes.
+    pub fn memory_budget(&self, journal_cache: u64) -> u64 {
+        self.memory_budget
+            .unwrap_or_else(|| crate::limits::default_budget(journal_cache))
+    }
+}
+
+fn optional_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    bytes(d).map(Some)
 }
 
 impl Default for AgentSection {
@@ -215,6 +234,7 @@ impl Default for AgentSection {
             max_past: Duration::from_secs(30 * 86_400),
             max_future: Duration::from_secs(600),
             check_timestamps: true,
+            memory_budget: None,
         }
     }
 }
@@ -519,6 +539,35 @@ mod tests {
         assert_eq!(parse_size("512 MiB"), Some(512 << 20));
         assert_eq!(parse_size("2GiB"), Some(2 << 30));
         assert_eq!(parse_size("12 parsecs"), None);
+    }
+
+    #[test]
+    fn memory_budget_and_connection_limits() {
+        let c = Config::parse(COLLECTOR, "agent.toml", PathBuf::new()).unwrap();
+        assert_eq!(c.agent.memory_budget, None);
+        assert_eq!(
+            c.agent.memory_budget(c.journal.cache),
+            12 << 20,
+            "a 32 MiB agent with a 4 MiB page cache"
+        );
+        let text = format!(
+            "{COLLECTOR}[agent]\nmemory_budget = \"8 MiB\"\n\n[journal]\ncache = \"8 MiB\"\n\n\
+             [[influx_tcp]]\nlisten = \"127.0.0.1:0\"\nidle_timeout = \"1m\"\nline_timeout = \"0s\"\n"
+        );
+        let c = Config::parse(&text, "agent.toml", PathBuf::new()).unwrap();
+        assert_eq!(c.agent.memory_budget(c.journal.cache), 8 << 20);
+        let tcp = &c.influx_tcp[0].source;
+        assert_eq!(tcp.idle_timeout, Duration::from_secs(60));
+        assert_eq!(tcp.line_timeout, Duration::ZERO);
+        assert_eq!(tcp.max_connections, 64);
+        let text = format!("{COLLECTOR}[agent]\nmemory_budget = \"a lot\"\n");
+        let e = Config::parse(&text, "agent.toml", PathBuf::new())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("memory_budget") && e.contains("not a size"),
+            "{e}"
+        );
     }
 
     /// The Debian package's /etc/ferry-agent/agent.toml is valid and says

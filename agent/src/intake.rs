@@ -7,9 +7,13 @@
 //! that submits faster than the writer commits waits in `submit` — that is
 //! the backpressure path for TCP and serial sources.
 
+use std::sync::Arc;
+
 use tokio::sync::{mpsc, oneshot};
 
 use crate::journal::{CommitReport, Work};
+use crate::limits::MemoryBudget;
+use crate::sources::line::KeyCache;
 
 /// Why a submission was not committed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,10 +83,12 @@ pub struct Submission {
     pub done: oneshot::Sender<Outcome>,
 }
 
-/// A source's handle on the journal writer. Cheap to clone.
+/// A source's handle on the journal writer, and on the agent's memory
+/// budget ([`Intake::budget`]). Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Intake {
     tx: mpsc::Sender<Submission>,
+    budget: Option<Arc<MemoryBudget>>,
 }
 
 impl Intake {
@@ -90,7 +96,27 @@ impl Intake {
     /// submissions in the queue.
     pub fn channel(bound: usize) -> (Self, mpsc::Receiver<Submission>) {
         let (tx, rx) = mpsc::channel(bound.max(1));
-        (Self { tx }, rx)
+        (Self { tx, budget: None }, rx)
+    }
+
+    /// This handle, with sources charging their caches and buffers to
+    /// `budget`.
+    pub fn with_budget(mut self, budget: Arc<MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// The agent's memory budget, if sources are bound by one.
+    pub fn budget(&self) -> Option<&Arc<MemoryBudget>> {
+        self.budget.as_ref()
+    }
+
+    /// A series-key cache for one connection or socket, charged to the
+    /// budget when there is one.
+    pub fn key_cache(&self) -> KeyCache {
+        self.budget
+            .clone()
+            .map_or_else(KeyCache::default, KeyCache::with_budget)
     }
 
     /// Commits `work` durably; returns when it is in the journal.

@@ -16,6 +16,8 @@
 //!   its window, acks and backoff are the state machine `Flight`), `admin`
 //!   (status and Prometheus metrics over HTTP), `systemd` (readiness and the
 //!   watchdog under a `Type=notify` unit), `memory` (a small heap),
+//!   `limits` (one memory budget for series caches, connection buffers and
+//!   window state),
 //!   `cli` and `watch` (what the CLI's commands do), and
 //!   [`run`](crate::run). Every state machine takes `now` from one clock
 //!   (`ferry_clock`); docs/ARCHITECTURE.md lists them with their tests.
@@ -40,6 +42,8 @@ pub mod config;
 pub mod disk;
 #[cfg(feature = "std")]
 pub mod intake;
+#[cfg(feature = "std")]
+pub mod limits;
 #[cfg(feature = "std")]
 pub mod memory;
 #[cfg(feature = "std")]

@@ -185,6 +185,8 @@ pub struct AgentMetrics {
     /// Guarantees of issue 14 (idle commits, full disks, rejected
     /// timestamps, kernel drops) and the per-source counters.
     pub guard: Guarantees,
+    /// The memory budget of caches, buffers and window state, once set.
+    pub memory: std::sync::OnceLock<std::sync::Arc<crate::limits::MemoryBudget>>,
 }
 
 /// Counters that show a loss or a stall where an operator looks: on
@@ -350,6 +352,8 @@ fn render_device(source: &str, d: &crate::sources::device::DeviceStats, out: &mu
         ("device_dropped", &d.device_dropped),
         ("devices_seen", &d.devices_seen),
         ("connections", &d.connections),
+        ("connections_refused", &d.connections_refused),
+        ("idle_timeouts", &d.idle_timeouts),
     ] {
         let _ = writeln!(
             out,
@@ -535,6 +539,9 @@ impl AgentMetrics {
         }
         self.readings_refused.render(&mut out);
         self.guard.render(&mut out);
+        if let Some(memory) = self.memory.get() {
+            memory.render_prometheus(&mut out);
+        }
         self.commit_latency.render(
             &mut out,
             "ferry_agent_commit_seconds",

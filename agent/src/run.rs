@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use crate::config::{CompressionName, Config, Order};
 use crate::intake::Intake;
 use crate::journal::{CommitError, Journal, JournalConfig, JournalStats};
+use crate::limits::MemoryBudget;
 use crate::metrics::{AgentMetrics, Counter};
 use crate::shipper::{self, ShipperConfig};
 use crate::sources::device::{self, DeviceRegistry, DeviceSource};
@@ -340,11 +341,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         })?);
     let epoch = journal.epoch();
     let metrics = Arc::new(AgentMetrics::default());
+    let budget = MemoryBudget::new(config.agent.memory_budget(config.journal.cache));
+    let _ = metrics.memory.set(budget.clone());
     let (intake, intake_rx) = Intake::channel(1024);
+    let intake = intake.with_budget(budget.clone());
     let (writer, handle) = Writer::new(journal, intake_rx, metrics.clone(), config.agent.tick);
     let (terms, collector_terms) = watch::channel(None);
     let writer = writer
         .with_health_interval(config.agent.health_interval)
+        .with_memory_budget(budget)
         .with_time_window(if config.agent.check_timestamps {
             crate::writer::TimeWindow {
                 terms: Some(collector_terms.clone()),

@@ -304,6 +304,11 @@ impl Aggregator {
         self.series.get(series).map(|(_, s)| s)
     }
 
+    /// Series with open windows.
+    pub fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
     /// Number of open windows over all series.
     pub fn open_windows(&self) -> usize {
         self.series.values().map(|(_, s)| s.open.len()).sum()

@@ -617,3 +617,40 @@ async fn serial_port_link_on_a_pseudo_terminal() {
     stop.send(true).unwrap();
     port.await.unwrap().unwrap();
 }
+
+/// The wall clock as paused tokio time: the link's deadlines and its timer
+/// move together.
+struct TokioClock(tokio::time::Instant);
+
+impl ferry_clock::Clock for TokioClock {
+    fn now_ns(&self) -> i64 {
+        T0 + self.0.elapsed().as_nanos() as i64
+    }
+}
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_silent_link_is_closed_after_its_idle_timeout_and_counted() {
+    let (intake, _rx) = Intake::channel(4);
+    let config = DeviceLinkConfig {
+        idle_timeout_ms: 60_000,
+        ..DeviceLinkConfig::default()
+    };
+    let start = tokio::time::Instant::now();
+    let src = DeviceSource::new(config, intake, DeviceRegistry::new())
+        .with_clock(Arc::new(TokioClock(start)));
+    let stats = src.stats.clone();
+    let (mut dev_io, gw_io) = tokio::io::duplex(1024);
+    // One byte (a frame delimiter) 30 s in: the minute starts again there.
+    let device = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+        dev_io.write_all(&[0]).await.unwrap();
+        dev_io
+    });
+    let end = run_link(gw_io, &src, std::future::pending::<()>())
+        .await
+        .unwrap();
+    assert_eq!(end, LinkEnd::Idle);
+    assert_eq!(start.elapsed(), std::time::Duration::from_secs(90));
+    assert_eq!(stats.idle_timeouts.load(Ordering::Relaxed), 1);
+    drop(device.await.unwrap());
+}

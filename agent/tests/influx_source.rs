@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use ferry_agent::intake::{Intake, Refused, Submission, SubmitError};
 use ferry_agent::journal::{CommitReport, Work};
+use ferry_agent::limits::{Charge, MemoryBudget};
 use ferry_agent::sources::influx::{InfluxConfig, SourceStats, run_tcp, run_udp};
 use ferry_agent::sources::line::Precision;
 use ferry_proto::health;
@@ -348,36 +349,136 @@ async fn tcp_chunk_lost_in_a_failed_commit_is_counted_and_the_connection_closed(
 }
 
 #[tokio::test]
-async fn tcp_connections_beyond_the_limit_wait_for_a_free_slot() {
+async fn a_connection_beyond_the_limit_closes_the_idlest_and_is_served() {
     within(async {
         let cfg = InfluxConfig {
-            max_connections: 1,
+            max_connections: 2,
             ..config()
         };
         let (source, mut rx, addr) = tcp_source(cfg, 4).await;
         let ok = || Ok(CommitReport::default());
+        // `idle` never sends; `a` sends a line: `idle` is the idlest.
+        let mut idle = TcpStream::connect(addr).await.unwrap();
         let mut a = TcpStream::connect(addr).await.unwrap();
         a.write_all(b"a f=1 1\n").await.unwrap();
         let s = next(&mut rx).await;
         assert_eq!(flat(&[s.work]), [("a_f".to_owned(), 1, 1.0)]);
         let _ = s.done.send(ok());
-        // `b` is in the listen backlog, not served, while `a` is open.
+        // `b` comes at the limit: it is accepted, and `idle` is closed.
         let mut b = TcpStream::connect(addr).await.unwrap();
+        let mut rest = Vec::new();
+        let n = tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut rest)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "the idlest connection was closed");
         b.write_all(b"b f=1 1\n").await.unwrap();
         b.shutdown().await.unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!(flat(&[s.work]), [("b_f".to_owned(), 1, 1.0)]);
+        let _ = s.done.send(ok());
+        // `a` is still served.
         a.write_all(b"a f=2 2\n").await.unwrap();
         let s = next(&mut rx).await;
         assert_eq!(flat(&[s.work]), [("a_f".to_owned(), 2, 2.0)]);
         let _ = s.done.send(ok());
-        assert_eq!(source.stats.connections(), 1);
         a.shutdown().await.unwrap();
-        let s = next(&mut rx).await;
-        assert_eq!(flat(&[s.work]), [("b_f".to_owned(), 1, 1.0)]);
-        let _ = s.done.send(ok());
         wait_for(&source.stats, |s| {
-            s.connections() == 2 && s.connections_open() == 0
+            s.connections() == 3 && s.connections_open() == 0
         })
         .await;
+        assert_eq!(source.stats.connections_evicted(), 1);
+        assert_eq!(source.stats.idle_timeouts(), 0);
+        source.stop().await;
+    })
+    .await;
+}
+
+/// The timeouts run on the real clock here (their logic is tested with a
+/// fake clock in `sources::conn`): the test waits for the close, it does
+/// not time it.
+#[tokio::test]
+async fn a_stalled_line_and_an_idle_connection_are_closed_and_counted() {
+    within(async {
+        let cfg = InfluxConfig {
+            line_timeout: Duration::from_millis(50),
+            idle_timeout: Duration::from_millis(50),
+            ..config()
+        };
+        let (source, mut rx, addr) = tcp_source(cfg, 4).await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"a f=1 1\na f=").await.unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!(flat(&[s.work]), [("a_f".to_owned(), 1, 1.0)]);
+        let _ = s.done.send(Ok(CommitReport::default()));
+        let mut rest = Vec::new();
+        let n = tokio::io::AsyncReadExt::read_to_end(&mut slow, &mut rest)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "closed with its line unfinished");
+        wait_for(&source.stats, |s| s.line_timeouts() == 1).await;
+        let mut idle = TcpStream::connect(addr).await.unwrap();
+        let n = tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut rest)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "closed without a byte");
+        wait_for(&source.stats, |s| {
+            s.idle_timeouts() == 1 && s.connections_open() == 0
+        })
+        .await;
+        assert_eq!(source.stats.line_timeouts(), 1);
+        assert_eq!(source.stats.lines_accepted(), 1);
+        source.stop().await;
+    })
+    .await;
+}
+
+/// With a memory budget on the intake, a line whose new series does not
+/// fit is refused and its readings counted per origin as health kind 11 in
+/// the chunk's work; cached series go on.
+#[tokio::test]
+async fn a_new_series_beyond_the_memory_budget_is_counted_in_the_work() {
+    within(async {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let budget = MemoryBudget::new(1 << 20);
+        let (intake, mut rx) = Intake::channel(4);
+        let intake = intake.with_budget(budget.clone());
+        let stats = Arc::new(SourceStats::default());
+        let (stop, signal) = shutdown_signal();
+        let task = tokio::spawn(run_tcp(listener, config(), intake, stats.clone(), signal));
+        let source = Source { stop, task, stats };
+        let mut client = TcpStream::connect(addr).await.unwrap();
+        client.write_all(b"m,device=d1 f=1 1\n").await.unwrap();
+        let s = next(&mut rx).await;
+        assert_eq!(
+            flat(std::slice::from_ref(&s.work)),
+            [("m_f{device=\"d1\"}".to_owned(), 1, 1.0)]
+        );
+        // Now something else holds the whole budget: d1 is cached, d2 is
+        // new and does not fit.
+        let mut hog = Charge::new(budget.clone());
+        hog.set(budget.limit());
+        let _ = s.done.send(Ok(CommitReport::default()));
+        client
+            .write_all(b"m,device=d2 f=2,g=3 2\nm,device=d1 f=4 3\n")
+            .await
+            .unwrap();
+        client.shutdown().await.unwrap();
+        let works = accept_until(&mut rx, |w| {
+            flat(w).len() + health_sum(w, "d2", health::DROPPED_MEMORY_BUDGET) as usize >= 3
+        })
+        .await;
+        assert_eq!(flat(&works), [("m_f{device=\"d1\"}".to_owned(), 3, 4.0)]);
+        assert_eq!(health_sum(&works, "d2", health::DROPPED_MEMORY_BUDGET), 2);
+        wait_for(&source.stats, |s| s.connections_open() == 0).await;
+        assert_eq!(source.stats.readings_refused(), 2);
+        assert_eq!(budget.refused_readings(), 2);
+        drop(hog);
+        assert_eq!(
+            budget.used(),
+            0,
+            "a closed connection hands everything back"
+        );
         source.stop().await;
     })
     .await;
@@ -549,6 +650,10 @@ fn stats_render_as_prometheus_samples() {
          ferry_agent_influx_bytes_total{source=\"lp\"} 0\n\
          ferry_agent_influx_connections_total{source=\"lp\"} 0\n\
          ferry_agent_influx_connections_open{source=\"lp\"} 0\n\
-         ferry_agent_influx_dropped_readings_total{source=\"lp\"} 0\n"
+         ferry_agent_influx_dropped_readings_total{source=\"lp\"} 0\n\
+         ferry_agent_influx_readings_refused_total{source=\"lp\"} 0\n\
+         ferry_agent_influx_connections_evicted_total{source=\"lp\"} 0\n\
+         ferry_agent_influx_idle_timeouts_total{source=\"lp\"} 0\n\
+         ferry_agent_influx_line_timeouts_total{source=\"lp\"} 0\n"
     );
 }

@@ -88,7 +88,8 @@ pub struct DropRow {
     /// the series' `device` tag. Empty: none.
     pub device: String,
     /// Why: a health kind name (`journal_full`, `late`, `device_ring`,
-    /// `queue_full`, `rejected_batch`, `rejected_input`, `kind_<n>`) or a
+    /// `queue_full`, `rejected_batch`, `rejected_input`, `memory_budget`,
+    /// `kind_<n>`) or a
     /// refusal reason (`bad_timestamp`, `series_limit`).
     pub reason: String,
     /// `agent` (reported in its health records) or `collector` (refused at

@@ -150,8 +150,8 @@ enum Command {
     },
     /// Show every reading lost, per agent, device and reason, and who
     /// counted it: the agent (dropped at the edge: journal full, too late
-    /// for its window, a device's ring overflow, a full source queue, a
-    /// batch the collector rejected) or the collector (refused one by one:
+    /// for its window, a device's ring overflow, a full source queue, its
+    /// memory budget, a batch the collector rejected) or the collector (refused one by one:
     /// bad timestamps, series past the store's limit).
     ///
     /// With --ledger, one line per agent instead: readings received by its

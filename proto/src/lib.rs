@@ -78,14 +78,21 @@ pub mod health {
     /// receive buffer was full (`/proc/net/udp`'s `drops`), counted for the
     /// source's name: datagrams, not readings (each may hold many lines).
     pub const DROPPED_KERNEL: u16 = 9;
-    /// Readings in a corrupt journal the agent moved aside that could not
-    /// be read back (the rest of it is shipped under its old epoch).
+    /// Reserved for readings in a corrupt journal the agent moved aside
+    /// that could not be read back. This version does not send it: a
+    /// quarantined journal's contents are not salvaged yet (the agent logs
+    /// the quarantine and starts a new journal epoch).
     pub const DROPPED_CORRUPT_JOURNAL: u16 = 10;
+    /// Readings of a new series the agent refused because its memory budget
+    /// (series-key caches, connection buffers, window state) had no room
+    /// for the series (agent `[agent] memory_budget`). Not handed to the
+    /// journal, so not in kind 7.
+    pub const DROPPED_MEMORY_BUDGET: u16 = 11;
 
     /// True for kinds that count readings lost on the agent's side (1, 2,
-    /// 3, 5, 6, 8, 9, 10): what the collector adds to an agent's `dropped`
-    /// figure. Kind 2 counts device reports and kind 9 datagrams, not
-    /// readings.
+    /// 3, 5, 6, 8, 9, 10, 11): what the collector adds to an agent's
+    /// `dropped` figure. Kind 2 counts device reports and kind 9 datagrams,
+    /// not readings.
     pub fn is_dropped(kind: u16) -> bool {
         matches!(
             kind,
@@ -97,6 +104,7 @@ pub mod health {
                 | REJECTED_TIMESTAMP
                 | DROPPED_KERNEL
                 | DROPPED_CORRUPT_JOURNAL
+                | DROPPED_MEMORY_BUDGET
         )
     }
 
@@ -114,6 +122,7 @@ pub mod health {
             REJECTED_TIMESTAMP => "rejected_timestamp",
             DROPPED_KERNEL => "dropped_kernel",
             DROPPED_CORRUPT_JOURNAL => "corrupt_journal",
+            DROPPED_MEMORY_BUDGET => "memory_budget",
             _ => return None,
         })
     }

@@ -397,6 +397,18 @@ impl Journal {
         &self.config
     }
 
+    /// True when a reading of `key` would start aggregation state for a
+    /// series that has none: a window rule matches it and it has no open
+    /// window.
+    pub fn is_new_window_series(&self, key: &SeriesKey) -> bool {
+        self.rule_for(key).is_some() && self.aggregator.state(key).is_none()
+    }
+
+    /// Series with open windows (state held in memory).
+    pub fn window_series(&self) -> usize {
+        self.aggregator.series_count()
+    }
+
     fn rule_for(&self, key: &SeriesKey) -> Option<WindowRule> {
         self.config
             .rules

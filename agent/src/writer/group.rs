@@ -13,12 +13,16 @@
 //! (its fsync) took, for the commit-latency histogram and the slow-commit
 //! log. It decides nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::intake::{Outcome, Refused, SubmitError};
+use ferry_proto::health::DROPPED_MEMORY_BUDGET;
+use ferry_proto::series::SeriesKey;
+
 use crate::journal::{CommitReport, Journal, Work};
+use crate::limits::{Charge, MemoryBudget, WINDOW_SERIES_BYTES};
 use crate::metrics::AgentMetrics;
 
 /// A journal commit taking this long is logged (the disk or the page cache
@@ -68,6 +72,8 @@ pub struct GroupCommit {
     disk_hold: Option<u64>,
     /// Keep a copy of each submission to hand back if the commit fails.
     careful: bool,
+    /// Window state's share of the memory budget, if bound by one.
+    window_budget: Option<Charge>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -94,6 +100,7 @@ impl GroupCommit {
             window: None,
             disk_hold: None,
             careful: false,
+            window_budget: None,
         };
         machine.publish_stats();
         machine
@@ -102,6 +109,48 @@ impl GroupCommit {
     /// The pacing in force.
     pub fn pacing(&self) -> Pacing {
         self.pacing
+    }
+
+    /// Charges window state to `budget`: every series with open windows
+    /// costs [`WINDOW_SERIES_BYTES`]; readings of a new aggregated series
+    /// that does not fit are refused, counted per origin as health kind
+    /// [`DROPPED_MEMORY_BUDGET`](ferry_proto::health::DROPPED_MEMORY_BUDGET)
+    /// (not as received: they never reach the journal).
+    pub fn set_memory_budget(&mut self, budget: Arc<MemoryBudget>) {
+        let mut charge = Charge::new(budget);
+        charge.set(self.journal.window_series() as u64 * WINDOW_SERIES_BYTES);
+        self.window_budget = Some(charge);
+    }
+
+    /// Takes out of `work` the readings of new aggregated series that do not
+    /// fit in the budget (`admitted`: new series already charged in this
+    /// group), and counts them in its health.
+    fn refuse_window_series(&mut self, work: &mut Work, admitted: &mut BTreeSet<SeriesKey>) {
+        let Self {
+            journal,
+            window_budget,
+            ..
+        } = self;
+        let Some(charge) = window_budget else {
+            return;
+        };
+        let mut refused: BTreeMap<String, u64> = BTreeMap::new();
+        work.readings.retain(|group| {
+            if admitted.contains(&group.series) || !journal.is_new_window_series(&group.series) {
+                return true;
+            }
+            if charge.try_grow(WINDOW_SERIES_BYTES) {
+                admitted.insert(group.series.clone());
+                return true;
+            }
+            let n = group.readings.len() as u64;
+            charge.budget().record_refusal(n);
+            *refused.entry(group.origin.clone()).or_default() += n;
+            false
+        });
+        for (origin, n) in refused {
+            work.health.push((origin, DROPPED_MEMORY_BUDGET, n));
+        }
     }
 
     /// Changes the pacing (before the first commit, typically).
@@ -233,12 +282,16 @@ impl GroupCommit {
             ..Work::default()
         };
         let mut spans = Vec::with_capacity(works.len());
+        let mut admitted = BTreeSet::new();
         for (w, refused) in works.iter_mut().zip(&outcomes) {
             if refused.is_none()
                 && let Some(window) = self.window
             {
                 let rejected = reject_outside(w, window);
                 self.metrics.guard.readings_rejected_timestamp.add(rejected);
+            }
+            if refused.is_none() {
+                self.refuse_window_series(w, &mut admitted);
             }
             let start = work.reports.len();
             let count = if refused.is_some() {
@@ -320,6 +373,10 @@ impl GroupCommit {
                 },
             )
             .collect();
+        if let Some(charge) = &mut self.window_budget {
+            // What the windows hold now: closed windows hand theirs back.
+            charge.set(self.journal.window_series() as u64 * WINDOW_SERIES_BYTES);
+        }
         self.publish_stats();
         GroupReport {
             outcomes,
@@ -664,5 +721,74 @@ mod tests {
         g.set_disk_hold(None);
         let r = g.handle_group(T0 + 1, vec![data], Vec::new());
         assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 4);
+    }
+
+    /// Window state is charged per series: a new aggregated series past the
+    /// budget is refused and counted as kind 11 (not as received), series
+    /// already in a window go on, and closing windows hands the bytes back.
+    #[test]
+    fn new_window_series_past_the_budget_are_refused_and_counted() {
+        use crate::journal::AggregateRule;
+        use crate::window::{LatePolicy, WindowRule};
+        let config = JournalConfig {
+            rules: vec![AggregateRule {
+                metric: "temperature".into(),
+                window: WindowRule {
+                    period_ns: 10 * SEC as u64,
+                    lateness_ns: 0,
+                    sketch: false,
+                    late: LatePolicy::Raw,
+                },
+            }],
+            ..lingering()
+        };
+        let (_dir, j) = journal(config);
+        let mut g = GroupCommit::new(j, Arc::default(), pacing(5, 3600));
+        let budget = MemoryBudget::new(2 * WINDOW_SERIES_BYTES);
+        g.set_memory_budget(budget.clone());
+        let r = g.handle_group(
+            T0,
+            vec![work("a1", 2, T0), work("b2", 1, T0), work("c3", 5, T0)],
+            Vec::new(),
+        );
+        let accepted: Vec<u64> = r
+            .outcomes
+            .iter()
+            .map(|o| o.as_ref().unwrap().accepted)
+            .collect();
+        assert_eq!(accepted, [2, 1, 0], "c3's series did not fit");
+        assert_eq!(budget.used(), 2 * WINDOW_SERIES_BYTES);
+        assert_eq!((budget.refused_series(), budget.refused_readings()), (1, 5));
+        let received: Vec<_> = g.received().iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        assert_eq!(
+            received,
+            [("a1", 2), ("b2", 1)],
+            "refused readings were never received"
+        );
+        // A series with open windows takes more readings at the bound.
+        let r = g.handle_group(T0 + 1, vec![work("a1", 3, T0 + 5)], Vec::new());
+        assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 3);
+        // Its windows close: their bytes come back, and c3 fits.
+        g.handle_group(T0 + 20 * SEC, Vec::new(), Vec::new());
+        assert_eq!(budget.used(), 0);
+        let r = g.handle_group(
+            T0 + 21 * SEC,
+            vec![work("c3", 1, T0 + 21 * SEC)],
+            Vec::new(),
+        );
+        assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 1);
+        // The count reaches the collector in a batch.
+        g.handle_group(T0 + 30 * SEC, Vec::new(), Vec::new());
+        let mut counted = Vec::new();
+        for (_, bytes) in g.journal().next_to_send(u64::MAX, false).unwrap() {
+            let batch: ferry_proto::batch::Batch =
+                ferry_proto::codec::from_bytes("Batch", &bytes).unwrap();
+            for h in batch.health {
+                if h.kind == DROPPED_MEMORY_BUDGET {
+                    counted.push((h.source, h.count));
+                }
+            }
+        }
+        assert_eq!(counted, [("c3".to_string(), 5)]);
     }
 }

@@ -224,6 +224,12 @@ impl Writer {
         self
     }
 
+    /// Charges window state to `budget` ([`GroupCommit::set_memory_budget`]).
+    pub fn with_memory_budget(mut self, budget: Arc<crate::limits::MemoryBudget>) -> Self {
+        self.machine.set_memory_budget(budget);
+        self
+    }
+
     /// Reads time from `clock` instead of the system clock.
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = clock;

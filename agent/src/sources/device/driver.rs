@@ -18,6 +18,8 @@ use crate::journal::CommitReport;
 
 use ferry_clock::{Backoff, Clock, SystemClock};
 
+use crate::sources::conn::{Deadlines, LogLimit};
+
 use super::*;
 
 /// Everything the drivers share: settings, the journal intake, the device
@@ -80,6 +82,8 @@ pub enum LinkEnd {
     Closed,
     /// The shutdown future completed.
     Shutdown,
+    /// No byte came for [`DeviceLinkConfig::idle_timeout_ms`].
+    Idle,
 }
 
 /// Why a driver failed.
@@ -112,6 +116,8 @@ where
     let mut buf = vec![0u8; 4 * MAX_SERIAL_FRAME];
     let mut commit: Option<CommitFuture> = None;
     let mut shutdown = std::pin::pin!(shutdown);
+    let idle = Duration::from_millis(source.config.idle_timeout_ms);
+    let mut deadlines = Deadlines::new(source.clock.now_ns(), Some(idle), None);
     loop {
         let mut wrote = false;
         while let Some(msg) = link.poll_transmit() {
@@ -133,9 +139,25 @@ where
                 None => std::future::pending().await,
             }
         };
+        let due = deadlines.due().map(|due| {
+            let wait = due.saturating_sub(source.clock.now_ns()).max(0);
+            tokio::time::Instant::now() + Duration::from_nanos(wait as u64)
+        });
+        let timeout = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             () = &mut shutdown => return Ok(LinkEnd::Shutdown),
+            () = timeout => {
+                if deadlines.expired(source.clock.now_ns()).is_some() {
+                    DeviceStats::inc(&source.stats.idle_timeouts);
+                    return Ok(LinkEnd::Idle);
+                }
+            }
             result = committed => {
                 commit = None;
                 if matches!(result, Err(SubmitError::Shutdown)) {
@@ -148,7 +170,9 @@ where
                 if n == 0 {
                     return Ok(LinkEnd::Closed);
                 }
-                link.handle_bytes(source.clock.now_ns(), &buf[..n]);
+                let now = source.clock.now_ns();
+                deadlines.handle_bytes(now, true, false);
+                link.handle_bytes(now, &buf[..n]);
             }
         }
     }
@@ -188,6 +212,10 @@ where
                     Ok(LinkEnd::Shutdown) => return Ok(()),
                     Ok(LinkEnd::Closed) => {
                         tracing::warn!(source = %source.config.name, "device link {what} closed; reconnecting");
+                    }
+                    Ok(LinkEnd::Idle) => {
+                        tracing::warn!(source = %source.config.name, idle_timeout_ms = source.config.idle_timeout_ms,
+                            "device link {what} silent too long; reopening");
                     }
                     Err(LinkError::IntakeClosed) => return Err(LinkError::IntakeClosed),
                     Err(LinkError::Io(e)) => {
@@ -230,6 +258,7 @@ pub async fn run_tcp_listener(
 ) -> Result<(), LinkError> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut links = tokio::task::JoinSet::new();
+    let mut limit_log = LogLimit::new(Duration::from_millis(source.config.warn_interval_ms));
     let mut shutdown = std::pin::pin!(shutdown);
     let result = loop {
         tokio::select! {
@@ -250,12 +279,16 @@ pub async fn run_tcp_listener(
                     }
                 };
                 if links.len() >= source.config.max_connections {
-                    tracing::warn!(
-                        source = %source.config.name,
-                        %peer,
-                        "device link: {} connections open; refusing another",
-                        links.len()
-                    );
+                    DeviceStats::inc(&source.stats.connections_refused);
+                    if let Some(held_back) = limit_log.event(source.clock.now_ns()) {
+                        tracing::warn!(
+                            source = %source.config.name,
+                            %peer,
+                            held_back,
+                            "device link: {} connections open; refusing another ({held_back} more since the last message)",
+                            links.len()
+                        );
+                    }
                     continue;
                 }
                 DeviceStats::inc(&source.stats.connections);

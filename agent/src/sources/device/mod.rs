@@ -64,6 +64,11 @@
 //! device resends them); at most one commit is in flight per link; downlinks
 //! waiting to be written are coalesced (one ack, one config, one hello
 //! request); the registry holds at most [`DeviceLinkConfig::max_devices`].
+//! A link silent for [`DeviceLinkConfig::idle_timeout_ms`] is closed
+//! ([`LinkEnd::Idle`], the deadline is [`Deadlines`](super::conn::Deadlines)),
+//! and a listener at [`DeviceLinkConfig::max_connections`] closes new
+//! connections at once, counted and logged at most once per
+//! `warn_interval_ms`.
 //!
 //! # Layout
 //! `link` is the protocol ([`GatewayLink`]); `registry` what is known of
@@ -108,8 +113,14 @@ pub struct DeviceLinkConfig {
     pub max_pending_reports: usize,
     /// Most devices the [`DeviceRegistry`] remembers.
     pub max_devices: usize,
-    /// Most simultaneous connections of [`run_tcp_listener`].
+    /// Most simultaneous connections of [`run_tcp_listener`]; more are
+    /// closed at once (counted in `connections_refused`, logged at most
+    /// once per `warn_interval_ms`).
     pub max_connections: usize,
+    /// A link with no byte for this long is closed (and, for a serial port
+    /// or a board the agent connects to, reopened), ms; 0: never. Devices
+    /// send a heartbeat far more often.
+    pub idle_timeout_ms: u64,
 }
 
 impl Default for DeviceLinkConfig {
@@ -124,6 +135,7 @@ impl Default for DeviceLinkConfig {
             max_pending_reports: 256,
             max_devices: 4_096,
             max_connections: 64,
+            idle_timeout_ms: 300_000,
         }
     }
 }
@@ -191,9 +203,44 @@ pub struct DeviceStats {
     pub devices_seen: AtomicU64,
     /// Connections (or serial port openings) made.
     pub connections: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub connections_refused: AtomicU64,
+    /// Links closed after `idle_timeout_ms` without a byte.
+    pub idle_timeouts: AtomicU64,
 }
 
 impl DeviceStats {
+    /// Appends Prometheus samples `ferry_agent_device_<counter>{source="name"}`
+    /// (no `# HELP`/`# TYPE` lines, so several sources can share a family)
+    /// for `frames_ok_total`, `bad_frames_total` (CRC, COBS, too short, too
+    /// long, undecodable), `reports_journaled_total`,
+    /// `reports_rejected_total`, `connections_total`,
+    /// `connections_refused_total` and `idle_timeouts_total`.
+    pub fn render_prometheus(&self, source: &str, out: &mut String) {
+        use std::fmt::Write as _;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let source = source.replace('\\', r"\\").replace('"', "\\\"");
+        let bad = get(&self.bad_crc)
+            + get(&self.bad_cobs)
+            + get(&self.too_short)
+            + get(&self.too_long)
+            + get(&self.undecodable);
+        for (name, value) in [
+            ("frames_ok_total", get(&self.frames_ok)),
+            ("bad_frames_total", bad),
+            ("reports_journaled_total", get(&self.reports_journaled)),
+            ("reports_rejected_total", get(&self.reports_rejected)),
+            ("connections_total", get(&self.connections)),
+            ("connections_refused_total", get(&self.connections_refused)),
+            ("idle_timeouts_total", get(&self.idle_timeouts)),
+        ] {
+            let _ = writeln!(
+                out,
+                "ferry_agent_device_{name}{{source=\"{source}\"}} {value}"
+            );
+        }
+    }
+
     fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

@@ -551,3 +551,23 @@ fn downlinks_frame_for_the_device() {
         ack(7, 3)
     );
 }
+
+#[test]
+fn device_stats_render_as_prometheus_samples() {
+    let stats = DeviceStats::default();
+    DeviceStats::add(&stats.bad_crc, 2);
+    DeviceStats::add(&stats.too_long, 1);
+    DeviceStats::add(&stats.connections_refused, 4);
+    let mut out = String::new();
+    stats.render_prometheus("uart", &mut out);
+    assert_eq!(
+        out,
+        "ferry_agent_device_frames_ok_total{source=\"uart\"} 0\n\
+         ferry_agent_device_bad_frames_total{source=\"uart\"} 3\n\
+         ferry_agent_device_reports_journaled_total{source=\"uart\"} 0\n\
+         ferry_agent_device_reports_rejected_total{source=\"uart\"} 0\n\
+         ferry_agent_device_connections_total{source=\"uart\"} 0\n\
+         ferry_agent_device_connections_refused_total{source=\"uart\"} 4\n\
+         ferry_agent_device_idle_timeouts_total{source=\"uart\"} 0\n"
+    );
+}

@@ -12,8 +12,21 @@
 //! is counted in `dropped_readings`, logged, and its connection closed: the
 //! sender sees the failure. Near a full disk the writer keeps a copy and
 //! hands the chunk back instead (`crate::disk`): the connection waits.
-//! Connections are bounded by [`InfluxConfig::max_connections`]; further
-//! ones wait in the listen backlog.
+//! **Connection limits** ([`conn`](super::conn)): the listener always
+//! accepts; at [`InfluxConfig::max_connections`] it closes the idlest
+//! connection (counted in `connections_evicted_total`, logged at most once
+//! per [`LIMIT_LOG_PERIOD`]), and so it does when an accept fails (out of
+//! file descriptors). A connection with no byte for
+//! [`InfluxConfig::idle_timeout`], or holding a partial line for
+//! [`InfluxConfig::line_timeout`], is closed (counted). An idle connection
+//! holds no read buffer.
+//!
+//! **Memory** ([`limits`](crate::limits)): with a budget on the
+//! [`Intake`], each connection's series-key cache and read buffer are
+//! charged to it; a line of a new series that does not fit is refused and
+//! its readings counted per origin as
+//! [`health::DROPPED_MEMORY_BUDGET`] (`readings_refused_total`). A waiting
+//! connection evicts its cache as soon as the budget asks.
 //!
 //! **UDP** ([`run_udp`]): each datagram is a chunk, handed over with
 //! [`Intake::try_submit`]: a sender cannot be slowed, so when the queue is
@@ -29,29 +42,31 @@
 //! A line longer than [`InfluxConfig::max_line_bytes`] is rejected and
 //! skipped up to its end.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry_clock::{Backoff, Clock, SystemClock};
 
 use ferry_proto::health;
-use tokio::io::AsyncReadExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 mod udp;
 
 pub use self::udp::run_udp;
+use super::conn::{Closed, ConnectionTable, Deadlines, LogLimit};
 use super::line::{
     Chunk, ChunkParser, Chunker, KeyCache, LineError, Parsed, Piece, Precision, split_datagram,
 };
 use crate::intake::{Intake, Refused, SubmitError};
 use crate::journal::Work;
+use crate::limits::Charge;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
@@ -71,6 +86,8 @@ const UDP_HEALTH_RETRY: Duration = Duration::from_millis(100);
 /// Most distinct origins with pending UDP drop counts; further origins'
 /// counts go to the source's name, so the map stays bounded.
 const MAX_PENDING_ORIGINS: usize = 1024;
+/// The connection limit is logged at most once per this period.
+pub const LIMIT_LOG_PERIOD: Duration = Duration::from_secs(10);
 
 /// One Influx line protocol source (a `[[influx]]` section).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
@@ -85,10 +102,18 @@ pub struct InfluxConfig {
     pub device_tag: String,
     /// Longest accepted line, bytes; longer ones are rejected and skipped.
     pub max_line_bytes: usize,
-    /// Most TCP connections served at once.
+    /// Most TCP connections served at once; a new one past it closes the
+    /// idlest.
     pub max_connections: usize,
     /// Most lines per journal submission.
     pub chunk_lines: usize,
+    /// A TCP connection with no byte for this long is closed; `"0s"`: never.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub idle_timeout: Duration,
+    /// A TCP connection holding a line that has not ended for this long is
+    /// closed (a stuck or slowloris sender); `"0s"`: never.
+    #[serde(deserialize_with = "crate::config::duration")]
+    pub line_timeout: Duration,
 }
 
 impl Default for InfluxConfig {
@@ -100,6 +125,8 @@ impl Default for InfluxConfig {
             max_line_bytes: 64 * 1024,
             max_connections: 64,
             chunk_lines: 4096,
+            idle_timeout: Duration::from_secs(300),
+            line_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -117,6 +144,10 @@ pub struct SourceStats {
     connections: AtomicU64,
     connections_open: AtomicU64,
     dropped_readings: AtomicU64,
+    readings_refused: AtomicU64,
+    connections_evicted: AtomicU64,
+    idle_timeouts: AtomicU64,
+    line_timeouts: AtomicU64,
     changed: watch::Sender<()>,
 }
 
@@ -130,6 +161,10 @@ impl Default for SourceStats {
             connections: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             dropped_readings: AtomicU64::new(0),
+            readings_refused: AtomicU64::new(0),
+            connections_evicted: AtomicU64::new(0),
+            idle_timeouts: AtomicU64::new(0),
+            line_timeouts: AtomicU64::new(0),
             changed: watch::channel(()).0,
         }
     }
@@ -165,6 +200,23 @@ impl SourceStats {
         self.dropped_readings.load(Ordering::Relaxed)
     }
 
+    /// Readings refused by the memory budget (health kind 11).
+    pub fn readings_refused(&self) -> u64 {
+        self.readings_refused.load(Ordering::Relaxed)
+    }
+    /// TCP connections closed at the connection limit (the idlest).
+    pub fn connections_evicted(&self) -> u64 {
+        self.connections_evicted.load(Ordering::Relaxed)
+    }
+    /// TCP connections closed after `idle_timeout` without a byte.
+    pub fn idle_timeouts(&self) -> u64 {
+        self.idle_timeouts.load(Ordering::Relaxed)
+    }
+    /// TCP connections closed holding a partial line for `line_timeout`.
+    pub fn line_timeouts(&self) -> u64 {
+        self.line_timeouts.load(Ordering::Relaxed)
+    }
+
     /// A receiver marked changed after each update of the counters (for
     /// tests and live displays: no polling).
     pub fn subscribe(&self) -> watch::Receiver<()> {
@@ -175,7 +227,9 @@ impl SourceStats {
     /// sources can share a family): `ferry_agent_influx_<counter>{source="name"}`
     /// for `lines_accepted_total`, `readings_accepted_total`,
     /// `lines_rejected_total`, `bytes_total`, `connections_total`,
-    /// `connections_open` and `dropped_readings_total`.
+    /// `connections_open`, `dropped_readings_total`,
+    /// `readings_refused_total`, `connections_evicted_total`,
+    /// `idle_timeouts_total` and `line_timeouts_total`.
     pub fn render_prometheus(&self, source: &str, out: &mut String) {
         let source = source.replace('\\', r"\\").replace('"', "\\\"");
         for (name, value) in [
@@ -186,6 +240,10 @@ impl SourceStats {
             ("connections_total", self.connections()),
             ("connections_open", self.connections_open()),
             ("dropped_readings_total", self.dropped_readings()),
+            ("readings_refused_total", self.readings_refused()),
+            ("connections_evicted_total", self.connections_evicted()),
+            ("idle_timeouts_total", self.idle_timeouts()),
+            ("line_timeouts_total", self.line_timeouts()),
         ] {
             let _ = writeln!(
                 out,
@@ -213,15 +271,13 @@ pub async fn run_tcp(
     let cfg = Arc::new(cfg);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let slots = Arc::new(Semaphore::new(cfg.max_connections.max(1)));
+    let open = Arc::new(Mutex::new(Open::default()));
+    let mut limit_log = LogLimit::new(LIMIT_LOG_PERIOD);
+    let mut accept_log = LogLimit::new(LIMIT_LOG_PERIOD);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = slots.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-        };
         let accepted = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => accepted,
@@ -229,15 +285,43 @@ pub async fn run_tcp(
         let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) => {
-                // Out of file descriptors and the like: pause, don't spin.
-                tracing::warn!(source = %cfg.name, error = %e, "accepting a connection failed");
+                // Out of file descriptors and the like: close the idlest
+                // connection (its descriptor serves the next accept), pause,
+                // don't spin.
+                let now = clock.now_ns();
+                let evicted = open
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .evict_idlest();
+                if evicted {
+                    stats.add(&stats.connections_evicted, 1);
+                }
+                if let Some(held_back) = accept_log.event(now) {
+                    tracing::warn!(source = %cfg.name, error = %e, evicted, held_back,
+                        "accepting a connection failed ({held_back} more since the last message)");
+                }
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = tokio::time::sleep(FIRST_RETRY_PAUSE * 10) => continue,
                 }
             }
         };
+        let now = clock.now_ns();
+        let (id, kicked, evicted) = open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(now, cfg.max_connections);
+        if evicted {
+            stats.add(&stats.connections_evicted, 1);
+            if let Some(held_back) = limit_log.event(now) {
+                tracing::warn!(source = %cfg.name, max_connections = cfg.max_connections, held_back,
+                    "connection limit reached: closed the idlest connection to serve a new one ({held_back} more since the last message)");
+            }
+        }
         let connection = Connection {
+            deadlines: Deadlines::new(now, Some(cfg.idle_timeout), Some(cfg.line_timeout)),
+            buffer: intake.budget().cloned().map(Charge::new),
+            keys: intake.key_cache(),
             cfg: cfg.clone(),
             clock: clock.clone(),
             intake: intake.clone(),
@@ -245,15 +329,52 @@ pub async fn run_tcp(
             stop: stop_rx.clone(),
             peer,
             warn: WarnLimit::default(),
-            keys: KeyCache::default(),
+            id,
+            open: open.clone(),
         };
-        connections.spawn(async move {
-            connection.serve(stream).await;
-            drop(permit);
-        });
+        connections.spawn(connection.serve(stream, kicked));
     }
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
+}
+
+/// The open connections of a listener, and how to close each.
+#[derive(Debug, Default)]
+struct Open {
+    table: ConnectionTable,
+    kick: HashMap<u64, oneshot::Sender<()>>,
+}
+
+impl Open {
+    /// Admits a connection: its id, what closes it, and whether the idlest
+    /// was closed to make room.
+    fn admit(&mut self, now: i64, max: usize) -> (u64, oneshot::Receiver<()>, bool) {
+        let (id, evicted) = self.table.admit(now, max);
+        if let Some(e) = evicted
+            && let Some(kick) = self.kick.remove(&e)
+        {
+            let _ = kick.send(());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.kick.insert(id, tx);
+        (id, rx, evicted.is_some())
+    }
+
+    /// Closes the idlest connection; true if there was one.
+    fn evict_idlest(&mut self) -> bool {
+        let Some(id) = self.table.evict_idlest() else {
+            return false;
+        };
+        if let Some(kick) = self.kick.remove(&id) {
+            let _ = kick.send(());
+        }
+        true
+    }
+
+    fn remove(&mut self, id: u64) {
+        self.table.remove(id);
+        self.kick.remove(&id);
+    }
 }
 
 fn parse_pieces(
@@ -278,12 +399,16 @@ fn parse_pieces(
     parser.finish()
 }
 
-/// The work for a chunk: its readings and its rejected-line count.
+/// The work for a chunk: its readings, its rejected-line count and its
+/// readings refused by the memory budget.
 fn chunk_work(parsed: Parsed, cfg: &InfluxConfig) -> Work {
     let mut work = Work {
         readings: parsed.readings,
         ..Work::default()
     };
+    for (origin, n) in parsed.refused {
+        work.health.push((origin, health::DROPPED_MEMORY_BUDGET, n));
+    }
     if !parsed.errors.is_empty() {
         work.health.push((
             cfg.name.clone(),
@@ -349,22 +474,55 @@ struct Connection {
     warn: WarnLimit,
     /// Series keys parsed on this connection.
     keys: KeyCache,
+    /// The read buffer's share of the memory budget.
+    buffer: Option<Charge>,
+    deadlines: Deadlines,
+    /// This connection in the listener's table.
+    id: u64,
+    open: Arc<Mutex<Open>>,
 }
 
 impl Connection {
-    async fn serve(mut self, mut stream: TcpStream) {
+    async fn serve(mut self, mut stream: TcpStream, kicked: oneshot::Receiver<()>) {
         self.stats.add(&self.stats.connections, 1);
         self.stats.add(&self.stats.connections_open, 1);
-        self.read_loop(&mut stream).await;
+        let closed = self.read_loop(&mut stream, kicked).await;
+        self.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.id);
+        if let Some(why) = closed {
+            match why {
+                Closed::Idle => self.stats.add(&self.stats.idle_timeouts, 1),
+                Closed::LineStalled => self.stats.add(&self.stats.line_timeouts, 1),
+                // Counted by the listener when it chose it.
+                Closed::Evicted => {}
+            }
+            tracing::debug!(source = %self.cfg.name, peer = %self.peer, reason = why.as_str(), "connection closed by the agent");
+        }
         self.warn.finish(&self.cfg.name, self.peer);
         self.stats.connections_open.fetch_sub(1, Ordering::Relaxed);
         self.stats.changed.send_modify(|_| {});
     }
 
-    async fn read_loop(&mut self, stream: &mut TcpStream) {
+    /// Reads and submits until the stream ends, the agent stops, or the
+    /// connection is closed by a limit (then why).
+    async fn read_loop(
+        &mut self,
+        stream: &mut TcpStream,
+        mut kicked: oneshot::Receiver<()>,
+    ) -> Option<Closed> {
         let mut chunker = Chunker::new(self.cfg.max_line_bytes, self.cfg.chunk_lines, CHUNK_BYTES);
+        let mut pressure = self.intake.budget().map(|b| b.pressure());
+        // Bytes read at this instant, not yet seen by the deadlines.
+        let mut fresh: Option<i64> = None;
         loop {
-            match chunker.poll() {
+            let state = chunker.poll();
+            if let Some(at) = fresh.take() {
+                self.deadlines
+                    .handle_bytes(at, state != Chunk::Read, chunker.has_partial());
+            }
+            match state {
                 Chunk::Ready => {}
                 Chunk::TopUp => {
                     // What is already waiting in the socket joins this chunk
@@ -373,39 +531,88 @@ impl Connection {
                     // small ones. Nothing waiting, the end of the stream or
                     // an error: the blocking read meets it again.
                     if let Ok(n @ 1..) = stream.try_read_buf(chunker.read_buf(READ_SIZE)) {
-                        self.stats.add(&self.stats.bytes, n as u64);
+                        self.read(n, &chunker, &mut fresh);
                         continue;
                     }
                 }
                 Chunk::Read => {
-                    let read = tokio::select! {
-                        read = stream.read_buf(chunker.read_buf(READ_SIZE)) => read,
-                        _ = stopped(&mut self.stop) => return,
-                    };
-                    match read {
+                    match stream.try_read_buf(chunker.read_buf(READ_SIZE)) {
                         Ok(0) => {
                             chunker.handle_eof();
                             if chunker.lines() > 0 {
                                 let parsed = self.parse(&mut chunker);
                                 self.submit(parsed).await;
                             }
-                            return;
+                            return None;
                         }
                         Ok(n) => {
-                            self.stats.add(&self.stats.bytes, n as u64);
+                            self.read(n, &chunker, &mut fresh);
                             continue;
                         }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
                         Err(e) => {
                             tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e, "connection read failed");
-                            return;
+                            return None;
                         }
                     }
+                    // Nothing waiting: no buffer is held while there is
+                    // nothing in it, and the wait ends at a deadline, a
+                    // close, the budget's pressure or readable bytes.
+                    chunker.release_if_empty();
+                    self.charge_buffer(&chunker);
+                    let due = self.deadlines.due().map(|due| {
+                        let wait = due.saturating_sub(self.clock.now_ns()).max(0);
+                        tokio::time::Instant::now() + Duration::from_nanos(wait as u64)
+                    });
+                    tokio::select! {
+                        _ = stopped(&mut self.stop) => return None,
+                        _ = &mut kicked => return Some(Closed::Evicted),
+                        _ = sleep_until(due) => {
+                            if let Some(why) = self.deadlines.expired(self.clock.now_ns()) {
+                                return Some(why);
+                            }
+                        }
+                        _ = pressed(&mut pressure) => {
+                            // Unless this cache made room already.
+                            if self.keys.pressed() {
+                                self.keys.evict();
+                            }
+                        }
+                        ready = stream.readable() => {
+                            if let Err(e) = ready {
+                                tracing::debug!(source = %self.cfg.name, peer = %self.peer, error = %e, "connection read failed");
+                                return None;
+                            }
+                        }
+                    }
+                    continue;
                 }
             }
             let parsed = self.parse(&mut chunker);
+            self.open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .table
+                .progress(self.id, self.clock.now_ns());
             if !self.submit(parsed).await {
-                return;
+                return None;
             }
+            // Time spent waiting for the journal is not the sender's idling.
+            self.deadlines
+                .handle_bytes(self.clock.now_ns(), true, chunker.has_partial());
+        }
+    }
+
+    /// `n` bytes were read into `chunker`.
+    fn read(&mut self, n: usize, chunker: &Chunker, fresh: &mut Option<i64>) {
+        self.stats.add(&self.stats.bytes, n as u64);
+        *fresh = Some(self.clock.now_ns());
+        self.charge_buffer(chunker);
+    }
+
+    fn charge_buffer(&mut self, chunker: &Chunker) {
+        if let Some(charge) = &mut self.buffer {
+            charge.set(chunker.capacity() as u64);
         }
     }
 
@@ -417,6 +624,10 @@ impl Connection {
     /// Hands a chunk to the journal, retrying while it is refused; false
     /// when the agent is stopping.
     async fn submit(&mut self, parsed: Parsed) -> bool {
+        let refused: u64 = parsed.refused.iter().map(|(_, n)| n).sum();
+        if refused > 0 {
+            self.stats.add(&self.stats.readings_refused, refused);
+        }
         let rejected = parsed.errors.len() as u64;
         if rejected > 0 {
             self.stats.add(&self.stats.lines_rejected, rejected);
@@ -425,6 +636,13 @@ impl Connection {
                 .rejected(now, &self.cfg.name, self.peer, &parsed.errors);
         }
         let (lines, readings) = (parsed.lines_accepted, parsed.readings_accepted);
+        // The chunk's readings are held until committed: charged as a
+        // buffer is (bounded by `chunk_lines`), handed back on return.
+        let _held = self.intake.budget().map(|b| {
+            let mut held = Charge::new(b.clone());
+            held.set(parsed.heap_bytes());
+            held
+        });
         let work = chunk_work(parsed, &self.cfg);
         if work.is_empty() {
             return true;
@@ -478,6 +696,27 @@ impl Connection {
 /// Resolves once `stop` is true or its sender is gone.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|&s| s).await;
+}
+
+/// Resolves at `at`; never without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the memory budget asks caches to make room; never
+/// without a budget.
+async fn pressed(pressure: &mut Option<watch::Receiver<u64>>) {
+    match pressure {
+        Some(p) => {
+            if p.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

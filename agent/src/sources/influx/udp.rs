@@ -39,7 +39,7 @@ pub async fn run_udp(
         pending: BTreeMap::new(),
         in_flight: JoinSet::new(),
         warn: WarnLimit::default(),
-        keys: KeyCache::default(),
+        keys: intake.key_cache(),
     };
     let mut retry = tokio::time::interval(UDP_HEALTH_RETRY);
     retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -96,6 +96,10 @@ impl Udp<'_> {
                 .fetch_add(parsed.errors.len() as u64, Ordering::Relaxed);
             self.warn
                 .rejected(now, &self.cfg.name, peer, &parsed.errors);
+        }
+        let refused: u64 = parsed.refused.iter().map(|(_, n)| n).sum();
+        if refused > 0 {
+            self.stats.add(&self.stats.readings_refused, refused);
         }
         let mut per_origin: BTreeMap<&str, u64> = BTreeMap::new();
         for group in &parsed.readings {

@@ -145,6 +145,26 @@ impl Chunker {
         }
     }
 
+    /// Bytes the buffer has allocated (what a connection holds).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// True while a line has started and not ended: bytes past the last
+    /// complete line, or the rest of an overlong line being skipped.
+    pub fn has_partial(&self) -> bool {
+        self.skipping || self.buf.len() > self.consumed
+    }
+
+    /// Frees the buffer when it holds nothing (an idle connection keeps no
+    /// allocation).
+    pub fn release_if_empty(&mut self) {
+        if self.buf.is_empty() && self.pieces.is_empty() {
+            self.buf = Vec::new();
+            self.consumed = 0;
+        }
+    }
+
     /// Complete lines waiting.
     pub fn lines(&self) -> usize {
         self.pieces.len()
@@ -267,6 +287,30 @@ mod tests {
         feed(&mut c, b"0123456789\n");
         c.poll();
         assert_eq!(c.take(lines), [(4, "TOO LONG".into())]);
+    }
+
+    #[test]
+    fn a_partial_line_is_known_and_an_empty_buffer_is_freed() {
+        let mut c = Chunker::new(8, 10, 1 << 20);
+        assert!(!c.has_partial());
+        feed(&mut c, b"a v=1\nb v");
+        assert_eq!(c.poll(), Chunk::TopUp);
+        assert!(c.has_partial(), "`b v` has not ended");
+        c.release_if_empty();
+        assert!(c.capacity() > 0, "kept while it holds bytes");
+        feed(&mut c, b"=2\n");
+        c.poll();
+        c.take(lines);
+        assert_eq!(c.poll(), Chunk::Read);
+        assert!(!c.has_partial());
+        c.release_if_empty();
+        assert_eq!(c.capacity(), 0);
+        // Skipping an overlong line is a partial line too.
+        feed(&mut c, b"0123456789");
+        c.poll();
+        c.take(lines);
+        assert_eq!(c.poll(), Chunk::Read);
+        assert!(c.has_partial());
     }
 
     #[test]

@@ -66,7 +66,7 @@ pub use self::chunk::{Chunk, Chunker, Piece, split_datagram};
 pub use self::error::{LineError, NameElement};
 use self::number::*;
 use self::scan::*;
-pub use self::scan::{ChunkParser, KeyCache};
+pub use self::scan::{ChunkParser, KeyCache, series_key_heap};
 pub use self::split::{LineSplitter, count_newlines};
 
 /// The unit of line timestamps.
@@ -121,6 +121,28 @@ pub struct Parsed {
     pub lines_accepted: u64,
     /// Readings in `readings`.
     pub readings_accepted: u64,
+    /// Readings of well-formed lines refused because a new series of
+    /// theirs did not fit in the memory budget, per origin (sorted).
+    pub refused: Vec<(String, u64)>,
+    /// Lines refused so.
+    pub lines_refused: u64,
+}
+
+impl Parsed {
+    /// Heap bytes its readings hold, as charged to a memory budget while
+    /// the chunk waits for its commit: per group its series key, origin and
+    /// readings (with `malloc`'s overhead).
+    pub fn heap_bytes(&self) -> u64 {
+        self.readings
+            .iter()
+            .map(|g| {
+                96 + series_key_heap(&g.series)
+                    + alloc(g.origin.len())
+                    + alloc(g.readings.len() * 16)
+            })
+            .sum::<u64>()
+            + alloc(self.readings.len() * 96)
+    }
 }
 
 /// Parses a chunk of lines; see the module docs. The last line needs no

@@ -3,12 +3,16 @@
 
 use std::borrow::Cow;
 
+use std::sync::Arc;
+
 use smallvec::SmallVec;
+use tokio::sync::watch;
 
 use ferry_proto::batch::Reading;
 use ferry_proto::series::{MAX_METRIC_LEN, MAX_TAGS, SeriesError, SeriesKey};
 
 use crate::journal::SeriesReadings;
+use crate::limits::{Charge, MemoryBudget};
 
 use super::*;
 
@@ -17,8 +21,18 @@ use super::*;
 /// holds at most about [`KeyCache::MAX_KEYS`] key sections (emptied at the
 /// start of a chunk past that). One cache serves one source configuration
 /// (the origin depends on its device tag and name).
+///
+/// With a [`MemoryBudget`] ([`KeyCache::with_budget`]) every key and field
+/// it holds is charged an estimate of its heap bytes. A line whose new key
+/// or field cannot be charged is refused ([`Parsed::refused`]) and the
+/// budget's pressure moves; every cache under that budget (this one too)
+/// evicts itself at the start of its next chunk ([`KeyCache::evict`]).
 #[derive(Debug, Default)]
 pub struct KeyCache {
+    /// What this cache holds of the shared budget, if any.
+    charge: Option<Charge>,
+    /// The budget's pressure, as last seen.
+    pressure: Option<watch::Receiver<u64>>,
     /// Raw key section (measurement and tags as written) → index in
     /// `entries`.
     pub(super) raw_keys: HashMap<Vec<u8>, usize>,
@@ -36,6 +50,118 @@ pub struct KeyCache {
 impl KeyCache {
     /// Key sections kept before the cache is emptied.
     pub const MAX_KEYS: usize = 65_536;
+
+    /// An empty cache charged to `budget`.
+    pub fn with_budget(budget: Arc<MemoryBudget>) -> Self {
+        Self {
+            pressure: Some(budget.pressure()),
+            charge: Some(Charge::new(budget)),
+            ..Self::default()
+        }
+    }
+
+    /// Key sections held.
+    pub fn len(&self) -> usize {
+        self.raw_keys.len()
+    }
+
+    /// True when it holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.raw_keys.is_empty()
+    }
+
+    /// Bytes charged to the budget (0 without one).
+    pub fn charged(&self) -> u64 {
+        self.charge.as_ref().map_or(0, Charge::bytes)
+    }
+
+    /// True when the budget asked caches to make room since this cache
+    /// last looked.
+    pub fn pressed(&self) -> bool {
+        self.pressure
+            .as_ref()
+            .is_some_and(|p| p.has_changed().unwrap_or(false))
+    }
+
+    /// Empties the cache and hands its bytes back to the budget (counted as
+    /// an eviction when it held any); the pressure is seen.
+    pub fn evict(&mut self) {
+        if let Some(p) = &mut self.pressure {
+            p.mark_unchanged();
+        }
+        let bytes = self.charged();
+        self.clear();
+        if let Some(charge) = &self.charge
+            && bytes > 0
+        {
+            charge.budget().record_eviction(bytes);
+        }
+    }
+
+    /// Empties the maps (the chunk number goes on).
+    fn clear(&mut self) {
+        self.raw_keys = HashMap::default();
+        self.keys = HashMap::default();
+        self.entries = Vec::new();
+        self.group_of = Vec::new();
+        if let Some(charge) = &mut self.charge {
+            charge.clear();
+        }
+    }
+
+    /// Charges `bytes` for a new key or field; false (and the budget
+    /// pressed) when they do not fit.
+    fn charge(&mut self, bytes: u64) -> bool {
+        match &mut self.charge {
+            None => true,
+            Some(charge) => charge.try_grow(bytes),
+        }
+    }
+}
+
+/// Bytes `malloc` takes for `n` bytes of heap: a 16-byte-aligned chunk with
+/// its 8-byte header, at least 32 (glibc); nothing for an empty buffer.
+pub(super) fn alloc(n: usize) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    ((n + 8).div_ceil(16) * 16).max(32) as u64
+}
+
+/// What a series key costs besides its 48-byte header: the metric, the tag
+/// vector and every tag's two strings, each a heap allocation.
+pub fn series_key_heap(key: &SeriesKey) -> u64 {
+    let strings: u64 = key
+        .tags
+        .iter()
+        .map(|t| alloc(t.key.len()) + alloc(t.value.len()))
+        .sum();
+    alloc(key.metric.len()) + alloc(key.tags.len() * 48) + strings
+}
+
+/// Hash map slots are charged twice their size: maps grow by doubling and
+/// keep an eighth free.
+const SLOT: u64 = 2;
+
+/// What a cached key section is charged: its raw bytes (a map key), the
+/// canonical key twice (a map key and the entry's), its origin, its entry
+/// (grown by doubling) and the entry's empty field map.
+fn entry_bytes(raw: &[u8], key: &SeriesKey, origin: &str) -> u64 {
+    let key_heap = series_key_heap(key);
+    SLOT * 32
+        + alloc(raw.len())
+        + SLOT * 56
+        + key_heap
+        + SLOT * 168
+        + key_heap
+        + alloc(origin.len())
+        + 160
+}
+
+/// What a cached field is charged: its name (a map key), its series key
+/// (header and heap), its id and group slots.
+fn field_bytes(series: &SeriesKey, field: &[u8]) -> u64 {
+    SLOT * 32 + alloc(field.len()) + SLOT * 48 + series_key_heap(series) + SLOT * (4 + 16)
 }
 
 /// Parses lines one at a time into series groups: what [`parse_lines`] does,
@@ -50,6 +176,9 @@ pub struct ChunkParser<'a> {
     groups: Vec<SeriesReadings>,
     errors: Vec<(usize, LineError)>,
     lines_accepted: u64,
+    /// Readings refused by the memory budget, per origin.
+    refused: HashMap<String, u64>,
+    lines_refused: u64,
 }
 
 #[derive(Debug)]
@@ -81,8 +210,10 @@ impl<'a> ChunkParser<'a> {
         device_tag: &'a str,
         cache: &'a mut KeyCache,
     ) -> Self {
-        if cache.raw_keys.len() >= KeyCache::MAX_KEYS {
-            *cache = KeyCache::default();
+        if cache.pressed() {
+            cache.evict();
+        } else if cache.raw_keys.len() >= KeyCache::MAX_KEYS {
+            cache.clear();
         }
         cache.chunk += 1;
         Self {
@@ -94,14 +225,23 @@ impl<'a> ChunkParser<'a> {
             groups: Vec::new(),
             errors: Vec::new(),
             lines_accepted: 0,
+            refused: HashMap::default(),
+            lines_refused: 0,
         }
     }
 
     /// Parses one line (without its `\n`).
     pub fn push_line(&mut self, line_no: usize, line: &[u8]) {
         match self.parse_line(line) {
-            Ok(true) => self.lines_accepted += 1,
-            Ok(false) => {}
+            Ok(Line::Accepted) => self.lines_accepted += 1,
+            Ok(Line::Skipped) => {}
+            Ok(Line::Refused { origin, readings }) => {
+                self.lines_refused += 1;
+                if let Some(charge) = &self.cache.charge {
+                    charge.budget().record_refusal(readings);
+                }
+                *self.refused.entry(origin).or_default() += readings;
+            }
             Err(e) => self.errors.push((line_no, e)),
         }
     }
@@ -120,32 +260,42 @@ impl<'a> ChunkParser<'a> {
     pub fn finish(mut self) -> Parsed {
         self.groups.retain(|g| !g.readings.is_empty());
         let readings_accepted = self.groups.iter().map(|g| g.readings.len() as u64).sum();
+        let mut refused: Vec<(String, u64)> = self.refused.into_iter().collect();
+        refused.sort();
         Parsed {
             readings: self.groups,
             errors: self.errors,
             lines_accepted: self.lines_accepted,
             readings_accepted,
+            refused,
+            lines_refused: self.lines_refused,
         }
     }
 
-    /// `Ok(false)` for blank and comment lines.
-    fn parse_line(&mut self, line: &[u8]) -> Result<bool, LineError> {
+    fn parse_line(&mut self, line: &[u8]) -> Result<Line, LineError> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         let start = skip_blanks(line, 0);
         if start == line.len() || line[start] == b'#' {
-            return Ok(false);
+            return Ok(Line::Skipped);
         }
         let key_end = key_section_end(line, start);
         let raw_key = &line[start..key_end];
         let cache = &mut *self.cache;
-        let entry = match cache.raw_keys.get(raw_key) {
-            Some(&e) => e,
+        // `Err(origin)`: a new key section that did not fit in the budget;
+        // the line is checked, then refused.
+        let entry: Result<usize, String> = match cache.raw_keys.get(raw_key) {
+            Some(&e) => Ok(e),
             None => {
                 let key = parse_key(line, start, key_end)?;
-                let e = match cache.keys.get(&key) {
-                    Some(&e) => e,
-                    None => {
-                        let origin = key.tag(self.device_tag).unwrap_or(self.source_name);
+                let origin = key.tag(self.device_tag).unwrap_or(self.source_name);
+                match cache.keys.get(&key).copied() {
+                    Some(e) => {
+                        if cache.charge(SLOT * 32 + alloc(raw_key.len())) {
+                            cache.raw_keys.insert(raw_key.to_vec(), e);
+                        }
+                        Ok(e)
+                    }
+                    None if cache.charge(entry_bytes(raw_key, &key, origin)) => {
                         cache.entries.push(KeyEntry {
                             origin: origin.to_owned(),
                             key: key.clone(),
@@ -153,12 +303,13 @@ impl<'a> ChunkParser<'a> {
                             series: Vec::new(),
                             ids: Vec::new(),
                         });
-                        cache.keys.insert(key, cache.entries.len() - 1);
-                        cache.entries.len() - 1
+                        let e = cache.entries.len() - 1;
+                        cache.keys.insert(key, e);
+                        cache.raw_keys.insert(raw_key.to_vec(), e);
+                        Ok(e)
                     }
-                };
-                cache.raw_keys.insert(raw_key.to_vec(), e);
-                e
+                    None => Err(origin.to_owned()),
+                }
             }
         };
 
@@ -220,22 +371,42 @@ impl<'a> ChunkParser<'a> {
             ts
         };
 
+        let entry = match entry {
+            Ok(e) => e,
+            Err(origin) => {
+                return Ok(Line::Refused {
+                    origin,
+                    readings: fields.len() as u64,
+                });
+            }
+        };
         let cache = &mut *self.cache;
+        // New fields first: the line is accepted whole or refused whole.
+        let mut ids: SmallVec<[u32; 4]> = SmallVec::new();
+        for field in &fields {
+            let key_entry = &cache.entries[entry];
+            if let Some(&id) = key_entry.fields.get(&*field.key) {
+                ids.push(id);
+                continue;
+            }
+            let series = field_series(key_entry, field)?;
+            if !cache.charge(field_bytes(&series, &field.key)) {
+                return Ok(Line::Refused {
+                    origin: cache.entries[entry].origin.clone(),
+                    readings: fields.len() as u64,
+                });
+            }
+            let key_entry = &mut cache.entries[entry];
+            let id = key_entry.series.len() as u32;
+            key_entry.series.push(series);
+            key_entry.ids.push(cache.group_of.len() as u32);
+            cache.group_of.push((0, 0));
+            key_entry.fields.insert(field.key.to_vec(), id);
+            ids.push(id);
+        }
         let key_entry = &mut cache.entries[entry];
         let mut groups: SmallVec<[usize; 4]> = SmallVec::new();
-        for field in &fields {
-            let id = match key_entry.fields.get(&*field.key) {
-                Some(&id) => id,
-                None => {
-                    let series = field_series(key_entry, field)?;
-                    let id = key_entry.series.len() as u32;
-                    key_entry.series.push(series);
-                    key_entry.ids.push(cache.group_of.len() as u32);
-                    cache.group_of.push((0, 0));
-                    key_entry.fields.insert(field.key.to_vec(), id);
-                    id
-                }
-            };
+        for &id in &ids {
             let slot = &mut cache.group_of[key_entry.ids[id as usize] as usize];
             let group = if slot.0 == cache.chunk {
                 slot.1 as usize
@@ -257,8 +428,18 @@ impl<'a> ChunkParser<'a> {
                 value: field.value,
             });
         }
-        Ok(true)
+        Ok(Line::Accepted)
     }
+}
+
+/// What became of a well-formed line.
+enum Line {
+    /// Its readings are in the groups.
+    Accepted,
+    /// Blank or a comment.
+    Skipped,
+    /// A new series of it did not fit in the memory budget.
+    Refused { origin: String, readings: u64 },
 }
 
 pub(super) fn is_blank(b: u8) -> bool {

@@ -1,0 +1,281 @@
+//! The real agent under load and abuse (issue 15): its memory stays within
+//! its budget however many distinct series producers send, what does not
+//! fit is counted where the collector sees it, and idle or slow connections
+//! never lock a new producer out.
+
+use std::net::SocketAddr;
+
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, until};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+/// A counter or gauge from the agent's `/metrics`, summed over its labels.
+async fn metric(admin: SocketAddr, name: &str) -> Option<u64> {
+    let body = http_get(admin, "/metrics").await?;
+    let mut found = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let (key, value) = line.rsplit_once(' ')?;
+        let bare = key.split('{').next()?;
+        if bare == name {
+            *found.get_or_insert(0) += value.parse::<f64>().ok()? as u64;
+        }
+    }
+    found
+}
+
+/// Resident set size of `pid`: now and its peak (`VmRSS`, `VmHWM`), bytes.
+fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let field = |name: &str| -> u64 {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("status field")
+            * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1 << 20) as f64
+}
+
+/// Raises this process's open-file limit to its hard limit (the agent it
+/// starts inherits it): thousands of connections need thousands of
+/// descriptors on both ends.
+fn raise_nofile(at_least: u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    #[allow(unsafe_code)]
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+        }
+    }
+    assert!(
+        lim.rlim_cur >= at_least,
+        "this test needs {at_least} open files; the hard limit is {}",
+        lim.rlim_cur
+    );
+}
+
+const CONNECTIONS: usize = 8;
+const SERIES_PER_CONNECTION: usize = 65_536;
+/// The agent's memory budget in this test: 4 MiB unless
+/// `FERRY_TEST_MEMORY_BUDGET` (bytes) says otherwise (to measure others,
+/// e.g. the default 12 MiB).
+fn budget() -> u64 {
+    std::env::var("FERRY_TEST_MEMORY_BUDGET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4 << 20)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn distinct_series_stay_within_the_memory_budget_and_the_rest_is_counted() {
+    let site = Site::new();
+    let (influx, admin) = (free_tcp_port(), free_tcp_port());
+    let budget = budget();
+    let config = site.agent_config(&format!(
+        "\n[agent]\ndata_dir = \"data\"\nmemory_budget = {budget}\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [[influx_tcp]]\nlisten = \"{influx}\"\n"
+    ));
+    let collector = site.start_collector().await;
+    let agent = Proc::spawn(
+        &binary("ferry-agent"),
+        &["run", "--config", config.to_str().unwrap()],
+        &site.dir.path().join("agent.log"),
+    );
+    until("agent up", || async {
+        http_get(admin, "/status").await.is_some()
+    })
+    .await;
+    let pid = agent.0.id();
+    let (baseline, _) = rss(pid);
+
+    // Eight producers at once, each with 65,536 series of its own.
+    let mut producers = Vec::new();
+    for c in 0..CONNECTIONS {
+        producers.push(tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(influx).await.unwrap();
+            let mut text = String::with_capacity(1 << 20);
+            for i in 0..SERIES_PER_CONNECTION {
+                text.push_str(&format!(
+                    "flood,device=c{c},key=k{i:05}_with_some_length_to_it v={i}\n"
+                ));
+                if text.len() >= 1 << 20 {
+                    tcp.write_all(text.as_bytes()).await.unwrap();
+                    text.clear();
+                }
+            }
+            tcp.write_all(text.as_bytes()).await.unwrap();
+            tcp.shutdown().await.unwrap();
+        }));
+    }
+    for p in producers {
+        p.await.unwrap();
+    }
+    let sent = (CONNECTIONS * SERIES_PER_CONNECTION) as u64;
+
+    // Every reading is stored or counted as refused for the budget, as
+    // the collector reports it.
+    let handle = collector.handle.clone().unwrap();
+    let ledger = || {
+        let stored: u64 = handle
+            .store()
+            .agents()
+            .unwrap()
+            .iter()
+            .map(|a| a.readings + a.refused)
+            .sum();
+        let refused: u64 = handle
+            .store()
+            .health()
+            .unwrap()
+            .iter()
+            .filter(|(_, _, kind, _)| *kind == ferry_proto::health::DROPPED_MEMORY_BUDGET)
+            .map(|(_, _, _, n)| n)
+            .sum();
+        (stored, refused)
+    };
+    until("stored + refused for memory = sent", || async {
+        let (stored, refused) = ledger();
+        stored + refused == sent
+    })
+    .await;
+    let (stored, refused) = ledger();
+    let (now, peak) = rss(pid);
+    let refused_metric = metric(admin, "ferry_agent_memory_refused_readings_total")
+        .await
+        .unwrap();
+    let evictions = metric(admin, "ferry_agent_memory_evictions_total")
+        .await
+        .unwrap();
+    println!(
+        "{CONNECTIONS} connections x {SERIES_PER_CONNECTION} distinct series: agent RSS peak {:.1} MiB \
+         (at start {:.1} MiB, now {:.1} MiB; memory budget {:.1} MiB); {stored} readings stored, \
+         {refused} refused for the budget, {evictions} cache evictions",
+        mib(peak),
+        mib(baseline),
+        mib(now),
+        mib(budget)
+    );
+    assert!(refused > 0, "the budget holds far fewer than {sent} series");
+    assert_eq!(
+        refused_metric, refused,
+        "/metrics counts what the collector got"
+    );
+    assert!(stored > 0);
+    // What the agent grew by stays within the budget plus its fixed reserve
+    // for what is not charged to it (batches being built and sent, the
+    // chunks being parsed): nothing grows with the number of series.
+    let reserve = ferry_agent_reserve();
+    assert!(
+        peak <= baseline + budget + reserve,
+        "peak RSS {:.1} MiB, more than {:.1} MiB at start + {:.1} MiB budget + {:.1} MiB reserve",
+        mib(peak),
+        mib(baseline),
+        mib(budget),
+        mib(reserve)
+    );
+
+    // Every connection closed: everything charged is handed back.
+    until("the memory budget is handed back", || async {
+        metric(admin, "ferry_agent_memory_used_bytes").await == Some(0)
+    })
+    .await;
+
+    agent.kill9();
+    drop(handle);
+    collector.stop().await;
+}
+
+/// What the agent needs beyond its journal cache and memory budget
+/// (agent/src/limits.rs, `RESERVE_BYTES`).
+fn ferry_agent_reserve() -> u64 {
+    16 << 20
+}
+
+const IDLE: usize = 2_000;
+const SLOW: usize = 64;
+const MAX_CONNECTIONS: usize = 64;
+const FRESH: usize = 1_000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_connections_do_not_lock_a_new_producer_out() {
+    raise_nofile((IDLE + SLOW) as u64 + 512);
+    let site = Site::new();
+    let (influx, admin) = (free_tcp_port(), free_tcp_port());
+    // Timeouts far beyond the test: what lets the producer in is the
+    // limit closing the idlest connection, and the counts are exact.
+    let config = site.agent_config(&format!(
+        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [[influx_tcp]]\nlisten = \"{influx}\"\nmax_connections = {MAX_CONNECTIONS}\n\
+         idle_timeout = \"1h\"\nline_timeout = \"1h\"\n"
+    ));
+    let collector = site.start_collector().await;
+    let agent = Proc::spawn(
+        &binary("ferry-agent"),
+        &["run", "--config", config.to_str().unwrap()],
+        &site.dir.path().join("agent.log"),
+    );
+    until("agent up", || async {
+        http_get(admin, "/status").await.is_some()
+    })
+    .await;
+
+    // 2,000 connections that never send, then 64 that send half a line
+    // and stall.
+    let mut held = Vec::with_capacity(IDLE + SLOW);
+    for _ in 0..IDLE {
+        held.push(TcpStream::connect(influx).await.unwrap());
+    }
+    for _ in 0..SLOW {
+        let mut s = TcpStream::connect(influx).await.unwrap();
+        s.write_all(b"slow,device=loris v=").await.unwrap();
+        held.push(s);
+    }
+    let opened = (IDLE + SLOW) as u64;
+    until("the agent accepted every connection", || async {
+        metric(admin, "ferry_agent_influx_connections_total").await == Some(opened)
+    })
+    .await;
+    assert_eq!(
+        metric(admin, "ferry_agent_influx_connections_evicted_total").await,
+        Some(opened - MAX_CONNECTIONS as u64),
+        "each connection past the limit closed the idlest"
+    );
+
+    // A new producer is served, and what it sent is stored.
+    let mut producer = TcpStream::connect(influx).await.unwrap();
+    let mut text = String::new();
+    for i in 0..FRESH {
+        text.push_str(&format!("fresh,device=p v={i}\n"));
+    }
+    producer.write_all(text.as_bytes()).await.unwrap();
+    producer.shutdown().await.unwrap();
+    let data = site.data.clone();
+    until("the new producer's readings are stored", || async {
+        ferry_tests::stored(&data, "fresh_v")
+            .await
+            .is_some_and(|s| s.iter().map(|(_, r)| r.len()).sum::<usize>() == FRESH)
+    })
+    .await;
+    assert_eq!(
+        metric(admin, "ferry_agent_influx_connections_evicted_total").await,
+        Some(opened + 1 - MAX_CONNECTIONS as u64)
+    );
+    assert_eq!(
+        metric(admin, "ferry_agent_influx_lines_accepted_total").await,
+        Some(FRESH as u64)
+    );
+    drop(held);
+    agent.kill9();
+    collector.stop().await;
+}
