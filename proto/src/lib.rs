@@ -68,6 +68,12 @@ pub mod health {
     /// dropped as late), sent periodically: they equal what the collector
     /// stored plus kinds 1, 3 and 6, so every reading is accounted for.
     pub const RECEIVED: u16 = 7;
+    // Kinds 8 to 11 are taken by other sources of the same release.
+    /// String fields of accepted line protocol lines that a source skipped
+    /// (Ferry stores numbers; the line's numeric fields were kept). Not a
+    /// loss: a string was never a reading, so it is in no `RECEIVED` count
+    /// and [`is_dropped`] is false for it.
+    pub const SKIPPED_STRING_FIELDS: u16 = 12;
 
     /// True for kinds that count readings lost on the agent's side (1, 2,
     /// 3, 5, 6): what the collector adds to an agent's `dropped` figure.
@@ -94,6 +100,7 @@ pub mod health {
             DROPPED_QUEUE_FULL => "queue_full",
             DROPPED_REJECTED => "rejected_batch",
             RECEIVED => "received",
+            SKIPPED_STRING_FIELDS => "skipped_string_fields",
             _ => return None,
         })
     }

@@ -116,6 +116,7 @@ const DEVICES: Bytes = Bytes::new("devices");
 const DEVICE_DROPS: Bytes = Bytes::new("device_drops");
 const DEVICE_OFFSETS: Bytes = Bytes::new("device_offsets");
 const META: Bytes = Bytes::new("meta");
+const SOURCE_MARKS: Bytes = Bytes::new("source_marks");
 
 /// The journal's on-disk format, kept in `meta` as `format`. A journal of
 /// another format is refused with [`CommitError::Format`] (the agent moves
@@ -249,6 +250,7 @@ impl Journal {
             txn.open_table(DEVICES)?;
             txn.open_table(DEVICE_DROPS)?;
             txn.open_table(DEVICE_OFFSETS)?;
+            txn.open_table(SOURCE_MARKS)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(b"format".as_slice())? {
                 Some(v) => Some(

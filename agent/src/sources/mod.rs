@@ -2,6 +2,7 @@
 //! own counters, and hands [`Work`](crate::journal::Work) to the journal
 //! through an [`Intake`](crate::intake::Intake).
 
+pub mod mqtt;
 pub mod device;
 pub mod influx;
 pub mod line;
