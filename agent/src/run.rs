@@ -172,10 +172,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let mut mqtt_marks = Vec::new();
     for m in &config.mqtt {
         let prefix = crate::sources::mqtt::dedupe::Dedupe::prefix(&m.name);
-        mqtt_marks.push(journal.source_marks(&prefix).map_err(|e| StartError::Journal {
-            path: journal_path.clone(),
-            message: e.to_string(),
-        })?);
+        mqtt_marks.push(
+            journal
+                .source_marks(&prefix)
+                .map_err(|e| StartError::Journal {
+                    path: journal_path.clone(),
+                    message: e.to_string(),
+                })?,
+        );
     }
     let metrics = Arc::new(AgentMetrics::default());
     let (intake, intake_rx) = Intake::channel(1024);
@@ -296,7 +300,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         let l = tokio::net::TcpListener::bind(src.listen)
             .await
             .map_err(bind_err("influx_http", src.listen))?;
-        influx_http_addrs.push(l.local_addr().map_err(bind_err("influx_http", src.listen))?);
+        influx_http_addrs.push(
+            l.local_addr()
+                .map_err(bind_err("influx_http", src.listen))?,
+        );
         tasks.spawn(influx::run_http(
             l,
             src.clone(),

@@ -69,6 +69,13 @@ impl ApiCollector {
             let _ = stopped.await;
         }));
         let running = crate::RunningCollector::new(handle, stop, task);
+        // The CLI finds a running server by the address file it writes.
+        let addr_file = site.data.join(ferry_collector::admin::ADDR_FILE);
+        crate::until("collector HTTP API up", || async {
+            std::fs::read_to_string(&addr_file).is_ok_and(|a| a.trim() == http.to_string())
+                && crate::http_get(http, "/healthz").await.is_some()
+        })
+        .await;
         let admin = ferry_collector::admin::Admin::connect(&site.data)
             .await
             .expect("admin connection");

@@ -104,8 +104,7 @@ async fn influxdb_client_writes_come_back_exact_and_bad_lines_get_influxdb_error
         r#"{"error":"authorization failed"}"#
     );
     assert_eq!(answers["bad"][0], 400, "{answers}");
-    let bad: serde_json::Value =
-        serde_json::from_str(answers["bad"][1].as_str().unwrap()).unwrap();
+    let bad: serde_json::Value = serde_json::from_str(answers["bad"][1].as_str().unwrap()).unwrap();
     assert_eq!(bad["code"], "invalid");
     assert_eq!(
         bad["message"],
@@ -129,8 +128,7 @@ async fn influxdb_client_writes_come_back_exact_and_bad_lines_get_influxdb_error
         let series = collector.raw(metric).await.unwrap();
         assert_eq!(series.len(), 3, "{metric}: one series per room");
         for s in &series {
-            let room: usize = s.series[s.series.find("room=\"r").unwrap() + 7..]
-                [..1]
+            let room: usize = s.series[s.series.find("room=\"r").unwrap() + 7..][..1]
                 .parse()
                 .unwrap();
             let want: Vec<(i64, f64)> = (0..N)

@@ -92,10 +92,7 @@ fn finished(child: std::process::Child) {
 
 fn terminate(mut broker: Proc) {
     let pid = broker.0.id().to_string();
-    let status = Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(status.success());
     broker.0.wait().unwrap();
 }
@@ -111,13 +108,8 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
     let broker_dir = dir.join("broker");
     std::fs::create_dir_all(&broker_dir).unwrap();
     let conf = broker_config(&broker_dir, broker_port);
-    let start_broker = |log: &str| {
-        Proc::spawn(
-            &mosquitto,
-            &["-c", conf.to_str().unwrap()],
-            &dir.join(log),
-        )
-    };
+    let start_broker =
+        |log: &str| Proc::spawn(&mosquitto, &["-c", conf.to_str().unwrap()], &dir.join(log));
     let broker = start_broker("broker1.log");
     until("broker up", || broker_up(broker_port)).await;
 
@@ -166,7 +158,10 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
     until("broker up again", || broker_up(broker_port)).await;
 
     // 3. More publishers after the restart.
-    let (p3, p4) = (publish(broker_port, 2 * q, q), publish(broker_port, 3 * q, q));
+    let (p3, p4) = (
+        publish(broker_port, 2 * q, q),
+        publish(broker_port, 3 * q, q),
+    );
     finished(p3);
     finished(p4);
 

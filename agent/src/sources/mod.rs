@@ -2,8 +2,8 @@
 //! own counters, and hands [`Work`](crate::journal::Work) to the journal
 //! through an [`Intake`](crate::intake::Intake).
 
-pub mod mqtt;
 pub mod device;
 pub mod influx;
 pub mod line;
+pub mod mqtt;
 pub mod sim;

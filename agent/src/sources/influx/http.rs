@@ -64,8 +64,7 @@ use super::SourceStats;
 use crate::intake::{Intake, Refused, SubmitError};
 use crate::journal::Work;
 use crate::sources::line::{
-    ChunkParser, KeyCache, LineError, LineSplitter, Parsed, Precision, StringFields,
-    count_newlines,
+    ChunkParser, KeyCache, LineError, LineSplitter, Parsed, Precision, StringFields, count_newlines,
 };
 
 /// Most bad lines quoted in a 400's message.
@@ -230,9 +229,11 @@ pub fn authorize(
     {
         offered.push(p.clone());
     }
-    let ok = offered
-        .iter()
-        .any(|o| tokens.iter().any(|t| same(o.as_bytes(), t.trim().as_bytes())));
+    let ok = offered.iter().any(|o| {
+        tokens
+            .iter()
+            .any(|t| same(o.as_bytes(), t.trim().as_bytes()))
+    });
     if ok {
         Ok(())
     } else {
@@ -441,20 +442,25 @@ pub fn router(cfg: InfluxHttpConfig, intake: Intake, stats: Arc<SourceStats>) ->
         .route(
             "/api/v2/write",
             post(
-                |State(s): State<Arc<HttpState>>, Query(q), headers: HeaderMap, body: Body| async move {
-                    write(&s, Api::V2, q, headers, body).await
-                },
+                |State(s): State<Arc<HttpState>>,
+                 Query(q): Query<HashMap<String, String>>,
+                 headers: HeaderMap,
+                 body: Body| async move { write(&s, Api::V2, q, headers, body).await },
             ),
         )
         .route(
             "/write",
             post(
-                |State(s): State<Arc<HttpState>>, Query(q), headers: HeaderMap, body: Body| async move {
-                    write(&s, Api::V1, q, headers, body).await
-                },
+                |State(s): State<Arc<HttpState>>,
+                 Query(q): Query<HashMap<String, String>>,
+                 headers: HeaderMap,
+                 body: Body| async move { write(&s, Api::V1, q, headers, body).await },
             ),
         )
-        .route("/ping", get(|| async { StatusCode::NO_CONTENT }).head(|| async { StatusCode::NO_CONTENT }))
+        .route(
+            "/ping",
+            get(|| async { StatusCode::NO_CONTENT }).head(|| async { StatusCode::NO_CONTENT }),
+        )
         .route(
             "/health",
             get(|| async {
@@ -507,7 +513,7 @@ async fn write_inner(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Option<Reject>, Reject> {
-    let text = |name| headers.get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     authorize(&s.cfg.tokens, api, query, text(header::AUTHORIZATION))?;
     let precision = precision_of(api, query, s.cfg.precision)?;
     let max = s.cfg.max_body_bytes;
@@ -597,8 +603,14 @@ mod tests {
     fn tokens_are_checked_as_each_api_sends_them() {
         let tokens = vec!["s3cret".to_owned(), "other".to_owned()];
         let none = q(&[]);
-        assert_eq!(authorize(&tokens, Api::V2, &none, Some("Token s3cret")), Ok(()));
-        assert_eq!(authorize(&tokens, Api::V2, &none, Some("Bearer other")), Ok(()));
+        assert_eq!(
+            authorize(&tokens, Api::V2, &none, Some("Token s3cret")),
+            Ok(())
+        );
+        assert_eq!(
+            authorize(&tokens, Api::V2, &none, Some("Bearer other")),
+            Ok(())
+        );
         let denied = authorize(&tokens, Api::V2, &none, Some("Token nope")).unwrap_err();
         assert_eq!(denied.status, StatusCode::UNAUTHORIZED);
         assert_eq!(
@@ -608,7 +620,10 @@ mod tests {
         assert!(authorize(&tokens, Api::V2, &none, None).is_err());
         // v2 takes no password parameter.
         assert!(authorize(&tokens, Api::V2, &q(&[("p", "s3cret")]), None).is_err());
-        assert_eq!(authorize(&tokens, Api::V1, &q(&[("u", "x"), ("p", "s3cret")]), None), Ok(()));
+        assert_eq!(
+            authorize(&tokens, Api::V1, &q(&[("u", "x"), ("p", "s3cret")]), None),
+            Ok(())
+        );
         let basic = format!(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode("telegraf:other")
@@ -621,7 +636,11 @@ mod tests {
                 .body(Api::V1),
             r#"{"error":"authorization failed"}"#
         );
-        assert_eq!(authorize(&[], Api::V2, &none, None), Ok(()), "open listener");
+        assert_eq!(
+            authorize(&[], Api::V2, &none, None),
+            Ok(()),
+            "open listener"
+        );
     }
 
     #[test]
@@ -631,18 +650,37 @@ mod tests {
             precision_of(Api::V2, &q(&[("bucket", "b"), ("precision", "ms")]), ns),
             Ok(Precision::Milliseconds)
         );
-        assert_eq!(precision_of(Api::V2, &q(&[("bucket", "b")]), Precision::Seconds), Ok(Precision::Seconds));
+        assert_eq!(
+            precision_of(Api::V2, &q(&[("bucket", "b")]), Precision::Seconds),
+            Ok(Precision::Seconds)
+        );
         assert_eq!(
             precision_of(Api::V1, &q(&[("db", "d"), ("precision", "u")]), ns),
             Ok(Precision::Microseconds)
         );
-        assert_eq!(precision_of(Api::V1, &q(&[("db", "d"), ("precision", "n")]), ns), Ok(ns));
+        assert_eq!(
+            precision_of(Api::V1, &q(&[("db", "d"), ("precision", "n")]), ns),
+            Ok(ns)
+        );
         let e = precision_of(Api::V2, &q(&[("bucket", "b"), ("precision", "n")]), ns).unwrap_err();
-        assert_eq!(e.message, r#"invalid precision "n": expected ns, us, ms or s"#);
+        assert_eq!(
+            e.message,
+            r#"invalid precision "n": expected ns, us, ms or s"#
+        );
         let e = precision_of(Api::V1, &q(&[("db", "d"), ("precision", "h")]), ns).unwrap_err();
         assert_eq!(e.status, StatusCode::BAD_REQUEST);
-        assert_eq!(precision_of(Api::V2, &q(&[("org", "o")]), ns).unwrap_err().message, "missing bucket");
-        assert_eq!(precision_of(Api::V1, &q(&[("db", "")]), ns).unwrap_err().message, "missing db");
+        assert_eq!(
+            precision_of(Api::V2, &q(&[("org", "o")]), ns)
+                .unwrap_err()
+                .message,
+            "missing bucket"
+        );
+        assert_eq!(
+            precision_of(Api::V1, &q(&[("db", "")]), ns)
+                .unwrap_err()
+                .message,
+            "missing db"
+        );
     }
 
     #[test]
@@ -652,7 +690,11 @@ mod tests {
         gz.write_all(&text).unwrap();
         let gz = gz.finish().unwrap();
         assert_eq!(decode_body(Some("gzip"), &gz, text.len()).unwrap(), text);
-        assert_eq!(decode_body(None, &text, 1).unwrap(), text, "identity is checked by the reader");
+        assert_eq!(
+            decode_body(None, &text, 1).unwrap(),
+            text,
+            "identity is checked by the reader"
+        );
         let e = decode_body(Some("gzip"), &gz, text.len() - 1).unwrap_err();
         assert_eq!(e.status, StatusCode::PAYLOAD_TOO_LARGE);
         let e = decode_body(Some("gzip"), b"not gzip", 100).unwrap_err();

@@ -97,7 +97,9 @@ impl Udp<'_> {
             self.warn
                 .rejected(now, &self.cfg.name, peer, &parsed.errors);
         }
-        self.stats.string_fields_skipped.fetch_add(parsed.string_fields_skipped, Ordering::Relaxed);
+        self.stats
+            .string_fields_skipped
+            .fetch_add(parsed.string_fields_skipped, Ordering::Relaxed);
         let mut per_origin: BTreeMap<&str, u64> = BTreeMap::new();
         for group in &parsed.readings {
             *per_origin.entry(&group.origin).or_default() += group.readings.len() as u64;

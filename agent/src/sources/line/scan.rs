@@ -199,12 +199,11 @@ impl<'a> ChunkParser<'a> {
             if line.get(vstart) == Some(&b'"') {
                 // A string: Ferry stores numbers, so it is skipped (counted)
                 // or rejects the line, as configured.
-                let vend = string_end(line, vstart).ok_or_else(|| {
-                    LineError::UnterminatedString {
+                let vend =
+                    string_end(line, vstart).ok_or_else(|| LineError::UnterminatedString {
                         key: quote(&key),
                         column: vstart + 1,
-                    }
-                })?;
+                    })?;
                 if vend < line.len() && !matches!(line[vend], b',' | b' ' | b'\t') {
                     return Err(LineError::InvalidFieldValue {
                         key: quote(&key),

@@ -163,7 +163,10 @@ fn escaped_bytes_in_names_become_underscores() {
         assert_eq!(p.errors, [], "{input:?}");
         p.readings.iter().map(|g| g.series.to_string()).collect()
     };
-    assert_eq!(metrics(r"cpu\ load,host=a f=1"), [r#"cpu_load_f{host="a"}"#]);
+    assert_eq!(
+        metrics(r"cpu\ load,host=a f=1"),
+        [r#"cpu_load_f{host="a"}"#]
+    );
     assert_eq!(metrics(r"cpu\,x f=1"), ["cpu_x_f"]);
     assert_eq!(metrics(r"m,k\ e\=y\,z=v f=1"), [r#"m_f{k_e_y_z="v"}"#]);
     assert_eq!(metrics(r"m a\=b\ c\,d=1"), ["m_a_b_c_d"]);
@@ -289,7 +292,7 @@ fn readings_group_by_series_in_input_order_with_origin() {
 
 #[test]
 fn bad_lines_are_rejected_whole_and_the_rest_carries_on() {
-    let p = parse("m a=1 1\nm a=2,b=oops 2\nm,9bad=x a=3 3\n\nm a=4 4\nm a=5,b\\ c=6 5");
+    let p = parse("m a=1 1\nm a=2,b=oops 2\nm,9bad=x a=3 3\n\nm a=4 4\nm a=5,b\u{e9}=6 5");
     assert_eq!(
         groups(&p),
         [("m_a".into(), "src".into(), vec![(1, 1.0), (4, 4.0)])]
@@ -326,8 +329,16 @@ fn string_fields_are_skipped_and_counted_and_the_numbers_kept() {
     assert_eq!(
         groups(&p),
         [
-            ("env_temp{room=\"lab\"}".into(), "src".into(), vec![(7, 20.5)]),
-            ("env_hum{room=\"lab\"}".into(), "src".into(), vec![(7, 40.0)]),
+            (
+                "env_temp{room=\"lab\"}".into(),
+                "src".into(),
+                vec![(7, 20.5)]
+            ),
+            (
+                "env_hum{room=\"lab\"}".into(),
+                "src".into(),
+                vec![(7, 40.0)]
+            ),
         ]
     );
     assert_eq!((p.lines_accepted, p.string_fields_skipped), (1, 1));

@@ -166,7 +166,11 @@ mod tests {
         let h = message_hash("t", b"1");
         assert_eq!(d.receive(5, false, h), Verdict::Store { seq: 0 });
         let rec = d.record(5, h, 0);
-        assert_eq!(d.receive(5, true, h), Verdict::AckAfterCommit, "commit under way");
+        assert_eq!(
+            d.receive(5, true, h),
+            Verdict::AckAfterCommit,
+            "commit under way"
+        );
         d.committed();
         assert_eq!(d.receive(5, true, h), Verdict::AckNow);
         assert_eq!(
@@ -174,8 +178,16 @@ mod tests {
             Verdict::Store { seq: 1 },
             "another message under a reused id"
         );
-        assert_eq!(d.receive(6, true, h), Verdict::Store { seq: 2 }, "never committed");
-        assert_eq!(d.receive(7, false, h), Verdict::Store { seq: 3 }, "not a redelivery");
+        assert_eq!(
+            d.receive(6, true, h),
+            Verdict::Store { seq: 2 },
+            "never committed"
+        );
+        assert_eq!(
+            d.receive(7, false, h),
+            Verdict::Store { seq: 3 },
+            "not a redelivery"
+        );
 
         // After a restart, from the journal's records.
         let mut d = Dedupe::load("m", &[rec.clone()]);
@@ -198,7 +210,11 @@ mod tests {
         for i in 0..WINDOW {
             d.receive(2 + (i % 1000) as u16, false, i);
         }
-        assert_eq!(d.receive(1, true, h), Verdict::Store { seq: WINDOW + 2 }, "outside the window");
+        assert_eq!(
+            d.receive(1, true, h),
+            Verdict::Store { seq: WINDOW + 2 },
+            "outside the window"
+        );
         // The ring's slots wrap: a record's key is its slot.
         assert_eq!(d.record(1, h, 3).0, d.record(1, h, 3 + WINDOW).0);
     }

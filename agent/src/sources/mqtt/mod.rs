@@ -204,10 +204,7 @@ impl MqttConfig {
     }
 
     fn host_port(&self) -> Result<(String, u16), String> {
-        let (host, port) = self
-            .broker
-            .rsplit_once(':')
-            .ok_or("expected host:port")?;
+        let (host, port) = self.broker.rsplit_once(':').ok_or("expected host:port")?;
         let port = port.parse().map_err(|_| "the port is not a number")?;
         Ok((host.trim_matches(['[', ']']).to_owned(), port))
     }
@@ -215,6 +212,9 @@ impl MqttConfig {
     /// The client options: persistent session, manual acks.
     pub fn options(&self) -> Result<MqttOptions, String> {
         let (host, port) = self.host_port()?;
+        if self.client_id.is_empty() {
+            return Err("client_id is required".into());
+        }
         let mut o = MqttOptions::new(self.client_id.clone(), host, port);
         o.set_clean_session(false)
             .set_manual_acks(true)
@@ -227,9 +227,9 @@ impl MqttConfig {
             o.set_credentials(self.username.clone(), self.password.clone());
         }
         if self.tls {
-            o.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(
-                Arc::new(self.tls_config()?),
-            )));
+            o.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(
+                self.tls_config()?,
+            ))));
         }
         Ok(o)
     }
@@ -238,8 +238,7 @@ impl MqttConfig {
         let mut roots = rustls::RootCertStore::empty();
         match &self.ca {
             Some(path) => {
-                let pem = std::fs::read(path)
-                    .map_err(|e| format!("ca {}: {e}", path.display()))?;
+                let pem = std::fs::read(path).map_err(|e| format!("ca {}: {e}", path.display()))?;
                 for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
                     let cert = cert.map_err(|e| format!("ca {}: {e}", path.display()))?;
                     roots
@@ -312,7 +311,10 @@ impl MqttStats {
     }
     /// Malformed messages for `reason`.
     pub fn malformed(&self, reason: Malformed) -> u64 {
-        let i = Malformed::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+        let i = Malformed::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0);
         self.malformed[i].load(Ordering::Relaxed)
     }
     /// Connections made (ConnAcks).
@@ -488,7 +490,11 @@ struct Source {
 }
 
 impl Source {
-    async fn process(mut self, mut rx: mpsc::Receiver<Publish>, shutdown: impl Future<Output = ()>) {
+    async fn process(
+        mut self,
+        mut rx: mpsc::Receiver<Publish>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let mut building = Batch::default();
         let mut committing: Option<(Batch, Commit)> = None;
@@ -573,7 +579,11 @@ impl Source {
             )
         };
         batch.messages += 1;
-        batch.readings += decoded.readings.iter().map(|g| g.readings.len() as u64).sum::<u64>();
+        batch.readings += decoded
+            .readings
+            .iter()
+            .map(|g| g.readings.len() as u64)
+            .sum::<u64>();
         batch.strings += decoded.strings_skipped;
         if !decoded.malformed.is_empty() {
             let n = decoded.malformed.len() as u64;

@@ -406,19 +406,45 @@ mod tests {
             tags: "_/site/_/_".into(),
             field: "_/_/_/field".into(),
         }];
-        let d = decode(&c, &mut KeyCache::default(), "site/lab 2/env/temp", b" 21.5\n", 7);
+        let d = decode(
+            &c,
+            &mut KeyCache::default(),
+            "site/lab 2/env/temp",
+            b" 21.5\n",
+            7,
+        );
         assert_eq!(d.malformed, []);
         assert_eq!(
             series(&d),
-            [(r#"env_temp{site="lab 2"}"#.into(), "mqtt".into(), vec![(7, 21.5)])]
+            [(
+                r#"env_temp{site="lab 2"}"#.into(),
+                "mqtt".into(),
+                vec![(7, 21.5)]
+            )]
         );
         // No rule matches: the defaults, and the topic tag.
-        let d = decode(&cfg(PayloadFormat::Value), &mut KeyCache::default(), "x/y", b"true", 7);
+        let d = decode(
+            &cfg(PayloadFormat::Value),
+            &mut KeyCache::default(),
+            "x/y",
+            b"true",
+            7,
+        );
         assert_eq!(
             series(&d),
-            [(r#"mqtt_value{topic="x/y"}"#.into(), "mqtt".into(), vec![(7, 1.0)])]
+            [(
+                r#"mqtt_value{topic="x/y"}"#.into(),
+                "mqtt".into(),
+                vec![(7, 1.0)]
+            )]
         );
-        let d = decode(&cfg(PayloadFormat::Value), &mut KeyCache::default(), "x", b"21,5", 7);
+        let d = decode(
+            &cfg(PayloadFormat::Value),
+            &mut KeyCache::default(),
+            "x",
+            b"21,5",
+            7,
+        );
         assert_eq!(d.malformed, [Malformed::Number]);
         assert!(d.readings.is_empty());
     }
@@ -436,9 +462,21 @@ mod tests {
         assert_eq!(
             series(&d),
             [
-                (r#"zigbee_env_hum{topic="z2m/plug"}"#.into(), "z2m/plug".into(), vec![(ts, 40.0)]),
-                (r#"zigbee_env_ok{topic="z2m/plug"}"#.into(), "z2m/plug".into(), vec![(ts, 1.0)]),
-                (r#"zigbee_temperature{topic="z2m/plug"}"#.into(), "z2m/plug".into(), vec![(ts, 21.25)]),
+                (
+                    r#"zigbee_env_hum{topic="z2m/plug"}"#.into(),
+                    "z2m/plug".into(),
+                    vec![(ts, 40.0)]
+                ),
+                (
+                    r#"zigbee_env_ok{topic="z2m/plug"}"#.into(),
+                    "z2m/plug".into(),
+                    vec![(ts, 1.0)]
+                ),
+                (
+                    r#"zigbee_temperature{topic="z2m/plug"}"#.into(),
+                    "z2m/plug".into(),
+                    vec![(ts, 21.25)]
+                ),
             ]
         );
         c.json_fields = vec!["env.hum".into()];
@@ -446,14 +484,30 @@ mod tests {
         assert_eq!(series(&d)[0].0, r#"zigbee_env_hum{topic="t"}"#);
         assert_eq!(d.readings.len(), 1);
         c.json_fields = vec!["name".into()];
-        assert_eq!(decode(&c, &mut KeyCache::default(), "t", payload, 5).malformed, [Malformed::JsonField]);
+        assert_eq!(
+            decode(&c, &mut KeyCache::default(), "t", payload, 5).malformed,
+            [Malformed::JsonField]
+        );
         c.json_fields = Vec::new();
         assert_eq!(
-            decode(&c, &mut KeyCache::default(), "t", br#"{"temperature": 1}"#, 5).malformed,
+            decode(
+                &c,
+                &mut KeyCache::default(),
+                "t",
+                br#"{"temperature": 1}"#,
+                5
+            )
+            .malformed,
             [Malformed::JsonTimestamp]
         );
-        assert_eq!(decode(&c, &mut KeyCache::default(), "t", b"[1]", 5).malformed, [Malformed::Json]);
-        assert_eq!(decode(&c, &mut KeyCache::default(), "t", b"{", 5).malformed, [Malformed::Json]);
+        assert_eq!(
+            decode(&c, &mut KeyCache::default(), "t", b"[1]", 5).malformed,
+            [Malformed::Json]
+        );
+        assert_eq!(
+            decode(&c, &mut KeyCache::default(), "t", b"{", 5).malformed,
+            [Malformed::Json]
+        );
         c.json_timestamp = String::new();
         assert_eq!(
             decode(&c, &mut KeyCache::default(), "t", br#"{"s": "x"}"#, 5).malformed,
