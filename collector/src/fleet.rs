@@ -55,7 +55,8 @@ pub struct HealthView {
     /// The kind (`ferry_proto::health`).
     pub kind: u16,
     /// Its name: `journal_full`, `device_ring`, `late`, `rejected_input`,
-    /// `queue_full`, `rejected_batch`, `received`, or `kind_<n>`.
+    /// `queue_full`, `rejected_batch`, `received`, `skipped_string_fields`,
+    /// or `kind_<n>`.
     pub reason: String,
     /// Total.
     pub total: u64,

@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use ferry_tests::producers::{ApiCollector, producers_python};
-use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, until};
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, http_get_with, until};
 
 const N: usize = 600;
 const TOKEN: &str = "producer-token-0123456789";
@@ -48,11 +48,12 @@ def post(path, body, headers):
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
 
-lines = "".join("gz,host=h%d value=%d.25 %d\n" % (i % 2, i, i + 1) for i in range(100))
+t0_s = t0 // 10**9
+lines = "".join("gz,host=h%d value=%d.25 %d\n" % (i % 2, i, t0_s + i) for i in range(100))
 out["v1_gzip"] = post("/write?db=telegraf&precision=s&u=telegraf&p=" + token,
                       gzip.compress(lines.encode()), {"Content-Encoding": "gzip"})
 out["v1_no_token"] = post("/write?db=telegraf", b"gz value=1 1\n", {})
-bad = "mixed f=1 1\nmixed f=oops 2\nmixed f=3 3\n"
+bad = "mixed f=1 %d\nmixed f=oops %d\nmixed f=3 %d\n" % (t0_s + 1, t0_s + 2, t0_s + 3)
 out["bad"] = post("/api/v2/write?org=ferry&bucket=b&precision=s", bad.encode(),
                   {"Authorization": "Token " + token})
 print(json.dumps(out))
@@ -80,7 +81,8 @@ async fn influxdb_client_writes_come_back_exact_and_bad_lines_get_influxdb_error
     })
     .await;
 
-    let t0: i64 = 1_700_000_000_000_000_000;
+    // An hour ago, whole seconds (the collector takes the last 30 days).
+    let t0: i64 = (ferry_collector::now_ns() / 1_000_000_000 - 3600) * 1_000_000_000;
     let out = Command::new(&python)
         .args(["-c", SCRIPT])
         .arg(format!("http://{write_api}"))
@@ -154,7 +156,7 @@ async fn influxdb_client_writes_come_back_exact_and_bad_lines_get_influxdb_error
         .collect();
     gz.sort_by_key(|r| r.0);
     let want: Vec<(i64, f64)> = (0..100)
-        .map(|i| ((i + 1) * 1_000_000_000, i as f64 + 0.25))
+        .map(|i| (t0 + i * 1_000_000_000, i as f64 + 0.25))
         .collect();
     assert_eq!(gz, want);
 
@@ -166,7 +168,28 @@ async fn influxdb_client_writes_come_back_exact_and_bad_lines_get_influxdb_error
     let mixed = collector.raw("mixed_f").await.unwrap();
     assert_eq!(
         mixed[0].readings,
-        [(1_000_000_000, 1.0), (3_000_000_000, 3.0)]
+        [(t0 + 1_000_000_000, 1.0), (t0 + 3_000_000_000, 3.0)]
     );
+
+    // The skipped string fields and the bad line reached the collector as
+    // the listener's counts.
+    until("the listener's counts at the collector", || async {
+        let Some(body) =
+            http_get_with(collector.http, "/api/v1/drops", Some(&collector.token)).await
+        else {
+            return false;
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        let count = |reason: &str| -> u64 {
+            v["drops"].as_array().map_or(0, |rows| {
+                rows.iter()
+                    .filter(|r| r["reason"] == reason && r["device"] == "influx_http")
+                    .filter_map(|r| r["readings"].as_u64())
+                    .sum()
+            })
+        };
+        count("skipped_string_fields") == N as u64 && count("rejected_input") == 1
+    })
+    .await;
     collector.running.stop().await;
 }

@@ -20,7 +20,6 @@ use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, reserve_port, unt
 
 /// Readings published, in four publisher runs of `N / 4`.
 const N: usize = 16_000;
-const T0_MS: i64 = 1_700_000_000_000;
 
 const PUBLISHER: &str = r#"
 import json, sys
@@ -66,14 +65,14 @@ async fn broker_up(port: SocketAddr) -> bool {
 }
 
 /// Runs a publisher of readings `start..start + count` to completion.
-fn publish(port: SocketAddr, start: usize, count: usize) -> std::process::Child {
+fn publish(port: SocketAddr, t0_ms: i64, start: usize, count: usize) -> std::process::Child {
     Command::new(producers_python())
         .args(["-c", PUBLISHER])
         .args([
             port.port().to_string(),
             start.to_string(),
             count.to_string(),
-            T0_MS.to_string(),
+            t0_ms.to_string(),
         ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -137,7 +136,12 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
 
     // 1. Two publishers; the agent is killed while it is receiving.
     let q = N / 4;
-    let (p1, p2) = (publish(broker_port, 0, q), publish(broker_port, q, q));
+    // An hour ago (the collector takes the last 30 days).
+    let t0_ms = ferry_collector::now_ns() / 1_000_000 - 3_600_000;
+    let (p1, p2) = (
+        publish(broker_port, t0_ms, 0, q),
+        publish(broker_port, t0_ms, q, q),
+    );
     until("some readings stored", || async {
         collector.count("stream_v").await >= N / 16
     })
@@ -159,8 +163,8 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
 
     // 3. More publishers after the restart.
     let (p3, p4) = (
-        publish(broker_port, 2 * q, q),
-        publish(broker_port, 3 * q, q),
+        publish(broker_port, t0_ms, 2 * q, q),
+        publish(broker_port, t0_ms, 3 * q, q),
     );
     finished(p3);
     finished(p4);
@@ -182,7 +186,7 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
     let mut all: Vec<(i64, f64)> = series.into_iter().flat_map(|s| s.readings).collect();
     all.sort_by_key(|r| r.0);
     let want: Vec<(i64, f64)> = (0..N)
-        .map(|i| ((T0_MS + i as i64) * 1_000_000, i as f64 * 0.5))
+        .map(|i| ((t0_ms + i as i64) * 1_000_000, i as f64 * 0.5))
         .collect();
     assert_eq!(all.len(), N, "stored exactly once");
     assert_eq!(all, want);

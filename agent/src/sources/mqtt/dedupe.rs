@@ -13,15 +13,20 @@
 //! original packet id, exactly the messages whose PUBACK it has not
 //! received; it reuses a packet id only after it has received the PUBACK
 //! for the previous message with that id, and Mosquitto hands ids out in
-//! sequence, so a message 65,535 messages later. A redelivery of a message
+//! sequence within a run (an id comes back 65,535 messages later). A
+//! redelivery of a message
 //! the agent committed therefore finds its mark (the ring holds the last
 //! [`WINDOW`] messages, far more than a broker keeps in flight: Mosquitto's
 //! `max_inflight_messages` is 20); a redelivery of a message the agent had
-//! not committed finds none and is stored. The one case this does not
-//! cover: a broker that reuses an id within [`WINDOW`] messages for a
-//! message with the same topic and payload as the one before it under
-//! that id, and the agent dies after receiving it and before committing
-//! it; the redelivery would then be taken for the earlier message.
+//! not committed finds none and is stored (a redelivered message that
+//! differs from the remembered one only in its payload or topic is a
+//! different message). The one case this does not cover: a broker that
+//! reuses an id within [`WINDOW`] messages (Mosquitto may, right after its
+//! own restart) for a message with the same topic and payload as the one
+//! remembered under that id, and the agent dies after receiving it and
+//! before committing it; the redelivery would then be taken for the earlier
+//! message and not stored. Payloads that carry their own timestamp never
+//! repeat, so for them the rule is exact.
 
 use std::collections::HashMap;
 
