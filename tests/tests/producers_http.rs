@@ -110,8 +110,12 @@ async fn influxdb_client_writes_come_back_exact_and_bad_lines_get_influxdb_error
     assert_eq!(bad["code"], "invalid");
     assert_eq!(
         bad["message"],
-        "unable to parse 'mixed f=oops 2' (line 2): column 9: field \"f\" has invalid value \
-         \"oops\" (expected a float, an integer like 12i, an unsigned like 12u, or a boolean)"
+        format!(
+            "unable to parse 'mixed f=oops {}' (line 2): column 9: field \"f\" has invalid \
+             value \"oops\" (expected a float, an integer like 12i, an unsigned like 12u, or a \
+             boolean)",
+            t0 / 1_000_000_000 + 2
+        )
     );
 
     // Every numeric value of every field type, exact; the string field
