@@ -42,14 +42,38 @@ if missing:
 print(count)
 "#;
 
+/// On a failure, the logs of the agents and brokers are copied to
+/// `$TMPDIR/ferry-producers-mqtt-logs` (the test's directory is removed).
+struct KeepLogs(std::path::PathBuf);
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep = std::env::temp_dir().join("ferry-producers-mqtt-logs");
+        let _ = std::fs::create_dir_all(&keep);
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+            }
+        }
+        eprintln!("logs kept in {}", keep.display());
+    }
+}
+
 fn broker_config(dir: &Path, port: SocketAddr) -> std::path::PathBuf {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
         format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+            // `user root`: a broker started as root would otherwise run as
+            // `mosquitto`, which cannot write its database into the test's
+            // private directory (a broker started by another user stays
+            // that user).
+            "listener {} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\n\
              persistence_location {}/\npersistence_file mosquitto.db\n\
-             max_queued_messages 0\nmax_inflight_messages 20\n\
+             max_queued_messages 0\n\
              log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n\
              log_type information\nlog_type subscribe\n",
             port.port(),
@@ -102,6 +126,7 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
     producers_python();
     let site = Site::new();
     let dir = site.dir.path();
+    let _logs = KeepLogs(dir.to_path_buf());
     let collector = ApiCollector::start(&site).await;
     let (broker_port, admin) = (reserve_port(), free_tcp_port());
     let broker_dir = dir.join("broker");
@@ -170,7 +195,11 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
     finished(p4);
 
     until("every reading stored", || async {
-        collector.count("stream_v").await >= N
+        let n = collector.count("stream_v").await;
+        if n < N {
+            eprint!("\rstored {n} of {N}");
+        }
+        n >= N
     })
     .await;
     until("agent outbox empty", || async {
@@ -188,7 +217,33 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
     let want: Vec<(i64, f64)> = (0..N)
         .map(|i| ((t0_ms + i as i64) * 1_000_000, i as f64 * 0.5))
         .collect();
-    assert_eq!(all.len(), N, "stored exactly once");
+    // On a failure, which readings were stored twice or not at all.
+    let mut seen = vec![0u32; N];
+    for (ts, _) in &all {
+        let i = (ts / 1_000_000 - t0_ms) as usize;
+        if let Some(s) = seen.get_mut(i) {
+            *s += 1;
+        }
+    }
+    let ranges = |want: u32| -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for (i, &n) in seen.iter().enumerate() {
+            if (want == 0 && n == 0) || (want > 1 && n > 1) {
+                match out.last_mut() {
+                    Some(r) if r.1 + 1 == i => r.1 = i,
+                    _ => out.push((i, i)),
+                }
+            }
+        }
+        out
+    };
+    assert_eq!(
+        all.len(),
+        N,
+        "stored exactly once; twice or more: {:?}; never: {:?}",
+        ranges(2),
+        ranges(0)
+    );
     assert_eq!(all, want);
     agent.kill9();
     terminate(broker);

@@ -369,7 +369,7 @@ impl MqttStats {
 struct Batch {
     work: Work,
     acks: Vec<Publish>,
-    marks: Vec<(u16, u64)>,
+    marks: Vec<u16>,
     messages: u64,
     readings: u64,
     strings: u64,
@@ -558,9 +558,9 @@ impl Source {
                     batch.acks.push(p);
                     return;
                 }
-                Verdict::Store { seq } => {
-                    batch.work.marks.push(self.dedupe.record(p.pkid, hash, seq));
-                    batch.marks.push((p.pkid, seq));
+                Verdict::Store => {
+                    batch.work.marks.push(self.dedupe.record(p.pkid, hash));
+                    batch.marks.push(p.pkid);
                 }
             }
         }
@@ -619,7 +619,7 @@ impl Source {
     }
 
     fn committed(&mut self, batch: Batch) {
-        self.dedupe.committed();
+        self.dedupe.committed(&batch.marks);
         let s = &self.stats;
         s.add(&s.messages, batch.messages);
         s.add(&s.readings_accepted, batch.readings);
