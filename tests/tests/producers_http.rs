@@ -120,7 +120,8 @@ async fn influxdb_client_writes_come_back_exact_and_bad_lines_get_influxdb_error
 
     // Every numeric value of every field type, exact; the string field
     // skipped; nothing else.
-    let expected: [(&str, fn(usize) -> f64); 4] = [
+    type Value = fn(usize) -> f64;
+    let expected: [(&str, Value); 4] = [
         ("env_temp", |i| 20.0 + i as f64 / 8.0),
         ("env_ratio", |i| i as f64 * 0.1),
         ("env_count", |i| (i as i64 * 1_000_003 - (1 << 40)) as f64),

@@ -104,7 +104,7 @@ pub use self::error::{CommitError, DecompressError};
 use self::seal::*;
 pub use self::stats::JournalStats;
 use self::stats::*;
-pub use self::work::{CommitReport, DeviceReport, SeriesReadings, Work};
+pub use self::work::{CommitReport, DeviceReport, Mark, SeriesReadings, Work};
 
 const PENDING: Bytes = Bytes::new("pending");
 const WINDOWS: Bytes = Bytes::new("windows");

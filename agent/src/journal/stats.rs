@@ -109,7 +109,7 @@ impl Journal {
 
     /// Sources' records ([`Work::marks`](super::Work::marks)) whose keys
     /// start with `prefix`, in key order.
-    pub fn source_marks(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CommitError> {
+    pub fn source_marks(&self, prefix: &[u8]) -> Result<Vec<super::Mark>, CommitError> {
         let txn = self.db.begin_read()?;
         let mut out = Vec::new();
         for entry in txn.open_table(SOURCE_MARKS)?.range(prefix..)? {

@@ -40,6 +40,9 @@ pub struct DeviceReport {
     pub windows: Vec<(SeriesKey, Partial)>,
 }
 
+/// A source's record in the journal: `(key, value)` ([`Work::marks`]).
+pub type Mark = (Vec<u8>, Vec<u8>);
+
 /// Everything one group commit applies.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Work {
@@ -63,7 +66,7 @@ pub struct Work {
     /// input is durable exactly when that input is: the MQTT source keeps
     /// the packet ids of committed messages there to recognise
     /// redeliveries. Keys start with the source kind and name.
-    pub marks: Vec<(Vec<u8>, Vec<u8>)>,
+    pub marks: Vec<Mark>,
 }
 
 impl Work {

@@ -71,7 +71,7 @@ impl Dedupe {
     /// The marks of source `name` as read from the journal
     /// ([`Journal::source_marks`](crate::journal::Journal::source_marks)
     /// with [`Dedupe::prefix`]); records that do not decode are ignored.
-    pub fn load(name: &str, records: &[(Vec<u8>, Vec<u8>)]) -> Self {
+    pub fn load(name: &str, records: &[crate::journal::Mark]) -> Self {
         let mut d = Self {
             prefix: Self::prefix(name),
             hashes: Vec::new(),
@@ -114,7 +114,7 @@ impl Dedupe {
     }
 
     /// The journal record of the mark of message `pkid` with `hash`.
-    pub fn record(&self, pkid: u16, hash: u64) -> (Vec<u8>, Vec<u8>) {
+    pub fn record(&self, pkid: u16, hash: u64) -> crate::journal::Mark {
         let mut key = self.prefix.clone();
         key.extend_from_slice(&pkid.to_be_bytes());
         (key, hash.to_le_bytes().to_vec())

@@ -390,7 +390,7 @@ type Commit = Pin<Box<dyn Future<Output = Result<(), Refused>> + Send>>;
 /// [`Dedupe::prefix`]`(name)`.
 pub async fn run(
     cfg: MqttConfig,
-    marks: Vec<(Vec<u8>, Vec<u8>)>,
+    marks: Vec<crate::journal::Mark>,
     intake: Intake,
     stats: Arc<MqttStats>,
     shutdown: impl Future<Output = ()>,

@@ -372,7 +372,10 @@ mod tests {
         }
     }
 
-    fn series(d: &Decoded) -> Vec<(String, String, Vec<(i64, f64)>)> {
+    /// `(series, origin, [(ts, value)])`.
+    type Group = (String, String, Vec<(i64, f64)>);
+
+    fn series(d: &Decoded) -> Vec<Group> {
         d.readings
             .iter()
             .map(|g| {
