@@ -11,7 +11,7 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 
 use crate::config::Config;
 use crate::metrics::{AgentMetrics, Status};
-use crate::run::{JOURNAL_FILE, open_journal};
+use crate::run::{JOURNAL_FILE, OpenError, inspect_in, stats_in};
 
 /// How long a command waits for the agent's (or the collector's) answer.
 pub const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -82,6 +82,26 @@ pub fn init_logs(filter: Targets, json: bool) {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init();
     }
+}
+
+/// Writes `text` to stdout and flushes it. Unlike `print!`, which panics
+/// when the reader has gone, a closed pipe comes back as an
+/// [`std::io::ErrorKind::BrokenPipe`] error ([`is_broken_pipe`]).
+pub fn print_out(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// True when `e` (or what caused it) is a closed pipe: the reader of the
+/// command's output went away (`ferry-agent status | head -1`), which is no
+/// failure of the command.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// Why an HTTP GET got no body.
@@ -185,6 +205,12 @@ pub fn format_status(s: &Status, live: bool) -> String {
         Some(age) => _ = writeln!(out, "oldest unacked   {age:.1} s"),
         None => _ = writeln!(out, "oldest unacked   -"),
     }
+    if s.disk_full {
+        let _ = writeln!(
+            out,
+            "disk             FULL: sources paused until space returns"
+        );
+    }
     if s.dropped.is_empty() {
         let _ = writeln!(out, "dropped          none");
     } else {
@@ -196,8 +222,9 @@ pub fn format_status(s: &Status, live: bool) -> String {
     out
 }
 
-/// The agent's status: from its admin endpoint (`live`), or from the journal
-/// on disk when it is not running.
+/// The agent's status: from its admin endpoint (`live`), or, when it does
+/// not answer within [`HTTP_TIMEOUT`], from the journal on disk opened
+/// read-only: nothing in the data directory is written or moved.
 pub async fn status(config: &Config) -> anyhow::Result<(Status, bool)> {
     match http_get(
         config.admin.listen,
@@ -207,17 +234,10 @@ pub async fn status(config: &Config) -> anyhow::Result<(Status, bool)> {
     .await
     {
         Ok(body) => Ok((serde_json::from_str::<Status>(&body)?, true)),
-        Err(_) => {
-            let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
-            if !path.exists() {
-                anyhow::bail!(
-                    "the agent is not running (no answer on {}) and has no journal at {}",
-                    config.admin.listen,
-                    path.display()
-                );
-            }
-            let (journal, _) = open_journal(&path, config.journal_config(), 1 << 20)?;
-            let stats = journal.stats()?;
+        Err(admin) => {
+            let path = journal_path(config, &admin)?;
+            let stats =
+                stats_in(&path, &config.journal_config()).map_err(|e| offline_error(e, &admin))?;
             let status = AgentMetrics::default().status(&stats, ferry_clock::now_ns());
             Ok((status, false))
         }
@@ -225,7 +245,7 @@ pub async fn status(config: &Config) -> anyhow::Result<(Status, bool)> {
 }
 
 /// What waits, per series `(series, readings, windows)`: from the running
-/// agent, or from the journal on disk.
+/// agent, or from the journal on disk opened read-only.
 pub async fn inspect(config: &Config) -> anyhow::Result<Vec<(String, u64, u64)>> {
     match http_get(
         config.admin.listen,
@@ -235,11 +255,32 @@ pub async fn inspect(config: &Config) -> anyhow::Result<Vec<(String, u64, u64)>>
     .await
     {
         Ok(body) => Ok(serde_json::from_str(&body)?),
-        Err(_) => {
-            let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
-            let (journal, _) = open_journal(&path, config.journal_config(), 1 << 20)?;
-            Ok(journal.inspect()?)
+        Err(admin) => {
+            let path = journal_path(config, &admin)?;
+            inspect_in(&path).map_err(|e| offline_error(e, &admin))
         }
+    }
+}
+
+/// The journal's path, when there is a journal to read.
+fn journal_path(config: &Config, admin: &GetError) -> anyhow::Result<std::path::PathBuf> {
+    let path = config.resolve(&config.agent.data_dir).join(JOURNAL_FILE);
+    if !path.exists() {
+        anyhow::bail!(
+            "the agent is not running (admin endpoint: {admin}) and has no journal at {}",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A read-only open that failed, with what the admin endpoint said.
+fn offline_error(e: OpenError, admin: &GetError) -> anyhow::Error {
+    match e {
+        OpenError::Locked { .. } => anyhow::anyhow!(
+            "{e}; its admin endpoint did not answer ({admin}): is [admin] listen in this configuration the running agent's?"
+        ),
+        e => anyhow::anyhow!("the agent is not running (admin endpoint: {admin}); {e}"),
     }
 }
 
@@ -286,6 +327,7 @@ mod tests {
             readings_in: 34,
             readings_out: 0,
             dropped: vec![("a1".into(), 3, 5)],
+            disk_full: false,
         };
         let live = format_status(&s, true);
         assert!(live.contains("collector        disconnected\n"), "{live}");

@@ -197,6 +197,19 @@ pub struct AgentSection {
     /// collector as health records (kind 7, docs/protocol.md).
     #[serde(deserialize_with = "duration")]
     pub health_interval: Duration,
+    /// Oldest timestamp accepted at ingest, before the collector's first
+    /// Welcome says its own (readings older than now minus this are
+    /// refused and counted, health kind 8). The collector's default.
+    #[serde(deserialize_with = "duration")]
+    pub max_past: Duration,
+    /// Furthest timestamp ahead of now accepted at ingest, before the first
+    /// Welcome (as `max_past`).
+    #[serde(deserialize_with = "duration")]
+    pub max_future: Duration,
+    /// Refuse readings outside the collector's time window at ingest (the
+    /// default). Off, such readings are journaled and shipped, and the
+    /// collector refuses them one by one (counted at the collector).
+    pub check_timestamps: bool,
 }
 
 impl Default for AgentSection {
@@ -205,6 +218,9 @@ impl Default for AgentSection {
             data_dir: PathBuf::from("ferry-agent-data"),
             tick: Duration::from_millis(5),
             health_interval: Duration::from_secs(10),
+            max_past: Duration::from_secs(30 * 86_400),
+            max_future: Duration::from_secs(600),
+            check_timestamps: true,
         }
     }
 }

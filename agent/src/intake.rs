@@ -23,6 +23,14 @@ pub enum SubmitError {
         /// The budget.
         budget: u64,
     },
+    /// The journal's filesystem is full (below its reserve) or a journal
+    /// write failed and the journal waits to be reopened: retry later, as
+    /// for [`SubmitError::Full`].
+    #[error("disk full: {free} bytes free on the journal's filesystem")]
+    DiskFull {
+        /// Free bytes measured.
+        free: u64,
+    },
     /// The agent is shutting down; nothing was committed.
     #[error("agent shutting down")]
     Shutdown,

@@ -37,6 +37,8 @@ pub mod cli;
 #[cfg(feature = "std")]
 pub mod config;
 #[cfg(feature = "std")]
+pub mod disk;
+#[cfg(feature = "std")]
 pub mod intake;
 #[cfg(feature = "std")]
 pub mod memory;
@@ -50,6 +52,8 @@ pub mod shipper;
 pub mod sources;
 #[cfg(feature = "std")]
 pub mod systemd;
+#[cfg(feature = "std")]
+pub mod udp_drops;
 #[cfg(feature = "std")]
 pub mod watch;
 #[cfg(feature = "std")]

@@ -157,7 +157,7 @@ fn main() -> ExitCode {
                         path.display()
                     )
                 })?;
-                println!("{}: ok", path.display());
+                cli::print_out(&format!("{}: ok\n", path.display()))?;
                 Ok(())
             }
             Command::Run { config } => run(Config::load(&config)?).await,
@@ -179,9 +179,11 @@ fn main() -> ExitCode {
             Command::Status { config, json } => {
                 let (status, live) = cli::status(&Config::load(&config)?).await?;
                 if json {
-                    println!("{}", serde_json::to_string_pretty(&status)?);
+                    let mut text = serde_json::to_string_pretty(&status)?;
+                    text.push('\n');
+                    cli::print_out(&text)?;
                 } else {
-                    print!("{}", cli::format_status(&status, live));
+                    cli::print_out(&cli::format_status(&status, live))?;
                 }
                 Ok(())
             }
@@ -189,13 +191,16 @@ fn main() -> ExitCode {
                 command: BufferCommand::Inspect { config },
             } => {
                 let rows = cli::inspect(&Config::load(&config)?).await?;
-                print!("{}", cli::format_inspect(&rows));
+                cli::print_out(&cli::format_inspect(&rows))?;
                 Ok(())
             }
         }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader went away (`ferry-agent … | head`): what it wanted was
+        // printed; no error message, success.
+        Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -182,6 +182,181 @@ pub struct AgentMetrics {
     pub pending_readings: Gauge,
     /// `created_ns` of the oldest unacked batch, 0 if none.
     pub oldest_unacked_ns: Gauge,
+    /// Guarantees of issue 14 (idle commits, full disks, rejected
+    /// timestamps, kernel drops) and the per-source counters.
+    pub guard: Guarantees,
+}
+
+/// Counters that show a loss or a stall where an operator looks: on
+/// `/metrics`, and `disk_full` in `status`.
+#[derive(Debug, Default)]
+pub struct Guarantees {
+    /// Journal write transactions begun (an idle agent begins none).
+    pub journal_transactions: Counter,
+    /// 1 while the data directory's filesystem is full (or a journal write
+    /// failed) and sources are paused.
+    pub disk_full: Gauge,
+    /// Times the disk filled (the gauge went from 0 to 1).
+    pub disk_full_events: Counter,
+    /// Readings refused at ingest: outside the collector's time window.
+    pub readings_rejected_timestamp: Counter,
+    /// Datagrams the kernel dropped on the agent's UDP sockets (receive
+    /// buffer full), from `/proc/net/udp`.
+    pub udp_kernel_drops: Counter,
+    /// Per-source counters, rendered with their `source` label.
+    sources: std::sync::Mutex<Vec<SourceCounters>>,
+}
+
+#[derive(Debug)]
+enum SourceCounters {
+    Influx(String, std::sync::Arc<crate::sources::influx::SourceStats>),
+    Device(String, std::sync::Arc<crate::sources::device::DeviceStats>),
+}
+
+impl Guarantees {
+    /// Exports an Influx source's counters (`ferry_agent_influx_*`).
+    pub fn add_influx(
+        &self,
+        name: &str,
+        stats: std::sync::Arc<crate::sources::influx::SourceStats>,
+    ) {
+        if let Ok(mut s) = self.sources.lock() {
+            s.push(SourceCounters::Influx(name.to_owned(), stats));
+        }
+    }
+
+    /// Exports a device-link source's counters (`ferry_agent_device_*`).
+    pub fn add_device(
+        &self,
+        name: &str,
+        stats: std::sync::Arc<crate::sources::device::DeviceStats>,
+    ) {
+        if let Ok(mut s) = self.sources.lock() {
+            s.push(SourceCounters::Device(name.to_owned(), stats));
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        let counters: [(&str, &str, u64, &str); 5] = [
+            (
+                "ferry_agent_journal_transactions_total",
+                "Journal write transactions begun (an idle agent begins none).",
+                self.journal_transactions.get(),
+                "counter",
+            ),
+            (
+                "ferry_agent_disk_full",
+                "1 while the journal's filesystem is full (or a journal write failed): sources are paused.",
+                self.disk_full.get().max(0) as u64,
+                "gauge",
+            ),
+            (
+                "ferry_agent_disk_full_events_total",
+                "Times the journal's filesystem filled up.",
+                self.disk_full_events.get(),
+                "counter",
+            ),
+            (
+                "ferry_agent_readings_rejected_timestamp_total",
+                "Readings refused at ingest: outside the collector's accepted time window (health kind 8).",
+                self.readings_rejected_timestamp.get(),
+                "counter",
+            ),
+            (
+                "ferry_agent_udp_kernel_drops_total",
+                "Datagrams the kernel dropped on the agent's UDP sockets (health kind 9).",
+                self.udp_kernel_drops.get(),
+                "counter",
+            ),
+        ];
+        for (name, help, v, kind) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        }
+        let Ok(sources) = self.sources.lock() else {
+            return;
+        };
+        let influx: Vec<_> = sources
+            .iter()
+            .filter_map(|s| match s {
+                SourceCounters::Influx(n, st) => Some((n, st)),
+                SourceCounters::Device(..) => None,
+            })
+            .collect();
+        if !influx.is_empty() {
+            let mut body = String::new();
+            for (name, stats) in influx {
+                stats.render_prometheus(name, &mut body);
+            }
+            render_families(out, &body, "Influx line protocol source counter.");
+        }
+        let mut body = String::new();
+        for s in sources.iter() {
+            if let SourceCounters::Device(name, d) = s {
+                render_device(name, d, &mut body);
+            }
+        }
+        if !body.is_empty() {
+            render_families(out, &body, "Device-link source counter.");
+        }
+    }
+}
+
+/// Samples grouped by metric name, each family with its `# TYPE`.
+fn render_families(out: &mut String, samples: &str, help: &str) {
+    let mut families: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for line in samples.lines() {
+        let name = line.split(['{', ' ']).next().unwrap_or(line);
+        families.entry(name).or_default().push(line);
+    }
+    for (name, lines) in families {
+        let kind = if name.ends_with("_total") {
+            "counter"
+        } else {
+            "gauge"
+        };
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for l in lines {
+            let _ = writeln!(out, "{l}");
+        }
+    }
+}
+
+fn render_device(source: &str, d: &crate::sources::device::DeviceStats, out: &mut String) {
+    let source = source.replace('\\', r"\\").replace('"', "\\\"");
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    for (name, c) in [
+        ("frames_ok", &d.frames_ok),
+        ("bad_crc", &d.bad_crc),
+        ("bad_cobs", &d.bad_cobs),
+        ("too_short", &d.too_short),
+        ("too_long", &d.too_long),
+        ("undecodable", &d.undecodable),
+        ("hellos", &d.hellos),
+        ("bad_hellos", &d.bad_hellos),
+        ("bad_channels", &d.bad_channels),
+        ("heartbeats", &d.heartbeats),
+        ("hello_requests", &d.hello_requests),
+        ("before_hello", &d.before_hello),
+        ("reports_journaled", &d.reports_journaled),
+        ("reports_duplicate", &d.reports_duplicate),
+        ("reports_out_of_order", &d.reports_out_of_order),
+        ("reports_rejected", &d.reports_rejected),
+        ("reports_time_estimated", &d.reports_time_estimated),
+        ("reports_overflow", &d.reports_overflow),
+        ("commit_failures", &d.commit_failures),
+        ("device_dropped", &d.device_dropped),
+        ("devices_seen", &d.devices_seen),
+        ("connections", &d.connections),
+    ] {
+        let _ = writeln!(
+            out,
+            "ferry_agent_device_{name}_total{{source=\"{source}\"}} {}",
+            get(c)
+        );
+    }
 }
 
 /// What `ferry-agent status` shows; served as JSON at `/status`.
@@ -207,6 +382,10 @@ pub struct Status {
     pub readings_out: u64,
     /// Cumulative drops `(origin, kind, count)`.
     pub dropped: Vec<(String, u16, u64)>,
+    /// The journal's filesystem is full (or a journal write failed):
+    /// sources are paused until space returns.
+    #[serde(default)]
+    pub disk_full: bool,
 }
 
 impl AgentMetrics {
@@ -355,6 +534,7 @@ impl AgentMetrics {
             );
         }
         self.readings_refused.render(&mut out);
+        self.guard.render(&mut out);
         self.commit_latency.render(
             &mut out,
             "ferry_agent_commit_seconds",
@@ -383,6 +563,7 @@ impl AgentMetrics {
             readings_in: self.readings_in.get(),
             readings_out: self.readings_out.get(),
             dropped: stats.dropped.clone(),
+            disk_full: self.guard.disk_full.get() == 1,
         }
     }
 }

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use redb::Database;
+use redb::{Database, ReadOnlyDatabase};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::config::{CompressionName, Config, Order};
 use crate::intake::Intake;
-use crate::journal::{Journal, JournalConfig};
+use crate::journal::{CommitError, Journal, JournalConfig, JournalStats};
 use crate::metrics::{AgentMetrics, Counter};
 use crate::shipper::{self, ShipperConfig};
 use crate::sources::device::{self, DeviceRegistry, DeviceSource};
@@ -32,6 +32,10 @@ pub enum StartError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The journal could not be opened, and it is not corrupt (locked by
+    /// another agent, refused by the OS): nothing was moved.
+    #[error(transparent)]
+    Open(#[from] OpenError),
     /// A fresh journal could not be created either.
     #[error("journal {path}: {message}")]
     Journal {
@@ -58,45 +62,215 @@ pub enum StartError {
     },
 }
 
-/// Opens the journal at `path`. A file that fails to open (corrupt,
-/// truncated, not a redb file) is moved aside to `<path>.corrupt-<unix
-/// seconds>`, reported loudly, and replaced by a fresh journal: the agent
-/// keeps accepting data instead of refusing to start.
+/// Why the journal could not be opened. Only [`OpenError::Corrupt`] and
+/// [`OpenError::Format`] say something about the file itself; `run` moves
+/// only such a file aside ([`open_or_quarantine`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds the journal's lock.
+    #[error(
+        "journal {}: another ferry-agent is running on this journal (it is locked); nothing was changed",
+        path.display()
+    )]
+    Locked {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The journal was not closed cleanly and a read-only open cannot
+    /// repair it (`ferry-agent run` does, as it starts).
+    #[error(
+        "journal {}: not closed cleanly; `ferry-agent run` repairs it as it starts (a read-only command does not)",
+        path.display()
+    )]
+    NeedsRecovery {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not a readable journal (truncated, damaged, not redb).
+    #[error("journal {}: corrupt: {message}", path.display())]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+    /// A journal of another on-disk format (or redb file format).
+    #[error("journal {}: {message}", path.display())]
+    Format {
+        /// The file.
+        path: PathBuf,
+        /// The formats.
+        message: String,
+    },
+    /// The operating system refused (permissions, a missing directory, a
+    /// full disk): nothing says the file is damaged.
+    #[error("journal {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+impl OpenError {
+    /// True when the file itself is unreadable as a journal: the only case
+    /// in which `run` moves it aside.
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, Self::Corrupt { .. } | Self::Format { .. })
+    }
+
+    fn from_io(path: &Path, e: std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match e.kind() {
+            // A file shorter than its header says, or bytes that are not redb's.
+            ErrorKind::UnexpectedEof | ErrorKind::InvalidData => Self::Corrupt {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            },
+            _ => Self::Io {
+                path: path.to_path_buf(),
+                source: e,
+            },
+        }
+    }
+
+    fn from_storage(path: &Path, e: redb::StorageError) -> Self {
+        match e {
+            redb::StorageError::Io(e) => Self::from_io(path, e),
+            other => Self::Corrupt {
+                path: path.to_path_buf(),
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn from_database(path: &Path, e: redb::DatabaseError) -> Self {
+        use redb::DatabaseError as D;
+        let path_buf = path.to_path_buf();
+        match e {
+            D::DatabaseAlreadyOpen | D::LockProtocolMismatch => Self::Locked { path: path_buf },
+            D::RepairAborted => Self::NeedsRecovery { path: path_buf },
+            D::UpgradeRequired(v) => Self::Format {
+                path: path_buf,
+                message: format!("redb file format {v}: this build cannot read it"),
+            },
+            D::Storage(e) => Self::from_storage(path, e),
+            other => Self::Corrupt {
+                path: path_buf,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn from_redb(path: &Path, e: redb::Error) -> Self {
+        let path_buf = path.to_path_buf();
+        match e {
+            redb::Error::DatabaseAlreadyOpen | redb::Error::LockProtocolMismatch => {
+                Self::Locked { path: path_buf }
+            }
+            redb::Error::RepairAborted => Self::NeedsRecovery { path: path_buf },
+            redb::Error::Io(e) => Self::from_io(path, e),
+            redb::Error::UpgradeRequired(v) => Self::Format {
+                path: path_buf,
+                message: format!("redb file format {v}: this build cannot read it"),
+            },
+            other => Self::Corrupt {
+                path: path_buf,
+                message: other.to_string(),
+            },
+        }
+    }
+
+    fn from_commit(path: &Path, e: CommitError) -> Self {
+        match e {
+            CommitError::Storage(e) => Self::from_redb(path, e),
+            e @ CommitError::Format { .. } => Self::Format {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            },
+            other => Self::Corrupt {
+                path: path.to_path_buf(),
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// Opens (or creates) the journal at `path` for writing. Moves nothing:
+/// every failure comes back typed ([`OpenError`]).
 pub fn open_journal(
     path: &Path,
     config: JournalConfig,
     cache: usize,
+) -> Result<Journal, OpenError> {
+    let db = Database::builder()
+        .set_cache_size(cache)
+        .create(path)
+        .map_err(|e| OpenError::from_database(path, e))?;
+    let mut journal = Journal::open(db, config).map_err(|e| OpenError::from_commit(path, e))?;
+    journal.set_compressor(Box::new(crate::shipper::Zstd));
+    Ok(journal)
+}
+
+/// Opens the existing journal at `path` read-only: nothing in the data
+/// directory is written, created or moved (`status` and `buffer inspect`
+/// on a stopped agent). A journal another process holds is
+/// [`OpenError::Locked`]; one not closed cleanly is
+/// [`OpenError::NeedsRecovery`] (a read-only open does not repair).
+pub fn open_journal_read_only(path: &Path) -> Result<ReadOnlyDatabase, OpenError> {
+    Database::builder()
+        .set_cache_size(1 << 20)
+        .open_read_only(path)
+        .map_err(|e| OpenError::from_database(path, e))
+}
+
+/// Journal counters of the journal at `path`, read-only
+/// ([`open_journal_read_only`]).
+pub fn stats_in(path: &Path, config: &JournalConfig) -> Result<JournalStats, OpenError> {
+    let db = open_journal_read_only(path)?;
+    crate::journal::stats_in(&db, config).map_err(|e| OpenError::from_commit(path, e))
+}
+
+/// What waits per series in the journal at `path`, read-only
+/// ([`open_journal_read_only`]).
+pub fn inspect_in(path: &Path) -> Result<Vec<(String, u64, u64)>, OpenError> {
+    let db = open_journal_read_only(path)?;
+    crate::journal::inspect_in(&db, Some(&crate::shipper::Zstd))
+        .map_err(|e| OpenError::from_commit(path, e))
+}
+
+/// `run`'s open: [`open_journal`], and when the file is corrupt (and only
+/// then: never when it is locked or the OS refused), it is moved aside to
+/// `<path>.corrupt-<unix seconds>`, reported loudly, and replaced by a
+/// fresh journal (a new epoch), so the agent keeps accepting data.
+pub fn open_or_quarantine(
+    path: &Path,
+    config: JournalConfig,
+    cache: usize,
 ) -> Result<(Journal, Option<PathBuf>), StartError> {
-    let open = |p: &Path| -> Result<Journal, String> {
-        let db = Database::builder()
-            .set_cache_size(cache)
-            .create(p)
-            .map_err(|e| e.to_string())?;
-        let mut journal = Journal::open(db, config.clone()).map_err(|e| e.to_string())?;
-        journal.set_compressor(Box::new(crate::shipper::Zstd));
-        Ok(journal)
-    };
-    match open(path) {
+    match open_journal(path, config.clone(), cache) {
         Ok(j) => Ok((j, None)),
-        Err(first) => {
+        Err(first) if first.is_corrupt() => {
             let secs = ferry_clock::now_ns() / 1_000_000_000;
             let aside = path.with_extension(format!("redb.corrupt-{secs}"));
             tracing::error!(
                 journal = %path.display(),
                 moved_to = %aside.display(),
                 error = %first,
-                "JOURNAL FAILED TO OPEN: moved aside, starting with an empty journal; readings in it were not shipped"
+                "JOURNAL FAILED TO OPEN: moved aside (it is corrupt), starting with an empty journal (a new epoch)"
             );
             std::fs::rename(path, &aside).map_err(|e| StartError::Journal {
                 path: path.to_path_buf(),
                 message: format!("{first}; and moving it aside failed: {e}"),
             })?;
-            let j = open(path).map_err(|message| StartError::Journal {
+            let j = open_journal(path, config, cache).map_err(|e| StartError::Journal {
                 path: path.to_path_buf(),
-                message,
+                message: e.to_string(),
             })?;
             Ok((j, Some(aside)))
         }
+        Err(e) => Err(StartError::Open(e)),
     }
 }
 
@@ -151,7 +325,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         source,
     })?;
     let journal_path = data_dir.join(JOURNAL_FILE);
-    let (journal, moved) = open_journal(
+    let (journal, moved) = open_or_quarantine(
         &journal_path,
         config.journal_config(),
         config.journal.cache as usize,
@@ -184,13 +358,29 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     let metrics = Arc::new(AgentMetrics::default());
     let (intake, intake_rx) = Intake::channel(1024);
     let (writer, handle) = Writer::new(journal, intake_rx, metrics.clone(), config.agent.tick);
-    let writer = writer.with_health_interval(config.agent.health_interval);
+    let (terms, collector_terms) = watch::channel(None);
+    let writer = writer
+        .with_health_interval(config.agent.health_interval)
+        .with_time_window(if config.agent.check_timestamps {
+            crate::writer::TimeWindow {
+                terms: Some(collector_terms.clone()),
+                default: Some((config.agent.max_past, config.agent.max_future)),
+            }
+        } else {
+            crate::writer::TimeWindow::default()
+        })
+        .with_disk_guard(data_dir.clone(), crate::disk::RESERVE, {
+            let (path, journal_config) = (journal_path.clone(), config.journal_config());
+            let cache = config.journal.cache as usize;
+            Box::new(move || {
+                open_journal(&path, journal_config.clone(), cache).map_err(|e| e.to_string())
+            })
+        });
     let (stop, stopped) = watch::channel(false);
     let writer_task = tokio::spawn(writer.run(stopped.clone()));
     let mut tasks = JoinSet::new();
 
     // Shipper.
-    let (terms, collector_terms) = watch::channel(None);
     let c = &config.collector;
     let tls = shipper::client_tls(
         &config.resolve(&c.ca),
@@ -272,6 +462,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(bind_err("influx_tcp", src.listen))?;
         influx_tcp_addrs.push(l.local_addr().map_err(bind_err("influx_tcp", src.listen))?);
         let stats = Arc::new(SourceStats::default());
+        metrics.guard.add_influx(&src.source.name, stats.clone());
         tasks.spawn(influx::run_tcp(
             l,
             src.source.clone(),
@@ -287,6 +478,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             .map_err(bind_err("influx_udp", src.listen))?;
         influx_udp_addrs.push(s.local_addr().map_err(bind_err("influx_udp", src.listen))?);
         let stats = Arc::new(SourceStats::default());
+        metrics.guard.add_influx(&src.source.name, stats.clone());
+        match crate::udp_drops::socket_inode(&s) {
+            Ok(inode) => {
+                tasks.spawn(crate::udp_drops::watch_socket(
+                    inode,
+                    src.source.name.clone(),
+                    intake.clone(),
+                    metrics.clone(),
+                    stopped.clone(),
+                ));
+            }
+            Err(e) => tracing::warn!(source = %src.source.name, error = %e,
+                "kernel drops on this UDP socket cannot be counted"),
+        }
         tasks.spawn(influx::run_udp(
             s,
             src.source.clone(),
@@ -331,6 +536,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
                 .map_err(bind_err("device_tcp_listen", src.listen))?,
         );
         let source = DeviceSource::new(src.link.clone(), intake.clone(), registry.clone());
+        metrics
+            .guard
+            .add_device(&source.config.name, source.stats.clone());
         let stop = stop_on(stopped.clone());
         tasks.spawn(async move {
             if let Err(e) = device::run_tcp_listener(l, &source, stop).await {
@@ -340,6 +548,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     for src in &config.device_tcp_connect {
         let source = DeviceSource::new(src.link.clone(), intake.clone(), registry.clone());
+        metrics
+            .guard
+            .add_device(&source.config.name, source.stats.clone());
         let (addr, stop) = (src.connect, stop_on(stopped.clone()));
         tasks.spawn(async move {
             if let Err(e) = device::run_tcp_client(addr, &source, stop).await {
@@ -349,6 +560,9 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     }
     for src in &config.device_serial {
         let source = DeviceSource::new(src.link.clone(), intake.clone(), registry.clone());
+        metrics
+            .guard
+            .add_device(&source.config.name, source.stats.clone());
         let (path, baud, stop) = (src.path.clone(), src.baud, stop_on(stopped.clone()));
         tasks.spawn(async move {
             if let Err(e) = device::run_serial(&path, baud, &source, stop).await {

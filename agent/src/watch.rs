@@ -183,7 +183,9 @@ pub async fn run(
             .and_then(|b| serde_json::from_str::<Vec<SeriesResult>>(&b).ok());
             watch.handle_series(rows);
         }
-        print!("{}", watch.render());
+        // A reader that went away (`| head`) ends the command: the error
+        // reaches `main`, which exits quietly on a broken pipe.
+        crate::cli::print_out(&watch.render())?;
     }
 }
 
@@ -206,6 +208,7 @@ mod tests {
             readings_in,
             readings_out,
             dropped: vec![("a".into(), 1, 3), ("b".into(), 2, 4)],
+            disk_full: false,
         }
     }
 

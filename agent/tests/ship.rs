@@ -249,14 +249,11 @@ async fn windows_are_aggregated_and_shipped() {
     let collector = CollectorProc::start(&data, "127.0.0.1:0".parse().unwrap()).await;
     let rule =
         "[[aggregate]]\nmetric = \"temp*\"\nperiod = \"10s\"\nlateness = \"1h\"\nsketch = true\n";
-    let agent = run::start(agent_config(
-        &bundle,
-        &dir.path().join("agent"),
-        collector.quic,
-        rule,
-    ))
-    .await
-    .unwrap();
+    let mut config = agent_config(&bundle, &dir.path().join("agent"), collector.quic, rule);
+    // The reading an hour ahead is this test's watermark: not refused at
+    // ingest (`[agent] check_timestamps`).
+    config.agent.check_timestamps = false;
+    let agent = run::start(config).await.unwrap();
     // Half an hour ago, within the hour of lateness: three windows; then a
     // reading 1 h 30 s later moves the series' watermark past their close.
     let now = ferry_clock::now_ns();
@@ -363,14 +360,10 @@ async fn line_protocol_in_collector_query_out() {
 async fn a_refused_reading_costs_only_itself_and_the_ledger_closes() {
     let (dir, data, bundle) = site();
     let collector = CollectorProc::start(&data, "127.0.0.1:0".parse().unwrap()).await;
-    let agent = run::start(agent_config(
-        &bundle,
-        &dir.path().join("agent"),
-        collector.quic,
-        "",
-    ))
-    .await
-    .unwrap();
+    let mut config = agent_config(&bundle, &dir.path().join("agent"), collector.quic, "");
+    // The collector's refusal is the subject: no check at ingest.
+    config.agent.check_timestamps = false;
+    let agent = run::start(config).await.unwrap();
     let t0 = recent();
     let year = 365 * 86_400 * 1_000_000_000i64;
     let mut work = readings("d1", 5, t0);

@@ -14,6 +14,7 @@ use ferry_agent::journal::{
 use ferry_agent::metrics::AgentMetrics;
 use ferry_agent::window::{LatePolicy, WindowRule};
 use ferry_agent::writer::Writer;
+use ferry_clock::ManualClock;
 use ferry_proto::batch::Reading;
 use ferry_proto::series::SeriesKey;
 use tokio::sync::watch;
@@ -47,6 +48,9 @@ async fn a_full_journal_hands_refused_work_back_and_commits_the_rest() {
     let (intake, rx) = Intake::channel(8);
     let metrics = Arc::new(AgentMetrics::default());
     let (writer, _handle) = Writer::new(journal, rx, metrics.clone(), Duration::from_secs(3600));
+    // A clock that stands still: the batch's 10 ms linger never passes, so
+    // the readings stay in the batch being filled however slow the machine.
+    let writer = writer.with_clock(Arc::new(ManualClock::new(1_700_000_000_000_000_000)));
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(writer.run(stopped));
 

@@ -64,16 +64,7 @@ pub struct HealthView {
 
 /// The name of a health kind.
 pub fn reason(kind: u16) -> String {
-    match kind {
-        health::DROPPED_JOURNAL_FULL => "journal_full".into(),
-        health::DROPPED_DEVICE_RING => "device_ring".into(),
-        health::DROPPED_LATE => "late".into(),
-        health::REJECTED_INPUT => "rejected_input".into(),
-        health::DROPPED_QUEUE_FULL => "queue_full".into(),
-        health::DROPPED_REJECTED => "rejected_batch".into(),
-        health::RECEIVED => "received".into(),
-        other => format!("kind_{other}"),
-    }
+    health::name(kind).map_or_else(|| format!("kind_{kind}"), Into::into)
 }
 
 /// Health totals as views.

@@ -68,7 +68,20 @@ pub mod health {
     /// dropped as late), sent periodically: they equal what the collector
     /// stored plus kinds 1, 3 and 6, so every reading is accounted for.
     pub const RECEIVED: u16 = 7;
-    // Kinds 8 to 11 are taken by other sources of the same release.
+    /// Readings the agent refused at ingest because their timestamp was
+    /// outside the collector's accepted window (announced in Welcome, or
+    /// the agent's configured default before the first Welcome): counted
+    /// per origin, one producer's bad clock costing none of the others'
+    /// readings.
+    pub const REJECTED_TIMESTAMP: u16 = 8;
+    /// Datagrams the kernel dropped on an agent's UDP socket because its
+    /// receive buffer was full (`/proc/net/udp`'s `drops`), counted for the
+    /// source's name: datagrams, not readings (each may hold many lines).
+    pub const DROPPED_KERNEL: u16 = 9;
+    /// Readings in a corrupt journal the agent moved aside that could not
+    /// be read back (the rest of it is shipped under its old epoch).
+    pub const DROPPED_CORRUPT_JOURNAL: u16 = 10;
+    // Kind 11 is taken by another source of the same release.
     /// String fields of accepted line protocol lines that a source skipped
     /// (Ferry stores numbers; the line's numeric fields were kept). Not a
     /// loss: a string was never a reading, so it is in no `RECEIVED` count
@@ -76,8 +89,9 @@ pub mod health {
     pub const SKIPPED_STRING_FIELDS: u16 = 12;
 
     /// True for kinds that count readings lost on the agent's side (1, 2,
-    /// 3, 5, 6): what the collector adds to an agent's `dropped` figure.
-    /// Kind 2 counts device reports, not readings.
+    /// 3, 5, 6, 8, 9, 10): what the collector adds to an agent's `dropped`
+    /// figure. Kind 2 counts device reports and kind 9 datagrams, not
+    /// readings.
     pub fn is_dropped(kind: u16) -> bool {
         matches!(
             kind,
@@ -86,6 +100,9 @@ pub mod health {
                 | DROPPED_LATE
                 | DROPPED_QUEUE_FULL
                 | DROPPED_REJECTED
+                | REJECTED_TIMESTAMP
+                | DROPPED_KERNEL
+                | DROPPED_CORRUPT_JOURNAL
         )
     }
 
@@ -100,6 +117,9 @@ pub mod health {
             DROPPED_QUEUE_FULL => "queue_full",
             DROPPED_REJECTED => "rejected_batch",
             RECEIVED => "received",
+            REJECTED_TIMESTAMP => "rejected_timestamp",
+            DROPPED_KERNEL => "dropped_kernel",
+            DROPPED_CORRUPT_JOURNAL => "corrupt_journal",
             SKIPPED_STRING_FIELDS => "skipped_string_fields",
             _ => return None,
         })

@@ -62,8 +62,18 @@ impl Site {
 
     /// Starts the collector in-process on [`Site::quic`].
     pub async fn start_collector(&self) -> RunningCollector {
+        self.start_collector_with(|_| {}).await
+    }
+
+    /// [`Site::start_collector`], with its configuration changed by `edit`
+    /// first.
+    pub async fn start_collector_with(
+        &self,
+        edit: impl FnOnce(&mut ferry_collector::Config),
+    ) -> RunningCollector {
         let mut config = ferry_collector::Config::for_data_dir(&self.data);
         config.quic.listen = self.quic;
+        edit(&mut config);
         let collector = ferry_collector::Collector::bind(config)
             .await
             .expect("bind");

@@ -90,7 +90,7 @@ fn aarch64_agent_under_qemu_ships_to_an_x86_64_collector_exactly() {
         for d in 0..10 {
             let (ts, value) = (base_ms + i * 1000, f64::from(d) * 100.0 + i as f64 * 0.25);
             lines.push_str(&format!("qemu_temp,device=d{d} value={value} {ts}\n"));
-            sent.entry(format!("qemu_temp_value{{device=\"d{d}\"}}"))
+            sent.entry(format!("qemu_temp_value{{agent=\"gw\",device=\"d{d}\"}}"))
                 .or_default()
                 .push((ts * 1_000_000, value));
         }

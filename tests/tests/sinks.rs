@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use ferry_collector::admin::Admin;
 use ferry_tests::servers::{Postgres, Prometheus, duckdb};
-use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, stored, until};
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, http_get_with, stored, until};
 use tokio::io::AsyncWriteExt;
 
 const DEVICES: usize = 4;
@@ -30,7 +30,9 @@ fn reading(t0_ms: i64, d: usize, i: usize) -> (i64, f64) {
 }
 
 fn series(d: usize) -> String {
-    format!("env_temp_c{{device=\"d{d}\"}}")
+    // The collector tags every stored series with its agent (the
+    // certificate's name, "gw" here).
+    format!("env_temp_c{{agent=\"gw\",device=\"d{d}\"}}")
 }
 
 /// What was sent: series → [(ts_ms, value)].
@@ -219,7 +221,9 @@ impl Rig {
     }
 
     async fn metrics(&self) -> String {
-        http_get(self.http_addr(), "/metrics")
+        // The API needs a token: the collector's own local admin token.
+        let token = std::fs::read_to_string(self.site.data.join("admin.token")).unwrap_or_default();
+        http_get_with(self.http_addr(), "/metrics", Some(token.trim()))
             .await
             .unwrap_or_default()
     }
@@ -272,11 +276,14 @@ async fn from_prometheus(prom: &Prometheus, t0_ms: i64, n: usize) -> Sent {
         .map(|(labels, values)| {
             assert_eq!(
                 labels.keys().map(String::as_str).collect::<Vec<_>>(),
-                ["__name__", "device"],
+                ["__name__", "agent", "device"],
                 "labels as docs/prometheus.md names them"
             );
             (
-                format!("env_temp_c{{device=\"{}\"}}", labels["device"]),
+                format!(
+                    "env_temp_c{{agent=\"{}\",device=\"{}\"}}",
+                    labels["agent"], labels["device"]
+                ),
                 values,
             )
         })
@@ -455,7 +462,10 @@ async fn readings_come_back_exact_from_prometheus_postgres_and_duckdb() {
         let got = prom.query_range(part, w0, w0 + 60_000, 10_000).await;
         assert_eq!(got.len(), DEVICES, "{part}");
         for (labels, values) in got {
-            let series = format!("env_hum_pct{{device=\"{}\"}}", labels["device"]);
+            let series = format!(
+                "env_hum_pct{{agent=\"{}\",device=\"{}\"}}",
+                labels["agent"], labels["device"]
+            );
             let want: Vec<(i64, f64)> = windows
                 .iter()
                 .filter(|((s, _), _)| *s == series)

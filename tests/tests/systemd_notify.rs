@@ -106,14 +106,19 @@ fn agent_is_ready_once_its_listeners_accept_and_its_watchdog_stops_with_the_writ
     let status = get(addr("admin"), "/status");
     assert!(status.starts_with("HTTP/1.0 200 OK\r\n"), "{status}");
     TcpStream::connect(addr("device_tcp_listen")).expect("device link accepts");
+    // Timestamps of now: older than 30 days would be refused at ingest.
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
     let mut tcp = TcpStream::connect(addr("influx_tcp")).expect("line protocol accepts");
-    tcp.write_all(b"temperature,device=d1 value=21.5 1700000000\n")
+    tcp.write_all(format!("temperature,device=d1 value=21.5 {now_s}\n").as_bytes())
         .unwrap();
     drop(tcp);
     UdpSocket::bind("127.0.0.1:0")
         .unwrap()
         .send_to(
-            b"temperature,device=d2 value=19.25 1700000000\n",
+            format!("temperature,device=d2 value=19.25 {now_s}\n").as_bytes(),
             addr("influx_udp"),
         )
         .unwrap();

@@ -214,7 +214,15 @@ impl Journal {
         }
         let mut dropped = txn.open_table(DROPPED)?;
         for (origin, kind, count) in &row.health {
-            if matches!(*kind, health::DROPPED_LATE) {
+            // Counted where `status` shows them: losses the journal itself
+            // decided (late) or that sources report only through it.
+            if matches!(
+                *kind,
+                health::DROPPED_LATE
+                    | health::REJECTED_TIMESTAMP
+                    | health::DROPPED_KERNEL
+                    | health::DROPPED_CORRUPT_JOURNAL
+            ) {
                 add_count(
                     &mut dropped,
                     &layout::count_key(origin, *kind, None),

@@ -102,8 +102,8 @@ pub use self::config::{AggregateRule, FullPolicy, JournalConfig, glob_match};
 use self::dictionary::*;
 pub use self::error::{CommitError, DecompressError};
 use self::seal::*;
-pub use self::stats::JournalStats;
 use self::stats::*;
+pub use self::stats::{JournalStats, inspect_in, stats_in};
 pub use self::work::{CommitReport, DeviceReport, Mark, SeriesReadings, Work};
 
 const PENDING: Bytes = Bytes::new("pending");
@@ -160,6 +160,29 @@ pub struct StoredBatch {
 struct Sealed {
     readings: u64,
     created_ns: i64,
+}
+
+/// An outbox row's encoded batch, decompressed by `compressor` if stored
+/// compressed.
+fn plain_with(
+    compressor: Option<&dyn Compressor>,
+    seq: u64,
+    row: &[u8],
+) -> Result<Vec<u8>, CommitError> {
+    match row.split_first() {
+        Some((0, body)) => Ok(body.to_vec()),
+        Some((&codec, body)) => match compressor {
+            Some(c) if c.codec() == codec => c
+                .decompress(body, MAX_BATCH_BYTES)
+                .map_err(|e| CommitError::Corrupt(alloc::format!("batch {seq}: {e}"))),
+            _ => Err(CommitError::Corrupt(alloc::format!(
+                "batch {seq} is stored with codec {codec}, and the journal has no decompressor for it"
+            ))),
+        },
+        None => Err(CommitError::Corrupt(alloc::format!(
+            "batch {seq}: empty row"
+        ))),
+    }
 }
 
 /// The journal. See the module docs for its tables and invariants.
@@ -301,20 +324,7 @@ impl Journal {
 
     /// An outbox row's encoded batch.
     fn plain(&self, seq: u64, row: &[u8]) -> Result<Vec<u8>, CommitError> {
-        match row.split_first() {
-            Some((0, body)) => Ok(body.to_vec()),
-            Some((&codec, body)) => match &self.compressor {
-                Some(c) if c.codec() == codec => c
-                    .decompress(body, MAX_BATCH_BYTES)
-                    .map_err(|e| CommitError::Corrupt(alloc::format!("batch {seq}: {e}"))),
-                _ => Err(CommitError::Corrupt(alloc::format!(
-                    "batch {seq} is stored with codec {codec}, and the journal has no decompressor for it"
-                ))),
-            },
-            None => Err(CommitError::Corrupt(alloc::format!(
-                "batch {seq}: empty row"
-            ))),
-        }
+        plain_with(self.compressor.as_deref(), seq, row)
     }
 
     /// Rebuilds the in-memory state (batch being filled, open windows,

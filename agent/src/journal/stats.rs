@@ -69,30 +69,7 @@ impl Journal {
     /// What is waiting, per series: `(series, raw readings, windows)` over
     /// the outbox and the batch being filled.
     pub fn inspect(&self) -> Result<Vec<(String, u64, u64)>, CommitError> {
-        let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-        let mut add = |batch: &Batch| {
-            for b in &batch.blocks {
-                if let Some(s) = batch.series.get(b.series as usize) {
-                    per.entry(s.to_string()).or_default().0 += b.len() as u64;
-                }
-            }
-            for a in &batch.aggregates {
-                if let Some(s) = batch.series.get(a.series as usize) {
-                    per.entry(s.to_string()).or_default().1 += 1;
-                }
-            }
-        };
-        let txn = self.db.begin_read()?;
-        for entry in txn.open_table(OUTBOX)?.iter()? {
-            let (seq, body) = entry?;
-            let seq = layout::id_of("outbox", seq.value())?;
-            add(&decode::<Batch>("Batch", &self.plain(seq, body.value())?)?);
-        }
-        for entry in txn.open_table(PENDING)?.iter()? {
-            let (_, row) = entry?;
-            add(&decode::<PendingRow>("PendingRow", row.value())?.batch);
-        }
-        Ok(per.into_iter().map(|(k, (r, w))| (k, r, w)).collect())
+        inspect_in(&self.db, self.compressor.as_deref())
     }
 
     /// Device report high-water marks `(device, boot, seq)`.
@@ -142,4 +119,98 @@ impl Journal {
 pub(super) fn count_of(table: &str, value: &[u8]) -> Result<u64, CommitError> {
     layout::u64_of(value)
         .ok_or_else(|| CommitError::Corrupt(alloc::format!("a {table} count does not decode")))
+}
+
+/// [`Journal::stats`] of the journal in `db`, read without opening it as a
+/// [`Journal`] (which writes): for `ferry-agent status` on a stopped agent,
+/// through a [`redb::ReadOnlyDatabase`]. Nothing is in flight in a journal
+/// nobody runs.
+pub fn stats_in(
+    db: &impl ReadableDatabase,
+    config: &JournalConfig,
+) -> Result<JournalStats, CommitError> {
+    let txn = db.begin_read()?;
+    let meta = txn.open_table(META)?;
+    let get = |name: &str| -> Result<Option<u64>, CommitError> {
+        match meta.get(name.as_bytes())? {
+            Some(v) => layout::u64_of(v.value())
+                .map(Some)
+                .ok_or_else(|| CommitError::Corrupt(alloc::format!("meta {name} is not a u64"))),
+            None => Ok(None),
+        }
+    };
+    match get("format")? {
+        Some(FORMAT) | None => {}
+        Some(found) => return Err(CommitError::Format { found }),
+    }
+    let mut stats = JournalStats {
+        bytes: get("bytes")?.unwrap_or(0),
+        budget_bytes: config.budget_bytes,
+        next_seq: get("next_seq")?.unwrap_or(1),
+        ..JournalStats::default()
+    };
+    for entry in txn.open_table(PENDING)?.iter()? {
+        let (_, row) = entry?;
+        let row: PendingRow = decode("PendingRow", row.value())?;
+        let raw: usize = row.batch.blocks.iter().map(|b| b.len()).sum();
+        stats.pending_readings += (raw + row.batch.aggregates.len()) as u64;
+    }
+    for entry in txn.open_table(WINDOWS)?.iter()? {
+        let (_, state) = entry?;
+        let state: crate::window::SeriesWindows = decode("SeriesWindows", state.value())?;
+        stats.open_windows += state.open.len() as u64;
+        stats.window_readings += state.open.iter().map(|p| p.count).sum::<u64>();
+    }
+    for entry in txn.open_table(OUTBOX_META)?.iter()? {
+        let (_, meta) = entry?;
+        let meta: OutboxMeta = decode("OutboxMeta", meta.value())?;
+        stats.outbox_batches += 1;
+        stats.outbox_readings += meta.readings;
+        if stats.oldest_unacked_ns.is_none() {
+            stats.oldest_unacked_ns = Some(meta.created_ns);
+        }
+    }
+    for entry in txn.open_table(DROPPED)?.iter()? {
+        let (k, v) = entry?;
+        let (origin, kind, _) = layout::count_key_of("dropped", k.value())?;
+        stats
+            .dropped
+            .push((origin, kind, count_of("dropped", v.value())?));
+    }
+    Ok(stats)
+}
+
+/// [`Journal::inspect`] of the journal in `db`, read only (see
+/// [`stats_in`]); `compressor` reads batches stored compressed.
+pub fn inspect_in(
+    db: &impl ReadableDatabase,
+    compressor: Option<&dyn Compressor>,
+) -> Result<Vec<(String, u64, u64)>, CommitError> {
+    let mut per: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut add = |batch: &Batch| {
+        for b in &batch.blocks {
+            if let Some(s) = batch.series.get(b.series as usize) {
+                per.entry(s.to_string()).or_default().0 += b.len() as u64;
+            }
+        }
+        for a in &batch.aggregates {
+            if let Some(s) = batch.series.get(a.series as usize) {
+                per.entry(s.to_string()).or_default().1 += 1;
+            }
+        }
+    };
+    let txn = db.begin_read()?;
+    for entry in txn.open_table(OUTBOX)?.iter()? {
+        let (seq, body) = entry?;
+        let seq = layout::id_of("outbox", seq.value())?;
+        add(&decode::<Batch>(
+            "Batch",
+            &plain_with(compressor, seq, body.value())?,
+        )?);
+    }
+    for entry in txn.open_table(PENDING)?.iter()? {
+        let (_, row) = entry?;
+        add(&decode::<PendingRow>("PendingRow", row.value())?.batch);
+    }
+    Ok(per.into_iter().map(|(k, (r, w))| (k, r, w)).collect())
 }

@@ -43,6 +43,9 @@ pub struct GroupReport {
     pub outcomes: Vec<Outcome>,
     /// A batch was sealed: the shipper has something new.
     pub sealed: bool,
+    /// The journal's write failed (the journal must be reopened: redb
+    /// refuses a file after an I/O error): why.
+    pub failed: Option<String>,
 }
 
 /// The journal and the writer's accounting around it.
@@ -58,6 +61,13 @@ pub struct GroupCommit {
     last_health: Option<i64>,
     /// When the last group was committed.
     last_commit: Option<i64>,
+    /// The timestamps accepted at ingest, `[lo, hi]` at the next group
+    /// (the collector's window); `None`: every timestamp.
+    window: Option<(i64, i64)>,
+    /// Data is refused, handed back (the disk is full): free bytes.
+    disk_hold: Option<u64>,
+    /// Keep a copy of each submission to hand back if the commit fails.
+    careful: bool,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -81,6 +91,9 @@ impl GroupCommit {
             received: BTreeMap::new(),
             last_health: None,
             last_commit: None,
+            window: None,
+            disk_hold: None,
+            careful: false,
         };
         machine.publish_stats();
         machine
@@ -113,6 +126,41 @@ impl GroupCommit {
         Some(at.max(floor))
     }
 
+    /// Readings whose timestamps fall outside `[lo, hi]` are refused at
+    /// ingest from the next group on, each counted for its origin as health
+    /// kind [`ferry_proto::health::REJECTED_TIMESTAMP`] in the same commit
+    /// (the collector would refuse them); `None` accepts every timestamp.
+    pub fn set_timestamp_window(&mut self, window: Option<(i64, i64)>) {
+        self.window = window;
+    }
+
+    /// While `Some(free)`, data submissions are refused and handed back
+    /// ([`SubmitError::DiskFull`]), as under backpressure; acks and health
+    /// are still committed (`crate::disk`).
+    pub fn set_disk_hold(&mut self, free: Option<u64>) {
+        self.disk_hold = free;
+    }
+
+    /// With `careful`, each data submission is copied before the commit and
+    /// handed back if the commit fails, instead of being lost with it.
+    pub fn set_careful(&mut self, careful: bool) {
+        self.careful = careful;
+    }
+
+    /// Puts `journal` in place of the one in use (a reopened journal in
+    /// place of one whose write failed) and returns the old one.
+    pub fn replace_journal(&mut self, journal: Journal) -> Journal {
+        let old = std::mem::replace(&mut self.journal, journal);
+        self.publish_stats();
+        old
+    }
+
+    /// True when a group with no input would change the journal at `now`
+    /// (something is due); otherwise such a group begins no transaction.
+    fn due(&self, now: i64) -> bool {
+        self.poll_wake().is_some_and(|at| at <= now)
+    }
+
     /// Hands batches out again (the collector asked to retry them).
     pub fn release(&mut self, seqs: &[u64]) {
         self.journal.release(seqs);
@@ -133,16 +181,36 @@ impl GroupCommit {
         works: Vec<Work>,
         acks: Vec<(u64, bool)>,
     ) -> GroupReport {
+        // Nothing came and nothing is due (a control message woke the
+        // writer: a fetch poll, a stats query): no write transaction.
+        if works.is_empty() && acks.is_empty() && !self.due(now) {
+            return GroupReport {
+                outcomes: Vec::new(),
+                sealed: false,
+                failed: None,
+            };
+        }
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(works.len());
         let mut works = works;
         // Backpressure: a full journal refuses data and hands each source its
         // work back to retry; what else came (acks free space, health) is
         // still committed.
-        if let Some((used, budget)) = self.journal.refuses_data() {
+        let full = self.journal.refuses_data();
+        if full.is_some() || self.disk_hold.is_some() {
             for w in &mut works {
                 if !w.readings.is_empty() || !w.reports.is_empty() {
                     self.metrics.backpressure.add(1);
-                    outcomes.push(Some(Err(Refused::full(used, budget, std::mem::take(w)))));
+                    let refused = match (self.disk_hold, full) {
+                        (Some(free), _) => Refused {
+                            error: SubmitError::DiskFull { free },
+                            work: Some(Box::new(std::mem::take(w))),
+                        },
+                        (None, Some((used, budget))) => {
+                            Refused::full(used, budget, std::mem::take(w))
+                        }
+                        (None, None) => unreachable!("one of them holds"),
+                    };
+                    outcomes.push(Some(Err(refused)));
                 } else {
                     outcomes.push(None);
                 }
@@ -150,6 +218,15 @@ impl GroupCommit {
         } else {
             outcomes.resize_with(works.len(), || None);
         }
+        // Near a full disk, a copy of each taken submission survives a
+        // failed commit and goes back to its source.
+        let copies: Option<Vec<Option<Work>>> = self.careful.then(|| {
+            works
+                .iter()
+                .zip(&outcomes)
+                .map(|(w, refused)| refused.is_none().then(|| w.clone()))
+                .collect()
+        });
         // Merge what is taken, remembering which device reports are whose.
         let mut work = Work {
             acks,
@@ -157,6 +234,12 @@ impl GroupCommit {
         };
         let mut spans = Vec::with_capacity(works.len());
         for (w, refused) in works.iter_mut().zip(&outcomes) {
+            if refused.is_none()
+                && let Some(window) = self.window
+            {
+                let rejected = reject_outside(w, window);
+                self.metrics.guard.readings_rejected_timestamp.add(rejected);
+            }
             let start = work.reports.len();
             let count = if refused.is_some() {
                 0
@@ -186,6 +269,7 @@ impl GroupCommit {
         };
         let readings = work.reading_count();
         let started = std::time::Instant::now();
+        self.metrics.guard.journal_transactions.add(1);
         // Never `Full`: data was refused above, before the merge.
         let result = self
             .journal
@@ -212,22 +296,37 @@ impl GroupCommit {
                 false
             }
         };
+        let mut copies = copies.map(|c| c.into_iter());
         let outcomes = outcomes
             .into_iter()
             .zip(spans)
-            .map(|(refused, (start, end, count))| match (refused, &result) {
-                (Some(refused), _) => refused,
-                (None, Ok(report)) => Ok(CommitReport {
-                    accepted: count,
-                    reports: report.reports[start..end].to_vec(),
-                    wrote: report.wrote,
-                    ..CommitReport::default()
-                }),
-                (None, Err(e)) => Err(Refused::from(e.clone())),
+            .map(|(refused, (start, end, count))| {
+                let copy = copies.as_mut().and_then(|c| c.next()).flatten();
+                (refused, (start, end, count), copy)
             })
+            .map(
+                |(refused, (start, end, count), copy)| match (refused, &result) {
+                    (Some(refused), _) => refused,
+                    (None, Err(e)) if copy.is_some() => Err(Refused {
+                        error: e.clone(),
+                        work: copy.map(Box::new),
+                    }),
+                    (None, Ok(report)) => Ok(CommitReport {
+                        accepted: count,
+                        reports: report.reports[start..end].to_vec(),
+                        wrote: report.wrote,
+                        ..CommitReport::default()
+                    }),
+                    (None, Err(e)) => Err(Refused::from(e.clone())),
+                },
+            )
             .collect();
         self.publish_stats();
-        GroupReport { outcomes, sealed }
+        GroupReport {
+            outcomes,
+            sealed,
+            failed: result.err().map(|e| e.to_string()),
+        }
     }
 
     fn account(&self, report: &CommitReport, readings: u64, took: Duration) {
@@ -268,6 +367,33 @@ impl GroupCommit {
             self.metrics.set_journal(&stats);
         }
     }
+}
+
+/// Removes from `work` the readings outside `[lo, hi]`, and adds their
+/// count per origin as [`ferry_proto::health::REJECTED_TIMESTAMP`] health
+/// to it: one producer's bad clock costs only its own readings. Returns
+/// how many were removed.
+pub fn reject_outside(work: &mut Work, (lo, hi): (i64, i64)) -> u64 {
+    let mut total = 0;
+    let mut per_origin: BTreeMap<&str, u64> = BTreeMap::new();
+    for group in &mut work.readings {
+        let before = group.readings.len();
+        group.readings.retain(|r| (lo..=hi).contains(&r.ts_ns));
+        let n = (before - group.readings.len()) as u64;
+        if n > 0 {
+            *per_origin.entry(group.origin.as_str()).or_default() += n;
+            total += n;
+        }
+    }
+    let health: Vec<_> = per_origin
+        .into_iter()
+        .map(|(o, n)| (o.to_owned(), ferry_proto::health::REJECTED_TIMESTAMP, n))
+        .collect();
+    if total > 0 {
+        work.readings.retain(|g| !g.readings.is_empty());
+    }
+    work.health.extend(health);
+    total
 }
 
 /// Readings per origin in a merged work (many groups share an origin: its
@@ -454,5 +580,90 @@ mod tests {
             "refused readings are not received"
         );
         assert_eq!(g.received().get("b2"), None);
+    }
+
+    #[test]
+    fn a_group_with_nothing_to_do_begins_no_transaction() {
+        let (_dir, j) = journal(lingering());
+        let metrics = Arc::new(AgentMetrics::default());
+        let mut g = GroupCommit::new(j, metrics.clone(), pacing(5, 3600));
+        for i in 0..10 {
+            g.handle_group(T0 + i, Vec::new(), Vec::new());
+        }
+        assert_eq!(metrics.guard.journal_transactions.get(), 0);
+        g.handle_group(T0 + 10, vec![work("a1", 1, T0)], Vec::new());
+        assert_eq!(metrics.guard.journal_transactions.get(), 1);
+        // The batch lingers 2 s: nothing is due before.
+        g.handle_group(T0 + SEC, Vec::new(), Vec::new());
+        assert_eq!(metrics.guard.journal_transactions.get(), 1);
+        assert!(
+            g.handle_group(T0 + 2 * SEC + 10, Vec::new(), Vec::new())
+                .sealed
+        );
+        assert_eq!(metrics.guard.journal_transactions.get(), 2);
+    }
+
+    #[test]
+    fn readings_outside_the_window_are_refused_alone_and_counted_per_origin() {
+        let (_dir, j) = journal(JournalConfig::default());
+        let metrics = Arc::new(AgentMetrics::default());
+        let mut g = GroupCommit::new(j, metrics.clone(), pacing(5, 3600));
+        g.set_timestamp_window(Some((T0, T0 + 10)));
+        // a1: 20 readings at T0.., 10 of them past the window; b2 all good.
+        let r = g.handle_group(
+            T0,
+            vec![work("a1", 20, T0 + 1), work("b2", 5, T0)],
+            Vec::new(),
+        );
+        assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 10);
+        assert_eq!(r.outcomes[1].as_ref().unwrap().accepted, 5);
+        assert_eq!(metrics.guard.readings_rejected_timestamp.get(), 10);
+        assert_eq!(metrics.readings_in.get(), 15);
+        let received: Vec<_> = g.received().iter().map(|(o, n)| (o.as_str(), *n)).collect();
+        assert_eq!(
+            received,
+            [("a1", 10), ("b2", 5)],
+            "refused ones not received"
+        );
+        let stats = g.journal().stats().unwrap();
+        assert_eq!(
+            stats.dropped,
+            [("a1".to_owned(), ferry_proto::health::REJECTED_TIMESTAMP, 10)]
+        );
+        // A work whose readings are all outside keeps only its count.
+        let mut w = work("c3", 3, T0 - 100);
+        assert_eq!(reject_outside(&mut w, (T0, T0 + 10)), 3);
+        assert!(w.readings.is_empty());
+        assert_eq!(
+            w.health,
+            [("c3".to_owned(), ferry_proto::health::REJECTED_TIMESTAMP, 3)]
+        );
+    }
+
+    #[test]
+    fn near_a_full_disk_a_held_journal_hands_data_back_and_commits_health() {
+        let (_dir, j) = journal(JournalConfig::default());
+        let metrics = Arc::new(AgentMetrics::default());
+        let mut g = GroupCommit::new(j, metrics.clone(), pacing(5, 3600));
+        g.set_disk_hold(Some(100));
+        let health = Work {
+            health: vec![("u1".into(), ferry_proto::health::DROPPED_QUEUE_FULL, 2)],
+            ..Work::default()
+        };
+        let data = work("a1", 4, T0);
+        let r = g.handle_group(T0, vec![data.clone(), health], Vec::new());
+        let mut outcomes = r.outcomes.into_iter();
+        let Some(Err(Refused {
+            error: SubmitError::DiskFull { free: 100 },
+            work: Some(back),
+        })) = outcomes.next()
+        else {
+            panic!("data is handed back while the disk is full");
+        };
+        assert_eq!(*back, data);
+        assert!(outcomes.next().unwrap().is_ok(), "health is committed");
+        g.set_disk_hold(None);
+        let r = g.handle_group(T0 + 1, vec![data], Vec::new());
+        assert_eq!(r.outcomes[0].as_ref().unwrap().accepted, 4);
     }
 }

@@ -10,8 +10,8 @@
 //! it is retried with a growing pause, so the connection stops being read and
 //! TCP flow control slows the sender. A chunk whose commit failed in storage
 //! is counted in `dropped_readings`, logged, and its connection closed: the
-//! sender sees the failure, and redb takes no more writes after an I/O error
-//! until the agent restarts.
+//! sender sees the failure. Near a full disk the writer keeps a copy and
+//! hands the chunk back instead (`crate::disk`): the connection waits.
 //! Connections are bounded by [`InfluxConfig::max_connections`]; further
 //! ones wait in the listen backlog.
 //!
