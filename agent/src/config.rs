@@ -111,6 +111,12 @@ pub struct Config {
     /// Influx line protocol over UDP.
     #[serde(default)]
     pub influx_udp: Vec<InfluxListen>,
+    /// The InfluxDB HTTP write API (`/api/v2/write`, `/write`).
+    #[serde(default)]
+    pub influx_http: Vec<crate::sources::influx::InfluxHttpConfig>,
+    /// MQTT subscriptions.
+    #[serde(default)]
+    pub mqtt: Vec<crate::sources::mqtt::MqttConfig>,
     /// Ferry devices: boards that connect over TCP (emulated boards).
     #[serde(default)]
     pub device_tcp_listen: Vec<DeviceListen>,
@@ -449,6 +455,20 @@ impl Config {
             if a.metric.is_empty() {
                 return Err(invalid(format!("aggregate[{i}].metric: empty pattern")));
             }
+        }
+        for h in &config.influx_http {
+            h.check().map_err(invalid)?;
+        }
+        for m in &config.mqtt {
+            m.check().map_err(invalid)?;
+        }
+        let mut names: Vec<&str> = config.mqtt.iter().map(|m| m.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(invalid(format!(
+                "[[mqtt]] name {:?} is used twice (each source keeps its own redelivery marks)",
+                w[0]
+            )));
         }
         if config.journal.batch_max_readings == 0 {
             return Err(invalid(

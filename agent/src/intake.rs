@@ -141,6 +141,9 @@ impl Intake {
 
     /// Like [`submit`](Self::submit) but never waits for queue space:
     /// `Err(work)` back when the queue is full (UDP sources count a drop).
+    // The work comes back by value, unboxed: a UDP source hands back what a
+    // full queue refused, and a box per refusal would cost more than the move.
+    #[allow(clippy::result_large_err)]
     pub fn try_submit(&self, work: Work) -> Result<oneshot::Receiver<Outcome>, Work> {
         let (done, answer) = oneshot::channel();
         match self.tx.try_send(Submission { work, done }) {

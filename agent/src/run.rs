@@ -289,6 +289,8 @@ pub struct Running {
     pub influx_tcp_addrs: Vec<SocketAddr>,
     /// Bound addresses of `[[influx_udp]]` sources, in file order.
     pub influx_udp_addrs: Vec<SocketAddr>,
+    /// Bound addresses of `[[influx_http]]` sources, in file order.
+    pub influx_http_addrs: Vec<SocketAddr>,
     /// Bound addresses of `[[device_tcp_listen]]` sources, in file order.
     pub device_addrs: Vec<SocketAddr>,
     /// The journal's identity.
@@ -340,6 +342,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             message: e.to_string(),
         })?);
     let epoch = journal.epoch();
+    // Each MQTT source's redelivery marks, read before the writer owns the
+    // journal.
+    let mut mqtt_marks = Vec::new();
+    for m in &config.mqtt {
+        let prefix = crate::sources::mqtt::dedupe::Dedupe::prefix(&m.name);
+        mqtt_marks.push(
+            journal
+                .source_marks(&prefix)
+                .map_err(|e| StartError::Journal {
+                    path: journal_path.clone(),
+                    message: e.to_string(),
+                })?,
+        );
+    }
     let metrics = Arc::new(AgentMetrics::default());
     let budget = MemoryBudget::new(config.agent.memory_budget(config.journal.cache));
     let _ = metrics.memory.set(budget.clone());
@@ -489,6 +505,32 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             stop_on(stopped.clone()),
         ));
     }
+    let mut influx_http_addrs = Vec::new();
+    for src in &config.influx_http {
+        let l = tokio::net::TcpListener::bind(src.listen)
+            .await
+            .map_err(bind_err("influx_http", src.listen))?;
+        influx_http_addrs.push(
+            l.local_addr()
+                .map_err(bind_err("influx_http", src.listen))?,
+        );
+        tasks.spawn(influx::run_http(
+            l,
+            src.clone(),
+            intake.clone(),
+            Arc::new(SourceStats::default()),
+            stop_on(stopped.clone()),
+        ));
+    }
+    for (src, marks) in config.mqtt.iter().zip(mqtt_marks) {
+        tasks.spawn(crate::sources::mqtt::run(
+            src.clone(),
+            marks,
+            intake.clone(),
+            Arc::new(crate::sources::mqtt::MqttStats::default()),
+            stop_on(stopped.clone()),
+        ));
+    }
     let mut device_addrs = Vec::new();
     for src in &config.device_tcp_listen {
         let l = tokio::net::TcpListener::bind(src.listen)
@@ -547,6 +589,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         intake,
         influx_tcp_addrs,
         influx_udp_addrs,
+        influx_http_addrs,
         device_addrs,
         epoch,
         collector_terms,

@@ -229,8 +229,12 @@ async fn tcp_malformed_lines_are_counted_and_the_rest_carries_on() {
         );
         client.write_all(input.as_bytes()).await.unwrap();
         client.shutdown().await.unwrap();
+        // The string-only line is accepted with its string field skipped
+        // (counted), not rejected.
         let works = accept_until(&mut rx, |w| {
-            flat(w).len() == 3 && health_sum(w, "lp", health::REJECTED_INPUT) == 4
+            flat(w).len() == 3
+                && health_sum(w, "lp", health::REJECTED_INPUT) == 3
+                && health_sum(w, "lp", health::SKIPPED_STRING_FIELDS) == 1
         })
         .await;
         assert_eq!(
@@ -242,9 +246,10 @@ async fn tcp_malformed_lines_are_counted_and_the_rest_carries_on() {
             ]
         );
         let stats = source.stats.clone();
-        wait_for(&stats, |s| s.lines_accepted() == 3).await;
-        assert_eq!(stats.lines_rejected(), 4);
+        wait_for(&stats, |s| s.lines_accepted() == 4).await;
+        assert_eq!(stats.lines_rejected(), 3);
         assert_eq!(stats.readings_accepted(), 3);
+        assert_eq!(stats.string_fields_skipped(), 1);
         source.stop().await;
     })
     .await;
@@ -647,6 +652,7 @@ fn stats_render_as_prometheus_samples() {
         "ferry_agent_influx_lines_accepted_total{source=\"lp\"} 0\n\
          ferry_agent_influx_readings_accepted_total{source=\"lp\"} 0\n\
          ferry_agent_influx_lines_rejected_total{source=\"lp\"} 0\n\
+         ferry_agent_influx_string_fields_skipped_total{source=\"lp\"} 0\n\
          ferry_agent_influx_bytes_total{source=\"lp\"} 0\n\
          ferry_agent_influx_connections_total{source=\"lp\"} 0\n\
          ferry_agent_influx_connections_open{source=\"lp\"} 0\n\

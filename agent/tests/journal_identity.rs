@@ -111,3 +111,42 @@ fn a_dropped_batch_without_readings_is_still_named() {
         ]
     );
 }
+
+/// Sources' marks (`Work::marks`) are committed with the readings they go
+/// with, replaced by key, read back by prefix after a reopening, and kept
+/// apart per prefix.
+#[test]
+fn source_marks_are_committed_with_their_work_and_read_by_prefix() {
+    let db = Database::builder()
+        .create_with_backend(InMemoryBackend::new())
+        .unwrap();
+    let mut j = Journal::open(db, config()).unwrap();
+    let mark = |k: &[u8], v: &[u8]| (k.to_vec(), v.to_vec());
+    let mut w = work(1);
+    w.marks = vec![
+        mark(b"mqtt\0a\0\0\x00\x01", b"one"),
+        mark(b"mqtt\0ab\0\0\x00\x01", b"other source"),
+    ];
+    j.commit(w, 10).unwrap();
+    // Marks alone are work too.
+    let marks_only = Work {
+        marks: vec![
+            mark(b"mqtt\0a\0\0\x00\x01", b"two"),
+            mark(b"mqtt\0a\0\0\x00\x02", b"three"),
+        ],
+        ..Work::default()
+    };
+    assert!(!marks_only.is_empty());
+    j.commit(marks_only, 11).unwrap();
+    let db = j.into_database();
+    let j = Journal::open(db, config()).unwrap();
+    assert_eq!(
+        j.source_marks(b"mqtt\0a\0\0").unwrap(),
+        [
+            mark(b"mqtt\0a\0\0\x00\x01", b"two"),
+            mark(b"mqtt\0a\0\0\x00\x02", b"three")
+        ]
+    );
+    assert_eq!(j.source_marks(b"mqtt\0ab\0\0").unwrap().len(), 1);
+    assert_eq!(j.source_marks(b"mqtt\0c\0\0").unwrap(), []);
+}

@@ -89,14 +89,14 @@ pub struct DropRow {
     pub device: String,
     /// Why: a health kind name (`journal_full`, `late`, `device_ring`,
     /// `queue_full`, `rejected_batch`, `rejected_input`, `memory_budget`,
-    /// `kind_<n>`) or a
+    /// `skipped_string_fields`, `kind_<n>`) or a
     /// refusal reason (`bad_timestamp`, `series_limit`).
     pub reason: String,
     /// `agent` (reported in its health records) or `collector` (refused at
     /// ingest).
     pub counted_by: String,
     /// Readings (for `device_ring`: device reports; for `rejected_input`:
-    /// lines or frames).
+    /// lines, frames or MQTT messages; for `skipped_string_fields`: fields).
     pub readings: u64,
 }
 

@@ -55,8 +55,9 @@ pub struct HealthView {
     /// The kind (`ferry_proto::health`).
     pub kind: u16,
     /// Its name: `journal_full`, `device_ring`, `late`, `rejected_input`,
-    /// `queue_full`, `rejected_batch`, `received`, `memory_budget` (any
-    /// other name `ferry_proto::health::name` knows), or `kind_<n>`.
+    /// `queue_full`, `rejected_batch`, `received`, `memory_budget`,
+    /// `skipped_string_fields` (any other name `ferry_proto::health::name`
+    /// knows), or `kind_<n>`.
     pub reason: String,
     /// Total.
     pub total: u64,

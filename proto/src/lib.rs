@@ -88,6 +88,11 @@ pub mod health {
     /// for the series (agent `[agent] memory_budget`). Not handed to the
     /// journal, so not in kind 7.
     pub const DROPPED_MEMORY_BUDGET: u16 = 11;
+    /// String fields of accepted line protocol lines that a source skipped
+    /// (Ferry stores numbers; the line's numeric fields were kept). Not a
+    /// loss: a string was never a reading, so it is in no `RECEIVED` count
+    /// and [`is_dropped`] is false for it.
+    pub const SKIPPED_STRING_FIELDS: u16 = 12;
 
     /// True for kinds that count readings lost on the agent's side (1, 2,
     /// 3, 5, 6, 8, 9, 10, 11): what the collector adds to an agent's
@@ -123,6 +128,7 @@ pub mod health {
             DROPPED_KERNEL => "dropped_kernel",
             DROPPED_CORRUPT_JOURNAL => "corrupt_journal",
             DROPPED_MEMORY_BUDGET => "memory_budget",
+            SKIPPED_STRING_FIELDS => "skipped_string_fields",
             _ => return None,
         })
     }

@@ -15,6 +15,7 @@ use std::time::Duration;
 use ferry_collector::admin::Admin;
 use ferry_collector::query::QueryParams;
 
+pub mod producers;
 pub mod servers;
 pub mod systemd;
 
@@ -104,6 +105,20 @@ pub struct RunningCollector {
 }
 
 impl RunningCollector {
+    /// A collector started by the caller: its handle, the sender that stops
+    /// it, and its task.
+    pub fn new(
+        handle: ferry_collector::Handle,
+        stop: tokio::sync::oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), ferry_collector::Error>>,
+    ) -> Self {
+        Self {
+            handle: Some(handle),
+            stop: Some(stop),
+            task,
+        }
+    }
+
     /// Stops it gracefully and checks it stopped without error.
     pub async fn stop(mut self) {
         self.handle = None;

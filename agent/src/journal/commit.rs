@@ -65,6 +65,7 @@ impl Journal {
             health,
             device_dropped,
             acks,
+            marks,
         } = work;
         let mut report = CommitReport::default();
         let mut row = Row::new(now, health);
@@ -73,7 +74,14 @@ impl Journal {
         add_device_reports(&txn, &mut row, &reports, &mut report)?;
         count_device_drops(&txn, &mut row, &device_dropped)?;
         self.close_windows(&mut row, now);
+        if !marks.is_empty() {
+            let mut table = txn.open_table(SOURCE_MARKS)?;
+            for (key, value) in &marks {
+                table.insert(key.as_slice(), value.as_slice())?;
+            }
+        }
         let mut wrote = !acks.is_empty()
+            || !marks.is_empty()
             || !row.health.is_empty()
             || !reports.is_empty()
             || !device_dropped.is_empty();

@@ -104,7 +104,7 @@ pub use self::error::{CommitError, DecompressError};
 use self::seal::*;
 use self::stats::*;
 pub use self::stats::{JournalStats, inspect_in, stats_in};
-pub use self::work::{CommitReport, DeviceReport, SeriesReadings, Work};
+pub use self::work::{CommitReport, DeviceReport, Mark, SeriesReadings, Work};
 
 const PENDING: Bytes = Bytes::new("pending");
 const WINDOWS: Bytes = Bytes::new("windows");
@@ -116,6 +116,7 @@ const DEVICES: Bytes = Bytes::new("devices");
 const DEVICE_DROPS: Bytes = Bytes::new("device_drops");
 const DEVICE_OFFSETS: Bytes = Bytes::new("device_offsets");
 const META: Bytes = Bytes::new("meta");
+const SOURCE_MARKS: Bytes = Bytes::new("source_marks");
 
 /// The journal's on-disk format, kept in `meta` as `format`. A journal of
 /// another format is refused with [`CommitError::Format`] (the agent moves
@@ -272,6 +273,7 @@ impl Journal {
             txn.open_table(DEVICES)?;
             txn.open_table(DEVICE_DROPS)?;
             txn.open_table(DEVICE_OFFSETS)?;
+            txn.open_table(SOURCE_MARKS)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(b"format".as_slice())? {
                 Some(v) => Some(

@@ -84,6 +84,21 @@ impl Journal {
         Ok(out)
     }
 
+    /// Sources' records ([`Work::marks`](super::Work::marks)) whose keys
+    /// start with `prefix`, in key order.
+    pub fn source_marks(&self, prefix: &[u8]) -> Result<Vec<super::Mark>, CommitError> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for entry in txn.open_table(SOURCE_MARKS)?.range(prefix..)? {
+            let (k, v) = entry?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Device-time offsets `(device, boot, offset_ns)` of the boots journaled.
     pub fn device_offsets(&self) -> Result<Vec<(String, u32, i64)>, CommitError> {
         let txn = self.db.begin_read()?;

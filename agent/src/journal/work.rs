@@ -40,6 +40,9 @@ pub struct DeviceReport {
     pub windows: Vec<(SeriesKey, Partial)>,
 }
 
+/// A source's record in the journal: `(key, value)` ([`Work::marks`]).
+pub type Mark = (Vec<u8>, Vec<u8>);
+
 /// Everything one group commit applies.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Work {
@@ -57,6 +60,13 @@ pub struct Work {
     /// Collector answers `(seq, delivered)`: `true` for stored/duplicate,
     /// `false` for a permanent rejection.
     pub acks: Vec<(u64, bool)>,
+    /// Sources' own records `(key, value)`, written to the `source_marks`
+    /// table in the same transaction as the readings (a later value
+    /// replaces an earlier one), so that what a source remembers about its
+    /// input is durable exactly when that input is: the MQTT source keeps
+    /// the packet ids of committed messages there to recognise
+    /// redeliveries. Keys start with the source kind and name.
+    pub marks: Vec<Mark>,
 }
 
 impl Work {
@@ -67,6 +77,7 @@ impl Work {
             && self.health.is_empty()
             && self.acks.is_empty()
             && self.device_dropped.is_empty()
+            && self.marks.is_empty()
     }
 
     /// Readings carried (raw readings plus samples in device windows).

@@ -6,4 +6,5 @@ pub mod conn;
 pub mod device;
 pub mod influx;
 pub mod line;
+pub mod mqtt;
 pub mod sim;

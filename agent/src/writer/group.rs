@@ -303,6 +303,7 @@ impl GroupCommit {
             work.reports.append(&mut w.reports);
             work.health.append(&mut w.health);
             work.device_dropped.append(&mut w.device_dropped);
+            work.marks.append(&mut w.marks);
             spans.push((start, work.reports.len(), count));
         }
         let received = received_per_origin(&work);

@@ -57,12 +57,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+pub mod http;
 mod udp;
 
+pub use self::http::{InfluxHttpConfig, run_http};
 pub use self::udp::run_udp;
 use super::conn::{Closed, ConnectionTable, Deadlines, LogLimit};
 use super::line::{
-    Chunk, ChunkParser, Chunker, KeyCache, LineError, Parsed, Piece, Precision, split_datagram,
+    Chunk, ChunkParser, Chunker, KeyCache, LineError, Parsed, Piece, Precision, StringFields,
+    split_datagram,
 };
 use crate::intake::{Intake, Refused, SubmitError};
 use crate::journal::Work;
@@ -114,6 +117,9 @@ pub struct InfluxConfig {
     /// closed (a stuck or slowloris sender); `"0s"`: never.
     #[serde(deserialize_with = "crate::config::duration")]
     pub line_timeout: Duration,
+    /// String fields: `"skip"` (counted, the line's numbers kept) or
+    /// `"reject"` (the whole line).
+    pub string_fields: StringFields,
 }
 
 impl Default for InfluxConfig {
@@ -127,6 +133,7 @@ impl Default for InfluxConfig {
             chunk_lines: 4096,
             idle_timeout: Duration::from_secs(300),
             line_timeout: Duration::from_secs(10),
+            string_fields: StringFields::Skip,
         }
     }
 }
@@ -140,6 +147,7 @@ pub struct SourceStats {
     lines_accepted: AtomicU64,
     readings_accepted: AtomicU64,
     lines_rejected: AtomicU64,
+    string_fields_skipped: AtomicU64,
     bytes: AtomicU64,
     connections: AtomicU64,
     connections_open: AtomicU64,
@@ -157,6 +165,7 @@ impl Default for SourceStats {
             lines_accepted: AtomicU64::new(0),
             readings_accepted: AtomicU64::new(0),
             lines_rejected: AtomicU64::new(0),
+            string_fields_skipped: AtomicU64::new(0),
             bytes: AtomicU64::new(0),
             connections: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
@@ -182,6 +191,10 @@ impl SourceStats {
     /// Lines rejected (malformed, string fields, bad names, too long).
     pub fn lines_rejected(&self) -> u64 {
         self.lines_rejected.load(Ordering::Relaxed)
+    }
+    /// String fields skipped in accepted lines (`string_fields = "skip"`).
+    pub fn string_fields_skipped(&self) -> u64 {
+        self.string_fields_skipped.load(Ordering::Relaxed)
     }
     /// Bytes received (TCP reads, UDP datagrams).
     pub fn bytes(&self) -> u64 {
@@ -226,8 +239,8 @@ impl SourceStats {
     /// Appends Prometheus samples (no `# HELP`/`# TYPE` lines, so several
     /// sources can share a family): `ferry_agent_influx_<counter>{source="name"}`
     /// for `lines_accepted_total`, `readings_accepted_total`,
-    /// `lines_rejected_total`, `bytes_total`, `connections_total`,
-    /// `connections_open`, `dropped_readings_total`,
+    /// `lines_rejected_total`, `string_fields_skipped_total`, `bytes_total`,
+    /// `connections_total`, `connections_open`, `dropped_readings_total`,
     /// `readings_refused_total`, `connections_evicted_total`,
     /// `idle_timeouts_total` and `line_timeouts_total`.
     pub fn render_prometheus(&self, source: &str, out: &mut String) {
@@ -236,6 +249,7 @@ impl SourceStats {
             ("lines_accepted_total", self.lines_accepted()),
             ("readings_accepted_total", self.readings_accepted()),
             ("lines_rejected_total", self.lines_rejected()),
+            ("string_fields_skipped_total", self.string_fields_skipped()),
             ("bytes_total", self.bytes()),
             ("connections_total", self.connections()),
             ("connections_open", self.connections_open()),
@@ -384,7 +398,8 @@ fn parse_pieces(
     keys: &mut KeyCache,
     now_ns: i64,
 ) -> Parsed {
-    let mut parser = ChunkParser::new(cfg.precision, now_ns, &cfg.name, &cfg.device_tag, keys);
+    let mut parser = ChunkParser::new(cfg.precision, now_ns, &cfg.name, &cfg.device_tag, keys)
+        .string_fields(cfg.string_fields);
     for piece in pieces {
         match *piece {
             Piece::Line { no, start, end } => parser.push_line(no, &buf[start..end]),
@@ -414,6 +429,13 @@ fn chunk_work(parsed: Parsed, cfg: &InfluxConfig) -> Work {
             cfg.name.clone(),
             health::REJECTED_INPUT,
             parsed.errors.len() as u64,
+        ));
+    }
+    if parsed.string_fields_skipped > 0 {
+        work.health.push((
+            cfg.name.clone(),
+            health::SKIPPED_STRING_FIELDS,
+            parsed.string_fields_skipped,
         ));
     }
     work
@@ -634,6 +656,10 @@ impl Connection {
             let now = self.clock.now_ns();
             self.warn
                 .rejected(now, &self.cfg.name, self.peer, &parsed.errors);
+        }
+        if parsed.string_fields_skipped > 0 {
+            let n = parsed.string_fields_skipped;
+            self.stats.add(&self.stats.string_fields_skipped, n);
         }
         let (lines, readings) = (parsed.lines_accepted, parsed.readings_accepted);
         // The chunk's readings are held until committed: charged as a

@@ -101,6 +101,9 @@ impl Udp<'_> {
         if refused > 0 {
             self.stats.add(&self.stats.readings_refused, refused);
         }
+        self.stats
+            .string_fields_skipped
+            .fetch_add(parsed.string_fields_skipped, Ordering::Relaxed);
         let mut per_origin: BTreeMap<&str, u64> = BTreeMap::new();
         for group in &parsed.readings {
             *per_origin.entry(&group.origin).or_default() += group.readings.len() as u64;

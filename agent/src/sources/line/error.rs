@@ -106,9 +106,17 @@ pub enum LineError {
         /// Where the value should be.
         column: usize,
     },
-    /// A quoted string value.
+    /// A quoted string value, under `string_fields = "reject"`.
     #[error("column {column}: field {key:?} is a string; Ferry stores numbers only")]
     StringField {
+        /// The field key.
+        key: String,
+        /// The opening quote.
+        column: usize,
+    },
+    /// A quoted string value without its closing quote.
+    #[error("column {column}: field {key:?} has a string value without a closing quote")]
+    UnterminatedString {
         /// The field key.
         key: String,
         /// The opening quote.
@@ -229,6 +237,7 @@ impl LineError {
             | Self::MissingFieldEquals { column, .. }
             | Self::EmptyFieldValue { column, .. }
             | Self::StringField { column, .. }
+            | Self::UnterminatedString { column, .. }
             | Self::InvalidFieldValue { column, .. }
             | Self::NumberOutOfRange { column, .. }
             | Self::DuplicateField { column, .. }

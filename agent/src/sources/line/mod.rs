@@ -12,13 +12,22 @@
 //!   string field value, which may hold newlines ([`LineSplitter`]). Blank
 //!   lines and lines whose first non-blank byte is `#` are skipped.
 //! - Escapes: in the measurement, tag keys, tag values and field keys, a
-//!   backslash before `,`, ` `, `=` or `\` stands for that byte; any other
+//!   backslash before `,`, ` `, `=` or `\` escapes that byte; any other
 //!   backslash is literal. Unescaped, `,` and ` ` end the measurement, `,`,
-//!   `=` and ` ` end keys, and `,` and ` ` end tag values.
+//!   `=` and ` ` end keys, and `,` and ` ` end tag values. In a tag value
+//!   the escaped byte is kept (`host=rack\ 1` is `rack 1`); in the
+//!   measurement, tag keys and field keys, which become Ferry names (no
+//!   spaces or commas), **an escaped byte becomes `_`**: `cpu\ load` is
+//!   stored as `cpu_load`, `my\,m f\=x=1` as the series `my_m_f_x`.
 //! - Field values: floats (`1`, `-1.5`, `.5`, `1e-3`), integers (`-12i`),
 //!   unsigned (`12u`) and booleans (`t T true True TRUE f F false False
 //!   FALSE`; 1.0 and 0.0). Integers and unsigned become `f64` (beyond 2^53
-//!   they round). Quoted strings reject the line: Ferry stores numbers.
+//!   they round). Quoted strings (`status="ok"`, with `\"` and `\\`
+//!   escapes, may span lines): Ferry stores numbers, so by default
+//!   ([`StringFields::Skip`]) a string field is skipped and counted
+//!   ([`Parsed::string_fields_skipped`]) and the line's numeric fields are
+//!   kept; with [`StringFields::Reject`] (`string_fields = "reject"`) the
+//!   line is rejected whole.
 //! - Timestamp: an integer in the configured [`Precision`]; absent, the
 //!   chunk's `now_ns`. Sections are separated by runs of spaces or tabs.
 //!
@@ -27,7 +36,14 @@
 //! Telegraf's Prometheus output names them) with the line's tags, sorted by
 //! [`SeriesKey::new`](ferry_proto::series::SeriesKey::new). Names must satisfy [`ferry_proto::series`]'s rules;
 //! a line that breaks one is rejected with an error naming the offending
-//! name. A line is accepted whole or rejected whole.
+//! name. A line is accepted whole (less its skipped string fields) or
+//! rejected whole. Examples:
+//!
+//! | line | series stored |
+//! | --- | --- |
+//! | `cpu,host=a usage_idle=97.5,usage_user=1.5` | `cpu_usage_idle{host="a"}`, `cpu_usage_user{host="a"}` |
+//! | `env,room=lab temp=20.5,status="ok"` | `env_temp{room="lab"}` (one string field skipped) |
+//! | `disk\ io,dev=sda reads=12i` | `disk_io_reads{dev="sda"}` |
 //!
 //! Readings of a chunk are grouped into one [`SeriesReadings`] per series, in
 //! order of first appearance, readings in input order. Their `origin` (what
@@ -126,6 +142,8 @@ pub struct Parsed {
     pub refused: Vec<(String, u64)>,
     /// Lines refused so.
     pub lines_refused: u64,
+    /// String fields skipped in accepted lines ([`StringFields::Skip`]).
+    pub string_fields_skipped: u64,
 }
 
 impl Parsed {
@@ -143,6 +161,21 @@ impl Parsed {
             .sum::<u64>()
             + alloc(self.readings.len() * 96)
     }
+}
+
+/// What a string field (`status="ok"`) does to its line. Ferry stores
+/// numbers only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StringFields {
+    /// The field is skipped and counted
+    /// ([`health::SKIPPED_STRING_FIELDS`](ferry_proto::health::SKIPPED_STRING_FIELDS));
+    /// the line's numeric fields are stored (what Telegraf writes keeps
+    /// its numbers).
+    #[default]
+    Skip,
+    /// The whole line is rejected ([`LineError::StringField`]).
+    Reject,
 }
 
 /// Parses a chunk of lines; see the module docs. The last line needs no

@@ -179,6 +179,8 @@ pub struct ChunkParser<'a> {
     /// Readings refused by the memory budget, per origin.
     refused: HashMap<String, u64>,
     lines_refused: u64,
+    strings: StringFields,
+    strings_skipped: u64,
 }
 
 #[derive(Debug)]
@@ -227,13 +229,24 @@ impl<'a> ChunkParser<'a> {
             lines_accepted: 0,
             refused: HashMap::default(),
             lines_refused: 0,
+            strings: StringFields::default(),
+            strings_skipped: 0,
         }
+    }
+
+    /// What to do with string fields (skipped by default).
+    pub fn string_fields(mut self, strings: StringFields) -> Self {
+        self.strings = strings;
+        self
     }
 
     /// Parses one line (without its `\n`).
     pub fn push_line(&mut self, line_no: usize, line: &[u8]) {
         match self.parse_line(line) {
-            Ok(Line::Accepted) => self.lines_accepted += 1,
+            Ok(Line::Accepted(strings)) => {
+                self.lines_accepted += 1;
+                self.strings_skipped += strings;
+            }
             Ok(Line::Skipped) => {}
             Ok(Line::Refused { origin, readings }) => {
                 self.lines_refused += 1;
@@ -269,6 +282,7 @@ impl<'a> ChunkParser<'a> {
             readings_accepted,
             refused,
             lines_refused: self.lines_refused,
+            string_fields_skipped: self.strings_skipped,
         }
     }
 
@@ -319,8 +333,9 @@ impl<'a> ChunkParser<'a> {
         }
         // Most lines have a few fields: no allocation per line.
         let mut fields: SmallVec<[Field<'_>; 4]> = SmallVec::new();
+        let mut strings = 0;
         loop {
-            let (key, stop) = scan(line, pos, b",= ");
+            let (key, stop) = scan_name(line, pos, b",= ");
             if key.is_empty() {
                 return Err(LineError::EmptyFieldKey { column: pos + 1 });
             }
@@ -331,6 +346,35 @@ impl<'a> ChunkParser<'a> {
                 });
             }
             let vstart = stop + 1;
+            if line.get(vstart) == Some(&b'"') {
+                // A string: Ferry stores numbers, so it is skipped (counted)
+                // or rejects the line, as configured.
+                let vend =
+                    string_end(line, vstart).ok_or_else(|| LineError::UnterminatedString {
+                        key: quote(&key),
+                        column: vstart + 1,
+                    })?;
+                if vend < line.len() && !matches!(line[vend], b',' | b' ' | b'\t') {
+                    return Err(LineError::InvalidFieldValue {
+                        key: quote(&key),
+                        value: quote(&line[vstart..]),
+                        column: vstart + 1,
+                    });
+                }
+                if self.strings == StringFields::Reject {
+                    return Err(LineError::StringField {
+                        key: quote(&key),
+                        column: vstart + 1,
+                    });
+                }
+                strings += 1;
+                if vend < line.len() && line[vend] == b',' {
+                    pos = vend + 1;
+                    continue;
+                }
+                pos = vend;
+                break;
+            }
             let vend = line[vstart..]
                 .iter()
                 .position(|&b| matches!(b, b',' | b' ' | b'\t'))
@@ -428,14 +472,15 @@ impl<'a> ChunkParser<'a> {
                 value: field.value,
             });
         }
-        Ok(Line::Accepted)
+        Ok(Line::Accepted(strings))
     }
 }
 
 /// What became of a well-formed line.
 enum Line {
-    /// Its readings are in the groups.
-    Accepted,
+    /// Its readings are in the groups; the number of string fields
+    /// skipped.
+    Accepted(u64),
     /// Blank or a comment.
     Skipped,
     /// A new series of it did not fit in the memory budget.
@@ -472,6 +517,37 @@ pub(super) fn key_section_end(line: &[u8], mut pos: usize) -> usize {
 /// Unescaped bytes from `pos` to the first unescaped byte of `stops` (or the
 /// end), and where that is.
 pub(super) fn scan<'l>(line: &'l [u8], pos: usize, stops: &[u8]) -> (Cow<'l, [u8]>, usize) {
+    scan_mapped(line, pos, stops, |b| b)
+}
+
+/// [`scan`] for names that become metric names or tag keys (measurement,
+/// tag keys, field keys): an escaped byte (`\ `, `\,`, `\=`, `\\`) becomes
+/// `_`, since none of them is allowed in a Ferry name. `cpu\ load` is stored
+/// as `cpu_load`.
+pub(super) fn scan_name<'l>(line: &'l [u8], pos: usize, stops: &[u8]) -> (Cow<'l, [u8]>, usize) {
+    scan_mapped(line, pos, stops, |_| b'_')
+}
+
+/// Where the quoted string starting at `open` (a `"`) ends: the index after
+/// its closing quote. A backslash escapes the byte after it (`\"`, `\\`).
+pub(super) fn string_end(line: &[u8], open: usize) -> Option<usize> {
+    let mut i = open + 1;
+    while i < line.len() {
+        match line[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn scan_mapped<'l>(
+    line: &'l [u8],
+    pos: usize,
+    stops: &[u8],
+    escaped: fn(u8) -> u8,
+) -> (Cow<'l, [u8]>, usize) {
     let mut owned: Option<Vec<u8>> = None;
     let mut i = pos;
     while i < line.len() {
@@ -479,7 +555,7 @@ pub(super) fn scan<'l>(line: &'l [u8], pos: usize, stops: &[u8]) -> (Cow<'l, [u8
         if b == b'\\' && i + 1 < line.len() && is_escapable(line[i + 1]) {
             owned
                 .get_or_insert_with(|| line[pos..i].to_vec())
-                .push(line[i + 1]);
+                .push(escaped(line[i + 1]));
             i += 2;
             continue;
         }
@@ -520,7 +596,7 @@ pub(super) struct RawTag {
 /// The measurement (as the metric) and tags of a key section, checked.
 pub(super) fn parse_key(line: &[u8], start: usize, end: usize) -> Result<SeriesKey, LineError> {
     let line = &line[..end];
-    let (measurement, mut pos) = scan(line, start, b", ");
+    let (measurement, mut pos) = scan_name(line, start, b", ");
     if measurement.is_empty() {
         return Err(LineError::MissingMeasurement { column: start + 1 });
     }
@@ -529,7 +605,7 @@ pub(super) fn parse_key(line: &[u8], start: usize, end: usize) -> Result<SeriesK
     while pos < line.len() {
         // `scan` stopped at an unescaped ',' (the section ends at a space).
         let kstart = pos + 1;
-        let (key, stop) = scan(line, kstart, b",= ");
+        let (key, stop) = scan_name(line, kstart, b",= ");
         if key.is_empty() {
             return Err(LineError::EmptyTagKey { column: kstart + 1 });
         }

@@ -157,27 +157,31 @@ fn tags_are_unescaped_sorted_and_values_keep_other_backslashes() {
 }
 
 #[test]
-fn escapes_in_names_are_undone_before_the_names_are_checked() {
+fn escaped_bytes_in_names_become_underscores() {
+    let metrics = |input: &str| -> Vec<String> {
+        let p = parse(input);
+        assert_eq!(p.errors, [], "{input:?}");
+        p.readings.iter().map(|g| g.series.to_string()).collect()
+    };
+    assert_eq!(
+        metrics(r"cpu\ load,host=a f=1"),
+        [r#"cpu_load_f{host="a"}"#]
+    );
+    assert_eq!(metrics(r"cpu\,x f=1"), ["cpu_x_f"]);
+    assert_eq!(metrics(r"m,k\ e\=y\,z=v f=1"), [r#"m_f{k_e_y_z="v"}"#]);
+    assert_eq!(metrics(r"m a\=b\ c\,d=1"), ["m_a_b_c_d"]);
+    assert_eq!(metrics(r"m a\\b=1"), ["m_a_b"]);
+    // Written escaped or not, one name is one series.
+    let p = parse("disk\\ io f=1 1\ndisk_io f=2 2");
+    assert_eq!(
+        groups(&p),
+        [("disk_io_f".into(), "src".into(), vec![(1, 1.0), (2, 2.0)])]
+    );
+    // Tag values keep the escaped byte itself.
+    assert_eq!(metrics(r"m,host=rack\ 1 f=1"), [r#"m_f{host="rack 1"}"#]);
     let only = "only A-Z a-z 0-9 _ . : - / are allowed";
-    assert_eq!(
-        error_of(r"cpu\ load,host=a f=1"),
-        LineError::BadName {
-            element: NameElement::Measurement,
-            name: "cpu load".into(),
-            why: only,
-            column: 1
-        }
-    );
-    assert_eq!(
-        error_of(r"cpu\,x f=1"),
-        LineError::BadName {
-            element: NameElement::Measurement,
-            name: "cpu,x".into(),
-            why: only,
-            column: 1
-        }
-    );
-    // `=` needs no escape in a measurement (but is outside Ferry's names).
+    // `=` needs no escape in a measurement (unescaped, it stays `=`, which
+    // is outside Ferry's names); other bytes outside the rules reject too.
     assert_eq!(
         error_of("a=b f=1"),
         LineError::BadName {
@@ -188,28 +192,10 @@ fn escapes_in_names_are_undone_before_the_names_are_checked() {
         }
     );
     assert_eq!(
-        error_of(r"m,k\ e\=y\,z=v f=1"),
-        LineError::BadName {
-            element: NameElement::TagKey,
-            name: "k e=y,z".into(),
-            why: only,
-            column: 3
-        }
-    );
-    assert_eq!(
-        error_of(r"m a\=b\ c\,d=1"),
+        error_of("m t\u{e9}mp=1"),
         LineError::BadName {
             element: NameElement::Field,
-            name: "a=b c,d".into(),
-            why: only,
-            column: 3
-        }
-    );
-    assert_eq!(
-        error_of(r"m a\\b=1"),
-        LineError::BadName {
-            element: NameElement::Field,
-            name: r"a\b".into(),
+            name: "t\u{e9}mp".into(),
             why: only,
             column: 3
         }
@@ -306,7 +292,7 @@ fn readings_group_by_series_in_input_order_with_origin() {
 
 #[test]
 fn bad_lines_are_rejected_whole_and_the_rest_carries_on() {
-    let p = parse("m a=1 1\nm a=2,b=oops 2\nm,9bad=x a=3 3\n\nm a=4 4\nm a=5,b\\ c=6 5");
+    let p = parse("m a=1 1\nm a=2,b=oops 2\nm,9bad=x a=3 3\n\nm a=4 4\nm a=5,b\u{e9}=6 5");
     assert_eq!(
         groups(&p),
         [("m_a".into(), "src".into(), vec![(1, 1.0), (4, 4.0)])]
@@ -316,9 +302,83 @@ fn bad_lines_are_rejected_whole_and_the_rest_carries_on() {
     assert_eq!(p.lines_accepted, 2);
 }
 
+fn parse_rejecting_strings(input: &str) -> Parsed {
+    let mut cache = KeyCache::default();
+    let mut parser = ChunkParser::new(Precision::Nanoseconds, NOW, "src", "device", &mut cache)
+        .string_fields(StringFields::Reject);
+    let mut splitter = LineSplitter::default();
+    let (mut pos, mut no) = (0, 1);
+    let bytes = input.as_bytes();
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let (line, next, newlines) = match splitter.next_end(rest) {
+            Some(end) => (&rest[..end], pos + end + 1, splitter.newlines()),
+            None => (rest, bytes.len(), count_newlines(rest)),
+        };
+        parser.push_line(no, line);
+        no += 1 + newlines;
+        pos = next;
+    }
+    parser.finish()
+}
+
 #[test]
-fn a_string_field_is_one_rejected_line_even_across_newlines() {
-    let p = parse("m s=\"a,b \\\"c\nm2 v=1 2\n\" 9\nm f=1 3\n");
+fn string_fields_are_skipped_and_counted_and_the_numbers_kept() {
+    let p = parse("env,room=lab temp=20.5,status=\"ok\",hum=40i 7\n");
+    assert_eq!(p.errors, []);
+    assert_eq!(
+        groups(&p),
+        [
+            (
+                "env_temp{room=\"lab\"}".into(),
+                "src".into(),
+                vec![(7, 20.5)]
+            ),
+            (
+                "env_hum{room=\"lab\"}".into(),
+                "src".into(),
+                vec![(7, 40.0)]
+            ),
+        ]
+    );
+    assert_eq!((p.lines_accepted, p.string_fields_skipped), (1, 1));
+    // Strings with separators, escaped quotes and newlines; a line of
+    // strings only is accepted with no readings.
+    let p = parse("m s=\"a,b \\\"c\nm2 v=1 2\n\",f=1 9\nm only=\"x y\"\nm f=2 3\n");
+    assert_eq!(p.errors, []);
+    assert_eq!(
+        groups(&p),
+        [("m_f".into(), "src".into(), vec![(9, 1.0), (3, 2.0)])]
+    );
+    assert_eq!((p.lines_accepted, p.string_fields_skipped), (3, 2));
+    // A rejected line's strings are not counted.
+    let p = parse("m s=\"x\",f=abc 1\n");
+    assert_eq!(p.errors.len(), 1);
+    assert_eq!(p.string_fields_skipped, 0);
+}
+
+#[test]
+fn bad_strings_reject_their_line() {
+    assert_eq!(
+        error_of("m f=1,s=\"open"),
+        LineError::UnterminatedString {
+            key: "s".into(),
+            column: 9
+        }
+    );
+    assert_eq!(
+        error_of("m s=\"x\"y,f=1"),
+        LineError::InvalidFieldValue {
+            key: "s".into(),
+            value: "\"x\"y,f=1".into(),
+            column: 5
+        }
+    );
+}
+
+#[test]
+fn string_fields_reject_the_line_when_configured() {
+    let p = parse_rejecting_strings("m s=\"a,b \\\"c\nm2 v=1 2\n\" 9\nm f=1 3\n");
     assert_eq!(
         p.errors,
         [(
@@ -330,9 +390,26 @@ fn a_string_field_is_one_rejected_line_even_across_newlines() {
         )]
     );
     assert_eq!(groups(&p), [("m_f".into(), "src".into(), vec![(3, 1.0)])]);
-    let p = parse("m f=1\nm s=\"x\" 5\nbad\nm f=2");
+    assert_eq!(p.string_fields_skipped, 0);
+    let p = parse_rejecting_strings("m f=1\nm s=\"x\" 5\nbad\nm f=2");
     let lines: Vec<usize> = p.errors.iter().map(|(n, _)| *n).collect();
     assert_eq!(lines, [2, 3], "line numbers count newlines in strings");
+    assert_eq!(
+        p.errors[0].1.to_string(),
+        r#"column 5: field "s" is a string; Ferry stores numbers only"#
+    );
+}
+
+#[test]
+fn string_field_policy_reads_from_config_names() {
+    #[derive(serde::Deserialize)]
+    struct C {
+        s: StringFields,
+    }
+    let read = |v: &str| toml::from_str::<C>(&format!("s = {v:?}")).map(|c| c.s);
+    assert_eq!(read("skip").unwrap(), StringFields::Skip);
+    assert_eq!(read("reject").unwrap(), StringFields::Reject);
+    assert!(read("keep").is_err());
 }
 
 #[test]
@@ -358,8 +435,8 @@ fn every_error_names_what_and_where() {
         ("m f=", r#"column 5: field "f" has no value"#),
         ("m f=,g=1", r#"column 5: field "f" has no value"#),
         (
-            "m f=1,s=\"x\"",
-            r#"column 9: field "s" is a string; Ferry stores numbers only"#,
+            "m f=1,s=\"x",
+            r#"column 9: field "s" has a string value without a closing quote"#,
         ),
         (
             "m f=abc",

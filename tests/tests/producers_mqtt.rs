@@ -1,0 +1,251 @@
+//! MQTT into the real agent binary, through Debian's Mosquitto, from
+//! paho-mqtt QoS 1 publishers (`scripts/producers.sh` installs both): the
+//! agent is killed with SIGKILL while the broker is delivering to it, and
+//! the broker is restarted while it is delivering the queue to the
+//! restarted agent; every published reading is stored exactly once.
+//!
+//! The publishers' own hop is QoS 1 too, so a publisher that resends a
+//! message the broker had already taken (after a broker restart) makes the
+//! broker forward it twice: that duplicate is the publisher's, not the
+//! agent's. The publishers therefore have every message acknowledged by
+//! the broker before the broker is restarted; what the restart interrupts
+//! is the broker's delivery to the agent.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+
+use ferry_tests::producers::{ApiCollector, mosquitto, producers_python};
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, reserve_port, until};
+
+/// Readings published, in four publisher runs of `N / 4`.
+const N: usize = 16_000;
+
+const PUBLISHER: &str = r#"
+import json, sys
+import paho.mqtt.client as mqtt
+port, start, count, t0 = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub-%d" % start, clean_session=True)
+c.max_inflight_messages_set(100)
+c.max_queued_messages_set(0)
+c.connect("127.0.0.1", port)
+c.loop_start()
+sent = [c.publish("sensors/dev%d" % (i % 4), json.dumps({"v": i * 0.5, "ts": t0 + i}), qos=1)
+        for i in range(start, start + count)]
+for info in sent:
+    info.wait_for_publish(timeout=120)
+missing = sum(1 for info in sent if not info.is_published())
+c.loop_stop()
+c.disconnect()
+if missing:
+    sys.exit("%d messages not acknowledged by the broker" % missing)
+print(count)
+"#;
+
+/// On a failure, the logs of the agents and brokers are copied to
+/// `$TMPDIR/ferry-producers-mqtt-logs` (the test's directory is removed).
+struct KeepLogs(std::path::PathBuf);
+
+impl Drop for KeepLogs {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let keep = std::env::temp_dir().join("ferry-producers-mqtt-logs");
+        let _ = std::fs::create_dir_all(&keep);
+        for e in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            if e.path().extension().is_some_and(|x| x == "log") {
+                let _ = std::fs::copy(e.path(), keep.join(e.file_name()));
+            }
+        }
+        eprintln!("logs kept in {}", keep.display());
+    }
+}
+
+fn broker_config(dir: &Path, port: SocketAddr) -> std::path::PathBuf {
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            // `user root`: a broker started as root would otherwise run as
+            // `mosquitto`, which cannot write its database into the test's
+            // private directory (a broker started by another user stays
+            // that user).
+            "listener {} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\n\
+             persistence_location {}/\npersistence_file mosquitto.db\n\
+             max_queued_messages 0\n\
+             log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n\
+             log_type information\nlog_type subscribe\n",
+            port.port(),
+            dir.display()
+        ),
+    )
+    .unwrap();
+    conf
+}
+
+async fn broker_up(port: SocketAddr) -> bool {
+    tokio::net::TcpStream::connect(port).await.is_ok()
+}
+
+/// Runs a publisher of readings `start..start + count` to completion.
+fn publish(port: SocketAddr, t0_ms: i64, start: usize, count: usize) -> std::process::Child {
+    Command::new(producers_python())
+        .args(["-c", PUBLISHER])
+        .args([
+            port.port().to_string(),
+            start.to_string(),
+            count.to_string(),
+            t0_ms.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python")
+}
+
+fn finished(child: std::process::Child) {
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "publisher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn terminate(mut broker: Proc) {
+    let pid = broker.0.id().to_string();
+    let status = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(status.success());
+    broker.0.wait().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
+    let mosquitto = mosquitto();
+    producers_python();
+    let site = Site::new();
+    let dir = site.dir.path();
+    let _logs = KeepLogs(dir.to_path_buf());
+    let collector = ApiCollector::start(&site).await;
+    let (broker_port, admin) = (reserve_port(), free_tcp_port());
+    let broker_dir = dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let conf = broker_config(&broker_dir, broker_port);
+    let start_broker =
+        |log: &str| Proc::spawn(&mosquitto, &["-c", conf.to_str().unwrap()], &dir.join(log));
+    let broker = start_broker("broker1.log");
+    until("broker up", || broker_up(broker_port)).await;
+
+    let config = site.agent_config(&format!(
+        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
+         [[mqtt]]\nname = \"sensors\"\nbroker = \"{broker_port}\"\nclient_id = \"ferry-test-gw\"\n\
+         topics = [\"sensors/#\"]\nformat = \"json\"\nmeasurement = \"stream\"\n\
+         json_timestamp = \"ts\"\nprecision = \"ms\"\n"
+    ));
+    let agent_bin = binary("ferry-agent");
+    let args = ["run", "--config", config.to_str().unwrap()];
+    let agent = Proc::spawn(&agent_bin, &args, &dir.join("agent1.log"));
+    until("agent up", || async {
+        http_get(admin, "/status").await.is_some()
+    })
+    .await;
+    // The agent's session exists before anything is published: the broker
+    // queues for it from the first message on.
+    until("agent subscribed", || async {
+        std::fs::read_to_string(dir.join("broker1.log"))
+            .is_ok_and(|l| l.contains("ferry-test-gw 1 sensors/#"))
+    })
+    .await;
+
+    // 1. Two publishers; the agent is killed while it is receiving.
+    let q = N / 4;
+    // An hour ago (the collector takes the last 30 days).
+    let t0_ms = ferry_collector::now_ns() / 1_000_000 - 3_600_000;
+    let (p1, p2) = (
+        publish(broker_port, t0_ms, 0, q),
+        publish(broker_port, t0_ms, q, q),
+    );
+    until("some readings stored", || async {
+        collector.count("stream_v").await >= N / 16
+    })
+    .await;
+    agent.kill9();
+    finished(p1);
+    finished(p2);
+
+    // 2. The agent back; the broker restarted while it delivers the queue.
+    let agent = Proc::spawn(&agent_bin, &args, &dir.join("agent2.log"));
+    let before = collector.count("stream_v").await;
+    until("the agent receiving again", || async {
+        collector.count("stream_v").await > before
+    })
+    .await;
+    terminate(broker);
+    let broker = start_broker("broker2.log");
+    until("broker up again", || broker_up(broker_port)).await;
+
+    // 3. More publishers after the restart.
+    let (p3, p4) = (
+        publish(broker_port, t0_ms, 2 * q, q),
+        publish(broker_port, t0_ms, 3 * q, q),
+    );
+    finished(p3);
+    finished(p4);
+
+    until("every reading stored", || async {
+        let n = collector.count("stream_v").await;
+        if n < N {
+            eprint!("\rstored {n} of {N}");
+        }
+        n >= N
+    })
+    .await;
+    until("agent outbox empty", || async {
+        let Some(body) = http_get(admin, "/status").await else {
+            return false;
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        v["outbox_readings"].as_u64() == Some(0) && v["pending_readings"].as_u64() == Some(0)
+    })
+    .await;
+    let series = collector.raw("stream_v").await.unwrap();
+    assert_eq!(series.len(), 4, "one series per topic");
+    let mut all: Vec<(i64, f64)> = series.into_iter().flat_map(|s| s.readings).collect();
+    all.sort_by_key(|r| r.0);
+    let want: Vec<(i64, f64)> = (0..N)
+        .map(|i| ((t0_ms + i as i64) * 1_000_000, i as f64 * 0.5))
+        .collect();
+    // On a failure, which readings were stored twice or not at all.
+    let mut seen = vec![0u32; N];
+    for (ts, _) in &all {
+        let i = (ts / 1_000_000 - t0_ms) as usize;
+        if let Some(s) = seen.get_mut(i) {
+            *s += 1;
+        }
+    }
+    let ranges = |want: u32| -> Vec<(usize, usize)> {
+        let mut out: Vec<(usize, usize)> = Vec::new();
+        for (i, &n) in seen.iter().enumerate() {
+            if (want == 0 && n == 0) || (want > 1 && n > 1) {
+                match out.last_mut() {
+                    Some(r) if r.1 + 1 == i => r.1 = i,
+                    _ => out.push((i, i)),
+                }
+            }
+        }
+        out
+    };
+    assert_eq!(
+        all.len(),
+        N,
+        "stored exactly once; twice or more: {:?}; never: {:?}",
+        ranges(2),
+        ranges(0)
+    );
+    assert_eq!(all, want);
+    agent.kill9();
+    terminate(broker);
+    collector.running.stop().await;
+}
