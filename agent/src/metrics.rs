@@ -213,6 +213,7 @@ pub struct Guarantees {
 enum SourceCounters {
     Influx(String, std::sync::Arc<crate::sources::influx::SourceStats>),
     Device(String, std::sync::Arc<crate::sources::device::DeviceStats>),
+    Mqtt(String, std::sync::Arc<crate::sources::mqtt::MqttStats>),
 }
 
 impl Guarantees {
@@ -224,6 +225,13 @@ impl Guarantees {
     ) {
         if let Ok(mut s) = self.sources.lock() {
             s.push(SourceCounters::Influx(name.to_owned(), stats));
+        }
+    }
+
+    /// Exports an MQTT source's counters (`ferry_agent_mqtt_*`).
+    pub fn add_mqtt(&self, name: &str, stats: std::sync::Arc<crate::sources::mqtt::MqttStats>) {
+        if let Ok(mut s) = self.sources.lock() {
+            s.push(SourceCounters::Mqtt(name.to_owned(), stats));
         }
     }
 
@@ -284,7 +292,7 @@ impl Guarantees {
             .iter()
             .filter_map(|s| match s {
                 SourceCounters::Influx(n, st) => Some((n, st)),
-                SourceCounters::Device(..) => None,
+                SourceCounters::Device(..) | SourceCounters::Mqtt(..) => None,
             })
             .collect();
         if !influx.is_empty() {
@@ -302,6 +310,15 @@ impl Guarantees {
         }
         if !body.is_empty() {
             render_families(out, &body, "Device-link source counter.");
+        }
+        let mut body = String::new();
+        for s in sources.iter() {
+            if let SourceCounters::Mqtt(name, m) = s {
+                m.render_prometheus(name, &mut body);
+            }
+        }
+        if !body.is_empty() {
+            render_families(out, &body, "MQTT source counter.");
         }
     }
 }

@@ -514,20 +514,24 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             l.local_addr()
                 .map_err(bind_err("influx_http", src.listen))?,
         );
+        let stats = Arc::new(SourceStats::default());
+        metrics.guard.add_influx(&src.name, stats.clone());
         tasks.spawn(influx::run_http(
             l,
             src.clone(),
             intake.clone(),
-            Arc::new(SourceStats::default()),
+            stats,
             stop_on(stopped.clone()),
         ));
     }
     for (src, marks) in config.mqtt.iter().zip(mqtt_marks) {
+        let stats = Arc::new(crate::sources::mqtt::MqttStats::default());
+        metrics.guard.add_mqtt(&src.name, stats.clone());
         tasks.spawn(crate::sources::mqtt::run(
             src.clone(),
             marks,
             intake.clone(),
-            Arc::new(crate::sources::mqtt::MqttStats::default()),
+            stats,
             stop_on(stopped.clone()),
         ));
     }
