@@ -13,22 +13,11 @@ use crate::{Site, http_get_with};
 /// `$FERRY_PRODUCERS_PYTHON`, or the virtual environment
 /// `scripts/producers.sh` makes in `target/producers-venv`.
 pub fn producers_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("FERRY_PRODUCERS_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let exe = std::env::current_exe().expect("test executable");
-    let target = exe
-        .ancestors()
-        .find(|a| a.file_name().is_some_and(|n| n == "target"))
-        .expect("target directory")
-        .to_path_buf();
-    let py = target.join("producers-venv/bin/python");
-    assert!(
-        py.exists(),
-        "{} is missing: run scripts/producers.sh (scripts/test.sh does)",
-        py.display()
-    );
-    py
+    crate::servers::venv_python(
+        "FERRY_PRODUCERS_PYTHON",
+        "producers-venv",
+        "scripts/producers.sh",
+    )
 }
 
 /// Debian's Mosquitto broker.

@@ -359,7 +359,17 @@ fn until_sync(what: &str, mut cond: impl FnMut() -> bool) {
 /// The Python with DuckDB: `$FERRY_DUCKDB_PYTHON`, or the virtual
 /// environment `scripts/sink-servers.sh` makes in `target/sink-venv`.
 pub fn duckdb_python() -> PathBuf {
-    if let Some(p) = std::env::var_os("FERRY_DUCKDB_PYTHON") {
+    venv_python(
+        "FERRY_DUCKDB_PYTHON",
+        "sink-venv",
+        "scripts/sink-servers.sh",
+    )
+}
+
+/// `$<env>`, or the Python of the virtual environment `target/<venv>` that
+/// `script` makes (the test fails naming the script when it is missing).
+pub fn venv_python(env: &str, venv: &str, script: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return PathBuf::from(p);
     }
     let exe = std::env::current_exe().expect("test executable");
@@ -368,10 +378,10 @@ pub fn duckdb_python() -> PathBuf {
         .find(|a| a.file_name().is_some_and(|n| n == "target"))
         .expect("target directory")
         .to_path_buf();
-    let py = target.join("sink-venv/bin/python");
+    let py = target.join(venv).join("bin/python");
     assert!(
         py.exists(),
-        "{} is missing: run scripts/sink-servers.sh (scripts/test.sh does)",
+        "{} is missing: run {script} (scripts/test.sh does)",
         py.display()
     );
     py

@@ -25,7 +25,7 @@
 //!   `unable to parse '<line>': <why>` per bad line (the first 100), joined
 //!   by `\n`. As InfluxDB does for a partial write, the body's good lines
 //!   are stored (committed before the answer); bad lines are counted as
-//!   [`health::REJECTED_INPUT`] and must not be resent.
+//!   [`ferry_proto::health::REJECTED_INPUT`] and must not be resent.
 //! - **401** for a missing or wrong token, **413** for a body over the
 //!   limit, **400** for a missing `bucket`/`db` or an unknown precision or
 //!   encoding: nothing of such a request is stored.
@@ -55,7 +55,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine as _;
 use ferry_clock::{Clock, SystemClock};
-use ferry_proto::health;
 use http_body_util::{BodyExt as _, LengthLimitError, Limited};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -399,25 +398,7 @@ fn quote_line(line: &[u8]) -> String {
 
 /// The journal work for a parsed body.
 pub fn body_work(parsed: Parsed, cfg: &InfluxHttpConfig) -> Work {
-    let mut work = Work {
-        readings: parsed.readings,
-        ..Work::default()
-    };
-    if !parsed.errors.is_empty() {
-        work.health.push((
-            cfg.name.clone(),
-            health::REJECTED_INPUT,
-            parsed.errors.len() as u64,
-        ));
-    }
-    if parsed.string_fields_skipped > 0 {
-        work.health.push((
-            cfg.name.clone(),
-            health::SKIPPED_STRING_FIELDS,
-            parsed.string_fields_skipped,
-        ));
-    }
-    work
+    super::parsed_work(parsed, &cfg.name)
 }
 
 struct HttpState {
@@ -736,8 +717,16 @@ mod tests {
         assert_eq!(
             work.health,
             [
-                ("influx_http".to_owned(), health::REJECTED_INPUT, 2),
-                ("influx_http".to_owned(), health::SKIPPED_STRING_FIELDS, 1),
+                (
+                    "influx_http".to_owned(),
+                    ferry_proto::health::REJECTED_INPUT,
+                    2
+                ),
+                (
+                    "influx_http".to_owned(),
+                    ferry_proto::health::SKIPPED_STRING_FIELDS,
+                    1
+                ),
             ]
         );
         let ParsedBody { reject, .. } = parse_body(b"m f=1\n\n# c\n", Precision::Seconds, 5, &cfg);

@@ -417,6 +417,14 @@ fn parse_pieces(
 /// The work for a chunk: its readings, its rejected-line count and its
 /// readings refused by the memory budget.
 fn chunk_work(parsed: Parsed, cfg: &InfluxConfig) -> Work {
+    parsed_work(parsed, &cfg.name)
+}
+
+/// The journal work for parsed line protocol from the source `source`: its
+/// readings; readings refused by the memory budget (per origin), rejected
+/// lines and skipped string fields as health records. Every line-protocol
+/// input (TCP, UDP, HTTP) hands its chunks over through this.
+pub(super) fn parsed_work(parsed: Parsed, source: &str) -> Work {
     let mut work = Work {
         readings: parsed.readings,
         ..Work::default()
@@ -426,14 +434,14 @@ fn chunk_work(parsed: Parsed, cfg: &InfluxConfig) -> Work {
     }
     if !parsed.errors.is_empty() {
         work.health.push((
-            cfg.name.clone(),
+            source.to_owned(),
             health::REJECTED_INPUT,
             parsed.errors.len() as u64,
         ));
     }
     if parsed.string_fields_skipped > 0 {
         work.health.push((
-            cfg.name.clone(),
+            source.to_owned(),
             health::SKIPPED_STRING_FIELDS,
             parsed.string_fields_skipped,
         ));
