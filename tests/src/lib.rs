@@ -191,6 +191,21 @@ pub async fn stored(data: &Path, selector: &str) -> Option<Vec<(String, Vec<(i64
     Some(res.into_iter().map(|s| (s.series, s.readings)).collect())
 }
 
+/// Starts `ferry-agent run --config <config>` (its log in `log`) and waits
+/// until its admin endpoint `admin` answers.
+pub async fn run_agent(config: &Path, admin: SocketAddr, log: &Path) -> Proc {
+    let agent = Proc::spawn(
+        &binary("ferry-agent"),
+        &["run", "--config", config.to_str().expect("a UTF-8 path")],
+        log,
+    );
+    until("agent up", || async {
+        http_get(admin, "/status").await.is_some()
+    })
+    .await;
+    agent
+}
+
 /// Polls `cond` until it holds (the bound only turns a hang into a failure).
 pub async fn until<F, Fut>(what: &str, mut cond: F)
 where

@@ -5,7 +5,7 @@
 
 use std::net::SocketAddr;
 
-use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, until};
+use ferry_tests::{Site, free_tcp_port, http_get, run_agent, until};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -87,15 +87,7 @@ async fn distinct_series_stay_within_the_memory_budget_and_the_rest_is_counted()
          [[influx_tcp]]\nlisten = \"{influx}\"\n"
     ));
     let collector = site.start_collector().await;
-    let agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &["run", "--config", config.to_str().unwrap()],
-        &site.dir.path().join("agent.log"),
-    );
-    until("agent up", || async {
-        http_get(admin, "/status").await.is_some()
-    })
-    .await;
+    let agent = run_agent(&config, admin, &site.dir.path().join("agent.log")).await;
     let pid = agent.0.id();
     let (baseline, _) = rss(pid);
 
@@ -220,15 +212,7 @@ async fn idle_and_slow_connections_do_not_lock_a_new_producer_out() {
          idle_timeout = \"1h\"\nline_timeout = \"1h\"\n"
     ));
     let collector = site.start_collector().await;
-    let agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &["run", "--config", config.to_str().unwrap()],
-        &site.dir.path().join("agent.log"),
-    );
-    until("agent up", || async {
-        http_get(admin, "/status").await.is_some()
-    })
-    .await;
+    let agent = run_agent(&config, admin, &site.dir.path().join("agent.log")).await;
 
     // 2,000 connections that never send, then 64 that send half a line
     // and stall.

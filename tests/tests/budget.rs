@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, stored, until};
+use ferry_tests::{Site, free_tcp_port, http_get, run_agent, stored, until};
 use tokio::io::AsyncWriteExt;
 
 const DEVICES: usize = 4;
@@ -30,15 +30,7 @@ async fn drop_oldest_accounts_for_every_reading_per_device() {
          [journal]\nbudget = \"64 KiB\"\npolicy = \"drop_oldest\"\nbatch_max_readings = 1000\n\n\
          [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
     ));
-    let agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &["run", "--config", config.to_str().unwrap()],
-        &dir.join("agent.log"),
-    );
-    until("agent up", || async {
-        http_get(admin, "/status").await.is_some()
-    })
-    .await;
+    let agent = run_agent(&config, admin, &dir.join("agent.log")).await;
 
     // Offline: far more than 64 KiB of readings, even zstd-compressed as
     // the journal stores batches.

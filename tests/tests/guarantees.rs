@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use ferry_collector::admin::{Admin, DropRow};
-use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, stored, until};
+use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, run_agent, stored, until};
 use tokio::io::AsyncWriteExt;
 
 fn now_ms() -> i64 {
@@ -306,15 +306,7 @@ async fn one_producers_bad_timestamps_cost_no_other_readings() {
          [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
     ));
     let collector = site.start_collector().await;
-    let _agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &["run", "--config", config.to_str().unwrap()],
-        &dir.join("agent.log"),
-    );
-    until("agent up", || async {
-        http_get(admin, "/status").await.is_some()
-    })
-    .await;
+    let _agent = run_agent(&config, admin, &dir.join("agent.log")).await;
     let t0 = now_ms() - 600_000;
     let year_ahead = now_ms() + 365 * 86_400_000;
     // Four good producers and one whose clock is wrong for a few lines,
@@ -437,15 +429,7 @@ async fn a_full_filesystem_pauses_sources_and_the_agent_resumes_by_itself() {
          [[influx_udp]]\nname = \"udp\"\nlisten = \"{udp}\"\nprecision = \"ms\"\n"
     ));
     let collector = site.start_collector().await;
-    let _agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &["run", "--config", config.to_str().unwrap()],
-        &dir.join("agent.log"),
-    );
-    until("agent up", || async {
-        http_get(admin, "/status").await.is_some()
-    })
-    .await;
+    let _agent = run_agent(&config, admin, &dir.join("agent.log")).await;
     let t0 = now_ms() - 600_000;
     let send = |device: &'static str, from: usize| async move {
         let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
@@ -555,15 +539,7 @@ async fn datagrams_the_kernel_drops_are_counted_and_reach_the_collector() {
          [[influx_udp]]\nname = \"udp\"\nlisten = \"{udp}\"\nprecision = \"ms\"\n"
     ));
     let collector = site.start_collector().await;
-    let agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &["run", "--config", config.to_str().unwrap()],
-        &dir.join("agent.log"),
-    );
-    until("agent up", || async {
-        http_get(admin, "/status").await.is_some()
-    })
-    .await;
+    let agent = run_agent(&config, admin, &dir.join("agent.log")).await;
     // The agent is stopped (SIGSTOP) while a burst arrives: its socket's
     // receive buffer holds a few hundred datagrams, the kernel drops the
     // rest.
@@ -629,15 +605,7 @@ async fn newest_first_with_a_backlog_beyond_the_dedupe_state_loses_nothing() {
          [journal]\nbatch_max_readings = 100\n\n\
          [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
     ));
-    let _agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &["run", "--config", config.to_str().unwrap()],
-        &dir.join("agent.log"),
-    );
-    until("agent up", || async {
-        http_get(admin, "/status").await.is_some()
-    })
-    .await;
+    let _agent = run_agent(&config, admin, &dir.join("agent.log")).await;
     // The collector is down: a backlog of 200 batches builds up.
     let t0 = now_ms() - 600_000;
     let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();

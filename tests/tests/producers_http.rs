@@ -7,7 +7,7 @@
 use std::process::Command;
 
 use ferry_tests::producers::{ApiCollector, producers_python};
-use ferry_tests::{Proc, Site, binary, free_tcp_port, http_get, http_get_with, until};
+use ferry_tests::{Site, free_tcp_port, http_get_with, run_agent, until};
 
 const N: usize = 600;
 const TOKEN: &str = "producer-token-0123456789";
@@ -71,15 +71,7 @@ async fn influxdb_client_writes_come_back_exact_and_bad_lines_get_influxdb_error
          [[influx_http]]\nlisten = \"{write_api}\"\ntokens = [\"{TOKEN}\"]\n"
     ));
     let dir = site.dir.path();
-    let _agent = Proc::spawn(
-        &binary("ferry-agent"),
-        &["run", "--config", config.to_str().unwrap()],
-        &dir.join("agent.log"),
-    );
-    until("agent up", || async {
-        http_get(admin, "/status").await.is_some()
-    })
-    .await;
+    let _agent = run_agent(&config, admin, &dir.join("agent.log")).await;
 
     // An hour ago, whole seconds (the collector takes the last 30 days).
     let t0: i64 = (ferry_collector::now_ns() / 1_000_000_000 - 3600) * 1_000_000_000;
