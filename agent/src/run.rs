@@ -438,15 +438,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: config.admin.listen,
         source,
     })?;
+    // Bound now so a taken port fails the start early; served only once
+    // every source below is bound, so an answering admin endpoint means
+    // the whole agent is up (tests and scripts wait on it).
     let app = crate::admin::router(metrics.clone(), handle.clone(), config.admin.token.clone());
-    let mut admin_stop = stopped.clone();
-    tasks.spawn(async move {
-        let _ = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|s| *s).await;
-            })
-            .await;
-    });
 
     // Sources.
     for sim in &config.simulator {
@@ -580,6 +575,14 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             }
         });
     }
+    let mut admin_stop = stopped.clone();
+    tasks.spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
     tracing::info!(
         admin = %admin_addr,
         collector = %address,
