@@ -2,32 +2,11 @@
 //! the report log and the drop tally) lie on one NOR flash chip, and
 //! mounting them there, each through its own shared handle of the chip.
 
-use alloc::string::String;
-use alloc::vec::Vec;
-
 use embedded_storage::nor_flash::NorFlash;
-use ferry_agent::journal::{CommitError, DeviceReport, FullPolicy, Journal, JournalConfig, Work};
-use ferry_agent::window::Partial;
-use ferry_proto::batch::Batch;
-use ferry_proto::codec;
-use ferry_proto::link::{
-    Channel, DeviceHello, DeviceId, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig,
-    MAX_REPORT_WINDOWS, Report, ReportTime, TimeSync, Uplink, WindowReport,
-};
-use ferry_proto::serial::Deframer;
-use ferry_proto::series::SeriesKey;
-use redb::Database;
 
-use crate::link::{LinkTimers, frame};
 use crate::storage::{LogError, ReportLog, Tally};
-use crate::node::FIRMWARE;
-use crate::sampler::{ConfigError, MAX_SENSORS, Sampler, SamplerStats};
-use crate::sensor::Sensor;
 
-use super::clock::Clock;
-use super::record::{self, PowerUpRecord, Record, ReportRecord};
-use super::resume::{self, Fold, ResumeRecord, read_clocks, read_folds, read_resume};
-use super::{JournalNode, JournalNodeStats, JournalEvent, JournalSettings, NodeStorage, StartError, Outgoing, SectorIndex, Stored, IN_FLIGHT, clock_mut, channel_series, short, to_partial, ms_to_ns};
+use super::NodeStorage;
 
 /// Where a journaling node's three stores lie on one NOR flash chip.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -5,32 +5,19 @@
 //! consistency notes in the parent module). Windows that fit nowhere are
 //! counted in the drop tally.
 
-use alloc::string::String;
 use alloc::vec::Vec;
 
 use embedded_storage::nor_flash::NorFlash;
-use ferry_agent::journal::{CommitError, DeviceReport, FullPolicy, Journal, JournalConfig, Work};
-use ferry_agent::window::Partial;
-use ferry_proto::batch::Batch;
-use ferry_proto::codec;
-use ferry_proto::link::{
-    Channel, DeviceHello, DeviceId, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig,
-    MAX_REPORT_WINDOWS, Report, ReportTime, TimeSync, Uplink, WindowReport,
-};
-use ferry_proto::serial::Deframer;
-use ferry_proto::series::SeriesKey;
-use redb::Database;
+use ferry_agent::journal::{CommitError, DeviceReport, Work};
+use ferry_proto::link::WindowReport;
 
-use crate::link::{LinkTimers, frame};
-use crate::storage::{LogError, ReportLog, Tally};
-use crate::node::FIRMWARE;
-use crate::sampler::{ConfigError, MAX_SENSORS, Sampler, SamplerStats};
 use crate::sensor::Sensor;
+use crate::storage::LogError;
 
 use super::clock::Clock;
 use super::record::{self, PowerUpRecord, Record, ReportRecord};
-use super::resume::{self, Fold, ResumeRecord, read_clocks, read_folds, read_resume};
-use super::{JournalNode, JournalNodeStats, JournalEvent, JournalSettings, NodeStorage, StartError, Outgoing, SectorIndex, Stored, IN_FLIGHT, clock_mut, channel_series, short, to_partial, ms_to_ns};
+use super::resume::{self, Fold, ResumeRecord};
+use super::{JournalNode, SectorIndex, clock_mut, to_partial};
 
 impl<F: NorFlash> JournalNode<F> {
     /// Samples what is due and logs the windows of each boundary reached.
@@ -95,7 +82,7 @@ impl<F: NorFlash> JournalNode<F> {
 
     /// Appends a record, making room (folding the oldest sector) when the
     /// log is full; then keeps one sector free for the next.
-    fn append(
+    pub(super) fn append(
         &mut self,
         bytes: &[u8],
         seq: Option<u32>,

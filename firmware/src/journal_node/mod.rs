@@ -66,39 +66,33 @@ use alloc::vec::Vec;
 
 use embedded_storage::nor_flash::NorFlash;
 pub use ferry_agent::journal::CommitError;
-use ferry_agent::journal::{DeviceReport, FullPolicy, Journal, JournalConfig, Work};
+use ferry_agent::journal::Journal;
 use ferry_agent::window::Partial;
-use ferry_proto::batch::Batch;
-use ferry_proto::codec;
 use ferry_proto::link::{
-    Channel, DeviceHello, DeviceId, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig,
-    MAX_REPORT_WINDOWS, Report, ReportTime, TimeSync, Uplink, WindowReport,
+    Channel, DeviceId, LinkAck, LinkConfig, MAX_REPORT_WINDOWS, ReportTime, TimeSync, WindowReport,
 };
 use ferry_proto::serial::Deframer;
 use ferry_proto::series::SeriesKey;
 use redb::Database;
 
-use crate::link::{LinkTimers, frame};
+use crate::link::LinkTimers;
 use crate::storage::{LogError, ReportLog, Tally};
 
 mod clock;
-mod record;
-mod resume;
 mod downlink;
 mod flash;
 mod fold;
+mod record;
+mod resume;
 mod start;
 mod uplink;
 
 pub use flash::{FlashLayout, MountError, mount_flash};
 
-use crate::node::FIRMWARE;
-use crate::sampler::{ConfigError, MAX_SENSORS, Sampler, SamplerStats};
-use crate::sensor::Sensor;
+use crate::sampler::{ConfigError, Sampler, SamplerStats};
 use clock::Clock;
-use record::{PowerUpRecord, Record, ReportRecord};
+use resume::Fold;
 pub use resume::ResumeRecord;
-use resume::{Fold, read_clocks, read_folds, read_resume};
 
 /// Reports sent and not yet acknowledged, at most.
 pub const IN_FLIGHT: usize = 4;
@@ -387,7 +381,6 @@ impl<F: NorFlash> JournalNode<F> {
             drops: self.drops,
         }
     }
-
 }
 
 /// The clock of `power_up` in `clocks`, added if missing.

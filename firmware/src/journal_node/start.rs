@@ -4,32 +4,26 @@
 //! the crash-consistency notes in the parent module promise after a power
 //! loss is re-established here, from the log and the journal alone.
 
-use alloc::string::String;
 use alloc::vec::Vec;
 
 use embedded_storage::nor_flash::NorFlash;
-use ferry_agent::journal::{CommitError, DeviceReport, FullPolicy, Journal, JournalConfig, Work};
-use ferry_agent::window::Partial;
-use ferry_proto::batch::Batch;
-use ferry_proto::codec;
-use ferry_proto::link::{
-    Channel, DeviceHello, DeviceId, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig,
-    MAX_REPORT_WINDOWS, Report, ReportTime, TimeSync, Uplink, WindowReport,
-};
+use ferry_agent::journal::{FullPolicy, Journal, JournalConfig};
+use ferry_proto::link::{Channel, DeviceId, LinkConfig};
 use ferry_proto::serial::Deframer;
-use ferry_proto::series::SeriesKey;
-use redb::Database;
 
-use crate::link::{LinkTimers, frame};
-use crate::storage::{LogError, ReportLog, Tally};
+use crate::link::LinkTimers;
 use crate::node::FIRMWARE;
-use crate::sampler::{ConfigError, MAX_SENSORS, Sampler, SamplerStats};
+use crate::sampler::{ConfigError, MAX_SENSORS, Sampler};
 use crate::sensor::Sensor;
+use crate::storage::LogError;
 
 use super::clock::Clock;
-use super::record::{self, PowerUpRecord, Record, ReportRecord};
+use super::record::{self, PowerUpRecord, Record};
 use super::resume::{self, Fold, ResumeRecord, read_clocks, read_folds, read_resume};
-use super::{JournalNode, JournalNodeStats, JournalEvent, JournalSettings, NodeStorage, StartError, Outgoing, SectorIndex, Stored, IN_FLIGHT, clock_mut, channel_series, short, to_partial, ms_to_ns};
+use super::{
+    JournalNode, JournalNodeStats, JournalSettings, NodeStorage, SectorIndex, StartError,
+    channel_series, clock_mut, short,
+};
 
 impl<F: NorFlash> JournalNode<F> {
     /// Opens the journal, reads the report log and starts the node at
@@ -264,7 +258,7 @@ impl<F: NorFlash> JournalNode<F> {
     }
 
     /// Appends the clock of `power_up` (what is known of it now).
-    fn log_clock(&mut self, power_up: u32) -> Result<(), LogError> {
+    pub(super) fn log_clock(&mut self, power_up: u32) -> Result<(), LogError> {
         let Some(c) = self.clocks.iter().find(|c| c.power_up == power_up) else {
             return Ok(());
         };
@@ -276,7 +270,7 @@ impl<F: NorFlash> JournalNode<F> {
     /// Forgets clocks no unacknowledged report needs (keeping this
     /// power-up's and the latest one with a known zero, which the next
     /// power-up's estimate starts from).
-    fn prune_clocks(&mut self) {
+    pub(super) fn prune_clocks(&mut self) {
         let acked = self.acked;
         let current = self.power_up;
         let anchor = self
@@ -288,5 +282,4 @@ impl<F: NorFlash> JournalNode<F> {
         self.clocks
             .retain(|c| c.power_up == current || Some(c.power_up) == anchor || c.last_seq > acked);
     }
-
 }

@@ -3,26 +3,14 @@
 //! credentials; checked when the config is loaded, and turned into the
 //! MQTT client's options (with rustls on ring when `tls = true`).
 
-use std::collections::VecDeque;
-use std::fmt::Write as _;
-use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ferry_clock::{Backoff, Clock, SystemClock};
-use ferry_proto::health;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
-use tokio::sync::{mpsc, watch};
+use rumqttc::{MqttOptions, Transport};
 
-use super::dedupe::{Dedupe, Verdict, message_hash};
-use super::payload::{Decoded, Malformed, decode};
-use crate::intake::{Intake, Refused, SubmitError};
-use crate::journal::Work;
-use crate::sources::line::{KeyCache, Precision, StringFields};
 use super::*;
+use crate::sources::line::{Precision, StringFields};
 
 /// A payload format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -145,10 +133,7 @@ impl MqttConfig {
     }
 
     fn host_port(&self) -> Result<(String, u16), BrokerError> {
-        let (host, port) = self
-            .broker
-            .rsplit_once(':')
-            .ok_or(BrokerError::NoPort)?;
+        let (host, port) = self.broker.rsplit_once(':').ok_or(BrokerError::NoPort)?;
         let port = port.parse().map_err(|_| BrokerError::BadPort)?;
         Ok((host.trim_matches(['[', ']']).to_owned(), port))
     }

@@ -47,22 +47,19 @@
 //!   roots) on rustls with ring; `username`/`password`.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_clock::{Backoff, Clock, SystemClock};
 use ferry_proto::health;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
-use tokio::sync::{mpsc, watch};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
+use tokio::sync::mpsc;
 
+mod config;
 pub mod dedupe;
 pub mod payload;
-mod config;
 mod stats;
 
 pub use config::{BrokerError, MqttConfig, OptionsError, PayloadFormat, TopicParsing};
@@ -72,7 +69,7 @@ use self::dedupe::{Dedupe, Verdict, message_hash};
 use self::payload::{Decoded, Malformed, decode};
 use crate::intake::{Intake, Refused, SubmitError};
 use crate::journal::Work;
-use crate::sources::line::{KeyCache, Precision, StringFields};
+use crate::sources::line::KeyCache;
 
 /// Messages forwarded from the connection to the decoder before the
 /// connection stops being read.

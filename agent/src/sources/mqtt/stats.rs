@@ -3,38 +3,24 @@
 //! agent's `/metrics` (rendered in Prometheus text) and watchable for
 //! changes.
 
-use std::collections::VecDeque;
 use std::fmt::Write as _;
-use std::future::Future;
-use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use ferry_clock::{Backoff, Clock, SystemClock};
-use ferry_proto::health;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
-use super::dedupe::{Dedupe, Verdict, message_hash};
-use super::payload::{Decoded, Malformed, decode};
-use crate::intake::{Intake, Refused, SubmitError};
-use crate::journal::Work;
-use crate::sources::line::{KeyCache, Precision, StringFields};
-use super::*;
+use super::payload::Malformed;
 
 /// A source's counters.
 #[derive(Debug)]
 pub struct MqttStats {
-    messages: AtomicU64,
-    readings_accepted: AtomicU64,
-    redeliveries_skipped: AtomicU64,
-    string_fields_skipped: AtomicU64,
-    malformed: [AtomicU64; Malformed::ALL.len()],
-    connections: AtomicU64,
-    connection_errors: AtomicU64,
-    changed: watch::Sender<()>,
+    pub(super) messages: AtomicU64,
+    pub(super) readings_accepted: AtomicU64,
+    pub(super) redeliveries_skipped: AtomicU64,
+    pub(super) string_fields_skipped: AtomicU64,
+    pub(super) malformed: [AtomicU64; Malformed::ALL.len()],
+    pub(super) connections: AtomicU64,
+    pub(super) connection_errors: AtomicU64,
+    pub(super) changed: watch::Sender<()>,
 }
 
 impl Default for MqttStats {
@@ -111,7 +97,7 @@ impl MqttStats {
         }
     }
 
-    fn add(&self, c: &AtomicU64, n: u64) {
+    pub(super) fn add(&self, c: &AtomicU64, n: u64) {
         if n > 0 {
             c.fetch_add(n, Ordering::Relaxed);
             self.changed.send_modify(|_| {});
