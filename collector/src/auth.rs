@@ -291,7 +291,5 @@ pub struct CreatedToken {
     pub token: String,
 }
 
-/// What a request needs, by method and path: `None` (open), read or admin.
-
 #[cfg(test)]
 mod tests;

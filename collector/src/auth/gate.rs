@@ -8,6 +8,7 @@ use std::sync::{Mutex, RwLock};
 
 use super::*;
 
+/// What a request needs, by method and path: `None` (open), read or admin.
 ///
 /// - open: `/healthz` and the fleet page's files (`/`, `/ui`, `/ui/…`): the
 ///   page holds no data and asks for a token itself;
