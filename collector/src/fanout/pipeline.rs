@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use ferry_proto::batch::Reading;
+use ferry_proto::codec::DecodeError;
 use ferry_proto::series::SeriesKey;
 use serde::{Deserialize, Serialize};
 
@@ -190,8 +191,8 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     ferry_proto::codec::to_vec(v).unwrap_or_default()
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    ferry_proto::codec::from_bytes("rule state", bytes).map_err(|e| e.to_string())
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    ferry_proto::codec::from_bytes("rule state", bytes)
 }
 
 impl Processors {
@@ -235,7 +236,10 @@ impl Processors {
 
     /// Restores a rule's saved state; false (state ignored) if the rule is
     /// gone or its configuration changed since.
-    pub fn restore(&mut self, id: &str, saved: &StoredRuleState) -> Result<bool, String> {
+    ///
+    /// # Errors
+    /// The saved state does not decode.
+    pub fn restore(&mut self, id: &str, saved: &StoredRuleState) -> Result<bool, DecodeError> {
         let Some(r) = self
             .rules
             .iter_mut()
@@ -280,10 +284,10 @@ impl Processors {
         entry: &LogEntry,
         names: &HashMap<u64, SeriesName>,
         now_ns: i64,
-    ) -> Result<Vec<AlertEvent>, String> {
+    ) -> Result<Vec<AlertEvent>, DecodeError> {
         let mut by_series: BTreeMap<u64, Vec<Reading>> = BTreeMap::new();
         for (sid, bytes) in &entry.chunks {
-            let readings = crate::store::decode_chunk(bytes).map_err(|e| e.to_string())?;
+            let readings = crate::store::decode_chunk(bytes)?;
             by_series.entry(*sid).or_default().extend(readings);
         }
         for rs in by_series.values_mut() {
@@ -434,223 +438,4 @@ impl Processors {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::fanout::rules::SinkConfig;
-
-    const S: i64 = 1_000_000_000;
-
-    fn cfg(text: &str) -> ProcessorConfig {
-        #[derive(Deserialize)]
-        struct F {
-            processor: ProcessorConfig,
-        }
-        let f: F = toml::from_str(text).unwrap();
-        super::super::rules::validate(&f.processor, &SinkConfig::default()).unwrap();
-        f.processor
-    }
-
-    const HR: &str = r#"
-[[processor.threshold]]
-name = "hr"
-match = 'heart_rate_bpm{patient="p1"}'
-above = 120
-below = 40
-for = "30s"
-hysteresis = 5
-
-[processor.offline]
-after = "60s"
-"#;
-
-    fn names() -> HashMap<u64, SeriesName> {
-        let mut m = HashMap::new();
-        for (id, patient) in [(1u64, "p1"), (2, "p2")] {
-            let key = SeriesKey::new(
-                "heart_rate_bpm",
-                [("patient", patient), ("device", patient)],
-            )
-            .unwrap();
-            m.insert(
-                id,
-                SeriesName {
-                    text: key.to_string(),
-                    key,
-                },
-            );
-        }
-        m
-    }
-
-    fn entry(series: u64, t0: i64, values: &[f64], stored_ns: i64) -> LogEntry {
-        let readings: Vec<Reading> = values
-            .iter()
-            .enumerate()
-            .map(|(i, &v)| Reading {
-                ts_ns: t0 + i as i64 * S,
-                value: v,
-            })
-            .collect();
-        let block = ferry_proto::batch::ReadingBlock::encode(0, &readings);
-        LogEntry {
-            agent: "gw".into(),
-            stored_ns,
-            chunks: vec![(series, ferry_proto::codec::to_vec(&block).unwrap())],
-            ..LogEntry::default()
-        }
-    }
-
-    #[test]
-    fn threshold_fires_and_resolves_across_entries_and_a_restore() {
-        let c = cfg(HR);
-        let mut p = Processors::new(&c);
-        let names = names();
-        let mut vals = vec![80.0; 10];
-        vals.extend([130.0; 20]);
-        let ev = p.handle(&entry(1, 0, &vals, 5 * S), &names, 7 * S).unwrap();
-        assert_eq!(ev, vec![]);
-        // Patient p2 out of range does not match the selector.
-        assert_eq!(
-            p.handle(&entry(2, 0, &[300.0; 60], 6 * S), &names, 7 * S)
-                .unwrap(),
-            vec![]
-        );
-        // Save and restore into a fresh set of processors (a restart).
-        let saved = p.take_dirty();
-        assert_eq!(saved.len(), 2);
-        let mut q = Processors::new(&c);
-        for (id, s) in &saved {
-            assert!(q.restore(id, s).unwrap());
-        }
-        let ev = q
-            .handle(&entry(1, 30 * S, &[130.0; 11], 8 * S), &names, 9 * S)
-            .unwrap();
-        assert_eq!(ev.len(), 1);
-        assert_eq!(ev[0].state, AlertState::Firing);
-        assert_eq!(ev[0].rule, "threshold/hr");
-        assert_eq!(ev[0].subject, r#"heart_rate_bpm{device="p1",patient="p1"}"#);
-        assert_eq!(
-            (ev[0].ts_ns, ev[0].since_ns, ev[0].emitted_ns),
-            (40 * S, 10 * S, 9 * S)
-        );
-        let ev = q
-            .handle(&entry(1, 41 * S, &[118.0, 100.0], 10 * S), &names, 11 * S)
-            .unwrap();
-        assert_eq!(ev.len(), 1);
-        assert_eq!(ev[0].state, AlertState::Resolved);
-        assert_eq!(ev[0].ts_ns, 42 * S);
-    }
-
-    #[test]
-    fn offline_uses_the_collector_clock() {
-        let mut p = Processors::new(&cfg(HR));
-        let names = names();
-        p.handle(&entry(1, 0, &[80.0], 100 * S), &names, 100 * S)
-            .unwrap();
-        assert_eq!(p.check(159 * S), vec![]);
-        let ev = p.check(160 * S);
-        let subjects: Vec<(&str, AlertState)> =
-            ev.iter().map(|e| (e.subject.as_str(), e.state)).collect();
-        assert_eq!(
-            subjects,
-            vec![
-                ("agent=gw", AlertState::Offline),
-                ("device=p1", AlertState::Offline)
-            ]
-        );
-        let ev = p
-            .handle(&entry(1, 200 * S, &[80.0], 200 * S), &names, 200 * S)
-            .unwrap();
-        assert_eq!(ev.len(), 2);
-        assert!(ev.iter().all(|e| e.state == AlertState::Online));
-    }
-
-    #[test]
-    fn reload_keeps_state_of_unchanged_rules_only() {
-        let mut p = Processors::new(&cfg(HR));
-        let names = names();
-        p.handle(&entry(1, 0, &[130.0; 20], S), &names, S).unwrap();
-        // Same threshold rule, offline rule changed, a new anomaly rule.
-        let changed = HR.replace("after = \"60s\"", "after = \"90s\"")
-            + "\n[[processor.anomaly]]\nname = \"hr-z\"\nmatch = 'heart_rate_bpm'\n";
-        let gone = p.reconfigure(&cfg(&changed));
-        assert_eq!(gone, Vec::<String>::new());
-        assert_eq!(
-            p.rule_ids(),
-            vec!["threshold/hr", "anomaly/hr-z", "offline/offline"]
-        );
-        // The threshold's `for` timer survived: 10 more seconds fire it.
-        let ev = p
-            .handle(&entry(1, 20 * S, &[130.0; 11], 2 * S), &names, 2 * S)
-            .unwrap();
-        assert_eq!(
-            ev.iter().filter(|e| e.state == AlertState::Firing).count(),
-            1
-        );
-        let gone = p.reconfigure(&cfg("[processor]\n"));
-        assert_eq!(
-            gone,
-            vec!["anomaly/hr-z", "offline/offline", "threshold/hr"]
-        );
-        assert!(p.is_empty());
-    }
-
-    #[test]
-    fn rate_and_anomaly_rules_emit_through_the_pipeline() {
-        let c = cfg(r#"
-[[processor.rate]]
-name = "storm"
-match = 'pressure_hpa'
-window = "10s"
-per = "1s"
-below = -1.0
-
-[[processor.anomaly]]
-name = "txn"
-match = 'txn_amount'
-warm_up = 10
-"#);
-        let mut p = Processors::new(&c);
-        let mut names = HashMap::new();
-        for (id, key) in [
-            (
-                7u64,
-                SeriesKey::new("pressure_hpa", [("station", "s1")]).unwrap(),
-            ),
-            (
-                8,
-                SeriesKey::new("txn_amount", [("customer", "c1")]).unwrap(),
-            ),
-        ] {
-            names.insert(
-                id,
-                SeriesName {
-                    text: key.to_string(),
-                    key,
-                },
-            );
-        }
-        // Pressure falls 2 units per second: the rate rule fires once.
-        let falling: Vec<f64> = (0..5).map(|i| 1000.0 - 2.0 * i as f64).collect();
-        let ev = p.handle(&entry(7, 0, &falling, S), &names, S).unwrap();
-        assert_eq!(ev.len(), 1, "{ev:?}");
-        assert_eq!(
-            (ev[0].rule.as_str(), ev[0].state),
-            ("rate/storm", AlertState::Firing)
-        );
-        assert_eq!((ev[0].value, ev[0].ts_ns), (-2.0, S));
-        // Twenty usual transactions, then a jump: one anomaly event.
-        let mut amounts: Vec<f64> = (0..20).map(|i| 50.0 + (i % 5) as f64).collect();
-        amounts.push(5000.0);
-        let ev = p
-            .handle(&entry(8, 0, &amounts, 2 * S), &names, 2 * S)
-            .unwrap();
-        assert_eq!(ev.len(), 1, "{ev:?}");
-        assert_eq!(
-            (ev[0].rule.as_str(), ev[0].state),
-            ("anomaly/txn", AlertState::Anomaly)
-        );
-        assert_eq!((ev[0].value, ev[0].ts_ns), (5000.0, 20 * S));
-        assert_eq!(ev[0].subject, r#"txn_amount{customer="c1"}"#);
-    }
-}
+mod tests;

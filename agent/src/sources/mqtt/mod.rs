@@ -47,27 +47,29 @@
 //!   roots) on rustls with ring; `username`/`password`.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use ferry_clock::{Backoff, Clock, SystemClock};
 use ferry_proto::health;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS, Transport};
-use tokio::sync::{mpsc, watch};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
+use tokio::sync::mpsc;
 
+mod config;
 pub mod dedupe;
 pub mod payload;
+mod stats;
+
+pub use config::{BrokerError, MqttConfig, OptionsError, PayloadFormat, TopicParsing};
+pub use stats::MqttStats;
 
 use self::dedupe::{Dedupe, Verdict, message_hash};
 use self::payload::{Decoded, Malformed, decode};
 use crate::intake::{Intake, Refused, SubmitError};
 use crate::journal::Work;
-use crate::sources::line::{KeyCache, Precision, StringFields};
+use crate::sources::line::KeyCache;
 
 /// Messages forwarded from the connection to the decoder before the
 /// connection stops being read.
@@ -82,286 +84,6 @@ const FIRST_RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
 /// Most connection-error log lines per this period.
 const WARN_PERIOD: Duration = Duration::from_secs(10);
-
-/// A payload format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PayloadFormat {
-    /// Influx line protocol, one or more lines.
-    #[default]
-    Line,
-    /// A JSON object.
-    Json,
-    /// A plain number (or `true`/`false`).
-    Value,
-}
-
-/// `[[mqtt.topic_parsing]]`: levels of matching topics by position.
-#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct TopicParsing {
-    /// Topic filter (`+`, `#`) this rule applies to.
-    pub topic: String,
-    /// The level named `measurement` (any name but `_`) is the measurement.
-    pub measurement: String,
-    /// Each named level is a tag of that name.
-    pub tags: String,
-    /// The named level names the field (`value` payloads).
-    pub field: String,
-}
-
-/// One `[[mqtt]]` source.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct MqttConfig {
-    /// The source's name (origin of readings without the device tag, of
-    /// malformed-payload counts; key of its redelivery marks).
-    pub name: String,
-    /// Broker `host:port`.
-    pub broker: String,
-    /// The fixed client id of the persistent session (required).
-    pub client_id: String,
-    /// Topic filters, subscribed with QoS 1.
-    pub topics: Vec<String>,
-    /// Broker user name.
-    pub username: String,
-    /// Broker password.
-    pub password: String,
-    /// TLS to the broker.
-    pub tls: bool,
-    /// PEM CA certificates for TLS (else the system's roots).
-    pub ca: Option<PathBuf>,
-    /// MQTT keep-alive.
-    #[serde(deserialize_with = "crate::config::duration")]
-    pub keep_alive: Duration,
-    /// Largest accepted message, bytes.
-    pub max_message_bytes: usize,
-    /// Payload format.
-    pub format: PayloadFormat,
-    /// Timestamp unit (line protocol and the JSON timestamp).
-    pub precision: Precision,
-    /// String fields of line protocol payloads: `skip` or `reject`.
-    pub string_fields: StringFields,
-    /// Measurement when no topic rule names one.
-    pub measurement: String,
-    /// Tag holding the whole topic; empty: none.
-    pub topic_tag: String,
-    /// Tag whose value is a reading's origin.
-    pub device_tag: String,
-    /// JSON fields by dotted path; empty: every numeric field.
-    pub json_fields: Vec<String>,
-    /// Dotted path of a JSON timestamp (an integer in `precision`); empty:
-    /// the receive time.
-    pub json_timestamp: String,
-    /// Topic rules, first match wins.
-    pub topic_parsing: Vec<TopicParsing>,
-}
-
-impl Default for MqttConfig {
-    fn default() -> Self {
-        Self {
-            name: "mqtt".to_owned(),
-            broker: "127.0.0.1:1883".to_owned(),
-            client_id: String::new(),
-            topics: Vec::new(),
-            username: String::new(),
-            password: String::new(),
-            tls: false,
-            ca: None,
-            keep_alive: Duration::from_secs(30),
-            max_message_bytes: 1 << 20,
-            format: PayloadFormat::Line,
-            precision: Precision::Nanoseconds,
-            string_fields: StringFields::Skip,
-            measurement: "mqtt".to_owned(),
-            topic_tag: "topic".to_owned(),
-            device_tag: "device".to_owned(),
-            json_fields: Vec::new(),
-            json_timestamp: String::new(),
-            topic_parsing: Vec::new(),
-        }
-    }
-}
-
-impl MqttConfig {
-    /// Why this source may not start.
-    pub fn check(&self) -> Result<(), String> {
-        let what = format!("[[mqtt]] {:?}", self.name);
-        if self.client_id.is_empty() {
-            return Err(format!(
-                "{what}: client_id is required (a persistent session needs a fixed one)"
-            ));
-        }
-        if self.topics.is_empty() {
-            return Err(format!("{what}: topics = [\"…\"] is empty"));
-        }
-        self.host_port()
-            .map_err(|e| format!("{what}: broker {:?}: {e}", self.broker))?;
-        if self.keep_alive < Duration::from_secs(1) {
-            return Err(format!("{what}: keep_alive: at least 1s"));
-        }
-        Ok(())
-    }
-
-    fn host_port(&self) -> Result<(String, u16), String> {
-        let (host, port) = self.broker.rsplit_once(':').ok_or("expected host:port")?;
-        let port = port.parse().map_err(|_| "the port is not a number")?;
-        Ok((host.trim_matches(['[', ']']).to_owned(), port))
-    }
-
-    /// The client options: persistent session, manual acks.
-    pub fn options(&self) -> Result<MqttOptions, String> {
-        let (host, port) = self.host_port()?;
-        if self.client_id.is_empty() {
-            return Err("client_id is required".into());
-        }
-        let mut o = MqttOptions::new(self.client_id.clone(), host, port);
-        o.set_clean_session(false)
-            .set_manual_acks(true)
-            .set_keep_alive(self.keep_alive)
-            // Larger messages are counted (`too_large`) and acknowledged,
-            // not refused by the client: that would drop the connection
-            // and have the broker redeliver the message forever.
-            .set_max_packet_size(MAX_PACKET, 64 * 1024);
-        if !self.username.is_empty() {
-            o.set_credentials(self.username.clone(), self.password.clone());
-        }
-        if self.tls {
-            o.set_transport(Transport::Tls(rumqttc::TlsConfiguration::Rustls(Arc::new(
-                self.tls_config()?,
-            ))));
-        }
-        Ok(o)
-    }
-
-    fn tls_config(&self) -> Result<rustls::ClientConfig, String> {
-        let mut roots = rustls::RootCertStore::empty();
-        match &self.ca {
-            Some(path) => {
-                let pem = std::fs::read(path).map_err(|e| format!("ca {}: {e}", path.display()))?;
-                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                    let cert = cert.map_err(|e| format!("ca {}: {e}", path.display()))?;
-                    roots
-                        .add(cert)
-                        .map_err(|e| format!("ca {}: {e}", path.display()))?;
-                }
-                if roots.is_empty() {
-                    return Err(format!("ca {}: no certificate", path.display()));
-                }
-            }
-            None => {
-                let found = rustls_native_certs::load_native_certs();
-                for cert in found.certs {
-                    let _ = roots.add(cert);
-                }
-                if roots.is_empty() {
-                    return Err("tls: no system CA certificates; set ca".into());
-                }
-            }
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        Ok(rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| e.to_string())?
-            .with_root_certificates(roots)
-            .with_no_client_auth())
-    }
-}
-
-/// A source's counters.
-#[derive(Debug)]
-pub struct MqttStats {
-    messages: AtomicU64,
-    readings_accepted: AtomicU64,
-    redeliveries_skipped: AtomicU64,
-    string_fields_skipped: AtomicU64,
-    malformed: [AtomicU64; Malformed::ALL.len()],
-    connections: AtomicU64,
-    connection_errors: AtomicU64,
-    changed: watch::Sender<()>,
-}
-
-impl Default for MqttStats {
-    fn default() -> Self {
-        Self {
-            messages: AtomicU64::new(0),
-            readings_accepted: AtomicU64::new(0),
-            redeliveries_skipped: AtomicU64::new(0),
-            string_fields_skipped: AtomicU64::new(0),
-            malformed: Default::default(),
-            connections: AtomicU64::new(0),
-            connection_errors: AtomicU64::new(0),
-            changed: watch::channel(()).0,
-        }
-    }
-}
-
-impl MqttStats {
-    /// Messages committed (and acknowledged).
-    pub fn messages(&self) -> u64 {
-        self.messages.load(Ordering::Relaxed)
-    }
-    /// Readings committed.
-    pub fn readings_accepted(&self) -> u64 {
-        self.readings_accepted.load(Ordering::Relaxed)
-    }
-    /// Redeliveries of committed messages, acknowledged and not stored.
-    pub fn redeliveries_skipped(&self) -> u64 {
-        self.redeliveries_skipped.load(Ordering::Relaxed)
-    }
-    /// Malformed messages for `reason`.
-    pub fn malformed(&self, reason: Malformed) -> u64 {
-        let i = Malformed::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0);
-        self.malformed[i].load(Ordering::Relaxed)
-    }
-    /// Connections made (ConnAcks).
-    pub fn connections(&self) -> u64 {
-        self.connections.load(Ordering::Relaxed)
-    }
-
-    /// A receiver marked changed after each update.
-    pub fn subscribe(&self) -> watch::Receiver<()> {
-        self.changed.subscribe()
-    }
-
-    /// Prometheus samples `ferry_agent_mqtt_<counter>{source="name"}`
-    /// (`messages_total`, `readings_accepted_total`,
-    /// `redeliveries_skipped_total`, `string_fields_skipped_total`,
-    /// `connections_total`, `connection_errors_total`) and
-    /// `ferry_agent_mqtt_malformed_total{source,reason}`.
-    pub fn render_prometheus(&self, source: &str, out: &mut String) {
-        let source = source.replace('\\', r"\\").replace('"', "\\\"");
-        for (name, c) in [
-            ("messages_total", &self.messages),
-            ("readings_accepted_total", &self.readings_accepted),
-            ("redeliveries_skipped_total", &self.redeliveries_skipped),
-            ("string_fields_skipped_total", &self.string_fields_skipped),
-            ("connections_total", &self.connections),
-            ("connection_errors_total", &self.connection_errors),
-        ] {
-            let v = c.load(Ordering::Relaxed);
-            let _ = writeln!(out, "ferry_agent_mqtt_{name}{{source=\"{source}\"}} {v}");
-        }
-        for (reason, c) in Malformed::ALL.iter().zip(&self.malformed) {
-            let _ = writeln!(
-                out,
-                "ferry_agent_mqtt_malformed_total{{source=\"{source}\",reason=\"{}\"}} {}",
-                reason.name(),
-                c.load(Ordering::Relaxed)
-            );
-        }
-    }
-
-    fn add(&self, c: &AtomicU64, n: u64) {
-        if n > 0 {
-            c.fetch_add(n, Ordering::Relaxed);
-            self.changed.send_modify(|_| {});
-        }
-    }
-}
 
 /// A batch being built or committed: its work, the messages to acknowledge
 /// after its commit, and the marks it carries.

@@ -17,21 +17,22 @@
 //! version recorded in `<schema>.schema_version`.
 
 use std::collections::HashSet;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures_util::pin_mut;
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::binary_copy::BinaryCopyInWriter;
 use tokio_postgres::config::SslMode;
-use tokio_postgres::types::Type;
 
 use super::feed::{Entry, Feed, Progress, Wake, gather};
 use super::{Backoff, duration};
 use crate::fanout::LagBudget;
+
+mod connect;
+mod error;
+mod sql;
+
+use connect::*;
+pub use error::{ConnectError, PostgresConfigError};
+use sql::*;
 
 /// The schema version this collector writes.
 pub const SCHEMA_VERSION: i32 = 1;
@@ -101,11 +102,11 @@ pub struct PostgresSink {
 }
 
 impl TryFrom<PostgresRaw> for PostgresSink {
-    type Error = String;
-    fn try_from(raw: PostgresRaw) -> Result<Self, String> {
-        let config: tokio_postgres::Config = raw.dsn.parse().map_err(|e| format!("dsn: {e}"))?;
+    type Error = PostgresConfigError;
+    fn try_from(raw: PostgresRaw) -> Result<Self, PostgresConfigError> {
+        let config: tokio_postgres::Config = raw.dsn.parse().map_err(PostgresConfigError::Dsn)?;
         if config.get_hosts().is_empty() {
-            return Err("dsn: no host".into());
+            return Err(PostgresConfigError::NoHost);
         }
         if raw.schema.is_empty()
             || raw.schema.len() > 63
@@ -115,26 +116,24 @@ impl TryFrom<PostgresRaw> for PostgresSink {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             || raw.schema.as_bytes()[0].is_ascii_digit()
         {
-            return Err(format!(
-                "schema {:?}: use 1 to 63 of a-z 0-9 _, not starting with a digit",
-                raw.schema
-            ));
+            return Err(PostgresConfigError::Schema(raw.schema.clone()));
         }
-        let linger = duration("batch_linger", &raw.batch_linger)?;
-        duration("connect_timeout", &raw.connect_timeout)?;
+        let dur = |what, text| duration(what, text).map_err(PostgresConfigError::Duration);
+        let linger = dur("batch_linger", &raw.batch_linger)?;
+        dur("connect_timeout", &raw.connect_timeout)?;
         let backoff = (
-            duration("backoff_min", &raw.backoff_min)?,
-            duration("backoff_max", &raw.backoff_max)?,
+            dur("backoff_min", &raw.backoff_min)?,
+            dur("backoff_max", &raw.backoff_max)?,
         );
         if backoff.0.is_zero() || backoff.1 < backoff.0 {
-            return Err("`backoff_min` must be positive, `backoff_max` >= `backoff_min`".into());
+            return Err(PostgresConfigError::Backoff);
         }
         if !(1..=10_000_000).contains(&raw.max_rows) {
-            return Err("`max_rows` must be between 1 and 10000000".into());
+            return Err(PostgresConfigError::MaxRows);
         }
         let tls = config.get_ssl_mode() == SslMode::Require;
         if raw.ca_file.is_some() && !tls {
-            return Err("`ca_file` needs sslmode=require in the dsn".into());
+            return Err(PostgresConfigError::CaWithoutTls);
         }
         Ok(Self {
             raw,
@@ -143,380 +142,6 @@ impl TryFrom<PostgresRaw> for PostgresSink {
             tls,
         })
     }
-}
-
-/// The DDL, in order; `{s}` is the schema.
-const DDL: &[&str] = &[
-    "CREATE SCHEMA IF NOT EXISTS {s}",
-    "CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer NOT NULL)",
-    "CREATE TABLE IF NOT EXISTS {s}.series (
-        id bigint PRIMARY KEY,
-        metric text NOT NULL,
-        tags jsonb NOT NULL,
-        name text NOT NULL)",
-    // No foreign key on series_id: checking it costs a lookup per copied
-    // row; the sink inserts a series before the rows that use it, in the
-    // same transaction.
-    "CREATE TABLE IF NOT EXISTS {s}.readings (
-        series_id bigint NOT NULL,
-        ts_ns bigint NOT NULL,
-        value double precision NOT NULL)",
-    "CREATE INDEX IF NOT EXISTS readings_series_ts ON {s}.readings (series_id, ts_ns)",
-    "CREATE TABLE IF NOT EXISTS {s}.aggregates (
-        series_id bigint NOT NULL,
-        start_ns bigint NOT NULL,
-        len_ns bigint NOT NULL,
-        count bigint NOT NULL,
-        sum double precision NOT NULL,
-        min double precision NOT NULL,
-        max double precision NOT NULL,
-        first double precision NOT NULL,
-        last double precision NOT NULL,
-        p50 double precision,
-        p90 double precision,
-        p95 double precision,
-        p99 double precision)",
-    "CREATE INDEX IF NOT EXISTS aggregates_series_start ON {s}.aggregates (series_id, start_ns)",
-    "CREATE TABLE IF NOT EXISTS {s}.cursors (
-        sink text PRIMARY KEY,
-        seq bigint NOT NULL,
-        updated_at timestamptz NOT NULL DEFAULT now())",
-    "CREATE OR REPLACE VIEW {s}.readings_v AS
-        SELECT s.name AS series, s.metric, s.tags,
-               to_timestamp(r.ts_ns / 1e9) AS ts, r.ts_ns, r.value
-        FROM {s}.readings r JOIN {s}.series s ON s.id = r.series_id",
-];
-
-/// One connection and what this run knows is in PostgreSQL.
-struct Conn {
-    client: tokio_postgres::Client,
-    /// Series ids known to be in `<schema>.series`.
-    series: HashSet<u64>,
-}
-
-/// Why a step failed.
-enum Failure {
-    /// Retry after a pause (connection lost, server error).
-    Retry(String),
-    /// PostgreSQL's cursor is not where the sink thought: reconnect and
-    /// reconcile.
-    Moved(String),
-}
-
-impl From<tokio_postgres::Error> for Failure {
-    fn from(e: tokio_postgres::Error) -> Self {
-        let detail = e
-            .as_db_error()
-            .map(|d| format!("{}: {}", d.code().code(), d.message()))
-            .unwrap_or_else(|| e.to_string());
-        Failure::Retry(detail)
-    }
-}
-
-async fn connect(cfg: &PostgresSink) -> Result<tokio_postgres::Client, String> {
-    let mut config: tokio_postgres::Config =
-        cfg.raw.dsn.parse().map_err(|e| format!("dsn: {e}"))?;
-    config.connect_timeout(duration("connect_timeout", &cfg.raw.connect_timeout)?);
-    config.application_name("ferry-collector");
-    let client = if cfg.tls {
-        let tls = super::tls::client_config(cfg.raw.ca_file.as_deref(), &[])?;
-        let (client, conn) = config
-            .connect(RustlsConnect(tls))
-            .await
-            .map_err(|e| format!("connecting: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("PostgreSQL connection ended: {e}");
-            }
-        });
-        client
-    } else {
-        config.ssl_mode(SslMode::Disable);
-        let (client, conn) = config
-            .connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|e| format!("connecting: {e}"))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("PostgreSQL connection ended: {e}");
-            }
-        });
-        client
-    };
-    Ok(client)
-}
-
-/// Creates the schema if missing; refuses a newer one.
-async fn migrate(client: &mut tokio_postgres::Client, schema: &str) -> Result<(), Failure> {
-    let tx = client.transaction().await?;
-    // One migrating collector at a time per schema.
-    tx.execute(
-        "SELECT pg_advisory_xact_lock(hashtext($1)::bigint)",
-        &[&schema],
-    )
-    .await?;
-    for stmt in DDL {
-        tx.batch_execute(&stmt.replace("{s}", schema)).await?;
-    }
-    let row = tx
-        .query_opt(
-            &format!("SELECT max(version) FROM {schema}.schema_version"),
-            &[],
-        )
-        .await?;
-    let version: Option<i32> = row.and_then(|r| r.get(0));
-    match version {
-        None => {
-            tx.execute(
-                &format!("INSERT INTO {schema}.schema_version (version) VALUES ($1)"),
-                &[&SCHEMA_VERSION],
-            )
-            .await?;
-        }
-        Some(v) if v > SCHEMA_VERSION => {
-            return Err(Failure::Retry(format!(
-                "schema {schema} is at version {v}, newer than this collector's {SCHEMA_VERSION}"
-            )));
-        }
-        Some(_) => {}
-    }
-    tx.commit().await?;
-    Ok(())
-}
-
-/// At start: PostgreSQL's cursor against the collector's. Returns the
-/// cursor to deliver after.
-async fn reconcile(feed: &mut Feed, conn: &mut Conn, schema: &str) -> Result<u64, Failure> {
-    let mine = feed.cursor();
-    let theirs: Option<i64> = conn
-        .client
-        .query_opt(
-            &format!("SELECT seq FROM {schema}.cursors WHERE sink = $1"),
-            &[&feed.name],
-        )
-        .await?
-        .map(|r| r.get(0));
-    match theirs {
-        None => {
-            // A database new to this sink: it starts where the collector is.
-            conn.client
-                .execute(
-                    &format!("INSERT INTO {schema}.cursors (sink, seq) VALUES ($1, $2)"),
-                    &[&feed.name, &(mine as i64)],
-                )
-                .await?;
-            tracing::info!(
-                sink = feed.name,
-                cursor = mine,
-                "PostgreSQL: cursor recorded"
-            );
-            Ok(mine)
-        }
-        Some(p) if p as u64 == mine => Ok(mine),
-        Some(p) if p as u64 > mine => {
-            // The collector stopped between PostgreSQL's commit and its own:
-            // those batches are in PostgreSQL already.
-            let p = p as u64;
-            tracing::info!(
-                sink = feed.name,
-                collector = mine,
-                postgres = p,
-                "PostgreSQL is ahead of the collector's cursor (a crash between the two commits): moving up"
-            );
-            if !feed
-                .commit_retrying(
-                    p,
-                    Progress {
-                        entries: p - mine,
-                        ..Progress::default()
-                    },
-                )
-                .await
-            {
-                return Err(Failure::Retry("stopping".into()));
-            }
-            Ok(p)
-        }
-        Some(p) => {
-            let p = p as u64;
-            tracing::error!(
-                sink = feed.name,
-                collector = mine,
-                postgres = p,
-                "PostgreSQL's cursor is behind the collector's (a database restored from a backup?): the rows of stored batches {}..={mine} are missing there and no longer held by the event log; counted as skipped",
-                p + 1
-            );
-            conn.client
-                .execute(
-                    &format!(
-                        "UPDATE {schema}.cursors SET seq = $2, updated_at = now() WHERE sink = $1"
-                    ),
-                    &[&feed.name, &(mine as i64)],
-                )
-                .await?;
-            if !feed
-                .commit_retrying(
-                    mine,
-                    Progress {
-                        skipped: mine - p,
-                        ..Progress::default()
-                    },
-                )
-                .await
-            {
-                return Err(Failure::Retry("stopping".into()));
-            }
-            Ok(mine)
-        }
-    }
-}
-
-fn tags_json(key: &ferry_proto::series::SeriesKey) -> String {
-    let map: serde_json::Map<String, serde_json::Value> = key
-        .tags
-        .iter()
-        .map(|t| (t.key.clone(), serde_json::Value::String(t.value.clone())))
-        .collect();
-    serde_json::Value::Object(map).to_string()
-}
-
-/// Writes `entries` and moves PostgreSQL's cursor from `from` to `to`, in
-/// one transaction. Returns the rows written.
-async fn write(
-    feed: &Feed,
-    conn: &mut Conn,
-    schema: &str,
-    from: u64,
-    to: u64,
-    entries: &[Entry],
-) -> Result<(u64, Vec<u64>), Failure> {
-    let tx = conn.client.transaction().await?;
-    let at: Option<i64> = tx
-        .query_opt(
-            &format!("SELECT seq FROM {schema}.cursors WHERE sink = $1 FOR UPDATE"),
-            &[&feed.name],
-        )
-        .await?
-        .map(|r| r.get(0));
-    if at != Some(from as i64) {
-        return Err(Failure::Moved(format!(
-            "PostgreSQL's cursor is {at:?}, expected {from}: another writer?"
-        )));
-    }
-    let mut new_series: Vec<u64> = entries
-        .iter()
-        .flat_map(|e| {
-            e.readings
-                .iter()
-                .map(|r| r.0)
-                .chain(e.aggregates.iter().map(|a| a.0))
-        })
-        .filter(|id| !conn.series.contains(id))
-        .collect();
-    new_series.sort_unstable();
-    new_series.dedup();
-    if !new_series.is_empty() {
-        let stmt = tx
-            .prepare(&format!(
-                "INSERT INTO {schema}.series (id, metric, tags, name) VALUES ($1, $2, $3::text::jsonb, $4) ON CONFLICT (id) DO NOTHING"
-            ))
-            .await?;
-        for &id in &new_series {
-            let Some(key) = feed.series(id) else { continue };
-            tx.execute(
-                &stmt,
-                &[&(id as i64), &key.metric, &tags_json(key), &key.to_string()],
-            )
-            .await?;
-        }
-    }
-    let mut rows = 0u64;
-    let readings: usize = entries.iter().map(Entry::reading_count).sum();
-    if readings > 0 {
-        let sink = tx
-            .copy_in(&format!(
-                "COPY {schema}.readings (series_id, ts_ns, value) FROM STDIN BINARY"
-            ))
-            .await?;
-        let writer = BinaryCopyInWriter::new(sink, &[Type::INT8, Type::INT8, Type::FLOAT8]);
-        pin_mut!(writer);
-        for e in entries {
-            for (series, rs) in &e.readings {
-                if feed.series(*series).is_none() {
-                    continue;
-                }
-                let id = *series as i64;
-                for r in rs {
-                    writer.as_mut().write(&[&id, &r.ts_ns, &r.value]).await?;
-                    rows += 1;
-                }
-            }
-        }
-        writer.finish().await?;
-    }
-    if entries.iter().any(|e| !e.aggregates.is_empty()) {
-        let sink = tx
-            .copy_in(&format!(
-                "COPY {schema}.aggregates (series_id, start_ns, len_ns, count, sum, min, max, first, last, p50, p90, p95, p99) FROM STDIN BINARY"
-            ))
-            .await?;
-        let f = Type::FLOAT8;
-        let writer = BinaryCopyInWriter::new(
-            sink,
-            &[
-                Type::INT8,
-                Type::INT8,
-                Type::INT8,
-                Type::INT8,
-                f.clone(),
-                f.clone(),
-                f.clone(),
-                f.clone(),
-                f.clone(),
-                f.clone(),
-                f.clone(),
-                f.clone(),
-                f,
-            ],
-        );
-        pin_mut!(writer);
-        for e in entries {
-            for (series, a) in &e.aggregates {
-                if feed.series(*series).is_none() {
-                    continue;
-                }
-                let q = |q: f64| a.sketch.as_ref().and_then(|s| s.quantile(q));
-                let (p50, p90, p95, p99) = (q(0.5), q(0.9), q(0.95), q(0.99));
-                writer
-                    .as_mut()
-                    .write(&[
-                        &(*series as i64),
-                        &a.start_ns,
-                        &(a.len_ns as i64),
-                        &(a.count as i64),
-                        &a.sum,
-                        &a.min,
-                        &a.max,
-                        &a.first,
-                        &a.last,
-                        &p50,
-                        &p90,
-                        &p95,
-                        &p99,
-                    ])
-                    .await?;
-                rows += 1;
-            }
-        }
-        writer.finish().await?;
-    }
-    tx.execute(
-        &format!("UPDATE {schema}.cursors SET seq = $2, updated_at = now() WHERE sink = $1"),
-        &[&feed.name, &(to as i64)],
-    )
-    .await?;
-    tx.commit().await?;
-    Ok((rows, new_series))
 }
 
 /// The sink's loop: connect, migrate, reconcile, then gather → one
@@ -536,7 +161,9 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
             _ => {
                 let mut stop = feed.stop_signal();
                 let attempt = async {
-                    let mut client = connect(cfg).await.map_err(Failure::Retry)?;
+                    let mut client = connect(cfg)
+                        .await
+                        .map_err(|e| Failure::Retry(e.to_string()))?;
                     migrate(&mut client, schema).await?;
                     let mut c = Conn {
                         client,
@@ -669,123 +296,5 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
     }
 }
 
-/// rustls as tokio-postgres' TLS (ring provider, the server's certificate
-/// verified for the host name of the connection string).
-#[derive(Clone)]
-struct RustlsConnect(Arc<rustls::ClientConfig>);
-
-struct RustlsConnector {
-    config: Arc<rustls::ClientConfig>,
-    name: rustls::pki_types::ServerName<'static>,
-}
-
-struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S> tokio_postgres::tls::MakeTlsConnect<S> for RustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnector;
-    type Error = rustls::pki_types::InvalidDnsNameError;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnector, Self::Error> {
-        Ok(RustlsConnector {
-            config: self.0.clone(),
-            name: rustls::pki_types::ServerName::try_from(domain.to_owned())?,
-        })
-    }
-}
-
-impl<S> tokio_postgres::tls::TlsConnect<S> for RustlsConnector
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type Error = std::io::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = std::io::Result<RustlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            let s = tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.name, stream)
-                .await?;
-            Ok(RustlsStream(s))
-        })
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> tokio_postgres::tls::TlsStream for RustlsStream<S> {
-    fn channel_binding(&self) -> tokio_postgres::tls::ChannelBinding {
-        tokio_postgres::tls::ChannelBinding::none()
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dsn_schema_and_tls_are_checked() {
-        let raw = |dsn: &str, schema: &str| PostgresRaw {
-            dsn: dsn.into(),
-            schema: schema.into(),
-            ca_file: None,
-            max_rows: max_rows(),
-            batch_linger: linger(),
-            connect_timeout: ten_seconds(),
-            backoff_min: backoff_min(),
-            backoff_max: backoff_max(),
-            lag_budget: LagBudget::default(),
-        };
-        let ok = PostgresSink::try_from(raw("host=127.0.0.1 port=5432 user=u dbname=d", "ferry"))
-            .unwrap();
-        assert!(!ok.tls);
-        let tls = PostgresSink::try_from(raw(
-            "postgresql://u@db.example.org/d?sslmode=require",
-            "x_1",
-        ))
-        .unwrap();
-        assert!(tls.tls);
-        let e = PostgresSink::try_from(raw("host=h", "Bad-Name")).unwrap_err();
-        assert!(e.contains("schema \"Bad-Name\""), "{e}");
-        let e = PostgresSink::try_from(raw("user=u", "ferry")).unwrap_err();
-        assert!(e.contains("no host"), "{e}");
-    }
-
-    #[test]
-    fn tags_are_a_json_object() {
-        let key =
-            ferry_proto::series::SeriesKey::new("t", [("device", "a\"1"), ("site", "x")]).unwrap();
-        assert_eq!(tags_json(&key), r#"{"device":"a\"1","site":"x"}"#);
-    }
-}
+mod tests;
