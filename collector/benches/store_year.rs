@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use ferry_collector::config::{Limits, QueryLimits, StorageConfig};
 use ferry_collector::query::{Query, Selector};
-use ferry_collector::{RetentionPlan, Store};
+use ferry_collector::{RetentionPlan, Store, StoreError};
 use ferry_proto::batch::{Batch, Reading, ReadingBlock};
 use ferry_proto::series::SeriesKey;
 
@@ -60,7 +60,7 @@ struct Checkpoint {
     fill_rate: f64,
     /// (query, on how many series, p50 ms, p99 ms, points answered) or why
     /// it was refused.
-    queries: Vec<(&'static str, usize, Result<(f64, f64, usize), String>)>,
+    queries: Vec<(&'static str, usize, Result<(f64, f64, usize), StoreError>)>,
 }
 
 fn main() {
@@ -250,7 +250,7 @@ fn measure(
     limits: &QueryLimits,
     now: i64,
     series: usize,
-) -> Vec<(&'static str, usize, Result<(f64, f64, usize), String>)> {
+) -> Vec<(&'static str, usize, Result<(f64, f64, usize), StoreError>)> {
     let kinds: [(&str, i64, Option<u64>); 4] = [
         ("last hour", HOUR, None),
         ("last day", DAY, None),
@@ -293,7 +293,7 @@ fn measure(
                             .sum::<usize>();
                     }
                     Err(e) => {
-                        refused = Some(format!("{e}"));
+                        refused = Some(e);
                         break;
                     }
                 }
