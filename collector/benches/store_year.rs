@@ -109,7 +109,7 @@ fn main() {
             .expect("series key")
         })
         .collect();
-    let mut checkpoints: Vec<i64> = [1, 7, 30, 91, 182, 365]
+    let mut checkpoints: Vec<i64> = [1, 2, 7, 14, 30, 91, 182, 365]
         .iter()
         .map(|d| d * 24)
         .filter(|&h| h < hours)
@@ -272,7 +272,10 @@ fn measure(
                         s % 5
                     ))
                 } else {
-                    Selector::parse(&format!("temperature{{group=\"g{}\"}}", i % (series / GROUP)))
+                    Selector::parse(&format!(
+                        "temperature{{group=\"g{}\"}}",
+                        i % (series / GROUP)
+                    ))
                 }
                 .expect("selector");
                 let q = Query {

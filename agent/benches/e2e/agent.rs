@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use crate::probe::{cpu_s, http_get, metric, metric_f64, status_kib};
 
-
 /// The agent binary to run: `FERRY_BENCH_AGENT_BIN` if set (e.g. a release
 /// build, to profile it); else the deployed build (profile `edge`), built
 /// now, for `cargo bench`; the test build for `cargo test --benches`.

@@ -6,7 +6,6 @@ use std::path::Path;
 
 use prometheus_client::metrics::counter::Counter;
 
-
 pub struct Collector {
     pub stored: Counter,
     pub handle: ferry_collector::Handle,
@@ -106,7 +105,8 @@ impl Collector {
         let rejected_batches = text
             .lines()
             .filter(|l| {
-                l.starts_with("ferry_collector_batches_total{") && l.contains("outcome=\"rejected\"")
+                l.starts_with("ferry_collector_batches_total{")
+                    && l.contains("outcome=\"rejected\"")
             })
             .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
             .sum::<f64>() as u64;

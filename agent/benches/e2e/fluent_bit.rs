@@ -70,7 +70,13 @@ impl Drop for Running {
 pub fn fb_metric(text: &str, key: &str) -> u64 {
     text.lines()
         .filter(|l| l.starts_with(key))
-        .filter_map(|l| l[key.len()..].split_whitespace().next()?.parse::<f64>().ok())
+        .filter_map(|l| {
+            l[key.len()..]
+                .split_whitespace()
+                .next()?
+                .parse::<f64>()
+                .ok()
+        })
         .sum::<f64>() as u64
 }
 
@@ -78,7 +84,13 @@ pub fn fluent_bit_phase(bin: &Path, dir: &Path, lines_total: u64, span: Span) ->
     let version = Command::new(bin)
         .arg("--version")
         .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or("").to_owned())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
         .unwrap_or_else(|e| panic!("FERRY_BENCH_FLUENT_BIT={}: {e}", bin.display()));
     eprintln!("e2e: Fluent Bit: {version}, {lines_total} lines over {CONNECTIONS} connections");
     let fb = dir.join("fluent-bit");

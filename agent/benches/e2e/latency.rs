@@ -81,7 +81,13 @@ pub fn latency_phase(agent: &Agent, collector: &Collector, secs: Duration, span:
     }
     let elapsed_send = started.elapsed();
     let total = ticks * per_tick as u64;
-    wait_accounted(collector, agent, base + total, "latency", drain_deadline(total));
+    wait_accounted(
+        collector,
+        agent,
+        base + total,
+        "latency",
+        drain_deadline(total),
+    );
     done.store(true, Ordering::Relaxed);
     let samples = sampler.join().expect("sampler thread");
     drop(tcp);

@@ -223,56 +223,74 @@ pub fn run_writers(
     }
 }
 
-pub fn throughput_phase(agent: &Agent, collector: &Collector, secs: Duration, span: Span) -> Throughput {
+pub fn throughput_phase(
+    agent: &Agent,
+    collector: &Collector,
+    secs: Duration,
+    span: Span,
+) -> Throughput {
     let addr = agent.influx;
-    run_writers(agent, collector, "throughput", secs, move |c, deadline, sent| {
-        let mut tcp = TcpStream::connect(addr).expect("connect to the agent");
-        let mut lines = Lines::new(c, span);
-        let mut buf = Vec::with_capacity(256 << 10);
-        while Instant::now() < deadline {
-            buf.clear();
-            lines.push(&mut buf, TCP_CHUNK);
-            tcp.write_all(&buf).expect("write to the agent");
-            sent.fetch_add(TCP_CHUNK as u64, Ordering::Relaxed);
-        }
-        tcp.shutdown(std::net::Shutdown::Write).ok();
-        // Keep the socket open until the agent has read everything.
-        let _ = tcp.read(&mut [0u8; 1]);
-    })
+    run_writers(
+        agent,
+        collector,
+        "throughput",
+        secs,
+        move |c, deadline, sent| {
+            let mut tcp = TcpStream::connect(addr).expect("connect to the agent");
+            let mut lines = Lines::new(c, span);
+            let mut buf = Vec::with_capacity(256 << 10);
+            while Instant::now() < deadline {
+                buf.clear();
+                lines.push(&mut buf, TCP_CHUNK);
+                tcp.write_all(&buf).expect("write to the agent");
+                sent.fetch_add(TCP_CHUNK as u64, Ordering::Relaxed);
+            }
+            tcp.shutdown(std::net::Shutdown::Write).ok();
+            // Keep the socket open until the agent has read everything.
+            let _ = tcp.read(&mut [0u8; 1]);
+        },
+    )
 }
 
 /// The InfluxDB v2 write API: keep-alive connections, one request of
 /// `HTTP_LINES` lines at a time, each answered 204 after the commit.
 pub fn http_phase(agent: &Agent, collector: &Collector, secs: Duration, span: Span) -> Throughput {
     let addr = agent.http;
-    run_writers(agent, collector, "HTTP write API", secs, move |c, deadline, sent| {
-        let mut tcp = TcpStream::connect(addr).expect("connect to the agent's HTTP listener");
-        tcp.set_nodelay(true).ok();
-        let mut lines = Lines::new(c, span);
-        let mut body = Vec::with_capacity(HTTP_LINES * 64);
-        let mut request = Vec::with_capacity(HTTP_LINES * 64 + 256);
-        let mut answer = Vec::with_capacity(4096);
-        while Instant::now() < deadline {
-            body.clear();
-            lines.push(&mut body, HTTP_LINES);
-            request.clear();
-            request.extend_from_slice(
+    run_writers(
+        agent,
+        collector,
+        "HTTP write API",
+        secs,
+        move |c, deadline, sent| {
+            let mut tcp = TcpStream::connect(addr).expect("connect to the agent's HTTP listener");
+            tcp.set_nodelay(true).ok();
+            let mut lines = Lines::new(c, span);
+            let mut body = Vec::with_capacity(HTTP_LINES * 64);
+            let mut request = Vec::with_capacity(HTTP_LINES * 64 + 256);
+            let mut answer = Vec::with_capacity(4096);
+            while Instant::now() < deadline {
+                body.clear();
+                lines.push(&mut body, HTTP_LINES);
+                request.clear();
+                request.extend_from_slice(
                 format!(
                     "POST /api/v2/write?org=bench&bucket=bench&precision=ns HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n",
                     body.len()
                 )
                 .as_bytes(),
             );
-            request.extend_from_slice(&body);
-            tcp.write_all(&request).expect("write to the agent's HTTP listener");
-            let (status, text) = read_http_answer(&mut tcp, &mut answer);
-            assert_eq!(
-                status, 204,
-                "e2e: FAILED: POST /api/v2/write answered {status}: {text}"
-            );
-            sent.fetch_add(HTTP_LINES as u64, Ordering::Relaxed);
-        }
-    })
+                request.extend_from_slice(&body);
+                tcp.write_all(&request)
+                    .expect("write to the agent's HTTP listener");
+                let (status, text) = read_http_answer(&mut tcp, &mut answer);
+                assert_eq!(
+                    status, 204,
+                    "e2e: FAILED: POST /api/v2/write answered {status}: {text}"
+                );
+                sent.fetch_add(HTTP_LINES as u64, Ordering::Relaxed);
+            }
+        },
+    )
 }
 
 /// Reads one HTTP/1.1 answer: its status and body.

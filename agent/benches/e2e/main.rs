@@ -153,7 +153,11 @@ fn main() {
     let full_secs = Duration::from_secs_f64(env_f64("FERRY_BENCH_SECS", 8.0, 0.5));
     let latency_secs = Duration::from_secs_f64(env_f64("FERRY_BENCH_LATENCY_SECS", 10.0, 0.5));
     let producer_secs = Duration::from_secs_f64(env_f64("FERRY_BENCH_PRODUCER_SECS", 4.0, 0.3));
-    let backlog_bytes = env_f64("FERRY_BENCH_BACKLOG_BYTES", (2u64 << 30) as f64, (4u64 << 20) as f64) as u64;
+    let backlog_bytes = env_f64(
+        "FERRY_BENCH_BACKLOG_BYTES",
+        (2u64 << 30) as f64,
+        (4u64 << 20) as f64,
+    ) as u64;
     let backlog_rate = env_f64("FERRY_BENCH_BACKLOG_RATE", 50_000.0, 5_000.0) as u64;
     let fluent_bit = std::env::var_os("FERRY_BENCH_FLUENT_BIT").map(PathBuf::from);
 
@@ -234,7 +238,8 @@ fn main() {
     rt.block_on(collector.stop());
     drop(rt);
 
-    let fluent = fluent_bit.map(|bin| fluent_bit_phase(&bin, dir.path(), throughput.readings, hour(7)));
+    let fluent =
+        fluent_bit.map(|bin| fluent_bit_phase(&bin, dir.path(), throughput.readings, hour(7)));
 
     eprintln!("e2e: baseline (raw redb, row per reading, commit per {BASELINE_CHUNK})…");
     let base_readings = if quick { 20_000 } else { 800_000 };
@@ -312,7 +317,9 @@ fn main() {
         (end.readings_out - wire.readings_out) as f64
             / (end.batches_stored - wire.batches_stored).max(1) as f64,
     );
-    println!("  producers  : (readings/s end to end; agent CPU per million readings; {CONNECTIONS} connections each)");
+    println!(
+        "  producers  : (readings/s end to end; agent CPU per million readings; {CONNECTIONS} connections each)"
+    );
     for (name, t) in [("TCP", &throughput), ("HTTP /api/v2/write", &http)] {
         println!(
             "               {name:<19} {:>9} readings  {:>10.0} readings/s  {:.2} core-s per million",
@@ -394,4 +401,3 @@ fn main() {
     );
     println!("  losses     : none (every reading sent in every phase was stored)");
 }
-

@@ -101,7 +101,8 @@ pub fn mqtt_phase(
     let port = broker.port;
     run_writers(agent, collector, "MQTT", secs, move |c, deadline, sent| {
         use rumqttc::{Event, Outgoing, Packet, QoS};
-        let mut opts = rumqttc::MqttOptions::new(format!("bench-pub-{c}"), "127.0.0.1", port.port());
+        let mut opts =
+            rumqttc::MqttOptions::new(format!("bench-pub-{c}"), "127.0.0.1", port.port());
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_inflight(100);
         let (client, mut connection) = rumqttc::Client::new(opts, 256);

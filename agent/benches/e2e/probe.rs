@@ -6,7 +6,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-
 pub fn reset_own_peak_rss() {
     // "5" resets VmHWM to the current RSS (proc(5), clear_refs).
     let _ = std::fs::write("/proc/self/clear_refs", "5");
