@@ -53,12 +53,36 @@ pub fn dir_bytes(dir: &Path) -> u64 {
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .ok()?;
+    // Until the server closes, or the body has its Content-Length (a
+    // server that keeps the connection open anyway, as Fluent Bit's does).
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(_) if !raw.is_empty() => break,
+            Err(_) => return None,
+        }
+        if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..i]).to_ascii_lowercase();
+            let length = head.lines().find_map(|l| {
+                l.strip_prefix("content-length:")
+                    .and_then(|v| v.trim().parse::<usize>().ok())
+            });
+            if length.is_some_and(|n| raw.len() >= i + 4 + n) {
+                break;
+            }
+        }
+    }
+    let body = String::from_utf8_lossy(&raw).into_owned();
     let (head, rest) = body.split_once("\r\n\r\n")?;
-    head.contains(" 200 ").then(|| rest.to_string())
+    // "HTTP/1.1 200 OK", or "HTTP/1.1 200" (Fluent Bit: no reason phrase).
+    (head.split_whitespace().nth(1) == Some("200")).then(|| rest.to_string())
 }
 
 pub fn metric(text: &str, name: &str) -> u64 {
