@@ -47,6 +47,10 @@ const QUERIES: usize = 20;
 const TARGET_BYTES: f64 = 2.5;
 const TARGET_DAY_P99_MS: f64 = 100.0;
 
+/// A query kind, on how many series, and (p50 ms, p99 ms, points answered)
+/// or the limit that refused it.
+type QueryRow = (&'static str, usize, Result<(f64, f64, usize), StoreError>);
+
 fn disk_bytes(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).map_or(0, |m| m.blocks() * 512)
@@ -60,7 +64,7 @@ struct Checkpoint {
     fill_rate: f64,
     /// (query, on how many series, p50 ms, p99 ms, points answered) or why
     /// it was refused.
-    queries: Vec<(&'static str, usize, Result<(f64, f64, usize), StoreError>)>,
+    queries: Vec<QueryRow>,
 }
 
 fn main() {
@@ -245,12 +249,7 @@ fn main() {
 }
 
 /// The query set at simulated time `now`.
-fn measure(
-    store: &Store,
-    limits: &QueryLimits,
-    now: i64,
-    series: usize,
-) -> Vec<(&'static str, usize, Result<(f64, f64, usize), StoreError>)> {
+fn measure(store: &Store, limits: &QueryLimits, now: i64, series: usize) -> Vec<QueryRow> {
     let kinds: [(&str, i64, Option<u64>); 4] = [
         ("last hour", HOUR, None),
         ("last day", DAY, None),

@@ -47,7 +47,7 @@ pub fn backlog_phase(
     let config = bundle.join("backlog-agent.toml");
     // Room for the backlog; backpressure rather than drop when full (a
     // drop would fail the bench).
-    let budget_mib = (bytes * 2 >> 20) + 512;
+    let budget_mib = ((bytes * 2) >> 20) + 512;
     std::fs::write(
         &config,
         format!(
