@@ -13,7 +13,7 @@
 //!   readings are kept (`[storage] raw_retention = "0s"`), so that the
 //!   figures are for a year of raw data (the default 7-day raw retention
 //!   would downsample older data into 5-minute windows);
-//! - at each checkpoint (1 day, 1 week, 30, 91, 182 and 365 days stored,
+//! - at each checkpoint (1, 2, 7, 14, 30, 91, 182 and 365 days stored,
 //!   and at the end): the store file's bytes per reading (`du`, what the
 //!   disk holds), and the latency of `Store::query_within` (what `GET
 //!   /api/v1/query` runs, with the default query limits) for the last hour,
@@ -23,8 +23,9 @@
 //!   refused, with the bound it hit.
 //!
 //! Run: `cargo bench -p ferry-collector --bench store_year`
-//! (`FERRY_BENCH_STORE_DAYS`: simulated days, default 365 — about
-//! 31.5 G readings, hours of filling on 2 cores; e.g. 7 for a quick look;
+//! (`FERRY_BENCH_STORE_DAYS`: simulated days, default 2 — 173 M readings,
+//! meant to take minutes; 365 for the year, about 31.5 G readings and hours
+//! of filling on 2 cores;
 //! `FERRY_BENCH_STORE_SERIES`: series, default 1000; `FERRY_BENCH_DIR`: where
 //! the store file goes, default a temporary directory).
 
@@ -76,7 +77,7 @@ fn main() {
         Err(_) if quick => quick_v,
         Err(_) => full,
     };
-    let days = env("FERRY_BENCH_STORE_DAYS", 365.0, 0.125);
+    let days = env("FERRY_BENCH_STORE_DAYS", 2.0, 0.125);
     let series = env("FERRY_BENCH_STORE_SERIES", 1000.0, 200.0) as usize;
     assert!(
         series >= GROUP && series.is_multiple_of(GROUP),
