@@ -279,6 +279,16 @@ enum Command {
         #[command(subcommand)]
         command: cli_token::TokenCommand,
     },
+    /// Cluster mode (docs/cluster.md): the log's state, from the NATS
+    /// servers in the configuration's [cluster] section.
+    ///
+    /// Example:
+    ///   ferry-collector cluster status --config collector.toml
+    #[command(verbatim_doc_comment)]
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// List the known series (optionally those matching a selector).
     Series {
         /// Series selector: metric{key="value",...}; every series if absent.
@@ -286,6 +296,21 @@ enum Command {
         #[command(flatten)]
         location: Location,
         /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// The stream (records, bytes, replicas and their servers) and every
+    /// durable consumer: records pending (not yet delivered), delivered
+    /// but not acked, redelivered, and its ack floor.
+    Status {
+        /// Configuration file with a [cluster] section.
+        #[arg(long, short = 'c', default_value = "collector.toml")]
+        config: PathBuf,
+        /// Output format (table or json).
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -412,6 +437,67 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
             report::print(report::drops(&admin.drops().await?, ledger, format))?;
         }
         Command::Run { config } => run(&config).await?,
+        Command::Cluster {
+            command: ClusterCommand::Status { config: path, format },
+        } => {
+            use ferry_collector::cluster::Log as _;
+            let config = Config::load(&path)?;
+            let cluster = config.cluster.as_ref().with_context(|| {
+                format!("{} has no [cluster] section", path.display())
+            })?;
+            let log = ferry_collector::cluster::nats::JetStream::connect(cluster).await?;
+            let s = log.status().await?;
+            if matches!(format, Format::Json) {
+                let consumers: Vec<_> = s
+                    .consumers
+                    .iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "name": c.name, "pending": c.pending, "ack_pending": c.ack_pending,
+                            "redelivered": c.redelivered, "ack_floor": c.ack_floor,
+                        })
+                    })
+                    .collect();
+                out!(
+                    "{}",
+                    serde_json::json!({
+                        "stream": s.stream, "records": s.records, "bytes": s.bytes,
+                        "last_position": s.last_position, "replicas": s.replicas,
+                        "nodes": s.nodes, "consumers": consumers,
+                    })
+                );
+            } else {
+                out!(
+                    "stream {}: {} records, {} bytes, last position {}, {} replicas",
+                    s.stream,
+                    s.records,
+                    s.bytes,
+                    s.last_position,
+                    s.replicas
+                );
+                if !s.nodes.is_empty() {
+                    out!("nodes: {}", s.nodes.join(", "));
+                }
+                out!(
+                    "{:<24} {:>10} {:>12} {:>12} {:>12}",
+                    "CONSUMER",
+                    "PENDING",
+                    "ACK_PENDING",
+                    "REDELIVERED",
+                    "ACK_FLOOR"
+                );
+                for c in &s.consumers {
+                    out!(
+                        "{:<24} {:>10} {:>12} {:>12} {:>12}",
+                        c.name,
+                        c.pending,
+                        c.ack_pending,
+                        c.redelivered,
+                        c.ack_floor
+                    );
+                }
+            }
+        }
         Command::CheckConfig { config: path } => {
             let config = Config::load(&path)?;
             let revoked = std::sync::Arc::new(ferry_collector::pki::RevocationList::new([]));
