@@ -443,62 +443,14 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
         Command::Cluster {
             command: ClusterCommand::Status { config: path, format },
         } => {
-            use ferry_collector::cluster::Log as _;
             let config = Config::load(&path)?;
             let cluster = config.cluster.as_ref().with_context(|| {
                 format!("{} has no [cluster] section", path.display())
             })?;
-            let log = ferry_collector::cluster::nats::JetStream::connect(cluster).await?;
-            let s = log.status().await?;
-            if matches!(format, Format::Json) {
-                let consumers: Vec<_> = s
-                    .consumers
-                    .iter()
-                    .map(|c| {
-                        serde_json::json!({
-                            "name": c.name, "pending": c.pending, "ack_pending": c.ack_pending,
-                            "redelivered": c.redelivered, "ack_floor": c.ack_floor,
-                        })
-                    })
-                    .collect();
-                out!(
-                    "{}",
-                    serde_json::json!({
-                        "stream": s.stream, "records": s.records, "bytes": s.bytes,
-                        "last_position": s.last_position, "replicas": s.replicas,
-                        "nodes": s.nodes, "consumers": consumers,
-                    })
-                );
-            } else {
-                out!(
-                    "stream {}: {} records, {} bytes, last position {}, {} replicas",
-                    s.stream,
-                    s.records,
-                    s.bytes,
-                    s.last_position,
-                    s.replicas
-                );
-                if !s.nodes.is_empty() {
-                    out!("nodes: {}", s.nodes.join(", "));
-                }
-                out!(
-                    "{:<24} {:>10} {:>12} {:>12} {:>12}",
-                    "CONSUMER",
-                    "PENDING",
-                    "ACK_PENDING",
-                    "REDELIVERED",
-                    "ACK_FLOOR"
-                );
-                for c in &s.consumers {
-                    out!(
-                        "{:<24} {:>10} {:>12} {:>12} {:>12}",
-                        c.name,
-                        c.pending,
-                        c.ack_pending,
-                        c.redelivered,
-                        c.ack_floor
-                    );
-                }
+            let s = ferry_collector::cluster::status::read(cluster).await?;
+            match format {
+                Format::Json => out!("{}", ferry_collector::cluster::status::json(&s)),
+                _ => write!(std::io::stdout(), "{}", ferry_collector::cluster::status::table(&s))?,
             }
         }
         Command::CheckConfig { config: path } => {

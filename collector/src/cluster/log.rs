@@ -83,7 +83,7 @@ pub struct LogStatus {
 }
 
 /// The producing side, and the operator's view.
-pub trait Log: Send + Sync {
+pub trait Log: Send + Sync + std::fmt::Debug {
     /// Appends `payload` under `key` (the agent: records of one agent share
     /// a subject) with message id `id`; resolves once the log has it
     /// durably.

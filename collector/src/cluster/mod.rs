@@ -21,6 +21,7 @@
 
 pub mod log;
 pub mod nats;
+pub mod status;
 pub mod worker;
 
 use std::sync::Arc;
@@ -79,8 +80,8 @@ impl Record {
     }
 
     /// A record from its bytes.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        codec::from_bytes::<Self>("cluster record", bytes).map_err(|e| e.to_string())
+    pub fn decode(bytes: &[u8]) -> Result<Self, codec::DecodeError> {
+        codec::from_bytes::<Self>("cluster record", bytes)
     }
 
     /// The label of its kind in metrics.

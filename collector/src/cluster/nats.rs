@@ -121,7 +121,7 @@ impl Log for JetStream {
                 .js
                 .send_publish(
                     subject,
-                    jetstream::context::Publish::build()
+                    jetstream::message::PublishMessage::build()
                         .payload(payload.into())
                         .message_id(id)
                         .expected_stream(&self.stream),
@@ -147,7 +147,7 @@ impl Log for JetStream {
                 .get_stream(&self.stream)
                 .await
                 .map_err(|e| LogError::new("opening the JetStream stream", e))?;
-            let consumer: pull::Consumer = stream
+            let consumer: jetstream::consumer::PullConsumer = stream
                 .get_or_create_consumer(
                     name,
                     pull::Config {
@@ -223,7 +223,7 @@ impl Log for JetStream {
 }
 
 struct NatsConsumer {
-    consumer: pull::Consumer,
+    consumer: jetstream::consumer::PullConsumer,
     messages: Option<pull::Stream>,
 }
 

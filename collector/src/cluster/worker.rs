@@ -2,6 +2,16 @@
 //! order, go to the store's writer in that order (so group commits form as
 //! in single-process mode), and each is acked once the writer has answered
 //! after its durable commit.
+//!
+//! **Promises.** A worker never applies the agent's `resolved_below`
+//! promise (in a Hello or a batch): it is about what the *front end* acked,
+//! which the log holds but this worker may not have committed yet — a
+//! record taken before a crash, or asked for again after a failed commit,
+//! comes again *after* later records. Resolving everything below the
+//! promise then would turn that redelivery into a "duplicate" and lose it.
+//! The dedupe ranges still merge as batches are stored; a batch a front end
+//! refused for good leaves a gap range on the workers, bounded by
+//! `limits.max_dedupe_ranges` (docs/cluster.md).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -150,16 +160,14 @@ async fn submit(
         ),
     }
     let waiting = match &record.body {
-        RecordBody::Session {
-            epoch,
-            resolved_below,
-        } => {
+        RecordBody::Session { epoch, .. } => {
             let (tx, rx) = oneshot::channel();
             let cmd = Command::Session {
                 session: SessionRequest {
                     agent: agent.clone(),
                     epoch: *epoch,
-                    resolved_below: *resolved_below,
+                    // Not applied here (module docs, "Promises").
+                    resolved_below: 0,
                 },
                 reply: tx,
             };
@@ -170,7 +178,7 @@ async fn submit(
         }
         RecordBody::Batch(batch) => {
             // The front end's clock: the same readings pass as there.
-            let prepared = match ingest::prepare(
+            let mut prepared = match ingest::prepare(
                 &agent,
                 &record.remote,
                 batch,
@@ -195,6 +203,8 @@ async fn submit(
                     return None;
                 }
             };
+            // Not applied here (module docs, "Promises").
+            prepared.resolved_below = 0;
             if shared.bus.wait_for_room().await {
                 shared.metrics.backpressure_waits.inc();
             }
