@@ -177,8 +177,7 @@ impl ClusterConfig {
         }
         let name_ok = |s: &str| {
             !s.is_empty()
-                && s
-                    .bytes()
+                && s.bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         };
         if !name_ok(&self.stream) {

@@ -329,7 +329,8 @@ impl Collector {
         let gate = auth::Gate::open(config.http.auth, &config.data_dir)?;
         let log = match &config.cluster {
             Some(c) => {
-                let log: Arc<dyn cluster::Log> = Arc::new(cluster::nats::JetStream::connect(c).await?);
+                let log: Arc<dyn cluster::Log> =
+                    Arc::new(cluster::nats::JetStream::connect(c).await?);
                 Some(log)
             }
             None => None,

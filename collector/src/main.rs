@@ -441,16 +441,25 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
         }
         Command::Run { config } => run(&config).await?,
         Command::Cluster {
-            command: ClusterCommand::Status { config: path, format },
+            command:
+                ClusterCommand::Status {
+                    config: path,
+                    format,
+                },
         } => {
             let config = Config::load(&path)?;
-            let cluster = config.cluster.as_ref().with_context(|| {
-                format!("{} has no [cluster] section", path.display())
-            })?;
+            let cluster = config
+                .cluster
+                .as_ref()
+                .with_context(|| format!("{} has no [cluster] section", path.display()))?;
             let s = ferry_collector::cluster::status::read(cluster).await?;
             match format {
                 Format::Json => out!("{}", ferry_collector::cluster::status::json(&s)),
-                _ => write!(std::io::stdout(), "{}", ferry_collector::cluster::status::table(&s))?,
+                _ => write!(
+                    std::io::stdout(),
+                    "{}",
+                    ferry_collector::cluster::status::table(&s)
+                )?,
             }
         }
         Command::CheckConfig { config: path } => {

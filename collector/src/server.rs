@@ -91,6 +91,7 @@ pub enum RevokeError {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: Config,
         store: Arc<Store>,
@@ -959,7 +960,11 @@ async fn publish_batch(
         }
         Err(e) => {
             shared.metrics.batch("rejected", reason::STORAGE, 0);
-            Ack::rejected(seq, reason::STORAGE, format!("the log did not take it: {e}"))
+            Ack::rejected(
+                seq,
+                reason::STORAGE,
+                format!("the log did not take it: {e}"),
+            )
         }
     }
 }

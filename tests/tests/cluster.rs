@@ -426,7 +426,11 @@ async fn every_reading_is_stored_once_through_kill9_of_a_front_end_a_nats_node_a
             .into_iter()
             .find(|a| a.id == "gw")
             .unwrap();
-        assert_eq!(gw.readings as usize, total, "{}: agents table readings", w.name);
+        assert_eq!(
+            gw.readings as usize, total,
+            "{}: agents table readings",
+            w.name
+        );
         assert_eq!(gw.batches, sealed, "{}: agents table batches", w.name);
         assert_eq!((gw.refused, gw.dropped, gw.journal_resets), (0, 0, 0));
     }

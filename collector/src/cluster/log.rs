@@ -96,8 +96,7 @@ pub trait Log: Send + Sync + std::fmt::Debug {
 
     /// Opens (creating if missing) the durable consumer `name`, which
     /// starts at the log's first record.
-    fn consumer<'a>(&'a self, name: &'a str)
-    -> BoxFuture<'a, Result<Box<dyn Consumer>, LogError>>;
+    fn consumer<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Box<dyn Consumer>, LogError>>;
 
     /// The stream and every consumer's lag.
     fn status(&self) -> BoxFuture<'_, Result<LogStatus, LogError>>;

@@ -137,10 +137,7 @@ impl Log for JetStream {
         })
     }
 
-    fn consumer<'a>(
-        &'a self,
-        name: &'a str,
-    ) -> BoxFuture<'a, Result<Box<dyn Consumer>, LogError>> {
+    fn consumer<'a>(&'a self, name: &'a str) -> BoxFuture<'a, Result<Box<dyn Consumer>, LogError>> {
         Box::pin(async move {
             let stream = self
                 .js

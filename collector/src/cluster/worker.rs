@@ -50,7 +50,10 @@ impl Warn {
 
     fn warn(&mut self, message: &dyn std::fmt::Display) {
         let now = Instant::now();
-        if self.last.is_some_and(|l| now.duration_since(l) < WARN_EVERY) {
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < WARN_EVERY)
+        {
             self.suppressed += 1;
             return;
         }
@@ -152,12 +155,7 @@ async fn submit(
     let kind = record.kind();
     enum Waiting {
         Session(oneshot::Receiver<Result<SessionOutcome, String>>),
-        Batch(
-            oneshot::Receiver<crate::writer::BatchReply>,
-            u64,
-            u64,
-            u64,
-        ),
+        Batch(oneshot::Receiver<crate::writer::BatchReply>, u64, u64, u64),
     }
     let waiting = match &record.body {
         RecordBody::Session { epoch, .. } => {
@@ -318,7 +316,10 @@ pub(crate) async fn watch_status(
             _ = crate::stopped(&mut stop) => return,
             _ = tick.tick() => {}
         }
-        shared.metrics.cluster_connected.set(u64::from(log.connected()));
+        shared
+            .metrics
+            .cluster_connected
+            .set(u64::from(log.connected()));
         let status = tokio::select! {
             _ = crate::stopped(&mut stop) => return,
             s = log.status() => s,
