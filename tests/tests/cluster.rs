@@ -325,7 +325,8 @@ async fn every_reading_is_stored_once_through_kill9_of_a_front_end_a_nats_node_a
                 let ts = t0 + i as i64 * 10;
                 let v = ((i * 37 + d * 1000) % 5000) as f64 / 100.0 - 10.0;
                 text.push_str(&format!("env,device=d{d} temp_c={v} {ts}\n"));
-                sent.entry(series(d)).or_default().push((ts, v));
+                // The store keeps nanoseconds.
+                sent.entry(series(d)).or_default().push((ts * 1_000_000, v));
             }
         }
         let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
