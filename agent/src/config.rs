@@ -251,6 +251,11 @@ impl Default for AgentSection {
 pub struct CollectorSection {
     /// QUIC address, `host:port`.
     pub address: String,
+    /// Other collectors (cluster mode, docs/cluster.md), `host:port` each,
+    /// tried in order when `address` cannot be reached; the shipper goes
+    /// back to `address` after `[shipping] fail_back_after`.
+    #[serde(default)]
+    pub fallback: Vec<String>,
     /// Name on the collector's certificate.
     pub server_name: String,
     /// The collector's CA certificate.
@@ -337,6 +342,10 @@ pub struct ShippingSection {
     /// idle connection never times out. Shorter than `idle_timeout`.
     #[serde(deserialize_with = "duration")]
     pub keep_alive: Duration,
+    /// With `[collector] fallback` addresses: how long a session with a
+    /// fallback lasts before the first collector is tried again.
+    #[serde(deserialize_with = "duration")]
+    pub fail_back_after: Duration,
 }
 
 impl Default for ShippingSection {
@@ -349,6 +358,7 @@ impl Default for ShippingSection {
             backoff_max: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(6),
             keep_alive: Duration::from_secs(2),
+            fail_back_after: Duration::from_secs(300),
         }
     }
 }

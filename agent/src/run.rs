@@ -397,8 +397,20 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         .ok()
         .and_then(|mut a| a.next())
         .ok_or_else(|| StartError::Address(c.address.clone()))?;
+    let mut fallbacks = Vec::with_capacity(c.fallback.len());
+    for a in &c.fallback {
+        fallbacks.push(
+            tokio::net::lookup_host(a)
+                .await
+                .ok()
+                .and_then(|mut a| a.next())
+                .ok_or_else(|| StartError::Address(a.clone()))?,
+        );
+    }
     let ship = ShipperConfig {
         address,
+        fallbacks,
+        fail_back_after: config.shipping.fail_back_after,
         server_name: c.server_name.clone(),
         tls: Arc::new(tls),
         max_in_flight_bytes: config.shipping.max_in_flight,

@@ -64,6 +64,9 @@ pub struct Config {
     pub processor: crate::fanout::ProcessorConfig,
     /// Alert sinks (reloadable).
     pub sink: crate::fanout::SinkConfig,
+    /// Cluster mode (docs/cluster.md): absent, the collector is the one
+    /// process that ingests and stores (the default).
+    pub cluster: Option<ClusterConfig>,
     /// The file this configuration was read from (what a reload re-reads).
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -93,6 +96,115 @@ pub struct QuicConfig {
     /// How long an agent has to send its `Hello` after the handshake.
     #[serde(with = "humantime_serde")]
     pub hello_timeout: Duration,
+}
+
+/// What a collector does in cluster mode.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ClusterRole {
+    /// Accepts agents, validates their batches and publishes them to the
+    /// log; acks an agent once the log has acked the publish. Stores nothing.
+    FrontEnd,
+    /// Consumes the log with a durable consumer and applies every record to
+    /// its own store (dedupe committed with the data), then acks the log.
+    /// Serves queries; accepts no agents.
+    Worker,
+}
+
+/// `[cluster]`: the durable log between front ends and workers (NATS
+/// JetStream; docs/cluster.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `front_end` or `worker`.
+    pub role: ClusterRole,
+    /// NATS server URLs (`nats://host:port`); the client reconnects to any.
+    pub nats: Vec<String>,
+    /// The JetStream stream; created by the first process that finds it
+    /// missing (default `FERRY`).
+    #[serde(default = "default_stream")]
+    pub stream: String,
+    /// Stream replicas (1, 3 or 5; 3 needs a 3-node cluster).
+    #[serde(default = "default_replicas")]
+    pub replicas: usize,
+    /// JetStream's duplicate window (publishes with the same `Nats-Msg-Id`
+    /// inside it are stored once). Workers dedupe by (agent, epoch, seq)
+    /// whatever its length.
+    #[serde(default = "default_duplicate_window", with = "humantime_serde")]
+    pub duplicate_window: Duration,
+    /// A worker's durable consumer name: every worker with its own name
+    /// receives every record (each worker's store is a full copy).
+    #[serde(default)]
+    pub consumer: Option<String>,
+    /// How long a publish or an ack may wait for the log.
+    #[serde(default = "default_log_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// A record a worker took but did not ack for this long (it died, or
+    /// its commit is that slow) is delivered again.
+    #[serde(default = "default_ack_wait", with = "humantime_serde")]
+    pub ack_wait: Duration,
+}
+
+fn default_stream() -> String {
+    "FERRY".into()
+}
+fn default_replicas() -> usize {
+    1
+}
+fn default_duplicate_window() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_log_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_ack_wait() -> Duration {
+    Duration::from_secs(30)
+}
+
+impl ClusterConfig {
+    /// Checks the section on its own.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.nats.is_empty() {
+            return Err(ConfigError::Invalid(
+                "cluster.nats must name at least one NATS server URL".into(),
+            ));
+        }
+        if !matches!(self.replicas, 1 | 3 | 5) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.replicas must be 1, 3 or 5, not {}",
+                self.replicas
+            )));
+        }
+        let name_ok = |s: &str| {
+            !s.is_empty()
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        };
+        if !name_ok(&self.stream) {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.stream {:?} must be letters, digits, '_' or '-'",
+                self.stream
+            )));
+        }
+        match (&self.consumer, self.role) {
+            (None, ClusterRole::Worker) => Err(ConfigError::Invalid(
+                "cluster.consumer (the worker's durable consumer name) is required with role = \"worker\"".into(),
+            )),
+            (Some(c), _) if !name_ok(c) => Err(ConfigError::Invalid(format!(
+                "cluster.consumer {c:?} must be letters, digits, '_' or '-'"
+            ))),
+            _ if self.duplicate_window.is_zero()
+                || self.timeout.is_zero()
+                || self.ack_wait.is_zero() =>
+            {
+                Err(ConfigError::Invalid(
+                    "cluster.duplicate_window, cluster.timeout and cluster.ack_wait must be positive"
+                        .into(),
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// `[http]`.
@@ -195,6 +307,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             processor: crate::fanout::ProcessorConfig::default(),
             sink: crate::fanout::SinkConfig::default(),
+            cluster: None,
             source: None,
             faults: crate::writer::Faults::default(),
         }
@@ -312,6 +425,9 @@ impl Config {
 
     /// Checks ranges that serde cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         let l = &self.limits;
         if l.max_connections == 0 {
             return Err(ConfigError::Invalid(

@@ -49,6 +49,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod fanout;
 pub mod fleet;
@@ -110,6 +111,9 @@ pub enum Error {
     /// credential written.
     #[error(transparent)]
     Auth(#[from] auth::AuthError),
+    /// Cluster mode: the log could not be reached or set up.
+    #[error(transparent)]
+    Cluster(#[from] cluster::LogError),
 }
 
 /// Resolves when the watched flag is true (or its sender is gone).
@@ -323,8 +327,16 @@ impl Collector {
         // After the store: its lock keeps the CLI from editing tokens.json
         // behind a running server.
         let gate = auth::Gate::open(config.http.auth, &config.data_dir)?;
+        let log = match &config.cluster {
+            Some(c) => {
+                let log: Arc<dyn cluster::Log> =
+                    Arc::new(cluster::nats::JetStream::connect(c).await?);
+                Some(log)
+            }
+            None => None,
+        };
         let shared = Arc::new(server::Shared::new(
-            config, store, writer_tx, metrics, revoked, bus, gate,
+            config, store, writer_tx, metrics, revoked, bus, gate, log,
         ));
         Ok(Self {
             endpoint,
@@ -481,11 +493,30 @@ impl Collector {
             shared.fanout.sinks.subscribe(),
             stop_rx.clone(),
         ));
-        let accept = tokio::spawn(server::accept_loop(
-            endpoint.clone(),
-            shared.clone(),
-            stop_rx,
-        ));
+        let cluster_status = shared.log.clone().map(|log| {
+            tokio::spawn(cluster::worker::watch_status(
+                shared.clone(),
+                log,
+                Duration::from_secs(2),
+                stop_rx.clone(),
+            ))
+        });
+        let accept = match (&shared.log, &config.cluster) {
+            // A worker takes its records from the log, not from agents.
+            (Some(log), Some(c)) if c.role == config::ClusterRole::Worker => {
+                tokio::spawn(cluster::worker::run(
+                    shared.clone(),
+                    log.clone(),
+                    c.consumer.clone().unwrap_or_default(),
+                    stop_rx,
+                ))
+            }
+            _ => tokio::spawn(server::accept_loop(
+                endpoint.clone(),
+                shared.clone(),
+                stop_rx,
+            )),
+        };
         ready();
 
         shutdown.await;
@@ -495,6 +526,9 @@ impl Collector {
         // committed and acked, and the subscriber finds them at restart.
         shared.bus.close();
         let _ = accept.await;
+        if let Some(t) = cluster_status {
+            let _ = t.await;
+        }
         let _ = processors.await;
         let _ = sinks.await;
         let _ = http_task.await;

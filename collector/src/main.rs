@@ -282,6 +282,16 @@ enum Command {
         #[command(subcommand)]
         command: cli_token::TokenCommand,
     },
+    /// Cluster mode (docs/cluster.md): the log's state, from the NATS
+    /// servers in the configuration's [cluster] section.
+    ///
+    /// Example:
+    ///   ferry-collector cluster status --config collector.toml
+    #[command(verbatim_doc_comment)]
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// List the known series (optionally those matching a selector).
     Series {
         /// Series selector: metric{key="value",...}; every series if absent.
@@ -289,6 +299,21 @@ enum Command {
         #[command(flatten)]
         location: Location,
         /// Output format.
+        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// The stream (records, bytes, replicas and their servers) and every
+    /// durable consumer: records pending (not yet delivered), delivered
+    /// but not acked, redelivered, and its ack floor.
+    Status {
+        /// Configuration file with a [cluster] section.
+        #[arg(long, short = 'c', default_value = "collector.toml")]
+        config: PathBuf,
+        /// Output format (table or json).
         #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
         format: Format,
     },
@@ -415,6 +440,28 @@ async fn command(cmd: Command) -> anyhow::Result<()> {
             report::print(report::drops(&admin.drops().await?, ledger, format))?;
         }
         Command::Run { config } => run(&config).await?,
+        Command::Cluster {
+            command:
+                ClusterCommand::Status {
+                    config: path,
+                    format,
+                },
+        } => {
+            let config = Config::load(&path)?;
+            let cluster = config
+                .cluster
+                .as_ref()
+                .with_context(|| format!("{} has no [cluster] section", path.display()))?;
+            let s = ferry_collector::cluster::status::read(cluster).await?;
+            match format {
+                Format::Json => out!("{}", ferry_collector::cluster::status::json(&s)),
+                _ => write!(
+                    std::io::stdout(),
+                    "{}",
+                    ferry_collector::cluster::status::table(&s)
+                )?,
+            }
+        }
         Command::CheckConfig { config: path } => {
             let config = Config::load(&path)?;
             let revoked = std::sync::Arc::new(ferry_collector::pki::RevocationList::new([]));

@@ -97,6 +97,17 @@ pub struct Metrics {
     /// Queries refused for their memory budget, by API (`ferry`,
     /// `prometheus`) and bound (`series`, `points`, `bytes`, `step`).
     pub queries_refused: Family<Labels2, Counter>,
+    /// Cluster mode: log records by role (`front_end`, `worker`), kind
+    /// (`session`, `batch`) and outcome (front end: `published`,
+    /// `duplicate`, `failed`; worker: `stored`, `duplicate`, `rejected`,
+    /// `retried`, `undecodable`).
+    pub cluster_records: Family<Dynamic, Counter>,
+    /// Cluster mode, per stream and consumer: records not yet delivered
+    /// (`pending`) and delivered but not yet acked (`ack_pending`), as the
+    /// log last reported them.
+    pub cluster_consumer_records: Family<Dynamic, Gauge<u64, AtomicU64>>,
+    /// Cluster mode: 1 while the NATS client is connected.
+    pub cluster_connected: Gauge<u64, AtomicU64>,
     log: Mutex<LogLimiter>,
 }
 
@@ -150,6 +161,9 @@ impl Metrics {
             sink_retries: Family::default(),
             http_refused: Family::default(),
             queries_refused: Family::default(),
+            cluster_records: Family::default(),
+            cluster_consumer_records: Family::default(),
+            cluster_connected: Gauge::default(),
             log: Mutex::new(LogLimiter::new(std::time::Duration::from_secs(10))),
         };
         m.registry.register(
@@ -309,6 +323,21 @@ impl Metrics {
             "queries_refused",
             "Queries refused for their memory budget, by API and bound",
             m.queries_refused.clone(),
+        );
+        m.registry.register(
+            "cluster_records",
+            "Cluster mode: log records by role, kind and outcome",
+            m.cluster_records.clone(),
+        );
+        m.registry.register(
+            "cluster_consumer_records",
+            "Cluster mode: records per consumer, pending (not delivered) or ack_pending",
+            m.cluster_consumer_records.clone(),
+        );
+        m.registry.register(
+            "cluster_connected",
+            "Cluster mode: 1 while connected to NATS",
+            m.cluster_connected.clone(),
         );
         for reason in ["no_credentials", "bad_token", "forbidden"] {
             let _ = m.http_refused.get_or_create(&[("reason", reason)]);

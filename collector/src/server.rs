@@ -62,6 +62,8 @@ pub struct Shared {
     pub(crate) bus: Arc<crate::fanout::Bus>,
     pub(crate) fanout: crate::fanout::run::Control,
     pub(crate) auth: crate::auth::Gate,
+    /// Cluster mode: the log front ends publish to and workers consume.
+    pub(crate) log: Option<Arc<dyn crate::cluster::Log>>,
     live: Mutex<HashMap<u64, LiveConnection>>,
     /// The newest status of each agent that sent one since this process
     /// started (one entry per agent: bounded by the enrolled agents).
@@ -89,6 +91,7 @@ pub enum RevokeError {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         config: Config,
         store: Arc<Store>,
@@ -97,6 +100,7 @@ impl Shared {
         revoked: Arc<RevocationList>,
         bus: Arc<crate::fanout::Bus>,
         auth: crate::auth::Gate,
+        log: Option<Arc<dyn crate::cluster::Log>>,
     ) -> Self {
         let rate = RateLimiter::new(config.limits.agent_readings_per_sec);
         let fanout = crate::fanout::run::Control::new(&config.processor, &config.sink);
@@ -109,6 +113,7 @@ impl Shared {
             bus,
             fanout,
             auth,
+            log,
             live: Mutex::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -452,7 +457,28 @@ async fn session(
     // The Hello's journal identity, durably recorded before the Welcome: a
     // new epoch (the agent's journal was replaced) is counted and shown.
     let (tx, rx) = oneshot::channel();
-    let recorded = if shared
+    let recorded = if let Some(log) = &shared.log {
+        // Cluster mode: the workers record it, in log order before this
+        // session's batches.
+        let record = crate::cluster::Record {
+            agent: agent.to_string(),
+            remote: remote.to_string(),
+            now_ns: crate::now_ns(),
+            body: crate::cluster::RecordBody::Session {
+                epoch: hello.epoch,
+                resolved_below: hello.resolved_below,
+            },
+        };
+        Some(
+            crate::cluster::publish(log, &shared.metrics, &record)
+                .await
+                .map(|_| SessionOutcome::Recorded {
+                    previous_epoch: None,
+                    journal_resets: 0,
+                })
+                .map_err(|e| e.to_string()),
+        )
+    } else if shared
         .writer
         .send(Command::Session {
             session: SessionRequest {
@@ -824,6 +850,11 @@ async fn batch_answer(
         prepared.epoch = terms.epoch;
     }
     let seq = batch.seq;
+    if let Some(log) = &shared.log {
+        return Some(Answer::Ack(
+            publish_batch(shared, log, agent, remote, batch, &prepared, now).await,
+        ));
+    }
     // A `backpressure` subscriber past its lag budget holds ingest here;
     // the agent keeps the batch on disk meanwhile.
     if shared.bus.wait_for_room().await {
@@ -890,4 +921,50 @@ async fn batch_answer(
         }
     };
     Some(Answer::Ack(ack))
+}
+
+/// Cluster mode: the validated batch goes to the log; the agent's ack says
+/// stored once the log has acked it durable (the workers store it), with
+/// the readings refused here.
+async fn publish_batch(
+    shared: &Shared,
+    log: &Arc<dyn crate::cluster::Log>,
+    agent: &Arc<str>,
+    remote: SocketAddr,
+    mut batch: ferry_proto::batch::Batch,
+    prepared: &crate::store::PreparedBatch,
+    now: i64,
+) -> Ack {
+    let seq = batch.seq;
+    batch.epoch = prepared.epoch;
+    let readings = prepared.readings;
+    let mut by_reason = std::collections::BTreeMap::<u16, u64>::new();
+    for &(_, code, n) in &prepared.refused {
+        *by_reason.entry(code).or_default() += n;
+    }
+    let refused: Vec<ferry_proto::session::Refused> = by_reason
+        .into_iter()
+        .map(|(code, readings)| ferry_proto::session::Refused { code, readings })
+        .collect();
+    let record = crate::cluster::Record {
+        agent: agent.to_string(),
+        remote: remote.to_string(),
+        now_ns: now,
+        body: crate::cluster::RecordBody::Batch(batch),
+    };
+    match crate::cluster::publish(log, &shared.metrics, &record).await {
+        Ok(_) => {
+            shared.metrics.batch("stored", 0, readings);
+            shared.metrics.refused(&refused);
+            Ack::stored_refusing(seq, refused)
+        }
+        Err(e) => {
+            shared.metrics.batch("rejected", reason::STORAGE, 0);
+            Ack::rejected(
+                seq,
+                reason::STORAGE,
+                format!("the log did not take it: {e}"),
+            )
+        }
+    }
 }

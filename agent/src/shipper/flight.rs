@@ -528,6 +528,8 @@ mod tests {
                 .with_no_client_auth();
         ShipperConfig {
             address: SocketAddr::from(([127, 0, 0, 1], 1)),
+            fallbacks: Vec::new(),
+            fail_back_after: Duration::from_secs(300),
             server_name: "collector".into(),
             tls: Arc::new(tls),
             max_in_flight_bytes,

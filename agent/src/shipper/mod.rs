@@ -20,10 +20,13 @@
 //! - [`flight`]: every decision above, as the sans-IO state machine
 //!   [`Flight`] (hello and welcome, the window, answers, pauses, backoff),
 //!   tested with a fake clock and no sockets.
+//! - [`failover`]: which collector address to connect to (the first, its
+//!   fallbacks, and back), the sans-IO [`Failover`].
 //! - this module: the tokio driver — QUIC connection, one task per batch
 //!   stream, the writer's channel, sleeping until the machine's deadlines.
 //! - `tls`: the client TLS configuration from the enrolled bundle.
 
+pub mod failover;
 pub mod flight;
 pub mod status;
 mod tls;
@@ -38,6 +41,7 @@ use ferry_proto::stream::{FrameHeader, FrameType, HEADER_LEN};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+pub use self::failover::Failover;
 pub use self::flight::{CollectorTerms, Flight, ProtocolError, Terms};
 pub use self::tls::{TlsError, client_tls, tls_provider};
 use crate::journal::StoredBatch;
@@ -51,8 +55,14 @@ const LOOK_EVERY: Duration = Duration::from_millis(200);
 /// Where and how to ship.
 #[derive(Debug, Clone)]
 pub struct ShipperConfig {
-    /// Collector QUIC address.
+    /// Collector QUIC address (the primary).
     pub address: SocketAddr,
+    /// Other collectors' addresses, tried in order when the primary cannot
+    /// be reached (cluster mode, docs/cluster.md).
+    pub fallbacks: Vec<SocketAddr>,
+    /// How long a session with a fallback lasts before the primary is
+    /// tried again.
+    pub fail_back_after: Duration,
     /// Name the collector's certificate is checked against.
     pub server_name: String,
     /// TLS client configuration (CA, client certificate, ALPN).
@@ -129,6 +139,8 @@ enum SessionError {
     Task(#[from] tokio::task::JoinError),
     #[error("writer stopped")]
     WriterGone,
+    #[error("leaving a fallback collector for the first one")]
+    FailBack,
 }
 
 async fn read_frame(
@@ -165,13 +177,20 @@ pub async fn run_with_clock(
         return;
     };
     let mut flight = Flight::new(&config, metrics, clock.now_ns() as u64);
+    let addresses: Vec<SocketAddr> = std::iter::once(config.address)
+        .chain(config.fallbacks.iter().copied())
+        .collect();
+    let mut failover = Failover::new(addresses.len(), config.fail_back_after);
     while !*shutdown.borrow() {
         flight.handle_connecting();
+        let address = addresses[failover.current()];
         let result = session(
             &endpoint,
             &config,
+            address,
             &writer,
             &mut flight,
+            &mut failover,
             &*clock,
             &mut shutdown,
         )
@@ -182,12 +201,23 @@ pub async fn run_with_clock(
                 flight.handle_closed();
                 break;
             }
+            Err(SessionError::FailBack) => {
+                flight.handle_closed();
+                failover.handle_fail_back();
+                tracing::info!(collector = %address, primary = %config.address, "going back to the first collector");
+            }
             Err(e) => {
                 let now = clock.now_ns();
-                let delay = ferry_clock::until(now, flight.handle_disconnect(now));
-                tracing::warn!(collector = %config.address, error = %e, retry_in = ?delay, "collector unreachable");
+                let backoff = ferry_clock::until(now, flight.handle_disconnect(now));
+                let at_once = failover.handle_failed(now);
+                let next = addresses[failover.current()];
+                if at_once {
+                    tracing::warn!(collector = %address, error = %e, next = %next, "collector unreachable; trying the next");
+                    continue;
+                }
+                tracing::warn!(collector = %address, error = %e, retry_in = ?backoff, "collector unreachable");
                 tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
+                    _ = tokio::time::sleep(backoff) => {}
                     _ = shutdown.changed() => {}
                 }
             }
@@ -270,23 +300,26 @@ async fn to_writer(flight: &mut Flight, writer: &WriterHandle) -> Result<(), Ses
     Ok(())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn session(
     endpoint: &quinn::Endpoint,
     config: &ShipperConfig,
+    address: SocketAddr,
     writer: &WriterHandle,
     flight: &mut Flight,
+    failover: &mut Failover,
     clock: &dyn Clock,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<(), SessionError> {
-    let conn = endpoint
-        .connect(config.address, &config.server_name)?
-        .await?;
+    let conn = endpoint.connect(address, &config.server_name)?.await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&flight.hello_frame()?).await?;
     let (header, body) = read_frame(&mut recv, ferry_proto::stream::DEFAULT_MAX_FRAME).await?;
     let welcome = flight.handle_welcome(clock.now_ns(), header.frame_type, &body)?;
     config.terms.send_replace(flight.collector_terms().cloned());
-    tracing::info!(collector = %config.address, version = %welcome.collector_version, "connected");
+    tracing::info!(collector = %address, version = %welcome.collector_version, "connected");
+    failover.handle_welcomed();
+    let fail_back = failover.poll_fail_back();
     let terms = flight.terms().expect("welcomed");
     // The control stream carries the agent's status reports when the
     // collector asks for them; otherwise it is finished here.
@@ -329,7 +362,22 @@ async fn session(
             }
         };
         let sealed = writer.sealed.notified();
+        let fail_back_at = async move {
+            match fail_back {
+                Some(at) => tokio::time::sleep(ferry_clock::until(clock.now_ns(), at)).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = fail_back_at => {
+                // Finish what is in flight here (acks delete it), then go.
+                while let Some(Ok(Ok(a))) = tasks.join_next().await {
+                    let _ = flight.handle_answer(clock.now_ns(), a.seq, a.frame, &a.body, a.wire, a.latency);
+                }
+                to_writer(flight, writer).await?;
+                conn.close(0u32.into(), b"going back to the first collector");
+                return Err(SessionError::FailBack);
+            }
             Some(done) = tasks.join_next() => {
                 let mut results = vec![done];
                 while let Some(more) = tasks.try_join_next() {

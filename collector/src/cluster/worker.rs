@@ -1,0 +1,346 @@
+//! A worker's consume loop: records come from its durable consumer in log
+//! order, go to the store's writer in that order (so group commits form as
+//! in single-process mode), and each is acked once the writer has answered
+//! after its durable commit.
+//!
+//! **Promises.** A worker never applies the agent's `resolved_below`
+//! promise (in a Hello or a batch): it is about what the *front end* acked,
+//! which the log holds but this worker may not have committed yet — a
+//! record taken before a crash, or asked for again after a failed commit,
+//! comes again *after* later records. Resolving everything below the
+//! promise then would turn that redelivery into a "duplicate" and lose it.
+//! The dedupe ranges still merge as batches are stored; a batch a front end
+//! refused for good leaves a gap range on the workers, bounded by
+//! `limits.max_dedupe_ranges` (docs/cluster.md).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferry_proto::session::reason;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
+
+use super::log::{Delivery, Log, LogStatus};
+use super::{Record, RecordBody};
+use crate::ingest::{self, BadInput};
+use crate::server::Shared;
+use crate::store::{Applied, SessionOutcome, SessionRequest};
+use crate::writer::Command;
+
+/// How long a record whose commit failed waits before it comes again.
+const RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// At most one warning about the log per this interval.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// Warnings about the log, at most one per [`WARN_EVERY`] (with the count
+/// of those left out).
+struct Warn {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Warn {
+    fn new() -> Self {
+        Self {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, message: &dyn std::fmt::Display) {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < WARN_EVERY)
+        {
+            self.suppressed += 1;
+            return;
+        }
+        self.last = Some(now);
+        let suppressed = std::mem::take(&mut self.suppressed);
+        tracing::warn!(suppressed, "cluster: {message}");
+    }
+}
+
+fn count(shared: &Shared, kind: &'static str, outcome: &'static str) {
+    shared
+        .metrics
+        .cluster_records
+        .get_or_create(&vec![
+            ("role", "worker".to_owned()),
+            ("kind", kind.to_owned()),
+            ("outcome", outcome.to_owned()),
+        ])
+        .inc();
+}
+
+/// Consumes `name` until `stop`, reopening the consumer after errors.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    log: Arc<dyn Log>,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut warn = Warn::new();
+    let limit = shared.config.storage.max_batches_per_commit.max(1) * 2;
+    let mut inflight: JoinSet<()> = JoinSet::new();
+    'open: loop {
+        let consumer = tokio::select! {
+            _ = crate::stopped(&mut stop) => break 'open,
+            c = log.consumer(&name) => c,
+        };
+        let mut consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                warn.warn(&e);
+                tokio::select! {
+                    _ = crate::stopped(&mut stop) => break 'open,
+                    _ = tokio::time::sleep(RETRY_DELAY) => continue 'open,
+                }
+            }
+        };
+        tracing::info!(consumer = %name, "cluster worker consuming");
+        loop {
+            tokio::select! {
+                _ = crate::stopped(&mut stop) => break 'open,
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+                d = consumer.next(), if inflight.len() < limit => match d {
+                    Ok(d) => {
+                        let d: Arc<dyn Delivery> = Arc::from(d);
+                        if let Some(job) = submit(&shared, d).await {
+                            inflight.spawn(job);
+                        }
+                    }
+                    Err(e) => {
+                        warn.warn(&e);
+                        // The stream of deliveries is reopened by the
+                        // next call; a lost consumer by the outer loop.
+                        tokio::select! {
+                            _ = crate::stopped(&mut stop) => break 'open,
+                            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        }
+                        if !log.connected() {
+                            continue 'open;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Records handed to the writer are committed and acked (or come again).
+    while inflight.join_next().await.is_some() {}
+}
+
+/// Hands one record to the writer; the returned future waits for its
+/// commit and acks it. `None`: the record was settled here (acked).
+async fn submit(
+    shared: &Arc<Shared>,
+    d: Arc<dyn Delivery>,
+) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+    let record = match Record::decode(d.payload()) {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing any worker could do with it: counted, acked.
+            count(shared, "unknown", "undecodable");
+            shared.metrics.bad(
+                BadInput::MalformedMessage,
+                &format_args!("cluster record undecodable: {e}"),
+            );
+            let _ = d.ack().await;
+            return None;
+        }
+    };
+    let agent: Arc<str> = Arc::from(record.agent.as_str());
+    let kind = record.kind();
+    enum Waiting {
+        Session(oneshot::Receiver<Result<SessionOutcome, String>>),
+        Batch(oneshot::Receiver<crate::writer::BatchReply>, u64, u64, u64),
+    }
+    let waiting = match &record.body {
+        RecordBody::Session { epoch, .. } => {
+            let (tx, rx) = oneshot::channel();
+            let cmd = Command::Session {
+                session: SessionRequest {
+                    agent: agent.clone(),
+                    epoch: *epoch,
+                    // Not applied here (module docs, "Promises").
+                    resolved_below: 0,
+                },
+                reply: tx,
+            };
+            if shared.writer.send(cmd).await.is_err() {
+                return None;
+            }
+            Waiting::Session(rx)
+        }
+        RecordBody::Batch(batch) => {
+            // The front end's clock: the same readings pass as there.
+            let mut prepared = match ingest::prepare(
+                &agent,
+                &record.remote,
+                batch,
+                &shared.config.limits,
+                record.now_ns,
+            ) {
+                Ok(p) => p,
+                Err(r) => {
+                    // The front end acked it stored: a worker whose limits
+                    // differ refuses it, counted here.
+                    count(shared, kind, "rejected");
+                    shared.metrics.batch("rejected", r.code, 0);
+                    shared.metrics.bad(
+                        r.kind,
+                        &format_args!(
+                            "cluster record {}: refused by this worker's limits: {}",
+                            record.id(),
+                            r.reason
+                        ),
+                    );
+                    let _ = d.ack().await;
+                    return None;
+                }
+            };
+            // Not applied here (module docs, "Promises").
+            prepared.resolved_below = 0;
+            if shared.bus.wait_for_room().await {
+                shared.metrics.backpressure_waits.inc();
+            }
+            let (seq, epoch, readings) = (batch.seq, batch.epoch, batch.reading_count() as u64);
+            let (tx, rx) = oneshot::channel();
+            let cmd = Command::Batch {
+                batch: prepared,
+                reply: tx,
+            };
+            if shared.writer.send(cmd).await.is_err() {
+                return None;
+            }
+            Waiting::Batch(rx, seq, epoch, readings)
+        }
+    };
+    let shared = shared.clone();
+    Some(async move {
+        let settled = match waiting {
+            Waiting::Session(rx) => {
+                let Ok(outcome) = rx.await else { return };
+                match outcome {
+                    Ok(SessionOutcome::Recorded {
+                        previous_epoch: Some(_),
+                        ..
+                    }) => {
+                        shared.metrics.journal_resets.inc();
+                        Some("stored")
+                    }
+                    Ok(SessionOutcome::Recorded { .. }) => Some("stored"),
+                    Ok(SessionOutcome::TooManyEpochs(n)) => {
+                        shared.metrics.bad(
+                            BadInput::DedupeFull,
+                            &format_args!(
+                                "agent {agent}: {n} journal epochs, the limit (limits.max_epochs_per_agent)"
+                            ),
+                        );
+                        Some("rejected")
+                    }
+                    Err(e) => {
+                        tracing::warn!(agent = &*agent, "cluster: recording a session: {e}");
+                        None
+                    }
+                }
+            }
+            Waiting::Batch(rx, seq, epoch, readings) => {
+                let Ok(outcome) = rx.await else { return };
+                match outcome {
+                    Ok(Applied::Stored { readings, refused }) => {
+                        shared.metrics.batch("stored", 0, readings);
+                        shared.metrics.refused(&refused);
+                        Some("stored")
+                    }
+                    Ok(Applied::Duplicate) => {
+                        shared.metrics.batch("duplicate", 0, readings);
+                        Some("duplicate")
+                    }
+                    Ok(Applied::Rejected { code, reason }) => {
+                        shared.metrics.batch("rejected", code, 0);
+                        shared.metrics.bad(
+                            if code == reason::DEDUPE_FULL {
+                                BadInput::DedupeFull
+                            } else {
+                                BadInput::InvalidBatch
+                            },
+                            &format_args!(
+                                "agent {agent} epoch {epoch:016x} batch {seq}: refused by the store: {reason}"
+                            ),
+                        );
+                        Some("rejected")
+                    }
+                    Err(e) => {
+                        shared.metrics.batch("rejected", reason::STORAGE, 0);
+                        tracing::warn!(
+                            agent = &*agent,
+                            seq,
+                            "cluster: commit failed, the record comes again: {e}"
+                        );
+                        None
+                    }
+                }
+            }
+        };
+        match settled {
+            Some(outcome) => {
+                count(&shared, kind, outcome);
+                // An ack lost here only means a redelivery, which the
+                // dedupe entry answers.
+                if let Err(e) = d.ack().await {
+                    tracing::debug!("cluster: {e}");
+                }
+            }
+            None => {
+                count(&shared, kind, "retried");
+                let _ = d.retry_later(RETRY_DELAY).await;
+            }
+        }
+    })
+}
+
+/// Refreshes the cluster gauges on `/metrics` every `every` until `stop`.
+pub(crate) async fn watch_status(
+    shared: Arc<Shared>,
+    log: Arc<dyn Log>,
+    every: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        shared
+            .metrics
+            .cluster_connected
+            .set(u64::from(log.connected()));
+        let status = tokio::select! {
+            _ = crate::stopped(&mut stop) => return,
+            s = log.status() => s,
+        };
+        if let Ok(s) = status {
+            set_gauges(&shared.metrics, &s);
+        }
+    }
+}
+
+fn set_gauges(metrics: &crate::metrics::Metrics, s: &LogStatus) {
+    for c in &s.consumers {
+        for (state, v) in [("pending", c.pending), ("ack_pending", c.ack_pending)] {
+            metrics
+                .cluster_consumer_records
+                .get_or_create(&vec![
+                    ("stream", s.stream.clone()),
+                    ("consumer", c.name.clone()),
+                    ("state", state.to_owned()),
+                ])
+                .set(v);
+        }
+    }
+}
