@@ -9,7 +9,7 @@ use ferry_collector::auth::Role;
 
 use ferry_collector::report::{self, Format};
 
-use crate::Location;
+use crate::cli_args::Location;
 
 /// A token's role, as the command line names it.
 #[derive(Clone, Copy, Debug, ValueEnum)]
