@@ -66,7 +66,7 @@ pub mod health {
     pub const DROPPED_REJECTED: u16 = 6;
     /// Readings a source handed to the agent's journal (journaled, or
     /// dropped as late), sent periodically: they equal what the collector
-    /// stored plus kinds 1, 3 and 6, so every reading is accounted for.
+    /// stored plus kinds 1, 3, 6 and 10, so every reading is accounted for.
     pub const RECEIVED: u16 = 7;
     /// Readings the agent refused at ingest because their timestamp was
     /// outside the collector's accepted window (announced in Welcome, or
@@ -78,15 +78,18 @@ pub mod health {
     /// receive buffer was full (`/proc/net/udp`'s `drops`), counted for the
     /// source's name: datagrams, not readings (each may hold many lines).
     pub const DROPPED_KERNEL: u16 = 9;
-    /// Reserved for readings in a corrupt journal the agent moved aside
-    /// that could not be read back. This version does not send it: a
-    /// quarantined journal's contents are not salvaged yet (the agent logs
-    /// the quarantine and starts a new journal epoch).
+    /// Readings in a corrupt journal the agent moved aside that could not
+    /// be read back: the journal's ledger file (kept beside it) says how
+    /// many readings it held; the batches still readable in its bytes are
+    /// shipped with their own epoch and seq, and the rest is counted here,
+    /// under the origin `journal` (which source or device they came from
+    /// was in the unreadable part).
     pub const DROPPED_CORRUPT_JOURNAL: u16 = 10;
-    /// Readings of a new series the agent refused because its memory budget
-    /// (series-key caches, connection buffers, window state) had no room
-    /// for the series (agent `[agent] memory_budget`). Not handed to the
-    /// journal, so not in kind 7.
+    /// Readings of a new aggregated series the agent refused because its
+    /// memory budget (agent `[agent] memory_budget`) had no room for the
+    /// series' window state. Not handed to the journal, so not in kind 7.
+    /// (Line-protocol series that do not fit in the series-key caches are
+    /// parsed uncached, never refused.)
     pub const DROPPED_MEMORY_BUDGET: u16 = 11;
     /// String fields of accepted line protocol lines that a source skipped
     /// (Ferry stores numbers; the line's numeric fields were kept). Not a

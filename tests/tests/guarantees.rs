@@ -649,3 +649,132 @@ async fn newest_first_with_a_backlog_beyond_the_dedupe_state_loses_nothing() {
     );
     collector.stop().await;
 }
+
+/// Offsets of the stored zstd batches in a journal file (`[codec 1]`
+/// followed by zstd's frame magic).
+fn batch_offsets(bytes: &[u8]) -> Vec<usize> {
+    bytes
+        .windows(5)
+        .enumerate()
+        .filter(|(_, w)| *w == [1, 0x28, 0xb5, 0x2f, 0xfd])
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// An agent whose journal holds `N` readings of `m1` (none shipped: the
+/// collector is not up) is killed, its journal damaged by `damage`, and
+/// started again with the collector up: the journal is quarantined, what is
+/// readable in it is stored, what is not is counted as `corrupt_journal`
+/// at the collector, and readings sent after the restart are stored.
+async fn a_damaged_journal_is_salvaged(damage: fn(&Path)) {
+    const N: usize = 5_000;
+    const AFTER: usize = 1_000;
+    let site = Site::new();
+    let dir = site.dir.path();
+    let (influx, admin) = (free_tcp_port(), free_tcp_port());
+    let config = site.agent_config(&format!(
+        "\n[agent]\ndata_dir = \"data\"\nhealth_interval = \"100ms\"\n\n\
+         [admin]\nlisten = \"{admin}\"\n\n\
+         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
+         [journal]\nbatch_max_readings = 500\n\n\
+         [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
+    ));
+    let agent = run_agent(&config, admin, &dir.join("agent.log")).await;
+    let t0 = now_ms() - 600_000;
+    let send = |device: &'static str, n: usize| async move {
+        let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
+        let text: String = (0..n)
+            .map(|i| format!("flow,device={device} litres={i} {}\n", t0 + i as i64))
+            .collect();
+        tcp.write_all(text.as_bytes()).await.unwrap();
+        tcp.shutdown().await.unwrap();
+    };
+    send("m1", N).await;
+    until("every reading sealed in the outbox", || async {
+        metric(admin, "ferry_agent_outbox_readings").await == Some(N as u64)
+    })
+    .await;
+    agent.kill9();
+    let journal = site.bundle.join("data/journal.redb");
+    let ledger = std::fs::read_to_string(site.bundle.join("data/journal.redb.ledger")).unwrap();
+    assert!(ledger.contains(&format!("\nheld {N}\n")), "{ledger}");
+    damage(&journal);
+
+    let collector = site.start_collector().await;
+    let _agent = run_agent(&config, admin, &dir.join("agent2.log")).await;
+    send("m2", AFTER).await;
+    until("the readings sent after the restart stored", || async {
+        stored_per_device(&site, "flow_litres").await.get("m2") == Some(&AFTER)
+    })
+    .await;
+    until("every reading of the old journal stored or counted", || async {
+        let stored = stored_per_device(&site, "flow_litres")
+            .await
+            .get("m1")
+            .copied()
+            .unwrap_or(0) as u64;
+        stored + dropped(&drop_rows(&site).await, "journal", "corrupt_journal") == N as u64
+    })
+    .await;
+    let stored = stored_per_device(&site, "flow_litres").await;
+    let rows = drop_rows(&site).await;
+    let lost = dropped(&rows, "journal", "corrupt_journal");
+    eprintln!("salvaged: {:?} stored, {lost} counted as corrupt_journal", stored.get("m1"));
+    assert!(lost > 0, "the damage cost readings: {rows:?}");
+    assert!(stored.get("m1").is_some_and(|&m1| m1 > 0), "some were salvaged");
+    let other: u64 = rows
+        .iter()
+        .filter(|r| r.reason != "corrupt_journal")
+        .filter(|r| ferry_proto::health::is_dropped(kind_of(&r.reason)))
+        .map(|r| r.readings)
+        .sum();
+    assert_eq!(other, 0, "nothing else dropped: {rows:?}");
+    let log = std::fs::read_to_string(dir.join("agent2.log")).unwrap();
+    assert!(log.contains("salvaged the quarantined journal"), "{log}");
+    let aside = std::fs::read_dir(site.bundle.join("data"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("journal.redb.corrupt-") && !name.ends_with(".ledger")
+        })
+        .count();
+    assert_eq!(aside, 1);
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_journal_is_salvaged_and_the_rest_counted() {
+    a_damaged_journal_is_salvaged(|journal| {
+        // Cut in the middle of the stored batches: those before the cut are
+        // whole, the one cut and those after it are gone.
+        let bytes = std::fs::read(journal).unwrap();
+        let at = batch_offsets(&bytes);
+        assert!(at.len() >= 4, "batches in the journal: {at:?}");
+        let cut = at[at.len() / 2] + 100;
+        let f = std::fs::OpenOptions::new().write(true).open(journal).unwrap();
+        f.set_len(cut as u64).unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bit_flipped_journal_is_salvaged_and_the_rest_counted() {
+    a_damaged_journal_is_salvaged(|journal| {
+        // One bit inside one stored batch, and one in the file's header
+        // (redb's magic number): the file is not a journal any more.
+        let mut bytes = std::fs::read(journal).unwrap();
+        let at = batch_offsets(&bytes);
+        assert!(at.len() >= 4, "batches in the journal: {at:?}");
+        let original = bytes[at[1]..at[1] + 200].to_vec();
+        for &a in &at {
+            // Every copy redb left of that batch.
+            if bytes.get(a..a + 200) == Some(&original[..]) {
+                bytes[a + 100] ^= 0x10;
+            }
+        }
+        bytes[0] ^= 0x01;
+        std::fs::write(journal, bytes).unwrap();
+    })
+    .await;
+}

@@ -23,10 +23,11 @@
 //!
 //! **Memory** ([`limits`](crate::limits)): with a budget on the
 //! [`Intake`], each connection's series-key cache and read buffer are
-//! charged to it; a line of a new series that does not fit is refused and
-//! its readings counted per origin as
-//! [`health::DROPPED_MEMORY_BUDGET`] (`readings_refused_total`). A waiting
-//! connection evicts its cache as soon as the budget asks.
+//! charged to it; a line of a new series that does not fit is parsed
+//! without caching its series (its readings are kept;
+//! `lines_uncached_total` counts such lines), so a full cache costs parsing
+//! time, never readings. A waiting connection evicts its cache as soon as
+//! the budget asks.
 //!
 //! **UDP** ([`run_udp`]): each datagram is a chunk, handed over with
 //! [`Intake::try_submit`]: a sender cannot be slowed, so when the queue is
@@ -152,7 +153,7 @@ pub struct SourceStats {
     connections: AtomicU64,
     connections_open: AtomicU64,
     dropped_readings: AtomicU64,
-    readings_refused: AtomicU64,
+    lines_uncached: AtomicU64,
     connections_evicted: AtomicU64,
     idle_timeouts: AtomicU64,
     line_timeouts: AtomicU64,
@@ -170,7 +171,7 @@ impl Default for SourceStats {
             connections: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             dropped_readings: AtomicU64::new(0),
-            readings_refused: AtomicU64::new(0),
+            lines_uncached: AtomicU64::new(0),
             connections_evicted: AtomicU64::new(0),
             idle_timeouts: AtomicU64::new(0),
             line_timeouts: AtomicU64::new(0),
@@ -213,9 +214,10 @@ impl SourceStats {
         self.dropped_readings.load(Ordering::Relaxed)
     }
 
-    /// Readings refused by the memory budget (health kind 11).
-    pub fn readings_refused(&self) -> u64 {
-        self.readings_refused.load(Ordering::Relaxed)
+    /// Lines parsed without caching their series: the memory budget had
+    /// no room for it (their readings were kept).
+    pub fn lines_uncached(&self) -> u64 {
+        self.lines_uncached.load(Ordering::Relaxed)
     }
     /// TCP connections closed at the connection limit (the idlest).
     pub fn connections_evicted(&self) -> u64 {
@@ -241,7 +243,7 @@ impl SourceStats {
     /// for `lines_accepted_total`, `readings_accepted_total`,
     /// `lines_rejected_total`, `string_fields_skipped_total`, `bytes_total`,
     /// `connections_total`, `connections_open`, `dropped_readings_total`,
-    /// `readings_refused_total`, `connections_evicted_total`,
+    /// `lines_uncached_total`, `connections_evicted_total`,
     /// `idle_timeouts_total` and `line_timeouts_total`.
     pub fn render_prometheus(&self, source: &str, out: &mut String) {
         let source = source.replace('\\', r"\\").replace('"', "\\\"");
@@ -254,7 +256,7 @@ impl SourceStats {
             ("connections_total", self.connections()),
             ("connections_open", self.connections_open()),
             ("dropped_readings_total", self.dropped_readings()),
-            ("readings_refused_total", self.readings_refused()),
+            ("lines_uncached_total", self.lines_uncached()),
             ("connections_evicted_total", self.connections_evicted()),
             ("idle_timeouts_total", self.idle_timeouts()),
             ("line_timeouts_total", self.line_timeouts()),
@@ -414,24 +416,19 @@ fn parse_pieces(
     parser.finish()
 }
 
-/// The work for a chunk: its readings, its rejected-line count and its
-/// readings refused by the memory budget.
+/// The work for a chunk: its readings and its rejected-line count.
 fn chunk_work(parsed: Parsed, cfg: &InfluxConfig) -> Work {
     parsed_work(parsed, &cfg.name)
 }
 
 /// The journal work for parsed line protocol from the source `source`: its
-/// readings; readings refused by the memory budget (per origin), rejected
-/// lines and skipped string fields as health records. Every line-protocol
+/// readings; rejected lines and skipped string fields as health records. Every line-protocol
 /// input (TCP, UDP, HTTP) hands its chunks over through this.
 pub(super) fn parsed_work(parsed: Parsed, source: &str) -> Work {
     let mut work = Work {
         readings: parsed.readings,
         ..Work::default()
     };
-    for (origin, n) in parsed.refused {
-        work.health.push((origin, health::DROPPED_MEMORY_BUDGET, n));
-    }
     if !parsed.errors.is_empty() {
         work.health.push((
             source.to_owned(),
@@ -654,9 +651,9 @@ impl Connection {
     /// Hands a chunk to the journal, retrying while it is refused; false
     /// when the agent is stopping.
     async fn submit(&mut self, parsed: Parsed) -> bool {
-        let refused: u64 = parsed.refused.iter().map(|(_, n)| n).sum();
-        if refused > 0 {
-            self.stats.add(&self.stats.readings_refused, refused);
+        if parsed.lines_uncached > 0 {
+            self.stats
+                .add(&self.stats.lines_uncached, parsed.lines_uncached);
         }
         let rejected = parsed.errors.len() as u64;
         if rejected > 0 {

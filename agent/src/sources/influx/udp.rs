@@ -97,9 +97,9 @@ impl Udp<'_> {
             self.warn
                 .rejected(now, &self.cfg.name, peer, &parsed.errors);
         }
-        let refused: u64 = parsed.refused.iter().map(|(_, n)| n).sum();
-        if refused > 0 {
-            self.stats.add(&self.stats.readings_refused, refused);
+        if parsed.lines_uncached > 0 {
+            self.stats
+                .add(&self.stats.lines_uncached, parsed.lines_uncached);
         }
         self.stats
             .string_fields_skipped

@@ -1,0 +1,239 @@
+//! Salvaging a quarantined journal: the batches still readable in its
+//! bytes are shipped as they are (their body keeps the old journal's epoch
+//! and seq, so the collector deduplicates them as what they are), and the
+//! readings that cannot be found are counted as dropped (health kind 10,
+//! `corrupt_journal`), so the ledger still closes.
+//!
+//! What the journal held is known from its ledger file
+//! ([`ledger_path`]), which the writer rewrites after every commit that
+//! changes it: the journal's epoch, the readings it holds and its outbox
+//! sequences. A corrupt redb file cannot be trusted to say that itself.
+//!
+//! The batches are found by scanning the file's bytes for stored batches
+//! (`[codec 1][zstd frame]`; redb keeps a value's bytes contiguous): a
+//! frame that decompresses (its content checksum holds), decodes as a batch
+//! of the ledger's epoch and carries a sequence the outbox held is
+//! salvaged. Pages redb freed may hold older copies of batches already
+//! delivered: the ledger's outbox leaves them out. Readings in the batch
+//! being filled, in open windows or in batches that do not survive are the
+//! ones counted as lost.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use ferry_proto::batch::Batch;
+use ferry_proto::codec;
+use ferry_proto::stream::compression;
+
+use crate::journal::{Ledger, SalvagedBatch};
+
+/// The ledger file of the journal at `journal`: `<journal>.ledger`.
+pub fn ledger_path(journal: &Path) -> PathBuf {
+    let mut name = journal.as_os_str().to_owned();
+    name.push(".ledger");
+    PathBuf::from(name)
+}
+
+const MAGIC: &str = "ferry-journal-ledger 1";
+
+/// `ledger` as the file's text.
+pub fn encode_ledger(ledger: &Ledger) -> String {
+    let ranges: Vec<String> = ledger
+        .outbox
+        .iter()
+        .map(|(a, b)| format!("{a}-{b}"))
+        .collect();
+    format!(
+        "{MAGIC}\nepoch {}\nheld {}\noutbox {}\nend\n",
+        ledger.epoch,
+        ledger.held,
+        ranges.join(" ")
+    )
+}
+
+/// The ledger in `text`; `None` if it is not a whole ledger file.
+pub fn decode_ledger(text: &str) -> Option<Ledger> {
+    let mut lines = text.lines();
+    if lines.next()? != MAGIC {
+        return None;
+    }
+    let value = |line: Option<&str>, key: &str| -> Option<String> {
+        Some(line?.strip_prefix(key)?.strip_prefix(' ')?.to_owned())
+    };
+    let epoch = value(lines.next(), "epoch")?.parse().ok()?;
+    let held = value(lines.next(), "held")?.parse().ok()?;
+    let outbox = lines.next()?.strip_prefix("outbox")?;
+    let mut ranges = Vec::new();
+    for r in outbox.split_whitespace() {
+        let (a, b) = r.split_once('-')?;
+        ranges.push((a.parse().ok()?, b.parse().ok()?));
+    }
+    (lines.next()? == "end").then_some(Ledger {
+        epoch,
+        held,
+        outbox: ranges,
+    })
+}
+
+/// Writes `ledger` to `path` whole: a temporary file renamed over it, so a
+/// crash leaves the old ledger or the new one. Not synced: it is as
+/// durable as the page cache (a process crash keeps it; see the README on
+/// what a power loss can cost).
+pub fn write_ledger(path: &Path, ledger: &Ledger) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, encode_ledger(ledger))?;
+    std::fs::rename(&tmp, path)
+}
+
+/// The ledger at `path`, if there is a whole one.
+pub fn read_ledger(path: &Path) -> Option<Ledger> {
+    decode_ledger(&std::fs::read_to_string(path).ok()?)
+}
+
+/// What was found in a quarantined journal.
+#[derive(Debug, Default)]
+pub struct Salvage {
+    /// Batches to ship, by the seq their body carries.
+    pub batches: Vec<SalvagedBatch>,
+    /// Readings in them.
+    pub readings: u64,
+    /// Readings the ledger says the journal held that were not found.
+    pub lost: u64,
+}
+
+/// zstd's frame magic, little-endian.
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// Largest decoded batch accepted.
+const MAX_PLAIN: usize = ferry_proto::stream::DEFAULT_MAX_FRAME as usize;
+/// Bytes read per step of the scan.
+const CHUNK: usize = 4 << 20;
+
+/// Scans the journal file at `path` for the batches `ledger` says it held.
+pub fn scan(path: &Path, ledger: &Ledger) -> std::io::Result<Salvage> {
+    let mut file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    let mut found: BTreeMap<u64, SalvagedBatch> = BTreeMap::new();
+    let mut chunk = vec![0u8; CHUNK];
+    let mut offset = 0u64;
+    while offset < len {
+        file.seek(SeekFrom::Start(offset))?;
+        let n = read_full(&mut file, &mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        let window = &chunk[..n];
+        // Candidates start in this chunk (a frame may run past it: it is
+        // read again from its start).
+        let mut i = 1;
+        while i + ZSTD_MAGIC.len() <= n {
+            if window[i..i + 4] == ZSTD_MAGIC && window[i - 1] == compression::ZSTD {
+                let at = offset + i as u64;
+                if let Some(b) = batch_at(&mut file, at, len, ledger)? {
+                    found.entry(b.wire_seq).or_insert(b);
+                }
+            }
+            i += 1;
+        }
+        // Overlap by the codec byte and the magic.
+        offset += (n as u64).saturating_sub(4).max(1);
+    }
+    let batches: Vec<SalvagedBatch> = found.into_values().collect();
+    let readings = batches.iter().map(|b| b.readings).sum::<u64>();
+    Ok(Salvage {
+        lost: ledger.held.saturating_sub(readings),
+        readings,
+        batches,
+    })
+}
+
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// The batch whose zstd frame starts at `at`, if it is whole, of the
+/// ledger's epoch and held by its outbox.
+fn batch_at(
+    file: &mut std::fs::File,
+    at: u64,
+    len: u64,
+    ledger: &Ledger,
+) -> std::io::Result<Option<SalvagedBatch>> {
+    // Read enough for the frame: start small, grow while it is cut short.
+    let remaining = len - at;
+    let mut want = 64 * 1024usize;
+    loop {
+        let have = remaining.min(want as u64) as usize;
+        let mut buf = vec![0u8; have];
+        file.seek(SeekFrom::Start(at))?;
+        let n = read_full(file, &mut buf)?;
+        buf.truncate(n);
+        match zstd::zstd_safe::find_frame_compressed_size(&buf) {
+            Ok(size) if size <= buf.len() => {
+                buf.truncate(size);
+                return Ok(decode(buf, ledger));
+            }
+            _ if n as u64 >= remaining || want >= MAX_PLAIN => return Ok(None),
+            _ => want *= 4,
+        }
+    }
+}
+
+fn decode(frame: Vec<u8>, ledger: &Ledger) -> Option<SalvagedBatch> {
+    let plain = zstd::bulk::decompress(&frame, MAX_PLAIN).ok()?;
+    let batch: Batch = codec::from_bytes("Batch", &plain).ok()?;
+    if batch.epoch != ledger.epoch || !ledger.holds(batch.seq) {
+        return None;
+    }
+    let readings =
+        batch.reading_count() as u64 + batch.aggregates.iter().map(|a| a.count).sum::<u64>();
+    let mut row = Vec::with_capacity(frame.len() + 1);
+    row.push(compression::ZSTD);
+    row.extend_from_slice(&frame);
+    Some(SalvagedBatch {
+        wire_seq: batch.seq,
+        row,
+        readings,
+        created_ns: batch.created_ns,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ledger_round_trips_and_a_torn_one_is_refused() {
+        let l = Ledger {
+            epoch: 77,
+            held: 1234,
+            outbox: vec![(3, 9), (11, 11)],
+        };
+        let text = encode_ledger(&l);
+        assert_eq!(
+            text,
+            "ferry-journal-ledger 1\nepoch 77\nheld 1234\noutbox 3-9 11-11\nend\n"
+        );
+        assert_eq!(decode_ledger(&text), Some(l.clone()));
+        assert!(l.holds(3) && l.holds(9) && l.holds(11));
+        assert!(!l.holds(2) && !l.holds(10) && !l.holds(12));
+        for cut in 0..text.len() - 1 {
+            assert_eq!(decode_ledger(&text[..cut]), None, "{cut}");
+        }
+        let empty = Ledger {
+            epoch: 1,
+            held: 0,
+            outbox: Vec::new(),
+        };
+        assert_eq!(decode_ledger(&encode_ledger(&empty)), Some(empty));
+    }
+}
