@@ -24,6 +24,8 @@ const FAILSAFE: Duration = Duration::from_secs(60);
 fn config() -> InfluxConfig {
     InfluxConfig {
         name: "lp".into(),
+        // Connection closes are journaled when the source stops only.
+        closes_period: Duration::from_secs(3600),
         ..InfluxConfig::default()
     }
 }
@@ -105,6 +107,26 @@ impl Source {
     async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.expect("the source task does not panic");
+    }
+
+    /// Stops the source, committing (answering) what it submits as it
+    /// stops; returns that work.
+    async fn stop_answering(self, rx: &mut mpsc::Receiver<Submission>) -> Vec<Work> {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        let mut works = Vec::new();
+        loop {
+            tokio::select! {
+                done = &mut task => {
+                    done.expect("the source task does not panic");
+                    return works;
+                }
+                Some(s) = rx.recv() => {
+                    works.push(s.work);
+                    let _ = s.done.send(Ok(CommitReport::default()));
+                }
+            }
+        }
     }
 }
 
@@ -393,7 +415,10 @@ async fn a_connection_beyond_the_limit_closes_the_idlest_and_is_served() {
         .await;
         assert_eq!(source.stats.connections_evicted(), 1);
         assert_eq!(source.stats.idle_timeouts(), 0);
-        source.stop().await;
+        // The close is journaled for the collector (kind 13).
+        let works = source.stop_answering(&mut rx).await;
+        assert_eq!(health_sum(&works, "lp", health::CONNECTIONS_EVICTED), 1);
+        assert_eq!(health_sum(&works, "lp", health::CONNECTIONS_TIMED_OUT), 0);
     })
     .await;
 }
@@ -432,7 +457,9 @@ async fn a_stalled_line_and_an_idle_connection_are_closed_and_counted() {
         .await;
         assert_eq!(source.stats.line_timeouts(), 1);
         assert_eq!(source.stats.lines_accepted(), 1);
-        source.stop().await;
+        // Both closes are journaled for the collector (kind 14).
+        let works = source.stop_answering(&mut rx).await;
+        assert_eq!(health_sum(&works, "lp", health::CONNECTIONS_TIMED_OUT), 2);
     })
     .await;
 }

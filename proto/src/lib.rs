@@ -96,6 +96,17 @@ pub mod health {
     /// loss: a string was never a reading, so it is in no `RECEIVED` count
     /// and [`is_dropped`] is false for it.
     pub const SKIPPED_STRING_FIELDS: u16 = 12;
+    /// Producer connections an agent's line-protocol TCP listener closed at
+    /// its `max_connections` (the idlest, to serve a new one), counted for
+    /// the source's name. Connections, not readings, and not a loss: a
+    /// closed connection's complete lines were journaled, so
+    /// [`is_dropped`] is false for it.
+    pub const CONNECTIONS_EVICTED: u16 = 13;
+    /// Producer connections an agent's line-protocol TCP listener closed
+    /// because they sent nothing for `idle_timeout` or held an unfinished
+    /// line for `line_timeout`, counted for the source's name. Connections,
+    /// not readings; not a loss (the unfinished line was never a reading).
+    pub const CONNECTIONS_TIMED_OUT: u16 = 14;
 
     /// True for kinds that count readings lost on the agent's side (1, 2,
     /// 3, 5, 6, 8, 9, 10, 11): what the collector adds to an agent's
@@ -132,6 +143,8 @@ pub mod health {
             DROPPED_CORRUPT_JOURNAL => "corrupt_journal",
             DROPPED_MEMORY_BUDGET => "memory_budget",
             SKIPPED_STRING_FIELDS => "skipped_string_fields",
+            CONNECTIONS_EVICTED => "connections_evicted",
+            CONNECTIONS_TIMED_OUT => "connections_timed_out",
             _ => return None,
         })
     }

@@ -121,6 +121,11 @@ pub struct InfluxConfig {
     /// String fields: `"skip"` (counted, the line's numbers kept) or
     /// `"reject"` (the whole line).
     pub string_fields: StringFields,
+    /// How often a TCP listener journals the connections it closed (health
+    /// kinds 13 and 14), besides once when it stops: 1 s. Not read from
+    /// `agent.toml` (tests lengthen it to see only the report at the stop).
+    #[serde(skip)]
+    pub closes_period: Duration,
 }
 
 impl Default for InfluxConfig {
@@ -135,6 +140,7 @@ impl Default for InfluxConfig {
             idle_timeout: Duration::from_secs(300),
             line_timeout: Duration::from_secs(10),
             string_fields: StringFields::Skip,
+            closes_period: CLOSES_PERIOD,
         }
     }
 }
@@ -291,6 +297,13 @@ pub async fn run_tcp(
     let mut limit_log = LogLimit::new(LIMIT_LOG_PERIOD);
     let mut accept_log = LogLimit::new(LIMIT_LOG_PERIOD);
     let mut connections = JoinSet::new();
+    let closes = tokio::spawn(report_closes(
+        cfg.name.clone(),
+        cfg.closes_period,
+        intake.clone(),
+        stats.clone(),
+        stop_rx.clone(),
+    ));
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
@@ -352,6 +365,56 @@ pub async fn run_tcp(
     }
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
+    let _ = closes.await;
+}
+
+/// How often a TCP listener journals the connections it closed.
+const CLOSES_PERIOD: Duration = Duration::from_secs(1);
+
+/// Journals the connections the listener closed (at its limit: health kind
+/// 13; timed out: kind 14) as `stats` counts them, at most every
+/// `period` ([`InfluxConfig::closes_period`]) and once more when the listener stops, so they reach
+/// the collector, not only `/metrics`. What a failed commit did not journal
+/// is journaled with the next.
+async fn report_closes(
+    source: String,
+    period: Duration,
+    intake: Intake,
+    stats: Arc<SourceStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (mut evicted, mut timed_out) = (0u64, 0u64);
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        let now_evicted = stats.connections_evicted();
+        let now_timed_out = stats.idle_timeouts() + stats.line_timeouts();
+        let mut work = Work::default();
+        if now_evicted > evicted {
+            work.health.push((
+                source.clone(),
+                health::CONNECTIONS_EVICTED,
+                now_evicted - evicted,
+            ));
+        }
+        if now_timed_out > timed_out {
+            work.health.push((
+                source.clone(),
+                health::CONNECTIONS_TIMED_OUT,
+                now_timed_out - timed_out,
+            ));
+        }
+        if !work.health.is_empty() && intake.submit(work).await.is_ok() {
+            (evicted, timed_out) = (now_evicted, now_timed_out);
+        }
+        if stopping {
+            break;
+        }
+    }
 }
 
 /// The open connections of a listener, and how to close each.

@@ -19,6 +19,7 @@ use super::{
 };
 use crate::intake::{Intake, SubmitError};
 use crate::journal::{CommitReport, Work};
+use crate::limits::Charge;
 
 /// Reads line protocol datagrams from `socket` until `shutdown` completes.
 pub async fn run_udp(
@@ -30,6 +31,13 @@ pub async fn run_udp(
 ) {
     tokio::pin!(shutdown);
     let mut buf = vec![0u8; 64 * 1024];
+    // The receive buffer is held for the socket's life: charged to the
+    // memory budget (whatever the bound: it is fixed) for as long.
+    let _buf_charge = intake.budget().map(|budget| {
+        let mut charge = Charge::new(budget.clone());
+        charge.set(buf.len() as u64);
+        charge
+    });
     let clock = SystemClock;
     let mut udp = Udp {
         cfg: &cfg,
@@ -68,6 +76,9 @@ struct Sent {
     readings: Vec<(String, u64)>,
     /// Health increments it carried.
     health: Vec<(String, u16, u64)>,
+    /// Its parsed readings' heap bytes, charged to the memory budget until
+    /// the journal answers (as a TCP chunk's are).
+    _charge: Option<Charge>,
 }
 
 type Answer = (Sent, Result<Result<CommitReport, SubmitError>, ()>);
@@ -108,7 +119,13 @@ impl Udp<'_> {
         for group in &parsed.readings {
             *per_origin.entry(&group.origin).or_default() += group.readings.len() as u64;
         }
+        let charge = self.intake.budget().map(|budget| {
+            let mut charge = Charge::new(budget.clone());
+            charge.set(parsed.heap_bytes());
+            charge
+        });
         let sent = Sent {
+            _charge: charge,
             lines: parsed.lines_accepted,
             readings: per_origin
                 .into_iter()
