@@ -453,6 +453,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         keep_alive: config.shipping.keep_alive,
         epoch,
         terms: terms.clone(),
+        devices: registry.clone(),
     };
     tasks.spawn(shipper::run(
         ship,

@@ -66,6 +66,20 @@ pub struct AgentView {
     /// re-imaged): each is logged and shown here; nothing is dropped.
     #[serde(default)]
     pub journal_resets: u64,
+    /// Readings in its journal not yet acknowledged, from its newest
+    /// status report since this collector started (null: none reported).
+    #[serde(default)]
+    pub backlog_readings: Option<u64>,
+    /// Sealed batches waiting in its journal, from the same report.
+    #[serde(default)]
+    pub backlog_batches: Option<u64>,
+    /// `created_ns` of its oldest unacknowledged batch, from the same
+    /// report (0: none waiting).
+    #[serde(default, with = "crate::json::ns")]
+    pub oldest_unacked_ns: i64,
+    /// When that report arrived, ns since the epoch (0: none).
+    #[serde(default, with = "crate::json::ns")]
+    pub status_ns: i64,
 }
 
 /// An epoch as operators see it: 16 hex digits, empty for none.
@@ -226,6 +240,7 @@ pub fn agent_views(
     records: Vec<AgentRecord>,
     enrolled: Vec<String>,
     live: &[LiveConnection],
+    statuses: &std::collections::HashMap<String, crate::server::ReportedStatus>,
 ) -> Vec<AgentView> {
     let mut by_id: std::collections::BTreeMap<String, AgentRecord> =
         records.into_iter().map(|r| (r.id.clone(), r)).collect();
@@ -250,6 +265,7 @@ pub fn agent_views(
         .into_values()
         .map(|r| {
             let conns = conns_of.remove(r.id.as_str()).unwrap_or_default();
+            let reported = statuses.get(&r.id);
             let state = if r.revoked {
                 "revoked"
             } else if !conns.is_empty() {
@@ -275,6 +291,10 @@ pub fn agent_views(
                 epoch_since_ns: r.epoch_since_ns,
                 previous_epoch: epoch_text(r.previous_epoch),
                 journal_resets: r.journal_resets,
+                backlog_readings: reported.map(|s| s.status.backlog_readings),
+                backlog_batches: reported.map(|s| s.status.backlog_batches),
+                oldest_unacked_ns: reported.map_or(0, |s| s.status.oldest_unacked_ns),
+                status_ns: reported.map_or(0, |s| s.received_ns),
                 id: r.id,
             }
         })
@@ -412,6 +432,7 @@ impl Admin {
                 store.agents()?,
                 pki::enrolled_agents(data_dir),
                 &[],
+                &std::collections::HashMap::new(),
             )),
         }
     }

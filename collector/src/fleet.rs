@@ -24,7 +24,7 @@ use ferry_proto::series::SeriesKey;
 use serde::{Deserialize, Serialize};
 
 use crate::prometheus::naming::AGENT;
-use crate::server::Shared;
+use crate::server::{ReportedStatus, Shared};
 
 /// The series tag that names a device.
 pub const DEVICE_TAG: &str = "device";
@@ -43,6 +43,13 @@ pub struct DeviceView {
     pub series: Vec<String>,
     /// Readings reported dropped for it, by reason.
     pub dropped: BTreeMap<String, u64>,
+    /// Its firmware name and version, from its agent's newest status
+    /// report (null: not reported since this collector started).
+    #[serde(default)]
+    pub firmware: Option<String>,
+    /// Whether its device link was up at that report (null: not reported).
+    #[serde(default)]
+    pub link_up: Option<bool>,
 }
 
 /// One health total an agent reported.
@@ -84,28 +91,45 @@ pub fn health_views(totals: Vec<(String, String, u16, u64)>) -> Vec<HealthView> 
 
 /// Devices from the series dictionary, the newest data of each series and
 /// the health totals (every kind but `received` counts as dropped).
+///
+/// Devices the agents' status reports name are listed too (with their
+/// firmware), even before their first reading is stored.
 pub fn device_views(
     keys: &[(u64, SeriesKey)],
     last_seen: &HashMap<u64, i64>,
     health: &[HealthView],
+    statuses: &HashMap<String, ReportedStatus>,
 ) -> Vec<DeviceView> {
     let mut by: BTreeMap<(String, String), DeviceView> = BTreeMap::new();
+    let blank = |agent: &str, device: &str| DeviceView {
+        agent: agent.to_owned(),
+        device: device.to_owned(),
+        last_seen_ns: 0,
+        series: Vec::new(),
+        dropped: BTreeMap::new(),
+        firmware: None,
+        link_up: None,
+    };
     for (id, key) in keys {
         let (Some(agent), Some(device)) = (key.tag(AGENT), key.tag(DEVICE_TAG)) else {
             continue;
         };
         let view = by
             .entry((agent.to_owned(), device.to_owned()))
-            .or_insert_with(|| DeviceView {
-                agent: agent.to_owned(),
-                device: device.to_owned(),
-                last_seen_ns: 0,
-                series: Vec::new(),
-                dropped: BTreeMap::new(),
-            });
+            .or_insert_with(|| blank(agent, device));
         view.series.push(key.to_string());
         if let Some(t) = last_seen.get(id) {
             view.last_seen_ns = view.last_seen_ns.max(*t);
+        }
+    }
+    for (agent, reported) in statuses {
+        for d in &reported.status.devices {
+            let view = by
+                .entry((agent.clone(), d.device.clone()))
+                .or_insert_with(|| blank(agent, &d.device));
+            view.firmware = Some(d.firmware.clone());
+            view.link_up = Some(d.connected);
+            view.last_seen_ns = view.last_seen_ns.max(d.last_seen_ns);
         }
     }
     for h in health {
@@ -165,6 +189,7 @@ fn internal(e: impl std::fmt::Display) -> Response {
 
 async fn devices(State(shared): State<Arc<Shared>>) -> Response {
     let store = shared.store.clone();
+    let statuses = shared.statuses();
     let answer = tokio::task::spawn_blocking(move || {
         let keys = store.series_keys()?;
         let ids: Vec<u64> = keys
@@ -174,7 +199,7 @@ async fn devices(State(shared): State<Arc<Shared>>) -> Response {
             .collect();
         let last = store.last_seen(&ids)?;
         let health = health_views(store.health()?);
-        Ok::<_, crate::StoreError>(device_views(&keys, &last, &health))
+        Ok::<_, crate::StoreError>(device_views(&keys, &last, &health, &statuses))
     })
     .await;
     match answer {
@@ -214,7 +239,7 @@ mod tests {
             ("gw".into(), "d1".into(), health::RECEIVED, 100),
             ("gw".into(), "influx".into(), health::REJECTED_INPUT, 2),
         ]);
-        let v = device_views(&keys, &last, &health);
+        let v = device_views(&keys, &last, &health, &HashMap::new());
         assert_eq!(v.len(), 2);
         assert_eq!((v[0].agent.as_str(), v[0].device.as_str()), ("gw", "d1"));
         assert_eq!(v[0].last_seen_ns, 30);
@@ -222,5 +247,48 @@ mod tests {
         assert_eq!(v[0].dropped, BTreeMap::from([("device_ring".into(), 4)]));
         assert_eq!((v[1].agent.as_str(), v[1].last_seen_ns), ("gw2", 5));
         assert_eq!(health[2].reason, "rejected_input");
+        assert_eq!((v[0].firmware.as_deref(), v[0].link_up), (None, None));
+    }
+
+    #[test]
+    fn status_reports_add_firmware_and_devices_without_series() {
+        use ferry_proto::session::{AgentStatus, DeviceStatus};
+        let keys = vec![(
+            1,
+            SeriesKey::new("t", [(AGENT, "gw"), (DEVICE_TAG, "d1")]).unwrap(),
+        )];
+        let last = HashMap::from([(1, 10)]);
+        let device = |id: &str, fw: &str, up: bool, seen: i64| DeviceStatus {
+            device: id.into(),
+            firmware: fw.into(),
+            link_version: 1,
+            connected: up,
+            last_seen_ns: seen,
+        };
+        let statuses = HashMap::from([(
+            "gw".to_owned(),
+            ReportedStatus {
+                received_ns: 100,
+                status: AgentStatus {
+                    devices: vec![
+                        device("d1", "ferry-fw 0.1.0", true, 7),
+                        device("d2", "ferry-fw 0.2.0", false, 50),
+                    ],
+                    ..AgentStatus::default()
+                },
+            },
+        )]);
+        let v = device_views(&keys, &last, &[], &statuses);
+        assert_eq!(v.len(), 2);
+        assert_eq!(
+            (v[0].device.as_str(), v[0].firmware.as_deref(), v[0].link_up),
+            ("d1", Some("ferry-fw 0.1.0"), Some(true))
+        );
+        assert_eq!((v[0].last_seen_ns, v[0].series.len()), (10, 1));
+        assert_eq!(
+            (v[1].device.as_str(), v[1].firmware.as_deref(), v[1].link_up),
+            ("d2", Some("ferry-fw 0.2.0"), Some(false))
+        );
+        assert_eq!((v[1].last_seen_ns, v[1].series.len()), (50, 0));
     }
 }

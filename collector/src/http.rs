@@ -250,6 +250,7 @@ async fn agents(State(shared): State<Arc<Shared>>) -> Result<Json<Vec<AgentView>
         records,
         pki::enrolled_agents(&data_dir),
         &shared.live(),
+        &shared.statuses(),
     )))
 }
 

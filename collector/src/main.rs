@@ -140,6 +140,9 @@ enum Command {
     /// dies or loses its link leaves that state after quic.idle_timeout.
     /// A journal reset (the agent came back with a new journal: quarantined,
     /// wiped, re-imaged) is counted in RESETS and logged; its data is kept.
+    /// BACKLOG: readings waiting in the agent's journal, from its newest
+    /// status report (every 10 s while connected; "-": none since the
+    /// collector started).
     #[command(verbatim_doc_comment)]
     Agents {
         #[command(flatten)]

@@ -80,6 +80,12 @@ pub struct Metrics {
     pub dropped_readings: Family<Dynamic, Gauge<u64, AtomicU64>>,
     /// Per agent: journal resets (durable total from the store).
     pub agent_journal_resets: Family<Dynamic, Gauge<u64, AtomicU64>>,
+    /// Per agent: readings in its journal not yet acknowledged, as its
+    /// newest status report said.
+    pub agent_backlog_readings: Family<Dynamic, Gauge<u64, AtomicU64>>,
+    /// Per agent: age of its oldest unacknowledged batch at its newest
+    /// status report, seconds (0: none waiting).
+    pub agent_backlog_age_seconds: Family<Dynamic, Gauge<f64, AtomicU64>>,
     /// Storage sinks: readings (and aggregate rows or samples) by sink and
     /// outcome (`delivered`, `refused`).
     pub sink_readings: Family<Dynamic, Counter>,
@@ -138,6 +144,8 @@ impl Metrics {
             journal_resets: Counter::default(),
             dropped_readings: Family::default(),
             agent_journal_resets: Family::default(),
+            agent_backlog_readings: Family::default(),
+            agent_backlog_age_seconds: Family::default(),
             sink_readings: Family::default(),
             sink_retries: Family::default(),
             http_refused: Family::default(),
@@ -273,6 +281,16 @@ impl Metrics {
             m.agent_journal_resets.clone(),
         );
         m.registry.register(
+            "agent_backlog_readings",
+            "Readings in an agent's journal not yet acknowledged, from its newest status report",
+            m.agent_backlog_readings.clone(),
+        );
+        m.registry.register(
+            "agent_backlog_age_seconds",
+            "Age of an agent's oldest unacknowledged batch at its newest status report (0: none waiting)",
+            m.agent_backlog_age_seconds.clone(),
+        );
+        m.registry.register(
             "sink_readings",
             "Storage sinks: readings and aggregate rows by sink and outcome (delivered, refused)",
             m.sink_readings.clone(),
@@ -399,6 +417,25 @@ impl Metrics {
                 .get_or_create(&vec![("agent", agent.clone())])
                 .set(*n);
         }
+    }
+
+    /// Sets the per-agent backlog gauges from a status report.
+    pub fn set_agent_status(&self, agent: &str, status: &ferry_proto::session::AgentStatus) {
+        let labels = vec![("agent", agent.to_owned())];
+        self.agent_backlog_readings
+            .get_or_create(&labels)
+            .set(status.backlog_readings);
+        let age_ns = if status.oldest_unacked_ns > 0 {
+            status
+                .sent_ns
+                .saturating_sub(status.oldest_unacked_ns)
+                .max(0)
+        } else {
+            0
+        };
+        self.agent_backlog_age_seconds
+            .get_or_create(&labels)
+            .set(age_ns as f64 / 1e9);
     }
 
     /// Counts bad input and logs it, at most one line per class per 10 s.

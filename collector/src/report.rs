@@ -98,6 +98,7 @@ pub fn agents(agents: &[AgentView], format: Format) -> String {
         "REFUSED",
         "EPOCH",
         "RESETS",
+        "BACKLOG",
     ];
     let rows: Vec<Vec<String>> = agents
         .iter()
@@ -118,6 +119,7 @@ pub fn agents(agents: &[AgentView], format: Format) -> String {
                     a.epoch.clone()
                 },
                 a.journal_resets.to_string(),
+                a.backlog_readings.map_or("-".into(), |b| b.to_string()),
             ]
         })
         .collect();

@@ -7,7 +7,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use ferry_proto::codec;
-use ferry_proto::session::{self, Ack, ErrorMsg, Hello, PROTOCOL_VERSION, Welcome, close, reason};
+use ferry_proto::session::{
+    self, Ack, AgentStatus, ErrorMsg, Hello, PROTOCOL_VERSION, Welcome, close, reason,
+};
 use ferry_proto::stream::{FrameHeader, FrameType, HEADER_LEN, compression, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
@@ -37,6 +39,18 @@ pub struct LiveConnection {
     conn: Connection,
 }
 
+/// How often agents are asked for an [`AgentStatus`] (`Welcome.status_interval_ms`).
+pub const STATUS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The newest [`AgentStatus`] an agent sent, and when it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportedStatus {
+    /// When the collector received it, ns since the epoch (its clock).
+    pub received_ns: i64,
+    /// What the agent reported.
+    pub status: AgentStatus,
+}
+
 /// State shared by every connection task and the HTTP API.
 #[derive(Debug)]
 pub struct Shared {
@@ -49,6 +63,9 @@ pub struct Shared {
     pub(crate) fanout: crate::fanout::run::Control,
     pub(crate) auth: crate::auth::Gate,
     live: Mutex<HashMap<u64, LiveConnection>>,
+    /// The newest status of each agent that sent one since this process
+    /// started (one entry per agent: bounded by the enrolled agents).
+    statuses: Mutex<HashMap<String, ReportedStatus>>,
     next_conn: AtomicU64,
     rate: Mutex<RateLimiter>,
     /// Maintenance passes run one at a time (their work is prepared on a
@@ -93,6 +110,7 @@ impl Shared {
             fanout,
             auth,
             live: Mutex::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             rate: Mutex::new(rate),
             maintenance: tokio::sync::Mutex::new(()),
@@ -125,6 +143,28 @@ impl Shared {
             .map_err(|_| gone())?;
         let report = rx.await.map_err(|_| gone())??;
         Ok((report, more))
+    }
+
+    /// The newest status each agent reported, by agent.
+    pub fn statuses(&self) -> HashMap<String, ReportedStatus> {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn record_status(&self, agent: &str, status: AgentStatus) {
+        self.metrics.set_agent_status(agent, &status);
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                agent.to_owned(),
+                ReportedStatus {
+                    received_ns: crate::now_ns(),
+                    status,
+                },
+            );
     }
 
     /// Live connections, sorted by agent.
@@ -493,6 +533,7 @@ async fn session(
         rate_burst: rate.saturating_mul(ingest::RATE_BURST_SECS),
         idle_timeout_ms: millis(shared.config.quic.idle_timeout),
         hello_timeout_ms: millis(shared.config.quic.hello_timeout),
+        status_interval_ms: millis(STATUS_INTERVAL),
     };
     let mut frame = Vec::new();
     write_frame(
@@ -505,6 +546,17 @@ async fn session(
         return e.to_string();
     }
     let _ = send.finish();
+    // The control stream stays open for the agent's status reports; its
+    // reader ends with the stream, and is aborted with the session.
+    let mut control = JoinSet::new();
+    control.spawn(status_reports(
+        conn.clone(),
+        shared.clone(),
+        agent.clone(),
+        remote,
+        recv,
+        limits.max_frame_bytes,
+    ));
     let terms = Arc::new(SessionTerms {
         epoch: hello.epoch,
         compression,
@@ -539,6 +591,74 @@ async fn session(
         );
     }
     why
+}
+
+/// Reads the agent's [`AgentStatus`] frames from the control stream until
+/// it ends. Anything else there is bad input, counted, and a protocol
+/// violation: the connection is closed with code 1 (the control stream's
+/// send side is finished after the Welcome, so no `ErrorMsg` can go).
+async fn status_reports(
+    conn: Connection,
+    shared: Arc<Shared>,
+    agent: Arc<str>,
+    remote: SocketAddr,
+    mut recv: RecvStream,
+    max_frame: u32,
+) {
+    loop {
+        let rejection = match read_frame(&mut recv, max_frame).await {
+            Ok(None) => return,
+            Ok(Some((h, body)))
+                if h.frame_type == FrameType::Status && h.compression == compression::NONE =>
+            {
+                match codec::from_bytes_prefix::<AgentStatus>("AgentStatus", &body) {
+                    Ok((status, used)) if used == body.len() => match status.validate() {
+                        Ok(()) => {
+                            shared.record_status(&agent, status);
+                            continue;
+                        }
+                        Err(e) => Rejection {
+                            kind: BadInput::InvalidBatch,
+                            code: reason::INVALID,
+                            reason: format!("AgentStatus: {e}"),
+                        },
+                    },
+                    Ok((_, used)) => Rejection {
+                        kind: BadInput::MalformedMessage,
+                        code: reason::TRAILING_BYTES,
+                        reason: codec::trailing_bytes("AgentStatus", body.len() - used, used)
+                            .to_string(),
+                    },
+                    Err(e) => Rejection {
+                        kind: BadInput::MalformedMessage,
+                        code: reason::MALFORMED,
+                        reason: e.to_string(),
+                    },
+                }
+            }
+            Ok(Some((h, _))) => Rejection {
+                kind: BadInput::UnexpectedFrame,
+                code: reason::UNEXPECTED,
+                reason: format!(
+                    "expected only uncompressed AgentStatus frames on the control stream, got {:?} (compression {})",
+                    h.frame_type, h.compression
+                ),
+            },
+            Err(r) => r,
+        };
+        shared.metrics.bad(
+            rejection.kind,
+            &format_args!(
+                "agent {agent} ({remote}): control stream: {}; connection closed",
+                rejection.reason
+            ),
+        );
+        conn.close(
+            VarInt::from_u32(close::PROTOCOL),
+            rejection.reason.as_bytes(),
+        );
+        return;
+    }
 }
 
 /// Reads one frame; `Ok(None)` if the stream ended or was reset before a

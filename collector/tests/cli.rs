@@ -254,9 +254,9 @@ fn operator_workflow() {
     let out = ok(&["agents", "--data-dir", s(&data), "-f", "csv"]);
     assert_eq!(
         out,
-        "AGENT,STATE,LAST SEEN,REMOTE,BATCHES,READINGS,LAST SEQ,DROPPED,REFUSED,EPOCH,RESETS\n\
-         gw-1,revoked,never,,0,0,-,0,0,-,0\n\
-         gw-2,revoked,never,,0,0,-,0,0,-,0\n"
+        "AGENT,STATE,LAST SEEN,REMOTE,BATCHES,READINGS,LAST SEQ,DROPPED,REFUSED,EPOCH,RESETS,BACKLOG\n\
+         gw-1,revoked,never,,0,0,-,0,0,-,0,-\n\
+         gw-2,revoked,never,,0,0,-,0,0,-,0,-\n"
     );
 }
 

@@ -1,8 +1,9 @@
-//! Session messages (Hello, Welcome, Ack, ErrorMsg) through both decoders.
+//! Session messages (Hello, Welcome, Ack, ErrorMsg, AgentStatus) through
+//! both decoders; a decoded AgentStatus is validated (never panics).
 #![no_main]
 
 use ferry_proto::codec;
-use ferry_proto::session::{Ack, ErrorMsg, Hello, Welcome};
+use ferry_proto::session::{Ack, AgentStatus, ErrorMsg, Hello, Welcome};
 use libfuzzer_sys::fuzz_target;
 use serde::{Serialize, de::DeserializeOwned};
 
@@ -22,4 +23,8 @@ fuzz_target!(|data: &[u8]| {
     both::<Welcome>("Welcome", data);
     both::<Ack>("Ack", data);
     both::<ErrorMsg>("ErrorMsg", data);
+    both::<AgentStatus>("AgentStatus", data);
+    if let Ok(status) = codec::from_bytes::<AgentStatus>("AgentStatus", data) {
+        let _ = status.validate();
+    }
 });

@@ -82,6 +82,103 @@ wire_struct! {
         pub idle_timeout_ms: u32,
         /// How long the collector waited for this session's Hello, ms.
         pub hello_timeout_ms: u32,
+        /// How often the collector would like an [`AgentStatus`] on the
+        /// control stream, ms. 0: this collector takes none (an older
+        /// collector): the agent must not send any.
+        pub status_interval_ms: u32,
+    }
+}
+
+/// Most devices one [`AgentStatus`] lists; an agent with more lists those
+/// seen most recently.
+pub const MAX_STATUS_DEVICES: usize = 1024;
+/// Longest device id and firmware string in an [`AgentStatus`], bytes.
+pub const MAX_STATUS_TEXT: usize = 64;
+
+wire_struct! {
+    /// What an agent reports about itself, on the control stream, when the
+    /// Welcome asked for it (`status_interval_ms`): its backlog and its
+    /// devices. Informational: nothing is acknowledged, and a collector
+    /// keeps only the newest per agent.
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct AgentStatus {
+        /// The agent's clock when it wrote this, ns since the Unix epoch.
+        pub sent_ns: i64,
+        /// Readings committed to the journal and not yet acknowledged:
+        /// sealed batches waiting or in flight, plus the batch being filled.
+        pub backlog_readings: u64,
+        /// Sealed batches waiting for an ack.
+        pub backlog_batches: u64,
+        /// Bytes the journal holds (its budget's measure).
+        pub journal_bytes: u64,
+        /// The journal's disk budget, bytes.
+        pub journal_budget_bytes: u64,
+        /// `created_ns` of the oldest unacknowledged batch; 0: none.
+        pub oldest_unacked_ns: i64,
+        /// The devices on the agent's device links.
+        pub devices: Vec<DeviceStatus>,
+    }
+}
+
+wire_struct! {
+    /// One device in an [`AgentStatus`].
+    #[derive(Debug, Clone, PartialEq, Eq, Default)]
+    pub struct DeviceStatus {
+        /// The device id, hex (the `device` tag of its series).
+        pub device: String,
+        /// Firmware name and version from its `DeviceHello`.
+        pub firmware: String,
+        /// Its device-link protocol version.
+        pub link_version: u8,
+        /// Whether its link is up now.
+        pub connected: bool,
+        /// When the agent last heard from it, ns since the Unix epoch.
+        pub last_seen_ns: i64,
+    }
+}
+
+/// What is wrong with an [`AgentStatus`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StatusError {
+    /// More devices than [`MAX_STATUS_DEVICES`].
+    #[error("{count} devices exceed the limit of {MAX_STATUS_DEVICES}")]
+    TooManyDevices {
+        /// How many were listed.
+        count: usize,
+    },
+    /// A device id or firmware string longer than [`MAX_STATUS_TEXT`].
+    #[error("device {index}: {what} is {len} bytes, over the limit of {MAX_STATUS_TEXT}")]
+    TooLong {
+        /// Which device.
+        index: usize,
+        /// `device` or `firmware`.
+        what: &'static str,
+        /// Its length.
+        len: usize,
+    },
+}
+
+impl AgentStatus {
+    /// Checks the limits above.
+    pub fn validate(&self) -> Result<(), StatusError> {
+        if self.devices.len() > MAX_STATUS_DEVICES {
+            return Err(StatusError::TooManyDevices {
+                count: self.devices.len(),
+            });
+        }
+        for (index, d) in self.devices.iter().enumerate() {
+            for (what, text) in [("device", &d.device), ("firmware", &d.firmware)] {
+                if text.len() > MAX_STATUS_TEXT {
+                    return Err(StatusError::TooLong {
+                        index,
+                        what,
+                        len: text.len(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 }
 

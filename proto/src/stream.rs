@@ -41,6 +41,8 @@ pub enum FrameType {
     Ack = 4,
     /// [`crate::session::ErrorMsg`].
     Error = 5,
+    /// [`crate::session::AgentStatus`].
+    Status = 6,
 }
 
 impl FrameType {
@@ -52,6 +54,7 @@ impl FrameType {
             3 => Self::Batch,
             4 => Self::Ack,
             5 => Self::Error,
+            6 => Self::Status,
             _ => return None,
         })
     }

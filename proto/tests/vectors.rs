@@ -18,7 +18,8 @@ use ferry_proto::link::{
 };
 use ferry_proto::series::SeriesKey;
 use ferry_proto::session::{
-    Ack, ErrorMsg, Hello, PROTOCOL_VERSION, Refused, Welcome, compression, reason,
+    Ack, AgentStatus, DeviceStatus, ErrorMsg, Hello, PROTOCOL_VERSION, Refused, Welcome,
+    compression, reason,
 };
 use ferry_proto::sketch::DdSketch;
 use ferry_proto::stream::{self, FrameType};
@@ -140,7 +141,33 @@ fn welcome() -> Welcome {
         rate_burst: 0,
         idle_timeout_ms: 6_000,
         hello_timeout_ms: 10_000,
+        status_interval_ms: 10_000,
     }
+}
+
+fn agent_status() -> AgentStatus {
+    AgentStatus {
+        sent_ns: 1_700_000_000_000_000_000,
+        backlog_readings: 12_345,
+        backlog_batches: 3,
+        journal_bytes: 1 << 20,
+        journal_budget_bytes: 1 << 30,
+        oldest_unacked_ns: 1_699_999_990_000_000_000,
+        devices: vec![DeviceStatus {
+            device: "00000000000000a1".into(),
+            firmware: "ferry-fw 0.1.0".into(),
+            link_version: 1,
+            connected: true,
+            last_seen_ns: 1_699_999_999_000_000_000,
+        }],
+    }
+}
+
+fn agent_status_frame() -> Vec<u8> {
+    let body = codec::to_vec(&agent_status()).unwrap();
+    let mut frame = Vec::new();
+    stream::write_frame(&mut frame, FrameType::Status, compression::NONE, &body);
+    frame
 }
 
 fn device_hello() -> DeviceHello {
@@ -463,8 +490,14 @@ fn cases() -> Vec<Case> {
         message(
             "welcome",
             "Welcome",
-            "collector accepts zstd, 4 MiB frames, 64 streams; timestamps from 30 days back to 10 min ahead of its clock (2023-11-14T22:13:20Z); 1048576 readings per batch; no rate limit; 6 s idle timeout, 10 s for the hello",
+            "collector accepts zstd, 4 MiB frames, 64 streams; timestamps from 30 days back to 10 min ahead of its clock (2023-11-14T22:13:20Z); 1048576 readings per batch; no rate limit; 6 s idle timeout, 10 s for the hello; a status report every 10 s",
             welcome(),
+        ),
+        message(
+            "agent_status",
+            "AgentStatus",
+            "12345 readings (3 batches) waiting, the oldest sealed 10 s before the report; 1 MiB of a 1 GiB journal; device 00000000000000a1 (ferry-fw 0.1.0, link 1) connected, heard 1 s before",
+            agent_status(),
         ),
         message("ack_stored", "Ack", "batch 42 stored", Ack::stored(42)),
         message(
@@ -513,6 +546,12 @@ fn cases() -> Vec<Case> {
         zstd_batch_frame(
             "frame_batch_zstd",
             "a Batch frame with flag 0x01: its 110-byte body is a Zstandard frame holding the 101 bytes of the batch vector (a body this small grows when compressed; agents send it plain, this vector is for decoders)",
+        ),
+        raw(
+            "frame_agent_status",
+            "stream frame",
+            "an AgentStatus frame: type 6, no flags, the body of the agent_status vector",
+            agent_status_frame,
         ),
         raw(
             "frame_error",

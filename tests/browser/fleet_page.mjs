@@ -75,6 +75,9 @@ try {
     const readings = (await row.locator("td.readings").innerText()).trim();
     check(readings === Number(a.readings).toLocaleString("en-US"), `agent ${a.id} readings ${a.readings}, page says ${readings}`);
     check((await row.locator("td.last-seen time").count()) === 1, `agent ${a.id} last seen`);
+    const backlog = (await row.locator("td.backlog").innerText()).trim();
+    const wantBacklog = a.backlog_readings == null ? "—" : Number(a.backlog_readings).toLocaleString("en-US");
+    check(backlog === wantBacklog, `agent ${a.id} backlog ${wantBacklog}, page says ${backlog}`);
   }
 
   // Devices: the board, with its series count.
@@ -84,6 +87,9 @@ try {
     const n = (await row.locator("td.series-count").innerText()).trim();
     check(n === String(d.series.length), `device ${d.device}: ${d.series.length} series, page says ${n}`);
     check((await row.locator("td.last-seen time").count()) === 1, `device ${d.device} last seen`);
+    const firmware = (await row.locator("td.firmware").innerText()).trim();
+    const wantFirmware = d.firmware == null ? "—" : d.firmware;
+    check(firmware === wantFirmware, `device ${d.device} firmware ${wantFirmware}, page says ${firmware}`);
   }
 
   // Alerts: the firing one, with its rule, subject and value.

@@ -242,8 +242,38 @@ for = "1s"
     })
     .await;
 
+    // The agent's next status report (every 10 s) says so, and names the
+    // board's firmware.
+    let drained_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    until("the agent reported its empty backlog", || async {
+        let agents = api(http, "/api/v1/agents", token).await;
+        agents.as_array().unwrap().iter().any(|a| {
+            a["id"] == "gw"
+                && a["backlog_readings"] == 0
+                && a["status_ns"]
+                    .as_str()
+                    .and_then(|t| t.parse::<u128>().ok())
+                    .is_some_and(|t| t > drained_ns)
+        })
+    })
+    .await;
+
     let agents = api(http, "/api/v1/agents", token).await;
     let devices = api(http, "/api/v1/devices", token).await;
+    let firmware = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device"] == DEVICE)
+        .map(|d| d["firmware"].clone());
+    assert_eq!(
+        firmware,
+        Some(json!(concat!("ferry-fw ", env!("CARGO_PKG_VERSION")))),
+        "the board's firmware, from the agent's status report: {devices}"
+    );
     let board: Vec<Value> = devices
         .as_array()
         .unwrap()

@@ -2,7 +2,9 @@
 //! paho-mqtt QoS 1 publishers (`scripts/producers.sh` installs both): the
 //! agent is killed with SIGKILL while the broker is delivering to it, and
 //! the broker is restarted while it is delivering the queue to the
-//! restarted agent; every published reading is stored exactly once.
+//! restarted agent; every published reading is stored exactly once. And
+//! malformed payloads are counted by reason, reach the collector, and cost
+//! no good reading.
 //!
 //! The publishers' own hop is QoS 1 too, so a publisher that resends a
 //! message the broker had already taken (after a broker restart) makes the
@@ -245,6 +247,144 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
         ranges(0)
     );
     assert_eq!(all, want);
+    agent.kill9();
+    terminate(broker);
+    collector.running.stop().await;
+}
+
+const PUBLISH_LIST: &str = r#"
+import json, sys
+import paho.mqtt.client as mqtt
+port, messages = int(sys.argv[1]), json.loads(sys.argv[2])
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pub-list", clean_session=True)
+c.connect("127.0.0.1", port)
+c.loop_start()
+sent = [c.publish(topic, payload, qos=1) for topic, payload in messages]
+for info in sent:
+    info.wait_for_publish(timeout=60)
+c.loop_stop()
+c.disconnect()
+if not all(info.is_published() for info in sent):
+    sys.exit("not every message was acknowledged by the broker")
+"#;
+
+/// Malformed payloads among good ones: each is counted by reason on the
+/// agent's `/metrics` and reaches the collector as `rejected_input` for the
+/// source, the good readings are stored, and nothing is redelivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_payloads_are_counted_by_reason_and_cost_no_good_reading() {
+    let mosquitto = mosquitto();
+    producers_python();
+    let site = Site::new();
+    let dir = site.dir.path();
+    let _logs = KeepLogs(dir.to_path_buf());
+    let collector = ApiCollector::start(&site).await;
+    let (broker_port, admin) = (reserve_port(), free_tcp_port());
+    let broker_dir = dir.join("broker");
+    std::fs::create_dir_all(&broker_dir).unwrap();
+    let conf = broker_config(&broker_dir, broker_port);
+    let broker = Proc::spawn(
+        &mosquitto,
+        &["-c", conf.to_str().unwrap()],
+        &dir.join("broker.log"),
+    );
+    until("broker up", || broker_up(broker_port)).await;
+    let config = site.agent_config(&format!(
+        "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [[mqtt]]\nname = \"sensors\"\nbroker = \"{broker_port}\"\nclient_id = \"ferry-test-bad\"\n\
+         topics = [\"sensors/#\"]\nformat = \"json\"\nmeasurement = \"stream\"\n\
+         json_timestamp = \"ts\"\nprecision = \"ms\"\n"
+    ));
+    let args = ["run", "--config", config.to_str().unwrap()];
+    let agent = Proc::spawn(&binary("ferry-agent"), &args, &dir.join("agent.log"));
+    until("agent subscribed", || async {
+        std::fs::read_to_string(dir.join("broker.log"))
+            .is_ok_and(|l| l.contains("ferry-test-bad 1 sensors/#"))
+    })
+    .await;
+
+    let t0_ms = ferry_collector::now_ns() / 1_000_000 - 60_000;
+    let good = |v: f64, i: i64| serde_json::json!({"v": v, "ts": t0_ms + i}).to_string();
+    let messages = serde_json::json!([
+        ["sensors/a", good(1.5, 0)],
+        ["sensors/a", "not json"],
+        ["sensors/a", "[1, 2]"],
+        ["sensors/a", r#"{"ts": 5, "state": "on"}"#],
+        ["sensors/a", r#"{"v": 2.5}"#],
+        ["sensors/a", good(3.5, 1)],
+    ]);
+    let out = Command::new(producers_python())
+        .args(["-c", PUBLISH_LIST])
+        .arg(broker_port.port().to_string())
+        .arg(messages.to_string())
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "publisher failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let metric = |body: &str, reason: &str| -> Option<u64> {
+        let name =
+            format!("ferry_agent_mqtt_malformed_total{{source=\"sensors\",reason=\"{reason}\"}} ");
+        body.lines()
+            .find_map(|l| l.strip_prefix(name.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    until("the agent counted the four bad payloads", || async {
+        http_get(admin, "/metrics").await.is_some_and(|m| {
+            ["json", "json_field", "json_timestamp"]
+                .iter()
+                .map(|r| metric(&m, r).unwrap_or(0))
+                .sum::<u64>()
+                == 4
+        })
+    })
+    .await;
+    let m = http_get(admin, "/metrics").await.unwrap();
+    let counts: Vec<(&str, Option<u64>)> = ["json", "json_field", "json_timestamp", "number"]
+        .iter()
+        .map(|r| (*r, metric(&m, r)))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            ("json", Some(2)),
+            ("json_field", Some(1)),
+            ("json_timestamp", Some(1)),
+            ("number", Some(0))
+        ],
+        "{m}"
+    );
+
+    // The good readings are stored; the collector sees the four as
+    // rejected input of the source.
+    until("both good readings stored", || async {
+        collector.count("stream_v").await == 2
+    })
+    .await;
+    let series = collector.raw("stream_v").await.unwrap();
+    let readings: Vec<(i64, f64)> = series.into_iter().flat_map(|s| s.readings).collect();
+    assert_eq!(
+        readings,
+        [(t0_ms * 1_000_000, 1.5), ((t0_ms + 1) * 1_000_000, 3.5)]
+    );
+    until("the collector has the source's rejected input", || async {
+        ferry_tests::http_get_with(collector.http, "/api/v1/health", Some(&collector.token))
+            .await
+            .is_some_and(|b| {
+                let v: serde_json::Value = serde_json::from_str(&b).unwrap_or_default();
+                v.as_array().is_some_and(|rows| {
+                    rows.iter().any(|r| {
+                        r["source"] == "sensors"
+                            && r["reason"] == "rejected_input"
+                            && r["total"] == 4
+                    })
+                })
+            })
+    })
+    .await;
     agent.kill9();
     terminate(broker);
     collector.running.stop().await;

@@ -544,6 +544,7 @@ mod tests {
             keep_alive: Duration::from_secs(2),
             epoch: EPOCH,
             terms: tokio::sync::watch::channel(None).0,
+            devices: crate::sources::device::DeviceRegistry::new(),
         }
     }
 
@@ -568,6 +569,7 @@ mod tests {
             rate_burst: 0,
             idle_timeout_ms: 0,
             hello_timeout_ms: 0,
+            status_interval_ms: 0,
         }
     }
 

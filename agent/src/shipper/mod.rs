@@ -25,6 +25,7 @@
 //! - `tls`: the client TLS configuration from the enrolled bundle.
 
 pub mod flight;
+pub mod status;
 mod tls;
 
 use std::net::SocketAddr;
@@ -74,6 +75,8 @@ pub struct ShipperConfig {
     pub epoch: u64,
     /// Where each Welcome's terms are published.
     pub terms: watch::Sender<Option<CollectorTerms>>,
+    /// The device links' devices, reported in the agent's status.
+    pub devices: crate::sources::device::DeviceRegistry,
 }
 
 /// zstd level 1 for the journal's sealed batches: they are stored as they
@@ -283,12 +286,22 @@ async fn session(
         .await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&flight.hello_frame()?).await?;
-    send.finish()?;
     let (header, body) = read_frame(&mut recv, ferry_proto::stream::DEFAULT_MAX_FRAME).await?;
     let welcome = flight.handle_welcome(clock.now_ns(), header.frame_type, &body)?;
     config.terms.send_replace(flight.collector_terms().cloned());
     tracing::info!(collector = %config.address, version = %welcome.collector_version, "connected");
     let terms = flight.terms().expect("welcomed");
+    // The control stream carries the agent's status reports when the
+    // collector asks for them; otherwise it is finished here.
+    let status_every = Duration::from_millis(u64::from(welcome.status_interval_ms));
+    let mut control = if status_every.is_zero() {
+        send.finish()?;
+        None
+    } else {
+        Some(send)
+    };
+    let mut status_tick = tokio::time::interval(status_every.max(Duration::from_millis(1)));
+    status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tasks: JoinSet<Result<Answer, SessionError>> = JoinSet::new();
     let mut look = tokio::time::interval(LOOK_EVERY);
     loop {
@@ -330,6 +343,22 @@ async fn session(
                     flight.handle_answer(clock.now_ns(), a.seq, a.frame, &a.body, a.wire, a.latency)?;
                 }
                 to_writer(flight, writer).await?;
+            }
+            _ = status_tick.tick(), if control.is_some() => {
+                let Some(stats) = writer.stats().await else {
+                    return Err(SessionError::WriterGone);
+                };
+                let frame = status::frame(&status::report(
+                    clock.now_ns(),
+                    &stats,
+                    &config.devices.device_infos(),
+                ));
+                if let Some(send) = control.as_mut()
+                    && let Err(e) = send.write_all(&frame).await
+                {
+                    tracing::debug!(error = %e, "status report not sent; no more this session");
+                    control = None;
+                }
             }
             _ = sealed => flight.handle_news(),
             _ = look.tick() => flight.handle_news(),

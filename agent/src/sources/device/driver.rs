@@ -111,8 +111,22 @@ pub async fn run_link<S>(
 where
     S: AsyncRead + AsyncWrite,
 {
-    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut link = source.link();
+    let end = drive_link(stream, source, shutdown, &mut link).await;
+    link.handle_closed();
+    end
+}
+
+async fn drive_link<S>(
+    stream: S,
+    source: &DeviceSource,
+    shutdown: impl Future<Output = ()>,
+    link: &mut GatewayLink,
+) -> Result<LinkEnd, LinkError>
+where
+    S: AsyncRead + AsyncWrite,
+{
+    let (mut rd, mut wr) = tokio::io::split(stream);
     let mut buf = vec![0u8; 4 * MAX_SERIAL_FRAME];
     let mut commit: Option<CommitFuture> = None;
     let mut shutdown = std::pin::pin!(shutdown);

@@ -176,6 +176,17 @@ impl GatewayLink {
             Uplink::Report(r) => self.handle_report(now_ns, r),
             Uplink::Heartbeat(h) => self.handle_heartbeat(now_ns, h),
         }
+        if let Some(s) = &self.session {
+            self.registry.seen(&s.hex, now_ns);
+        }
+    }
+
+    /// The link is gone (closed, idle, shut down): the device no longer
+    /// counts as connected through it.
+    pub fn handle_closed(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.registry.link_down(&s.hex);
+        }
     }
 
     /// Work for the journal: reports waiting for a commit and the device's
@@ -334,6 +345,18 @@ impl GatewayLink {
             .session
             .as_ref()
             .is_some_and(|s| s.hex == hex && s.boot == h.boot);
+        if !same {
+            if let Some(old) = &self.session {
+                self.registry.link_down(&old.hex);
+            }
+            self.registry.link_up(
+                &hex,
+                h.firmware.as_str(),
+                h.link_version,
+                now_ns,
+                self.config.max_devices,
+            );
+        }
         if same {
             // A repeated hello (after a HelloRequest, or before our ack got
             // through): keep what this link knows, refresh the catalogue.

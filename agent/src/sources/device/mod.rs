@@ -89,7 +89,7 @@ pub use self::driver::{
     DeviceSource, LinkEnd, LinkError, run_link, run_serial, run_tcp_client, run_tcp_listener,
 };
 pub use self::link::{GatewayLink, encode_downlink};
-pub use self::registry::{DeviceMark, DeviceRegistry};
+pub use self::registry::{DeviceInfo, DeviceMark, DeviceRegistry};
 
 /// Settings of one device-link source.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]

@@ -18,12 +18,27 @@ pub struct DeviceMark {
     pub said_hello: bool,
 }
 
+/// What operators see of one device: reported to the collector in the
+/// agent's status ([`ferry_proto::session::AgentStatus`]).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DeviceInfo {
+    /// Firmware name and version from its newest hello.
+    pub firmware: String,
+    /// Its device-link protocol version.
+    pub link_version: u8,
+    /// Links to it open now.
+    pub links: u32,
+    /// When a message from it last arrived, ns since the epoch.
+    pub last_seen_ns: i64,
+}
+
 /// Per-device marks shared by every link of a source (and the journal's
 /// records at start), so a device that reconnects is acked from what the
-/// journal holds. Cheap to clone.
+/// journal holds; and what each device said about itself. Cheap to clone.
 #[derive(Debug, Clone, Default)]
 pub struct DeviceRegistry {
     marks: Arc<Mutex<BTreeMap<String, DeviceMark>>>,
+    infos: Arc<Mutex<BTreeMap<String, DeviceInfo>>>,
 }
 
 impl DeviceRegistry {
@@ -48,6 +63,7 @@ impl DeviceRegistry {
             .collect();
         Self {
             marks: Arc::new(Mutex::new(marks)),
+            infos: Arc::default(),
         }
     }
 
@@ -105,5 +121,63 @@ impl DeviceRegistry {
         {
             f(m);
         }
+    }
+
+    fn infos(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, DeviceInfo>> {
+        self.infos.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A link to `device` opened with a hello: its firmware and link
+    /// version. At most `max` devices are kept: past it, the one heard from
+    /// least recently with no open link makes room.
+    pub(super) fn link_up(
+        &self,
+        device: &str,
+        firmware: &str,
+        link_version: u8,
+        now_ns: i64,
+        max: usize,
+    ) {
+        let mut infos = self.infos();
+        if !infos.contains_key(device) && infos.len() >= max.max(1) {
+            let idlest = infos
+                .iter()
+                .filter(|(_, i)| i.links == 0)
+                .min_by_key(|(_, i)| i.last_seen_ns)
+                .map(|(d, _)| d.clone());
+            match idlest {
+                Some(d) => {
+                    infos.remove(&d);
+                }
+                None => return,
+            }
+        }
+        let info = infos.entry(device.to_owned()).or_default();
+        info.firmware = firmware.to_owned();
+        info.link_version = link_version;
+        info.links += 1;
+        info.last_seen_ns = info.last_seen_ns.max(now_ns);
+    }
+
+    /// A message from `device` arrived.
+    pub(super) fn seen(&self, device: &str, now_ns: i64) {
+        if let Some(i) = self.infos().get_mut(device) {
+            i.last_seen_ns = i.last_seen_ns.max(now_ns);
+        }
+    }
+
+    /// A link to `device` that had said hello closed.
+    pub(super) fn link_down(&self, device: &str) {
+        if let Some(i) = self.infos().get_mut(device) {
+            i.links = i.links.saturating_sub(1);
+        }
+    }
+
+    /// Every device that said hello since the agent started, by id.
+    pub fn device_infos(&self) -> Vec<(String, DeviceInfo)> {
+        self.infos()
+            .iter()
+            .map(|(d, i)| (d.clone(), i.clone()))
+            .collect()
     }
 }
