@@ -276,10 +276,7 @@ pub fn open_or_quarantine(
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
-            salvage_into(&mut j, &aside, ledger).map_err(|message| StartError::Journal {
-                path: path.to_path_buf(),
-                message,
-            })?;
+            salvage_into(&mut j, &aside, ledger)?;
             Ok((j, Some(aside)))
         }
         Err(e) => Err(StartError::Open(e)),
@@ -293,7 +290,11 @@ fn salvage_into(
     journal: &mut Journal,
     aside: &Path,
     ledger: Option<crate::journal::Ledger>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
+    let failed = |message: String| StartError::Journal {
+        path: aside.to_path_buf(),
+        message,
+    };
     let Some(ledger) = ledger else {
         tracing::error!(
             journal = %aside.display(),
@@ -301,8 +302,8 @@ fn salvage_into(
         );
         return Ok(());
     };
-    let found = crate::salvage::scan(aside, &ledger)
-        .map_err(|e| format!("salvaging {}: {e}", aside.display()))?;
+    let found =
+        crate::salvage::scan(aside, &ledger).map_err(|e| failed(format!("salvaging it: {e}")))?;
     tracing::error!(
         journal = %aside.display(),
         epoch = ledger.epoch,
@@ -310,11 +311,12 @@ fn salvage_into(
         batches = found.batches.len(),
         salvaged = found.readings,
         lost = found.lost,
+        lost_health = ?found.lost_health,
         "salvaged the quarantined journal: its readable batches are shipped as they were; the readings not found are counted as dropped (corrupt_journal)"
     );
     journal
-        .import_salvaged(found.batches, found.lost)
-        .map_err(|e| format!("taking in what was salvaged from {}: {e}", aside.display()))
+        .import_salvaged(found.batches, found.lost, &found.lost_health)
+        .map_err(|e| failed(format!("taking in what was salvaged from it: {e}")))
 }
 
 /// A running agent.

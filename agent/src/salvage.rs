@@ -44,11 +44,17 @@ pub fn encode_ledger(ledger: &Ledger) -> String {
         .iter()
         .map(|(a, b)| format!("{a}-{b}"))
         .collect();
+    let health: Vec<String> = ledger
+        .health
+        .iter()
+        .map(|(kind, n)| format!("{kind}:{n}"))
+        .collect();
     format!(
-        "{MAGIC}\nepoch {}\nheld {}\noutbox {}\nend\n",
+        "{MAGIC}\nepoch {}\nheld {}\noutbox {}\nhealth {}\nend\n",
         ledger.epoch,
         ledger.held,
-        ranges.join(" ")
+        ranges.join(" "),
+        health.join(" ")
     )
 }
 
@@ -69,10 +75,16 @@ pub fn decode_ledger(text: &str) -> Option<Ledger> {
         let (a, b) = r.split_once('-')?;
         ranges.push((a.parse().ok()?, b.parse().ok()?));
     }
+    let mut health = Vec::new();
+    for h in lines.next()?.strip_prefix("health")?.split_whitespace() {
+        let (kind, n) = h.split_once(':')?;
+        health.push((kind.parse().ok()?, n.parse().ok()?));
+    }
     (lines.next()? == "end").then_some(Ledger {
         epoch,
         held,
         outbox: ranges,
+        health,
     })
 }
 
@@ -102,6 +114,11 @@ pub struct Salvage {
     pub readings: u64,
     /// Readings the ledger says the journal held that were not found.
     pub lost: u64,
+    /// Health counts the ledger says the journal held that are in none of
+    /// `batches`, per kind (the received counts of the lost readings, for
+    /// one): counted again in the new journal so the collector hears of
+    /// them.
+    pub lost_health: Vec<(u16, u64)>,
 }
 
 /// zstd's frame magic, little-endian.
@@ -142,10 +159,24 @@ pub fn scan(path: &Path, ledger: &Ledger) -> std::io::Result<Salvage> {
     }
     let batches: Vec<SalvagedBatch> = found.into_values().collect();
     let readings = batches.iter().map(|b| b.readings).sum::<u64>();
+    let mut found_health: BTreeMap<u16, u64> = BTreeMap::new();
+    for &(kind, n) in batches.iter().flat_map(|b| &b.health) {
+        *found_health.entry(kind).or_default() += n;
+    }
+    let lost_health = ledger
+        .health
+        .iter()
+        .map(|&(kind, n)| {
+            let found = found_health.get(&kind).copied().unwrap_or(0);
+            (kind, n.saturating_sub(found))
+        })
+        .filter(|&(_, n)| n > 0)
+        .collect();
     Ok(Salvage {
         lost: ledger.held.saturating_sub(readings),
         readings,
         batches,
+        lost_health,
     })
 }
 
@@ -196,6 +227,10 @@ fn decode(frame: Vec<u8>, ledger: &Ledger) -> Option<SalvagedBatch> {
     }
     let readings =
         batch.reading_count() as u64 + batch.aggregates.iter().map(|a| a.count).sum::<u64>();
+    let mut health: BTreeMap<u16, u64> = BTreeMap::new();
+    for h in &batch.health {
+        *health.entry(h.kind).or_default() += h.count;
+    }
     let mut row = Vec::with_capacity(frame.len() + 1);
     row.push(compression::ZSTD);
     row.extend_from_slice(&frame);
@@ -204,6 +239,7 @@ fn decode(frame: Vec<u8>, ledger: &Ledger) -> Option<SalvagedBatch> {
         row,
         readings,
         created_ns: batch.created_ns,
+        health: health.into_iter().collect(),
     })
 }
 
@@ -217,11 +253,12 @@ mod tests {
             epoch: 77,
             held: 1234,
             outbox: vec![(3, 9), (11, 11)],
+            health: vec![(1, 5), (7, 1239)],
         };
         let text = encode_ledger(&l);
         assert_eq!(
             text,
-            "ferry-journal-ledger 1\nepoch 77\nheld 1234\noutbox 3-9 11-11\nend\n"
+            "ferry-journal-ledger 1\nepoch 77\nheld 1234\noutbox 3-9 11-11\nhealth 1:5 7:1239\nend\n"
         );
         assert_eq!(decode_ledger(&text), Some(l.clone()));
         assert!(l.holds(3) && l.holds(9) && l.holds(11));
@@ -233,6 +270,7 @@ mod tests {
             epoch: 1,
             held: 0,
             outbox: Vec::new(),
+            health: Vec::new(),
         };
         assert_eq!(decode_ledger(&encode_ledger(&empty)), Some(empty));
     }

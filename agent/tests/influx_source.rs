@@ -581,6 +581,39 @@ async fn udp_datagrams_are_parsed() {
     .await;
 }
 
+/// A UDP socket's receive buffer is charged to the memory budget for the
+/// socket's life, and a datagram's parsed readings until the journal
+/// answers; everything is handed back when the source stops.
+#[tokio::test]
+async fn udp_buffers_are_charged_to_the_memory_budget() {
+    within(async {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(socket.local_addr().unwrap()).await.unwrap();
+        let budget = MemoryBudget::new(1 << 20);
+        let (intake, mut rx) = Intake::channel(4);
+        let intake = intake.with_budget(budget.clone());
+        let stats = Arc::new(SourceStats::default());
+        let (stop, signal) = shutdown_signal();
+        let task = tokio::spawn(run_udp(socket, config(), intake, stats.clone(), signal));
+        let source = Source { stop, task, stats };
+        client.send(b"env,device=d1 t=21.5 1\n").await.unwrap();
+        let s = next(&mut rx).await;
+        // Waiting for its commit: the buffer, the series cached and the
+        // datagram's readings.
+        let waiting = budget.used();
+        assert!(waiting > 64 * 1024, "{waiting}");
+        let _ = s.done.send(Ok(CommitReport::default()));
+        wait_for(&source.stats, |s| s.readings_accepted() == 1).await;
+        // Answered: the readings are handed back, the buffer is not.
+        let idle = budget.used();
+        assert!(idle >= 64 * 1024 && idle < waiting, "{idle} {waiting}");
+        source.stop().await;
+        assert_eq!(budget.used(), 0, "a stopped source hands everything back");
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn udp_drops_when_the_queue_is_full_and_reports_the_loss_later() {
     within(async {

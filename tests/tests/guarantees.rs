@@ -270,6 +270,18 @@ async fn drop_rows(site: &Site) -> Vec<DropRow> {
         .collect()
 }
 
+/// The collector's ledger for agent `gw`.
+async fn gw_ledger(site: &Site) -> Option<ferry_collector::admin::Ledger> {
+    let admin = Admin::connect(&site.data).await.ok()?;
+    admin
+        .drops()
+        .await
+        .ok()?
+        .ledgers
+        .into_iter()
+        .find(|l| l.agent == "gw")
+}
+
 fn dropped(rows: &[DropRow], device: &str, reason: &str) -> u64 {
     rows.iter()
         .filter(|r| r.device == device && r.reason == reason)
@@ -507,6 +519,21 @@ async fn a_full_filesystem_pauses_sources_and_the_agent_resumes_by_itself() {
         stored + dropped == DATAGRAMS as u64
     })
     .await;
+    // The ledger closes: what the sources handed over is stored (the UDP
+    // readings lost while the disk was full never reached the journal:
+    // counted as queue_full, not received).
+    let udp_lost = dropped(&drop_rows(&site).await, "u1", "queue_full");
+    let received = (2 * N + DATAGRAMS) as u64 - udp_lost;
+    until("the ledger closes", || async {
+        gw_ledger(&site)
+            .await
+            .is_some_and(|l| l.received == received && l.stored == received && l.in_transit == 0)
+    })
+    .await;
+    eprintln!(
+        "disk full: {udp_lost} UDP readings counted lost; ledger {:?}",
+        gw_ledger(&site).await
+    );
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
     assert!(log.contains("DISK FULL"), "{log}");
     assert!(log.contains("disk space is back"), "{log}");
@@ -694,10 +721,23 @@ async fn a_damaged_journal_is_salvaged(damage: fn(&Path)) {
         metric(admin, "ferry_agent_outbox_readings").await == Some(N as u64)
     })
     .await;
+    // The journal's ledger file says it holds them, and their received
+    // counts (journaled every health_interval).
+    let ledger_file = site.bundle.join("data/journal.redb.ledger");
+    until(
+        "the ledger file holds every reading and its received count",
+        || async {
+            let ledger = std::fs::read_to_string(&ledger_file).unwrap_or_default();
+            ledger.contains(&format!("\nheld {N}\n"))
+                && ledger.lines().any(|l| {
+                    l.strip_prefix("health ")
+                        .is_some_and(|h| h.split(' ').any(|c| c == format!("7:{N}")))
+                })
+        },
+    )
+    .await;
     agent.kill9();
     let journal = site.bundle.join("data/journal.redb");
-    let ledger = std::fs::read_to_string(site.bundle.join("data/journal.redb.ledger")).unwrap();
-    assert!(ledger.contains(&format!("\nheld {N}\n")), "{ledger}");
     damage(&journal);
 
     let collector = site.start_collector().await;
@@ -707,21 +747,30 @@ async fn a_damaged_journal_is_salvaged(damage: fn(&Path)) {
         stored_per_device(&site, "flow_litres").await.get("m2") == Some(&AFTER)
     })
     .await;
-    until("every reading of the old journal stored or counted", || async {
-        let stored = stored_per_device(&site, "flow_litres")
-            .await
-            .get("m1")
-            .copied()
-            .unwrap_or(0) as u64;
-        stored + dropped(&drop_rows(&site).await, "journal", "corrupt_journal") == N as u64
-    })
+    until(
+        "every reading of the old journal stored or counted",
+        || async {
+            let stored = stored_per_device(&site, "flow_litres")
+                .await
+                .get("m1")
+                .copied()
+                .unwrap_or(0) as u64;
+            stored + dropped(&drop_rows(&site).await, "journal", "corrupt_journal") == N as u64
+        },
+    )
     .await;
     let stored = stored_per_device(&site, "flow_litres").await;
     let rows = drop_rows(&site).await;
     let lost = dropped(&rows, "journal", "corrupt_journal");
-    eprintln!("salvaged: {:?} stored, {lost} counted as corrupt_journal", stored.get("m1"));
+    eprintln!(
+        "salvaged: {:?} stored, {lost} counted as corrupt_journal",
+        stored.get("m1")
+    );
     assert!(lost > 0, "the damage cost readings: {rows:?}");
-    assert!(stored.get("m1").is_some_and(|&m1| m1 > 0), "some were salvaged");
+    assert!(
+        stored.get("m1").is_some_and(|&m1| m1 > 0),
+        "some were salvaged"
+    );
     let other: u64 = rows
         .iter()
         .filter(|r| r.reason != "corrupt_journal")
@@ -729,6 +778,19 @@ async fn a_damaged_journal_is_salvaged(damage: fn(&Path)) {
         .map(|r| r.readings)
         .sum();
     assert_eq!(other, 0, "nothing else dropped: {rows:?}");
+    // The ledger closes as the collector reports it: the received counts
+    // the lost batches carried were counted again, so received = every
+    // reading sent = stored + counted dropped.
+    until("the ledger closes", || async {
+        gw_ledger(&site)
+            .await
+            .is_some_and(|l| l.received == (N + AFTER) as u64 && l.in_transit == 0)
+    })
+    .await;
+    let ledger = gw_ledger(&site).await.unwrap();
+    eprintln!("ledger after the salvage: {ledger:?}");
+    assert_eq!(ledger.stored + ledger.dropped, (N + AFTER) as u64);
+    assert_eq!((ledger.dropped, ledger.refused), (lost, 0));
     let log = std::fs::read_to_string(dir.join("agent2.log")).unwrap();
     assert!(log.contains("salvaged the quarantined journal"), "{log}");
     let aside = std::fs::read_dir(site.bundle.join("data"))
@@ -752,7 +814,10 @@ async fn a_truncated_journal_is_salvaged_and_the_rest_counted() {
         let at = batch_offsets(&bytes);
         assert!(at.len() >= 4, "batches in the journal: {at:?}");
         let cut = at[at.len() / 2] + 100;
-        let f = std::fs::OpenOptions::new().write(true).open(journal).unwrap();
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(journal)
+            .unwrap();
         f.set_len(cut as u64).unwrap();
     })
     .await;

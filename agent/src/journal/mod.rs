@@ -103,10 +103,10 @@ use self::commit::*;
 pub use self::config::{AggregateRule, FullPolicy, JournalConfig, glob_match};
 use self::dictionary::*;
 pub use self::error::{CommitError, DecompressError};
+pub use self::salvage::{Ledger, SALVAGE_ORIGIN, SalvagedBatch};
 use self::seal::*;
 use self::stats::*;
 pub use self::stats::{JournalStats, inspect_in, stats_in};
-pub use self::salvage::{Ledger, SALVAGE_ORIGIN, SalvagedBatch};
 pub use self::work::{CommitReport, DeviceReport, Mark, SeriesReadings, Work};
 
 const PENDING: Bytes = Bytes::new("pending");
@@ -216,6 +216,9 @@ pub struct Journal {
     /// Outbox batches salvaged from a quarantined journal: outbox seq →
     /// the seq their body carries (mirrors `salvaged`).
     salvaged: BTreeMap<u64, u64>,
+    /// Health counts the journal holds and has not delivered (in `health`
+    /// and in the outbox's batches), per kind: the [`Ledger`]'s `health`.
+    held_health: BTreeMap<u16, u64>,
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CommitError> {
@@ -324,6 +327,7 @@ impl Journal {
             outbox_readings: 0,
             compressor: None,
             salvaged: BTreeMap::new(),
+            held_health: BTreeMap::new(),
         };
         journal.reload()?;
         Ok(journal)
@@ -384,6 +388,12 @@ impl Journal {
             journal.aggregator.restore(key, rule, state);
         }
         journal.health_pending = txn.open_table(HEALTH)?.len()? > 0;
+        journal.held_health.clear();
+        for entry in txn.open_table(HEALTH)?.iter()? {
+            let (k, v) = entry?;
+            let (_, kind, _) = layout::count_key_of("health", k.value())?;
+            *journal.held_health.entry(kind).or_default() += count_of("health", v.value())?;
+        }
         journal.outbox.clear();
         journal.outbox_readings = 0;
         journal.salvaged.clear();
@@ -399,6 +409,9 @@ impl Journal {
             let (seq, meta) = entry?;
             let meta: OutboxMeta = decode("OutboxMeta", meta.value())?;
             journal.outbox_readings += meta.readings;
+            for h in &meta.health {
+                *journal.held_health.entry(h.kind).or_default() += h.count;
+            }
             journal.outbox.insert(
                 layout::id_of("outbox_meta", seq.value())?,
                 Sealed {

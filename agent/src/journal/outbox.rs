@@ -60,6 +60,12 @@ impl Journal {
             }
         };
         self.bytes -= (body_len + meta_len).min(self.bytes);
+        // Its health records leave the journal with it (or, dropped, are
+        // held again below).
+        for h in &meta.health {
+            let held = self.held_health.entry(h.kind).or_default();
+            *held = held.saturating_sub(h.count);
+        }
         if let Some(kind) = dropped_kind {
             let mut health_table = txn.open_table(HEALTH)?;
             let mut dropped = txn.open_table(DROPPED)?;
@@ -78,6 +84,7 @@ impl Journal {
                     &layout::count_key(&o.origin, kind, Some(tag)),
                     o.readings,
                 )?;
+                *self.held_health.entry(kind).or_default() += o.readings;
                 add_count(
                     &mut dropped,
                     &layout::count_key(&o.origin, kind, None),
@@ -89,13 +96,10 @@ impl Journal {
             for h in &batch_health {
                 add_count(
                     &mut health_table,
-                    &layout::count_key(
-                        &h.source,
-                        h.kind,
-                        Some(if salvaged { 0 } else { h.batch }),
-                    ),
+                    &layout::count_key(&h.source, h.kind, Some(if salvaged { 0 } else { h.batch })),
                     h.count,
                 )?;
+                *self.held_health.entry(h.kind).or_default() += h.count;
             }
             self.health_pending = true;
         }
@@ -137,7 +141,12 @@ impl Journal {
         let txn = self.db.begin_read()?;
         let outbox = txn.open_table(OUTBOX)?;
         let out = if newest_first {
-            pick(outbox.iter()?.rev(), &self.in_flight, &self.salvaged, max_bytes)?
+            pick(
+                outbox.iter()?.rev(),
+                &self.in_flight,
+                &self.salvaged,
+                max_bytes,
+            )?
         } else {
             pick(outbox.iter()?, &self.in_flight, &self.salvaged, max_bytes)?
         };

@@ -5,6 +5,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use super::rows::OutboxMeta;
+use super::seal::kind_counts;
 
 use super::*;
 
@@ -26,6 +27,11 @@ pub struct Ledger {
     pub held: u64,
     /// Its outbox sequences, as inclusive ranges, ascending.
     pub outbox: Vec<(u64, u64)>,
+    /// Health counts it holds and has not delivered (waiting for the next
+    /// batch or inside the outbox's batches), per kind, ascending: what
+    /// the collector would not hear of if the journal were lost (the
+    /// received counts of readings, for one).
+    pub health: Vec<(u16, u64)>,
 }
 
 impl Ledger {
@@ -48,6 +54,8 @@ pub struct SalvagedBatch {
     pub readings: u64,
     /// Its `created_ns`.
     pub created_ns: i64,
+    /// Its health records summed per kind.
+    pub health: Vec<(u16, u64)>,
 }
 
 impl Journal {
@@ -66,6 +74,12 @@ impl Journal {
                 + self.pending.count as u64
                 + self.aggregator.open_readings(),
             outbox,
+            health: self
+                .held_health
+                .iter()
+                .filter(|&(_, &n)| n > 0)
+                .map(|(&k, &n)| (k, n))
+                .collect(),
         }
     }
 
@@ -73,13 +87,16 @@ impl Journal {
     /// transaction: `batches` join the outbox (each under a new outbox seq,
     /// shipped with the seq its body carries), and `lost` readings are
     /// counted as dropped (health kind 10, origin [`SALVAGE_ORIGIN`]),
-    /// so the collector sees them.
+    /// and `lost_health`, the health counts the old journal held that are in
+    /// none of `batches`, are counted again (origin [`SALVAGE_ORIGIN`]), so
+    /// the collector sees them and the ledger closes.
     pub fn import_salvaged(
         &mut self,
         batches: Vec<SalvagedBatch>,
         lost: u64,
+        lost_health: &[(u16, u64)],
     ) -> Result<(), CommitError> {
-        let result = self.import_inner(batches, lost);
+        let result = self.import_inner(batches, lost, lost_health);
         if result.is_err() {
             // The transaction was aborted: memory follows the disk again.
             self.reload()?;
@@ -87,8 +104,13 @@ impl Journal {
         result
     }
 
-    fn import_inner(&mut self, batches: Vec<SalvagedBatch>, lost: u64) -> Result<(), CommitError> {
-        if batches.is_empty() && lost == 0 {
+    fn import_inner(
+        &mut self,
+        batches: Vec<SalvagedBatch>,
+        lost: u64,
+        lost_health: &[(u16, u64)],
+    ) -> Result<(), CommitError> {
+        if batches.is_empty() && lost == 0 && lost_health.iter().all(|&(_, n)| n == 0) {
             return Ok(());
         }
         let txn = self.db.begin_write()?;
@@ -107,7 +129,11 @@ impl Journal {
                         origin: String::from(SALVAGE_ORIGIN),
                         readings: b.readings,
                     }],
+                    health: kind_counts(b.health.iter().copied()),
                 })?;
+                for &(kind, count) in &b.health {
+                    *self.held_health.entry(kind).or_default() += count;
+                }
                 let key = layout::id_key(seq);
                 outbox.insert(key.as_slice(), b.row.as_slice())?;
                 metas.insert(key.as_slice(), meta.as_slice())?;
@@ -124,6 +150,18 @@ impl Journal {
                 self.salvaged.insert(seq, b.wire_seq);
             }
         }
+        {
+            let mut health_table = txn.open_table(HEALTH)?;
+            for &(kind, count) in lost_health.iter().filter(|&&(_, n)| n > 0) {
+                add_count(
+                    &mut health_table,
+                    &layout::count_key(SALVAGE_ORIGIN, kind, Some(0)),
+                    count,
+                )?;
+                *self.held_health.entry(kind).or_default() += count;
+                self.health_pending = true;
+            }
+        }
         if lost > 0 {
             let kind = health::DROPPED_CORRUPT_JOURNAL;
             add_count(
@@ -131,6 +169,7 @@ impl Journal {
                 &layout::count_key(SALVAGE_ORIGIN, kind, Some(0)),
                 lost,
             )?;
+            *self.held_health.entry(kind).or_default() += lost;
             add_count(
                 &mut txn.open_table(DROPPED)?,
                 &layout::count_key(SALVAGE_ORIGIN, kind, None),

@@ -78,7 +78,7 @@ struct Sent {
     health: Vec<(String, u16, u64)>,
     /// Its parsed readings' heap bytes, charged to the memory budget until
     /// the journal answers (as a TCP chunk's are).
-    _charge: Option<Charge>,
+    charge: Option<Charge>,
 }
 
 type Answer = (Sent, Result<Result<CommitReport, SubmitError>, ()>);
@@ -125,7 +125,7 @@ impl Udp<'_> {
             charge
         });
         let sent = Sent {
-            _charge: charge,
+            charge,
             lines: parsed.lines_accepted,
             readings: per_origin
                 .into_iter()
@@ -160,7 +160,10 @@ impl Udp<'_> {
         }
     }
 
-    fn answered(&mut self, sent: Sent, result: Result<Result<CommitReport, SubmitError>, ()>) {
+    fn answered(&mut self, mut sent: Sent, result: Result<Result<CommitReport, SubmitError>, ()>) {
+        // Answered: its readings are the journal's now (or lost), handed
+        // back before the stats say the datagram is done.
+        sent.charge = None;
         match result {
             Ok(Ok(_)) => {
                 let readings = sent.readings.iter().map(|(_, n)| n).sum();
