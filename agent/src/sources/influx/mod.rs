@@ -384,7 +384,9 @@ async fn report_closes(
     mut stop: watch::Receiver<bool>,
 ) {
     let (mut evicted, mut timed_out) = (0u64, 0u64);
-    let mut tick = tokio::time::interval(period);
+    // The first report a period from now (an interval's first tick is
+    // immediate).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stopping = tokio::select! {
