@@ -10,10 +10,15 @@
 //! sequences. A corrupt redb file cannot be trusted to say that itself.
 //!
 //! The batches are found by scanning the file's bytes for stored batches
-//! (`[codec 1][zstd frame]`; redb keeps a value's bytes contiguous): a
-//! frame that decompresses (its content checksum holds), decodes as a batch
-//! of the ledger's epoch and carries a sequence the outbox held is
-//! salvaged. Pages redb freed may hold older copies of batches already
+//! (redb keeps a value's bytes contiguous), in either of the two forms the
+//! journal stores them: `[codec 1][zstd frame]`, when zstd made the batch
+//! smaller, and `[codec 0][batch]` (a MessagePack array of 8 fields,
+//! marker `0x98`, its seq first) otherwise. A zstd frame that decompresses
+//! (its content checksum holds), or a plain batch that decodes, is salvaged
+//! when it is a batch of the ledger's epoch carrying a sequence the outbox
+//! held. A plain batch has no checksum of its own: the ledger's epoch and
+//! outbox, and a decode that must consume a whole batch, are what stand
+//! between a damaged one and the collector. Pages redb freed may hold older copies of batches already
 //! delivered: the ledger's outbox leaves them out. Readings in the batch
 //! being filled, in open windows or in batches that do not survive are the
 //! ones counted as lost.
@@ -123,6 +128,9 @@ pub struct Salvage {
 
 /// zstd's frame magic, little-endian.
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+/// The MessagePack marker a stored plain batch starts with: an array of
+/// its 8 fields.
+const PLAIN_MARKER: u8 = 0x98;
 /// Largest decoded batch accepted.
 const MAX_PLAIN: usize = ferry_proto::stream::DEFAULT_MAX_FRAME as usize;
 /// Bytes read per step of the scan.
@@ -146,11 +154,20 @@ pub fn scan(path: &Path, ledger: &Ledger) -> std::io::Result<Salvage> {
         // read again from its start).
         let mut i = 1;
         while i + ZSTD_MAGIC.len() <= n {
-            if window[i..i + 4] == ZSTD_MAGIC && window[i - 1] == compression::ZSTD {
-                let at = offset + i as u64;
-                if let Some(b) = batch_at(&mut file, at, len, ledger)? {
-                    found.entry(b.wire_seq).or_insert(b);
-                }
+            let at = offset + i as u64;
+            let candidate = if window[i..i + 4] == ZSTD_MAGIC && window[i - 1] == compression::ZSTD
+            {
+                batch_at(&mut file, at, len, ledger)?
+            } else if window[i] == PLAIN_MARKER
+                && window[i - 1] == compression::NONE
+                && plain_seq(&window[i..]).is_none_or(|seq| ledger.holds(seq))
+            {
+                plain_batch_at(&mut file, at, len, ledger)?
+            } else {
+                None
+            };
+            if let Some(b) = candidate {
+                found.entry(b.wire_seq).or_insert(b);
             }
             i += 1;
         }
@@ -219,9 +236,68 @@ fn batch_at(
     }
 }
 
+/// The seq a plain batch starting at `bytes[0]` (its array marker)
+/// carries, if it is there; `None` when `bytes` ends first or it is not a
+/// MessagePack unsigned integer.
+fn plain_seq(bytes: &[u8]) -> Option<u64> {
+    let width = match *bytes.get(1)? {
+        m @ 0x00..=0x7f => return Some(u64::from(m)),
+        0xcc => 1,
+        0xcd => 2,
+        0xce => 4,
+        0xcf => 8,
+        _ => return None,
+    };
+    let digits = bytes.get(2..2 + width)?;
+    Some(digits.iter().fold(0u64, |n, &b| n << 8 | u64::from(b)))
+}
+
+/// The plain batch whose encoding starts at `at` (its array marker), if it
+/// decodes whole, is of the ledger's epoch and held by its outbox.
+fn plain_batch_at(
+    file: &mut std::fs::File,
+    at: u64,
+    len: u64,
+    ledger: &Ledger,
+) -> std::io::Result<Option<SalvagedBatch>> {
+    let remaining = len - at;
+    let mut want = 64 * 1024usize;
+    loop {
+        let have = remaining.min(want as u64) as usize;
+        let mut buf = vec![0u8; have];
+        file.seek(SeekFrom::Start(at))?;
+        let n = read_full(file, &mut buf)?;
+        buf.truncate(n);
+        if plain_seq(&buf).is_some_and(|seq| !ledger.holds(seq)) {
+            return Ok(None);
+        }
+        match codec::from_bytes_prefix::<Batch>("Batch", &buf) {
+            Ok((batch, used)) => {
+                let mut row = Vec::with_capacity(used + 1);
+                row.push(compression::NONE);
+                row.extend_from_slice(&buf[..used]);
+                return Ok(accept(batch, row, ledger));
+            }
+            // Perhaps cut short by the buffer: read more, up to the largest
+            // batch there can be.
+            _ if (n as u64) < remaining && want <= MAX_PLAIN => want *= 4,
+            _ => return Ok(None),
+        }
+    }
+}
+
 fn decode(frame: Vec<u8>, ledger: &Ledger) -> Option<SalvagedBatch> {
     let plain = zstd::bulk::decompress(&frame, MAX_PLAIN).ok()?;
     let batch: Batch = codec::from_bytes("Batch", &plain).ok()?;
+    let mut row = Vec::with_capacity(frame.len() + 1);
+    row.push(compression::ZSTD);
+    row.extend_from_slice(&frame);
+    accept(batch, row, ledger)
+}
+
+/// `batch`, stored as `row`, if it is of the ledger's epoch and held by its
+/// outbox.
+fn accept(batch: Batch, row: Vec<u8>, ledger: &Ledger) -> Option<SalvagedBatch> {
     if batch.epoch != ledger.epoch || !ledger.holds(batch.seq) {
         return None;
     }
@@ -231,9 +307,6 @@ fn decode(frame: Vec<u8>, ledger: &Ledger) -> Option<SalvagedBatch> {
     for h in &batch.health {
         *health.entry(h.kind).or_default() += h.count;
     }
-    let mut row = Vec::with_capacity(frame.len() + 1);
-    row.push(compression::ZSTD);
-    row.extend_from_slice(&frame);
     Some(SalvagedBatch {
         wire_seq: batch.seq,
         row,
@@ -273,5 +346,91 @@ mod tests {
             health: Vec::new(),
         };
         assert_eq!(decode_ledger(&encode_ledger(&empty)), Some(empty));
+    }
+
+    fn batch(epoch: u64, seq: u64, n: usize) -> Batch {
+        use ferry_proto::batch::{HealthRecord, Reading, ReadingBlock};
+        let readings: Vec<Reading> = (0..n)
+            .map(|i| Reading {
+                ts_ns: 1_700_000_000_000_000_000 + i as i64 * 1_000_000,
+                value: i as f64,
+            })
+            .collect();
+        Batch {
+            seq,
+            created_ns: 1_700_000_000_000_000_000,
+            blocks: vec![ReadingBlock::encode(0, &readings)],
+            health: vec![HealthRecord {
+                source: "t".into(),
+                kind: 7,
+                count: n as u64,
+                batch: 0,
+            }],
+            epoch,
+            ..Batch::default()
+        }
+    }
+
+    fn plain_row(b: &Batch) -> Vec<u8> {
+        let mut row = vec![compression::NONE];
+        row.extend(codec::to_vec(b).unwrap());
+        row
+    }
+
+    fn zstd_row(b: &Batch) -> Vec<u8> {
+        let mut c = zstd::bulk::Compressor::new(1).unwrap();
+        c.include_checksum(true).unwrap();
+        let mut row = vec![compression::ZSTD];
+        row.extend(c.compress(&codec::to_vec(b).unwrap()).unwrap());
+        row
+    }
+
+    /// A file holding both kinds of stored batch among garbage: the whole
+    /// ones of the ledger's epoch and outbox are found, as they were
+    /// stored; a plain batch cut short, one of another epoch and one the
+    /// outbox no longer held are not; what is missing is counted.
+    #[test]
+    fn plain_and_zstd_batches_are_found_among_garbage() {
+        let ledger = Ledger {
+            epoch: 77,
+            held: 4 * 100,
+            outbox: vec![(1, 4)],
+            health: vec![(7, 400)],
+        };
+        let zstd1 = zstd_row(&batch(77, 1, 100));
+        let plain2 = plain_row(&batch(77, 2, 100));
+        let other_epoch = plain_row(&batch(78, 3, 100));
+        let not_held = plain_row(&batch(77, 9, 100));
+        let cut4 = plain_row(&batch(77, 4, 100));
+        let garbage: Vec<u8> = (0..5000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        let mut file = Vec::new();
+        for part in [
+            &garbage[..],
+            &[0, 0x98, 0xcf][..],
+            &plain2,
+            &garbage,
+            &zstd1,
+            &other_epoch,
+            &[0, 0x98][..],
+            &not_held,
+            &garbage,
+            // A second copy (a page redb freed) is found once.
+            &plain2,
+            &[0u8; 100][..],
+            &cut4[..cut4.len() - 3],
+        ] {
+            file.extend_from_slice(part);
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.redb");
+        std::fs::write(&path, &file).unwrap();
+        let s = scan(&path, &ledger).unwrap();
+        let seqs: Vec<u64> = s.batches.iter().map(|b| b.wire_seq).collect();
+        assert_eq!(seqs, [1, 2]);
+        assert_eq!(s.batches[0].row, zstd1);
+        assert_eq!(s.batches[1].row, plain2);
+        assert_eq!((s.readings, s.lost), (200, 200));
+        assert_eq!(s.lost_health, [(7, 200)]);
+        assert!(s.batches.iter().all(|b| b.health == [(7, 100)]));
     }
 }
