@@ -677,15 +677,38 @@ async fn newest_first_with_a_backlog_beyond_the_dedupe_state_loses_nothing() {
     collector.stop().await;
 }
 
-/// Offsets of the stored zstd batches in a journal file (`[codec 1]`
-/// followed by zstd's frame magic).
-fn batch_offsets(bytes: &[u8]) -> Vec<usize> {
-    bytes
-        .windows(5)
-        .enumerate()
-        .filter(|(_, w)| *w == [1, 0x28, 0xb5, 0x2f, 0xfd])
-        .map(|(i, _)| i)
-        .collect()
+/// Offsets of the batches stored in a journal file, in either form: zstd
+/// (`[codec 1]` followed by zstd's frame magic) or plain (`[codec 0]`
+/// followed by an encoded batch of the journal's epoch, read from its
+/// ledger file beside it).
+fn batch_offsets(journal: &Path, bytes: &[u8]) -> Vec<usize> {
+    let mut ledger = journal.as_os_str().to_owned();
+    ledger.push(".ledger");
+    let ledger = std::fs::read_to_string(ledger).unwrap();
+    let epoch: u64 = ledger
+        .lines()
+        .find_map(|l| l.strip_prefix("epoch "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (mut zstd, mut plain) = (Vec::new(), Vec::new());
+    for i in 0..bytes.len().saturating_sub(5) {
+        if bytes[i..i + 5] == [1, 0x28, 0xb5, 0x2f, 0xfd] {
+            zstd.push(i);
+        } else if bytes[i..i + 2] == [0, 0x98]
+            && ferry_proto::codec::from_bytes_prefix::<ferry_proto::batch::Batch>(
+                "Batch",
+                &bytes[i + 1..],
+            )
+            .is_ok_and(|(b, _)| b.epoch == epoch)
+        {
+            plain.push(i);
+        }
+    }
+    eprintln!("batches in the journal: zstd at {zstd:?}, plain at {plain:?}");
+    let mut all = [zstd, plain].concat();
+    all.sort_unstable();
+    all
 }
 
 /// An agent whose journal holds `N` readings of `m1` (none shipped: the
@@ -693,7 +716,7 @@ fn batch_offsets(bytes: &[u8]) -> Vec<usize> {
 /// started again with the collector up: the journal is quarantined, what is
 /// readable in it is stored, what is not is counted as `corrupt_journal`
 /// at the collector, and readings sent after the restart are stored.
-async fn a_damaged_journal_is_salvaged(damage: fn(&Path)) {
+async fn a_damaged_journal_is_salvaged(damage: fn(&Path), whole_batches_lost: fn(u64) -> bool) {
     const N: usize = 5_000;
     const AFTER: usize = 1_000;
     let site = Site::new();
@@ -708,19 +731,24 @@ async fn a_damaged_journal_is_salvaged(damage: fn(&Path)) {
     ));
     let agent = run_agent(&config, admin, &dir.join("agent.log")).await;
     let t0 = now_ms() - 600_000;
-    let send = |device: &'static str, n: usize| async move {
+    let send = |device: &'static str, from: usize, n: usize| async move {
         let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
-        let text: String = (0..n)
+        let text: String = (from..from + n)
             .map(|i| format!("flow,device={device} litres={i} {}\n", t0 + i as i64))
             .collect();
         tcp.write_all(text.as_bytes()).await.unwrap();
         tcp.shutdown().await.unwrap();
     };
-    send("m1", N).await;
-    until("every reading sealed in the outbox", || async {
-        metric(admin, "ferry_agent_outbox_readings").await == Some(N as u64)
-    })
-    .await;
+    // In parts, each sealed before the next is sent: a batch is sealed from
+    // whole commits, and one write of N lines would make a few large ones.
+    const PART: usize = 500;
+    for part in 0..N / PART {
+        send("m1", part * PART, PART).await;
+        until("the part sealed in the outbox", || async {
+            metric(admin, "ferry_agent_outbox_readings").await == Some(((part + 1) * PART) as u64)
+        })
+        .await;
+    }
     // The journal's ledger file says it holds them, and their received
     // counts (journaled every health_interval).
     let ledger_file = site.bundle.join("data/journal.redb.ledger");
@@ -742,7 +770,7 @@ async fn a_damaged_journal_is_salvaged(damage: fn(&Path)) {
 
     let collector = site.start_collector().await;
     let _agent = run_agent(&config, admin, &dir.join("agent2.log")).await;
-    send("m2", AFTER).await;
+    send("m2", 0, AFTER).await;
     until("the readings sent after the restart stored", || async {
         stored_per_device(&site, "flow_litres").await.get("m2") == Some(&AFTER)
     })
@@ -767,6 +795,12 @@ async fn a_damaged_journal_is_salvaged(damage: fn(&Path)) {
         stored.get("m1")
     );
     assert!(lost > 0, "the damage cost readings: {rows:?}");
+    // Batches are lost whole (every one holds PART readings).
+    assert_eq!(lost % PART as u64, 0, "{rows:?}");
+    assert!(
+        whole_batches_lost(lost / PART as u64),
+        "{lost} lost: {rows:?}"
+    );
     assert!(
         stored.get("m1").is_some_and(|&m1| m1 > 0),
         "some were salvaged"
@@ -807,39 +841,46 @@ async fn a_damaged_journal_is_salvaged(damage: fn(&Path)) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_journal_is_salvaged_and_the_rest_counted() {
-    a_damaged_journal_is_salvaged(|journal| {
-        // Cut in the middle of the stored batches: those before the cut are
-        // whole, the one cut and those after it are gone.
-        let bytes = std::fs::read(journal).unwrap();
-        let at = batch_offsets(&bytes);
-        assert!(at.len() >= 4, "batches in the journal: {at:?}");
-        let cut = at[at.len() / 2] + 100;
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(journal)
-            .unwrap();
-        f.set_len(cut as u64).unwrap();
-    })
+    a_damaged_journal_is_salvaged(
+        |journal| {
+            // Cut in the middle of the stored batches: those before the cut are
+            // whole, the one cut and those after it are gone.
+            let bytes = std::fs::read(journal).unwrap();
+            let at = batch_offsets(journal, &bytes);
+            assert!(at.len() >= 4, "batches in the journal: {at:?}");
+            let cut = at[at.len() / 2] + 10;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(journal)
+                .unwrap();
+            f.set_len(cut as u64).unwrap();
+        },
+        |batches| batches >= 1,
+    )
     .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bit_flipped_journal_is_salvaged_and_the_rest_counted() {
-    a_damaged_journal_is_salvaged(|journal| {
-        // One bit inside one stored batch, and one in the file's header
-        // (redb's magic number): the file is not a journal any more.
-        let mut bytes = std::fs::read(journal).unwrap();
-        let at = batch_offsets(&bytes);
-        assert!(at.len() >= 4, "batches in the journal: {at:?}");
-        let original = bytes[at[1]..at[1] + 200].to_vec();
-        for &a in &at {
-            // Every copy redb left of that batch.
-            if bytes.get(a..a + 200) == Some(&original[..]) {
-                bytes[a + 100] ^= 0x10;
+    a_damaged_journal_is_salvaged(
+        |journal| {
+            // One bit inside one stored batch, and one in the file's header
+            // (redb's magic number): the file is not a journal any more.
+            let mut bytes = std::fs::read(journal).unwrap();
+            let at = batch_offsets(journal, &bytes);
+            assert!(at.len() >= 4, "batches in the journal: {at:?}");
+            // (A batch of 500 readings here is some 60 bytes.)
+            let original = bytes[at[1]..at[1] + 40].to_vec();
+            for &a in &at {
+                // Every copy redb left of that batch.
+                if bytes.get(a..a + 40) == Some(&original[..]) {
+                    bytes[a + 20] ^= 0x10;
+                }
             }
-        }
-        bytes[0] ^= 0x01;
-        std::fs::write(journal, bytes).unwrap();
-    })
+            bytes[0] ^= 0x01;
+            std::fs::write(journal, bytes).unwrap();
+        },
+        |batches| batches == 1,
+    )
     .await;
 }
