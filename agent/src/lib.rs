@@ -51,6 +51,8 @@ pub mod metrics;
 #[cfg(feature = "std")]
 pub mod run;
 #[cfg(feature = "std")]
+pub mod salvage;
+#[cfg(feature = "std")]
 pub mod shipper;
 #[cfg(feature = "std")]
 pub mod sources;

@@ -5,12 +5,11 @@
 //! - **Series-key caches** (one per line-protocol connection or socket,
 //!   [`KeyCache`](crate::sources::line::KeyCache)): every cached key is
 //!   charged an estimate of its heap bytes. When a key cannot be charged,
-//!   the connection first evicts its own cache and tries again; when that
-//!   is not enough, the budget asks every other cache to evict itself
-//!   ([`MemoryBudget::pressure`]), and the series is **refused**: its line's
-//!   readings are counted per origin as health kind
-//!   [`DROPPED_MEMORY_BUDGET`](ferry_proto::health::DROPPED_MEMORY_BUDGET),
-//!   which reaches the collector.
+//!   the line is **parsed without caching** its series (its readings are
+//!   kept, in groups of their own: a full cache costs parsing time, never
+//!   readings; [`MemoryBudget::uncached_lines`]), and the budget asks every
+//!   cache to evict itself ([`MemoryBudget::pressure`]) so that series can
+//!   be cached again.
 //! - **Connection buffers**: a connection's read buffer is charged while it
 //!   holds bytes ([`Charge::set`]), and handed back when it is empty (an idle
 //!   connection holds no buffer). Buffers are bounded per connection by the
@@ -66,6 +65,7 @@ pub struct MemoryBudget {
     evicted_bytes: AtomicU64,
     refused_series: AtomicU64,
     refused_readings: AtomicU64,
+    uncached_lines: AtomicU64,
     /// Every charge and release: the idle trim watches it.
     activity: AtomicU64,
     /// Bumped when a charge fails: every cache evicts itself when it sees
@@ -83,6 +83,7 @@ impl MemoryBudget {
             evicted_bytes: AtomicU64::new(0),
             refused_series: AtomicU64::new(0),
             refused_readings: AtomicU64::new(0),
+            uncached_lines: AtomicU64::new(0),
             activity: AtomicU64::new(0),
             pressure: watch::channel(0).0,
         })
@@ -116,6 +117,19 @@ impl MemoryBudget {
     /// Readings of refused series (each counted as health kind 11).
     pub fn refused_readings(&self) -> u64 {
         self.refused_readings.load(Ordering::Relaxed)
+    }
+
+    /// Line-protocol lines parsed without caching their series (it did not
+    /// fit): their readings were kept.
+    pub fn uncached_lines(&self) -> u64 {
+        self.uncached_lines.load(Ordering::Relaxed)
+    }
+
+    /// Records a line parsed without caching its series, and asks every
+    /// cache to make room.
+    pub fn record_uncached(&self) {
+        self.uncached_lines.fetch_add(1, Ordering::Relaxed);
+        self.pressure.send_modify(|p| *p = p.wrapping_add(1));
     }
 
     /// A counter that moves with every charge and release.
@@ -179,8 +193,9 @@ impl MemoryBudget {
     /// Prometheus text: `ferry_agent_memory_budget_bytes`,
     /// `ferry_agent_memory_used_bytes`, `ferry_agent_memory_evictions_total`,
     /// `ferry_agent_memory_evicted_bytes_total`,
-    /// `ferry_agent_memory_refused_series_total` and
-    /// `ferry_agent_memory_refused_readings_total`.
+    /// `ferry_agent_memory_refused_series_total`,
+    /// `ferry_agent_memory_refused_readings_total` and
+    /// `ferry_agent_memory_uncached_lines_total`.
     pub fn render_prometheus(&self, out: &mut String) {
         use std::fmt::Write as _;
         for (name, kind, help, value) in [
@@ -219,6 +234,12 @@ impl MemoryBudget {
                 "counter",
                 "Readings of refused series (health kind 11, memory_budget).",
                 self.refused_readings(),
+            ),
+            (
+                "memory_uncached_lines_total",
+                "counter",
+                "Line-protocol lines parsed without caching their series (it did not fit; their readings were kept).",
+                self.uncached_lines(),
             ),
         ] {
             let _ = writeln!(out, "# HELP ferry_agent_{name} {help}");

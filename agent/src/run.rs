@@ -261,18 +261,62 @@ pub fn open_or_quarantine(
                 error = %first,
                 "JOURNAL FAILED TO OPEN: moved aside (it is corrupt), starting with an empty journal (a new epoch)"
             );
+            // What the journal held, as of its last commit (kept beside it,
+            // since the file cannot say).
+            let ledger_file = crate::salvage::ledger_path(path);
+            let ledger = crate::salvage::read_ledger(&ledger_file);
             std::fs::rename(path, &aside).map_err(|e| StartError::Journal {
                 path: path.to_path_buf(),
                 message: format!("{first}; and moving it aside failed: {e}"),
             })?;
-            let j = open_journal(path, config, cache).map_err(|e| StartError::Journal {
+            if ledger_file.exists() {
+                let _ = std::fs::rename(&ledger_file, crate::salvage::ledger_path(&aside));
+            }
+            let mut j = open_journal(path, config, cache).map_err(|e| StartError::Journal {
                 path: path.to_path_buf(),
                 message: e.to_string(),
             })?;
+            salvage_into(&mut j, &aside, ledger)?;
             Ok((j, Some(aside)))
         }
         Err(e) => Err(StartError::Open(e)),
     }
+}
+
+/// Ships what is still readable in the quarantined journal at `aside` and
+/// counts the rest as dropped (health kind 10), per its `ledger`
+/// ([`crate::salvage`]), in the new journal `journal`.
+fn salvage_into(
+    journal: &mut Journal,
+    aside: &Path,
+    ledger: Option<crate::journal::Ledger>,
+) -> Result<(), StartError> {
+    let failed = |message: String| StartError::Journal {
+        path: aside.to_path_buf(),
+        message,
+    };
+    let Some(ledger) = ledger else {
+        tracing::error!(
+            journal = %aside.display(),
+            "the quarantined journal has no ledger file: what it held is unknown, nothing is salvaged and no loss can be counted"
+        );
+        return Ok(());
+    };
+    let found =
+        crate::salvage::scan(aside, &ledger).map_err(|e| failed(format!("salvaging it: {e}")))?;
+    tracing::error!(
+        journal = %aside.display(),
+        epoch = ledger.epoch,
+        held = ledger.held,
+        batches = found.batches.len(),
+        salvaged = found.readings,
+        lost = found.lost,
+        lost_health = ?found.lost_health,
+        "salvaged the quarantined journal: its readable batches are shipped as they were; the readings not found are counted as dropped (corrupt_journal)"
+    );
+    journal
+        .import_salvaged(found.batches, found.lost, &found.lost_health)
+        .map_err(|e| failed(format!("taking in what was salvaged from it: {e}")))
 }
 
 /// A running agent.
@@ -374,6 +418,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         } else {
             crate::writer::TimeWindow::default()
         })
+        .with_ledger(crate::salvage::ledger_path(&journal_path))
         .with_disk_guard(data_dir.clone(), crate::disk::RESERVE, {
             let (path, journal_config) = (journal_path.clone(), config.journal_config());
             let cache = config.journal.cache as usize;

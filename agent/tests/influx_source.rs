@@ -24,6 +24,8 @@ const FAILSAFE: Duration = Duration::from_secs(60);
 fn config() -> InfluxConfig {
     InfluxConfig {
         name: "lp".into(),
+        // Connection closes are journaled when the source stops only.
+        closes_period: Duration::from_secs(3600),
         ..InfluxConfig::default()
     }
 }
@@ -105,6 +107,26 @@ impl Source {
     async fn stop(self) {
         let _ = self.stop.send(());
         self.task.await.expect("the source task does not panic");
+    }
+
+    /// Stops the source, committing (answering) what it submits as it
+    /// stops; returns that work.
+    async fn stop_answering(self, rx: &mut mpsc::Receiver<Submission>) -> Vec<Work> {
+        let _ = self.stop.send(());
+        let mut task = self.task;
+        let mut works = Vec::new();
+        loop {
+            tokio::select! {
+                done = &mut task => {
+                    done.expect("the source task does not panic");
+                    return works;
+                }
+                Some(s) = rx.recv() => {
+                    works.push(s.work);
+                    let _ = s.done.send(Ok(CommitReport::default()));
+                }
+            }
+        }
     }
 }
 
@@ -393,7 +415,10 @@ async fn a_connection_beyond_the_limit_closes_the_idlest_and_is_served() {
         .await;
         assert_eq!(source.stats.connections_evicted(), 1);
         assert_eq!(source.stats.idle_timeouts(), 0);
-        source.stop().await;
+        // The close is journaled for the collector (kind 13).
+        let works = source.stop_answering(&mut rx).await;
+        assert_eq!(health_sum(&works, "lp", health::CONNECTIONS_EVICTED), 1);
+        assert_eq!(health_sum(&works, "lp", health::CONNECTIONS_TIMED_OUT), 0);
     })
     .await;
 }
@@ -432,16 +457,18 @@ async fn a_stalled_line_and_an_idle_connection_are_closed_and_counted() {
         .await;
         assert_eq!(source.stats.line_timeouts(), 1);
         assert_eq!(source.stats.lines_accepted(), 1);
-        source.stop().await;
+        // Both closes are journaled for the collector (kind 14).
+        let works = source.stop_answering(&mut rx).await;
+        assert_eq!(health_sum(&works, "lp", health::CONNECTIONS_TIMED_OUT), 2);
     })
     .await;
 }
 
 /// With a memory budget on the intake, a line whose new series does not
-/// fit is refused and its readings counted per origin as health kind 11 in
-/// the chunk's work; cached series go on.
+/// fit is parsed without caching it: its readings are in the chunk's work
+/// all the same (nothing is refused); cached series go on.
 #[tokio::test]
-async fn a_new_series_beyond_the_memory_budget_is_counted_in_the_work() {
+async fn a_new_series_beyond_the_memory_budget_is_kept_uncached() {
     within(async {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -469,15 +496,22 @@ async fn a_new_series_beyond_the_memory_budget_is_counted_in_the_work() {
             .await
             .unwrap();
         client.shutdown().await.unwrap();
-        let works = accept_until(&mut rx, |w| {
-            flat(w).len() + health_sum(w, "d2", health::DROPPED_MEMORY_BUDGET) as usize >= 3
-        })
-        .await;
-        assert_eq!(flat(&works), [("m_f{device=\"d1\"}".to_owned(), 3, 4.0)]);
-        assert_eq!(health_sum(&works, "d2", health::DROPPED_MEMORY_BUDGET), 2);
+        let works = accept_until(&mut rx, |w| flat(w).len() >= 3).await;
+        let mut got = flat(&works);
+        got.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            got,
+            [
+                ("m_f{device=\"d1\"}".to_owned(), 3, 4.0),
+                ("m_f{device=\"d2\"}".to_owned(), 2, 2.0),
+                ("m_g{device=\"d2\"}".to_owned(), 2, 3.0),
+            ]
+        );
+        assert_eq!(health_sum(&works, "d2", health::DROPPED_MEMORY_BUDGET), 0);
         wait_for(&source.stats, |s| s.connections_open() == 0).await;
-        assert_eq!(source.stats.readings_refused(), 2);
-        assert_eq!(budget.refused_readings(), 2);
+        assert_eq!(source.stats.lines_uncached(), 1);
+        assert_eq!(budget.uncached_lines(), 1);
+        assert_eq!(budget.refused_readings(), 0);
         drop(hog);
         assert_eq!(
             budget.used(),
@@ -543,6 +577,39 @@ async fn udp_datagrams_are_parsed() {
         assert_eq!(source.stats.lines_accepted(), 2);
         assert_eq!(source.stats.lines_rejected(), 1);
         source.stop().await;
+    })
+    .await;
+}
+
+/// A UDP socket's receive buffer is charged to the memory budget for the
+/// socket's life, and a datagram's parsed readings until the journal
+/// answers; everything is handed back when the source stops.
+#[tokio::test]
+async fn udp_buffers_are_charged_to_the_memory_budget() {
+    within(async {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect(socket.local_addr().unwrap()).await.unwrap();
+        let budget = MemoryBudget::new(1 << 20);
+        let (intake, mut rx) = Intake::channel(4);
+        let intake = intake.with_budget(budget.clone());
+        let stats = Arc::new(SourceStats::default());
+        let (stop, signal) = shutdown_signal();
+        let task = tokio::spawn(run_udp(socket, config(), intake, stats.clone(), signal));
+        let source = Source { stop, task, stats };
+        client.send(b"env,device=d1 t=21.5 1\n").await.unwrap();
+        let s = next(&mut rx).await;
+        // Waiting for its commit: the buffer, the series cached and the
+        // datagram's readings.
+        let waiting = budget.used();
+        assert!(waiting > 64 * 1024, "{waiting}");
+        let _ = s.done.send(Ok(CommitReport::default()));
+        wait_for(&source.stats, |s| s.readings_accepted() == 1).await;
+        // Answered: the readings are handed back, the buffer is not.
+        let idle = budget.used();
+        assert!(idle >= 64 * 1024 && idle < waiting, "{idle} {waiting}");
+        source.stop().await;
+        assert_eq!(budget.used(), 0, "a stopped source hands everything back");
     })
     .await;
 }
@@ -657,7 +724,7 @@ fn stats_render_as_prometheus_samples() {
          ferry_agent_influx_connections_total{source=\"lp\"} 0\n\
          ferry_agent_influx_connections_open{source=\"lp\"} 0\n\
          ferry_agent_influx_dropped_readings_total{source=\"lp\"} 0\n\
-         ferry_agent_influx_readings_refused_total{source=\"lp\"} 0\n\
+         ferry_agent_influx_lines_uncached_total{source=\"lp\"} 0\n\
          ferry_agent_influx_connections_evicted_total{source=\"lp\"} 0\n\
          ferry_agent_influx_idle_timeouts_total{source=\"lp\"} 0\n\
          ferry_agent_influx_line_timeouts_total{source=\"lp\"} 0\n"

@@ -124,7 +124,8 @@ pub struct Ledger {
     pub received: u64,
     /// Readings stored: raw readings and readings inside stored windows.
     pub stored: u64,
-    /// Readings it reported dropped after receiving them (kinds 1, 3, 6).
+    /// Readings it reported dropped after receiving them (kinds 1, 3, 6,
+    /// 10).
     pub dropped: u64,
     /// Readings the collector refused from its stored batches.
     pub refused: u64,
@@ -175,7 +176,9 @@ pub fn drop_rows(store: &Store) -> Result<Vec<DropRow>, StoreError> {
 
 /// Every agent's ledger from the store.
 pub fn ledgers(store: &Store) -> Result<Vec<Ledger>, StoreError> {
-    use ferry_proto::health::{DROPPED_JOURNAL_FULL, DROPPED_LATE, DROPPED_REJECTED, RECEIVED};
+    use ferry_proto::health::{
+        DROPPED_CORRUPT_JOURNAL, DROPPED_JOURNAL_FULL, DROPPED_LATE, DROPPED_REJECTED, RECEIVED,
+    };
     let mut by_agent: std::collections::BTreeMap<String, Ledger> = store
         .agents()?
         .into_iter()
@@ -198,7 +201,9 @@ pub fn ledgers(store: &Store) -> Result<Vec<Ledger>, StoreError> {
         };
         match kind {
             RECEIVED => l.received += n,
-            DROPPED_JOURNAL_FULL | DROPPED_LATE | DROPPED_REJECTED => l.dropped += n,
+            DROPPED_JOURNAL_FULL | DROPPED_LATE | DROPPED_REJECTED | DROPPED_CORRUPT_JOURNAL => {
+                l.dropped += n
+            }
             _ => {}
         }
     }

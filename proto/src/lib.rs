@@ -66,7 +66,7 @@ pub mod health {
     pub const DROPPED_REJECTED: u16 = 6;
     /// Readings a source handed to the agent's journal (journaled, or
     /// dropped as late), sent periodically: they equal what the collector
-    /// stored plus kinds 1, 3 and 6, so every reading is accounted for.
+    /// stored plus kinds 1, 3, 6 and 10, so every reading is accounted for.
     pub const RECEIVED: u16 = 7;
     /// Readings the agent refused at ingest because their timestamp was
     /// outside the collector's accepted window (announced in Welcome, or
@@ -78,21 +78,35 @@ pub mod health {
     /// receive buffer was full (`/proc/net/udp`'s `drops`), counted for the
     /// source's name: datagrams, not readings (each may hold many lines).
     pub const DROPPED_KERNEL: u16 = 9;
-    /// Reserved for readings in a corrupt journal the agent moved aside
-    /// that could not be read back. This version does not send it: a
-    /// quarantined journal's contents are not salvaged yet (the agent logs
-    /// the quarantine and starts a new journal epoch).
+    /// Readings in a corrupt journal the agent moved aside that could not
+    /// be read back: the journal's ledger file (kept beside it) says how
+    /// many readings it held; the batches still readable in its bytes are
+    /// shipped with their own epoch and seq, and the rest is counted here,
+    /// under the origin `journal` (which source or device they came from
+    /// was in the unreadable part).
     pub const DROPPED_CORRUPT_JOURNAL: u16 = 10;
-    /// Readings of a new series the agent refused because its memory budget
-    /// (series-key caches, connection buffers, window state) had no room
-    /// for the series (agent `[agent] memory_budget`). Not handed to the
-    /// journal, so not in kind 7.
+    /// Readings of a new aggregated series the agent refused because its
+    /// memory budget (agent `[agent] memory_budget`) had no room for the
+    /// series' window state. Not handed to the journal, so not in kind 7.
+    /// (Line-protocol series that do not fit in the series-key caches are
+    /// parsed uncached, never refused.)
     pub const DROPPED_MEMORY_BUDGET: u16 = 11;
     /// String fields of accepted line protocol lines that a source skipped
     /// (Ferry stores numbers; the line's numeric fields were kept). Not a
     /// loss: a string was never a reading, so it is in no `RECEIVED` count
     /// and [`is_dropped`] is false for it.
     pub const SKIPPED_STRING_FIELDS: u16 = 12;
+    /// Producer connections an agent's line-protocol TCP listener closed at
+    /// its `max_connections` (the idlest, to serve a new one), counted for
+    /// the source's name. Connections, not readings, and not a loss: a
+    /// closed connection's complete lines were journaled, so
+    /// [`is_dropped`] is false for it.
+    pub const CONNECTIONS_EVICTED: u16 = 13;
+    /// Producer connections an agent's line-protocol TCP listener closed
+    /// because they sent nothing for `idle_timeout` or held an unfinished
+    /// line for `line_timeout`, counted for the source's name. Connections,
+    /// not readings; not a loss (the unfinished line was never a reading).
+    pub const CONNECTIONS_TIMED_OUT: u16 = 14;
 
     /// True for kinds that count readings lost on the agent's side (1, 2,
     /// 3, 5, 6, 8, 9, 10, 11): what the collector adds to an agent's
@@ -129,6 +143,8 @@ pub mod health {
             DROPPED_CORRUPT_JOURNAL => "corrupt_journal",
             DROPPED_MEMORY_BUDGET => "memory_budget",
             SKIPPED_STRING_FIELDS => "skipped_string_fields",
+            CONNECTIONS_EVICTED => "connections_evicted",
+            CONNECTIONS_TIMED_OUT => "connections_timed_out",
             _ => return None,
         })
     }

@@ -270,6 +270,18 @@ async fn drop_rows(site: &Site) -> Vec<DropRow> {
         .collect()
 }
 
+/// The collector's ledger for agent `gw`.
+async fn gw_ledger(site: &Site) -> Option<ferry_collector::admin::Ledger> {
+    let admin = Admin::connect(&site.data).await.ok()?;
+    admin
+        .drops()
+        .await
+        .ok()?
+        .ledgers
+        .into_iter()
+        .find(|l| l.agent == "gw")
+}
+
 fn dropped(rows: &[DropRow], device: &str, reason: &str) -> u64 {
     rows.iter()
         .filter(|r| r.device == device && r.reason == reason)
@@ -507,6 +519,21 @@ async fn a_full_filesystem_pauses_sources_and_the_agent_resumes_by_itself() {
         stored + dropped == DATAGRAMS as u64
     })
     .await;
+    // The ledger closes: what the sources handed over is stored (the UDP
+    // readings lost while the disk was full never reached the journal:
+    // counted as queue_full, not received).
+    let udp_lost = dropped(&drop_rows(&site).await, "u1", "queue_full");
+    let received = (2 * N + DATAGRAMS) as u64 - udp_lost;
+    until("the ledger closes", || async {
+        gw_ledger(&site)
+            .await
+            .is_some_and(|l| l.received == received && l.stored == received && l.in_transit == 0)
+    })
+    .await;
+    eprintln!(
+        "disk full: {udp_lost} UDP readings counted lost; ledger {:?}",
+        gw_ledger(&site).await
+    );
     let log = std::fs::read_to_string(dir.join("agent.log")).unwrap();
     assert!(log.contains("DISK FULL"), "{log}");
     assert!(log.contains("disk space is back"), "{log}");
@@ -648,4 +675,212 @@ async fn newest_first_with_a_backlog_beyond_the_dedupe_state_loses_nothing() {
         "no batch was answered duplicate"
     );
     collector.stop().await;
+}
+
+/// Offsets of the batches stored in a journal file, in either form: zstd
+/// (`[codec 1]` followed by zstd's frame magic) or plain (`[codec 0]`
+/// followed by an encoded batch of the journal's epoch, read from its
+/// ledger file beside it).
+fn batch_offsets(journal: &Path, bytes: &[u8]) -> Vec<usize> {
+    let mut ledger = journal.as_os_str().to_owned();
+    ledger.push(".ledger");
+    let ledger = std::fs::read_to_string(ledger).unwrap();
+    let epoch: u64 = ledger
+        .lines()
+        .find_map(|l| l.strip_prefix("epoch "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (mut zstd, mut plain) = (Vec::new(), Vec::new());
+    for i in 0..bytes.len().saturating_sub(5) {
+        if bytes[i..i + 5] == [1, 0x28, 0xb5, 0x2f, 0xfd] {
+            zstd.push(i);
+        } else if bytes[i..i + 2] == [0, 0x98]
+            && ferry_proto::codec::from_bytes_prefix::<ferry_proto::batch::Batch>(
+                "Batch",
+                &bytes[i + 1..],
+            )
+            .is_ok_and(|(b, _)| b.epoch == epoch)
+        {
+            plain.push(i);
+        }
+    }
+    eprintln!("batches in the journal: zstd at {zstd:?}, plain at {plain:?}");
+    let mut all = [zstd, plain].concat();
+    all.sort_unstable();
+    all
+}
+
+/// An agent whose journal holds `N` readings of `m1` (none shipped: the
+/// collector is not up) is killed, its journal damaged by `damage`, and
+/// started again with the collector up: the journal is quarantined, what is
+/// readable in it is stored, what is not is counted as `corrupt_journal`
+/// at the collector, and readings sent after the restart are stored.
+async fn a_damaged_journal_is_salvaged(damage: fn(&Path), whole_batches_lost: fn(u64) -> bool) {
+    const N: usize = 5_000;
+    const AFTER: usize = 1_000;
+    let site = Site::new();
+    let dir = site.dir.path();
+    let (influx, admin) = (free_tcp_port(), free_tcp_port());
+    let config = site.agent_config(&format!(
+        "\n[agent]\ndata_dir = \"data\"\nhealth_interval = \"100ms\"\n\n\
+         [admin]\nlisten = \"{admin}\"\n\n\
+         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
+         [journal]\nbatch_max_readings = 500\n\n\
+         [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
+    ));
+    let agent = run_agent(&config, admin, &dir.join("agent.log")).await;
+    let t0 = now_ms() - 600_000;
+    let send = |device: &'static str, from: usize, n: usize| async move {
+        let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
+        let text: String = (from..from + n)
+            .map(|i| format!("flow,device={device} litres={i} {}\n", t0 + i as i64))
+            .collect();
+        tcp.write_all(text.as_bytes()).await.unwrap();
+        tcp.shutdown().await.unwrap();
+    };
+    // In parts, each sealed before the next is sent: a batch is sealed from
+    // whole commits, and one write of N lines would make a few large ones.
+    const PART: usize = 500;
+    for part in 0..N / PART {
+        send("m1", part * PART, PART).await;
+        until("the part sealed in the outbox", || async {
+            metric(admin, "ferry_agent_outbox_readings").await == Some(((part + 1) * PART) as u64)
+        })
+        .await;
+    }
+    // The journal's ledger file says it holds them, and their received
+    // counts (journaled every health_interval).
+    let ledger_file = site.bundle.join("data/journal.redb.ledger");
+    until(
+        "the ledger file holds every reading and its received count",
+        || async {
+            let ledger = std::fs::read_to_string(&ledger_file).unwrap_or_default();
+            ledger.contains(&format!("\nheld {N}\n"))
+                && ledger.lines().any(|l| {
+                    l.strip_prefix("health ")
+                        .is_some_and(|h| h.split(' ').any(|c| c == format!("7:{N}")))
+                })
+        },
+    )
+    .await;
+    agent.kill9();
+    let journal = site.bundle.join("data/journal.redb");
+    damage(&journal);
+
+    let collector = site.start_collector().await;
+    let _agent = run_agent(&config, admin, &dir.join("agent2.log")).await;
+    send("m2", 0, AFTER).await;
+    until("the readings sent after the restart stored", || async {
+        stored_per_device(&site, "flow_litres").await.get("m2") == Some(&AFTER)
+    })
+    .await;
+    until(
+        "every reading of the old journal stored or counted",
+        || async {
+            let stored = stored_per_device(&site, "flow_litres")
+                .await
+                .get("m1")
+                .copied()
+                .unwrap_or(0) as u64;
+            stored + dropped(&drop_rows(&site).await, "journal", "corrupt_journal") == N as u64
+        },
+    )
+    .await;
+    let stored = stored_per_device(&site, "flow_litres").await;
+    let rows = drop_rows(&site).await;
+    let lost = dropped(&rows, "journal", "corrupt_journal");
+    eprintln!(
+        "salvaged: {:?} stored, {lost} counted as corrupt_journal",
+        stored.get("m1")
+    );
+    assert!(lost > 0, "the damage cost readings: {rows:?}");
+    // Batches are lost whole (every one holds PART readings).
+    assert_eq!(lost % PART as u64, 0, "{rows:?}");
+    assert!(
+        whole_batches_lost(lost / PART as u64),
+        "{lost} lost: {rows:?}"
+    );
+    assert!(
+        stored.get("m1").is_some_and(|&m1| m1 > 0),
+        "some were salvaged"
+    );
+    let other: u64 = rows
+        .iter()
+        .filter(|r| r.reason != "corrupt_journal")
+        .filter(|r| ferry_proto::health::is_dropped(kind_of(&r.reason)))
+        .map(|r| r.readings)
+        .sum();
+    assert_eq!(other, 0, "nothing else dropped: {rows:?}");
+    // The ledger closes as the collector reports it: the received counts
+    // the lost batches carried were counted again, so received = every
+    // reading sent = stored + counted dropped.
+    until("the ledger closes", || async {
+        gw_ledger(&site)
+            .await
+            .is_some_and(|l| l.received == (N + AFTER) as u64 && l.in_transit == 0)
+    })
+    .await;
+    let ledger = gw_ledger(&site).await.unwrap();
+    eprintln!("ledger after the salvage: {ledger:?}");
+    assert_eq!(ledger.stored + ledger.dropped, (N + AFTER) as u64);
+    assert_eq!((ledger.dropped, ledger.refused), (lost, 0));
+    let log = std::fs::read_to_string(dir.join("agent2.log")).unwrap();
+    assert!(log.contains("salvaged the quarantined journal"), "{log}");
+    let aside = std::fs::read_dir(site.bundle.join("data"))
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("journal.redb.corrupt-") && !name.ends_with(".ledger")
+        })
+        .count();
+    assert_eq!(aside, 1);
+    collector.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_journal_is_salvaged_and_the_rest_counted() {
+    a_damaged_journal_is_salvaged(
+        |journal| {
+            // Cut in the middle of the stored batches: those before the cut are
+            // whole, the one cut and those after it are gone.
+            let bytes = std::fs::read(journal).unwrap();
+            let at = batch_offsets(journal, &bytes);
+            assert!(at.len() >= 4, "batches in the journal: {at:?}");
+            let cut = at[at.len() / 2] + 10;
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(journal)
+                .unwrap();
+            f.set_len(cut as u64).unwrap();
+        },
+        |batches| batches >= 1,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bit_flipped_journal_is_salvaged_and_the_rest_counted() {
+    a_damaged_journal_is_salvaged(
+        |journal| {
+            // One bit inside one stored batch, and one in the file's header
+            // (redb's magic number): the file is not a journal any more.
+            let mut bytes = std::fs::read(journal).unwrap();
+            let at = batch_offsets(journal, &bytes);
+            assert!(at.len() >= 4, "batches in the journal: {at:?}");
+            // (A batch of 500 readings here is some 60 bytes.)
+            let original = bytes[at[1]..at[1] + 40].to_vec();
+            for &a in &at {
+                // Every copy redb left of that batch.
+                if bytes.get(a..a + 40) == Some(&original[..]) {
+                    bytes[a + 20] ^= 0x10;
+                }
+            }
+            bytes[0] ^= 0x01;
+            std::fs::write(journal, bytes).unwrap();
+        },
+        |batches| batches == 1,
+    )
+    .await;
 }

@@ -210,6 +210,7 @@ impl Journal {
                 &layout::count_key(origin, *kind, Some(0)),
                 *count,
             )?;
+            *self.held_health.entry(*kind).or_default() += *count;
             self.health_pending = true;
         }
         let mut dropped = txn.open_table(DROPPED)?;

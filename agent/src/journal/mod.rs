@@ -25,6 +25,7 @@
 //! | `device_drops` | device id → (boot u32, dropped u32) | the device's ring-drop total already counted |
 //! | `device_offsets` | device id → (boot u32, offset ns i64) | device-time to wall-clock offset of the boot |
 //! | `meta` | name → u64 | `next_seq`, `next_row`, `bytes`, `format`, `epoch` |
+//! | `salvaged` | batch seq (u64) → wire seq (u64) | outbox batches salvaged from a quarantined journal: their body keeps that journal's epoch and seq ([`Journal::import_salvaged`]) |
 //!
 //! # Invariants
 //! 1. **Nothing accepted is lost**: a reading passed to [`Journal::commit`]
@@ -78,6 +79,7 @@ mod error;
 pub mod layout;
 mod outbox;
 mod rows;
+mod salvage;
 mod seal;
 mod stats;
 mod work;
@@ -101,6 +103,7 @@ use self::commit::*;
 pub use self::config::{AggregateRule, FullPolicy, JournalConfig, glob_match};
 use self::dictionary::*;
 pub use self::error::{CommitError, DecompressError};
+pub use self::salvage::{Ledger, SALVAGE_ORIGIN, SalvagedBatch};
 use self::seal::*;
 use self::stats::*;
 pub use self::stats::{JournalStats, inspect_in, stats_in};
@@ -117,6 +120,7 @@ const DEVICE_DROPS: Bytes = Bytes::new("device_drops");
 const DEVICE_OFFSETS: Bytes = Bytes::new("device_offsets");
 const META: Bytes = Bytes::new("meta");
 const SOURCE_MARKS: Bytes = Bytes::new("source_marks");
+const SALVAGED: Bytes = Bytes::new("salvaged");
 
 /// The journal's on-disk format, kept in `meta` as `format`. A journal of
 /// another format is refused with [`CommitError::Format`] (the agent moves
@@ -147,8 +151,12 @@ const MAX_BATCH_BYTES: usize = 64 << 20;
 /// A sealed batch as stored in the outbox and sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredBatch {
-    /// Batch sequence.
+    /// Batch sequence (the outbox key: what acks are applied to).
     pub seq: u64,
+    /// The sequence the body carries, which the collector's ack names:
+    /// `seq`, but for a batch salvaged from a quarantined journal, which
+    /// keeps that journal's epoch and sequence.
+    pub wire_seq: u64,
     /// Codec of `body` (0: plain encoded [`Batch`](ferry_proto::batch::Batch)).
     pub codec: u8,
     /// The body.
@@ -205,6 +213,12 @@ pub struct Journal {
     outbox_readings: u64,
     /// Compresses sealed batches; none: stored plain.
     compressor: Option<alloc::boxed::Box<dyn Compressor>>,
+    /// Outbox batches salvaged from a quarantined journal: outbox seq →
+    /// the seq their body carries (mirrors `salvaged`).
+    salvaged: BTreeMap<u64, u64>,
+    /// Health counts the journal holds and has not delivered (in `health`
+    /// and in the outbox's batches), per kind: the [`Ledger`]'s `health`.
+    held_health: BTreeMap<u16, u64>,
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, CommitError> {
@@ -274,6 +288,7 @@ impl Journal {
             txn.open_table(DEVICE_DROPS)?;
             txn.open_table(DEVICE_OFFSETS)?;
             txn.open_table(SOURCE_MARKS)?;
+            txn.open_table(SALVAGED)?;
             let mut meta = txn.open_table(META)?;
             let found = match meta.get(b"format".as_slice())? {
                 Some(v) => Some(
@@ -311,6 +326,8 @@ impl Journal {
             outbox: BTreeMap::new(),
             outbox_readings: 0,
             compressor: None,
+            salvaged: BTreeMap::new(),
+            held_health: BTreeMap::new(),
         };
         journal.reload()?;
         Ok(journal)
@@ -371,12 +388,30 @@ impl Journal {
             journal.aggregator.restore(key, rule, state);
         }
         journal.health_pending = txn.open_table(HEALTH)?.len()? > 0;
+        journal.held_health.clear();
+        for entry in txn.open_table(HEALTH)?.iter()? {
+            let (k, v) = entry?;
+            let (_, kind, _) = layout::count_key_of("health", k.value())?;
+            *journal.held_health.entry(kind).or_default() += count_of("health", v.value())?;
+        }
         journal.outbox.clear();
         journal.outbox_readings = 0;
+        journal.salvaged.clear();
+        for entry in txn.open_table(SALVAGED)?.iter()? {
+            let (seq, wire) = entry?;
+            let wire = layout::u64_of(wire.value())
+                .ok_or_else(|| CommitError::Corrupt("a salvaged value is not a u64".into()))?;
+            journal
+                .salvaged
+                .insert(layout::id_of("salvaged", seq.value())?, wire);
+        }
         for entry in txn.open_table(OUTBOX_META)?.iter()? {
             let (seq, meta) = entry?;
             let meta: OutboxMeta = decode("OutboxMeta", meta.value())?;
             journal.outbox_readings += meta.readings;
+            for h in &meta.health {
+                *journal.held_health.entry(h.kind).or_default() += h.count;
+            }
             journal.outbox.insert(
                 layout::id_of("outbox_meta", seq.value())?,
                 Sealed {

@@ -1,7 +1,7 @@
 //! The outbox: handing sealed batches out, taking them back, removing them
 //! when acknowledged.
 
-use alloc::collections::BTreeSet;
+use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::vec::Vec;
 
 use ferry_proto::batch::{Batch, HealthRecord};
@@ -35,6 +35,13 @@ impl Journal {
             Vec::new()
         };
         drop(body);
+        // A salvaged batch's seq is not one of this epoch's: a drop names
+        // no batch (0), and its own records' tags (of its epoch) go too.
+        let salvaged = self.salvaged.remove(&seq).is_some();
+        if salvaged {
+            txn.open_table(SALVAGED)?.remove(key.as_slice())?;
+        }
+        let tag = if salvaged { 0 } else { seq };
         if let Some(sealed) = self.outbox.remove(&seq) {
             self.outbox_readings -= sealed.readings.min(self.outbox_readings);
         }
@@ -53,6 +60,12 @@ impl Journal {
             }
         };
         self.bytes -= (body_len + meta_len).min(self.bytes);
+        // Its health records leave the journal with it (or, dropped, are
+        // held again below).
+        for h in &meta.health {
+            let held = self.held_health.entry(h.kind).or_default();
+            *held = held.saturating_sub(h.count);
+        }
         if let Some(kind) = dropped_kind {
             let mut health_table = txn.open_table(HEALTH)?;
             let mut dropped = txn.open_table(DROPPED)?;
@@ -61,16 +74,17 @@ impl Journal {
                 // (invariant 9).
                 add_count(
                     &mut health_table,
-                    &layout::count_key("", kind, Some(seq)),
+                    &layout::count_key("", kind, Some(tag)),
                     0,
                 )?;
             }
             for o in &meta.origins {
                 add_count(
                     &mut health_table,
-                    &layout::count_key(&o.origin, kind, Some(seq)),
+                    &layout::count_key(&o.origin, kind, Some(tag)),
                     o.readings,
                 )?;
+                *self.held_health.entry(kind).or_default() += o.readings;
                 add_count(
                     &mut dropped,
                     &layout::count_key(&o.origin, kind, None),
@@ -82,9 +96,10 @@ impl Journal {
             for h in &batch_health {
                 add_count(
                     &mut health_table,
-                    &layout::count_key(&h.source, h.kind, Some(h.batch)),
+                    &layout::count_key(&h.source, h.kind, Some(if salvaged { 0 } else { h.batch })),
                     h.count,
                 )?;
+                *self.held_health.entry(h.kind).or_default() += h.count;
             }
             self.health_pending = true;
         }
@@ -126,9 +141,14 @@ impl Journal {
         let txn = self.db.begin_read()?;
         let outbox = txn.open_table(OUTBOX)?;
         let out = if newest_first {
-            pick(outbox.iter()?.rev(), &self.in_flight, max_bytes)?
+            pick(
+                outbox.iter()?.rev(),
+                &self.in_flight,
+                &self.salvaged,
+                max_bytes,
+            )?
         } else {
-            pick(outbox.iter()?, &self.in_flight, max_bytes)?
+            pick(outbox.iter()?, &self.in_flight, &self.salvaged, max_bytes)?
         };
         for b in &out {
             self.in_flight.insert(b.seq);
@@ -161,6 +181,7 @@ pub(super) type OutboxEntry<'a> = Result<
 pub(super) fn pick<'a>(
     entries: impl Iterator<Item = OutboxEntry<'a>>,
     in_flight: &BTreeSet<u64>,
+    salvaged: &BTreeMap<u64, u64>,
     max_bytes: u64,
 ) -> Result<Vec<StoredBatch>, CommitError> {
     let mut out = Vec::new();
@@ -182,6 +203,7 @@ pub(super) fn pick<'a>(
         total += body.len() as u64;
         out.push(StoredBatch {
             seq,
+            wire_seq: salvaged.get(&seq).copied().unwrap_or(seq),
             codec,
             body: body.to_vec(),
         });

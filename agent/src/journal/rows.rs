@@ -44,4 +44,21 @@ wire_struct! {
         /// Readings per origin: what is counted as dropped if the batch is.
         pub origins: Vec<OriginCount>,
     }
+    appended {
+        /// The batch's health records summed per kind (what the journal's
+        /// [`Ledger`](super::Ledger) counts as held until the batch is
+        /// delivered). Empty in a journal written before it existed.
+        pub health: Vec<KindCount>,
+    }
+}
+
+wire_struct! {
+    /// A health count of one kind.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct KindCount {
+        /// Health kind.
+        pub kind: u16,
+        /// Its count.
+        pub count: u64,
+    }
 }

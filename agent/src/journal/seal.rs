@@ -8,7 +8,7 @@ use alloc::vec::Vec;
 use ferry_proto::batch::{Batch, HealthRecord, Reading, ReadingBlock};
 use redb::ReadableTable;
 
-use super::rows::{OriginCount, OutboxMeta, PendingRow};
+use super::rows::{KindCount, OriginCount, OutboxMeta, PendingRow};
 
 use super::*;
 
@@ -128,6 +128,7 @@ impl Journal {
         batch.epoch = self.epoch;
         let readings =
             batch.reading_count() as u64 + batch.aggregates.iter().map(|a| a.count).sum::<u64>();
+        let health = kind_counts(batch.health.iter().map(|h| (h.kind, h.count)));
         let plain = encode(&batch)?;
         drop(batch);
         let mut body = Vec::new();
@@ -160,6 +161,7 @@ impl Journal {
                     readings,
                 })
                 .collect(),
+            health,
         })?;
         let key = layout::id_key(seq);
         txn.open_table(OUTBOX)?
@@ -183,4 +185,15 @@ impl Journal {
         }
         Ok(Some(seq))
     }
+}
+
+/// `counts` summed per kind, ascending.
+pub(super) fn kind_counts(counts: impl Iterator<Item = (u16, u64)>) -> Vec<KindCount> {
+    let mut sums: BTreeMap<u16, u64> = BTreeMap::new();
+    for (kind, count) in counts {
+        *sums.entry(kind).or_default() += count;
+    }
+    sums.into_iter()
+        .map(|(kind, count)| KindCount { kind, count })
+        .collect()
 }

@@ -155,8 +155,10 @@ pub struct Flight {
     terms: Option<Terms>,
     /// The latest Welcome's announcement, kept across disconnects.
     collector: Option<CollectorTerms>,
-    /// Bytes of each batch in flight, by sequence.
-    in_flight: HashMap<u64, u64>,
+    /// Bytes of each batch in flight and the seq its body carries (which
+    /// the ack names: not the outbox seq for a salvaged batch), by outbox
+    /// sequence.
+    in_flight: HashMap<u64, (u64, u64)>,
     in_flight_bytes: u64,
     /// The journal had nothing more (or the window overflowed): fetch again
     /// after news (an answer, a sealed batch, a tick).
@@ -306,7 +308,7 @@ impl Flight {
             }
             let bytes = batch.body.len() as u64;
             self.in_flight_bytes += bytes;
-            self.in_flight.insert(batch.seq, bytes);
+            self.in_flight.insert(batch.seq, (bytes, batch.wire_seq));
             send.push(batch);
         }
         send
@@ -343,13 +345,16 @@ impl Flight {
     ) -> Result<(), ProtocolError> {
         let ack = match frame {
             FrameType::Ack => {
-                let ack: Ack = decode("Ack", body)?;
-                if ack.seq != seq {
+                let mut ack: Ack = decode("Ack", body)?;
+                let expected = self.in_flight.get(&seq).map_or(seq, |&(_, wire)| wire);
+                if ack.seq != expected {
                     return Err(ProtocolError::WrongAck {
                         got: ack.seq,
-                        expected: seq,
+                        expected,
                     });
                 }
+                // From here on, the batch by its outbox seq.
+                ack.seq = seq;
                 ack
             }
             FrameType::Error => {
@@ -363,7 +368,7 @@ impl Flight {
                 });
             }
         };
-        let bytes = self.in_flight.remove(&seq).unwrap_or(0);
+        let bytes = self.in_flight.remove(&seq).map_or(0, |(bytes, _)| bytes);
         self.in_flight_bytes -= bytes.min(self.in_flight_bytes);
         self.drained = false;
         self.metrics.wire_bytes.add(wire);
@@ -586,6 +591,7 @@ mod tests {
     fn batch(seq: u64, bytes: usize) -> StoredBatch {
         StoredBatch {
             seq,
+            wire_seq: seq,
             codec: compression::NONE,
             body: vec![7; bytes],
         }
@@ -998,6 +1004,7 @@ mod tests {
         let zstd = zstd::bulk::compress(&body, 1).unwrap();
         let stored = StoredBatch {
             seq: 1,
+            wire_seq: 1,
             codec: compression::ZSTD,
             body: zstd.clone(),
         };
@@ -1011,12 +1018,14 @@ mod tests {
         );
         let plain = StoredBatch {
             seq: 2,
+            wire_seq: 2,
             codec: compression::NONE,
             body: body.clone(),
         };
         assert_eq!(&batch_frame(plain, true).unwrap()[HEADER_LEN..], zstd);
         let odd = StoredBatch {
             seq: 3,
+            wire_seq: 3,
             codec: 9,
             body: Vec::new(),
         };

@@ -100,10 +100,13 @@ impl crate::journal::Compressor for Zstd {
         compression::ZSTD
     }
 
+    /// Level 1, with the frame's content checksum: a stored batch that was
+    /// damaged on disk fails to decompress instead of decoding into other
+    /// readings (what salvaging a quarantined journal relies on).
     fn compress(&self, raw: &[u8]) -> Option<Vec<u8>> {
-        zstd::bulk::compress(raw, 1)
-            .ok()
-            .filter(|c| c.len() < raw.len())
+        let mut c = zstd::bulk::Compressor::new(1).ok()?;
+        c.include_checksum(true).ok()?;
+        c.compress(raw).ok().filter(|c| c.len() < raw.len())
     }
 
     fn decompress(

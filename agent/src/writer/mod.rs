@@ -111,6 +111,9 @@ pub struct Writer {
     window: TimeWindow,
     /// The full-disk guard, when the journal is a file.
     disk: Option<DiskCheck>,
+    /// The journal's ledger file and what was last written to it
+    /// (`crate::salvage`).
+    ledger: Option<(std::path::PathBuf, Option<crate::journal::Ledger>)>,
     metrics: Arc<AgentMetrics>,
 }
 
@@ -183,6 +186,7 @@ impl Writer {
             max_group: 4096,
             window: TimeWindow::default(),
             disk: None,
+            ledger: None,
             metrics,
         };
         (writer, handle)
@@ -224,6 +228,30 @@ impl Writer {
         self
     }
 
+    /// Keeps the journal's ledger (what it holds: `crate::salvage`) in
+    /// the file at `path`, rewritten after every commit that changes it.
+    pub fn with_ledger(mut self, path: std::path::PathBuf) -> Self {
+        self.ledger = Some((path, None));
+        self
+    }
+
+    /// Rewrites the ledger file if the journal's ledger changed.
+    fn write_ledger(&mut self) {
+        let Some((path, last)) = &mut self.ledger else {
+            return;
+        };
+        let now = self.machine.journal().ledger();
+        if last.as_ref() == Some(&now) {
+            return;
+        }
+        match crate::salvage::write_ledger(path, &now) {
+            Ok(()) => *last = Some(now),
+            // Written again after the next commit (a full disk: the
+            // journal is refused writes too).
+            Err(e) => tracing::debug!(error = %e, "writing the journal's ledger failed"),
+        }
+    }
+
     /// Charges window state to `budget` ([`GroupCommit::set_memory_budget`]).
     pub fn with_memory_budget(mut self, budget: Arc<crate::limits::MemoryBudget>) -> Self {
         self.machine.set_memory_budget(budget);
@@ -239,6 +267,7 @@ impl Writer {
     /// Runs until `shutdown` turns true and the queues are drained; returns
     /// the journal (so a caller can close it cleanly).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) -> Journal {
+        self.write_ledger();
         loop {
             let mut subs: Vec<Submission> = Vec::new();
             let mut controls: Vec<Control> = Vec::new();
@@ -309,6 +338,7 @@ impl Writer {
             }
             self.metrics.guard.disk_full.set(1);
         }
+        self.write_ledger();
         if report.sealed {
             self.sealed.notify_waiters();
             self.sealed.notify_one();

@@ -23,10 +23,11 @@
 //!
 //! **Memory** ([`limits`](crate::limits)): with a budget on the
 //! [`Intake`], each connection's series-key cache and read buffer are
-//! charged to it; a line of a new series that does not fit is refused and
-//! its readings counted per origin as
-//! [`health::DROPPED_MEMORY_BUDGET`] (`readings_refused_total`). A waiting
-//! connection evicts its cache as soon as the budget asks.
+//! charged to it; a line of a new series that does not fit is parsed
+//! without caching its series (its readings are kept;
+//! `lines_uncached_total` counts such lines), so a full cache costs parsing
+//! time, never readings. A waiting connection evicts its cache as soon as
+//! the budget asks.
 //!
 //! **UDP** ([`run_udp`]): each datagram is a chunk, handed over with
 //! [`Intake::try_submit`]: a sender cannot be slowed, so when the queue is
@@ -120,6 +121,11 @@ pub struct InfluxConfig {
     /// String fields: `"skip"` (counted, the line's numbers kept) or
     /// `"reject"` (the whole line).
     pub string_fields: StringFields,
+    /// How often a TCP listener journals the connections it closed (health
+    /// kinds 13 and 14), besides once when it stops: 1 s. Not read from
+    /// `agent.toml` (tests lengthen it to see only the report at the stop).
+    #[serde(skip)]
+    pub closes_period: Duration,
 }
 
 impl Default for InfluxConfig {
@@ -134,6 +140,7 @@ impl Default for InfluxConfig {
             idle_timeout: Duration::from_secs(300),
             line_timeout: Duration::from_secs(10),
             string_fields: StringFields::Skip,
+            closes_period: CLOSES_PERIOD,
         }
     }
 }
@@ -152,7 +159,7 @@ pub struct SourceStats {
     connections: AtomicU64,
     connections_open: AtomicU64,
     dropped_readings: AtomicU64,
-    readings_refused: AtomicU64,
+    lines_uncached: AtomicU64,
     connections_evicted: AtomicU64,
     idle_timeouts: AtomicU64,
     line_timeouts: AtomicU64,
@@ -170,7 +177,7 @@ impl Default for SourceStats {
             connections: AtomicU64::new(0),
             connections_open: AtomicU64::new(0),
             dropped_readings: AtomicU64::new(0),
-            readings_refused: AtomicU64::new(0),
+            lines_uncached: AtomicU64::new(0),
             connections_evicted: AtomicU64::new(0),
             idle_timeouts: AtomicU64::new(0),
             line_timeouts: AtomicU64::new(0),
@@ -213,9 +220,10 @@ impl SourceStats {
         self.dropped_readings.load(Ordering::Relaxed)
     }
 
-    /// Readings refused by the memory budget (health kind 11).
-    pub fn readings_refused(&self) -> u64 {
-        self.readings_refused.load(Ordering::Relaxed)
+    /// Lines parsed without caching their series: the memory budget had
+    /// no room for it (their readings were kept).
+    pub fn lines_uncached(&self) -> u64 {
+        self.lines_uncached.load(Ordering::Relaxed)
     }
     /// TCP connections closed at the connection limit (the idlest).
     pub fn connections_evicted(&self) -> u64 {
@@ -241,7 +249,7 @@ impl SourceStats {
     /// for `lines_accepted_total`, `readings_accepted_total`,
     /// `lines_rejected_total`, `string_fields_skipped_total`, `bytes_total`,
     /// `connections_total`, `connections_open`, `dropped_readings_total`,
-    /// `readings_refused_total`, `connections_evicted_total`,
+    /// `lines_uncached_total`, `connections_evicted_total`,
     /// `idle_timeouts_total` and `line_timeouts_total`.
     pub fn render_prometheus(&self, source: &str, out: &mut String) {
         let source = source.replace('\\', r"\\").replace('"', "\\\"");
@@ -254,7 +262,7 @@ impl SourceStats {
             ("connections_total", self.connections()),
             ("connections_open", self.connections_open()),
             ("dropped_readings_total", self.dropped_readings()),
-            ("readings_refused_total", self.readings_refused()),
+            ("lines_uncached_total", self.lines_uncached()),
             ("connections_evicted_total", self.connections_evicted()),
             ("idle_timeouts_total", self.idle_timeouts()),
             ("line_timeouts_total", self.line_timeouts()),
@@ -289,6 +297,13 @@ pub async fn run_tcp(
     let mut limit_log = LogLimit::new(LIMIT_LOG_PERIOD);
     let mut accept_log = LogLimit::new(LIMIT_LOG_PERIOD);
     let mut connections = JoinSet::new();
+    let closes = tokio::spawn(report_closes(
+        cfg.name.clone(),
+        cfg.closes_period,
+        intake.clone(),
+        stats.clone(),
+        stop_rx.clone(),
+    ));
     tokio::pin!(shutdown);
     loop {
         while connections.try_join_next().is_some() {}
@@ -350,6 +365,58 @@ pub async fn run_tcp(
     }
     let _ = stop_tx.send(true);
     while connections.join_next().await.is_some() {}
+    let _ = closes.await;
+}
+
+/// How often a TCP listener journals the connections it closed.
+const CLOSES_PERIOD: Duration = Duration::from_secs(1);
+
+/// Journals the connections the listener closed (at its limit: health kind
+/// 13; timed out: kind 14) as `stats` counts them, at most every
+/// `period` ([`InfluxConfig::closes_period`]) and once more when the listener stops, so they reach
+/// the collector, not only `/metrics`. What a failed commit did not journal
+/// is journaled with the next.
+async fn report_closes(
+    source: String,
+    period: Duration,
+    intake: Intake,
+    stats: Arc<SourceStats>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let (mut evicted, mut timed_out) = (0u64, 0u64);
+    // The first report a period from now (an interval's first tick is
+    // immediate).
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = stop.changed() => true,
+        };
+        let now_evicted = stats.connections_evicted();
+        let now_timed_out = stats.idle_timeouts() + stats.line_timeouts();
+        let mut work = Work::default();
+        if now_evicted > evicted {
+            work.health.push((
+                source.clone(),
+                health::CONNECTIONS_EVICTED,
+                now_evicted - evicted,
+            ));
+        }
+        if now_timed_out > timed_out {
+            work.health.push((
+                source.clone(),
+                health::CONNECTIONS_TIMED_OUT,
+                now_timed_out - timed_out,
+            ));
+        }
+        if !work.health.is_empty() && intake.submit(work).await.is_ok() {
+            (evicted, timed_out) = (now_evicted, now_timed_out);
+        }
+        if stopping {
+            break;
+        }
+    }
 }
 
 /// The open connections of a listener, and how to close each.
@@ -414,24 +481,19 @@ fn parse_pieces(
     parser.finish()
 }
 
-/// The work for a chunk: its readings, its rejected-line count and its
-/// readings refused by the memory budget.
+/// The work for a chunk: its readings and its rejected-line count.
 fn chunk_work(parsed: Parsed, cfg: &InfluxConfig) -> Work {
     parsed_work(parsed, &cfg.name)
 }
 
 /// The journal work for parsed line protocol from the source `source`: its
-/// readings; readings refused by the memory budget (per origin), rejected
-/// lines and skipped string fields as health records. Every line-protocol
+/// readings; rejected lines and skipped string fields as health records. Every line-protocol
 /// input (TCP, UDP, HTTP) hands its chunks over through this.
 pub(super) fn parsed_work(parsed: Parsed, source: &str) -> Work {
     let mut work = Work {
         readings: parsed.readings,
         ..Work::default()
     };
-    for (origin, n) in parsed.refused {
-        work.health.push((origin, health::DROPPED_MEMORY_BUDGET, n));
-    }
     if !parsed.errors.is_empty() {
         work.health.push((
             source.to_owned(),
@@ -654,9 +716,9 @@ impl Connection {
     /// Hands a chunk to the journal, retrying while it is refused; false
     /// when the agent is stopping.
     async fn submit(&mut self, parsed: Parsed) -> bool {
-        let refused: u64 = parsed.refused.iter().map(|(_, n)| n).sum();
-        if refused > 0 {
-            self.stats.add(&self.stats.readings_refused, refused);
+        if parsed.lines_uncached > 0 {
+            self.stats
+                .add(&self.stats.lines_uncached, parsed.lines_uncached);
         }
         let rejected = parsed.errors.len() as u64;
         if rejected > 0 {

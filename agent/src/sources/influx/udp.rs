@@ -19,6 +19,7 @@ use super::{
 };
 use crate::intake::{Intake, SubmitError};
 use crate::journal::{CommitReport, Work};
+use crate::limits::Charge;
 
 /// Reads line protocol datagrams from `socket` until `shutdown` completes.
 pub async fn run_udp(
@@ -30,6 +31,13 @@ pub async fn run_udp(
 ) {
     tokio::pin!(shutdown);
     let mut buf = vec![0u8; 64 * 1024];
+    // The receive buffer is held for the socket's life: charged to the
+    // memory budget (whatever the bound: it is fixed) for as long.
+    let _buf_charge = intake.budget().map(|budget| {
+        let mut charge = Charge::new(budget.clone());
+        charge.set(buf.len() as u64);
+        charge
+    });
     let clock = SystemClock;
     let mut udp = Udp {
         cfg: &cfg,
@@ -68,6 +76,9 @@ struct Sent {
     readings: Vec<(String, u64)>,
     /// Health increments it carried.
     health: Vec<(String, u16, u64)>,
+    /// Its parsed readings' heap bytes, charged to the memory budget until
+    /// the journal answers (as a TCP chunk's are).
+    charge: Option<Charge>,
 }
 
 type Answer = (Sent, Result<Result<CommitReport, SubmitError>, ()>);
@@ -97,9 +108,9 @@ impl Udp<'_> {
             self.warn
                 .rejected(now, &self.cfg.name, peer, &parsed.errors);
         }
-        let refused: u64 = parsed.refused.iter().map(|(_, n)| n).sum();
-        if refused > 0 {
-            self.stats.add(&self.stats.readings_refused, refused);
+        if parsed.lines_uncached > 0 {
+            self.stats
+                .add(&self.stats.lines_uncached, parsed.lines_uncached);
         }
         self.stats
             .string_fields_skipped
@@ -108,7 +119,13 @@ impl Udp<'_> {
         for group in &parsed.readings {
             *per_origin.entry(&group.origin).or_default() += group.readings.len() as u64;
         }
+        let charge = self.intake.budget().map(|budget| {
+            let mut charge = Charge::new(budget.clone());
+            charge.set(parsed.heap_bytes());
+            charge
+        });
         let sent = Sent {
+            charge,
             lines: parsed.lines_accepted,
             readings: per_origin
                 .into_iter()
@@ -143,7 +160,10 @@ impl Udp<'_> {
         }
     }
 
-    fn answered(&mut self, sent: Sent, result: Result<Result<CommitReport, SubmitError>, ()>) {
+    fn answered(&mut self, mut sent: Sent, result: Result<Result<CommitReport, SubmitError>, ()>) {
+        // Answered: its readings are the journal's now (or lost), handed
+        // back before the stats say the datagram is done.
+        sent.charge = None;
         match result {
             Ok(Ok(_)) => {
                 let readings = sent.readings.iter().map(|(_, n)| n).sum();

@@ -137,11 +137,10 @@ pub struct Parsed {
     pub lines_accepted: u64,
     /// Readings in `readings`.
     pub readings_accepted: u64,
-    /// Readings of well-formed lines refused because a new series of
-    /// theirs did not fit in the memory budget, per origin (sorted).
-    pub refused: Vec<(String, u64)>,
-    /// Lines refused so.
-    pub lines_refused: u64,
+    /// Accepted lines parsed without caching their series, because the
+    /// memory budget had no room for it (their readings are in `readings`,
+    /// in groups of their own).
+    pub lines_uncached: u64,
     /// String fields skipped in accepted lines ([`StringFields::Skip`]).
     pub string_fields_skipped: u64,
 }

@@ -24,8 +24,9 @@ use super::*;
 ///
 /// With a [`MemoryBudget`] ([`KeyCache::with_budget`]) every key and field
 /// it holds is charged an estimate of its heap bytes. A line whose new key
-/// or field cannot be charged is refused ([`Parsed::refused`]) and the
-/// budget's pressure moves; every cache under that budget (this one too)
+/// or field cannot be charged is parsed without caching it
+/// ([`Parsed::lines_uncached`]: its readings are kept, in groups of their
+/// own) and the budget's pressure moves; every cache under that budget (this one too)
 /// evicts itself at the start of its next chunk ([`KeyCache::evict`]).
 #[derive(Debug, Default)]
 pub struct KeyCache {
@@ -176,9 +177,9 @@ pub struct ChunkParser<'a> {
     groups: Vec<SeriesReadings>,
     errors: Vec<(usize, LineError)>,
     lines_accepted: u64,
-    /// Readings refused by the memory budget, per origin.
-    refused: HashMap<String, u64>,
-    lines_refused: u64,
+    /// Lines parsed without caching their series (the memory budget had
+    /// no room for them).
+    lines_uncached: u64,
     strings: StringFields,
     strings_skipped: u64,
 }
@@ -227,8 +228,7 @@ impl<'a> ChunkParser<'a> {
             groups: Vec::new(),
             errors: Vec::new(),
             lines_accepted: 0,
-            refused: HashMap::default(),
-            lines_refused: 0,
+            lines_uncached: 0,
             strings: StringFields::default(),
             strings_skipped: 0,
         }
@@ -248,13 +248,6 @@ impl<'a> ChunkParser<'a> {
                 self.strings_skipped += strings;
             }
             Ok(Line::Skipped) => {}
-            Ok(Line::Refused { origin, readings }) => {
-                self.lines_refused += 1;
-                if let Some(charge) = &self.cache.charge {
-                    charge.budget().record_refusal(readings);
-                }
-                *self.refused.entry(origin).or_default() += readings;
-            }
             Err(e) => self.errors.push((line_no, e)),
         }
     }
@@ -273,15 +266,12 @@ impl<'a> ChunkParser<'a> {
     pub fn finish(mut self) -> Parsed {
         self.groups.retain(|g| !g.readings.is_empty());
         let readings_accepted = self.groups.iter().map(|g| g.readings.len() as u64).sum();
-        let mut refused: Vec<(String, u64)> = self.refused.into_iter().collect();
-        refused.sort();
         Parsed {
             readings: self.groups,
             errors: self.errors,
             lines_accepted: self.lines_accepted,
             readings_accepted,
-            refused,
-            lines_refused: self.lines_refused,
+            lines_uncached: self.lines_uncached,
             string_fields_skipped: self.strings_skipped,
         }
     }
@@ -295,9 +285,9 @@ impl<'a> ChunkParser<'a> {
         let key_end = key_section_end(line, start);
         let raw_key = &line[start..key_end];
         let cache = &mut *self.cache;
-        // `Err(origin)`: a new key section that did not fit in the budget;
-        // the line is checked, then refused.
-        let entry: Result<usize, String> = match cache.raw_keys.get(raw_key) {
+        // `Err(entry)`: a new key section that did not fit in the budget;
+        // the line is parsed without caching it.
+        let entry: Result<usize, KeyEntry> = match cache.raw_keys.get(raw_key) {
             Some(&e) => Ok(e),
             None => {
                 let key = parse_key(line, start, key_end)?;
@@ -322,7 +312,13 @@ impl<'a> ChunkParser<'a> {
                         cache.raw_keys.insert(raw_key.to_vec(), e);
                         Ok(e)
                     }
-                    None => Err(origin.to_owned()),
+                    None => Err(KeyEntry {
+                        origin: origin.to_owned(),
+                        key,
+                        fields: HashMap::default(),
+                        series: Vec::new(),
+                        ids: Vec::new(),
+                    }),
                 }
             }
         };
@@ -417,15 +413,17 @@ impl<'a> ChunkParser<'a> {
 
         let entry = match entry {
             Ok(e) => e,
-            Err(origin) => {
-                return Ok(Line::Refused {
-                    origin,
-                    readings: fields.len() as u64,
-                });
+            Err(uncached) => {
+                push_uncached(&mut self.groups, &uncached, &fields, ts_ns)?;
+                self.lines_uncached += 1;
+                if let Some(charge) = &self.cache.charge {
+                    charge.budget().record_uncached();
+                }
+                return Ok(Line::Accepted(strings));
             }
         };
         let cache = &mut *self.cache;
-        // New fields first: the line is accepted whole or refused whole.
+        // New fields first: the line is cached whole, or parsed uncached.
         let mut ids: SmallVec<[u32; 4]> = SmallVec::new();
         for field in &fields {
             let key_entry = &cache.entries[entry];
@@ -435,10 +433,12 @@ impl<'a> ChunkParser<'a> {
             }
             let series = field_series(key_entry, field)?;
             if !cache.charge(field_bytes(&series, &field.key)) {
-                return Ok(Line::Refused {
-                    origin: cache.entries[entry].origin.clone(),
-                    readings: fields.len() as u64,
-                });
+                push_uncached(&mut self.groups, &cache.entries[entry], &fields, ts_ns)?;
+                self.lines_uncached += 1;
+                if let Some(charge) = &cache.charge {
+                    charge.budget().record_uncached();
+                }
+                return Ok(Line::Accepted(strings));
             }
             let key_entry = &mut cache.entries[entry];
             let id = key_entry.series.len() as u32;
@@ -483,8 +483,33 @@ enum Line {
     Accepted(u64),
     /// Blank or a comment.
     Skipped,
-    /// A new series of it did not fit in the memory budget.
-    Refused { origin: String, readings: u64 },
+}
+
+/// A line whose key section or fields do not fit in the memory budget: its
+/// readings as groups of their own (one per field), built from `entry`'s
+/// key without caching anything, so a full cache costs parsing time, never
+/// readings. The line is checked whole before anything is added.
+fn push_uncached(
+    groups: &mut Vec<SeriesReadings>,
+    entry: &KeyEntry,
+    fields: &[Field<'_>],
+    ts_ns: i64,
+) -> Result<(), LineError> {
+    let mut series: SmallVec<[SeriesKey; 4]> = SmallVec::new();
+    for field in fields {
+        series.push(field_series(entry, field)?);
+    }
+    for (series, field) in series.into_iter().zip(fields) {
+        groups.push(SeriesReadings {
+            series,
+            origin: entry.origin.clone(),
+            readings: vec![Reading {
+                ts_ns,
+                value: field.value,
+            }],
+        });
+    }
+    Ok(())
 }
 
 pub(super) fn is_blank(b: u8) -> bool {

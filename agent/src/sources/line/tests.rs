@@ -840,47 +840,68 @@ fn parse_with(cache: &mut KeyCache, chunk: &str) -> Parsed {
     parser.finish()
 }
 
-/// With a budget, a line whose new series does not fit is refused whole
-/// and counted per origin; series already cached go on; the refusal makes
-/// every cache under the budget evict itself at its next chunk, and the
-/// bytes come back.
+/// With a budget, a line whose new series does not fit is parsed without
+/// caching it: its readings are kept (groups of their own), counted as an
+/// uncached line; series already cached go on; the miss makes every cache
+/// under the budget evict itself at its next chunk, and the bytes come
+/// back.
 #[test]
-fn a_new_series_past_the_budget_is_refused_counted_and_caches_evict() {
+fn a_new_series_past_the_budget_is_parsed_uncached_and_caches_evict() {
     use crate::limits::MemoryBudget;
     // Room for about two key sections with their fields.
     let budget = MemoryBudget::new(3_400);
     let mut a = KeyCache::with_budget(budget.clone());
     let mut b = KeyCache::with_budget(budget.clone());
     let first = parse_with(&mut a, "m,device=d1 v=1\nm,device=d2 v=2\n");
-    assert_eq!((first.lines_accepted, first.lines_refused), (2, 0));
-    assert!(first.refused.is_empty());
+    assert_eq!((first.lines_accepted, first.lines_uncached), (2, 0));
     let held = budget.used();
     assert!(held > 0 && held == a.charged());
 
-    // `b`'s new series do not fit: refused whole (both fields), counted
-    // for their origins; a malformed line is still an error, not a refusal.
+    // `b`'s new series do not fit: parsed uncached, every reading kept
+    // with its origin; a malformed line is still an error.
     let second = parse_with(
         &mut b,
         "n,device=d3 v=1,w=2\nn,device=d4 v=3\nn,device=d3 v=\n",
     );
-    assert_eq!((second.lines_accepted, second.lines_refused), (0, 2));
-    assert_eq!(second.readings_accepted, 0);
-    assert_eq!(second.refused, [("d3".into(), 2), ("d4".into(), 1)]);
+    assert_eq!((second.lines_accepted, second.lines_uncached), (2, 2));
+    assert_eq!(second.readings_accepted, 3);
+    let got: Vec<(String, String, Vec<f64>)> = second
+        .readings
+        .iter()
+        .map(|g| {
+            (
+                g.series.metric.clone(),
+                g.origin.clone(),
+                g.readings.iter().map(|r| r.value).collect(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("n_v".to_owned(), "d3".to_owned(), vec![1.0]),
+            ("n_w".to_owned(), "d3".to_owned(), vec![2.0]),
+            ("n_v".to_owned(), "d4".to_owned(), vec![3.0]),
+        ]
+    );
     assert_eq!(second.errors.len(), 1);
-    assert_eq!((budget.refused_series(), budget.refused_readings()), (2, 3));
-    // `a`'s cached series are not refused in the same chunk of its own.
-    assert!(a.pressed(), "the refusal asked every cache for room");
+    assert_eq!(b.charged(), 0, "nothing of them was cached");
+    assert_eq!(budget.uncached_lines(), 2);
+    assert_eq!((budget.refused_series(), budget.refused_readings()), (0, 0));
+    // `a`'s cached series go on in a chunk of its own.
+    assert!(a.pressed(), "the miss asked every cache for room");
     let again = parse_with(&mut a, "m,device=d1 v=3\n");
-    assert_eq!(again.lines_accepted, 1);
+    assert_eq!((again.lines_accepted, again.lines_uncached), (1, 0));
     assert_eq!(
         budget.evictions(),
         1,
         "`a` evicted itself at its next chunk"
     );
     assert!(!a.pressed());
-    // `b` makes room for itself the same way, then its series fit.
+    // `b` makes room for itself the same way, then its series are cached.
     let third = parse_with(&mut b, "n,device=d3 v=1,w=2\n");
-    assert_eq!((third.lines_accepted, third.lines_refused), (1, 0));
+    assert_eq!((third.lines_accepted, third.lines_uncached), (1, 0));
+    assert!(b.charged() > 0);
     assert_eq!(budget.used(), a.charged() + b.charged());
     drop((a, b));
     assert_eq!(budget.used(), 0, "dropped caches hand everything back");
