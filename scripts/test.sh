@@ -14,7 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step says when it started (seconds into the run), so a slow step shows.
+step() { printf '\n==> %s  [%d s]\n' "$*" "$SECONDS"; }
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 step "toolchain and packages"
@@ -130,10 +131,26 @@ scripts/check-build.sh target/debug/ferry-agent
 
 step "tests"
 log=$(mktemp)
-trap 'rm -f "$log" "$package_log"' EXIT
+slow_log=$(mktemp)
+trap 'rm -f "$log" "$slow_log" "$package_log"' EXIT
+# Two lanes side by side, both the same `cargo test --workspace` (one build,
+# one feature resolution): the end-to-end tests that spend their time
+# waiting on servers and killed processes (a NATS cluster, PostgreSQL and
+# Prometheus, an alert's kill and restart) in the background, selected by
+# name from their files; every other test in the foreground, skipping
+# exactly those names. A test renamed or added there runs in the foreground
+# lane: nothing falls between the two.
+slow_files=(tests/tests/cluster.rs tests/tests/sinks.rs tests/tests/alerts.rs)
+mapfile -t slow_tests < <(grep -h -A3 -E '#\[(tokio::)?test' "${slow_files[@]}" | grep -oE 'fn [a-z0-9_]+' | sed 's/^fn //')
+skip_slow=()
+for name in "${slow_tests[@]}"; do skip_slow+=(--skip "$name"); done
+cargo test --workspace --locked --no-run
+echo "in the background: ${#slow_tests[@]} tests of ${slow_files[*]}"
 set +e
+(cargo test --workspace --locked -- --exact "${slow_tests[@]}" >"$slow_log" 2>&1) &
+slow_pid=$!
 {
-    cargo test --workspace --locked &&
+    cargo test --workspace --locked -- --exact "${skip_slow[@]}" &&
         cargo test --locked -p ferry-agent --features qemu --test device_qemu &&
         cargo test --locked -p ferry-firmware --features nor-flash --test nor_flash &&
         cargo test --locked -p ferry-firmware --features journal --test journal_node &&
@@ -145,6 +162,11 @@ set +e
         flash_without_probe
 } 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+wait "$slow_pid"
+slow_status=$?
+printf '\n==> the background lane (%s)  [%d s]\n' "${slow_files[*]}" "$SECONDS" | tee -a "$log"
+tee -a "$log" <"$slow_log"
+[ "$status" -ne 0 ] || status=$slow_status
 # The background job: its log, then the emulated gateway builds it made.
 printf '\n==> cross builds and Debian packages (scripts/package.sh, scripts/package-test.sh)\n' | tee -a "$log"
 wait "$package_pid"
