@@ -232,7 +232,7 @@ impl Admin {
             Admin::Local { store, .. } => {
                 let f = params
                     .resolve(crate::now_ns())
-                    .map_err(AdminError::Invalid)?;
+                    .map_err(|e| AdminError::Invalid(e.to_string()))?;
                 Ok(store.alerts(&f)?)
             }
         }

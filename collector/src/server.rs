@@ -128,24 +128,23 @@ impl Shared {
     pub(crate) async fn maintain(
         &self,
         plan: RetentionPlan,
-    ) -> Result<(MaintenanceReport, bool), String> {
+    ) -> Result<(MaintenanceReport, bool), MaintainError> {
         let _one_at_a_time = self.maintenance.lock().await;
         let store = self.store.clone();
-        let work = tokio::task::spawn_blocking(move || store.prepare_maintenance(&plan))
-            .await
-            .map_err(|e| format!("maintenance task: {e}"))?
-            .map_err(|e| e.to_string())?;
+        let work = tokio::task::spawn_blocking(move || store.prepare_maintenance(&plan)).await??;
         let more = work.has_more();
         let (tx, rx) = oneshot::channel();
-        let gone = || "the collector is shutting down".to_owned();
         self.writer
             .send(Command::Maintain {
                 work,
                 reply: Some(tx),
             })
             .await
-            .map_err(|_| gone())?;
-        let report = rx.await.map_err(|_| gone())??;
+            .map_err(|_| MaintainError::ShuttingDown)?;
+        let report = rx
+            .await
+            .map_err(|_| MaintainError::ShuttingDown)?
+            .map_err(MaintainError::Apply)?;
         Ok((report, more))
     }
 
@@ -219,6 +218,40 @@ impl Shared {
     }
 }
 
+/// Why a maintenance pass failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MaintainError {
+    /// Preparing the work on its blocking thread panicked or was cancelled.
+    #[error("maintenance task: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// Reading the store to prepare the work failed.
+    #[error(transparent)]
+    Prepare(#[from] crate::store::StoreError),
+    /// The writer could not apply the work (its commit failed).
+    #[error("{0}")]
+    Apply(String),
+    /// The server is stopping.
+    #[error("the collector is shutting down")]
+    ShuttingDown,
+}
+
+/// Why a reload was refused; the running configuration stays in every case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The collector was started from defaults, without a file.
+    #[error("this collector was started without a configuration file: nothing to reload")]
+    NoFile,
+    /// Reading the file on its blocking thread panicked or was cancelled.
+    #[error("reading the configuration: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// The file does not load: unreadable, not TOML, an unknown key or a
+    /// value out of range (the message names the file, line and key).
+    #[error("{0} (the running configuration stays)")]
+    Config(#[source] crate::config::ConfigError),
+}
+
 /// What a reload applied.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ReloadReport {
@@ -233,21 +266,17 @@ pub struct ReloadReport {
 impl Shared {
     /// Re-reads the configuration file and applies its `[processor]` and
     /// `[sink]` tables; on any error the running configuration stays.
-    pub async fn reload(&self) -> Result<ReloadReport, String> {
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         let Some(path) = self.config.source.clone() else {
             self.metrics
                 .reloads
                 .get_or_create(&[("outcome", "error")])
                 .inc();
-            return Err(
-                "this collector was started without a configuration file: nothing to reload".into(),
-            );
+            return Err(ReloadError::NoFile);
         };
         let loaded = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || Config::load(&path))
-                .await
-                .map_err(|e| e.to_string())?
+            tokio::task::spawn_blocking(move || Config::load(&path)).await?
         };
         let config = match loaded {
             Ok(c) => c,
@@ -257,7 +286,7 @@ impl Shared {
                     .get_or_create(&[("outcome", "error")])
                     .inc();
                 tracing::error!("reload refused, the running configuration stays: {e}");
-                return Err(format!("{e} (the running configuration stays)"));
+                return Err(ReloadError::Config(e));
             }
         };
         let report = ReloadReport {
