@@ -208,15 +208,16 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
     Ok(n)
 }
 
-/// The batch whose zstd frame starts at `at`, if it is whole, of the
-/// ledger's epoch and held by its outbox.
-fn batch_at(
+/// Reads the bytes from `at` in growing windows (64 KiB, then four times
+/// larger, up to [`MAX_PLAIN`] or the end of the file) until `look` decides
+/// (`Some`: what it found, or `None` for nothing there); nothing when even
+/// the largest window does not do.
+fn read_growing<T>(
     file: &mut std::fs::File,
     at: u64,
     len: u64,
-    ledger: &Ledger,
-) -> std::io::Result<Option<SalvagedBatch>> {
-    // Read enough for the frame: start small, grow while it is cut short.
+    mut look: impl FnMut(&[u8]) -> Option<Option<T>>,
+) -> std::io::Result<Option<T>> {
     let remaining = len - at;
     let mut want = 64 * 1024usize;
     loop {
@@ -225,15 +226,35 @@ fn batch_at(
         file.seek(SeekFrom::Start(at))?;
         let n = read_full(file, &mut buf)?;
         buf.truncate(n);
-        match zstd::zstd_safe::find_frame_compressed_size(&buf) {
-            Ok(size) if size <= buf.len() => {
-                buf.truncate(size);
-                return Ok(decode(buf, ledger));
-            }
-            _ if n as u64 >= remaining || want >= MAX_PLAIN => return Ok(None),
-            _ => want *= 4,
+        if let Some(found) = look(&buf) {
+            return Ok(found);
         }
+        // Perhaps cut short by the window: read more, up to the largest
+        // batch there can be.
+        if n as u64 >= remaining || want >= MAX_PLAIN {
+            return Ok(None);
+        }
+        want *= 4;
     }
+}
+
+/// The batch whose zstd frame starts at `at`, if it is whole, of the
+/// ledger's epoch and held by its outbox.
+fn batch_at(
+    file: &mut std::fs::File,
+    at: u64,
+    len: u64,
+    ledger: &Ledger,
+) -> std::io::Result<Option<SalvagedBatch>> {
+    read_growing(
+        file,
+        at,
+        len,
+        |buf| match zstd::zstd_safe::find_frame_compressed_size(buf) {
+            Ok(size) if size <= buf.len() => Some(decode(buf[..size].to_vec(), ledger)),
+            _ => None,
+        },
+    )
 }
 
 /// The seq a plain batch starting at `bytes[0]` (its array marker)
@@ -260,30 +281,16 @@ fn plain_batch_at(
     len: u64,
     ledger: &Ledger,
 ) -> std::io::Result<Option<SalvagedBatch>> {
-    let remaining = len - at;
-    let mut want = 64 * 1024usize;
-    loop {
-        let have = remaining.min(want as u64) as usize;
-        let mut buf = vec![0u8; have];
-        file.seek(SeekFrom::Start(at))?;
-        let n = read_full(file, &mut buf)?;
-        buf.truncate(n);
-        if plain_seq(&buf).is_some_and(|seq| !ledger.holds(seq)) {
-            return Ok(None);
+    read_growing(file, at, len, |buf| {
+        if plain_seq(buf).is_some_and(|seq| !ledger.holds(seq)) {
+            return Some(None);
         }
-        match codec::from_bytes_prefix::<Batch>("Batch", &buf) {
-            Ok((batch, used)) => {
-                let mut row = Vec::with_capacity(used + 1);
-                row.push(compression::NONE);
-                row.extend_from_slice(&buf[..used]);
-                return Ok(accept(batch, row, ledger));
-            }
-            // Perhaps cut short by the buffer: read more, up to the largest
-            // batch there can be.
-            _ if (n as u64) < remaining && want <= MAX_PLAIN => want *= 4,
-            _ => return Ok(None),
-        }
-    }
+        let (batch, used) = codec::from_bytes_prefix::<Batch>("Batch", buf).ok()?;
+        let mut row = Vec::with_capacity(used + 1);
+        row.push(compression::NONE);
+        row.extend_from_slice(&buf[..used]);
+        Some(accept(batch, row, ledger))
+    })
 }
 
 fn decode(frame: Vec<u8>, ledger: &Ledger) -> Option<SalvagedBatch> {

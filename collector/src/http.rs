@@ -283,7 +283,7 @@ async fn alerts(
 ) -> Result<Json<Vec<crate::fanout::AlertEvent>>, ApiError> {
     let f = params
         .resolve(crate::now_ns())
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))?;
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))?;
     let store = shared.store.clone();
     Ok(Json(blocking(move || Ok(store.alerts(&f)?)).await?))
 }
@@ -301,5 +301,5 @@ async fn reload(
         .reload()
         .await
         .map(Json)
-        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e))
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.to_string()))
 }

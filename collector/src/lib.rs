@@ -76,7 +76,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use config::{Config, ConfigError};
 pub use pki::{Bundle, EnrollOptions, InitOptions, PkiError, enroll, enroll_with, init};
-pub use server::{LiveConnection, ReloadReport, RevokeError};
+pub use server::{LiveConnection, MaintainError, ReloadError, ReloadReport, RevokeError};
 pub use store::{MaintenanceReport, RetentionPlan, Store, StoreError};
 pub use writer::Faults;
 
@@ -155,7 +155,7 @@ impl Handle {
 
     /// Runs maintenance passes with `plan` until one leaves nothing more
     /// to do, and returns their summed report.
-    pub async fn maintain(&self, plan: RetentionPlan) -> Result<MaintenanceReport, String> {
+    pub async fn maintain(&self, plan: RetentionPlan) -> Result<MaintenanceReport, MaintainError> {
         let mut total = MaintenanceReport::default();
         loop {
             let (report, more) = self.shared.maintain(plan).await?;
@@ -184,7 +184,7 @@ impl Handle {
     /// Re-reads the configuration file and applies its `[processor]` and
     /// `[sink]` tables, as SIGHUP and `ferry-collector reload` do. On error
     /// the running configuration stays.
-    pub async fn reload(&self) -> Result<ReloadReport, String> {
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
         self.shared.reload().await
     }
 

@@ -240,7 +240,7 @@ for = "10s"
         &fx,
         &format!("{hot}\n[[processor.anomaly]]\nname = \"z\"\nmatch = 'temp'\nalpah = 0.1\n"),
     );
-    let err = server.handle.reload().await.unwrap_err();
+    let err = server.handle.reload().await.unwrap_err().to_string();
     assert!(err.contains(&path.display().to_string()), "{err}");
     assert!(err.contains("line 16"), "{err}");
     assert!(err.contains("unknown field `alpah`"), "{err}");
@@ -249,13 +249,13 @@ for = "10s"
         &fx,
         &format!("{hot}\n[[processor.rate]]\nname = \"r\"\nmatch = 'temp'\nwindow = \"soon\"\n"),
     );
-    let err = server.handle.reload().await.unwrap_err();
+    let err = server.handle.reload().await.unwrap_err().to_string();
     assert!(err.contains("window \"soon\""), "{err}");
     write_config(
         &fx,
         &format!("{hot}\n[[processor.threshold]]\nname = \"hot\"\nmatch = 'x'\nabove = 1\n"),
     );
-    let err = server.handle.reload().await.unwrap_err();
+    let err = server.handle.reload().await.unwrap_err().to_string();
     assert!(
         err.contains(r#"name "hot" is used by two processor rules"#),
         "{err}"

@@ -118,7 +118,7 @@ pub struct Writer {
 }
 
 /// Reopens the journal after a failed write.
-pub type Reopen = Box<dyn FnMut() -> Result<Journal, String> + Send>;
+pub type Reopen = Box<dyn FnMut() -> Result<Journal, crate::run::OpenError> + Send>;
 
 /// The journal's filesystem, watched before data is written (`crate::disk`).
 struct DiskCheck {

@@ -160,32 +160,45 @@ pub struct AlertParams {
 /// Most alert events one query returns.
 pub const MAX_ALERTS: usize = 100_000;
 
+/// Why an alert query's parameters were refused ([`AlertParams::resolve`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AlertParamsError {
+    /// `state` names no state.
+    #[error("state {0:?}: expected firing, resolved, anomaly, offline, online or skipped")]
+    State(String),
+    /// `match`, `from` or `to` does not parse (the message names which).
+    #[error(transparent)]
+    Query(#[from] crate::query::QueryError),
+    /// `limit` is out of range.
+    #[error("limit {0}: expected 1 to {MAX_ALERTS}")]
+    Limit(usize),
+}
+
 impl AlertParams {
     /// Checks and resolves relative times against `now_ns`.
-    pub fn resolve(&self, now_ns: i64) -> Result<crate::store::AlertFilter, String> {
+    pub fn resolve(&self, now_ns: i64) -> Result<crate::store::AlertFilter, AlertParamsError> {
         let state = match &self.state {
             None => None,
-            Some(s) => Some(AlertState::parse(s).ok_or_else(|| {
-                format!(
-                    "state {s:?}: expected firing, resolved, anomaly, offline, online or skipped"
-                )
-            })?),
+            Some(s) => {
+                Some(AlertState::parse(s).ok_or_else(|| AlertParamsError::State(s.clone()))?)
+            }
         };
         let selector = match &self.selector {
             None => None,
-            Some(s) => Some(crate::query::Selector::parse(s).map_err(|e| e.to_string())?),
+            Some(s) => Some(crate::query::Selector::parse(s)?),
         };
         let from_ns = match &self.from {
             None => i64::MIN,
-            Some(t) => crate::query::parse_time("from", t, now_ns).map_err(|e| e.to_string())?,
+            Some(t) => crate::query::parse_time("from", t, now_ns)?,
         };
         let to_ns = match &self.to {
             None => i64::MAX,
-            Some(t) => crate::query::parse_time("to", t, now_ns).map_err(|e| e.to_string())?,
+            Some(t) => crate::query::parse_time("to", t, now_ns)?,
         };
         let limit = self.limit.unwrap_or(1000);
         if limit == 0 || limit > MAX_ALERTS {
-            return Err(format!("limit {limit}: expected 1 to {MAX_ALERTS}"));
+            return Err(AlertParamsError::Limit(limit));
         }
         Ok(crate::store::AlertFilter {
             state,

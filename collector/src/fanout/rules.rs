@@ -16,7 +16,7 @@ mod error;
 mod kinds;
 mod sinks;
 
-pub use error::RuleError;
+pub use error::{RuleError, ValidateError};
 pub use kinds::{
     AnomalyRaw, AnomalyRule, OfflineRaw, OfflineRule, RateRaw, RateRule, ThresholdRaw,
     ThresholdRule,
@@ -244,7 +244,7 @@ impl ProcessorConfig {
 
 /// Checks what spans rules: names are unique among processors and among
 /// sinks.
-pub fn validate(p: &ProcessorConfig, s: &SinkConfig) -> Result<(), String> {
+pub fn validate(p: &ProcessorConfig, s: &SinkConfig) -> Result<(), ValidateError> {
     let mut seen = std::collections::HashSet::new();
     for (key, n) in p
         .threshold
@@ -255,16 +255,17 @@ pub fn validate(p: &ProcessorConfig, s: &SinkConfig) -> Result<(), String> {
         .chain(p.offline.iter().map(|r| ("processor.offline", &r.raw.name)))
     {
         if !seen.insert(n.clone()) {
-            return Err(format!(
-                "{key}: name {n:?} is used by two processor rules; names must be unique"
-            ));
+            return Err(ValidateError::DuplicateRule {
+                key,
+                name: n.clone(),
+            });
         }
     }
     if p.lag_budget.max == 0 {
-        return Err("processor.lag_budget.max must be at least 1".into());
+        return Err(ValidateError::ProcessorLagBudget);
     }
     if p.max_alerts == 0 {
-        return Err("processor.max_alerts must be at least 1".into());
+        return Err(ValidateError::MaxAlerts);
     }
     let mut seen = std::collections::HashSet::new();
     for (key, n, budget) in s
@@ -278,14 +279,18 @@ pub fn validate(p: &ProcessorConfig, s: &SinkConfig) -> Result<(), String> {
                 .map(|x| ("sink.<name>", &x.name, x.lag_budget())),
         )
     {
-        name(n).map_err(|e| format!("{key}: {e}"))?;
+        name(n).map_err(|source| ValidateError::SinkName { key, source })?;
         if !seen.insert(n.clone()) {
-            return Err(format!(
-                "{key}: name {n:?} is used by two sinks; names must be unique"
-            ));
+            return Err(ValidateError::DuplicateSink {
+                key,
+                name: n.clone(),
+            });
         }
         if budget.max == 0 {
-            return Err(format!("{key} {n:?}: lag_budget.max must be at least 1"));
+            return Err(ValidateError::SinkLagBudget {
+                key,
+                name: n.clone(),
+            });
         }
     }
     Ok(())

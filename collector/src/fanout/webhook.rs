@@ -32,12 +32,40 @@ pub(crate) enum Delivery {
     Stopped,
 }
 
+/// Why an attempt got no HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PostError {
+    /// The TCP connection failed.
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        /// `host:port`.
+        authority: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Writing the request failed.
+    #[error("sending: {0}")]
+    Send(#[source] std::io::Error),
+    /// Reading the answer failed.
+    #[error("reading: {0}")]
+    Read(#[source] std::io::Error),
+    /// The answer did not start with an HTTP status line (its first line).
+    #[error("no HTTP status line in the answer ({0:?})")]
+    NoStatus(String),
+    /// No answer within the sink's `timeout`.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
 /// One attempt: the HTTP status, or why there was none.
-async fn post(sink: &WebhookSink, body: &[u8]) -> Result<u16, String> {
+async fn post(sink: &WebhookSink, body: &[u8]) -> Result<u16, PostError> {
     let attempt = async {
         let mut s = TcpStream::connect(&sink.authority)
             .await
-            .map_err(|e| format!("connecting to {}: {e}", sink.authority))?;
+            .map_err(|source| PostError::Connect {
+                authority: sink.authority.clone(),
+                source,
+            })?;
         let head = format!(
             "POST {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: ferry-collector\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             sink.path,
@@ -46,19 +74,14 @@ async fn post(sink: &WebhookSink, body: &[u8]) -> Result<u16, String> {
         );
         s.write_all(head.as_bytes())
             .await
-            .map_err(|e| format!("sending: {e}"))?;
-        s.write_all(body)
-            .await
-            .map_err(|e| format!("sending: {e}"))?;
+            .map_err(PostError::Send)?;
+        s.write_all(body).await.map_err(PostError::Send)?;
         // The status line is all we need; read what the server sends until
         // it closes, up to 64 KiB.
         let mut raw = Vec::new();
         let mut buf = [0u8; 4096];
         loop {
-            let n = s
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("reading: {e}"))?;
+            let n = s.read(&mut buf).await.map_err(PostError::Read)?;
             if n == 0 || raw.len() > 65_536 {
                 break;
             }
@@ -73,11 +96,11 @@ async fn post(sink: &WebhookSink, body: &[u8]) -> Result<u16, String> {
             .nth(1)
             .and_then(|c| c.parse::<u16>().ok())
             .filter(|_| line.starts_with("HTTP/1."))
-            .ok_or_else(|| format!("no HTTP status line in the answer ({line:?})"))
+            .ok_or_else(|| PostError::NoStatus(line.to_owned()))
     };
     tokio::time::timeout(sink.timeout, attempt)
         .await
-        .map_err(|_| format!("no answer within {:?}", sink.timeout))?
+        .map_err(|_| PostError::Timeout(sink.timeout))?
 }
 
 /// What to do after an attempt.
@@ -117,7 +140,7 @@ impl Attempts {
     }
 
     /// An attempt ended with an HTTP status, or with no answer (`Err`).
-    pub(crate) fn handle_result(&mut self, result: Result<u16, String>) -> Next {
+    pub(crate) fn handle_result(&mut self, result: Result<u16, PostError>) -> Next {
         self.made += 1;
         let attempts = self.made;
         let reason = match result {
@@ -131,7 +154,7 @@ impl Attempts {
                 });
             }
             Ok(code) => format!("HTTP {code}"),
-            Err(e) => e,
+            Err(e) => e.to_string(),
         };
         if attempts >= self.max_attempts {
             return Next::Done(Delivery::DeadLetter { reason, attempts });
@@ -194,7 +217,7 @@ mod tests {
     fn failures_are_retried_with_doubling_pauses_then_dead_lettered() {
         let mut a = attempts(4);
         let mut pauses = Vec::new();
-        for result in [Err("connection refused".to_owned()), Ok(503), Ok(429)] {
+        for result in [Err(PostError::Timeout(MS)), Ok(503), Ok(429)] {
             match a.handle_result(result) {
                 Next::Retry { after, .. } => pauses.push(after),
                 other => panic!("{other:?}"),

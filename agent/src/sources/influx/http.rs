@@ -118,18 +118,43 @@ impl Default for InfluxHttpConfig {
 
 impl InfluxHttpConfig {
     /// Why this listener may not start: no tokens on a non-loopback address.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), InfluxHttpCheckError> {
         if self.tokens.is_empty() && !self.listen.ip().is_loopback() {
-            return Err(format!(
-                "[[influx_http]] {:?}: listen = {} is not loopback, so tokens = [\"…\"] must be set",
-                self.name, self.listen
-            ));
+            return Err(InfluxHttpCheckError::OpenListen {
+                name: self.name.clone(),
+                listen: self.listen,
+            });
         }
         if self.tokens.iter().any(|t| t.trim().is_empty()) {
-            return Err(format!("[[influx_http]] {:?}: an empty token", self.name));
+            return Err(InfluxHttpCheckError::EmptyToken {
+                name: self.name.clone(),
+            });
         }
         Ok(())
     }
+}
+
+/// Why an `[[influx_http]]` listener may not start
+/// ([`InfluxHttpConfig::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InfluxHttpCheckError {
+    /// No tokens on an address other hosts can reach.
+    #[error(
+        "[[influx_http]] {name:?}: listen = {listen} is not loopback, so tokens = [\"…\"] must be set"
+    )]
+    OpenListen {
+        /// The listener's name.
+        name: String,
+        /// Its address.
+        listen: SocketAddr,
+    },
+    /// A blank token.
+    #[error("[[influx_http]] {name:?}: an empty token")]
+    EmptyToken {
+        /// The listener's name.
+        name: String,
+    },
 }
 
 /// Which write API a request came to.

@@ -114,20 +114,21 @@ impl Default for MqttConfig {
 
 impl MqttConfig {
     /// Why this source may not start.
-    pub fn check(&self) -> Result<(), String> {
-        let what = format!("[[mqtt]] {:?}", self.name);
+    pub fn check(&self) -> Result<(), MqttCheckError> {
+        let name = || self.name.clone();
         if self.client_id.is_empty() {
-            return Err(format!(
-                "{what}: client_id is required (a persistent session needs a fixed one)"
-            ));
+            return Err(MqttCheckError::NoClientId { name: name() });
         }
         if self.topics.is_empty() {
-            return Err(format!("{what}: topics = [\"…\"] is empty"));
+            return Err(MqttCheckError::NoTopics { name: name() });
         }
-        self.host_port()
-            .map_err(|e| format!("{what}: broker {:?}: {e}", self.broker))?;
+        self.host_port().map_err(|source| MqttCheckError::Broker {
+            name: name(),
+            broker: self.broker.clone(),
+            source,
+        })?;
         if self.keep_alive < Duration::from_secs(1) {
-            return Err(format!("{what}: keep_alive: at least 1s"));
+            return Err(MqttCheckError::KeepAlive { name: name() });
         }
         Ok(())
     }
@@ -215,6 +216,40 @@ pub enum BrokerError {
     /// The port is not a number.
     #[error("the port is not a number")]
     BadPort,
+}
+
+/// Why an `[[mqtt]]` source may not start (`ferry-agent check-config`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MqttCheckError {
+    /// No `client_id`.
+    #[error("[[mqtt]] {name:?}: client_id is required (a persistent session needs a fixed one)")]
+    NoClientId {
+        /// The source's name.
+        name: String,
+    },
+    /// `topics` is empty.
+    #[error("[[mqtt]] {name:?}: topics = [\"…\"] is empty")]
+    NoTopics {
+        /// The source's name.
+        name: String,
+    },
+    /// `broker` is not `host:port`.
+    #[error("[[mqtt]] {name:?}: broker {broker:?}: {source}")]
+    Broker {
+        /// The source's name.
+        name: String,
+        /// What `broker` held.
+        broker: String,
+        /// What is wrong with it.
+        source: BrokerError,
+    },
+    /// `keep_alive` under a second.
+    #[error("[[mqtt]] {name:?}: keep_alive: at least 1s")]
+    KeepAlive {
+        /// The source's name.
+        name: String,
+    },
 }
 
 /// Why the MQTT client's options could not be built.

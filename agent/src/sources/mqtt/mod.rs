@@ -62,7 +62,9 @@ pub mod dedupe;
 pub mod payload;
 mod stats;
 
-pub use config::{BrokerError, MqttConfig, OptionsError, PayloadFormat, TopicParsing};
+pub use config::{
+    BrokerError, MqttCheckError, MqttConfig, OptionsError, PayloadFormat, TopicParsing,
+};
 pub use stats::MqttStats;
 
 use self::dedupe::{Dedupe, Verdict, message_hash};

@@ -76,10 +76,47 @@ pub enum RuleError {
     WebhookTimes,
 }
 
-/// For the sinks' config (`fanout::sinks`), whose checks still report a
-/// message.
-impl From<RuleError> for String {
-    fn from(e: RuleError) -> Self {
-        e.to_string()
-    }
+/// Why rules and sinks that are each valid do not fit together
+/// ([`super::validate`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidateError {
+    /// Two processor rules share a name.
+    #[error("{key}: name {name:?} is used by two processor rules; names must be unique")]
+    DuplicateRule {
+        /// The table, `processor.<kind>`.
+        key: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// `processor.lag_budget.max` is zero.
+    #[error("processor.lag_budget.max must be at least 1")]
+    ProcessorLagBudget,
+    /// `processor.max_alerts` is zero.
+    #[error("processor.max_alerts must be at least 1")]
+    MaxAlerts,
+    /// A sink's name breaks the rule for names.
+    #[error("{key}: {source}")]
+    SinkName {
+        /// The table, `sink.<kind>`.
+        key: &'static str,
+        /// What is wrong with the name.
+        source: RuleError,
+    },
+    /// Two sinks share a name.
+    #[error("{key}: name {name:?} is used by two sinks; names must be unique")]
+    DuplicateSink {
+        /// The table, `sink.<kind>`.
+        key: &'static str,
+        /// The name.
+        name: String,
+    },
+    /// A sink's `lag_budget.max` is zero.
+    #[error("{key} {name:?}: lag_budget.max must be at least 1")]
+    SinkLagBudget {
+        /// The table, `sink.<kind>`.
+        key: &'static str,
+        /// The sink's name.
+        name: String,
+    },
 }

@@ -42,7 +42,7 @@ impl Sink {
 
 /// Why a sink's cursor was not committed.
 #[derive(Debug, thiserror::Error)]
-enum SinkCommitError {
+pub(crate) enum SinkCommitError {
     /// The writer thread is gone.
     #[error("the collector is shutting down")]
     ShuttingDown,
@@ -51,7 +51,12 @@ enum SinkCommitError {
     Writer(String),
 }
 
-async fn commit_sink(shared: &Shared, c: SinkCommit) -> Result<CursorRecord, SinkCommitError> {
+/// Commits a sink's cursor through the writer (which trims the log in the
+/// same transaction).
+pub(crate) async fn commit_sink(
+    shared: &Shared,
+    c: SinkCommit,
+) -> Result<CursorRecord, SinkCommitError> {
     let (tx, rx) = oneshot::channel();
     shared
         .writer

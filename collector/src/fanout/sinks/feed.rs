@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use ferry_proto::batch::{Reading, WindowAggregate};
 use ferry_proto::series::SeriesKey;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 
 use super::StorageSink;
 use crate::fanout::LagPolicy;
+use crate::fanout::run::{SinkCommitError, commit_sink};
 use crate::server::Shared;
 use crate::store::{CursorRecord, SinkCommit};
-use crate::writer::Command;
 
 /// Entries read from the log per store read at most.
 pub(crate) const READ_ENTRIES: usize = 256;
@@ -227,8 +227,7 @@ impl Feed {
 
     /// Commits the cursor `to` durably with `p`'s tallies (through the
     /// writer, which also trims the log), and updates the bus.
-    pub(crate) async fn commit(&mut self, to: u64, p: Progress) -> Result<(), String> {
-        let (tx, rx) = oneshot::channel();
+    pub(crate) async fn commit(&mut self, to: u64, p: Progress) -> Result<(), SinkCommitError> {
         let commit = SinkCommit {
             name: self.name.clone(),
             cursor: to,
@@ -239,13 +238,7 @@ impl Feed {
             reads_log: true,
             ..SinkCommit::default()
         };
-        let gone = || "the collector is shutting down".to_owned();
-        self.shared
-            .writer
-            .send(Command::Sink { commit, reply: tx })
-            .await
-            .map_err(|_| gone())?;
-        let record = rx.await.map_err(|_| gone())??;
+        let record = commit_sink(&self.shared, commit).await?;
         self.shared.bus.advance(&self.key, record);
         let m = &self.shared.metrics;
         m.sink_readings(&self.name, "delivered", p.delivered);

@@ -13,6 +13,8 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
+use super::UrlError;
+
 /// An `http://` or `https://` URL, split.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Url {
@@ -28,13 +30,13 @@ pub(crate) struct Url {
 
 impl Url {
     /// Parses `http[s]://host[:port][/path]`.
-    pub(crate) fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, UrlError> {
         let (tls, rest) = if let Some(r) = text.strip_prefix("http://") {
             (false, r)
         } else if let Some(r) = text.strip_prefix("https://") {
             (true, r)
         } else {
-            return Err(format!("url {text:?}: expected http:// or https://"));
+            return Err(UrlError::Scheme(text.to_owned()));
         };
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
@@ -44,25 +46,30 @@ impl Url {
         let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("url {text:?}: unclosed [ in the host"))?;
+                .ok_or_else(|| UrlError::UnclosedBracket(text.to_owned()))?;
             let port = match after.strip_prefix(':') {
-                Some(p) => p.parse().map_err(|_| format!("url {text:?}: bad port"))?,
+                Some(p) => p.parse().map_err(|_| UrlError::Port {
+                    url: text.to_owned(),
+                    port: p.to_owned(),
+                })?,
                 None if after.is_empty() => default_port,
-                None => return Err(format!("url {text:?}: bad host")),
+                None => return Err(UrlError::Host(text.to_owned())),
             };
             (h.to_owned(), port)
         } else {
             match authority.rsplit_once(':') {
                 Some((h, p)) => (
                     h.to_owned(),
-                    p.parse()
-                        .map_err(|_| format!("url {text:?}: bad port {p:?}"))?,
+                    p.parse().map_err(|_| UrlError::Port {
+                        url: text.to_owned(),
+                        port: p.to_owned(),
+                    })?,
                 ),
                 None => (authority.to_owned(), default_port),
             }
         };
         if host.is_empty() {
-            return Err(format!("url {text:?}: no host"));
+            return Err(UrlError::NoHost(text.to_owned()));
         }
         Ok(Self {
             tls,
@@ -83,6 +90,56 @@ impl Url {
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Why a POST got no answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum PostError {
+    /// The TCP connection failed.
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        /// `host:port`.
+        authority: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The host is not a name TLS can check.
+    #[error("TLS server name {host:?}: {source}")]
+    ServerName {
+        /// The URL's host.
+        host: String,
+        /// Why it is not a server name.
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The TLS handshake failed.
+    #[error("TLS handshake with {authority}: {source}")]
+    Tls {
+        /// `host:port`.
+        authority: String,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The HTTP/1.1 handshake failed.
+    #[error("HTTP handshake with {authority}: {source}")]
+    Handshake {
+        /// `host:port`.
+        authority: String,
+        /// What failed.
+        source: hyper::Error,
+    },
+    /// The connection closed before the request could go.
+    #[error("connection lost: {0}")]
+    Lost(#[source] hyper::Error),
+    /// The request could not be built (a header the sink was given).
+    #[error("building the request: {0}")]
+    Request(#[source] hyper::http::Error),
+    /// Sending the request or reading the answer's head failed.
+    #[error("sending: {0}")]
+    Send(#[source] hyper::Error),
+    /// No answer within the sink's `timeout`.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
 
 /// An answer: its status and the start of its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,27 +168,37 @@ impl Client {
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, PostError> {
         let authority = self.url.authority();
         let tcp = TcpStream::connect(&authority)
             .await
-            .map_err(|e| format!("connecting to {authority}: {e}"))?;
+            .map_err(|source| PostError::Connect {
+                authority: authority.clone(),
+                source,
+            })?;
         let _ = tcp.set_nodelay(true);
         let io: Box<dyn Io> = match &self.tls {
             None => Box::new(tcp),
             Some(cfg) => {
-                let name = ServerName::try_from(self.url.host.clone())
-                    .map_err(|e| format!("TLS server name {:?}: {e}", self.url.host))?;
+                let name = ServerName::try_from(self.url.host.clone()).map_err(|source| {
+                    PostError::ServerName {
+                        host: self.url.host.clone(),
+                        source,
+                    }
+                })?;
                 let tls = tokio_rustls::TlsConnector::from(cfg.clone())
                     .connect(name, tcp)
                     .await
-                    .map_err(|e| format!("TLS handshake with {authority}: {e}"))?;
+                    .map_err(|source| PostError::Tls {
+                        authority: authority.clone(),
+                        source,
+                    })?;
                 Box::new(tls)
             }
         };
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
             .await
-            .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
+            .map_err(|source| PostError::Handshake { authority, source })?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -143,17 +210,14 @@ impl Client {
         &mut self,
         headers: &[(String, String)],
         body: Bytes,
-    ) -> Result<Answer, String> {
+    ) -> Result<Answer, PostError> {
         let timeout = self.timeout;
         let attempt = async {
             let mut sender = match self.sender.take() {
                 Some(s) if !s.is_closed() => s,
                 _ => self.connect().await?,
             };
-            sender
-                .ready()
-                .await
-                .map_err(|e| format!("connection lost: {e}"))?;
+            sender.ready().await.map_err(PostError::Lost)?;
             let mut req = hyper::Request::builder()
                 .method("POST")
                 .uri(self.url.path.as_str())
@@ -165,13 +229,8 @@ impl Client {
             for (k, v) in headers {
                 req = req.header(k.as_str(), v.as_str());
             }
-            let req = req
-                .body(Full::new(body))
-                .map_err(|e| format!("building the request: {e}"))?;
-            let resp = sender
-                .send_request(req)
-                .await
-                .map_err(|e| format!("sending: {e}"))?;
+            let req = req.body(Full::new(body)).map_err(PostError::Request)?;
+            let resp = sender.send_request(req).await.map_err(PostError::Send)?;
             let status = resp.status().as_u16();
             let body = Limited::new(resp.into_body(), 4096)
                 .collect()
@@ -183,7 +242,7 @@ impl Client {
         };
         match tokio::time::timeout(timeout, attempt).await {
             Ok(r) => r,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+            Err(_) => Err(PostError::Timeout(timeout)),
         }
     }
 }
@@ -210,9 +269,16 @@ mod tests {
         assert!(
             Url::parse("ftp://x")
                 .unwrap_err()
+                .to_string()
                 .contains("expected http://")
         );
-        assert!(Url::parse("http://:80/").unwrap_err().contains("no host"));
-        assert!(Url::parse("http://h:x/").unwrap_err().contains("bad port"));
+        assert_eq!(
+            Url::parse("http://:80/").unwrap_err().to_string(),
+            "url \"http://:80/\": no host"
+        );
+        assert_eq!(
+            Url::parse("http://h:x/").unwrap_err().to_string(),
+            "url \"http://h:x/\": bad port \"x\""
+        );
     }
 }

@@ -24,6 +24,7 @@
 //!   again after a crash are ones Prometheus already has (same timestamp,
 //!   same value): it keeps one copy.
 
+mod error;
 pub(crate) mod feed;
 mod http;
 mod parquet;
@@ -43,6 +44,7 @@ use super::rules::{LagBudget, SinkConfig};
 use crate::server::Shared;
 use crate::store::CursorRecord;
 
+pub use error::{DurationError, RemoteWriteConfigError, StorageSinkError, UrlError};
 pub use parquet::ParquetSink;
 pub use postgres::PostgresSink;
 pub use remote_write::RemoteWriteSink;
@@ -81,7 +83,7 @@ pub enum StorageRaw {
 
 impl StorageSink {
     /// Checks `raw` for the sink named `name`.
-    pub fn new(name: &str, raw: StorageRaw) -> Result<Self, String> {
+    pub fn new(name: &str, raw: StorageRaw) -> Result<Self, StorageSinkError> {
         super::rules::check_name(name)?;
         let kind = match raw {
             StorageRaw::PrometheusRemoteWrite(r) => {
@@ -204,8 +206,13 @@ impl Backoff {
     }
 }
 
-pub(crate) fn duration(what: &str, text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text).map_err(|e| format!("{what} {text:?}: {e}"))
+/// Parses the duration `text` of the key `what`.
+pub(crate) fn duration(what: &'static str, text: &str) -> Result<Duration, DurationError> {
+    humantime::parse_duration(text).map_err(|source| DurationError {
+        what,
+        text: text.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::feed::{Entry, Feed, Progress, gather};
 use super::http::{Client, Url};
-use super::{Backoff, duration};
+use super::{Backoff, RemoteWriteConfigError, duration};
 use crate::fanout::LagBudget;
 use crate::prometheus::naming::{self, AggregatePart, Labels};
 
@@ -100,8 +100,8 @@ pub struct RemoteWriteSink {
 }
 
 impl TryFrom<RemoteWriteRaw> for RemoteWriteSink {
-    type Error = String;
-    fn try_from(raw: RemoteWriteRaw) -> Result<Self, String> {
+    type Error = RemoteWriteConfigError;
+    fn try_from(raw: RemoteWriteRaw) -> Result<Self, RemoteWriteConfigError> {
         let url = Url::parse(&raw.url)?;
         let timeout = duration("timeout", &raw.timeout)?;
         let linger = duration("batch_linger", &raw.batch_linger)?;
@@ -110,23 +110,20 @@ impl TryFrom<RemoteWriteRaw> for RemoteWriteSink {
             duration("backoff_max", &raw.backoff_max)?,
         );
         if timeout.is_zero() || backoff.0.is_zero() || backoff.1 < backoff.0 {
-            return Err(
-                "`timeout` and `backoff_min` must be positive, `backoff_max` >= `backoff_min`"
-                    .into(),
-            );
+            return Err(RemoteWriteConfigError::Times);
         }
         if !(1..=1_000_000).contains(&raw.max_samples_per_send) {
-            return Err("`max_samples_per_send` must be between 1 and 1000000".into());
+            return Err(RemoteWriteConfigError::MaxSamples);
         }
         if raw.quantiles.iter().any(|q| !(0.0..=1.0).contains(q)) {
-            return Err("`quantiles` must be between 0 and 1".into());
+            return Err(RemoteWriteConfigError::Quantiles);
         }
         if raw.ca_file.is_some() && !url.tls {
-            return Err("`ca_file` needs an https:// url".into());
+            return Err(RemoteWriteConfigError::CaWithoutTls);
         }
         for k in raw.headers.keys() {
             if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
-                return Err(format!("header name {k:?}: use A-Z a-z 0-9 -"));
+                return Err(RemoteWriteConfigError::HeaderName(k.clone()));
             }
         }
         Ok(Self {
@@ -435,7 +432,7 @@ async fn send(
                     break;
                 }
                 Ok(a) => format!("HTTP {}: {}", a.status, a.body.trim()),
-                Err(e) => e,
+                Err(e) => e.to_string(),
             };
             let delay = backoff.next_delay();
             feed.retried(&why, delay);
@@ -545,76 +542,4 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &RemoteWriteSink) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ts(name: &str, samples: &[(i64, f64)]) -> TimeSeries {
-        TimeSeries {
-            labels: vec![Label {
-                name: "__name__".into(),
-                value: name.into(),
-            }],
-            samples: samples
-                .iter()
-                .map(|&(timestamp, value)| Sample { value, timestamp })
-                .collect(),
-        }
-    }
-
-    #[test]
-    fn requests_hold_at_most_max_samples_in_order() {
-        let reqs = requests(
-            vec![
-                ts("a", &[(1, 1.0), (2, 2.0), (3, 3.0)]),
-                ts("b", &[(1, 9.0)]),
-            ],
-            2,
-        );
-        let shape: Vec<Vec<(String, Vec<i64>)>> = reqs
-            .iter()
-            .map(|r| {
-                r.iter()
-                    .map(|t| {
-                        (
-                            t.labels[0].value.clone(),
-                            t.samples.iter().map(|s| s.timestamp).collect(),
-                        )
-                    })
-                    .collect()
-            })
-            .collect();
-        assert_eq!(
-            shape,
-            vec![
-                vec![("a".to_owned(), vec![1, 2])],
-                vec![("a".to_owned(), vec![3]), ("b".to_owned(), vec![1])],
-            ]
-        );
-    }
-
-    #[test]
-    fn refused_requests_halve_down_to_one_sample() {
-        let (a, b) = halves(vec![
-            ts("a", &[(1, 1.0)]),
-            ts("b", &[(1, 1.0)]),
-            ts("c", &[(1, 1.0)]),
-        ])
-        .unwrap();
-        assert_eq!((a.len(), b.len()), (1, 2));
-        let (a, b) = halves(vec![ts("a", &[(1, 1.0), (2, 2.0), (3, 3.0)])]).unwrap();
-        assert_eq!((count(&a), count(&b)), (1, 2));
-        assert!(halves(vec![ts("a", &[(1, 1.0)])]).is_none());
-    }
-
-    #[test]
-    fn the_body_is_snappy_protobuf_that_decodes_back() {
-        let req = vec![ts("temperature", &[(1_700_000_000_000, 21.5)])];
-        let body = encode(&req);
-        let raw = snap::raw::Decoder::new().decompress_vec(&body).unwrap();
-        let back = WriteRequest::decode(raw.as_slice()).unwrap();
-        assert_eq!(back.timeseries, req);
-        // Field 1 (timeseries), length-delimited; the bytes of the spec.
-        assert_eq!(raw[0], 0x0a);
-        assert_eq!(describe(&req[0]), "temperature{}");
-    }
-}
+mod tests;

@@ -168,7 +168,7 @@ fn open_listeners_must_be_loopback() {
     let mut cfg = InfluxHttpConfig::default();
     assert_eq!(cfg.check(), Ok(()));
     cfg.listen = "0.0.0.0:8086".parse().unwrap();
-    assert!(cfg.check().unwrap_err().contains("tokens"));
+    assert!(cfg.check().unwrap_err().to_string().contains("tokens"));
     cfg.tokens = vec!["t".into()];
     assert_eq!(cfg.check(), Ok(()));
     cfg.tokens = vec![" ".into()];

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use super::MANIFEST;
 
 /// Why `[sink.<name>] kind = "parquet"` is refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ParquetConfigError {
     /// A duration that does not parse (the message names the key).
-    #[error("{0}")]
-    Duration(String),
+    #[error(transparent)]
+    Duration(crate::fanout::sinks::DurationError),
     /// `roll_every` outside 1 s..=24 h.
     #[error("`roll_every` must be between 1s and 24h")]
     RollRange,
@@ -33,13 +33,6 @@ pub enum ParquetConfigError {
     /// The backoff is out of range.
     #[error("`backoff_min` must be positive, `backoff_max` >= `backoff_min`")]
     Backoff,
-}
-
-/// For the sinks' config (`fanout::sinks`), which reports a message.
-impl From<ParquetConfigError> for String {
-    fn from(e: ParquetConfigError) -> Self {
-        e.to_string()
-    }
 }
 
 /// Why the Parquet sink could not open its directory or write a period.

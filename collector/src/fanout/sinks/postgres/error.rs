@@ -17,8 +17,8 @@ pub enum PostgresConfigError {
     #[error("schema {0:?}: use 1 to 63 of a-z 0-9 _, not starting with a digit")]
     Schema(String),
     /// A duration that does not parse (the message names the key).
-    #[error("{0}")]
-    Duration(String),
+    #[error(transparent)]
+    Duration(crate::fanout::sinks::DurationError),
     /// The backoff is out of range.
     #[error("`backoff_min` must be positive, `backoff_max` >= `backoff_min`")]
     Backoff,
@@ -30,13 +30,6 @@ pub enum PostgresConfigError {
     CaWithoutTls,
 }
 
-/// For the sinks' config (`fanout::sinks`), which reports a message.
-impl From<PostgresConfigError> for String {
-    fn from(e: PostgresConfigError) -> Self {
-        e.to_string()
-    }
-}
-
 /// Why the sink could not connect to PostgreSQL.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -45,8 +38,8 @@ pub enum ConnectError {
     #[error("dsn: {0}")]
     Dsn(tokio_postgres::Error),
     /// `connect_timeout` does not parse.
-    #[error("{0}")]
-    Timeout(String),
+    #[error(transparent)]
+    Timeout(crate::fanout::sinks::DurationError),
     /// The TLS config could not be built (the CA file).
     #[error("{0}")]
     Tls(String),
