@@ -572,6 +572,7 @@ mod tests {
             idle_timeout_ms: 0,
             hello_timeout_ms: 0,
             status_interval_ms: 0,
+            max_series_ids: 0,
         }
     }
 
