@@ -560,6 +560,7 @@ async fn session(
         idle_timeout_ms: millis(shared.config.quic.idle_timeout),
         hello_timeout_ms: millis(shared.config.quic.hello_timeout),
         status_interval_ms: millis(STATUS_INTERVAL),
+        max_series_ids: crate::series_ids::MAX_SERIES_IDS,
     };
     let mut frame = Vec::new();
     write_frame(
@@ -586,6 +587,7 @@ async fn session(
     let terms = Arc::new(SessionTerms {
         epoch: hello.epoch,
         compression,
+        ids: Default::default(),
     });
 
     let mut streams = JoinSet::new();
@@ -689,7 +691,7 @@ async fn status_reports(
 
 /// Reads one frame; `Ok(None)` if the stream ended or was reset before a
 /// whole header arrived.
-async fn read_frame(
+pub(crate) async fn read_frame(
     recv: &mut RecvStream,
     max: u32,
 ) -> Result<Option<(FrameHeader, Vec<u8>)>, Rejection> {
@@ -712,6 +714,8 @@ struct SessionTerms {
     epoch: u64,
     /// The compression the Welcome chose.
     compression: u8,
+    /// Revision 4: the series ids the agent defined in this session.
+    ids: std::sync::Mutex<crate::series_ids::SessionIds>,
 }
 
 /// Writes one ErrorMsg frame and finishes the stream.
@@ -796,31 +800,19 @@ async fn batch_answer(
         shared.metrics.batch("rejected", r.code, 0);
         Some(Answer::Error(r.code, r.reason))
     };
-    let (header, body) = match read_frame(recv, limits.max_frame_bytes).await {
-        Ok(Some(f)) => f,
-        Ok(None) => return None,
-        Err(r) => return refuse(r),
-    };
-    if header.frame_type != FrameType::Batch {
-        return refuse(Rejection {
-            kind: BadInput::UnexpectedFrame,
-            code: reason::UNEXPECTED,
-            reason: format!(
-                "expected a Batch frame on a batch stream, got {:?}",
-                header.frame_type
-            ),
-        });
-    }
-    if header.compression != compression::NONE && header.compression != terms.compression {
-        return refuse(Rejection {
-            kind: BadInput::MalformedFrame,
-            code: reason::UNSUPPORTED,
-            reason: "a zstd-compressed batch, but the Welcome chose no compression".into(),
-        });
-    }
-    let batch = match ingest::decode_batch(&header, &body, limits.max_frame_bytes) {
+    // A Batch frame, or revision 4's Definitions and CompactBatch frames,
+    // resolved into the batch they stand for (series_ids.rs).
+    let batch = match crate::series_ids::read_batch(
+        recv,
+        limits.max_frame_bytes,
+        terms.compression,
+        &terms.ids,
+    )
+    .await?
+    {
         Ok(b) => b,
-        Err(r) => return refuse(r),
+        Err((None, r)) => return refuse(r),
+        Err((Some(seq), r)) => return reject(seq, r),
     };
     let now = crate::now_ns();
     let readings = batch.reading_count() as u64;
