@@ -238,7 +238,10 @@ mod tests {
     #[test]
     fn definitions_resolve_batches_and_stay_bounded() {
         let mut s = SessionIds::default();
-        assert_eq!(s.resolve(&compact(&[1])).unwrap_err().code, reason::UNKNOWN_SERIES_ID);
+        assert_eq!(
+            s.resolve(&compact(&[1])).unwrap_err().code,
+            reason::UNKNOWN_SERIES_ID
+        );
         s.define(defs(&[1, 2]), 3).unwrap();
         let b = s.resolve(&compact(&[1, 2])).unwrap();
         assert_eq!(b.series, vec![key(1), key(2)]);
@@ -248,7 +251,10 @@ mod tests {
         assert_eq!(s.len(), 2);
         // Past the bound: all or nothing.
         let r = s.define(defs(&[3, 4]), 3).unwrap_err();
-        assert_eq!((r.code, r.kind), (reason::SERIES_IDS_FULL, BadInput::SeriesIdsFull));
+        assert_eq!(
+            (r.code, r.kind),
+            (reason::SERIES_IDS_FULL, BadInput::SeriesIdsFull)
+        );
         assert_eq!(s.len(), 2);
         // Another key for a known id.
         let mut other = defs(&[1]);

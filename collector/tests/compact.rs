@@ -104,7 +104,10 @@ async fn compact_batches_resolve_through_session_definitions_across_reconnects()
     let (b3, ids3) = plain(3, t0 + 10_000_000_000, &[0, 1, 2], 2);
     let c3 = CompactBatch::from_batch(&b3, &ids3).unwrap();
     let ack = agent.send_raw(&stream(None, &c3)).await.unwrap();
-    assert_eq!((ack.seq, ack.status, ack.code), (3, status::REJECTED, reason::UNKNOWN_SERIES_ID));
+    assert_eq!(
+        (ack.seq, ack.status, ack.code),
+        (3, status::REJECTED, reason::UNKNOWN_SERIES_ID)
+    );
     assert!(reason::is_transient(ack.code));
     assert_eq!(
         agent
@@ -135,7 +138,11 @@ async fn compact_batches_resolve_through_session_definitions_across_reconnects()
         assert_eq!(res[0].readings.len(), n, "{dev}");
     }
     assert_eq!(
-        metric(server.http, "ferry_collector_bad_input_total{kind=\"unknown_series_id\"}").await,
+        metric(
+            server.http,
+            "ferry_collector_bad_input_total{kind=\"unknown_series_id\"}"
+        )
+        .await,
         "ferry_collector_bad_input_total{kind=\"unknown_series_id\"} 1"
     );
     drop(agent);
@@ -194,10 +201,20 @@ async fn bad_definitions_and_frame_orders_are_refused_and_counted() {
     let (b2, _) = plain(2, t0 + 5_000_000_000, &[2], 1);
     let c2 = CompactBatch::from_batch(&b2, &[IDS[0]]).unwrap();
     let redefined = definitions(&b2, &[IDS[0]]);
-    let ack = agent.send_raw(&stream(Some(&redefined), &c2)).await.unwrap();
-    assert_eq!((ack.seq, ack.status, ack.code), (2, status::REJECTED, reason::INVALID));
+    let ack = agent
+        .send_raw(&stream(Some(&redefined), &c2))
+        .await
+        .unwrap();
     assert_eq!(
-        metric(server.http, "ferry_collector_bad_input_total{kind=\"malformed_message\"}").await,
+        (ack.seq, ack.status, ack.code),
+        (2, status::REJECTED, reason::INVALID)
+    );
+    assert_eq!(
+        metric(
+            server.http,
+            "ferry_collector_bad_input_total{kind=\"malformed_message\"}"
+        )
+        .await,
         "ferry_collector_bad_input_total{kind=\"malformed_message\"} 1"
     );
     drop(agent);

@@ -195,7 +195,8 @@ impl Columns {
             let Some(first) = readings.first() else {
                 continue;
             };
-            out.ids.push(if n == 0 { id } else { id.wrapping_sub(prev_id) });
+            out.ids
+                .push(if n == 0 { id } else { id.wrapping_sub(prev_id) });
             prev_id = id;
             out.counts.push(readings.len() as u32);
             out.starts.push(if n == 0 {
@@ -319,12 +320,13 @@ struct ValueCursor<'a> {
 impl<'a> ValueCursor<'a> {
     fn new(values: &'a Values) -> Result<Self, CompactError> {
         const POW10: [f64; 10] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9];
-        let pow = match values {
-            Values::Float(_) => 1.0,
-            Values::Decimal(d) => *POW10
-                .get(d.scale as usize)
-                .ok_or(CompactError::Values(BlockError::BadScale { scale: d.scale }))?,
-        };
+        let pow =
+            match values {
+                Values::Float(_) => 1.0,
+                Values::Decimal(d) => *POW10.get(d.scale as usize).ok_or(CompactError::Values(
+                    BlockError::BadScale { scale: d.scale },
+                ))?,
+            };
         Ok(Self {
             values,
             at: 0,

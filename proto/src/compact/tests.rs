@@ -40,7 +40,9 @@ fn by_key(b: &Batch) -> BTreeMap<SeriesKey, Vec<(i64, u64)>> {
     for block in &b.blocks {
         let k = b.series[block.series as usize].clone();
         for r in block.readings().unwrap() {
-            out.entry(k.clone()).or_default().push((r.ts_ns, r.value.to_bits()));
+            out.entry(k.clone())
+                .or_default()
+                .push((r.ts_ns, r.value.to_bits()));
         }
     }
     out
@@ -67,7 +69,11 @@ fn columns_of_a_regular_batch_are_small_repeated_integers() {
         })
     );
     let back = c
-        .resolve(|id| ids.iter().position(|&i| i == id).map(|i| b.series[i].clone()))
+        .resolve(|id| {
+            ids.iter()
+                .position(|&i| i == id)
+                .map(|i| b.series[i].clone())
+        })
         .unwrap();
     assert_eq!(back, b);
 }
@@ -102,25 +108,40 @@ fn broken_columns_are_errors_not_panics() {
     assert_eq!(c.resolve(any), Err(CompactError::EmptySeries { id: 1 }));
     let mut c = good.clone();
     c.readings.counts = vec![2];
-    assert!(matches!(c.resolve(any), Err(CompactError::Length { what: "counts", .. })));
+    assert!(matches!(
+        c.resolve(any),
+        Err(CompactError::Length { what: "counts", .. })
+    ));
     let mut c = good.clone();
     c.readings.counts = vec![u32::MAX, u32::MAX];
-    assert!(matches!(c.resolve(any), Err(CompactError::Length { what: "values", .. })));
+    assert!(matches!(
+        c.resolve(any),
+        Err(CompactError::Length { what: "values", .. })
+    ));
     let mut c = good.clone();
     c.readings.dods.clear();
-    assert!(matches!(c.resolve(any), Err(CompactError::Length { what: "dods", .. })));
+    assert!(matches!(
+        c.resolve(any),
+        Err(CompactError::Length { what: "dods", .. })
+    ));
     let mut c = good.clone();
     c.readings.values = Values::Decimal(crate::batch::DecimalValues {
         scale: 0,
         deltas: vec![i64::MAX, 1, 1],
     });
-    assert!(matches!(c.resolve(any), Err(CompactError::Values(BlockError::Overflow { at: 1 }))));
+    assert!(matches!(
+        c.resolve(any),
+        Err(CompactError::Values(BlockError::Overflow { at: 1 }))
+    ));
     let mut c = good.clone();
     c.readings.values = Values::Decimal(crate::batch::DecimalValues {
         scale: 12,
         deltas: vec![1, 1, 1],
     });
-    assert!(matches!(c.resolve(any), Err(CompactError::Values(BlockError::BadScale { scale: 12 }))));
+    assert!(matches!(
+        c.resolve(any),
+        Err(CompactError::Values(BlockError::BadScale { scale: 12 }))
+    ));
     let mut c = good.clone();
     c.aggregates.push(WindowAggregate {
         series: 99,
@@ -134,8 +155,14 @@ fn broken_columns_are_errors_not_panics() {
         last: 1.0,
         sketch: None,
     });
-    assert_eq!(c.resolve(|id| (id != 99).then(|| key(id))), Err(CompactError::UnknownId(99)));
-    assert!(matches!(c.resolve(|id| Some(key(id))), Err(CompactError::Batch(_))));
+    assert_eq!(
+        c.resolve(|id| (id != 99).then(|| key(id))),
+        Err(CompactError::UnknownId(99))
+    );
+    assert!(matches!(
+        c.resolve(|id| Some(key(id))),
+        Err(CompactError::Batch(_))
+    ));
 }
 
 #[test]
@@ -153,7 +180,10 @@ fn definitions_pair_up_and_never_repeat_an_id() {
     assert!(matches!(bad.validate(), Err(CompactError::Length { .. })));
     let mut bad = d;
     bad.keys[0].metric = "9x".to_string();
-    assert!(matches!(bad.validate(), Err(CompactError::Series { id: 1, .. })));
+    assert!(matches!(
+        bad.validate(),
+        Err(CompactError::Series { id: 1, .. })
+    ));
 }
 
 fn value() -> impl Strategy<Value = f64> {
