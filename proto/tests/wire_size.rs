@@ -181,7 +181,7 @@ fn full_rate() {
     let readings = std::iter::from_fn(|| {
         let r = conns[at].next();
         i += 1;
-        if i % 2048 == 0 {
+        if i.is_multiple_of(2048) {
             at = (at + 1) % conns.len();
         }
         Some(r)
