@@ -151,6 +151,7 @@ pub async fn read_batch(
     max_frame: u32,
     compression: u8,
     ids: &std::sync::Mutex<SessionIds>,
+    metrics: &crate::metrics::Metrics,
 ) -> Option<Result<Batch, (Option<u64>, Rejection)>> {
     let mut read = async || -> Result<Option<(FrameHeader, Vec<u8>)>, Rejection> {
         let Some((header, body)) = crate::server::read_frame(recv, max_frame).await? else {
@@ -203,7 +204,12 @@ pub async fn read_batch(
         },
         t => return Some(Err((None, unexpected("a Batch frame", t)))),
     };
-    Some(decode_stream(frames, ids, max_frame))
+    let compact = matches!(frames, StreamFrames::Compact { .. });
+    let batch = decode_stream(frames, ids, max_frame);
+    if compact && batch.is_ok() {
+        metrics.compact_batches.inc();
+    }
+    Some(batch)
 }
 
 #[cfg(test)]

@@ -807,6 +807,7 @@ async fn batch_answer(
         limits.max_frame_bytes,
         terms.compression,
         &terms.ids,
+        &shared.metrics,
     )
     .await?
     {

@@ -145,6 +145,11 @@ async fn compact_batches_resolve_through_session_definitions_across_reconnects()
         .await,
         "ferry_collector_bad_input_total{kind=\"unknown_series_id\"} 1"
     );
+    // Batches 1, 2, 3 and the duplicate 1 came compact.
+    assert_eq!(
+        metric(server.http, "ferry_collector_compact_batches_total").await,
+        "ferry_collector_compact_batches_total 4"
+    );
     drop(agent);
     server.stop().await;
 }

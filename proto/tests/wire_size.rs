@@ -166,7 +166,10 @@ fn paced_50k_per_second() {
         per(defs, n)
     );
     // The figures docs/protocol.md quotes ("Compact batches").
-    assert_eq!(format!("{:.2} {:.2}", per(full, n), per(compact, n)), "7.20 2.56");
+    assert_eq!(
+        format!("{:.2} {:.2}", per(full, n), per(compact, n)),
+        "7.20 2.56"
+    );
 }
 
 /// The full-rate phase: four connections of 250 series writing 2048-line
@@ -195,5 +198,8 @@ fn full_rate() {
         per(compact, n),
         per(defs, n)
     );
-    assert_eq!(format!("{:.3} {:.3}", per(full, n), per(compact, n)), "0.905 0.558");
+    assert_eq!(
+        format!("{:.3} {:.3}", per(full, n), per(compact, n)),
+        "0.905 0.558"
+    );
 }

@@ -119,7 +119,12 @@ impl SessionIds {
         let compact = CompactBatch::from_batch(&batch, &ids).ok()?;
         let mut out = Vec::new();
         if !defs.ids.is_empty() {
-            write(&mut out, FrameType::Definitions, &codec::to_vec(&defs).ok()?, zstd);
+            write(
+                &mut out,
+                FrameType::Definitions,
+                &codec::to_vec(&defs).ok()?,
+                zstd,
+            );
             self.defined.insert(stored.seq, defs.ids);
         }
         write(
@@ -149,7 +154,10 @@ impl SessionIds {
             (_, reason::UNKNOWN_SERIES_ID) => {
                 // The collector does not have what we thought: define
                 // everything again.
-                tracing::warn!(seq, "the collector lacks series definitions; sending them again");
+                tracing::warn!(
+                    seq,
+                    "the collector lacks series definitions; sending them again"
+                );
                 self.known.clear();
             }
             (_, reason::SERIES_IDS_FULL) => {

@@ -126,7 +126,10 @@ fn same_readings(a: &Batch, b: &Batch) {
         v
     };
     assert_eq!(flat(a), flat(b));
-    assert_eq!((a.seq, a.epoch, a.created_ns), (b.seq, b.epoch, b.created_ns));
+    assert_eq!(
+        (a.seq, a.epoch, a.created_ns),
+        (b.seq, b.epoch, b.created_ns)
+    );
 }
 
 #[test]
@@ -147,7 +150,11 @@ fn definitions_go_until_a_stream_carrying_them_is_acked() {
     // Batch 1 stored, batch 2 refused transiently (rate): only batch 1's
     // definitions are known now.
     ids.answered(1, FrameType::Ack, &ack(1, status::STORED, 0));
-    ids.answered(2, FrameType::Ack, &ack(2, status::REJECTED, reason::RATE_LIMITED));
+    ids.answered(
+        2,
+        FrameType::Ack,
+        &ack(2, status::REJECTED, reason::RATE_LIMITED),
+    );
     let (b3, s3) = stored(3, &[1, 2, 3, 4], 1);
     let f3 = frames(&ids.frames(s3, true).unwrap());
     let d3: Definitions = codec::from_bytes("Definitions", &f3[0].1).unwrap();
@@ -170,7 +177,11 @@ fn a_collector_that_lost_definitions_gets_them_again() {
     ids.answered(1, FrameType::Ack, &ack(1, status::STORED, 0));
     let (_, s2) = stored(2, &[1], 1);
     assert_eq!(frames(&ids.frames(s2.clone(), false).unwrap()).len(), 1);
-    ids.answered(2, FrameType::Ack, &ack(2, status::REJECTED, reason::UNKNOWN_SERIES_ID));
+    ids.answered(
+        2,
+        FrameType::Ack,
+        &ack(2, status::REJECTED, reason::UNKNOWN_SERIES_ID),
+    );
     let f = frames(&ids.frames(s2, false).unwrap());
     assert_eq!(f[0].0, FrameType::Definitions);
 }
@@ -180,7 +191,10 @@ fn batches_past_the_bounds_go_self_contained() {
     // The collector's bound (3 ids) is below the agent's.
     let mut ids = SessionIds::new(&welcome(3));
     let (_, s1) = stored(1, &[1, 2], 1);
-    assert_eq!(frames(&ids.frames(s1, true).unwrap())[1].0, FrameType::CompactBatch);
+    assert_eq!(
+        frames(&ids.frames(s1, true).unwrap())[1].0,
+        FrameType::CompactBatch
+    );
     let (b2, s2) = stored(2, &[3, 4], 1);
     let f2 = frames(&ids.frames(s2, true).unwrap());
     assert_eq!(f2.len(), 1);
@@ -189,15 +203,28 @@ fn batches_past_the_bounds_go_self_contained() {
     // Refused as SERIES_IDS_FULL: that batch goes self-contained.
     let (_, s3) = stored(3, &[1], 1);
     ids.frames(s3.clone(), true).unwrap();
-    ids.answered(3, FrameType::Ack, &ack(3, status::REJECTED, reason::SERIES_IDS_FULL));
-    assert_eq!(frames(&ids.frames(s3, true).unwrap())[0].0, FrameType::Batch);
+    ids.answered(
+        3,
+        FrameType::Ack,
+        &ack(3, status::REJECTED, reason::SERIES_IDS_FULL),
+    );
+    assert_eq!(
+        frames(&ids.frames(s3, true).unwrap())[0].0,
+        FrameType::Batch
+    );
     // A large batch keeps its layout.
     let (_, big) = stored(4, &[1], MAX_COMPACT_READINGS + 1);
-    assert_eq!(frames(&ids.frames(big, true).unwrap())[0].0, FrameType::Batch);
+    assert_eq!(
+        frames(&ids.frames(big, true).unwrap())[0].0,
+        FrameType::Batch
+    );
     // A salvaged batch is sent as it is.
     let (_, mut salvaged) = stored(5, &[1], 1);
     salvaged.wire_seq = 77;
-    assert_eq!(frames(&ids.frames(salvaged, true).unwrap())[0].0, FrameType::Batch);
+    assert_eq!(
+        frames(&ids.frames(salvaged, true).unwrap())[0].0,
+        FrameType::Batch
+    );
     // A revision-3 collector: never compact.
     let mut old = SessionIds::new(&welcome(0));
     let (_, s) = stored(6, &[1], 1);
