@@ -62,11 +62,13 @@ impl SessionIds {
     }
 
     /// Ids numbered in this session.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.ids.len()
     }
 
     /// True when none is numbered.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }

@@ -540,6 +540,7 @@ mod tests {
             max_in_flight_bytes,
             newest_first: false,
             zstd: true,
+            compact: true,
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(2),
             idle_timeout: Duration::from_secs(6),

@@ -73,6 +73,9 @@ pub struct ShipperConfig {
     pub newest_first: bool,
     /// Offer zstd compression.
     pub zstd: bool,
+    /// Send small batches compact when the collector takes them
+    /// (`[shipping] compact`).
+    pub compact: bool,
     /// Reconnect backoff bounds.
     pub backoff_min: Duration,
     /// Upper bound of the backoff.
@@ -323,7 +326,11 @@ async fn session(
     failover.handle_welcomed();
     let fail_back = failover.poll_fail_back();
     let terms = flight.terms().expect("welcomed");
-    let mut ids = compact::SessionIds::new(&welcome);
+    let mut ids = if config.compact {
+        compact::SessionIds::new(&welcome)
+    } else {
+        compact::SessionIds::default()
+    };
     // The control stream carries the agent's status reports when the
     // collector asks for them; otherwise it is finished here.
     let status_every = Duration::from_millis(u64::from(welcome.status_interval_ms));
