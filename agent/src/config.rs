@@ -346,6 +346,10 @@ pub struct ShippingSection {
     /// fallback lasts before the first collector is tried again.
     #[serde(deserialize_with = "duration")]
     pub fail_back_after: Duration,
+    /// Send batches of up to 4096 readings compact (protocol revision 4)
+    /// when the collector takes them: series as ids defined once per
+    /// session instead of keys in every batch.
+    pub compact: bool,
 }
 
 impl Default for ShippingSection {
@@ -359,6 +363,7 @@ impl Default for ShippingSection {
             idle_timeout: Duration::from_secs(6),
             keep_alive: Duration::from_secs(2),
             fail_back_after: Duration::from_secs(300),
+            compact: true,
         }
     }
 }

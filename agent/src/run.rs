@@ -208,6 +208,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         max_in_flight_bytes: config.shipping.max_in_flight,
         newest_first: config.shipping.order == Order::NewestFirst,
         zstd: config.shipping.compression == CompressionName::Zstd,
+        compact: config.shipping.compact,
         backoff_min: config.shipping.backoff_min,
         backoff_max: config.shipping.backoff_max,
         idle_timeout: config.shipping.idle_timeout,

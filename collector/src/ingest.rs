@@ -41,11 +41,17 @@ pub enum BadInput {
     RefusedReadings,
     /// A batch refused because the agent's dedupe state is at its bound.
     DedupeFull,
+    /// A compact batch naming a series id its session has no definition
+    /// for (the agent resends the definitions).
+    UnknownSeriesId,
+    /// Definitions past the session's `Welcome.max_series_ids` (the agent
+    /// resends the batch self-contained).
+    SeriesIdsFull,
 }
 
 impl BadInput {
     /// Every class, for metric registration.
-    pub const ALL: [BadInput; 11] = [
+    pub const ALL: [BadInput; 13] = [
         Self::MalformedFrame,
         Self::Oversized,
         Self::UnexpectedFrame,
@@ -57,6 +63,8 @@ impl BadInput {
         Self::Handshake,
         Self::RefusedReadings,
         Self::DedupeFull,
+        Self::UnknownSeriesId,
+        Self::SeriesIdsFull,
     ];
 
     /// The metric label.
@@ -73,6 +81,8 @@ impl BadInput {
             Self::Handshake => "handshake",
             Self::RefusedReadings => "refused_readings",
             Self::DedupeFull => "dedupe_full",
+            Self::UnknownSeriesId => "unknown_series_id",
+            Self::SeriesIdsFull => "series_ids_full",
         }
     }
 }
@@ -89,7 +99,7 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(kind: BadInput, code: u16, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(kind: BadInput, code: u16, reason: impl Into<String>) -> Self {
         Self {
             kind,
             code,
@@ -117,6 +127,17 @@ pub fn frame_rejection(e: &FrameError) -> Rejection {
 
 /// Decompresses (bounded by `max`) and decodes a batch frame body.
 pub fn decode_batch(header: &FrameHeader, body: &[u8], max: u32) -> Result<Batch, Rejection> {
+    decode_body("Batch", header, body, max)
+}
+
+/// Decompresses (bounded by `max`) and decodes a frame body holding one
+/// `message`: a Batch, or revision 4's Definitions and CompactBatch.
+pub fn decode_body<T: serde::de::DeserializeOwned>(
+    message: &'static str,
+    header: &FrameHeader,
+    body: &[u8],
+    max: u32,
+) -> Result<T, Rejection> {
     let owned;
     let bytes = if header.compression == compression::ZSTD {
         let mut out = Vec::new();
@@ -141,7 +162,10 @@ pub fn decode_batch(header: &FrameHeader, body: &[u8], max: u32) -> Result<Batch
             return Err(Rejection::new(
                 BadInput::Oversized,
                 reason::TOO_LARGE,
-                format!("decompressed batch exceeds the limit of {max} bytes"),
+                format!(
+                    "decompressed {} exceeds the limit of {max} bytes",
+                    if message == "Batch" { "batch" } else { message }
+                ),
             ));
         }
         owned = out;
@@ -149,11 +173,11 @@ pub fn decode_batch(header: &FrameHeader, body: &[u8], max: u32) -> Result<Batch
     } else {
         body
     };
-    let (batch, used) = codec::from_bytes_prefix::<Batch>("Batch", bytes).map_err(|e| {
+    let (batch, used) = codec::from_bytes_prefix::<T>(message, bytes).map_err(|e| {
         Rejection::new(BadInput::MalformedMessage, reason::MALFORMED, e.to_string())
     })?;
     if used < bytes.len() {
-        let e = codec::trailing_bytes("Batch", bytes.len() - used, used);
+        let e = codec::trailing_bytes(message, bytes.len() - used, used);
         return Err(Rejection::new(
             BadInput::MalformedMessage,
             reason::TRAILING_BYTES,

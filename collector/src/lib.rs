@@ -61,6 +61,7 @@ pub mod pki;
 pub mod prometheus;
 pub mod query;
 pub mod report;
+pub mod series_ids;
 mod server;
 pub mod store;
 pub mod systemd;

@@ -65,6 +65,9 @@ pub struct Metrics {
     pub webhook_retries: Family<Dynamic, Counter>,
     /// Batches that waited for a subscriber past its lag budget.
     pub backpressure_waits: Counter,
+    /// Batches that came as revision-4 compact batches and were resolved
+    /// through their session's series ids.
+    pub compact_batches: Counter,
     /// Batches waiting now for a subscriber past its lag budget.
     pub ingest_waiting: Gauge<u64, AtomicU64>,
     /// Configuration reloads by outcome (`ok`, `error`).
@@ -149,6 +152,7 @@ impl Metrics {
             webhook_deliveries: Family::default(),
             webhook_retries: Family::default(),
             backpressure_waits: Counter::default(),
+            compact_batches: Counter::default(),
             ingest_waiting: Gauge::default(),
             reloads: Family::default(),
             refused_readings: Family::default(),
@@ -263,6 +267,11 @@ impl Metrics {
             "backpressure_waits",
             "Batches that waited for a fan-out subscriber past its lag budget",
             m.backpressure_waits.clone(),
+        );
+        m.registry.register(
+            "compact_batches",
+            "Batches that came compact (protocol revision 4), resolved through their session's series ids",
+            m.compact_batches.clone(),
         );
         m.registry.register(
             "ingest_waiting",

@@ -263,6 +263,13 @@ fn scaled(value: f64, scale: u8) -> Option<i64> {
     }
 }
 
+impl Default for Values {
+    /// No values.
+    fn default() -> Self {
+        Values::Float(Vec::new())
+    }
+}
+
 impl Values {
     /// Picks the smallest exact representation of `values`.
     pub fn encode(values: &[f64]) -> Values {

@@ -10,7 +10,7 @@
 //! - [`wire`]: the pinned MessagePack representation (arrays and tags) and the
 //!   macros that declare wire types;
 //! - [`codec`]: encode and decode single messages with either encoder;
-//! - [`series`], [`batch`], [`sketch`], [`session`], [`health`] (`alloc`):
+//! - [`series`], [`batch`], [`compact`], [`sketch`], [`session`], [`health`] (`alloc`):
 //!   what agents send collectors; [`query`] (`alloc`): the collector's JSON
 //!   query answer, for its clients, with [`json`]'s string times and values;
 //! - [`link`]: what devices and gateways say to each other (no allocation);
@@ -36,6 +36,8 @@ pub mod wire;
 
 #[cfg(feature = "alloc")]
 pub mod batch;
+#[cfg(feature = "alloc")]
+pub mod compact;
 #[cfg(feature = "alloc")]
 pub mod json;
 #[cfg(feature = "alloc")]

@@ -86,6 +86,11 @@ wire_struct! {
         /// control stream, ms. 0: this collector takes none (an older
         /// collector): the agent must not send any.
         pub status_interval_ms: u32,
+        /// Revision 4: most series ids (`compact::Definitions`) the
+        /// collector keeps for this session; the agent may send
+        /// `CompactBatch` and `Definitions` frames only when this is not 0.
+        /// 0: this collector takes none (an older collector).
+        pub max_series_ids: u32,
     }
 }
 
@@ -247,6 +252,13 @@ pub mod reason {
     /// (`limits.max_dedupe_ranges`, `limits.max_epochs_per_agent`); try again
     /// later, when batches before this one have arrived.
     pub const DEDUPE_FULL: u16 = 103;
+    /// Revision 4: a compact batch references a series id this session has
+    /// no definition for; resend it with the definitions of its ids.
+    pub const UNKNOWN_SERIES_ID: u16 = 104;
+    /// Revision 4: the session holds `Welcome.max_series_ids` definitions
+    /// and the batch's definitions would go past it; resend the batch
+    /// self-contained (a `Batch` frame).
+    pub const SERIES_IDS_FULL: u16 = 105;
 
     /// The code's name, as metrics and the CLI show it (`other` for codes
     /// this version does not know).
@@ -264,6 +276,8 @@ pub mod reason {
             STORAGE => "storage",
             SHUTTING_DOWN => "shutting_down",
             DEDUPE_FULL => "dedupe_full",
+            UNKNOWN_SERIES_ID => "unknown_series_id",
+            SERIES_IDS_FULL => "series_ids_full",
             _ => "other",
         }
     }

@@ -43,6 +43,11 @@ pub enum FrameType {
     Error = 5,
     /// [`crate::session::AgentStatus`].
     Status = 6,
+    /// [`crate::compact::Definitions`] (revision 4), on a batch stream
+    /// before the [`FrameType::CompactBatch`].
+    Definitions = 7,
+    /// [`crate::compact::CompactBatch`] (revision 4).
+    CompactBatch = 8,
 }
 
 impl FrameType {
@@ -55,6 +60,8 @@ impl FrameType {
             4 => Self::Ack,
             5 => Self::Error,
             6 => Self::Status,
+            7 => Self::Definitions,
+            8 => Self::CompactBatch,
             _ => return None,
         })
     }
@@ -119,7 +126,10 @@ impl FrameHeader {
     pub fn parse(bytes: &[u8; HEADER_LEN], max: u32) -> Result<Self, FrameError> {
         let frame_type = FrameType::from_u8(bytes[0]).ok_or(FrameError::UnknownType(bytes[0]))?;
         let flags = bytes[1];
-        let allowed = if frame_type == FrameType::Batch {
+        let allowed = if matches!(
+            frame_type,
+            FrameType::Batch | FrameType::Definitions | FrameType::CompactBatch
+        ) {
             FLAG_ZSTD
         } else {
             0

@@ -12,6 +12,7 @@ use ferry_proto::batch::{
     Batch, DecimalValues, HealthRecord, Reading, ReadingBlock, Values, WindowAggregate,
 };
 use ferry_proto::codec;
+use ferry_proto::compact::{Columns, CompactBatch, Definitions};
 use ferry_proto::link::{
     Channel, DeviceHello, DeviceId, Downlink, Heartbeat, LINK_VERSION, LinkAck, LinkConfig, Report,
     ReportTime, TimeSync, Uplink, WindowReport, time_quality,
@@ -142,7 +143,87 @@ fn welcome() -> Welcome {
         idle_timeout_ms: 6_000,
         hello_timeout_ms: 10_000,
         status_interval_ms: 10_000,
+        max_series_ids: 65_536,
     }
+}
+
+/// The Welcome as a revision-3 collector writes it: fourteen fields.
+fn welcome_third_revision() -> Vec<u8> {
+    let w = welcome();
+    codec::to_vec(&(
+        w.protocol,
+        w.collector_version,
+        w.compression,
+        w.max_frame,
+        w.max_streams,
+        w.max_past_ns,
+        w.max_future_ns,
+        w.now_ns,
+        w.max_batch_readings,
+        w.rate_per_sec,
+        w.rate_burst,
+        w.idle_timeout_ms,
+        w.hello_timeout_ms,
+        w.status_interval_ms,
+    ))
+    .unwrap()
+}
+
+/// Definitions of series ids 0 and 1 of the sample agent's journal.
+fn definitions() -> Definitions {
+    Definitions {
+        ids: vec![0, 1],
+        keys: vec![
+            key("temperature", &[("device", "a1b2"), ("unit", "Cel")]),
+            key("humidity", &[("device", "a1b2"), ("unit", "%")]),
+        ],
+    }
+}
+
+/// Batch 44 in compact form: series ids 0 (four readings 1 s apart) and 1
+/// (two readings 2 s apart, starting with the other's first).
+fn compact_batch() -> CompactBatch {
+    let t = 1_700_000_000_000_000_000;
+    let run = |values: &[f64], step: i64| -> Vec<Reading> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &value)| Reading {
+                ts_ns: t + i as i64 * step,
+                value,
+            })
+            .collect()
+    };
+    let a = run(&[21.5, 21.52, 21.52, 21.49], 1_000_000_000);
+    let b = run(&[40.5, 40.25], 2_000_000_000);
+    CompactBatch {
+        seq: 44,
+        created_ns: 1_700_000_004_000_000_000,
+        epoch: EPOCH,
+        resolved_below: 0,
+        readings: Columns::encode([(0, a.as_slice()), (1, b.as_slice())]),
+        aggregates: vec![],
+        health: vec![],
+    }
+}
+
+/// A batch stream of revision 4: the Definitions frame, then the
+/// CompactBatch frame using them.
+fn compact_stream() -> Vec<u8> {
+    let mut out = Vec::new();
+    stream::write_frame(
+        &mut out,
+        FrameType::Definitions,
+        compression::NONE,
+        &codec::to_vec(&definitions()).unwrap(),
+    );
+    stream::write_frame(
+        &mut out,
+        FrameType::CompactBatch,
+        compression::NONE,
+        &codec::to_vec(&compact_batch()).unwrap(),
+    );
+    out
 }
 
 fn agent_status() -> AgentStatus {
@@ -490,8 +571,36 @@ fn cases() -> Vec<Case> {
         message(
             "welcome",
             "Welcome",
-            "collector accepts zstd, 4 MiB frames, 64 streams; timestamps from 30 days back to 10 min ahead of its clock (2023-11-14T22:13:20Z); 1048576 readings per batch; no rate limit; 6 s idle timeout, 10 s for the hello; a status report every 10 s",
+            "collector accepts zstd, 4 MiB frames, 64 streams; timestamps from 30 days back to 10 min ahead of its clock (2023-11-14T22:13:20Z); 1048576 readings per batch; no rate limit; 6 s idle timeout, 10 s for the hello; a status report every 10 s; compact batches with up to 65536 series ids",
             welcome(),
+        ),
+        older(
+            "welcome_third_revision",
+            "Welcome",
+            "the same Welcome from a revision-3 collector (fourteen fields): max_series_ids reads as 0, so the agent sends no compact batches",
+            welcome_third_revision,
+            Welcome {
+                max_series_ids: 0,
+                ..welcome()
+            },
+        ),
+        message(
+            "definitions",
+            "Definitions",
+            "series id 0 is temperature{device=\"a1b2\",unit=\"Cel\"}, id 1 humidity{device=\"a1b2\",unit=\"%\"}",
+            definitions(),
+        ),
+        message(
+            "compact_batch",
+            "CompactBatch",
+            "batch 44 of journal epoch 9f3c51e207a4d6b8: series id 0 with 21.5, 21.52, 21.52, 21.49 at 1 s steps from 2023-11-14T22:13:20Z; series id 1 with 40.5, 40.25 at 2 s steps from the same instant",
+            compact_batch(),
+        ),
+        raw(
+            "stream_compact",
+            "stream frame",
+            "what an agent writes on a batch stream of revision 4 when ids 0 and 1 are new to the session: the definitions frame (type 7), then the compact batch frame (type 8)",
+            compact_stream,
         ),
         message(
             "agent_status",

@@ -26,6 +26,7 @@
 //!   stream, the writer's channel, sleeping until the machine's deadlines.
 //! - `tls`: the client TLS configuration from the enrolled bundle.
 
+mod compact;
 pub mod failover;
 pub mod flight;
 pub mod status;
@@ -44,7 +45,6 @@ use tokio::task::JoinSet;
 pub use self::failover::Failover;
 pub use self::flight::{CollectorTerms, Flight, ProtocolError, Terms};
 pub use self::tls::{TlsError, client_tls, tls_provider};
-use crate::journal::StoredBatch;
 use crate::metrics::AgentMetrics;
 use crate::writer::{Control, WriterHandle};
 
@@ -73,6 +73,9 @@ pub struct ShipperConfig {
     pub newest_first: bool,
     /// Offer zstd compression.
     pub zstd: bool,
+    /// Send small batches compact when the collector takes them
+    /// (`[shipping] compact`).
+    pub compact: bool,
     /// Reconnect backoff bounds.
     pub backoff_min: Duration,
     /// Upper bound of the backoff.
@@ -270,16 +273,15 @@ struct Answer {
     latency: Duration,
 }
 
-/// One batch's journey: its own stream, one frame out, one answer back.
+/// One batch's journey: its own stream, its frames out (a `Batch`, or
+/// revision 4's `Definitions` and `CompactBatch`), one answer back.
 async fn send_batch(
     conn: quinn::Connection,
-    batch: StoredBatch,
-    zstd: bool,
+    seq: u64,
+    frame: Vec<u8>,
     max_frame: u32,
 ) -> Result<Answer, SessionError> {
     let started = Instant::now();
-    let seq = batch.seq;
-    let frame = flight::batch_frame(batch, zstd)?;
     let (mut send, mut recv) = conn.open_bi().await?;
     send.write_all(&frame).await?;
     send.finish()?;
@@ -324,6 +326,11 @@ async fn session(
     failover.handle_welcomed();
     let fail_back = failover.poll_fail_back();
     let terms = flight.terms().expect("welcomed");
+    let mut ids = if config.compact {
+        compact::SessionIds::new(&welcome)
+    } else {
+        compact::SessionIds::default()
+    };
     // The control stream carries the agent's status reports when the
     // collector asks for them; otherwise it is finished here.
     let status_every = Duration::from_millis(u64::from(welcome.status_interval_ms));
@@ -351,7 +358,9 @@ async fn session(
             }
             let batches = rx.await.map_err(|_| SessionError::WriterGone)?;
             for batch in flight.handle_fetched(batches) {
-                tasks.spawn(send_batch(conn.clone(), batch, terms.zstd, terms.max_frame));
+                let seq = batch.seq;
+                let frame = ids.frames(batch, terms.zstd)?;
+                tasks.spawn(send_batch(conn.clone(), seq, frame, terms.max_frame));
             }
             to_writer(flight, writer).await?;
         }
@@ -375,6 +384,7 @@ async fn session(
             _ = fail_back_at => {
                 // Finish what is in flight here (acks delete it), then go.
                 while let Some(Ok(Ok(a))) = tasks.join_next().await {
+                    ids.answered(a.seq, a.frame, &a.body);
                     let _ = flight.handle_answer(clock.now_ns(), a.seq, a.frame, &a.body, a.wire, a.latency);
                 }
                 to_writer(flight, writer).await?;
@@ -388,6 +398,7 @@ async fn session(
                 }
                 for r in results {
                     let a = r??;
+                    ids.answered(a.seq, a.frame, &a.body);
                     flight.handle_answer(clock.now_ns(), a.seq, a.frame, &a.body, a.wire, a.latency)?;
                 }
                 to_writer(flight, writer).await?;
@@ -416,7 +427,8 @@ async fn session(
                 if *shutdown.borrow() {
                     // Let in-flight batches finish (their acks delete them).
                     while let Some(Ok(Ok(a))) = tasks.join_next().await {
-                        let _ = flight.handle_answer(clock.now_ns(), a.seq, a.frame, &a.body, a.wire, a.latency);
+                        ids.answered(a.seq, a.frame, &a.body);
+                    let _ = flight.handle_answer(clock.now_ns(), a.seq, a.frame, &a.body, a.wire, a.latency);
                     }
                     to_writer(flight, writer).await?;
                     conn.close(0u32.into(), b"agent stopping");

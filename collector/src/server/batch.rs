@@ -13,7 +13,7 @@ use quinn::{RecvStream, SendStream, VarInt};
 use tokio::sync::oneshot;
 
 use super::Shared;
-use super::session::{SessionTerms, read_frame, send_error};
+use super::session::{SessionTerms, send_error};
 use crate::ingest::{self, BadInput, Rejection};
 use crate::store::Applied;
 use crate::writer::Command;
@@ -86,31 +86,20 @@ async fn batch_answer(
         shared.metrics.batch("rejected", r.code, 0);
         Some(Answer::Error(r.code, r.reason))
     };
-    let (header, body) = match read_frame(recv, limits.max_frame_bytes).await {
-        Ok(Some(f)) => f,
-        Ok(None) => return None,
-        Err(r) => return refuse(r),
-    };
-    if header.frame_type != FrameType::Batch {
-        return refuse(Rejection {
-            kind: BadInput::UnexpectedFrame,
-            code: reason::UNEXPECTED,
-            reason: format!(
-                "expected a Batch frame on a batch stream, got {:?}",
-                header.frame_type
-            ),
-        });
-    }
-    if header.compression != compression::NONE && header.compression != terms.compression {
-        return refuse(Rejection {
-            kind: BadInput::MalformedFrame,
-            code: reason::UNSUPPORTED,
-            reason: "a zstd-compressed batch, but the Welcome chose no compression".into(),
-        });
-    }
-    let batch = match ingest::decode_batch(&header, &body, limits.max_frame_bytes) {
+    // A Batch frame, or revision 4's Definitions and CompactBatch frames,
+    // resolved into the batch they stand for (series_ids.rs).
+    let batch = match crate::series_ids::read_batch(
+        recv,
+        limits.max_frame_bytes,
+        terms.compression,
+        &terms.ids,
+        &shared.metrics,
+    )
+    .await?
+    {
         Ok(b) => b,
-        Err(r) => return refuse(r),
+        Err((None, r)) => return refuse(r),
+        Err((Some(seq), r)) => return reject(seq, r),
     };
     let now = crate::now_ns();
     let readings = batch.reading_count() as u64;

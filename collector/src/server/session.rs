@@ -298,6 +298,7 @@ async fn session(
         idle_timeout_ms: millis(shared.config.quic.idle_timeout),
         hello_timeout_ms: millis(shared.config.quic.hello_timeout),
         status_interval_ms: millis(STATUS_INTERVAL),
+        max_series_ids: crate::series_ids::MAX_SERIES_IDS,
     };
     let mut frame = Vec::new();
     write_frame(
@@ -324,6 +325,7 @@ async fn session(
     let terms = Arc::new(SessionTerms {
         epoch: hello.epoch,
         compression,
+        ids: Default::default(),
     });
 
     let mut streams = JoinSet::new();
@@ -427,7 +429,7 @@ async fn status_reports(
 
 /// Reads one frame; `Ok(None)` if the stream ended or was reset before a
 /// whole header arrived.
-pub(super) async fn read_frame(
+pub(crate) async fn read_frame(
     recv: &mut RecvStream,
     max: u32,
 ) -> Result<Option<(FrameHeader, Vec<u8>)>, Rejection> {
@@ -450,6 +452,8 @@ pub(super) struct SessionTerms {
     pub(super) epoch: u64,
     /// The compression the Welcome chose.
     pub(super) compression: u8,
+    /// Revision 4: the series ids the agent defined in this session.
+    pub(super) ids: std::sync::Mutex<crate::series_ids::SessionIds>,
 }
 
 /// Writes one ErrorMsg frame and finishes the stream.

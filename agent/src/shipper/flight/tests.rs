@@ -30,6 +30,7 @@ fn config(max_in_flight_bytes: u64) -> ShipperConfig {
         max_in_flight_bytes,
         newest_first: false,
         zstd: true,
+        compact: true,
         backoff_min: Duration::from_millis(100),
         backoff_max: Duration::from_secs(2),
         idle_timeout: Duration::from_secs(6),
@@ -62,6 +63,7 @@ fn welcome_msg(max_streams: u32, compression: u8) -> Welcome {
         idle_timeout_ms: 0,
         hello_timeout_ms: 0,
         status_interval_ms: 0,
+        max_series_ids: 0,
     }
 }
 
