@@ -295,6 +295,7 @@ pub fn prepare(
         aggregates,
         health: batch.health.clone(),
         readings: stored,
+        count_refusal: false,
     })
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 use ferry_collector::admin::Admin;
 use ferry_collector::query::QueryParams;
 
+pub mod cluster;
 pub mod producers;
 pub mod servers;
 pub mod systemd;

@@ -24,7 +24,7 @@ use super::log::{Delivery, Log, LogStatus};
 use super::{Record, RecordBody};
 use crate::ingest::{self, BadInput};
 use crate::server::Shared;
-use crate::store::{Applied, SessionOutcome, SessionRequest};
+use crate::store::{Applied, PreparedBatch, SessionOutcome, SessionRequest};
 use crate::writer::Command;
 
 /// How long a record whose commit failed waits before it comes again.
@@ -132,6 +132,23 @@ pub(crate) async fn run(
     while inflight.join_next().await.is_some() {}
 }
 
+/// A record's batch as this worker stores it: validated against the front
+/// end's clock (the same readings pass as there), the agent's promise not
+/// applied (module docs, "Promises") and a refusal for good counted in the
+/// store rather than lost (`PreparedBatch::count_refusal`: the front end
+/// acked the batch, nobody can resend it).
+pub fn prepare(
+    agent: &Arc<str>,
+    record: &Record,
+    batch: &ferry_proto::batch::Batch,
+    limits: &crate::config::Limits,
+) -> Result<PreparedBatch, ingest::Rejection> {
+    let mut prepared = ingest::prepare(agent, &record.remote, batch, limits, record.now_ns)?;
+    prepared.resolved_below = 0;
+    prepared.count_refusal = true;
+    Ok(prepared)
+}
+
 /// Hands one record to the writer; the returned future waits for its
 /// commit and acks it. `None`: the record was settled here (acked).
 async fn submit(
@@ -175,14 +192,7 @@ async fn submit(
             Waiting::Session(rx)
         }
         RecordBody::Batch(batch) => {
-            // The front end's clock: the same readings pass as there.
-            let mut prepared = match ingest::prepare(
-                &agent,
-                &record.remote,
-                batch,
-                &shared.config.limits,
-                record.now_ns,
-            ) {
+            let prepared = match prepare(&agent, &record, batch, &shared.config.limits) {
                 Ok(p) => p,
                 Err(r) => {
                     // The front end acked it stored: a worker whose limits
@@ -201,8 +211,6 @@ async fn submit(
                     return None;
                 }
             };
-            // Not applied here (module docs, "Promises").
-            prepared.resolved_below = 0;
             if shared.bus.wait_for_room().await {
                 shared.metrics.backpressure_waits.inc();
             }

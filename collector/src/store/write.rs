@@ -53,6 +53,16 @@ pub struct PreparedBatch {
     pub health: Vec<HealthRecord>,
     /// Raw readings in `chunks`.
     pub readings: u64,
+    /// Cluster workers (docs/cluster.md, "Loss accounting"): a batch the
+    /// store refuses for good (its epoch's dedupe ranges at their bound, a
+    /// revoked agent) is *counted* instead of refused: its readings go to
+    /// the `refused` table under the refusal's code, its health records
+    /// count and its sequence is resolved, in the one transaction — the
+    /// front end acked it, so nobody can resend it, and the ledger stays
+    /// whole; a redelivered copy is then a duplicate. The answer is still
+    /// [`Applied::Rejected`]. Single-process mode leaves it false: the agent
+    /// is told and resends or counts the drop itself.
+    pub count_refusal: bool,
 }
 
 /// One chunk of a prepared batch.
@@ -81,7 +91,9 @@ pub enum Applied {
     },
     /// Resolved before (stored, or counted as dropped); nothing written.
     Duplicate,
-    /// Refused; nothing written.
+    /// Refused; nothing written (with [`PreparedBatch::count_refusal`]:
+    /// its readings counted as refused under `code`, its health records
+    /// and sequence recorded).
     Rejected {
         /// A `ferry_proto::session::reason` code.
         code: u16,

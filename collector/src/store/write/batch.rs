@@ -22,11 +22,14 @@ pub(super) fn apply_one(
 ) -> Result<Applied, StoreError> {
     let agent = &*b.agent;
     let mut rec = load_agent(txn, agent)?;
+    // A refusal for good, counted (`count_refusal`) or answered.
+    let mut refusal: Option<(u16, String)> = None;
     if rec.revoked {
-        return Ok(Applied::Rejected {
-            code: reason::INVALID,
-            reason: format!("agent {agent} is revoked"),
-        });
+        let why = (reason::INVALID, format!("agent {agent} is revoked"));
+        if !b.count_refusal {
+            return Ok(rejected(why));
+        }
+        refusal = Some(why);
     }
     let (epoch, seq) = (b.epoch, b.seq);
     let mut ranges = txn.open_table(DEDUPE)?;
@@ -54,22 +57,34 @@ pub(super) fn apply_one(
     } else {
         state.dedupe.max_ranges
     };
-    if erec.ranges >= bound && dedupe::would_open_range(&ranges, agent, epoch, seq)? {
-        return Ok(Applied::Rejected {
-            code: reason::DEDUPE_FULL,
-            reason: format!(
+    if refusal.is_none()
+        && erec.ranges >= bound
+        && dedupe::would_open_range(&ranges, agent, epoch, seq)?
+    {
+        let why = (
+            reason::DEDUPE_FULL,
+            format!(
                 "epoch {epoch:016x} of agent {agent} has {} unresolved gaps, the limit: \
                  resend batch {seq} after the batches before it",
                 erec.ranges
             ),
-        });
+        );
+        if !b.count_refusal {
+            return Ok(rejected(why));
+        }
+        refusal = Some(why);
     }
+    // Counted refusal: every reading refused under its code, no series
+    // named, the rest (health, the sequence, the agent's record) as usual.
+    let refuse_code = refusal.as_ref().map(|r| r.0);
 
     // Series ids. Series new to the store past its limit are refused, with
     // their readings (counted per device); the rest of the batch is stored.
     let mut room = max_series.saturating_sub(state.dict.len() as u64);
     let mut ids: Vec<Option<u64>> = Vec::with_capacity(b.series.len());
-    {
+    if refuse_code.is_some() {
+        ids.resize(b.series.len(), None);
+    } else {
         let mut series = txn.open_table(SERIES)?;
         let mut by_key = txn.open_table(SERIES_BY_KEY)?;
         for key in &b.series {
@@ -107,7 +122,11 @@ pub(super) fn apply_one(
                         .push((id, c.bytes.as_slice()));
                     stored_readings += c.readings;
                 }
-                None => refused.push((c.series, reason::SERIES_LIMIT, c.readings)),
+                None => refused.push((
+                    c.series,
+                    refuse_code.unwrap_or(reason::SERIES_LIMIT),
+                    c.readings,
+                )),
             }
         }
         let mut staged = txn.open_table(STAGED)?;
@@ -124,7 +143,11 @@ pub(super) fn apply_one(
         let mut aggs = txn.open_table(AGGREGATES)?;
         for a in &b.aggregates {
             let Some(id) = ids[a.series as usize] else {
-                refused.push((a.series, reason::SERIES_LIMIT, a.count));
+                refused.push((
+                    a.series,
+                    refuse_code.unwrap_or(reason::SERIES_LIMIT),
+                    a.count,
+                ));
                 continue;
             };
             aggregate_series.push(id);
@@ -188,22 +211,32 @@ pub(super) fn apply_one(
 
     let by_reason = record_refused(txn, agent, &b.devices, &refused)?;
     let refused_total: u64 = by_reason.iter().map(|r| r.readings).sum();
-    erec.batches += 1;
-    erec.readings += stored_readings;
-    erec.last_stored_ns = now_ns;
+    if refusal.is_none() {
+        erec.batches += 1;
+        erec.readings += stored_readings;
+        erec.last_stored_ns = now_ns;
+    }
     dedupe::save_epoch(txn, agent, epoch, &erec)?;
     if rec.first_seen_ns == 0 {
         rec.first_seen_ns = now_ns;
     }
     rec.last_seen_ns = now_ns;
     rec.last_addr.clone_from(&b.remote);
-    rec.batches += 1;
-    rec.readings += stored_readings;
+    if refusal.is_none() {
+        rec.batches += 1;
+        rec.readings += stored_readings;
+    }
     rec.refused = rec.refused.saturating_add(refused_total);
     if epoch == rec.epoch {
         rec.last_seq = Some(rec.last_seq.map_or(seq, |s| s.max(seq)));
     }
     save_agent(txn, &rec)?;
+    if let Some((code, why)) = refusal {
+        return Ok(Applied::Rejected {
+            code,
+            reason: format!("{why} (its {refused_total} readings counted as refused)"),
+        });
+    }
     if state.log_events {
         // The event log entry commits with the batch: it exists iff the
         // batch is stored (docs/alerts.md).
@@ -231,6 +264,10 @@ pub(super) fn apply_one(
         readings: stored_readings,
         refused: by_reason,
     })
+}
+
+fn rejected((code, reason): (u16, String)) -> Applied {
+    Applied::Rejected { code, reason }
 }
 
 fn too_many_epochs(agent: &str, epochs: u64) -> Applied {
