@@ -76,6 +76,7 @@ mod commit;
 mod config;
 mod dictionary;
 mod error;
+mod footprint;
 pub mod layout;
 mod outbox;
 mod rows;

@@ -74,6 +74,8 @@ pub struct GroupCommit {
     careful: bool,
     /// Window state's share of the memory budget, if bound by one.
     window_budget: Option<Charge>,
+    /// The batch being filled's share of the memory budget.
+    pending_budget: Option<Charge>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -101,6 +103,7 @@ impl GroupCommit {
             disk_hold: None,
             careful: false,
             window_budget: None,
+            pending_budget: None,
         };
         machine.publish_stats();
         machine
@@ -111,12 +114,16 @@ impl GroupCommit {
         self.pacing
     }
 
-    /// Charges window state to `budget`: every series with open windows
+    /// Charges window state and the batch being filled to `budget`
+    /// (whatever the limit: sources wait while it is full). Every series with open windows
     /// costs [`WINDOW_SERIES_BYTES`]; readings of a new aggregated series
     /// that does not fit are refused, counted per origin as health kind
     /// [`DROPPED_MEMORY_BUDGET`](ferry_proto::health::DROPPED_MEMORY_BUDGET)
     /// (not as received: they never reach the journal).
     pub fn set_memory_budget(&mut self, budget: Arc<MemoryBudget>) {
+        let mut pending = Charge::new(budget.clone());
+        pending.set(self.journal.pending_heap_bytes());
+        self.pending_budget = Some(pending);
         let mut charge = Charge::new(budget);
         charge.set(self.journal.window_series() as u64 * WINDOW_SERIES_BYTES);
         self.window_budget = Some(charge);
@@ -377,6 +384,11 @@ impl GroupCommit {
         if let Some(charge) = &mut self.window_budget {
             // What the windows hold now: closed windows hand theirs back.
             charge.set(self.journal.window_series() as u64 * WINDOW_SERIES_BYTES);
+        }
+        if let Some(charge) = &mut self.pending_budget {
+            // The batch being filled: its keys and readings until it is
+            // sealed (connections wait while it fills the budget).
+            charge.set(self.journal.pending_heap_bytes());
         }
         self.publish_stats();
         GroupReport {

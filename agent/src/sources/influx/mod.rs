@@ -70,7 +70,7 @@ use super::line::{
 };
 use crate::intake::{Intake, Refused, SubmitError};
 use crate::journal::Work;
-use crate::limits::Charge;
+use crate::limits::{CHUNK_HOLD, Charge, Hold, heap_within, held_bytes};
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
@@ -465,9 +465,26 @@ fn parse_pieces(
     keys: &mut KeyCache,
     now_ns: i64,
 ) -> Parsed {
+    parse_pieces_within(buf, pieces, cfg, keys, now_ns, u64::MAX).0
+}
+
+/// [`parse_pieces`], stopping after the line that brings the parsed
+/// readings' heap to `heap` bytes (at least one line is parsed): the
+/// parsed chunk and how many pieces it took.
+fn parse_pieces_within(
+    buf: &[u8],
+    pieces: &[Piece],
+    cfg: &InfluxConfig,
+    keys: &mut KeyCache,
+    now_ns: i64,
+    heap: u64,
+) -> (Parsed, usize) {
     let mut parser = ChunkParser::new(cfg.precision, now_ns, &cfg.name, &cfg.device_tag, keys)
         .string_fields(cfg.string_fields);
-    for piece in pieces {
+    for (taken, piece) in pieces.iter().enumerate() {
+        if parser.heap_bytes() >= heap {
+            return (parser.finish(), taken);
+        }
         match *piece {
             Piece::Line { no, start, end } => parser.push_line(no, &buf[start..end]),
             Piece::TooLong { no } => parser.reject(
@@ -478,7 +495,7 @@ fn parse_pieces(
             ),
         }
     }
-    parser.finish()
+    (parser.finish(), pieces.len())
 }
 
 /// The work for a chunk: its readings and its rejected-line count.
@@ -631,9 +648,12 @@ impl Connection {
                     match stream.try_read_buf(chunker.read_buf(READ_SIZE)) {
                         Ok(0) => {
                             chunker.handle_eof();
-                            if chunker.lines() > 0 {
-                                let parsed = self.parse(&mut chunker);
-                                self.submit(parsed).await;
+                            while chunker.lines() > 0 {
+                                let hold = self.hold(&mut pressure).await;
+                                let (parsed, hold) = self.parse(&mut chunker, hold);
+                                if !self.submit(parsed, hold).await {
+                                    break;
+                                }
                             }
                             return None;
                         }
@@ -680,13 +700,17 @@ impl Connection {
                     continue;
                 }
             }
-            let parsed = self.parse(&mut chunker);
+            // Room in the memory budget first: without it, nothing more is
+            // read (the producer waits), and the chunk parses only what
+            // the hold covers.
+            let hold = self.hold(&mut pressure).await;
+            let (parsed, hold) = self.parse(&mut chunker, hold);
             self.open
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .table
                 .progress(self.id, self.clock.now_ns());
-            if !self.submit(parsed).await {
+            if !self.submit(parsed, hold).await {
                 return None;
             }
             // Time spent waiting for the journal is not the sender's idling.
@@ -708,14 +732,57 @@ impl Connection {
         }
     }
 
-    fn parse(&mut self, chunker: &mut Chunker) -> Parsed {
+    /// Parses what `hold` covers of the chunk (all of it without one) and
+    /// sets the hold to what the parsed chunk holds until its commit.
+    fn parse(&mut self, chunker: &mut Chunker, hold: Option<Hold>) -> (Parsed, Option<Hold>) {
         let now = self.clock.now_ns();
-        chunker.take(|buf, pieces| parse_pieces(buf, pieces, &self.cfg, &mut self.keys, now))
+        let heap = hold.as_ref().map_or(u64::MAX, |h| heap_within(h.bytes()));
+        let parsed = chunker.take_some(|buf, pieces| {
+            parse_pieces_within(buf, pieces, &self.cfg, &mut self.keys, now, heap)
+        });
+        let hold = hold.map(|mut h| {
+            h.set(held_bytes(parsed.heap_bytes()));
+            h
+        });
+        (parsed, hold)
+    }
+
+    /// A hold of [`CHUNK_HOLD`] in the memory budget, waiting until there
+    /// is room (`None` without a budget, or when the agent stops). While
+    /// it waits the connection reads nothing: its socket fills and its
+    /// producer waits; its own cache makes room first.
+    async fn hold(&mut self, pressure: &mut Option<watch::Receiver<u64>>) -> Option<Hold> {
+        let budget = self.intake.budget()?.clone();
+        let mut waited = false;
+        loop {
+            let room = budget.room();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if let Some(hold) = budget.try_hold(CHUNK_HOLD) {
+                return Some(hold);
+            }
+            if !waited {
+                waited = true;
+                budget.record_wait();
+            }
+            if self.keys.charged() > 0 {
+                self.keys.evict();
+                continue;
+            }
+            tokio::select! {
+                _ = &mut room => {}
+                _ = pressed(pressure) => {}
+                // Parsed without a hold and handed over: the writer
+                // answers it (committed, or counted as dropped).
+                _ = stopped(&mut self.stop) => return None,
+            }
+        }
     }
 
     /// Hands a chunk to the journal, retrying while it is refused; false
-    /// when the agent is stopping.
-    async fn submit(&mut self, parsed: Parsed) -> bool {
+    /// when the agent is stopping. `_hold` (the chunk's share of the
+    /// memory budget) is handed back when the commit returned.
+    async fn submit(&mut self, parsed: Parsed, _hold: Option<Hold>) -> bool {
         if parsed.lines_uncached > 0 {
             self.stats
                 .add(&self.stats.lines_uncached, parsed.lines_uncached);
@@ -732,13 +799,6 @@ impl Connection {
             self.stats.add(&self.stats.string_fields_skipped, n);
         }
         let (lines, readings) = (parsed.lines_accepted, parsed.readings_accepted);
-        // The chunk's readings are held until committed: charged as a
-        // buffer is (bounded by `chunk_lines`), handed back on return.
-        let _held = self.intake.budget().map(|b| {
-            let mut held = Charge::new(b.clone());
-            held.set(parsed.heap_bytes());
-            held
-        });
         let work = chunk_work(parsed, &self.cfg);
         if work.is_empty() {
             return true;

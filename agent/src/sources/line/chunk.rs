@@ -180,6 +180,23 @@ impl Chunker {
         r
     }
 
+    /// Hands the chunk to `parse`, which says how many of its pieces it
+    /// took (a source parses only what its memory hold covers); the rest
+    /// stay for the next take.
+    pub fn take_some<R>(&mut self, parse: impl FnOnce(&[u8], &[Piece]) -> (R, usize)) -> R {
+        let (r, n) = parse(&self.buf, &self.pieces);
+        if n >= self.pieces.len() {
+            self.pieces.clear();
+            self.buf.drain(..self.consumed);
+            self.consumed = 0;
+        } else {
+            // The pieces left point into the buffer: it stays as it is
+            // until the chunk is taken whole.
+            self.pieces.drain(..n);
+        }
+        r
+    }
+
     fn piece(&self, start: usize, end: usize) -> Piece {
         if end - start > self.max_line {
             Piece::TooLong { no: self.line_no }
@@ -311,6 +328,29 @@ mod tests {
         c.take(lines);
         assert_eq!(c.poll(), Chunk::Read);
         assert!(c.has_partial());
+    }
+
+    #[test]
+    fn a_chunk_taken_in_parts_keeps_the_rest_in_order() {
+        let mut c = Chunker::new(100, 3, 1 << 20);
+        feed(&mut c, b"a v=1\nb v=2\nc v=3\nd v=");
+        assert_eq!(c.poll(), Chunk::Ready);
+        let first = c.take_some(|buf, pieces| (lines(buf, &pieces[..1]), 1));
+        assert_eq!(first, [(1, "a v=1".into())]);
+        assert_eq!(c.lines(), 2, "the rest waits");
+        feed(&mut c, b"4\n");
+        assert_eq!(c.poll(), Chunk::Ready, "topped up to three lines again");
+        let rest = c.take_some(|buf, pieces| (lines(buf, pieces), pieces.len()));
+        assert_eq!(
+            rest,
+            [
+                (2, "b v=2".into()),
+                (3, "c v=3".into()),
+                (4, "d v=4".into())
+            ]
+        );
+        assert_eq!(c.buffered(), 0, "taken whole: the buffer is emptied");
+        assert_eq!(c.poll(), Chunk::Read);
     }
 
     #[test]

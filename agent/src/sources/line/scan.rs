@@ -140,6 +140,16 @@ pub fn series_key_heap(key: &SeriesKey) -> u64 {
     alloc(key.metric.len()) + alloc(key.tags.len() * 48) + strings
 }
 
+/// A reading in a group's vector.
+const READING_BYTES: u64 = 16;
+
+/// What a new group costs [`ChunkParser::heap_bytes`] before its readings:
+/// its slot (twice: the vector grows by doubling), series key, origin and
+/// its readings' allocation header.
+fn group_heap(g: &SeriesReadings) -> u64 {
+    2 * 96 + READING_BYTES + series_key_heap(&g.series) + alloc(g.origin.len())
+}
+
 /// Hash map slots are charged twice their size: maps grow by doubling and
 /// keep an eighth free.
 const SLOT: u64 = 2;
@@ -182,6 +192,9 @@ pub struct ChunkParser<'a> {
     lines_uncached: u64,
     strings: StringFields,
     strings_skipped: u64,
+    /// Heap bytes of the groups so far, as [`Parsed::heap_bytes`] counts
+    /// them ([`ChunkParser::heap_bytes`]).
+    heap: u64,
 }
 
 #[derive(Debug)]
@@ -231,6 +244,7 @@ impl<'a> ChunkParser<'a> {
             lines_uncached: 0,
             strings: StringFields::default(),
             strings_skipped: 0,
+            heap: 0,
         }
     }
 
@@ -242,10 +256,14 @@ impl<'a> ChunkParser<'a> {
 
     /// Parses one line (without its `\n`).
     pub fn push_line(&mut self, line_no: usize, line: &[u8]) {
+        let groups = self.groups.len();
         match self.parse_line(line) {
             Ok(Line::Accepted(strings)) => {
                 self.lines_accepted += 1;
                 self.strings_skipped += strings;
+                for g in &self.groups[groups..] {
+                    self.heap += group_heap(g);
+                }
             }
             Ok(Line::Skipped) => {}
             Err(e) => self.errors.push((line_no, e)),
@@ -255,6 +273,13 @@ impl<'a> ChunkParser<'a> {
     /// Records a line rejected before parsing (e.g. too long).
     pub fn reject(&mut self, line_no: usize, error: LineError) {
         self.errors.push((line_no, error));
+    }
+
+    /// Heap bytes the readings parsed so far hold, about as
+    /// [`Parsed::heap_bytes`] counts them (kept as lines are pushed: a
+    /// source parses only as many lines as its memory hold covers).
+    pub fn heap_bytes(&self) -> u64 {
+        self.heap
     }
 
     /// Lines pushed so far that were rejected.
@@ -467,6 +492,7 @@ impl<'a> ChunkParser<'a> {
             groups.push(group);
         }
         for (field, g) in fields.iter().zip(groups) {
+            self.heap += READING_BYTES;
             self.groups[g].readings.push(Reading {
                 ts_ns,
                 value: field.value,
