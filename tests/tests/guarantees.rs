@@ -423,6 +423,56 @@ fn fill(path: &Path) {
     while f.write_all(&small).and_then(|()| f.sync_all()).is_ok() {}
 }
 
+/// The agent of the full-disk and damaged-journal tests: data in `data/`,
+/// health every 100 ms, fast reconnects, batches of 500, one Influx TCP
+/// listener (`precision = "ms"`) and its admin endpoint; `extra` is
+/// appended to its configuration.
+struct FlowAgent {
+    config: PathBuf,
+    admin: SocketAddr,
+    influx: SocketAddr,
+    /// The first reading's time, ms: ten minutes ago.
+    t0: i64,
+}
+
+impl FlowAgent {
+    fn configure(site: &Site, extra: &str) -> Self {
+        let (influx, admin) = (free_tcp_port(), free_tcp_port());
+        let config = site.agent_config(&format!(
+            "\n[agent]\ndata_dir = \"data\"\nhealth_interval = \"100ms\"\n\n\
+             [admin]\nlisten = \"{admin}\"\n\n\
+             [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
+             [journal]\nbatch_max_readings = 500\n\n\
+             [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n{extra}"
+        ));
+        Self {
+            config,
+            admin,
+            influx,
+            t0: now_ms() - 600_000,
+        }
+    }
+
+    /// Sends readings `from..from + n` of `device` (`flow_litres`, one ms
+    /// apart from `t0`) over one TCP connection, and closes it.
+    fn send(
+        &self,
+        device: &'static str,
+        from: usize,
+        n: usize,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (influx, t0) = (self.influx, self.t0);
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
+            let text: String = (from..from + n)
+                .map(|i| format!("flow,device={device} litres={i} {}\n", t0 + i as i64))
+                .collect();
+            tcp.write_all(text.as_bytes()).await.unwrap();
+            tcp.shutdown().await.unwrap();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_filesystem_pauses_sources_and_the_agent_resumes_by_itself() {
     const N: usize = 3_000;
@@ -431,26 +481,15 @@ async fn a_full_filesystem_pauses_sources_and_the_agent_resumes_by_itself() {
     let dir = site.dir.path();
     let data = site.bundle.join("data");
     let _tmpfs = Tmpfs::mount(&data, "24m");
-    let (influx, udp, admin) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
-    let config = site.agent_config(&format!(
-        "\n[agent]\ndata_dir = \"data\"\nhealth_interval = \"100ms\"\n\n\
-         [admin]\nlisten = \"{admin}\"\n\n\
-         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
-         [journal]\nbatch_max_readings = 500\n\n\
-         [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n\n\
-         [[influx_udp]]\nname = \"udp\"\nlisten = \"{udp}\"\nprecision = \"ms\"\n"
-    ));
+    let udp = free_tcp_port();
+    let flow = FlowAgent::configure(
+        &site,
+        &format!("\n[[influx_udp]]\nname = \"udp\"\nlisten = \"{udp}\"\nprecision = \"ms\"\n"),
+    );
+    let (config, admin, t0) = (&flow.config, flow.admin, flow.t0);
     let collector = site.start_collector().await;
-    let _agent = run_agent(&config, admin, &dir.join("agent.log")).await;
-    let t0 = now_ms() - 600_000;
-    let send = |device: &'static str, from: usize| async move {
-        let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
-        let text: String = (from..from + N)
-            .map(|i| format!("flow,device={device} litres={i} {}\n", t0 + i as i64))
-            .collect();
-        tcp.write_all(text.as_bytes()).await.unwrap();
-        tcp.shutdown().await.unwrap();
-    };
+    let _agent = run_agent(config, admin, &dir.join("agent.log")).await;
+    let send = |device: &'static str, from: usize| flow.send(device, from, N);
     send("m1", 0).await;
     until("the first readings stored", || async {
         stored_per_device(&site, "flow_litres").await.get("m1") == Some(&N)
@@ -721,24 +760,10 @@ async fn a_damaged_journal_is_salvaged(damage: fn(&Path), whole_batches_lost: fn
     const AFTER: usize = 1_000;
     let site = Site::new();
     let dir = site.dir.path();
-    let (influx, admin) = (free_tcp_port(), free_tcp_port());
-    let config = site.agent_config(&format!(
-        "\n[agent]\ndata_dir = \"data\"\nhealth_interval = \"100ms\"\n\n\
-         [admin]\nlisten = \"{admin}\"\n\n\
-         [shipping]\nbackoff_min = \"20ms\"\nbackoff_max = \"200ms\"\n\n\
-         [journal]\nbatch_max_readings = 500\n\n\
-         [[influx_tcp]]\nlisten = \"{influx}\"\nprecision = \"ms\"\n"
-    ));
-    let agent = run_agent(&config, admin, &dir.join("agent.log")).await;
-    let t0 = now_ms() - 600_000;
-    let send = |device: &'static str, from: usize, n: usize| async move {
-        let mut tcp = tokio::net::TcpStream::connect(influx).await.unwrap();
-        let text: String = (from..from + n)
-            .map(|i| format!("flow,device={device} litres={i} {}\n", t0 + i as i64))
-            .collect();
-        tcp.write_all(text.as_bytes()).await.unwrap();
-        tcp.shutdown().await.unwrap();
-    };
+    let flow = FlowAgent::configure(&site, "");
+    let (config, admin) = (&flow.config, flow.admin);
+    let agent = run_agent(config, admin, &dir.join("agent.log")).await;
+    let send = |device: &'static str, from: usize, n: usize| flow.send(device, from, n);
     // In parts, each sealed before the next is sent: a batch is sealed from
     // whole commits, and one write of N lines would make a few large ones.
     const PART: usize = 500;
@@ -769,7 +794,7 @@ async fn a_damaged_journal_is_salvaged(damage: fn(&Path), whole_batches_lost: fn
     damage(&journal);
 
     let collector = site.start_collector().await;
-    let _agent = run_agent(&config, admin, &dir.join("agent2.log")).await;
+    let _agent = run_agent(config, admin, &dir.join("agent2.log")).await;
     send("m2", 0, AFTER).await;
     until("the readings sent after the restart stored", || async {
         stored_per_device(&site, "flow_litres").await.get("m2") == Some(&AFTER)

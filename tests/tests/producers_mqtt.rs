@@ -14,7 +14,7 @@
 //! is the broker's delivery to the agent.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use ferry_tests::producers::{ApiCollector, mosquitto, producers_python};
@@ -64,7 +64,45 @@ impl Drop for KeepLogs {
     }
 }
 
-fn broker_config(dir: &Path, port: SocketAddr) -> std::path::PathBuf {
+/// A Mosquitto broker of one test: its configuration and database in
+/// `<dir>/broker`, on a reserved port; started (and restarted) with a log in
+/// `<dir>`.
+struct Broker {
+    mosquitto: PathBuf,
+    conf: PathBuf,
+    port: SocketAddr,
+    logs: PathBuf,
+}
+
+impl Broker {
+    fn configure(dir: &Path) -> Self {
+        let mosquitto = mosquitto();
+        let port = reserve_port();
+        let broker_dir = dir.join("broker");
+        std::fs::create_dir_all(&broker_dir).unwrap();
+        let conf = broker_config(&broker_dir, port);
+        Self {
+            mosquitto,
+            conf,
+            port,
+            logs: dir.to_path_buf(),
+        }
+    }
+
+    /// Starts it, logging to `<dir>/<log>`, and waits until it accepts
+    /// connections.
+    async fn start(&self, log: &str) -> Proc {
+        let broker = Proc::spawn(
+            &self.mosquitto,
+            &["-c", self.conf.to_str().unwrap()],
+            &self.logs.join(log),
+        );
+        until(&format!("broker up ({log})"), || broker_up(self.port)).await;
+        broker
+    }
+}
+
+fn broker_config(dir: &Path, port: SocketAddr) -> PathBuf {
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
@@ -124,20 +162,15 @@ fn terminate(mut broker: Proc) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
-    let mosquitto = mosquitto();
     producers_python();
     let site = Site::new();
     let dir = site.dir.path();
     let _logs = KeepLogs(dir.to_path_buf());
     let collector = ApiCollector::start(&site).await;
-    let (broker_port, admin) = (reserve_port(), free_tcp_port());
-    let broker_dir = dir.join("broker");
-    std::fs::create_dir_all(&broker_dir).unwrap();
-    let conf = broker_config(&broker_dir, broker_port);
-    let start_broker =
-        |log: &str| Proc::spawn(&mosquitto, &["-c", conf.to_str().unwrap()], &dir.join(log));
-    let broker = start_broker("broker1.log");
-    until("broker up", || broker_up(broker_port)).await;
+    let admin = free_tcp_port();
+    let mq = Broker::configure(dir);
+    let broker_port = mq.port;
+    let broker = mq.start("broker1.log").await;
 
     let config = site.agent_config(&format!(
         "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
@@ -185,8 +218,7 @@ async fn kill9_of_the_agent_and_a_broker_restart_store_every_reading_once() {
     })
     .await;
     terminate(broker);
-    let broker = start_broker("broker2.log");
-    until("broker up again", || broker_up(broker_port)).await;
+    let broker = mq.start("broker2.log").await;
 
     // 3. More publishers after the restart.
     let (p3, p4) = (
@@ -273,22 +305,15 @@ if not all(info.is_published() for info in sent):
 /// source, the good readings are stored, and nothing is redelivered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_payloads_are_counted_by_reason_and_cost_no_good_reading() {
-    let mosquitto = mosquitto();
     producers_python();
     let site = Site::new();
     let dir = site.dir.path();
     let _logs = KeepLogs(dir.to_path_buf());
     let collector = ApiCollector::start(&site).await;
-    let (broker_port, admin) = (reserve_port(), free_tcp_port());
-    let broker_dir = dir.join("broker");
-    std::fs::create_dir_all(&broker_dir).unwrap();
-    let conf = broker_config(&broker_dir, broker_port);
-    let broker = Proc::spawn(
-        &mosquitto,
-        &["-c", conf.to_str().unwrap()],
-        &dir.join("broker.log"),
-    );
-    until("broker up", || broker_up(broker_port)).await;
+    let admin = free_tcp_port();
+    let mq = Broker::configure(dir);
+    let broker_port = mq.port;
+    let broker = mq.start("broker.log").await;
     let config = site.agent_config(&format!(
         "\n[agent]\ndata_dir = \"data\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
          [[mqtt]]\nname = \"sensors\"\nbroker = \"{broker_port}\"\nclient_id = \"ferry-test-bad\"\n\
