@@ -31,7 +31,7 @@ use super::flight::{ProtocolError, batch_frame};
 pub const MAX_COMPACT_READINGS: usize = 4096;
 /// Most series ids the agent numbers in one session (the collector's
 /// `max_series_ids` may be lower): keys held in memory for the session.
-pub const MAX_SESSION_IDS: u32 = 16_384;
+pub const MAX_SESSION_IDS: u32 = 4_096;
 /// Largest stored batch body decoded for rewriting.
 const MAX_PLAIN: usize = 4 << 20;
 
