@@ -188,8 +188,17 @@ async fn single_process() -> f64 {
         &["run", "--config", toml.to_str().unwrap()],
         &logs.join("collector.log"),
     );
+    // Its address file and /healthz (Admin::connect before the address
+    // file exists would open the store itself).
+    let addr_file = site.data.join(ferry_collector::admin::ADDR_FILE);
     wait("collector up", Duration::from_secs(60), || async {
-        Admin::connect(&site.data).await.is_ok()
+        match std::fs::read_to_string(&addr_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<SocketAddr>().ok())
+        {
+            Some(a) => http_get(a, "/healthz").await.is_some(),
+            None => false,
+        }
     })
     .await;
     let (_agent, influx, agent_admin) = agent(&site, &logs).await;
@@ -352,7 +361,8 @@ fn main() {
         }
         println!(
             "ferry cluster benchmark ({SERIES} series × {PER_SERIES} readings = {N} readings through \
-             a real agent; release binaries; NATS 3 nodes, R=3, sync_interval always)"
+             a real agent; {} binaries; NATS 3 nodes, R=3, sync_interval always)",
+            if cfg!(debug_assertions) { "debug" } else { "release" }
         );
         let single = single_process().await;
         let single_rate = N as f64 / single;
