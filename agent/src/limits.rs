@@ -16,20 +16,20 @@
 //!   source's settings, so they are charged even past the bound: they make
 //!   caches evict and new series be refused, never a read fail.
 //! - **Readings waiting for their commit** ([`Hold`]): a TCP connection
-//!   takes a hold of [`CHUNK_HOLD`] bytes before it parses a chunk, parses
-//!   only as many lines as fit in it, sets it to what the chunk holds (its
+//!   parses a chunk only once [`CHUNK_HOLD`] more bytes fit under the
+//!   limit (or nothing else is held: one chunk always proceeds), parses
+//!   only as many lines as that covers, holds what the chunk holds (its
 //!   keys and readings, and the journal's working copy of them,
-//!   [`held_bytes`]) and hands it back when the commit returns. A hold is
-//!   granted only if it fits under the limit (or nothing else is held: one
-//!   chunk always proceeds); otherwise the connection waits and stops
-//!   reading, so a flood of new series fills its producer's socket instead
-//!   of the agent's memory (**backpressure**, never a lost reading:
-//!   [`MemoryBudget::waits`]).
-//! - **The batch being built**: the journal writer charges the batch's
+//!   [`held_bytes`]) and hands it back when the commit returns. Without
+//!   room the connection waits and stops reading, so a flood of new series
+//!   fills its producer's socket instead of the agent's memory
+//!   (**backpressure**, never a lost reading: [`MemoryBudget::waits`]).
+//! - **The batch being built**: the journal writer holds the batch's
 //!   series dictionary and readings ([`crate::journal::Journal::pending_heap_bytes`])
 //!   after every commit, whatever the limit (it is bounded by
 //!   `batch_max_readings` and sealed within `batch_linger`); while it holds
-//!   the budget, connections wait.
+//!   the budget, connections wait. Holds are transient: they never make
+//!   window state refuse a series ([`Charge::try_grow_beside_holds`]).
 //! - **Window state**: every series with open windows is charged
 //!   [`WINDOW_SERIES_BYTES`] by the writer; a reading of a new aggregated
 //!   series past the bound is refused and counted the same way.
@@ -40,7 +40,7 @@
 //!
 //! The default budget is what a 32 MiB agent has left for these after its
 //! journal's page cache and a fixed reserve for the rest (runtime, TLS and
-//! QUIC, batches being built): [`default_budget`].
+//! QUIC, batches being sealed and sent): [`default_budget`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -50,7 +50,7 @@ use tokio::sync::{Notify, watch};
 /// The resident size the default budget is sized for.
 pub const AGENT_TARGET_BYTES: u64 = 32 << 20;
 /// What the agent needs beyond its journal cache and the budget: binary,
-/// runtime, TLS and QUIC, the batch being built and sent (12.5–13.3 MiB
+/// runtime, TLS and QUIC, batches being sealed and sent (12.5–13.3 MiB
 /// peak measured with 1,000 series, minus the 4 MiB page cache, rounded up).
 pub const RESERVE_BYTES: u64 = 16 << 20;
 /// The smallest default budget, whatever the journal cache.
@@ -61,9 +61,9 @@ pub const MIN_DEFAULT_BYTES: u64 = 1 << 20;
 pub const WINDOW_SERIES_BYTES: u64 = 512;
 
 /// The hold a TCP connection takes before it parses a chunk: the chunk
-/// parses at most as many lines as this covers (4,096 lines of cached
-/// series fit; about 900 lines of new series, [`held_bytes`]).
-pub const CHUNK_HOLD: u64 = 512 << 10;
+/// parses at most as many lines as this covers (a chunk of 4,096 lines of
+/// cached series fits; about 1,300 lines of new series, [`held_bytes`]).
+pub const CHUNK_HOLD: u64 = 1 << 20;
 
 /// What a chunk whose parsed readings are estimated at `heap` bytes
 /// (`Parsed::heap_bytes`) holds until its commit returns: the readings and
@@ -103,8 +103,11 @@ pub struct MemoryBudget {
     refused_series: AtomicU64,
     refused_readings: AtomicU64,
     uncached_lines: AtomicU64,
-    /// Bytes held by chunks waiting for their commit ([`Hold`]).
+    /// Bytes held by chunks waiting for their commit and by the batch
+    /// being filled ([`Hold`]).
     held: AtomicU64,
+    /// Chunks admitted and not yet committed.
+    holders: AtomicU64,
     /// Times a connection waited for room (backpressure).
     waits: AtomicU64,
     /// Notified when bytes are handed back: waiting holds try again.
@@ -128,6 +131,7 @@ impl MemoryBudget {
             refused_readings: AtomicU64::new(0),
             uncached_lines: AtomicU64::new(0),
             held: AtomicU64::new(0),
+            holders: AtomicU64::new(0),
             waits: AtomicU64::new(0),
             room: Notify::new(),
             activity: AtomicU64::new(0),
@@ -182,24 +186,53 @@ impl MemoryBudget {
         self.waits.load(Ordering::Relaxed)
     }
 
-    /// Takes a hold of `bytes` if they fit under the limit, or if nothing
-    /// is held (one chunk always proceeds, so a budget full of buffers,
-    /// caches or the batch being built never stalls every source). Two
-    /// holds racing for an empty budget may both be granted: the bound is
-    /// passed by at most one hold.
+    /// Admits a chunk if `bytes` more would fit under the limit, or if no
+    /// other chunk is admitted and nothing is held (one chunk always
+    /// proceeds, so a budget full of buffers or caches never stalls every
+    /// source): an empty hold, set to what the chunk parsed
+    /// ([`Hold::set`]). Nothing is reserved meanwhile: the parse is
+    /// synchronous, so chunks admitted at once (one per runtime worker at
+    /// most) pass the limit by at most one chunk each.
     pub fn try_hold(self: &Arc<Self>, bytes: u64) -> Option<Hold> {
-        let fitted = self.try_charge(bytes)
-            || (self.held.load(Ordering::Relaxed) == 0 && {
-                self.force_charge(bytes);
-                true
-            });
-        fitted.then(|| {
-            self.held.fetch_add(bytes, Ordering::Relaxed);
+        let room = self.used().saturating_add(bytes) <= self.limit;
+        let alone = self.holders.load(Ordering::Relaxed) == 0 && self.held() == 0;
+        (room || alone).then(|| {
+            self.holders.fetch_add(1, Ordering::Relaxed);
             Hold {
                 budget: self.clone(),
-                bytes,
+                bytes: 0,
+                chunk: true,
             }
         })
+    }
+
+    /// An empty hold, set later whatever the limit ([`Hold::set`]): what
+    /// the journal writer holds of the batch being filled.
+    pub fn empty_hold(self: &Arc<Self>) -> Hold {
+        Hold {
+            budget: self.clone(),
+            bytes: 0,
+            chunk: false,
+        }
+    }
+
+    /// Charges `bytes` if they fit under the limit beside everything but
+    /// the holds: for state whose charge refuses readings (window state),
+    /// which readings passing through on their way to the journal must not
+    /// crowd out.
+    pub fn try_charge_beside_holds(&self, bytes: u64) -> bool {
+        let held = self.held();
+        let fitted = self
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                let after = used.checked_add(bytes)?;
+                (after.saturating_sub(held) <= self.limit).then_some(after)
+            })
+            .is_ok();
+        if fitted {
+            self.activity.fetch_add(1, Ordering::Relaxed);
+        }
+        fitted
     }
 
     /// Records that a connection waits for room, and asks every cache to
@@ -388,6 +421,16 @@ impl Charge {
         fitted
     }
 
+    /// Charges `more` bytes if they fit beside everything but the holds
+    /// ([`MemoryBudget::try_charge_beside_holds`]).
+    pub fn try_grow_beside_holds(&mut self, more: u64) -> bool {
+        let fitted = self.budget.try_charge_beside_holds(more);
+        if fitted {
+            self.bytes += more;
+        }
+        fitted
+    }
+
     /// Holds exactly `bytes`, charged whatever the limit (a bounded buffer).
     pub fn set(&mut self, bytes: u64) {
         if bytes > self.bytes {
@@ -418,6 +461,8 @@ impl Drop for Charge {
 pub struct Hold {
     budget: Arc<MemoryBudget>,
     bytes: u64,
+    /// A chunk's (counted among the admitted), not the batch being filled.
+    chunk: bool,
 }
 
 impl Hold {
@@ -446,116 +491,12 @@ impl Hold {
 
 impl Drop for Hold {
     fn drop(&mut self) {
+        if self.chunk {
+            self.budget.holders.fetch_sub(1, Ordering::Relaxed);
+        }
         self.set(0);
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_leaves_sources_the_rest_of_a_32_mib_agent() {
-        assert_eq!(default_budget(4 << 20), 12 << 20);
-        assert_eq!(default_budget(0), 16 << 20);
-        assert_eq!(default_budget(64 << 20), MIN_DEFAULT_BYTES);
-    }
-
-    #[test]
-    fn charges_fit_under_the_limit_and_are_handed_back() {
-        let budget = MemoryBudget::new(100);
-        let mut a = Charge::new(budget.clone());
-        let mut b = Charge::new(budget.clone());
-        assert!(a.try_grow(60));
-        assert!(!b.try_grow(41), "would pass the limit");
-        assert!(b.try_grow(40));
-        assert_eq!(budget.used(), 100);
-        assert!(!a.try_grow(1));
-        assert_eq!(a.clear(), 60);
-        assert_eq!(budget.used(), 40);
-        drop(b);
-        assert_eq!(budget.used(), 0);
-    }
-
-    #[test]
-    fn buffers_are_charged_past_the_limit_and_crowd_caches_out() {
-        let budget = MemoryBudget::new(100);
-        let mut buffer = Charge::new(budget.clone());
-        buffer.set(150);
-        assert_eq!(budget.used(), 150);
-        let mut cache = Charge::new(budget.clone());
-        assert!(!cache.try_grow(1));
-        buffer.set(20);
-        assert!(cache.try_grow(80));
-        assert_eq!(budget.used(), 100);
-    }
-
-    #[test]
-    fn a_refusal_is_counted_and_moves_the_pressure() {
-        let budget = MemoryBudget::new(10);
-        let mut pressure = budget.pressure();
-        assert!(!pressure.has_changed().unwrap());
-        budget.record_refusal(3);
-        assert!(pressure.has_changed().unwrap());
-        pressure.mark_unchanged();
-        assert_eq!((budget.refused_series(), budget.refused_readings()), (1, 3));
-        let before = budget.activity();
-        let mut c = Charge::new(budget.clone());
-        assert!(c.try_grow(5));
-        assert!(budget.activity() > before, "the idle trim sees charges");
-        let mut out = String::new();
-        budget.render_prometheus(&mut out);
-        assert!(
-            out.contains("ferry_agent_memory_budget_bytes 10\n"),
-            "{out}"
-        );
-        assert!(out.contains("ferry_agent_memory_used_bytes 5\n"), "{out}");
-        assert!(
-            out.contains("ferry_agent_memory_refused_readings_total 3\n"),
-            "{out}"
-        );
-    }
-
-    #[test]
-    fn holds_fit_under_the_limit_or_proceed_alone_and_are_handed_back() {
-        let budget = MemoryBudget::new(100);
-        let mut buffer = Charge::new(budget.clone());
-        buffer.set(90);
-        // Nothing is held: one chunk proceeds, past the limit.
-        let mut first = budget.try_hold(50).expect("alone, it proceeds");
-        assert_eq!((budget.used(), budget.held()), (140, 50));
-        // A second one waits until there is room.
-        assert!(budget.try_hold(10).is_none());
-        first.set(5);
-        assert_eq!((budget.used(), budget.held()), (95, 5));
-        let second = budget.try_hold(5).expect("fits");
-        assert!(budget.try_hold(1).is_none());
-        drop(first);
-        drop(second);
-        assert_eq!((budget.used(), budget.held()), (90, 0));
-        drop(buffer);
-        assert_eq!(budget.used(), 0);
-    }
-
-    #[test]
-    fn a_release_wakes_a_waiting_hold() {
-        use std::future::Future as _;
-        let budget = MemoryBudget::new(10);
-        let held = budget.try_hold(10).unwrap();
-        let room = budget.room();
-        tokio::pin!(room);
-        room.as_mut().enable();
-        assert!(budget.try_hold(1).is_none());
-        budget.record_wait();
-        drop(held);
-        // Notified: the future is ready without any other wake-up.
-        let waker = std::task::Waker::noop();
-        let mut cx = std::task::Context::from_waker(waker);
-        assert!(room.as_mut().poll(&mut cx).is_ready());
-        assert!(budget.try_hold(1).is_some());
-        assert_eq!(budget.waits(), 1);
-        let mut out = String::new();
-        budget.render_prometheus(&mut out);
-        assert!(out.contains("ferry_agent_memory_waits_total 1\n"), "{out}");
-    }
-}
+mod tests;

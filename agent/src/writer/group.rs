@@ -22,7 +22,7 @@ use ferry_proto::health::DROPPED_MEMORY_BUDGET;
 use ferry_proto::series::SeriesKey;
 
 use crate::journal::{CommitReport, Journal, Work};
-use crate::limits::{Charge, MemoryBudget, WINDOW_SERIES_BYTES};
+use crate::limits::{Charge, Hold, MemoryBudget, WINDOW_SERIES_BYTES};
 use crate::metrics::AgentMetrics;
 
 /// A journal commit taking this long is logged (the disk or the page cache
@@ -75,7 +75,7 @@ pub struct GroupCommit {
     /// Window state's share of the memory budget, if bound by one.
     window_budget: Option<Charge>,
     /// The batch being filled's share of the memory budget.
-    pending_budget: Option<Charge>,
+    pending_budget: Option<Hold>,
 }
 
 impl std::fmt::Debug for GroupCommit {
@@ -121,7 +121,7 @@ impl GroupCommit {
     /// [`DROPPED_MEMORY_BUDGET`](ferry_proto::health::DROPPED_MEMORY_BUDGET)
     /// (not as received: they never reach the journal).
     pub fn set_memory_budget(&mut self, budget: Arc<MemoryBudget>) {
-        let mut pending = Charge::new(budget.clone());
+        let mut pending = budget.empty_hold();
         pending.set(self.journal.pending_heap_bytes());
         self.pending_budget = Some(pending);
         let mut charge = Charge::new(budget);
@@ -146,7 +146,9 @@ impl GroupCommit {
             if admitted.contains(&group.series) || !journal.is_new_window_series(&group.series) {
                 return true;
             }
-            if charge.try_grow(WINDOW_SERIES_BYTES) {
+            // Beside the chunks and batch passing through (holds): they
+            // are transient and must not make a series be refused.
+            if charge.try_grow_beside_holds(WINDOW_SERIES_BYTES) {
                 admitted.insert(group.series.clone());
                 return true;
             }

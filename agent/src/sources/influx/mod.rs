@@ -27,7 +27,11 @@
 //! without caching its series (its readings are kept;
 //! `lines_uncached_total` counts such lines), so a full cache costs parsing
 //! time, never readings. A waiting connection evicts its cache as soon as
-//! the budget asks.
+//! the budget asks. A connection parses a chunk only once [`CHUNK_HOLD`]
+//! more bytes fit in the budget, and only the lines that covers; what the
+//! parsed chunk holds is charged ([`Hold`]) until the commit returns.
+//! Without room it waits and reads nothing, so a flood of new series fills
+//! its producer's socket, not the agent's memory.
 //!
 //! **UDP** ([`run_udp`]): each datagram is a chunk, handed over with
 //! [`Intake::try_submit`]: a sender cannot be slowed, so when the queue is
@@ -732,11 +736,16 @@ impl Connection {
         }
     }
 
-    /// Parses what `hold` covers of the chunk (all of it without one) and
-    /// sets the hold to what the parsed chunk holds until its commit.
+    /// Parses what [`CHUNK_HOLD`] covers of the chunk (all of it without a
+    /// hold) and sets the hold to what the parsed chunk holds until its
+    /// commit.
     fn parse(&mut self, chunker: &mut Chunker, hold: Option<Hold>) -> (Parsed, Option<Hold>) {
         let now = self.clock.now_ns();
-        let heap = hold.as_ref().map_or(u64::MAX, |h| heap_within(h.bytes()));
+        let heap = if hold.is_some() {
+            heap_within(CHUNK_HOLD)
+        } else {
+            u64::MAX
+        };
         let parsed = chunker.take_some(|buf, pieces| {
             parse_pieces_within(buf, pieces, &self.cfg, &mut self.keys, now, heap)
         });
@@ -747,8 +756,9 @@ impl Connection {
         (parsed, hold)
     }
 
-    /// A hold of [`CHUNK_HOLD`] in the memory budget, waiting until there
-    /// is room (`None` without a budget, or when the agent stops). While
+    /// Admission to parse a chunk: waits until [`CHUNK_HOLD`] more bytes
+    /// fit in the memory budget (`None` without a budget, or when the
+    /// agent stops). While
     /// it waits the connection reads nothing: its socket fills and its
     /// producer waits; its own cache makes room first.
     async fn hold(&mut self, pressure: &mut Option<watch::Receiver<u64>>) -> Option<Hold> {
