@@ -7,6 +7,7 @@
 # printed) and watch the rest carry on.
 #
 #   scripts/cluster-demo.sh     # data in a new /tmp/ferry-cluster.XXXX
+#   FERRY_DEMO_BIN=/usr/bin scripts/cluster-demo.sh   # binaries already built
 #
 # Ports (127.0.0.1): NATS clients 7421-7423, routes 7431-7433; front ends
 # QUIC 7410 and 7440/udp; workers' HTTP 7441 and 7442; front ends' HTTP
@@ -14,9 +15,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-echo "==> building (release)"
-cargo build --release --locked -p ferry-collector -p ferry-agent
-BIN=$(realpath -m "${CARGO_TARGET_DIR:-target}")/release
+if [ -n "${FERRY_DEMO_BIN:-}" ]; then
+    BIN=$(realpath "$FERRY_DEMO_BIN")
+    echo "==> binaries from $BIN"
+else
+    echo "==> building (release)"
+    cargo build --release --locked -p ferry-collector -p ferry-agent
+    BIN=$(realpath -m "${CARGO_TARGET_DIR:-target}")/release
+fi
 NATS=$(scripts/nats.sh | tail -1)
 
 DIR=$(mktemp -d /tmp/ferry-cluster.XXXX)
