@@ -368,9 +368,15 @@ pub fn board_channel(series: &str) -> u8 {
 }
 
 /// Checks every stored window bit for bit against the emulated board's
-/// deterministic waveform under `config` (device time 0 ↦ the earliest
-/// window's start, the offset the agent measured) and returns the windows'
-/// starts in device milliseconds per channel, sorted.
+/// deterministic waveform under `config` and returns the windows' starts in
+/// device milliseconds per channel, sorted.
+///
+/// Device time 0 maps to the earliest window's start (the zero the device
+/// was first synced to). A device may later move its zero earlier by
+/// `RESYNC_MS` or more (its first sync answered a hello that waited in a
+/// buffer: docs/protocol.md, Device time), which moves the windows after
+/// it against the first ones by that much; such a window is found by its
+/// exact values among the window starts nearby, and the moves are printed.
 pub fn check_board_windows(
     got: &[StoredWindow],
     config: ferry_proto::link::LinkConfig,
@@ -380,7 +386,24 @@ pub fn check_board_windows(
         .map(|((_, start), _)| *start)
         .min()
         .expect("windows");
+    let window = i64::from(config.window_ms);
+    let values = |ch: u8, start_ms: u64| {
+        let want = ferry_firmware::sim::expected_windows(0, config, start_ms);
+        let w = want
+            .iter()
+            .find(|w| w.channel == ch)
+            .expect("channel window");
+        (
+            u64::from(w.count),
+            f64::from(w.sum),
+            f64::from(w.min),
+            f64::from(w.max),
+            f64::from(w.first),
+            f64::from(w.last),
+        )
+    };
     let mut per_channel: std::collections::BTreeMap<u8, Vec<u64>> = Default::default();
+    let mut moves = std::collections::BTreeSet::new();
     for ((series, start_ns), (count, sum, min, max, first, last)) in got {
         let rel = start_ns - offset;
         assert_eq!(
@@ -388,26 +411,32 @@ pub fn check_board_windows(
             0,
             "{series}: start not on a device millisecond"
         );
-        let start_ms = (rel / 1_000_000) as u64;
+        let rel_ms = rel / 1_000_000;
         let ch = board_channel(series);
-        per_channel.entry(ch).or_default().push(start_ms);
-        let want = ferry_firmware::sim::expected_windows(0, config, start_ms);
-        let w = want
-            .iter()
-            .find(|w| w.channel == ch)
-            .expect("channel window");
-        assert_eq!(
-            (*count, *sum, *min, *max, *first, *last),
-            (
-                u64::from(w.count),
-                f64::from(w.sum),
-                f64::from(w.min),
-                f64::from(w.max),
-                f64::from(w.first),
-                f64::from(w.last)
-            ),
-            "{series} window at {start_ms} ms"
-        );
+        let stored = (*count, *sum, *min, *max, *first, *last);
+        // Where the device's zero did not move, the window is at `rel_ms`;
+        // else at a window start within 5 s of it with exactly its values.
+        let start_ms = if rel_ms % window == 0 && values(ch, rel_ms as u64) == stored {
+            rel_ms
+        } else {
+            let near = (rel_ms.div_euclid(window) - 25..=rel_ms.div_euclid(window) + 25)
+                .map(|k| k * window)
+                .filter(|&d| d >= 0 && values(ch, d as u64) == stored)
+                .collect::<Vec<_>>();
+            assert_eq!(
+                near.len(),
+                1,
+                "{series} window stored at {rel_ms} ms: {stored:?} is no window of the waveform \
+                 at {rel_ms} ms ({:?}) nor exactly one within 5 s (found at {near:?})",
+                values(ch, rel_ms.max(0) as u64),
+            );
+            moves.insert(rel_ms - near[0]);
+            near[0]
+        };
+        per_channel.entry(ch).or_default().push(start_ms as u64);
+    }
+    if !moves.is_empty() {
+        eprintln!("board windows after a move of the device's zero by {moves:?} ms");
     }
     for starts in per_channel.values_mut() {
         starts.sort_unstable();
