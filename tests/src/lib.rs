@@ -36,7 +36,12 @@ pub struct Site {
 impl Site {
     /// `init` and `enroll gw`.
     pub fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut dir = tempfile::tempdir().expect("temporary directory");
+        if std::env::var_os("FERRY_TEST_KEEP").is_some() {
+            // Logs and data stay for a post-mortem (the path is printed).
+            dir.disable_cleanup(true);
+            println!("FERRY_TEST_KEEP: the site stays in {}", dir.path().display());
+        }
         let data = dir.path().join("collector");
         ferry_collector::init(&ferry_collector::InitOptions::new(&data)).expect("init");
         let quic = free_udp_port();
