@@ -1,10 +1,14 @@
 //! The harness every real-binary test shares: binaries built from the
 //! current tree, and loopback ports that cannot race.
 //!
-//! **Binaries.** [`binary`] runs `cargo build --bin <name>` for the test's
-//! own profile and target directory the first time a test process asks for
-//! a binary (a no-op when it is up to date), so a test never runs a binary
-//! left over from an older tree, whichever `cargo test` line started it.
+//! **Binaries.** [`binary`] runs `cargo build --workspace --bins` for the
+//! test's own profile and target directory the first time a test process
+//! asks for a binary (a no-op when it is up to date), so a test never runs
+//! a binary left over from an older tree, whichever `cargo test` line
+//! started it. The whole workspace, not `-p <package>`: a package selection
+//! resolves features differently, so it would rebuild much of the
+//! dependency tree next to what `cargo build --workspace --bins` (the line
+//! scripts/test.sh runs first) already built, and replace those binaries.
 //!
 //! **Ports.** A server that a test restarts, or whose address goes into a
 //! configuration before it starts, needs a port chosen in advance. Binding
@@ -16,23 +20,16 @@
 //! same one; the port is checked free for TCP and UDP before it is
 //! returned. Servers whose address a test can read back still bind port 0.
 
-use std::collections::BTreeSet;
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-/// Which package builds each binary the tests run.
-const PACKAGES: &[(&str, &str)] = &[
-    ("ferry-agent", "ferry-agent"),
-    ("ferry-collector", "ferry-collector"),
-];
-
 /// Path of workspace binary `name` (`ferry-agent`, `ferry-collector`),
 /// built from the current tree for this test's profile.
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    static BUILT: Mutex<bool> = Mutex::new(false);
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>
     let profile_dir = exe
@@ -41,17 +38,19 @@ pub fn binary(name: &str) -> PathBuf {
         .expect("target/<profile>");
     let path = profile_dir.join(name);
     let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
-    if built.insert(name.to_owned()) {
-        build(name, profile_dir);
+    if !*built {
+        build(profile_dir);
+        *built = true;
     }
+    assert!(
+        path.is_file(),
+        "{name} is not a binary of this workspace ({} missing)",
+        path.display()
+    );
     path
 }
 
-fn build(name: &str, profile_dir: &Path) {
-    let package = PACKAGES
-        .iter()
-        .find(|(bin, _)| *bin == name)
-        .map_or(name, |(_, p)| p);
+fn build(profile_dir: &Path) {
     let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => "dev",
         Some("release") => "release",
@@ -63,15 +62,15 @@ fn build(name: &str, profile_dir: &Path) {
         .parent()
         .expect("workspace root");
     let out = Command::new(&cargo)
-        .args(["build", "--profile", profile, "-p", package, "--bin", name])
+        .args(["build", "--profile", profile, "--workspace", "--bins"])
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(workspace)
         .output()
-        .unwrap_or_else(|e| panic!("running {cargo} to build {name}: {e}"));
+        .unwrap_or_else(|e| panic!("running {cargo} to build the binaries: {e}"));
     assert!(
         out.status.success(),
-        "building {name} from the current tree failed:\n{}",
+        "building the workspace's binaries from the current tree failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -40,7 +40,10 @@ impl Site {
         if std::env::var_os("FERRY_TEST_KEEP").is_some() {
             // Logs and data stay for a post-mortem (the path is printed).
             dir.disable_cleanup(true);
-            println!("FERRY_TEST_KEEP: the site stays in {}", dir.path().display());
+            println!(
+                "FERRY_TEST_KEEP: the site stays in {}",
+                dir.path().display()
+            );
         }
         let data = dir.path().join("collector");
         ferry_collector::init(&ferry_collector::InitOptions::new(&data)).expect("init");
@@ -213,7 +216,17 @@ pub async fn run_agent(config: &Path, admin: SocketAddr, log: &Path) -> Proc {
 }
 
 /// Polls `cond` until it holds (the bound only turns a hang into a failure).
-pub async fn until<F, Fut>(what: &str, mut cond: F)
+pub async fn until<F, Fut>(what: &str, cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    until_or_show(what, cond, &[]).await
+}
+
+/// [`until`], and on failure the end of each of `logs` in the panic message
+/// (what the processes said while the condition did not come true).
+pub async fn until_or_show<F, Fut>(what: &str, mut cond: F, logs: &[&Path])
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -224,7 +237,17 @@ where
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    panic!("never happened: {what}");
+    let mut shown = String::new();
+    for log in logs {
+        let text = std::fs::read_to_string(log).unwrap_or_else(|e| format!("(unreadable: {e})"));
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+        shown.push_str(&format!(
+            "\n--- last lines of {} ---\n{tail}\n",
+            log.display()
+        ));
+    }
+    panic!("never happened: {what}{shown}");
 }
 
 /// GET `path` from an HTTP/1.0 endpoint; the body, or `None` on failure.

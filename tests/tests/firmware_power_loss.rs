@@ -26,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ferry_proto::link::LinkConfig;
-use ferry_tests::{Proc, binary, free_tcp_port, http_get, until};
+use ferry_tests::{Proc, binary, free_tcp_port, http_get, until, until_or_show};
 
 const DEVICE: &str = "c0ffee00dead0001";
 const CONFIG: LinkConfig = LinkConfig {
@@ -220,12 +220,17 @@ async fn journal_board_survives_power_loss_and_agent_loss_exactly_once() {
         zeros.push((field(&line, "power-up "), zero));
         // The gateway has synced this power-up's clock once one of its
         // windows is stored (its reports wait for the sync).
-        until("a window of this power-up stored", || async {
-            stored_windows(data)
-                .await
-                .iter()
-                .any(|((_, start), _)| *start >= (zero as i64 - PLACEMENT_TOLERANCE_MS) * MS)
-        })
+        let agent_log = dir.join(format!("agent-{}.log", agent_runs - 1));
+        until_or_show(
+            "a window of this power-up stored",
+            || async {
+                stored_windows(data)
+                    .await
+                    .iter()
+                    .any(|((_, start), _)| *start >= (zero as i64 - PLACEMENT_TOLERANCE_MS) * MS)
+            },
+            &[&log, &agent_log],
+        )
         .await;
         if cycle == AGENT_DOWN {
             agent.take().expect("agent running").kill9();

@@ -25,6 +25,8 @@
 #[path = "../../mps2-an386/src/clock.rs"]
 mod clock;
 #[cfg(target_os = "none")]
+mod counter;
+#[cfg(target_os = "none")]
 #[path = "../../mps2-an386/src/firmware.rs"]
 mod firmware;
 #[cfg(target_os = "none")]

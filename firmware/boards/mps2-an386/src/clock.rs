@@ -1,6 +1,9 @@
-//! Milliseconds since boot from SysTick, and a `DelayNs` on top of it.
-//! Shared with the micro:bit board (`#[path]`): the core clock is the
-//! including crate's `CORE_HZ`.
+//! Milliseconds since boot, and a `DelayNs` on top of it. SysTick
+//! interrupts every millisecond wake the main loop; the time itself comes
+//! from the including crate's free-running counter (`crate::counter`) where
+//! it has one, else from counting those interrupts. Shared with the
+//! micro:bit board (`#[path]`): the core clock is the including crate's
+//! `CORE_HZ`.
 
 use core::cell::Cell;
 
@@ -12,6 +15,8 @@ use cortex_m_rt::exception;
 use crate::CORE_HZ;
 
 static MILLIS: Mutex<Cell<u64>> = Mutex::new(Cell::new(0));
+/// The counter's last reading and the ticks counted up to it.
+static COUNTER: Mutex<Cell<(u32, u64)>> = Mutex::new(Cell::new((0, 0)));
 
 /// Starts a 1 kHz SysTick interrupt.
 pub fn start(mut syst: SYST) {
@@ -20,11 +25,23 @@ pub fn start(mut syst: SYST) {
     syst.clear_current();
     syst.enable_interrupt();
     syst.enable_counter();
+    crate::counter::start();
+    let first = crate::counter::read().unwrap_or(0);
+    cortex_m::interrupt::free(|cs| COUNTER.borrow(cs).set((first, 0)));
 }
 
 /// Milliseconds since [`start`].
 pub fn now_ms() -> u64 {
-    cortex_m::interrupt::free(|cs| MILLIS.borrow(cs).get())
+    cortex_m::interrupt::free(|cs| match crate::counter::read() {
+        Some(now) => {
+            let counter = COUNTER.borrow(cs);
+            let (last, ticks) = counter.get();
+            let ticks = ticks + u64::from(now.wrapping_sub(last));
+            counter.set((now, ticks));
+            ticks / u64::from(crate::counter::TICKS_PER_MS)
+        }
+        None => MILLIS.borrow(cs).get(),
+    })
 }
 
 #[exception]

@@ -21,6 +21,8 @@
 
 #[cfg(target_os = "none")]
 mod clock;
+#[cfg(target_os = "none")]
+mod counter;
 /// The MPS2 AN386 core clock (SysTick counts it).
 #[cfg(target_os = "none")]
 const CORE_HZ: u32 = 25_000_000;
