@@ -36,8 +36,9 @@ pub(crate) use self::setup::{EnrollArgs, InitArgs};
 #[derive(Parser, Debug)]
 #[command(name = "ferry-collector", version, verbatim_doc_comment)]
 pub(crate) struct Cli {
-    /// Log format on stderr. The level comes from RUST_LOG (default: info;
-    /// release builds log down to `debug`, `trace` only in debug builds).
+    /// Log format on stderr. The level comes from RUST_LOG (default: info
+    /// for `run`, warn for the other commands; release builds log down to
+    /// `debug`, `trace` only in debug builds).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
     #[command(subcommand)]
