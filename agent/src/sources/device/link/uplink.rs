@@ -210,24 +210,46 @@ fn ms_to_ns_signed(ms: i64) -> i64 {
     ms.saturating_mul(1_000_000)
 }
 
+/// Why a report's windows are refused (the whole report is).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(super) enum WindowError {
+    /// A channel the hello did not declare.
+    #[error("channel {0} is not in the device's hello catalogue")]
+    UnknownChannel(u8),
+    /// An empty window.
+    #[error(
+        "window of channel {channel} has count {count} and length {len_ms} ms (both must be > 0)"
+    )]
+    Empty {
+        /// The window's channel.
+        channel: u8,
+        /// Its reading count.
+        count: u32,
+        /// Its length.
+        len_ms: u32,
+    },
+}
+
 /// The windows of a report in wall-clock time (its clock's zero plus each
 /// window's start on that clock), or why they are refused.
-pub(super) fn map_windows(s: &Session, r: &Report) -> Result<Vec<(SeriesKey, Partial)>, String> {
+pub(super) fn map_windows(
+    s: &Session,
+    r: &Report,
+) -> Result<Vec<(SeriesKey, Partial)>, WindowError> {
     let zero_ns = ms_to_ns_signed(r.time.wall_at_zero_ms);
     r.windows
         .iter()
         .map(|w| {
-            let series = s.series.get(&w.channel).ok_or_else(|| {
-                format!(
-                    "channel {} is not in the device's hello catalogue",
-                    w.channel
-                )
-            })?;
+            let series = s
+                .series
+                .get(&w.channel)
+                .ok_or(WindowError::UnknownChannel(w.channel))?;
             if w.count == 0 || w.len_ms == 0 {
-                return Err(format!(
-                    "window of channel {} has count {} and length {} ms (both must be > 0)",
-                    w.channel, w.count, w.len_ms
-                ));
+                return Err(WindowError::Empty {
+                    channel: w.channel,
+                    count: w.count,
+                    len_ms: w.len_ms,
+                });
             }
             let start_ns = zero_ns.saturating_add(ms_to_ns(w.start_ms));
             let len_ns = u64::from(w.len_ms) * 1_000_000;
