@@ -1,9 +1,11 @@
 //! What the `ferry-agent` binary's commands do besides parsing arguments:
-//! the `--log` filter, logging set-up, the admin endpoint's HTTP client,
-//! and the `status` and `buffer inspect` reports.
+//! the `--log` filter, logging set-up, `check-config`, `run` until a
+//! signal, the admin endpoint's HTTP client, and the `status` and
+//! `buffer inspect` reports.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -82,6 +84,56 @@ pub fn init_logs(filter: Targets, json: bool) {
             .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
             .init();
     }
+}
+
+/// `--log` when neither it nor `RUST_LOG` is given: `info` for the daemon
+/// (`run`), `warn` for a one-shot command, whose answer goes to stdout.
+pub fn default_log_filter(daemon: bool) -> Targets {
+    let level = if daemon {
+        LevelFilter::INFO
+    } else {
+        LevelFilter::WARN
+    };
+    Targets::new().with_default(level)
+}
+
+/// `check-config`: the file, and the bundle's certificates and key as
+/// `run` loads them.
+pub fn check_config(path: &Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let c = &config.collector;
+    crate::shipper::client_tls(
+        &config.resolve(&c.ca),
+        &config.resolve(&c.cert),
+        &config.resolve(&c.key),
+    )
+    .map_err(|e| {
+        anyhow::anyhow!(
+            "{}: [collector] ca, cert, key: {e} (copy in the bundle `ferry-collector enroll` wrote)",
+            path.display()
+        )
+    })?;
+    print_out(&format!("{}: ok\n", path.display()))?;
+    Ok(())
+}
+
+/// `run`: the agent until Ctrl-C or SIGTERM, with systemd's readiness and
+/// watchdog; then it commits what sources handed over and finishes
+/// in-flight batches.
+pub async fn run_until_signal(config: Config) -> anyhow::Result<()> {
+    let running = crate::run::start(config).await?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    crate::systemd::ready(&running);
+    let watchdog = tokio::spawn(crate::systemd::watchdog(running.writer_handle.clone()));
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    crate::systemd::stopping();
+    watchdog.abort();
+    tracing::info!("stopping: committing what sources handed over, finishing in-flight batches");
+    running.stop().await;
+    Ok(())
 }
 
 /// Writes `text` to stdout and flushes it. Unlike `print!`, which panics

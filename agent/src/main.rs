@@ -19,8 +19,9 @@ struct Cli {
     /// Log filter: a level, and levels per module, e.g. `info` or
     /// `warn,ferry_agent::shipper=debug` (RUST_LOG's target syntax). Release
     /// builds log down to `debug`; `trace` events exist only in debug builds.
-    #[arg(long, global = true, env = "RUST_LOG", default_value = "info", value_parser = cli::log_filter)]
-    log: Targets,
+    /// Default: `info` for `run`, `warn` for the other commands.
+    #[arg(long, global = true, env = "RUST_LOG", value_parser = cli::log_filter)]
+    log: Option<Targets>,
     /// Log as JSON lines instead of text.
     #[arg(long, global = true)]
     log_json: bool,
@@ -84,24 +85,6 @@ enum BufferCommand {
     },
 }
 
-async fn run(config: Config) -> anyhow::Result<()> {
-    let running = ferry_agent::run::start(config).await?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    ferry_agent::systemd::ready(&running);
-    let watchdog = tokio::spawn(ferry_agent::systemd::watchdog(
-        running.writer_handle.clone(),
-    ));
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    ferry_agent::systemd::stopping();
-    watchdog.abort();
-    tracing::info!("stopping: committing what sources handed over, finishing in-flight batches");
-    running.stop().await;
-    Ok(())
-}
-
 /// tokio's scheduler (its poll-time average) is the agent's only caller of
 /// the C library's `pow`, and `libm.so` is loaded for it alone: about
 /// 0.5 MiB of the idle agent's RSS, measured with `/proc/<pid>/smaps`. This
@@ -125,7 +108,12 @@ fn main() -> ExitCode {
     ferry_agent::memory::without_thread_caches();
     ferry_agent::memory::tune_malloc();
     let cli = Cli::parse();
-    cli::init_logs(cli.log.clone(), cli.log_json);
+    let daemon = matches!(cli.command, Command::Run { .. });
+    let log = cli.log.clone();
+    cli::init_logs(
+        log.unwrap_or_else(|| cli::default_log_filter(daemon)),
+        cli.log_json,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // Journal commits run in `block_in_place`, which moves the worker to
@@ -142,25 +130,8 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::CheckConfig { config: path } => {
-                let config = Config::load(&path)?;
-                // The bundle's certificates and key, as `run` loads them.
-                let c = &config.collector;
-                ferry_agent::shipper::client_tls(
-                    &config.resolve(&c.ca),
-                    &config.resolve(&c.cert),
-                    &config.resolve(&c.key),
-                )
-                .map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}: [collector] ca, cert, key: {e} (copy in the bundle `ferry-collector enroll` wrote)",
-                        path.display()
-                    )
-                })?;
-                cli::print_out(&format!("{}: ok\n", path.display()))?;
-                Ok(())
-            }
-            Command::Run { config } => run(Config::load(&config)?).await,
+            Command::CheckConfig { config } => cli::check_config(&config),
+            Command::Run { config } => cli::run_until_signal(Config::load(&config)?).await,
             Command::Watch {
                 config,
                 collector_http,

@@ -6,9 +6,18 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use ferry_collector::Config;
-use ferry_collector::report::Format;
 
 use crate::cli_token;
+
+mod cluster;
+mod read;
+mod setup;
+
+pub(crate) use self::cluster::ClusterCommand;
+pub(crate) use self::read::{
+    AgentsArgs, AlertsArgs, DropsArgs, QueryArgs, SeriesArgs, SubscribersArgs,
+};
+pub(crate) use self::setup::{EnrollArgs, InitArgs};
 
 /// Ferry's central collector.
 ///
@@ -27,8 +36,9 @@ use crate::cli_token;
 #[derive(Parser, Debug)]
 #[command(name = "ferry-collector", version, verbatim_doc_comment)]
 pub(crate) struct Cli {
-    /// Log format on stderr. The level comes from RUST_LOG (default: info;
-    /// release builds log down to `debug`, `trace` only in debug builds).
+    /// Log format on stderr. The level comes from RUST_LOG (default: info
+    /// for `run`, warn for the other commands; release builds log down to
+    /// `debug`, `trace` only in debug builds).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     pub(crate) log_format: LogFormat,
     #[command(subcommand)]
@@ -70,43 +80,12 @@ pub(crate) enum Command {
     /// certificate names the collector as agents will address it: add a
     /// --san for every DNS name or IP address they use.
     #[command(verbatim_doc_comment)]
-    Init {
-        /// Directory to create (or fill, if empty).
-        #[arg(long, short = 'd', required_unless_present = "config")]
-        data_dir: Option<PathBuf>,
-        /// Initialise the data_dir this configuration file names, and
-        /// write no collector.toml (the Debian package's way:
-        /// --config /etc/ferry-collector/collector.toml).
-        #[arg(long, short = 'c', conflicts_with = "data_dir")]
-        config: Option<PathBuf>,
-        /// Subject alternative name of the server certificate (repeatable).
-        #[arg(long = "san", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
-        sans: Vec<String>,
-    },
+    Init(InitArgs),
     /// Issue a client certificate for an agent and write its bundle:
     /// agent.crt, agent.key, ca.crt and agent.toml (the [collector] table
     /// to paste into the agent's configuration).
     #[command(verbatim_doc_comment)]
-    Enroll {
-        /// The agent's id: letters, digits, '.', '_' and '-', up to 64 bytes.
-        /// The agent is known by this id (its certificate's Common Name).
-        agent_id: String,
-        /// Directory to write the bundle to.
-        #[arg(long, short = 'o')]
-        out: PathBuf,
-        #[command(flatten)]
-        location: Location,
-        /// The collector's QUIC address, as the agent should dial it.
-        #[arg(long, default_value = "127.0.0.1:7410")]
-        address: String,
-        /// Name to check the collector's certificate against (one of the
-        /// --san given to init).
-        #[arg(long, default_value = "localhost")]
-        server_name: String,
-        /// Days the certificate is valid.
-        #[arg(long, default_value_t = 1825)]
-        valid_days: i64,
-    },
+    Enroll(EnrollArgs),
     /// Refuse an agent from now on and close its open connection.
     ///
     /// Talks to the running collector (found through the data directory),
@@ -131,13 +110,7 @@ pub(crate) enum Command {
     /// status report (every 10 s while connected; "-": none since the
     /// collector started).
     #[command(verbatim_doc_comment)]
-    Agents {
-        #[command(flatten)]
-        location: Location,
-        /// Output format.
-        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Agents(AgentsArgs),
     /// Show every reading lost, per agent, device and reason, and who
     /// counted it: the agent (dropped at the edge: journal full, too late
     /// for its window, a device's ring overflow, a full source queue, its
@@ -152,16 +125,7 @@ pub(crate) enum Command {
     ///   ferry-collector drops --ledger
     ///   ferry-collector drops -f json
     #[command(verbatim_doc_comment)]
-    Drops {
-        #[command(flatten)]
-        location: Location,
-        /// Print the per-agent ledger instead of the drops.
-        #[arg(long)]
-        ledger: bool,
-        /// Output format (json prints both the drops and the ledgers).
-        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Drops(DropsArgs),
     /// Run the collector until SIGINT or SIGTERM. SIGHUP re-reads the
     /// configuration file and applies its [processor] and [sink] tables.
     Run {
@@ -176,28 +140,7 @@ pub(crate) enum Command {
     ///   ferry-collector query 'temperature{device="a1"}' --from -1h
     ///   ferry-collector query temperature --from -1d --step 15m -f csv
     #[command(verbatim_doc_comment)]
-    Query {
-        /// Series selector: metric{key="value",...}; every series if absent.
-        selector: Option<String>,
-        /// Start: now, -15m, -2h, ns since the epoch or RFC 3339. Default -1h.
-        #[arg(long, allow_hyphen_values = true)]
-        from: Option<String>,
-        /// End (exclusive), same forms. Default: now.
-        #[arg(long, allow_hyphen_values = true)]
-        to: Option<String>,
-        /// Re-bucket into windows of this length (10s, 5m, 1h), merging
-        /// aggregates and their quantile sketches.
-        #[arg(long)]
-        step: Option<String>,
-        /// Which data: raw readings, stored aggregates, or all.
-        #[arg(long, value_parser = ["raw", "aggregates", "all"])]
-        kind: Option<String>,
-        #[command(flatten)]
-        location: Location,
-        /// Output format.
-        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Query(QueryArgs),
     /// Shrink the store file: move data down and give free space back to
     /// the file system. Only while the collector is stopped.
     Compact {
@@ -212,41 +155,11 @@ pub(crate) enum Command {
     ///   ferry-collector alerts 'heart_rate_bpm{patient="p-17"}' --from -1d
     ///   ferry-collector alerts --rule storm -f json
     #[command(verbatim_doc_comment)]
-    Alerts {
-        /// Only alerts about series matching this selector.
-        selector: Option<String>,
-        /// Only this state: firing, resolved, anomaly, offline, online,
-        /// skipped.
-        #[arg(long)]
-        state: Option<String>,
-        /// Only this rule (its name, or kind/name).
-        #[arg(long)]
-        rule: Option<String>,
-        /// Event time from: now, -15m, ns since the epoch or RFC 3339.
-        #[arg(long, allow_hyphen_values = true)]
-        from: Option<String>,
-        /// Event time to (exclusive), same forms.
-        #[arg(long, allow_hyphen_values = true)]
-        to: Option<String>,
-        /// Most events shown (the newest).
-        #[arg(long, default_value_t = 1000)]
-        limit: usize,
-        #[command(flatten)]
-        location: Location,
-        /// Output format.
-        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Alerts(AlertsArgs),
     /// Show the fan-out subscribers (processors and sinks): cursor, lag
     /// behind the head, lag budget, entries handled, skipped and
     /// dead-lettered.
-    Subscribers {
-        #[command(flatten)]
-        location: Location,
-        /// Output format.
-        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Subscribers(SubscribersArgs),
     /// Make the running collector re-read its configuration file and apply
     /// its [processor] and [sink] tables (as SIGHUP does). A bad file is
     /// refused with the error, and the running configuration stays.
@@ -280,28 +193,5 @@ pub(crate) enum Command {
         command: ClusterCommand,
     },
     /// List the known series (optionally those matching a selector).
-    Series {
-        /// Series selector: metric{key="value",...}; every series if absent.
-        selector: Option<String>,
-        #[command(flatten)]
-        location: Location,
-        /// Output format.
-        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub(crate) enum ClusterCommand {
-    /// The stream (records, bytes, replicas and their servers) and every
-    /// durable consumer: records pending (not yet delivered), delivered
-    /// but not acked, redelivered, and its ack floor.
-    Status {
-        /// Configuration file with a [cluster] section.
-        #[arg(long, short = 'c', default_value = "collector.toml")]
-        config: PathBuf,
-        /// Output format (table or json).
-        #[arg(long, short = 'f', value_enum, default_value_t = Format::Table)]
-        format: Format,
-    },
+    Series(SeriesArgs),
 }

@@ -12,16 +12,19 @@ use ferry_collector::query::QueryParams;
 use ferry_collector::report::{self, Format};
 use ferry_collector::{Collector, Config, EnrollOptions, InitOptions};
 
-use crate::cli_args::{ClusterCommand, Command};
+use crate::cli_args::{
+    AgentsArgs, AlertsArgs, ClusterCommand, Command, DropsArgs, EnrollArgs, InitArgs, QueryArgs,
+    SeriesArgs, SubscribersArgs,
+};
 use crate::cli_token;
 
 pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Init {
+        Command::Init(InitArgs {
             data_dir,
             config,
             sans,
-        } => {
+        }) => {
             let data_dir = match (&config, data_dir) {
                 (Some(path), _) => Config::load(path)?.data_dir,
                 (None, Some(dir)) => dir,
@@ -52,14 +55,14 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
             };
             out!("next: ferry-collector enroll AGENT_ID {location} --out DIR");
         }
-        Command::Enroll {
+        Command::Enroll(EnrollArgs {
             agent_id,
             out,
             location,
             address,
             server_name,
             valid_days,
-        } => {
+        }) => {
             let bundle = ferry_collector::enroll_with(&EnrollOptions {
                 data_dir: location.data_dir()?,
                 agent_id,
@@ -89,15 +92,15 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
                 out!("{} was already revoked", r.agent);
             }
         }
-        Command::Agents { location, format } => {
+        Command::Agents(AgentsArgs { location, format }) => {
             let admin = Admin::connect(&location.data_dir()?).await?;
             report::print(report::agents(&admin.agents().await?, format))?;
         }
-        Command::Drops {
+        Command::Drops(DropsArgs {
             location,
             ledger,
             format,
-        } => {
+        }) => {
             let admin = Admin::connect(&location.data_dir()?).await?;
             report::print(report::drops(&admin.drops().await?, ledger, format))?;
         }
@@ -136,7 +139,7 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
             let (before, after) = ferry_collector::Store::compact_file(&path)?;
             out!("{}: {before} bytes -> {after} bytes", path.display());
         }
-        Command::Query {
+        Command::Query(QueryArgs {
             selector,
             from,
             to,
@@ -144,7 +147,7 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
             kind,
             location,
             format,
-        } => {
+        }) => {
             let admin = Admin::connect(&location.data_dir()?).await?;
             let params = QueryParams {
                 selector,
@@ -155,7 +158,7 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
             };
             report::print(report::query(&admin.query(&params).await?, format))?;
         }
-        Command::Alerts {
+        Command::Alerts(AlertsArgs {
             selector,
             state,
             rule,
@@ -164,7 +167,7 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
             limit,
             location,
             format,
-        } => {
+        }) => {
             let admin = Admin::connect(&location.data_dir()?).await?;
             let params = AlertParams {
                 state,
@@ -176,7 +179,7 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
             };
             report::print(report::alerts(&admin.alerts(&params).await?, format))?;
         }
-        Command::Subscribers { location, format } => {
+        Command::Subscribers(SubscribersArgs { location, format }) => {
             let admin = Admin::connect(&location.data_dir()?).await?;
             report::print(report::subscribers(&admin.subscribers().await?, format))?;
         }
@@ -202,11 +205,11 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
             );
         }
         Command::Token { command } => cli_token::run(command).await?,
-        Command::Series {
+        Command::Series(SeriesArgs {
             selector,
             location,
             format,
-        } => {
+        }) => {
             let admin = Admin::connect(&location.data_dir()?).await?;
             report::print(report::series(
                 &admin.series(selector.as_deref().unwrap_or("")).await?,

@@ -40,8 +40,15 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 fn start() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // The server logs what it does; a one-shot command prints its answer
+    // on stdout and only warnings and errors on stderr (no library's
+    // connection chatter), unless RUST_LOG asks for more.
+    let default = match cli.command {
+        cli_args::Command::Run { .. } => "info",
+        _ => "warn",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -83,7 +83,7 @@ pub enum RevokeError {
     BadId(#[from] crate::pki::PkiError),
     /// The store could not record it.
     #[error("recording the revocation: {0}")]
-    Store(String),
+    Store(crate::writer::WriterError),
     /// The server is stopping.
     #[error("the collector is shutting down")]
     ShuttingDown,
@@ -230,7 +230,7 @@ pub enum MaintainError {
     Prepare(#[from] crate::store::StoreError),
     /// The writer could not apply the work (its commit failed).
     #[error("{0}")]
-    Apply(String),
+    Apply(crate::writer::WriterError),
     /// The server is stopping.
     #[error("the collector is shutting down")]
     ShuttingDown,

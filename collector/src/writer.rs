@@ -16,7 +16,7 @@ use crate::fanout::{AlertEvent, Bus};
 use crate::metrics::Metrics;
 use crate::store::{
     Applied, CursorRecord, DedupeLimits, FanoutCommit, MaintenanceReport, MaintenanceWork,
-    PreparedBatch, SessionOutcome, SessionRequest, SinkCommit, Store, WriterState,
+    PreparedBatch, SessionOutcome, SessionRequest, SinkCommit, Store, StoreError, WriterState,
 };
 
 /// A group commit taking this long is logged (the disk or the page cache
@@ -35,9 +35,31 @@ pub struct Faults {
     pub hold_processors: Arc<AtomicBool>,
 }
 
+/// Why the writer could not do what it was asked. Its message is the one
+/// operators and agents have always seen: the store's error as is, or that
+/// the collector is stopping.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum WriterError {
+    /// The store failed the commit (for a batch: transient, the agent
+    /// resends). Shared: one failed group commit answers every request in
+    /// it.
+    #[error(transparent)]
+    Store(Arc<StoreError>),
+    /// The writer thread is gone: the collector is shutting down.
+    #[error("the collector is shutting down")]
+    Gone,
+}
+
+impl From<StoreError> for WriterError {
+    fn from(e: StoreError) -> Self {
+        WriterError::Store(Arc::new(e))
+    }
+}
+
 /// What the writer answers for a batch: what the store did, or why the
 /// commit failed (transient for the agent).
-pub type BatchReply = Result<Applied, String>;
+pub type BatchReply = Result<Applied, WriterError>;
 
 /// A request to the writer.
 #[derive(Debug)]
@@ -55,35 +77,35 @@ pub enum Command {
         /// The Hello.
         session: SessionRequest,
         /// What the store recorded.
-        reply: oneshot::Sender<Result<SessionOutcome, String>>,
+        reply: oneshot::Sender<Result<SessionOutcome, WriterError>>,
     },
     /// Mark an agent revoked, durably.
     Revoke {
         /// The agent id.
         agent: String,
         /// True if it was not revoked before.
-        reply: oneshot::Sender<Result<bool, String>>,
+        reply: oneshot::Sender<Result<bool, WriterError>>,
     },
     /// Apply one maintenance pass's prepared work.
     Maintain {
         /// What to apply ([`Store::prepare_maintenance`]).
         work: MaintenanceWork,
         /// The report, if someone waits for it.
-        reply: Option<oneshot::Sender<Result<MaintenanceReport, String>>>,
+        reply: Option<oneshot::Sender<Result<MaintenanceReport, WriterError>>>,
     },
     /// Commit a processors' pass: cursor, rule state and alerts at once.
     Fanout {
         /// What to commit.
         commit: FanoutCommit,
         /// The alerts with their ids and the new cursor.
-        reply: oneshot::Sender<Result<(Vec<AlertEvent>, CursorRecord), String>>,
+        reply: oneshot::Sender<Result<(Vec<AlertEvent>, CursorRecord), WriterError>>,
     },
     /// Commit a sink's cursor.
     Sink {
         /// What to commit.
         commit: SinkCommit,
         /// The new cursor.
-        reply: oneshot::Sender<Result<CursorRecord, String>>,
+        reply: oneshot::Sender<Result<CursorRecord, WriterError>>,
     },
     /// Answered as soon as the loop reaches it, in queue order (the systemd
     /// watchdog's proof that the writer is not stuck).
@@ -156,7 +178,7 @@ pub fn run(
         }
         match other {
             Some(Command::Revoke { agent, reply }) => {
-                let r = store.revoke(&agent).map_err(|e| e.to_string());
+                let r = store.revoke(&agent).map_err(WriterError::from);
                 if let Err(e) = &r {
                     tracing::error!(agent, "revocation failed: {e}");
                 }
@@ -182,13 +204,13 @@ pub fn run(
                 }
                 metrics.store_chunk_bytes.set(state.chunk_bytes());
                 if let Some(reply) = reply {
-                    let _ = reply.send(r.map_err(|e| e.to_string()));
+                    let _ = reply.send(r.map_err(WriterError::from));
                 }
             }
             Some(Command::Fanout { mut commit, reply }) => {
                 commit.log_floor = bus.log_floor(crate::fanout::PROCESSORS, commit.cursor);
                 commit.processors_idle = !bus.is_subscribed(crate::fanout::PROCESSORS);
-                let r = store.commit_fanout(commit).map_err(|e| e.to_string());
+                let r = store.commit_fanout(commit).map_err(WriterError::from);
                 if let Err(e) = &r {
                     metrics.commit_errors.inc();
                     tracing::error!("processors' commit failed: {e}");
@@ -201,7 +223,7 @@ pub fn run(
                     commit.log_floor = bus.log_floor(&key, commit.cursor);
                     commit.processors_idle = !bus.is_subscribed(crate::fanout::PROCESSORS);
                 }
-                let r = store.commit_sink(&commit).map_err(|e| e.to_string());
+                let r = store.commit_sink(&commit).map_err(WriterError::from);
                 if let Err(e) = &r {
                     metrics.commit_errors.inc();
                     tracing::error!(sink = commit.name, "sink cursor commit failed: {e}");
@@ -223,7 +245,7 @@ pub fn run(
 #[derive(Default)]
 struct Group {
     sessions: Vec<SessionRequest>,
-    session_replies: Vec<oneshot::Sender<Result<SessionOutcome, String>>>,
+    session_replies: Vec<oneshot::Sender<Result<SessionOutcome, WriterError>>>,
     batches: Vec<PreparedBatch>,
     replies: Vec<oneshot::Sender<BatchReply>>,
 }
@@ -305,11 +327,12 @@ fn commit_group(
                 sessions = sessions.len(),
                 "group commit failed: {e}"
             );
+            let e = WriterError::from(e);
             for reply in session_replies {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(e.clone()));
             }
             for reply in replies {
-                let _ = reply.send(Err(e.to_string()));
+                let _ = reply.send(Err(e.clone()));
             }
         }
     }

@@ -565,3 +565,54 @@ fn open_reads_beyond_loopback_are_refused_at_start() {
     );
     assert!(!data.join("collector.http").exists());
 }
+
+/// Without RUST_LOG, a one-shot command logs only warnings and errors
+/// (`run` logs at info): on success its stderr is empty, whether it reads
+/// the data directory or talks to a running collector.
+#[test]
+fn one_shot_commands_write_nothing_to_stderr_on_success() {
+    let quiet = |args: &[&str]| -> String {
+        let out = Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        assert_eq!(
+            (
+                out.status.code(),
+                String::from_utf8_lossy(&out.stderr).as_ref()
+            ),
+            (Some(0), ""),
+            "{args:?}"
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let d = s(&data);
+    let bundle = dir.path().join("gw-1");
+    quiet(&["init", "--data-dir", d]);
+    quiet(&["enroll", "gw-1", "--data-dir", d, "--out", s(&bundle)]);
+    let config = data.join("collector.toml");
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("0.0.0.0:7410", "127.0.0.1:0")
+        .replace("127.0.0.1:7411", "127.0.0.1:0");
+    std::fs::write(&config, text).unwrap();
+    quiet(&["check-config", "--config", s(&config)]);
+    quiet(&["agents", "--data-dir", d]);
+    quiet(&["query", "--data-dir", d]);
+    quiet(&["token", "list", "--data-dir", d]);
+
+    let (server, _http) = start(&config);
+    let agents = quiet(&["agents", "--data-dir", d, "-f", "csv"]);
+    assert!(agents.contains("gw-1,enrolled"), "{agents}");
+    let out = quiet(&["revoke", "gw-1", "--data-dir", d]);
+    assert!(
+        out.starts_with("revoked gw-1 through the running collector"),
+        "{out}"
+    );
+    quiet(&["reload", "--data-dir", d]);
+    quiet(&["drops", "--data-dir", d]);
+    stop(server);
+}

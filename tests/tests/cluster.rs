@@ -315,4 +315,21 @@ async fn every_reading_is_stored_once_through_kill9_of_a_front_end_a_nats_node_a
             .collect::<Vec<_>>(),
         ["w1", "w2"]
     );
+    // A one-shot command logs at warn without RUST_LOG: the NATS client's
+    // connected/closed lines (info) stay off its stderr.
+    let quiet = std::process::Command::new(ferry_tests::binary("ferry-collector"))
+        .args(["cluster", "status", "--config"])
+        .arg(&toml)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        (
+            quiet.status.code(),
+            String::from_utf8_lossy(&quiet.stderr).as_ref()
+        ),
+        (Some(0), ""),
+        "cluster status"
+    );
+    assert!(String::from_utf8_lossy(&quiet.stdout).starts_with("stream "));
 }

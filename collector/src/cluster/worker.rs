@@ -171,7 +171,7 @@ async fn submit(
     let agent: Arc<str> = Arc::from(record.agent.as_str());
     let kind = record.kind();
     enum Waiting {
-        Session(oneshot::Receiver<Result<SessionOutcome, String>>),
+        Session(oneshot::Receiver<Result<SessionOutcome, crate::writer::WriterError>>),
         Batch(oneshot::Receiver<crate::writer::BatchReply>, u64, u64, u64),
     }
     let waiting = match &record.body {

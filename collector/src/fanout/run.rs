@@ -18,7 +18,7 @@ use crate::writer::Command;
 
 mod alert_sinks;
 
-pub(crate) use alert_sinks::{SinkCommitError, commit_sink, sinks};
+pub(crate) use alert_sinks::{commit_sink, sinks};
 
 /// Log entries handled per processors' commit at most.
 const PASS_ENTRIES: usize = 256;

@@ -214,7 +214,7 @@ async fn session(
                     previous_epoch: None,
                     journal_resets: 0,
                 })
-                .map_err(|e| e.to_string()),
+                .map_err(RecordError::Log),
         )
     } else if shared
         .writer
@@ -229,7 +229,7 @@ async fn session(
         .await
         .is_ok()
     {
-        rx.await.ok()
+        rx.await.ok().map(|r| r.map_err(RecordError::Writer))
     } else {
         None
     };
@@ -468,4 +468,16 @@ pub(super) async fn send_error(send: &mut SendStream, code: u16, message: &str) 
     let _ = send.write_all(&frame).await;
     let _ = send.finish();
     let _ = send.stopped().await;
+}
+
+/// Why a session's hello was not recorded (the agent is refused with
+/// `STORAGE` and the message).
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    /// The writer could not commit it.
+    #[error(transparent)]
+    Writer(crate::writer::WriterError),
+    /// The cluster log did not take it.
+    #[error(transparent)]
+    Log(crate::cluster::LogError),
 }

@@ -61,6 +61,8 @@
 
 mod chunk;
 mod error;
+mod heap;
+mod key;
 mod number;
 mod scan;
 mod split;
@@ -80,9 +82,11 @@ const MAX_QUOTED: usize = 64;
 
 pub use self::chunk::{Chunk, Chunker, Piece, split_datagram};
 pub use self::error::{LineError, NameElement};
+pub use self::heap::series_key_heap;
+use self::heap::*;
+use self::key::*;
 use self::number::*;
-use self::scan::*;
-pub use self::scan::{ChunkParser, KeyCache, series_key_heap};
+pub use self::scan::{ChunkParser, KeyCache};
 pub use self::split::{LineSplitter, count_newlines};
 
 /// The unit of line timestamps.

@@ -16,7 +16,7 @@ use crate::fanout::rules::{LagBudget, LagPolicy, LogSink, SinkConfig, WebhookSin
 use crate::fanout::webhook::{self, Delivery};
 use crate::server::Shared;
 use crate::store::{CursorRecord, SinkCommit};
-use crate::writer::Command;
+use crate::writer::{Command, WriterError};
 
 #[derive(Debug, Clone)]
 enum Sink {
@@ -40,23 +40,12 @@ impl Sink {
     }
 }
 
-/// Why a sink's cursor was not committed.
-#[derive(Debug, thiserror::Error)]
-pub(crate) enum SinkCommitError {
-    /// The writer thread is gone.
-    #[error("the collector is shutting down")]
-    ShuttingDown,
-    /// The writer could not commit (its message).
-    #[error("{0}")]
-    Writer(String),
-}
-
 /// Commits a sink's cursor through the writer (which trims the log in the
 /// same transaction).
 pub(crate) async fn commit_sink(
     shared: &Shared,
     c: SinkCommit,
-) -> Result<CursorRecord, SinkCommitError> {
+) -> Result<CursorRecord, WriterError> {
     let (tx, rx) = oneshot::channel();
     shared
         .writer
@@ -65,10 +54,8 @@ pub(crate) async fn commit_sink(
             reply: tx,
         })
         .await
-        .map_err(|_| SinkCommitError::ShuttingDown)?;
-    rx.await
-        .map_err(|_| SinkCommitError::ShuttingDown)?
-        .map_err(SinkCommitError::Writer)
+        .map_err(|_| WriterError::Gone)?;
+    rx.await.map_err(|_| WriterError::Gone)?
 }
 
 /// The sinks' supervisor: runs one task per configured sink; on a new

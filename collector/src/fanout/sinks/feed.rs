@@ -13,9 +13,10 @@ use tokio::sync::watch;
 
 use super::StorageSink;
 use crate::fanout::LagPolicy;
-use crate::fanout::run::{SinkCommitError, commit_sink};
+use crate::fanout::run::commit_sink;
 use crate::server::Shared;
 use crate::store::{CursorRecord, SinkCommit};
+use crate::writer::WriterError;
 
 /// Entries read from the log per store read at most.
 pub(crate) const READ_ENTRIES: usize = 256;
@@ -227,7 +228,7 @@ impl Feed {
 
     /// Commits the cursor `to` durably with `p`'s tallies (through the
     /// writer, which also trims the log), and updates the bus.
-    pub(crate) async fn commit(&mut self, to: u64, p: Progress) -> Result<(), SinkCommitError> {
+    pub(crate) async fn commit(&mut self, to: u64, p: Progress) -> Result<(), WriterError> {
         let commit = SinkCommit {
             name: self.name.clone(),
             cursor: to,
