@@ -176,35 +176,9 @@ pub(crate) async fn run(shared: Arc<Shared>, sink: StorageSink, stop: watch::Rec
     tracing::debug!(sink = key, "storage sink stopped");
 }
 
-/// Retry delays: from `min`, doubling, at most `max`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Backoff {
-    next: Duration,
-    min: Duration,
-    max: Duration,
-}
-
-impl Backoff {
-    pub(crate) fn new(min: Duration, max: Duration) -> Self {
-        Self {
-            next: min,
-            min,
-            max,
-        }
-    }
-
-    /// The delay before the next attempt (and doubles the one after).
-    pub(crate) fn next_delay(&mut self) -> Duration {
-        let d = self.next;
-        self.next = (self.next * 2).min(self.max).max(Duration::from_millis(1));
-        d
-    }
-
-    /// After a success.
-    pub(crate) fn reset(&mut self) {
-        self.next = self.min;
-    }
-}
+/// Retry delays: from `min`, doubling, at most `max` (the one backoff of
+/// the workspace, `ferry_clock::Backoff`).
+pub(crate) use ferry_clock::Backoff;
 
 /// Parses the duration `text` of the key `what`.
 pub(crate) fn duration(what: &'static str, text: &str) -> Result<Duration, DurationError> {
