@@ -86,6 +86,10 @@ impl Ids {
     }
 }
 
+/// A batch in flight: the generation it is coded against, the one it
+/// sets, and the last values that one will hold.
+type InFlight = (u64, u64, Vec<(u32, f64)>);
+
 /// Revision 5's value references as the agent's shipper keeps them: a
 /// batch is coded against the latest generation the collector confirmed;
 /// it sets the next one when no other batch setting one is unanswered and
@@ -97,7 +101,7 @@ struct Shipper {
     ack_lag: usize,
     next_gen: u64,
     /// In flight, oldest first: (base, sets, last values of a setter).
-    in_flight: std::collections::VecDeque<(u64, u64, Vec<(u32, f64)>)>,
+    in_flight: std::collections::VecDeque<InFlight>,
 }
 
 impl Shipper {

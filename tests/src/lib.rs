@@ -40,7 +40,10 @@ impl Site {
         if std::env::var_os("FERRY_TEST_KEEP").is_some() {
             // Logs and data stay for a post-mortem (the path is printed).
             dir.disable_cleanup(true);
-            println!("FERRY_TEST_KEEP: the site stays in {}", dir.path().display());
+            println!(
+                "FERRY_TEST_KEEP: the site stays in {}",
+                dir.path().display()
+            );
         }
         let data = dir.path().join("collector");
         ferry_collector::init(&ferry_collector::InitOptions::new(&data)).expect("init");

@@ -50,8 +50,11 @@ fn bits(b: &Batch) -> BTreeMap<SeriesKey, Vec<(i64, u64)>> {
     out
 }
 
+/// Per series id its two references, values as bits.
+type Slots = Vec<(u32, [(u64, u64); 2])>;
+
 /// The references bit for bit (NaN payloads included).
-fn state(r: &References) -> (u64, u64, Vec<(u32, [(u64, u64); 2])>) {
+fn state(r: &References) -> (u64, u64, Slots) {
     let values = r
         .values
         .iter()
