@@ -140,6 +140,7 @@ pub fn decode_stream(
     frames: StreamFrames,
     ids: &std::sync::Mutex<SessionIds>,
     max_frame: u32,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Batch, (Option<u64>, Rejection)> {
     let (definitions, (header, body)) = match frames {
         StreamFrames::Batch(header, body) => {
@@ -158,7 +159,11 @@ pub fn decode_stream(
     if let Some(defs) = defs {
         ids.define(defs, MAX_SERIES_IDS).map_err(|r| (seq, r))?;
     }
-    ids.resolve(&compact).map_err(|r| (seq, r))
+    let batch = ids.resolve(&compact).map_err(|r| (seq, r))?;
+    if compact.ref_base != 0 {
+        metrics.referenced_batches.inc();
+    }
+    Ok(batch)
 }
 
 /// Reads a batch stream's frames and decodes them into the batch to
@@ -225,7 +230,7 @@ pub async fn read_batch(
         t => return Some(Err((None, unexpected("a Batch frame", t)))),
     };
     let compact = matches!(frames, StreamFrames::Compact { .. });
-    let batch = decode_stream(frames, ids, max_frame);
+    let batch = decode_stream(frames, ids, max_frame, metrics);
     if compact && batch.is_ok() {
         metrics.compact_batches.inc();
     }
