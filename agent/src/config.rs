@@ -349,7 +349,8 @@ pub struct ShippingSection {
     pub fail_back_after: Duration,
     /// Send batches of up to 4096 readings compact (protocol revision 4)
     /// when the collector takes them: series as ids defined once per
-    /// session instead of keys in every batch.
+    /// session instead of keys in every batch, and (revision 5) values
+    /// coded against value references when the collector keeps them.
     pub compact: bool,
 }
 

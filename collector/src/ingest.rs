@@ -47,11 +47,14 @@ pub enum BadInput {
     /// Definitions past the session's `Welcome.max_series_ids` (the agent
     /// resends the batch self-contained).
     SeriesIdsFull,
+    /// A compact batch coded against a reference generation its session
+    /// does not hold (the agent starts its references afresh).
+    UnknownReference,
 }
 
 impl BadInput {
     /// Every class, for metric registration.
-    pub const ALL: [BadInput; 13] = [
+    pub const ALL: [BadInput; 14] = [
         Self::MalformedFrame,
         Self::Oversized,
         Self::UnexpectedFrame,
@@ -65,6 +68,7 @@ impl BadInput {
         Self::DedupeFull,
         Self::UnknownSeriesId,
         Self::SeriesIdsFull,
+        Self::UnknownReference,
     ];
 
     /// The metric label.
@@ -83,6 +87,7 @@ impl BadInput {
             Self::DedupeFull => "dedupe_full",
             Self::UnknownSeriesId => "unknown_series_id",
             Self::SeriesIdsFull => "series_ids_full",
+            Self::UnknownReference => "unknown_reference",
         }
     }
 }

@@ -68,6 +68,9 @@ pub struct Metrics {
     /// Batches that came as revision-4 compact batches and were resolved
     /// through their session's series ids.
     pub compact_batches: Counter,
+    /// Compact batches whose values were coded against value references
+    /// (revision 5).
+    pub referenced_batches: Counter,
     /// Batches waiting now for a subscriber past its lag budget.
     pub ingest_waiting: Gauge<u64, AtomicU64>,
     /// Configuration reloads by outcome (`ok`, `error`).
@@ -153,6 +156,7 @@ impl Metrics {
             webhook_retries: Family::default(),
             backpressure_waits: Counter::default(),
             compact_batches: Counter::default(),
+            referenced_batches: Counter::default(),
             ingest_waiting: Gauge::default(),
             reloads: Family::default(),
             refused_readings: Family::default(),
@@ -272,6 +276,11 @@ impl Metrics {
             "compact_batches",
             "Batches that came compact (protocol revision 4), resolved through their session's series ids",
             m.compact_batches.clone(),
+        );
+        m.registry.register(
+            "referenced_batches",
+            "Compact batches whose values were coded against value references (protocol revision 5)",
+            m.referenced_batches.clone(),
         );
         m.registry.register(
             "ingest_waiting",

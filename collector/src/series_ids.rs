@@ -1,7 +1,7 @@
-//! Revision 4's compact batches on the collector: a session's series ids,
-//! and reading a batch stream that may carry `Definitions` and a
-//! `CompactBatch` instead of a `Batch` (docs/protocol.md, "Compact
-//! batches").
+//! Revision 4's compact batches on the collector: a session's series ids
+//! and (revision 5) value references, and reading a batch stream that may
+//! carry `Definitions` and a `CompactBatch` instead of a `Batch`
+//! (docs/protocol.md, "Compact batches", "Value references").
 //!
 //! A compact batch is resolved here, against its session's ids, into the
 //! self-contained [`Batch`] it stands for, before anything else looks at
@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferry_proto::batch::Batch;
-use ferry_proto::compact::{CompactBatch, CompactError, DEFAULT_MAX_SERIES_IDS, Definitions};
+use ferry_proto::compact::{
+    CompactBatch, CompactError, DEFAULT_MAX_SERIES_IDS, Definitions, References,
+};
 use ferry_proto::series::SeriesKey;
 use ferry_proto::session::reason;
 use ferry_proto::stream::{FrameHeader, FrameType};
@@ -23,12 +25,15 @@ use crate::ingest::{self, BadInput, Rejection};
 /// Series ids a collector keeps per session (`Welcome.max_series_ids`).
 pub const MAX_SERIES_IDS: u32 = DEFAULT_MAX_SERIES_IDS;
 
-/// One session's series ids: what each id the agent defined means. Lives
-/// as long as the connection, bounded by [`MAX_SERIES_IDS`] (a new session
-/// starts empty: the agent defines its ids again).
+/// One session's series ids: what each id the agent defined means, and
+/// the ids' value references (the latest two generations, at most two
+/// values per id). Lives as long as the connection, bounded by
+/// [`MAX_SERIES_IDS`] (a new session starts empty: the agent defines its
+/// ids again, and codes against no references until it sets some).
 #[derive(Debug, Default)]
 pub struct SessionIds {
     keys: HashMap<u32, Arc<SeriesKey>>,
+    refs: References,
 }
 
 impl SessionIds {
@@ -85,20 +90,34 @@ impl SessionIds {
         Ok(())
     }
 
-    /// The self-contained batch `compact` stands for. An id without a
-    /// definition is the transient UNKNOWN_SERIES_ID; a batch that breaks
-    /// a rule is INVALID.
-    pub fn resolve(&self, compact: &CompactBatch) -> Result<Batch, Rejection> {
-        compact
-            .resolve(|id| self.keys.get(&id).map(|k| SeriesKey::clone(k)))
+    /// The self-contained batch `compact` stands for, resolved against
+    /// the session's value references (and setting the generation it
+    /// sets). An id without a definition is the transient
+    /// UNKNOWN_SERIES_ID, a reference generation the session does not hold
+    /// the transient UNKNOWN_REFERENCE; a batch that breaks a rule is
+    /// INVALID.
+    pub fn resolve(&mut self, compact: &CompactBatch) -> Result<Batch, Rejection> {
+        let keys = &self.keys;
+        self.refs
+            .resolve(compact, |id| keys.get(&id).map(|k| SeriesKey::clone(k)))
             .map_err(|e| match e {
                 CompactError::UnknownId(_) => Rejection::new(
                     BadInput::UnknownSeriesId,
                     reason::UNKNOWN_SERIES_ID,
                     format!("{e}: resend the batch with the definitions of its ids"),
                 ),
+                CompactError::UnknownReference(_) => Rejection::new(
+                    BadInput::UnknownReference,
+                    reason::UNKNOWN_REFERENCE,
+                    format!("{e}: start the value references afresh and resend the batch"),
+                ),
                 e => Rejection::new(BadInput::InvalidBatch, reason::INVALID, e.to_string()),
             })
+    }
+
+    /// The session's value references.
+    pub fn references(&self) -> &References {
+        &self.refs
     }
 }
 
@@ -121,6 +140,7 @@ pub fn decode_stream(
     frames: StreamFrames,
     ids: &std::sync::Mutex<SessionIds>,
     max_frame: u32,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Batch, (Option<u64>, Rejection)> {
     let (definitions, (header, body)) = match frames {
         StreamFrames::Batch(header, body) => {
@@ -139,7 +159,11 @@ pub fn decode_stream(
     if let Some(defs) = defs {
         ids.define(defs, MAX_SERIES_IDS).map_err(|r| (seq, r))?;
     }
-    ids.resolve(&compact).map_err(|r| (seq, r))
+    let batch = ids.resolve(&compact).map_err(|r| (seq, r))?;
+    if compact.ref_base != 0 {
+        metrics.referenced_batches.inc();
+    }
+    Ok(batch)
 }
 
 /// Reads a batch stream's frames and decodes them into the batch to
@@ -206,7 +230,7 @@ pub async fn read_batch(
         t => return Some(Err((None, unexpected("a Batch frame", t)))),
     };
     let compact = matches!(frames, StreamFrames::Compact { .. });
-    let batch = decode_stream(frames, ids, max_frame);
+    let batch = decode_stream(frames, ids, max_frame, metrics);
     if compact && batch.is_ok() {
         metrics.compact_batches.inc();
     }
@@ -240,6 +264,53 @@ mod tests {
             readings: Columns::encode(ids.iter().map(|&id| (id, &r[..]))),
             ..CompactBatch::default()
         }
+    }
+
+    #[test]
+    fn references_resolve_and_unknown_generations_are_transient() {
+        let mut s = SessionIds::default();
+        s.define(defs(&[1, 2]), 3).unwrap();
+        let r = |v: f64| {
+            [Reading {
+                ts_ns: 1_700_000_000_000_000_000,
+                value: v,
+            }]
+        };
+        let (a, b) = (r(21.5), r(40.25));
+        let mut setter = CompactBatch {
+            seq: 1,
+            readings: Columns::encode([(1, &a[..]), (2, &b[..])]),
+            ref_sets: 1,
+            ..CompactBatch::default()
+        };
+        s.resolve(&setter).unwrap();
+        assert_eq!(s.references().latest(), 1);
+        let (a, b) = (r(21.52), r(40.0));
+        let refs = s.references().clone();
+        let coded = CompactBatch {
+            seq: 2,
+            readings: Columns::encode_with([(1, &a[..]), (2, &b[..])], |id| refs.reference(id, 1)),
+            ref_base: 1,
+            ..CompactBatch::default()
+        };
+        let back = s.resolve(&coded).unwrap();
+        let values: Vec<f64> = back
+            .blocks
+            .iter()
+            .map(|b| b.readings().unwrap()[0].value)
+            .collect();
+        assert_eq!(values, vec![21.52, 40.0]);
+        // Another session holds no references: transient.
+        let mut other = SessionIds::default();
+        other.define(defs(&[1, 2]), 3).unwrap();
+        let e = other.resolve(&coded).unwrap_err();
+        assert_eq!(
+            (e.code, e.kind),
+            (reason::UNKNOWN_REFERENCE, BadInput::UnknownReference)
+        );
+        // Reusing a generation is a broken rule.
+        setter.seq = 3;
+        assert_eq!(s.resolve(&setter).unwrap_err().code, reason::INVALID);
     }
 
     #[test]

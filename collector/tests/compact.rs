@@ -1,14 +1,17 @@
 //! Revision 4 on the collector: compact batches whose series are journal
-//! ids, defined per session by `Definitions` frames. Real QUIC on
-//! 127.0.0.1, real redb in temporary directories.
+//! ids, defined per session by `Definitions` frames; revision 5: their
+//! values coded against value references. Real QUIC on 127.0.0.1, real
+//! redb in temporary directories.
 
 mod common;
 
 use common::{Agent, Answer, Fixture, base_ns, batch, frame, http_get, zstd_compress};
 use ferry_collector::query::QueryParams;
 use ferry_proto::batch::Batch;
+use ferry_proto::batch::{Reading, ReadingBlock};
 use ferry_proto::codec;
-use ferry_proto::compact::{CompactBatch, DEFAULT_MAX_SERIES_IDS, Definitions};
+use ferry_proto::compact::{CompactBatch, DEFAULT_MAX_SERIES_IDS, Definitions, References};
+use ferry_proto::series::SeriesKey;
 use ferry_proto::session::{Ack, compression, reason, status};
 use ferry_proto::stream::FrameType;
 
@@ -221,6 +224,119 @@ async fn bad_definitions_and_frame_orders_are_refused_and_counted() {
         )
         .await,
         "ferry_collector_bad_input_total{kind=\"malformed_message\"} 1"
+    );
+    drop(agent);
+    server.stop().await;
+}
+
+/// Batch `seq` with one reading of each of [`DEVS`] at `t0 + seq` s: dev
+/// `d` reads `20 + d + seq / 100` (a slow walk, in hundredths).
+fn walk(seq: u64, t0: i64) -> (Batch, Vec<u32>) {
+    let mut b = Batch {
+        seq,
+        created_ns: t0,
+        epoch: common::EPOCH,
+        ..Batch::default()
+    };
+    for (d, dev) in DEVS.iter().enumerate() {
+        b.series
+            .push(SeriesKey::new("temperature", [("dev", *dev)]).unwrap());
+        let r = [Reading {
+            ts_ns: t0 + seq as i64 * 1_000_000_000,
+            value: (2000 + 100 * d as i64 + seq as i64) as f64 / 100.0,
+        }];
+        b.blocks.push(ReadingBlock::encode(d as u32, &r));
+    }
+    (b, IDS.to_vec())
+}
+
+#[tokio::test]
+async fn value_references_resolve_and_are_reestablished_after_refusals_and_reconnects() {
+    let fx = Fixture::new();
+    let bundle = fx.enroll("gw-1");
+    let server = fx.start().await;
+    let t0 = base_ns();
+    let (agent, welcome) = Agent::session(server.quic, &bundle).await;
+    assert_eq!(welcome.reference_generations, 2);
+
+    // The agent's references, as its shipper keeps them: a generation
+    // counts once its batch is stored.
+    let mut refs = References::default();
+    let send = async |agent: &Agent, refs: &mut References, seq: u64, sets: u64, defs: bool| {
+        let (b, ids) = walk(seq, t0);
+        let (c, last) = refs.encode(&b, &ids, sets).unwrap();
+        let d = definitions(&b, &ids);
+        let ack = agent
+            .send_raw(&stream(defs.then_some(&d), &c))
+            .await
+            .unwrap();
+        if ack.status == status::STORED || ack.status == status::DUPLICATE {
+            refs.set(c.ref_base, c.ref_sets, &last).unwrap();
+        }
+        (ack, c)
+    };
+    // Batch 1 sets generation 1 on top of none; 2 and 3 set 2 and 3.
+    let (ack, c) = send(&agent, &mut refs, 1, 1, true).await;
+    assert_eq!((ack, c.ref_base), (Ack::stored(1), 0));
+    let after_first = refs.clone();
+    let (ack, c) = send(&agent, &mut refs, 2, 2, false).await;
+    assert_eq!((ack, c.ref_base), (Ack::stored(2), 1));
+    let (ack, c) = send(&agent, &mut refs, 3, 3, false).await;
+    assert_eq!((ack, c.ref_base), (Ack::stored(3), 2));
+    assert_eq!((refs.latest(), refs.previous()), (3, 2));
+    // Batch 4 coded against generation 1, which the collector no longer
+    // holds: refused, transiently; coded again against what the session
+    // holds, stored.
+    let mut stale = after_first;
+    let (ack, c) = send(&agent, &mut stale, 4, 0, false).await;
+    assert_eq!(c.ref_base, 1);
+    assert_eq!(
+        (ack.seq, ack.status, ack.code),
+        (4, status::REJECTED, reason::UNKNOWN_REFERENCE)
+    );
+    assert!(reason::is_transient(ack.code));
+    let (ack, c) = send(&agent, &mut refs, 4, 0, false).await;
+    assert_eq!((ack, c.ref_base), (Ack::stored(4), 3));
+    drop(agent);
+
+    // A new session holds no references: batch 5 coded against
+    // generation 3 is refused; the agent starts afresh (a generation on
+    // top of none) and it is stored.
+    let (agent, _) = Agent::session(server.quic, &bundle).await;
+    let (ack, _) = send(&agent, &mut refs, 5, 0, true).await;
+    assert_eq!(ack.code, reason::UNKNOWN_REFERENCE);
+    let mut refs = References::default();
+    let (ack, c) = send(&agent, &mut refs, 5, 4, true).await;
+    assert_eq!((ack, c.ref_base, refs.latest()), (Ack::stored(5), 0, 4));
+    // A resent batch, coded against this session's references, is the
+    // same batch: a duplicate.
+    let (ack, c) = send(&agent, &mut refs, 2, 0, false).await;
+    assert_eq!((ack, c.ref_base), (Ack::duplicate(2), 4));
+
+    // Every reading stored once, bit for bit.
+    let admin = server.admin();
+    for (d, dev) in DEVS.iter().enumerate() {
+        let res = admin
+            .query(&params(
+                &format!(r#"temperature{{dev="{dev}"}}"#),
+                t0,
+                t0 + 60_000_000_000,
+            ))
+            .await
+            .unwrap();
+        let expected: Vec<(i64, f64)> = (1..=5)
+            .map(|seq| walk(seq, t0).0.blocks[d].readings().unwrap()[0])
+            .map(|r| (r.ts_ns, r.value))
+            .collect();
+        assert_eq!(res[0].readings, expected, "{dev}");
+    }
+    assert_eq!(
+        metric(
+            server.http,
+            "ferry_collector_bad_input_total{kind=\"unknown_reference\"}"
+        )
+        .await,
+        "ferry_collector_bad_input_total{kind=\"unknown_reference\"} 2"
     );
     drop(agent);
     server.stop().await;

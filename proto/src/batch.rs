@@ -246,6 +246,16 @@ const POW10: [f64; MAX_DECIMAL_SCALE as usize + 1] =
 /// Integers up to 2^53 are exact in an f64.
 const EXACT_INT: f64 = 9_007_199_254_740_992.0;
 
+/// `value` as an integer at decimal `scale` (`n / 10^scale == value`
+/// exactly, `|n| < 2^53`), if it has one; `None` also for a scale over
+/// [`MAX_DECIMAL_SCALE`].
+pub(crate) fn scaled_checked(value: f64, scale: u8) -> Option<i64> {
+    if scale > MAX_DECIMAL_SCALE {
+        return None;
+    }
+    scaled(value, scale)
+}
+
 fn scaled(value: f64, scale: u8) -> Option<i64> {
     let p = POW10[scale as usize];
     let n = libm::round(value * p);

@@ -29,6 +29,9 @@ use crate::batch::{
 use crate::series::{SeriesError, SeriesKey};
 use crate::wire_struct;
 
+pub mod refs;
+pub use refs::References;
+
 /// Most definitions in one [`Definitions`] message.
 pub const MAX_DEFINITIONS: usize = 65_536;
 /// Default (and largest recommended) number of series ids a collector keeps
@@ -87,6 +90,14 @@ wire_struct! {
         pub aggregates: Vec<WindowAggregate>,
         /// Health counters.
         pub health: Vec<HealthRecord>,
+    }
+    appended {
+        /// Revision 5: the reference generation the values are coded
+        /// against ([`References`]); 0: none (revision 4's coding).
+        pub ref_base: u64,
+        /// Revision 5: the reference generation this batch sets (each of
+        /// its series' last value becomes that series' reference); 0: none.
+        pub ref_sets: u64,
     }
 }
 
@@ -147,6 +158,20 @@ pub enum CompactError {
         /// The rule broken.
         source: SeriesError,
     },
+    /// Revision 5: a reference generation the session does not hold (any
+    /// more): the agent must re-establish its references (transient).
+    #[error("reference generation {0} is not held in this session")]
+    UnknownReference(u64),
+    /// Revision 5: a batch sets a reference generation that is not above
+    /// every generation the session has seen (generations are never
+    /// reused in a session).
+    #[error("reference generation {sets} is not above the session's latest, {latest}")]
+    Generation {
+        /// The generation the batch sets.
+        sets: u64,
+        /// The session's latest.
+        latest: u64,
+    },
     /// The resolved batch breaks a rule of [`Batch::validate`].
     #[error(transparent)]
     Batch(#[from] BatchError),
@@ -187,8 +212,19 @@ impl Columns {
     /// Encodes runs of readings: `(series id, readings)`, ids strictly
     /// ascending, each run non-empty and in the order it is to be sent.
     pub fn encode<'a>(runs: impl IntoIterator<Item = (u32, &'a [Reading])>) -> Columns {
+        Self::encode_with(runs, |_| None)
+    }
+
+    /// As [`Columns::encode`], coding each series' values against its
+    /// reference value `refs(id)` where the decimal scale allows
+    /// (revision 5: docs/protocol.md, "Value references").
+    pub fn encode_with<'a>(
+        runs: impl IntoIterator<Item = (u32, &'a [Reading])>,
+        mut refs: impl FnMut(u32) -> Option<f64>,
+    ) -> Columns {
         let mut out = Columns::default();
         let mut values = Vec::new();
+        let mut bases = Vec::new();
         let mut prev_id = 0u32;
         let mut prev_start = 0i64;
         for (n, (id, readings)) in runs.into_iter().enumerate() {
@@ -207,9 +243,10 @@ impl Columns {
             prev_start = first.ts_ns;
             let block = ReadingBlock::encode(0, readings);
             out.dods.extend_from_slice(&block.dods);
+            bases.push((values.len(), refs(id)));
             values.extend(readings.iter().map(|r| r.value));
         }
-        out.values = Values::encode(&values);
+        out.values = refs::encode_values(&values, &bases);
         out
     }
 
@@ -222,6 +259,16 @@ impl Columns {
     /// readings, in order. Checks every rule of the columns; never panics.
     pub fn for_each_run(
         &self,
+        f: impl FnMut(u32, &[Reading]) -> Result<(), CompactError>,
+    ) -> Result<(), CompactError> {
+        self.for_each_run_with(|_| None, f)
+    }
+
+    /// As [`Columns::for_each_run`], with each series' values coded
+    /// against its reference value `refs(id)` ([`Columns::encode_with`]).
+    pub fn for_each_run_with(
+        &self,
+        mut refs: impl FnMut(u32) -> Option<f64>,
         mut f: impl FnMut(u32, &[Reading]) -> Result<(), CompactError>,
     ) -> Result<(), CompactError> {
         let series = self.ids.len();
@@ -290,6 +337,7 @@ impl Columns {
                 start.wrapping_add(self.starts[i])
             };
             run.clear();
+            values.start(refs(id));
             let mut t = start;
             let mut d = 0i64;
             for k in 0..self.counts[i] {
@@ -315,6 +363,18 @@ struct ValueCursor<'a> {
     at: usize,
     acc: i64,
     pow: f64,
+}
+
+impl ValueCursor<'_> {
+    /// A series starts: a decimal column's sum restarts at its reference
+    /// value when that has an exact integer at the column's scale.
+    fn start(&mut self, reference: Option<f64>) {
+        if let (Values::Decimal(d), Some(r)) = (self.values, reference)
+            && let Some(n) = crate::batch::scaled_checked(r, d.scale)
+        {
+            self.acc = n;
+        }
+    }
 }
 
 impl<'a> ValueCursor<'a> {
@@ -377,7 +437,23 @@ impl CompactBatch {
     /// [`Batch`], and a cluster publishes it as one.
     pub fn resolve(
         &self,
+        key: impl FnMut(u32) -> Option<SeriesKey>,
+    ) -> Result<Batch, CompactError> {
+        if self.ref_base != 0 {
+            return Err(CompactError::UnknownReference(self.ref_base));
+        }
+        self.resolve_with(key, |_| None, |_, _| {})
+    }
+
+    /// As [`CompactBatch::resolve`], with `refs(id)` the reference value
+    /// the batch's `ref_base` gives series `id`, and `last` called with
+    /// each series' last reading (its reference if the batch sets a
+    /// generation). [`References::resolve`] is the checked way in.
+    pub fn resolve_with(
+        &self,
         mut key: impl FnMut(u32) -> Option<SeriesKey>,
+        refs: impl FnMut(u32) -> Option<f64>,
+        mut last: impl FnMut(u32, f64),
     ) -> Result<Batch, CompactError> {
         if self.aggregates.len() > MAX_BATCH_AGGREGATES {
             return Err(CompactError::TooMany {
@@ -414,8 +490,11 @@ impl CompactBatch {
             Ok(i)
         };
         let mut blocks = Vec::with_capacity(self.readings.ids.len());
-        self.readings.for_each_run(|id, run| {
+        self.readings.for_each_run_with(refs, |id, run| {
             let i = intern(id, &mut batch.series)?;
+            if let Some(r) = run.last() {
+                last(id, r.value);
+            }
             blocks.push(ReadingBlock::encode(i, run));
             Ok(())
         })?;
@@ -433,6 +512,17 @@ impl CompactBatch {
     /// series id `ids[i]`: the inverse of [`CompactBatch::resolve`] (the
     /// agent's encoder; series ids must be distinct).
     pub fn from_batch(batch: &Batch, ids: &[u32]) -> Result<CompactBatch, CompactError> {
+        Self::from_batch_with(batch, ids, |_| None)
+    }
+
+    /// As [`CompactBatch::from_batch`], coding each series' values
+    /// against `refs(id)` ([`Columns::encode_with`]); the caller sets
+    /// `ref_base` (and `ref_sets`) to the generation `refs` is.
+    pub fn from_batch_with(
+        batch: &Batch,
+        ids: &[u32],
+        refs: impl FnMut(u32) -> Option<f64>,
+    ) -> Result<CompactBatch, CompactError> {
         if ids.len() != batch.series.len() {
             return Err(CompactError::Length {
                 what: "series ids",
@@ -466,9 +556,11 @@ impl CompactBatch {
             created_ns: batch.created_ns,
             epoch: batch.epoch,
             resolved_below: batch.resolved_below,
-            readings: Columns::encode(runs.iter().map(|(&id, r)| (id, r.as_slice()))),
+            readings: Columns::encode_with(runs.iter().map(|(&id, r)| (id, r.as_slice())), refs),
             aggregates,
             health: batch.health.clone(),
+            ref_base: 0,
+            ref_sets: 0,
         })
     }
 }

@@ -91,6 +91,11 @@ wire_struct! {
         /// `CompactBatch` and `Definitions` frames only when this is not 0.
         /// 0: this collector takes none (an older collector).
         pub max_series_ids: u32,
+        /// Revision 5: reference generations the collector keeps per
+        /// session (`compact::References`: 2); the agent may code compact
+        /// batches against value references only when this is at least 2.
+        /// 0: this collector takes none (an older collector).
+        pub reference_generations: u32,
     }
 }
 
@@ -259,6 +264,10 @@ pub mod reason {
     /// and the batch's definitions would go past it; resend the batch
     /// self-contained (a `Batch` frame).
     pub const SERIES_IDS_FULL: u16 = 105;
+    /// Revision 5: a compact batch is coded against (or sets a generation
+    /// on top of) a reference generation the session does not hold; the
+    /// agent starts its references afresh and resends the batch.
+    pub const UNKNOWN_REFERENCE: u16 = 106;
 
     /// The code's name, as metrics and the CLI show it (`other` for codes
     /// this version does not know).
@@ -278,6 +287,7 @@ pub mod reason {
             DEDUPE_FULL => "dedupe_full",
             UNKNOWN_SERIES_ID => "unknown_series_id",
             SERIES_IDS_FULL => "series_ids_full",
+            UNKNOWN_REFERENCE => "unknown_reference",
             _ => "other",
         }
     }

@@ -144,7 +144,31 @@ fn welcome() -> Welcome {
         hello_timeout_ms: 10_000,
         status_interval_ms: 10_000,
         max_series_ids: 65_536,
+        reference_generations: 2,
     }
+}
+
+/// The Welcome as a revision-4 collector writes it: fifteen fields.
+fn welcome_fourth_revision() -> Vec<u8> {
+    let w = welcome();
+    codec::to_vec(&(
+        w.protocol,
+        w.collector_version,
+        w.compression,
+        w.max_frame,
+        w.max_streams,
+        w.max_past_ns,
+        w.max_future_ns,
+        w.now_ns,
+        w.max_batch_readings,
+        w.rate_per_sec,
+        w.rate_burst,
+        w.idle_timeout_ms,
+        w.hello_timeout_ms,
+        w.status_interval_ms,
+        w.max_series_ids,
+    ))
+    .unwrap()
 }
 
 /// The Welcome as a revision-3 collector writes it: fourteen fields.
@@ -181,7 +205,8 @@ fn definitions() -> Definitions {
 }
 
 /// Batch 44 in compact form: series ids 0 (four readings 1 s apart) and 1
-/// (two readings 2 s apart, starting with the other's first).
+/// (two readings 2 s apart, starting with the other's first). Revision 5:
+/// coded against no reference, it sets reference generation 1.
 fn compact_batch() -> CompactBatch {
     let t = 1_700_000_000_000_000_000;
     let run = |values: &[f64], step: i64| -> Vec<Reading> {
@@ -204,6 +229,58 @@ fn compact_batch() -> CompactBatch {
         readings: Columns::encode([(0, a.as_slice()), (1, b.as_slice())]),
         aggregates: vec![],
         health: vec![],
+        ref_base: 0,
+        ref_sets: 1,
+    }
+}
+
+/// Batch 44 as a revision-4 agent writes it: seven fields.
+fn compact_batch_fourth_revision() -> Vec<u8> {
+    let c = compact_batch();
+    codec::to_vec(&(
+        c.seq,
+        c.created_ns,
+        c.epoch,
+        c.resolved_below,
+        c.readings,
+        c.aggregates,
+        c.health,
+    ))
+    .unwrap()
+}
+
+/// Batch 45, coded against reference generation 1 (batch 44's last
+/// values: 21.49 for id 0, 40.25 for id 1): id 0 with 21.5, 21.47 at
+/// 1 s steps from 4 s after batch 44's first reading, id 1 with 40.0 then.
+fn compact_batch_referenced() -> CompactBatch {
+    let t = 1_700_000_004_000_000_000;
+    let a = [
+        Reading {
+            ts_ns: t,
+            value: 21.5,
+        },
+        Reading {
+            ts_ns: t + 1_000_000_000,
+            value: 21.47,
+        },
+    ];
+    let b = [Reading {
+        ts_ns: t,
+        value: 40.0,
+    }];
+    let mut refs = ferry_proto::compact::References::default();
+    refs.set(0, 1, &[(0, 21.49), (1, 40.25)]).unwrap();
+    let readings = Columns::encode_with([(0, &a[..]), (1, &b[..])], |id| refs.reference(id, 1));
+    CompactBatch {
+        seq: 45,
+        created_ns: 1_700_000_006_000_000_000,
+        epoch: EPOCH,
+        resolved_below: 0,
+        readings,
+        aggregates: vec![],
+        health: vec![],
+        ref_base: 1,
+        ref_sets: 0,
     }
 }
 
@@ -571,7 +648,7 @@ fn cases() -> Vec<Case> {
         message(
             "welcome",
             "Welcome",
-            "collector accepts zstd, 4 MiB frames, 64 streams; timestamps from 30 days back to 10 min ahead of its clock (2023-11-14T22:13:20Z); 1048576 readings per batch; no rate limit; 6 s idle timeout, 10 s for the hello; a status report every 10 s; compact batches with up to 65536 series ids",
+            "collector accepts zstd, 4 MiB frames, 64 streams; timestamps from 30 days back to 10 min ahead of its clock (2023-11-14T22:13:20Z); 1048576 readings per batch; no rate limit; 6 s idle timeout, 10 s for the hello; a status report every 10 s; compact batches with up to 65536 series ids; value references, 2 generations",
             welcome(),
         ),
         older(
@@ -581,6 +658,17 @@ fn cases() -> Vec<Case> {
             welcome_third_revision,
             Welcome {
                 max_series_ids: 0,
+                reference_generations: 0,
+                ..welcome()
+            },
+        ),
+        older(
+            "welcome_fourth_revision",
+            "Welcome",
+            "the same Welcome from a revision-4 collector (fifteen fields): reference_generations reads as 0, so the agent codes no values against references",
+            welcome_fourth_revision,
+            Welcome {
+                reference_generations: 0,
                 ..welcome()
             },
         ),
@@ -593,13 +681,29 @@ fn cases() -> Vec<Case> {
         message(
             "compact_batch",
             "CompactBatch",
-            "batch 44 of journal epoch 9f3c51e207a4d6b8: series id 0 with 21.5, 21.52, 21.52, 21.49 at 1 s steps from 2023-11-14T22:13:20Z; series id 1 with 40.5, 40.25 at 2 s steps from the same instant",
+            "batch 44 of journal epoch 9f3c51e207a4d6b8: series id 0 with 21.5, 21.52, 21.52, 21.49 at 1 s steps from 2023-11-14T22:13:20Z; series id 1 with 40.5, 40.25 at 2 s steps from the same instant; coded against no reference, it sets reference generation 1 (id 0: 21.49, id 1: 40.25)",
             compact_batch(),
+        ),
+        older(
+            "compact_batch_fourth_revision",
+            "CompactBatch",
+            "batch 44 as a revision-4 agent writes it (seven fields): ref_base and ref_sets read as 0",
+            compact_batch_fourth_revision,
+            CompactBatch {
+                ref_sets: 0,
+                ..compact_batch()
+            },
+        ),
+        message(
+            "compact_batch_referenced",
+            "CompactBatch",
+            "batch 45, coded against reference generation 1: series id 0 with 21.5, 21.47 at 1 s steps from 2023-11-14T22:13:24Z (deltas from its reference 21.49: +1, −3); series id 1 with 40.0 at the same instant (from 40.25: −25)",
+            compact_batch_referenced(),
         ),
         raw(
             "stream_compact",
             "stream frame",
-            "what an agent writes on a batch stream of revision 4 when ids 0 and 1 are new to the session: the definitions frame (type 7), then the compact batch frame (type 8)",
+            "what an agent writes on a batch stream of revision 4 (here of revision 5: batch 44 sets reference generation 1) when ids 0 and 1 are new to the session: the definitions frame (type 7), then the compact batch frame (type 8)",
             compact_stream,
         ),
         message(

@@ -1,6 +1,6 @@
-//! Wire bytes per reading of revision-3 batches and revision-4 compact
-//! batches, on the e2e benchmark's load (agent/benches/e2e/load.rs:
-//! `temperature,device=dNNN,sensor=sN value=XX.YY`, values a random walk in
+//! Wire bytes per reading of revision-3 batches, revision-4 compact
+//! batches and revision-5 compact batches with value references, on the
+//! e2e benchmark's load (agent/benches/e2e/load.rs: `temperature,device=dNNN,sensor=sN value=XX.YY`, values a random walk in
 //! hundredths), cut into batches the way the agent's journal cuts them, and
 //! compressed as the agent compresses them (zstd level 1 with checksum).
 //! Deterministic: fixed seeds, so the figures are exact and asserted.
@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 
 use ferry_proto::batch::{Batch, Reading, ReadingBlock};
-use ferry_proto::compact::{CompactBatch, Definitions};
+use ferry_proto::compact::{CompactBatch, Definitions, References};
 use ferry_proto::series::SeriesKey;
 use ferry_proto::stream::HEADER_LEN;
 
@@ -86,13 +86,68 @@ impl Ids {
     }
 }
 
-/// Sizes of the same batches in both forms: (readings, rev-3 wire bytes,
-/// compact wire bytes, definitions wire bytes).
-fn measure(readings: impl Iterator<Item = (SeriesKey, Reading)>, sizes: &[usize]) -> [usize; 4] {
+/// A batch in flight: the generation it is coded against, the one it
+/// sets, and the last values that one will hold.
+type InFlight = (u64, u64, Vec<(u32, f64)>);
+
+/// Revision 5's value references as the agent's shipper keeps them: a
+/// batch is coded against the latest generation the collector confirmed;
+/// it sets the next one when no other batch setting one is unanswered and
+/// none in flight is coded against the generation before the latest.
+/// Every batch is answered `ack_lag` batches after it is sent (the
+/// batches in flight).
+struct Shipper {
+    refs: References,
+    ack_lag: usize,
+    next_gen: u64,
+    /// In flight, oldest first: (base, sets, last values of a setter).
+    in_flight: std::collections::VecDeque<InFlight>,
+}
+
+impl Shipper {
+    fn new(ack_lag: usize) -> Self {
+        Self {
+            refs: References::default(),
+            ack_lag,
+            next_gen: 1,
+            in_flight: Default::default(),
+        }
+    }
+
+    fn compact(&mut self, batch: &Batch, ids: &[u32]) -> CompactBatch {
+        let previous = self.refs.previous();
+        let pending = self
+            .in_flight
+            .iter()
+            .any(|(base, sets, _)| *sets != 0 || (*base != 0 && *base == previous));
+        let sets = if pending {
+            0
+        } else {
+            self.next_gen += 1;
+            self.next_gen - 1
+        };
+        let (c, last) = self.refs.encode(batch, ids, sets).unwrap();
+        self.in_flight.push_back((c.ref_base, sets, last));
+        while self.in_flight.len() > self.ack_lag {
+            let (base, sets, last) = self.in_flight.pop_front().unwrap();
+            self.refs.set(base, sets, &last).unwrap();
+        }
+        c
+    }
+}
+
+/// Sizes of the same batches in all forms: (readings, rev-3 wire bytes,
+/// compact wire bytes, definitions wire bytes, compact wire bytes with
+/// value references).
+fn measure(
+    readings: impl Iterator<Item = (SeriesKey, Reading)>,
+    sizes: &[usize],
+    mut shipper: Shipper,
+) -> [usize; 5] {
     let mut readings = readings;
     let mut ids = Ids::default();
     let mut defined = std::collections::HashSet::new();
-    let mut out = [0usize; 4];
+    let mut out = [0usize; 5];
     for (seq, &n) in sizes.iter().enumerate() {
         // The journal's batch: a dictionary in first-seen order, one block
         // per series.
@@ -132,6 +187,8 @@ fn measure(readings: impl Iterator<Item = (SeriesKey, Reading)>, sizes: &[usize]
         if !defs.ids.is_empty() {
             out[3] += zstd(&ferry_proto::codec::to_vec(&defs).unwrap());
         }
+        let referenced = shipper.compact(&batch, &series_ids);
+        out[4] += zstd(&ferry_proto::codec::to_vec(&referenced).unwrap());
     }
     out
 }
@@ -147,29 +204,48 @@ fn per(bytes: usize, readings: usize) -> f64 {
 /// with the length of the run).
 #[test]
 fn paced_50k_per_second() {
-    let mut lines = Lines::new(4, 1_700_000_000_000_000_000, 20_000_000);
-    let mut rng = 12345u64;
-    let sizes: Vec<usize> = (0..5_000)
-        .map(|_| {
-            rng = rng
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            70 + (rng >> 33) as usize % 91
-        })
-        .collect();
-    let [n, full, compact, defs] = measure(std::iter::from_fn(|| Some(lines.next())), &sizes);
+    let run = |ack_lag: usize| {
+        let mut lines = Lines::new(4, 1_700_000_000_000_000_000, 20_000_000);
+        let mut rng = 12345u64;
+        let sizes: Vec<usize> = (0..5_000)
+            .map(|_| {
+                rng = rng
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                70 + (rng >> 33) as usize % 91
+            })
+            .collect();
+        let out = measure(
+            std::iter::from_fn(|| Some(lines.next())),
+            &sizes,
+            Shipper::new(ack_lag),
+        );
+        (sizes.len(), out)
+    };
+    // Answers 4 batches (about 9 ms) after sending; and slower.
+    let (batches, [n, full, compact, defs, referenced]) = run(4);
+    let (_, [_, _, _, _, slow]) = run(16);
     println!(
-        "50k/s: {n} readings in {} batches: revision 3 {:.2} bytes/reading, compact {:.2} (+ {:.4} of definitions, once per session)",
-        sizes.len(),
+        "50k/s: {n} readings in {batches} batches: revision 3 {:.2} bytes/reading, compact {:.2} (+ {:.4} of definitions, once per session), compact with value references {:.2} (answers 4 batches behind; {:.2} 16 behind)",
         per(full, n),
         per(compact, n),
-        per(defs, n)
+        per(defs, n),
+        per(referenced, n),
+        per(slow, n),
     );
-    // The figures docs/protocol.md quotes ("Compact batches").
+    // The figures docs/protocol.md quotes ("Compact batches", "Value
+    // references"), and issue 21's goal: at most 2 bytes per reading.
     assert_eq!(
-        format!("{:.2} {:.2}", per(full, n), per(compact, n)),
-        "7.20 2.56"
+        format!(
+            "{:.2} {:.2} {:.2} {:.2}",
+            per(full, n),
+            per(compact, n),
+            per(referenced, n),
+            per(slow, n)
+        ),
+        "7.20 2.58 1.76 1.84"
     );
+    assert!(per(referenced, n) <= 2.0);
 }
 
 /// The full-rate phase: four connections of 250 series writing 2048-line
@@ -190,16 +266,22 @@ fn full_rate() {
         Some(r)
     });
     let sizes = vec![16_384; 40];
-    let [n, full, compact, defs] = measure(readings, &sizes);
+    let [n, full, compact, defs, referenced] = measure(readings, &sizes, Shipper::new(4));
     println!(
-        "full rate: {n} readings in {} batches: revision 3 {:.3} bytes/reading, compact {:.3} (+ {:.4} of definitions)",
+        "full rate: {n} readings in {} batches: revision 3 {:.3} bytes/reading, compact {:.3} (+ {:.4} of definitions), compact with value references {:.3}",
         sizes.len(),
         per(full, n),
         per(compact, n),
-        per(defs, n)
+        per(defs, n),
+        per(referenced, n)
     );
     assert_eq!(
-        format!("{:.3} {:.3}", per(full, n), per(compact, n)),
-        "0.905 0.558"
+        format!(
+            "{:.3} {:.3} {:.3}",
+            per(full, n),
+            per(compact, n),
+            per(referenced, n)
+        ),
+        "0.905 0.558 0.538"
     );
 }

@@ -1,6 +1,7 @@
-//! Protocol revision 4 with the real agent binary and an in-process
-//! collector: small batches go compact, their series defined once per
-//! session; across a collector restart (a new session, definitions sent
+//! Protocol revisions 4 and 5 with the real agent binary and an
+//! in-process collector: small batches go compact, their series defined
+//! once per session and their values coded against value references;
+//! across a collector restart (a new session, definitions sent
 //! again) and a `kill -9` of the agent while shipping, every reading is
 //! stored exactly once.
 
@@ -74,7 +75,15 @@ async fn compact_batches_across_a_collector_restart_and_an_agent_kill_store_ever
     let collector = site.start_collector().await;
     let agent = Proc::spawn(&agent_bin, &args, &dir.join("agent1.log"));
     until("agent up", || async { journaled(admin).await.is_some() }).await;
-    send(influx, t0, 0, N).await;
+    // In two halves: the second goes once every batch of the first is
+    // acknowledged, so coded against the reference generation the first
+    // batch set (a burst goes out before any answer, coded against none).
+    send(influx, t0, 0, N / 2).await;
+    until("first half of phase 1 acknowledged", || async {
+        stored_count(data).await == N / 2 && journaled(admin).await == Some(0)
+    })
+    .await;
+    send(influx, t0, N / 2, N).await;
     until("phase 1 stored", || async { stored_count(data).await == N }).await;
     phase("phase 1 stored");
     let compact = collector
@@ -85,6 +94,14 @@ async fn compact_batches_across_a_collector_restart_and_an_agent_kill_store_ever
         .compact_batches
         .get();
     assert!(compact > 0, "the agent sent compact batches");
+    let referenced = collector
+        .handle
+        .as_ref()
+        .unwrap()
+        .metrics()
+        .referenced_batches
+        .get();
+    assert!(referenced > 0, "values coded against references");
     collector.stop().await;
 
     // 2. The collector is down: the agent journals the next phase; a new
@@ -106,7 +123,12 @@ async fn compact_batches_across_a_collector_restart_and_an_agent_kill_store_ever
     let agent = Proc::spawn(&agent_bin, &args, &dir.join("agent2.log"));
     until("agent back", || async { journaled(admin).await.is_some() }).await;
     phase("agent back");
-    send(influx, t0, 2 * N, 3 * N).await;
+    send(influx, t0, 2 * N, 2 * N + N / 2).await;
+    until("phase 2 and half of phase 3 acknowledged", || async {
+        stored_count(data).await == 2 * N + N / 2 && journaled(admin).await == Some(0)
+    })
+    .await;
+    send(influx, t0, 2 * N + N / 2, 3 * N).await;
     until("all stored", || async { stored_count(data).await >= 3 * N }).await;
     phase("all stored");
     until("agent outbox empty", || async {
@@ -119,6 +141,10 @@ async fn compact_batches_across_a_collector_restart_and_an_agent_kill_store_ever
     assert!(
         metrics.compact_batches.get() > 0,
         "compact after the restart too"
+    );
+    assert!(
+        metrics.referenced_batches.get() > 0,
+        "values coded against references after the restart too"
     );
     let series = stored(data, "temp_c").await.unwrap();
     assert_eq!(series.len(), SERIES);

@@ -9,6 +9,11 @@
 //! any session can send it, compact or not — and the ids need no
 //! persistence: a new session numbers afresh and defines again.
 //!
+//! When the Welcome also announced `reference_generations` (revision 5),
+//! the values are coded against the session's value references
+//! ([`refs`]): each series' values against its own value in an earlier
+//! batch of the session.
+//!
 //! Only batches of at most [`MAX_COMPACT_READINGS`] readings are rewritten:
 //! eager batches at moderate rates (a few hundred readings, one per series)
 //! are where the keys are most of the bytes; full batches keep their
@@ -18,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 
 use ferry_proto::batch::Batch;
 use ferry_proto::codec;
-use ferry_proto::compact::{CompactBatch, Definitions};
+use ferry_proto::compact::Definitions;
 use ferry_proto::series::SeriesKey;
 use ferry_proto::session::{Ack, Welcome, reason, status};
 use ferry_proto::stream::{self, FrameType, compression};
@@ -26,6 +31,8 @@ use ferry_proto::stream::{self, FrameType, compression};
 use crate::journal::StoredBatch;
 
 use super::flight::{ProtocolError, batch_frame};
+
+pub mod refs;
 
 /// Largest batch (raw readings) sent compact.
 pub const MAX_COMPACT_READINGS: usize = 4096;
@@ -50,6 +57,8 @@ pub struct SessionIds {
     /// Batches the collector asked to receive self-contained
     /// (`SERIES_IDS_FULL`), by outbox seq.
     full: HashSet<u64>,
+    /// Value references (revision 5).
+    refs: refs::SessionRefs,
 }
 
 impl SessionIds {
@@ -57,6 +66,7 @@ impl SessionIds {
     pub fn new(welcome: &Welcome) -> Self {
         Self {
             limit: welcome.max_series_ids.min(MAX_SESSION_IDS),
+            refs: refs::SessionRefs::new(welcome),
             ..Self::default()
         }
     }
@@ -118,7 +128,7 @@ impl SessionIds {
                 defs.keys.push(key.clone());
             }
         }
-        let compact = CompactBatch::from_batch(&batch, &ids).ok()?;
+        let (compact, coded) = self.refs.encode(&batch, &ids).ok()?;
         let mut out = Vec::new();
         if !defs.ids.is_empty() {
             write(
@@ -135,6 +145,7 @@ impl SessionIds {
             &codec::to_vec(&compact).ok()?,
             zstd,
         );
+        self.refs.sent(stored.seq, coded);
         Some(out)
     }
 
@@ -143,12 +154,22 @@ impl SessionIds {
     /// the answer.
     pub fn answered(&mut self, seq: u64, frame: FrameType, body: &[u8]) {
         let defined = self.defined.remove(&seq);
-        if frame != FrameType::Ack {
-            return;
-        }
-        let Ok(ack) = codec::from_bytes::<Ack>("Ack", body) else {
+        let ack = match frame {
+            FrameType::Ack => codec::from_bytes::<Ack>("Ack", body).ok(),
+            _ => None,
+        };
+        let Some(ack) = ack else {
+            self.refs.answered(seq, refs::Answered::Other);
             return;
         };
+        self.refs.answered(
+            seq,
+            match (ack.status, ack.code) {
+                (status::STORED | status::DUPLICATE, _) => refs::Answered::Resolved,
+                (_, reason::UNKNOWN_REFERENCE) => refs::Answered::UnknownReference,
+                _ => refs::Answered::Other,
+            },
+        );
         match (ack.status, ack.code) {
             (status::STORED | status::DUPLICATE, _) => {
                 self.known.extend(defined.into_iter().flatten());

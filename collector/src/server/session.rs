@@ -299,6 +299,7 @@ async fn session(
         hello_timeout_ms: millis(shared.config.quic.hello_timeout),
         status_interval_ms: millis(STATUS_INTERVAL),
         max_series_ids: crate::series_ids::MAX_SERIES_IDS,
+        reference_generations: ferry_proto::compact::refs::REFERENCE_GENERATIONS,
     };
     let mut frame = Vec::new();
     write_frame(

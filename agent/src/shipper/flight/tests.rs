@@ -64,6 +64,7 @@ fn welcome_msg(max_streams: u32, compression: u8) -> Welcome {
         hello_timeout_ms: 0,
         status_interval_ms: 0,
         max_series_ids: 0,
+        reference_generations: 0,
     }
 }
 
