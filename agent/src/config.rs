@@ -211,7 +211,7 @@ pub struct AgentSection {
     /// collector refuses them one by one (counted at the collector).
     pub check_timestamps: bool,
     /// One bound for series-key caches, connection buffers, chunks waiting
-    /// for their commit, the batch being filled and window state (`"12 MiB"`
+    /// for their commit, the batch being filled and window state (`"8 MiB"`
     /// or bytes); by default what a 32 MiB agent has
     /// left after the journal's page cache and a fixed reserve
     /// ([`crate::limits::default_budget`]).

@@ -28,8 +28,23 @@ use std::sync::Mutex;
 
 /// Path of workspace binary `name` (`ferry-agent`, `ferry-collector`),
 /// built from the current tree for this test's profile.
+///
+/// `FERRY_TEST_AGENT_BIN=<path>` runs that agent binary instead (e.g. the
+/// `edge` build gateways get, to measure it: agent/README.md); nothing is
+/// built for it, and the test prints which binary it runs.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: Mutex<bool> = Mutex::new(false);
+    if let Some(given) = std::env::var_os("FERRY_TEST_AGENT_BIN").filter(|_| name == "ferry-agent")
+    {
+        let path = PathBuf::from(given);
+        assert!(
+            path.is_file(),
+            "FERRY_TEST_AGENT_BIN={}: no such file",
+            path.display()
+        );
+        eprintln!("FERRY_TEST_AGENT_BIN: running {}", path.display());
+        return path;
+    }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>
     let profile_dir = exe

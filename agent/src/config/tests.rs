@@ -24,7 +24,7 @@ fn memory_budget_and_connection_limits() {
     assert_eq!(c.agent.memory_budget, None);
     assert_eq!(
         c.agent.memory_budget(c.journal.cache),
-        12 << 20,
+        8 << 20,
         "a 32 MiB agent with a 4 MiB page cache"
     );
     let text = format!(

@@ -4,8 +4,8 @@ use super::*;
 
 #[test]
 fn default_leaves_sources_the_rest_of_a_32_mib_agent() {
-    assert_eq!(default_budget(4 << 20), 12 << 20);
-    assert_eq!(default_budget(0), 16 << 20);
+    assert_eq!(default_budget(4 << 20), 8 << 20);
+    assert_eq!(default_budget(0), 12 << 20);
     assert_eq!(default_budget(64 << 20), MIN_DEFAULT_BYTES);
 }
 
