@@ -69,8 +69,8 @@ use crate::journal::Work;
 
 /// Most log lines per connection per this period.
 const WARN_PERIOD: Duration = Duration::from_secs(1);
-/// How often UDP retries handing over pending drop counts when no datagram
-/// comes to carry them.
+/// How long after a loss UDP retries handing over pending drop counts when
+/// no datagram comes to carry them first.
 const UDP_HEALTH_RETRY: Duration = Duration::from_millis(100);
 /// Most distinct origins with pending UDP drop counts; further origins'
 /// counts go to the source's name, so the map stays bounded.

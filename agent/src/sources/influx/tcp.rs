@@ -8,20 +8,23 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ferry_clock::{Backoff, Clock, SystemClock};
-use ferry_proto::health;
+use ferry_clock::{Clock, SystemClock, until};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
+use self::closes::{CloseReport, Closes, Report};
+use self::submit::{ChunkSubmission, FIRST_RETRY_PAUSE, Step};
 use super::{
     InfluxConfig, LIMIT_LOG_PERIOD, SourceStats, WarnLimit, chunk_work, parse_pieces_within,
 };
-use crate::intake::{Intake, Refused, SubmitError};
-use crate::journal::Work;
+use crate::intake::Intake;
 use crate::limits::{CHUNK_HOLD, Charge, Hold, heap_within, held_bytes};
 use crate::sources::conn::{Closed, ConnectionTable, Deadlines, LogLimit};
 use crate::sources::line::{Chunk, Chunker, KeyCache, Parsed};
+
+mod closes;
+mod submit;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
@@ -29,10 +32,6 @@ const READ_SIZE: usize = 64 * 1024;
 /// buffer holds this much (with [`InfluxConfig::chunk_lines`], this bounds a
 /// connection's buffer to about `CHUNK_BYTES + READ_SIZE`, plus one line).
 const CHUNK_BYTES: usize = 256 * 1024;
-/// First pause before resubmitting work the journal refused; doubles up to
-/// [`MAX_RETRY_PAUSE`] ([`Backoff`]).
-const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
 /// Serves line protocol on `listener` until `shutdown` completes, then
 /// stops reading, lets in-flight submissions finish and returns when every
 /// connection has closed.
@@ -51,8 +50,8 @@ pub async fn run_tcp(
     let mut accept_log = LogLimit::new(LIMIT_LOG_PERIOD);
     let mut connections = JoinSet::new();
     let closes = tokio::spawn(report_closes(
-        cfg.name.clone(),
-        cfg.closes_period,
+        CloseReport::new(&cfg.name, cfg.closes_period, clock.now_ns()),
+        clock.clone(),
         intake.clone(),
         stats.clone(),
         stop_rx.clone(),
@@ -122,46 +121,27 @@ pub async fn run_tcp(
 }
 
 /// Journals the connections the listener closed (at its limit: health kind
-/// 13; timed out: kind 14) as `stats` counts them, at most every
-/// `period` ([`InfluxConfig::closes_period`]) and once more when the listener stops, so they reach
-/// the collector, not only `/metrics`. What a failed commit did not journal
-/// is journaled with the next.
+/// 13; timed out: kind 14) as `stats` counts them, when [`CloseReport`]
+/// says (at most every [`InfluxConfig::closes_period`], and once more when
+/// the listener stops), so they reach the collector, not only `/metrics`.
 async fn report_closes(
-    source: String,
-    period: Duration,
+    mut report: CloseReport,
+    clock: Arc<dyn Clock>,
     intake: Intake,
     stats: Arc<SourceStats>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let (mut evicted, mut timed_out) = (0u64, 0u64);
-    // The first report a period from now (an interval's first tick is
-    // immediate).
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let wait = until(clock.now_ns(), report.poll_due());
         let stopping = tokio::select! {
-            _ = tick.tick() => false,
+            _ = tokio::time::sleep(wait) => false,
             _ = stop.changed() => true,
         };
-        let now_evicted = stats.connections_evicted();
-        let now_timed_out = stats.idle_timeouts() + stats.line_timeouts();
-        let mut work = Work::default();
-        if now_evicted > evicted {
-            work.health.push((
-                source.clone(),
-                health::CONNECTIONS_EVICTED,
-                now_evicted - evicted,
-            ));
-        }
-        if now_timed_out > timed_out {
-            work.health.push((
-                source.clone(),
-                health::CONNECTIONS_TIMED_OUT,
-                now_timed_out - timed_out,
-            ));
-        }
-        if !work.health.is_empty() && intake.submit(work).await.is_ok() {
-            (evicted, timed_out) = (now_evicted, now_timed_out);
+        if let Some(Report { work, counts }) =
+            report.poll_report(clock.now_ns(), stopping, Closes::of(&stats))
+            && intake.submit(work).await.is_ok()
+        {
+            report.handle_journaled(counts);
         }
         if stopping {
             break;
@@ -444,43 +424,20 @@ impl Connection {
         if work.is_empty() {
             return true;
         }
-        let mut pause = Backoff::new(FIRST_RETRY_PAUSE, MAX_RETRY_PAUSE);
+        let mut chunk = ChunkSubmission::new(lines, readings);
         let mut work = work;
         loop {
-            match self.intake.submit_or_return(work).await {
-                Ok(_) => {
-                    self.stats.add(&self.stats.lines_accepted, lines);
-                    self.stats.add(&self.stats.readings_accepted, readings);
-                    return true;
-                }
-                Err(Refused {
-                    error: SubmitError::Shutdown,
-                    ..
-                }) => {
-                    self.stats.add(&self.stats.dropped_readings, readings);
-                    return false;
-                }
-                Err(Refused { error, work: None }) => {
-                    // The commit holding the chunk failed in storage: the
-                    // journal cannot take it now, and the sender has no
-                    // acknowledgement to wait for. Closing the connection
-                    // tells it something went wrong.
-                    tracing::error!(source = %self.cfg.name, peer = %self.peer, %error, readings,
-                        "journal commit failed; chunk dropped and connection closed");
-                    self.stats.add(&self.stats.dropped_readings, readings);
-                    return false;
-                }
-                Err(Refused {
-                    error,
-                    work: Some(back),
-                }) => {
+            let answer = self.intake.submit_or_return(work).await.map(|_| ());
+            let now = self.clock.now_ns();
+            match chunk.handle_answer(now, answer, &self.stats, &self.cfg.name, self.peer) {
+                Step::Committed => return true,
+                Step::Close => return false,
+                Step::RetryAt { at, work: back } => {
                     work = *back;
-                    tracing::debug!(source = %self.cfg.name, peer = %self.peer, %error,
-                        "journal refused a chunk; pausing this connection");
                     tokio::select! {
-                        _ = tokio::time::sleep(pause.next_delay()) => {}
+                        _ = tokio::time::sleep(until(self.clock.now_ns(), at)) => {}
                         _ = stopped(&mut self.stop) => {
-                            self.stats.add(&self.stats.dropped_readings, readings);
+                            chunk.handle_stop(&self.stats);
                             return false;
                         }
                     }

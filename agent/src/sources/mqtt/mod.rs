@@ -40,26 +40,28 @@
 //!   field and tag names become `_`.
 //! - **Malformed payloads** are counted by reason ([`payload::Malformed`],
 //!   `ferry_agent_mqtt_malformed_total{reason=…}`) and reported to the
-//!   collector as [`health::REJECTED_INPUT`] for the source; the message is
+//!   collector as [`REJECTED_INPUT`](ferry_proto::health::REJECTED_INPUT) for the source; the message is
 //!   acknowledged after the commit holding that count (a bad payload is not
 //!   redelivered forever).
+//! - **Structure.** `pipeline.rs` holds the decisions (what to commit, when
+//!   to ack which packet, when to resubmit, when to reconnect), sans-IO
+//!   with fake-clock tests; [`run`] here only moves packets, journal
+//!   answers and timers between it and rumqttc.
 //! - **TLS** (`tls = true`, with `ca` for a private CA, else the system's
 //!   roots) on rustls with ring; `username`/`password`.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
-use ferry_clock::{Backoff, Clock, SystemClock};
-use ferry_proto::health;
+use ferry_clock::{Clock, SystemClock, until};
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
 mod config;
 pub mod dedupe;
 pub mod payload;
+mod pipeline;
 mod stats;
 
 pub use config::{
@@ -67,45 +69,16 @@ pub use config::{
 };
 pub use stats::MqttStats;
 
-use self::dedupe::{Dedupe, Verdict, message_hash};
-use self::payload::{Decoded, Malformed, decode};
-use crate::intake::{Intake, Refused, SubmitError};
+use self::dedupe::Dedupe;
+use self::pipeline::{AckSent, Flow, MAX_BATCH, Pipeline, Reconnect};
+use crate::intake::{Intake, Refused};
 use crate::journal::Work;
-use crate::sources::line::KeyCache;
 
 /// Messages forwarded from the connection to the decoder before the
 /// connection stops being read.
 const FORWARD_QUEUE: usize = 1024;
 /// The largest packet the client reads (Mosquitto's own limit).
 const MAX_PACKET: usize = 268_435_455;
-/// Most messages per journal submission.
-const MAX_BATCH: usize = 4096;
-const FIRST_RETRY_PAUSE: Duration = Duration::from_millis(10);
-const MAX_RETRY_PAUSE: Duration = Duration::from_secs(1);
-const FIRST_RECONNECT_PAUSE: Duration = Duration::from_millis(50);
-const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
-/// Most connection-error log lines per this period.
-const WARN_PERIOD: Duration = Duration::from_secs(10);
-
-/// A batch being built or committed: its work, the messages to acknowledge
-/// after its commit, and the marks it carries.
-#[derive(Default)]
-struct Batch {
-    work: Work,
-    acks: Vec<Publish>,
-    marks: Vec<u16>,
-    messages: u64,
-    readings: u64,
-    strings: u64,
-    malformed: Vec<Malformed>,
-    refusals: u32,
-}
-
-impl Batch {
-    fn is_empty(&self) -> bool {
-        self.acks.is_empty() && self.work.is_empty()
-    }
-}
 
 type Commit = Pin<Box<dyn Future<Output = Result<(), Refused>> + Send>>;
 
@@ -130,39 +103,32 @@ pub async fn run(
     // this task, never waiting on the event loop.
     let (client, eventloop) = AsyncClient::new(options, 2 * MAX_BATCH);
     let (tx, rx) = mpsc::channel(FORWARD_QUEUE);
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let connection = tokio::spawn(drive(
         eventloop,
         client.clone(),
         cfg.clone(),
         tx,
         stats.clone(),
+        clock.clone(),
     ));
-    let source = Source {
-        dedupe: Dedupe::load(&cfg.name, &marks),
-        cfg,
-        intake,
-        stats,
-        client,
-        clock: Arc::new(SystemClock),
-        keys: KeyCache::default(),
-        unsent: VecDeque::new(),
-    };
-    source.process(rx, shutdown).await;
+    let pipeline = Pipeline::new(cfg.clone(), Dedupe::load(&cfg.name, &marks), stats);
+    process(pipeline, &cfg.name, &client, &intake, &*clock, rx, shutdown).await;
     connection.abort();
     let _ = connection.await;
 }
 
-/// Polls the connection; forwards PUBLISHes; subscribes on each ConnAck.
+/// Polls the connection; forwards PUBLISHes; subscribes on each ConnAck;
+/// after an error, waits as [`Reconnect`] says.
 async fn drive(
     mut eventloop: EventLoop,
     client: AsyncClient,
     cfg: MqttConfig,
     tx: mpsc::Sender<Publish>,
     stats: Arc<MqttStats>,
+    clock: Arc<dyn Clock>,
 ) {
-    let mut pause = Backoff::new(FIRST_RECONNECT_PAUSE, MAX_RECONNECT_PAUSE);
-    let mut last_warn: Option<tokio::time::Instant> = None;
-    let mut suppressed = 0u64;
+    let mut reconnect = Reconnect::default();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -171,7 +137,7 @@ async fn drive(
                 }
             }
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                pause = Backoff::new(FIRST_RECONNECT_PAUSE, MAX_RECONNECT_PAUSE);
+                reconnect.handle_connected();
                 stats.add(&stats.connections, 1);
                 tracing::info!(source = %cfg.name, broker = %cfg.broker,
                     session_present = ack.session_present, "connected to the MQTT broker");
@@ -186,194 +152,54 @@ async fn drive(
             Ok(_) => {}
             Err(e) => {
                 stats.add(&stats.connection_errors, 1);
-                let now = tokio::time::Instant::now();
-                if last_warn.is_none_or(|t| now.duration_since(t) >= WARN_PERIOD) {
+                let (at, log) = reconnect.handle_error(clock.now_ns());
+                if let Some(suppressed) = log {
                     tracing::warn!(source = %cfg.name, broker = %cfg.broker, error = %e,
                         suppressed, "MQTT connection failed; reconnecting");
-                    last_warn = Some(now);
-                    suppressed = 0;
-                } else {
-                    suppressed += 1;
                 }
-                tokio::time::sleep(pause.next_delay()).await;
+                tokio::time::sleep(until(clock.now_ns(), at)).await;
             }
         }
     }
 }
 
-struct Source {
-    cfg: MqttConfig,
-    intake: Intake,
-    stats: Arc<MqttStats>,
-    client: AsyncClient,
-    clock: Arc<dyn Clock>,
-    keys: KeyCache,
-    dedupe: Dedupe,
-    /// Acks the client's queue had no room for yet.
-    unsent: VecDeque<Publish>,
-}
-
-impl Source {
-    async fn process(
-        mut self,
-        mut rx: mpsc::Receiver<Publish>,
-        shutdown: impl Future<Output = ()>,
-    ) {
-        tokio::pin!(shutdown);
-        let mut building = Batch::default();
-        let mut committing: Option<(Batch, Commit)> = None;
-        loop {
-            self.flush_acks();
-            if committing.is_none() && !building.is_empty() {
-                let mut batch = std::mem::take(&mut building);
-                let commit = self.submit(std::mem::take(&mut batch.work));
-                committing = Some((batch, commit));
+/// Moves messages into `pipeline`, its work to the journal and its acks to
+/// the client, and sleeps until it asks to be woken, until `shutdown`.
+/// Uncommitted messages stay unacknowledged: redelivered next time.
+async fn process(
+    mut pipeline: Pipeline,
+    source: &str,
+    client: &AsyncClient,
+    intake: &Intake,
+    clock: &dyn Clock,
+    mut rx: mpsc::Receiver<Publish>,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut commit: Option<Commit> = None;
+    loop {
+        let now = clock.now_ns();
+        pipeline.flush_acks(now, |p| match client.try_ack(p) {
+            Ok(()) => AckSent::Queued,
+            Err(rumqttc::ClientError::TryRequest(_)) => AckSent::Full,
+            Err(e) => {
+                tracing::debug!(source, error = %e, "ack not sent");
+                AckSent::Gone
             }
-            let room = building.acks.len() < MAX_BATCH;
-            let acks_waiting = !self.unsent.is_empty();
-            tokio::select! {
-                _ = &mut shutdown => break,
-                // The client's request queue was full: try again shortly.
-                _ = tokio::time::sleep(FIRST_RETRY_PAUSE), if acks_waiting => {}
-                Some(p) = rx.recv(), if room => self.receive(p, &mut building),
-                done = async { committing.as_mut().expect("guarded").1.as_mut().await }, if committing.is_some() => {
-                    let (batch, _) = committing.take().expect("guarded");
-                    match done {
-                        Ok(()) => self.committed(batch),
-                        Err(Refused { error: SubmitError::Shutdown, .. }) => break,
-                        Err(Refused { error, work: Some(work) }) => {
-                            // Full: the same batch again after a pause; no
-                            // new messages meanwhile (the broker holds them).
-                            tracing::debug!(source = %self.cfg.name, %error, "journal refused a batch; pausing");
-                            let mut batch = batch;
-                            let intake = self.intake.clone();
-                            let pause = batch_pause(&mut batch);
-                            let commit: Commit = Box::pin(async move {
-                                tokio::time::sleep(pause).await;
-                                submit_work(intake, *work).await
-                            });
-                            committing = Some((batch, commit));
-                        }
-                        Err(Refused { error, work: None }) => {
-                            // Not acknowledged: the broker redelivers these
-                            // messages on the next connection.
-                            tracing::error!(source = %self.cfg.name, %error, messages = batch.acks.len(),
-                                "journal commit failed; messages left unacknowledged");
-                            self.dedupe.forget(&batch.marks);
-                        }
-                    }
-                }
-            }
+        });
+        if commit.is_none()
+            && let Some(work) = pipeline.poll_submit(now)
+        {
+            commit = Some(Box::pin(submit_work(intake.clone(), work)));
         }
-        // Uncommitted messages stay unacknowledged: redelivered next time.
-    }
-
-    fn receive(&mut self, p: Publish, batch: &mut Batch) {
-        if p.qos != QoS::AtMostOnce {
-            let hash = message_hash(&p.topic, &p.payload);
-            match self.dedupe.receive(p.pkid, p.dup, hash) {
-                Verdict::AckNow => {
-                    self.stats.add(&self.stats.redeliveries_skipped, 1);
-                    self.ack(p);
-                    return;
-                }
-                Verdict::AckAfterCommit => {
-                    self.stats.add(&self.stats.redeliveries_skipped, 1);
-                    batch.acks.push(p);
-                    return;
-                }
-                Verdict::Store => {
-                    batch.work.marks.push(self.dedupe.record(p.pkid, hash));
-                    batch.marks.push(p.pkid);
-                }
-            }
-        }
-        let decoded = if p.payload.len() > self.cfg.max_message_bytes {
-            Decoded {
-                malformed: vec![Malformed::TooLarge],
-                ..Decoded::default()
-            }
-        } else {
-            decode(
-                &self.cfg,
-                &mut self.keys,
-                &p.topic,
-                &p.payload,
-                self.clock.now_ns(),
-            )
-        };
-        batch.messages += 1;
-        batch.readings += decoded
-            .readings
-            .iter()
-            .map(|g| g.readings.len() as u64)
-            .sum::<u64>();
-        batch.strings += decoded.strings_skipped;
-        if !decoded.malformed.is_empty() {
-            let n = decoded.malformed.len() as u64;
-            match batch
-                .work
-                .health
-                .iter_mut()
-                .find(|(_, kind, _)| *kind == health::REJECTED_INPUT)
-            {
-                Some(h) => h.2 += n,
-                None => batch
-                    .work
-                    .health
-                    .push((self.cfg.name.clone(), health::REJECTED_INPUT, n)),
-            }
-            batch.malformed.extend(decoded.malformed);
-        }
-        if decoded.strings_skipped > 0 {
-            batch.work.health.push((
-                self.cfg.name.clone(),
-                health::SKIPPED_STRING_FIELDS,
-                decoded.strings_skipped,
-            ));
-        }
-        batch.work.readings.extend(decoded.readings);
-        if p.qos != QoS::AtMostOnce {
-            batch.acks.push(p);
-        }
-    }
-
-    fn submit(&self, work: Work) -> Commit {
-        Box::pin(submit_work(self.intake.clone(), work))
-    }
-
-    fn committed(&mut self, batch: Batch) {
-        self.dedupe.committed(&batch.marks);
-        let s = &self.stats;
-        s.add(&s.messages, batch.messages);
-        s.add(&s.readings_accepted, batch.readings);
-        s.add(&s.string_fields_skipped, batch.strings);
-        for m in batch.malformed {
-            let i = Malformed::ALL.iter().position(|r| *r == m).unwrap_or(0);
-            s.add(&s.malformed[i], 1);
-        }
-        for p in batch.acks {
-            self.ack(p);
-        }
-    }
-
-    fn ack(&mut self, p: Publish) {
-        self.unsent.push_back(p);
-        self.flush_acks();
-    }
-
-    fn flush_acks(&mut self) {
-        while let Some(p) = self.unsent.front() {
-            match self.client.try_ack(p) {
-                Ok(()) => {
-                    self.unsent.pop_front();
-                }
-                Err(rumqttc::ClientError::TryRequest(_)) => break,
-                Err(e) => {
-                    // The event loop is gone (stopping): the broker
-                    // redelivers, and the marks recognise the messages.
-                    tracing::debug!(source = %self.cfg.name, error = %e, "ack not sent");
-                    self.unsent.clear();
+        let wake = pipeline.poll_wake().map(|at| until(now, at));
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = sleep_for(wake) => {}
+            Some(p) = rx.recv(), if pipeline.has_room() => pipeline.handle_publish(clock.now_ns(), p),
+            done = async { commit.as_mut().expect("guarded").as_mut().await }, if commit.is_some() => {
+                commit = None;
+                if pipeline.handle_answer(clock.now_ns(), done) == Flow::Stop {
                     break;
                 }
             }
@@ -381,14 +207,14 @@ impl Source {
     }
 }
 
-async fn submit_work(intake: Intake, work: Work) -> Result<(), Refused> {
-    intake.submit_or_return(work).await.map(|_| ())
+/// Resolves after `wait`; never without one.
+async fn sleep_for(wait: Option<std::time::Duration>) {
+    match wait {
+        Some(wait) => tokio::time::sleep(wait).await,
+        None => std::future::pending().await,
+    }
 }
 
-/// The pause before resubmitting a refused batch: doubles per refusal of
-/// the same batch, up to [`MAX_RETRY_PAUSE`].
-fn batch_pause(batch: &mut Batch) -> Duration {
-    let pause = FIRST_RETRY_PAUSE.saturating_mul(1 << batch.refusals.min(16));
-    batch.refusals += 1;
-    pause.min(MAX_RETRY_PAUSE)
+async fn submit_work(intake: Intake, work: Work) -> Result<(), Refused> {
+    intake.submit_or_return(work).await.map(|_| ())
 }
