@@ -58,7 +58,8 @@ pub fn split_block(block: &ReadingBlock) -> Result<Vec<(i64, ReadingBlock)>, Blo
 /// larger than a page get leaves of their own in redb's B-tree, and mixed
 /// with the small chunks of live ingest they leave most pages nearly empty
 /// (measured: 33 bytes per reading on disk instead of 3). 1024 slowly
-/// varying readings encode to about 2 KiB, half a page.
+/// varying readings encode to about 2 KiB plain, half a page, and to far
+/// less compressed ([`encode_settled`]).
 pub const MAX_CHUNK_READINGS: usize = 1024;
 
 /// Encodes sorted readings of one series into per-bucket chunk blocks of at
