@@ -214,15 +214,27 @@ pub fn aggregate_of(start_ns: i64, len_ns: u64, value: f64) -> WindowAggregate {
 }
 
 /// Folds sorted readings into aligned windows of `len_ns`, in time order.
+/// Each reading is added in place: the same window as merging
+/// [`aggregate_of`] the reading into it ([`merge_aggregate`]), without a
+/// sketch allocated per reading.
 pub fn downsample(readings: &[Reading], len_ns: u64) -> Vec<WindowAggregate> {
     let span = i64::try_from(len_ns).unwrap_or(i64::MAX).max(1);
     let mut out: Vec<WindowAggregate> = Vec::new();
     for r in readings {
         let start = align(r.ts_ns, span);
-        let one = aggregate_of(start, len_ns, r.value);
         match out.last_mut() {
-            Some(acc) if acc.start_ns == start => merge_aggregate(acc, &one),
-            _ => out.push(one),
+            Some(acc) if acc.start_ns == start => {
+                let v = r.value;
+                acc.count = acc.count.saturating_add(1);
+                acc.sum += v;
+                acc.min = acc.min.min(v);
+                acc.max = acc.max.max(v);
+                acc.last = v;
+                if let Some(s) = &mut acc.sketch {
+                    s.add(v);
+                }
+            }
+            _ => out.push(aggregate_of(start, len_ns, r.value)),
         }
     }
     out
@@ -320,6 +332,58 @@ mod tests {
         assert!(decode(&other).unwrap_err().to_string().contains("codec 2"));
         let cut = &settled[..settled.len() - 3];
         assert!(decode(cut).is_err());
+    }
+
+    #[test]
+    fn downsampling_in_place_equals_merging_one_reading_windows() {
+        // The fold downsample replaced, kept as the reference.
+        fn by_merging(readings: &[Reading], len_ns: u64) -> Vec<WindowAggregate> {
+            let span = i64::try_from(len_ns).unwrap().max(1);
+            let mut out: Vec<WindowAggregate> = Vec::new();
+            for r in readings {
+                let start = align(r.ts_ns, span);
+                let one = aggregate_of(start, len_ns, r.value);
+                match out.last_mut() {
+                    Some(acc) if acc.start_ns == start => merge_aggregate(acc, &one),
+                    _ => out.push(one),
+                }
+            }
+            out
+        }
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut t = -5_000;
+        let rs: Vec<Reading> = (0..5_000)
+            .map(|_| {
+                t += (next() % 40) as i64;
+                let value = match next() % 10 {
+                    0 => f64::NAN,
+                    1 => -0.0,
+                    2 => -((next() % 1000) as f64) / 7.0,
+                    3 => 1e-300,
+                    _ => (next() % 100_000) as f64 / 100.0,
+                };
+                r(t, value)
+            })
+            .collect();
+        for len in [1, 7, 60, 1_000, 100_000] {
+            let (a, b) = (downsample(&rs, len), by_merging(&rs, len));
+            assert_eq!(a.len(), b.len());
+            for (a, b) in a.iter().zip(&b) {
+                assert_eq!(
+                    (a.start_ns, a.len_ns, a.count, &a.sketch),
+                    (b.start_ns, b.len_ns, b.count, &b.sketch)
+                );
+                let bits =
+                    |w: &WindowAggregate| [w.sum, w.min, w.max, w.first, w.last].map(f64::to_bits);
+                assert_eq!(bits(a), bits(b));
+            }
+        }
     }
 
     #[test]
