@@ -63,6 +63,8 @@ struct Checkpoint {
     file: u64,
     disk: u64,
     fill_rate: f64,
+    /// Where the file's bytes go.
+    footprint: Option<ferry_collector::store::Footprint>,
     /// (query, on how many series, p50 ms, p99 ms, points answered) or why
     /// it was refused.
     queries: Vec<QueryRow>,
@@ -193,7 +195,9 @@ fn main() {
         if checkpoints.contains(&(h + 1)) {
             let fill_rate = readings as f64 / started.elapsed().as_secs_f64();
             let queries = measure(&store, &query_limits, now, series);
+            let footprint = store.footprint().ok();
             results.push(Checkpoint {
+                footprint,
                 days: (h + 1) as f64 / 24.0,
                 readings,
                 file: store.file_bytes(),
@@ -226,6 +230,26 @@ fn main() {
             },
             c.fill_rate
         );
+        if let Some(f) = &c.footprint {
+            let per = |b: u64| b as f64 / c.readings as f64;
+            println!(
+                "               where the bytes go, per reading: chunk payload {:.2}, staged payload {:.2}; on disk besides the tables below (free pages, other tables, redb's own) {:.2}",
+                per(f.chunk_payload),
+                per(f.staged_payload),
+                per(c.disk.saturating_sub(f.file - f.other()))
+            );
+            for t in &f.tables {
+                println!(
+                    "                 {:<15} {:>10} rows  {:.3} (keys and values {:.3}, page overhead {:.3}, unused page bytes {:.3})",
+                    t.name,
+                    t.rows,
+                    per(t.total()),
+                    per(t.stored),
+                    per(t.overhead),
+                    per(t.slack)
+                );
+            }
+        }
         for (what, n, r) in &c.queries {
             match r {
                 Ok((p50, p99, points)) => println!(

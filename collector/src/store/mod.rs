@@ -14,6 +14,7 @@ mod bundle;
 mod chunk;
 pub mod dedupe;
 mod events;
+mod footprint;
 mod maintain;
 mod read;
 mod write;
@@ -32,6 +33,7 @@ pub(crate) use chunk::{decode as decode_chunk, encode as encode_chunk, split_blo
 pub use dedupe::EpochRecord;
 pub(crate) use events::append_log;
 pub use events::{AlertFilter, CursorRecord, FanoutCommit, SinkCommit};
+pub use footprint::{Footprint, TableBytes};
 pub use maintain::{COMPACT_SETTLE_NS, MaintenanceReport, MaintenanceWork, RetentionPlan};
 pub use read::{Presence, SeriesData, Want};
 pub use write::{
