@@ -15,8 +15,20 @@ use super::StorageSink;
 use crate::fanout::LagPolicy;
 use crate::fanout::run::commit_sink;
 use crate::server::Shared;
-use crate::store::{CursorRecord, SinkCommit};
+use crate::store::{CursorRecord, SinkCommit, StoreError};
 use crate::writer::WriterError;
+
+/// Why the event log could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeedError {
+    /// The store refused the read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The blocking read did not finish.
+    #[error("reading the event log: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
 
 /// Entries read from the log per store read at most.
 pub(crate) const READ_ENTRIES: usize = 256;
@@ -195,7 +207,7 @@ impl Feed {
         &mut self,
         after: u64,
         max_entries: usize,
-    ) -> Result<Vec<Entry>, String> {
+    ) -> Result<Vec<Entry>, FeedError> {
         let store = self.shared.store.clone();
         let mut names = std::mem::take(&mut self.names);
         let name = self.name.clone();
@@ -203,8 +215,7 @@ impl Feed {
             let r = read_blocking(&store, &name, after, max_entries, &mut names);
             (names, r)
         })
-        .await
-        .map_err(|e| format!("reading the event log: {e}"))?;
+        .await?;
         self.names = joined.0;
         joined.1
     }
@@ -286,10 +297,8 @@ pub(crate) fn read_blocking(
     after: u64,
     max_entries: usize,
     names: &mut Names,
-) -> Result<Vec<Entry>, String> {
-    let raw = store
-        .log_after(after, max_entries)
-        .map_err(|e| e.to_string())?;
+) -> Result<Vec<Entry>, FeedError> {
+    let raw = store.log_after(after, max_entries)?;
     let mut out = Vec::with_capacity(raw.len());
     for (seq, e) in raw {
         let mut entry = Entry {
@@ -327,7 +336,7 @@ pub(crate) fn read_blocking(
         .collect();
     missing.sort_unstable();
     missing.dedup();
-    for (id, n) in store.series_names(&missing).map_err(|e| e.to_string())? {
+    for (id, n) in store.series_names(&missing)? {
         names.insert(id, Arc::new(n.key));
     }
     Ok(out)
@@ -343,7 +352,7 @@ pub(crate) async fn gather(
     after: u64,
     max_rows: usize,
     linger: Duration,
-) -> Result<(Vec<Entry>, u64), String> {
+) -> Result<(Vec<Entry>, u64), FeedError> {
     let mut out: Vec<Entry> = Vec::new();
     let mut rows = 0usize;
     let mut gap = 0;
