@@ -12,6 +12,7 @@ use ferry_proto::series::SeriesKey;
 use tokio::sync::watch;
 
 use super::StorageSink;
+use super::retry::{Failure, LOCAL_PAUSE, Retry};
 use crate::fanout::LagPolicy;
 use crate::fanout::run::commit_sink;
 use crate::server::Shared;
@@ -127,7 +128,7 @@ impl Feed {
                 }
                 Err(e) => tracing::error!(sink = feed.name, "reading cursors: {e}"),
             }
-            if feed.pause(Duration::from_secs(1)).await == Wake::Stop {
+            if feed.pause(LOCAL_PAUSE).await == Wake::Stop {
                 return None;
             }
         }
@@ -182,6 +183,23 @@ impl Feed {
             _ = crate::stopped(&mut self.stop) => Wake::Stop,
             _ = tokio::time::sleep(d) => Wake::Timeout,
         }
+    }
+
+    /// Waits after `failure` as `retry` decides ([`Retry::handle_failure`]),
+    /// unless stopped first; a wait that counts as a retry is counted and
+    /// logged with `why` ([`Feed::retried`]).
+    pub(crate) async fn back_off(
+        &mut self,
+        retry: &mut Retry,
+        failure: Failure,
+        why: &str,
+    ) -> Wake {
+        let pause = retry.handle_failure(crate::now_ns(), failure);
+        if pause.counted {
+            self.retried(why, pause.delay);
+        }
+        self.pause(ferry_clock::until(crate::now_ns(), pause.until))
+            .await
     }
 
     /// A future that resolves when the sink must stop (for `select!`
@@ -266,7 +284,7 @@ impl Feed {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::error!(sink = self.name, cursor = to, "committing the cursor: {e}");
-                    if self.pause(Duration::from_secs(1)).await == Wake::Stop {
+                    if self.pause(LOCAL_PAUSE).await == Wake::Stop {
                         return false;
                     }
                 }
@@ -276,7 +294,7 @@ impl Feed {
 
     /// Counts a retry (metrics) and logs why, rate-limited by the caller's
     /// backoff.
-    pub(crate) fn retried(&self, why: &str, delay: Duration) {
+    fn retried(&self, why: &str, delay: Duration) {
         self.shared.metrics.sink_retry(&self.name);
         tracing::warn!(
             sink = self.name,
