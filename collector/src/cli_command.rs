@@ -1,81 +1,24 @@
-//! What each subcommand does: calls into the library and prints. `run`
-//! starts the server with systemd notification, SIGHUP reload and graceful
-//! shutdown on SIGINT/SIGTERM.
-
-use std::io::Write as _;
-use std::path::Path;
+//! What each subcommand does: calls into the library and prints. `run` is
+//! in `cli_run.rs`, `init` and `enroll` in `cli_setup.rs`.
 
 use anyhow::Context as _;
+use ferry_collector::Config;
 use ferry_collector::admin::Admin;
 use ferry_collector::fanout::AlertParams;
 use ferry_collector::query::QueryParams;
 use ferry_collector::report::{self, Format};
-use ferry_collector::{Collector, Config, EnrollOptions, InitOptions};
+use std::io::Write as _;
 
 use crate::cli_args::{
-    AgentsArgs, AlertsArgs, ClusterCommand, Command, DropsArgs, EnrollArgs, InitArgs, QueryArgs,
-    SeriesArgs, SubscribersArgs,
+    AgentsArgs, AlertsArgs, ClusterCommand, Command, DropsArgs, QueryArgs, SeriesArgs,
+    SubscribersArgs,
 };
-use crate::cli_token;
+use crate::{cli_run, cli_setup, cli_token};
 
 pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
     match cmd {
-        Command::Init(InitArgs {
-            data_dir,
-            config,
-            sans,
-        }) => {
-            let data_dir = match (&config, data_dir) {
-                (Some(path), _) => Config::load(path)?.data_dir,
-                (None, Some(dir)) => dir,
-                (None, None) => anyhow::bail!("give --data-dir or --config"),
-            };
-            let report = ferry_collector::init(&InitOptions {
-                data_dir: data_dir.clone(),
-                sans,
-                write_config: config.is_none(),
-            })?;
-            out!("created CA {}", report.ca_cert.display());
-            out!(
-                "created server certificate {}",
-                report.server_cert.display()
-            );
-            let location = match (&config, report.config) {
-                (Some(path), _) => format!("--config {}", path.display()),
-                (None, written) => {
-                    match written {
-                        Some(c) => out!("wrote {}", c.display()),
-                        None => out!(
-                            "kept the existing {}",
-                            data_dir.join("collector.toml").display()
-                        ),
-                    }
-                    format!("--data-dir {}", data_dir.display())
-                }
-            };
-            out!("next: ferry-collector enroll AGENT_ID {location} --out DIR");
-        }
-        Command::Enroll(EnrollArgs {
-            agent_id,
-            out,
-            location,
-            address,
-            server_name,
-            valid_days,
-        }) => {
-            let bundle = ferry_collector::enroll_with(&EnrollOptions {
-                data_dir: location.data_dir()?,
-                agent_id,
-                out_dir: out,
-                address,
-                server_name,
-                valid_days,
-            })?;
-            out!("enrolled {}", bundle.agent_id);
-            for p in [&bundle.cert, &bundle.key, &bundle.ca, &bundle.config] {
-                out!("  {}", p.display());
-            }
-        }
+        Command::Init(args) => cli_setup::init(args)?,
+        Command::Enroll(args) => cli_setup::enroll(args)?,
         Command::Revoke { agent_id, location } => {
             let admin = Admin::connect(&location.data_dir()?).await?;
             let r = admin.revoke(&agent_id).await?;
@@ -104,7 +47,7 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
             let admin = Admin::connect(&location.data_dir()?).await?;
             report::print(report::drops(&admin.drops().await?, ledger, format))?;
         }
-        Command::Run { config } => run(&config).await?,
+        Command::Run { config } => cli_run::run(&config).await?,
         Command::Cluster {
             command:
                 ClusterCommand::Status {
@@ -218,69 +161,4 @@ pub(crate) async fn command(cmd: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn run(path: &Path) -> anyhow::Result<()> {
-    let config = Config::load(path)?;
-    let collector = Collector::bind(config).await?;
-    let (quic, http) = (collector.quic_addr(), collector.http_addr());
-    // The watchdog starts after READY=1.
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<()>();
-    let handle = collector.handle();
-    let watchdog = tokio::spawn(async move {
-        if ready_rx.await.is_ok() {
-            ferry_collector::systemd::watchdog(handle).await;
-        }
-    });
-    #[cfg(unix)]
-    {
-        let handle = collector.handle();
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-            Ok(mut hup) => {
-                tokio::spawn(async move {
-                    while hup.recv().await.is_some() {
-                        tracing::info!("SIGHUP received: reloading the configuration");
-                        // Errors are logged by reload itself.
-                        let _ = handle.reload().await;
-                    }
-                });
-            }
-            Err(e) => tracing::warn!("cannot watch SIGHUP ({e}); use `ferry-collector reload`"),
-        }
-    }
-    let shutdown = async move {
-        shutdown_signal().await;
-        ferry_collector::systemd::stopping();
-        watchdog.abort();
-    };
-    collector
-        .run_with_ready(shutdown, move || {
-            ferry_collector::systemd::ready(quic, http);
-            let _ = ready_tx.send(());
-        })
-        .await?;
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!("SIGINT received"),
-        _ = term => tracing::info!("SIGTERM received"),
-    }
 }

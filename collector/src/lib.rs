@@ -14,7 +14,8 @@
 //! - [`fanout`]: the event log, processors (threshold, rate, anomaly,
 //!   offline), alerts and sinks (webhook, log) — docs/alerts.md;
 //! - [`store`]: the redb layout (docs/storage.md), dedupe, queries,
-//!   maintenance (compaction, downsampling, retention);
+//!   maintenance (compaction, downsampling, retention); `maintenance`: the
+//!   task that runs it on a schedule;
 //! - [`query`]: selectors and time ranges;
 //! - `http`: the axum API ([`json`]: how it writes timestamps and values);
 //!   [`auth`]: operators' tokens and roles, which request needs which;
@@ -56,6 +57,7 @@ pub mod fleet;
 mod http;
 pub mod ingest;
 pub mod json;
+mod maintenance;
 pub mod metrics;
 pub mod pki;
 pub mod prometheus;
@@ -455,35 +457,11 @@ impl Collector {
                 }
             })
         };
-        let maintenance = {
-            let shared = shared.clone();
-            let mut stop = stop_rx.clone();
-            let every = config.storage.maintenance_interval;
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = crate::stopped(&mut stop) => break,
-                        _ = tick.tick() => {
-                            // Passes back to back while a backlog of settled
-                            // buckets remains; ingest commits run between them.
-                            while !*stop.borrow() {
-                                let plan = RetentionPlan::at(now_ns(), &shared.config.storage);
-                                match shared.maintain(plan).await {
-                                    Ok((_, true)) => {}
-                                    Ok((_, false)) => break,
-                                    Err(e) => {
-                                        tracing::error!("maintenance failed: {e}");
-                                        break;
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-            })
-        };
+        let maintenance = tokio::spawn(maintenance::run(
+            shared.clone(),
+            config.storage.maintenance_interval,
+            stop_rx.clone(),
+        ));
         let processors = tokio::spawn(fanout::run::processors(
             shared.clone(),
             shared.fanout.processors.subscribe(),

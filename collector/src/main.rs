@@ -1,6 +1,7 @@
 //! `ferry-collector`: the operator's CLI and the server. Only argument
 //! parsing (`cli_args.rs`), logging setup and printing (`cli_command.rs`,
-//! `cli_token.rs`) live in the binary; everything else is in the library.
+//! `cli_setup.rs`, `cli_token.rs`) and the serve loop's signals
+//! (`cli_run.rs`) live in the binary; everything else is in the library.
 
 use anyhow::Context as _;
 use clap::Parser as _;
@@ -15,6 +16,8 @@ macro_rules! out {
 
 mod cli_args;
 mod cli_command;
+mod cli_run;
+mod cli_setup;
 mod cli_token;
 
 use cli_args::{Cli, LogFormat};

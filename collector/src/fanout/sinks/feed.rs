@@ -12,11 +12,24 @@ use ferry_proto::series::SeriesKey;
 use tokio::sync::watch;
 
 use super::StorageSink;
+use super::retry::{Failure, LOCAL_PAUSE, Retry};
 use crate::fanout::LagPolicy;
 use crate::fanout::run::commit_sink;
 use crate::server::Shared;
-use crate::store::{CursorRecord, SinkCommit};
+use crate::store::{CursorRecord, SinkCommit, StoreError};
 use crate::writer::WriterError;
+
+/// Why the event log could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FeedError {
+    /// The store refused the read.
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    /// The blocking read did not finish.
+    #[error("reading the event log: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
 
 /// Entries read from the log per store read at most.
 pub(crate) const READ_ENTRIES: usize = 256;
@@ -115,7 +128,7 @@ impl Feed {
                 }
                 Err(e) => tracing::error!(sink = feed.name, "reading cursors: {e}"),
             }
-            if feed.pause(Duration::from_secs(1)).await == Wake::Stop {
+            if feed.pause(LOCAL_PAUSE).await == Wake::Stop {
                 return None;
             }
         }
@@ -172,6 +185,23 @@ impl Feed {
         }
     }
 
+    /// Waits after `failure` as `retry` decides ([`Retry::handle_failure`]),
+    /// unless stopped first; a wait that counts as a retry is counted and
+    /// logged with `why` ([`Feed::retried`]).
+    pub(crate) async fn back_off(
+        &mut self,
+        retry: &mut Retry,
+        failure: Failure,
+        why: &str,
+    ) -> Wake {
+        let pause = retry.handle_failure(crate::now_ns(), failure);
+        if pause.counted {
+            self.retried(why, pause.delay);
+        }
+        self.pause(ferry_clock::until(crate::now_ns(), pause.until))
+            .await
+    }
+
     /// A future that resolves when the sink must stop (for `select!`
     /// around a long delivery).
     pub(crate) fn stop_signal(&self) -> watch::Receiver<bool> {
@@ -195,7 +225,7 @@ impl Feed {
         &mut self,
         after: u64,
         max_entries: usize,
-    ) -> Result<Vec<Entry>, String> {
+    ) -> Result<Vec<Entry>, FeedError> {
         let store = self.shared.store.clone();
         let mut names = std::mem::take(&mut self.names);
         let name = self.name.clone();
@@ -203,8 +233,7 @@ impl Feed {
             let r = read_blocking(&store, &name, after, max_entries, &mut names);
             (names, r)
         })
-        .await
-        .map_err(|e| format!("reading the event log: {e}"))?;
+        .await?;
         self.names = joined.0;
         joined.1
     }
@@ -255,7 +284,7 @@ impl Feed {
                 Ok(()) => return true,
                 Err(e) => {
                     tracing::error!(sink = self.name, cursor = to, "committing the cursor: {e}");
-                    if self.pause(Duration::from_secs(1)).await == Wake::Stop {
+                    if self.pause(LOCAL_PAUSE).await == Wake::Stop {
                         return false;
                     }
                 }
@@ -265,7 +294,7 @@ impl Feed {
 
     /// Counts a retry (metrics) and logs why, rate-limited by the caller's
     /// backoff.
-    pub(crate) fn retried(&self, why: &str, delay: Duration) {
+    fn retried(&self, why: &str, delay: Duration) {
         self.shared.metrics.sink_retry(&self.name);
         tracing::warn!(
             sink = self.name,
@@ -286,10 +315,8 @@ pub(crate) fn read_blocking(
     after: u64,
     max_entries: usize,
     names: &mut Names,
-) -> Result<Vec<Entry>, String> {
-    let raw = store
-        .log_after(after, max_entries)
-        .map_err(|e| e.to_string())?;
+) -> Result<Vec<Entry>, FeedError> {
+    let raw = store.log_after(after, max_entries)?;
     let mut out = Vec::with_capacity(raw.len());
     for (seq, e) in raw {
         let mut entry = Entry {
@@ -327,7 +354,7 @@ pub(crate) fn read_blocking(
         .collect();
     missing.sort_unstable();
     missing.dedup();
-    for (id, n) in store.series_names(&missing).map_err(|e| e.to_string())? {
+    for (id, n) in store.series_names(&missing)? {
         names.insert(id, Arc::new(n.key));
     }
     Ok(out)
@@ -343,7 +370,7 @@ pub(crate) async fn gather(
     after: u64,
     max_rows: usize,
     linger: Duration,
-) -> Result<(Vec<Entry>, u64), String> {
+) -> Result<(Vec<Entry>, u64), FeedError> {
     let mut out: Vec<Entry> = Vec::new();
     let mut rows = 0usize;
     let mut gap = 0;

@@ -30,6 +30,7 @@ mod http;
 mod parquet;
 mod postgres;
 mod remote_write;
+mod retry;
 mod tls;
 
 use std::collections::BTreeMap;
@@ -176,10 +177,6 @@ pub(crate) async fn run(shared: Arc<Shared>, sink: StorageSink, stop: watch::Rec
     tracing::debug!(sink = key, "storage sink stopped");
 }
 
-/// Retry delays: from `min`, doubling, at most `max` (the one backoff of
-/// the workspace, `ferry_clock::Backoff`).
-pub(crate) use ferry_clock::Backoff;
-
 /// Parses the duration `text` of the key `what`.
 pub(crate) fn duration(what: &'static str, text: &str) -> Result<Duration, DurationError> {
     humantime::parse_duration(text).map_err(|source| DurationError {
@@ -191,8 +188,6 @@ pub(crate) fn duration(what: &'static str, text: &str) -> Result<Duration, Durat
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     /// Every TOML example in docs/sinks.md parses and validates.
     #[test]
     fn documented_configurations_are_valid() {
@@ -245,14 +240,5 @@ mod tests {
                 .to_string()
                 .contains("used by two sinks")
         );
-    }
-
-    #[test]
-    fn backoff_doubles_up_to_its_max_and_resets() {
-        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(350));
-        let got: Vec<u128> = (0..4).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(got, [100, 200, 350, 350]);
-        b.reset();
-        assert_eq!(b.next_delay().as_millis(), 100);
     }
 }

@@ -34,8 +34,9 @@ use std::time::Duration;
 use parquet::basic::ZstdLevel;
 use serde::{Deserialize, Serialize};
 
+use super::duration;
 use super::feed::{Feed, Progress, Wake};
-use super::{Backoff, duration};
+use super::retry::{Failure, Retry};
 use crate::fanout::LagBudget;
 
 mod error;
@@ -151,7 +152,7 @@ impl TryFrom<ParquetRaw> for ParquetSink {
 /// files once it is over, until stopped.
 pub(crate) async fn run(feed: &mut Feed, cfg: &ParquetSink) {
     let dir = cfg.raw.dir.clone();
-    let mut backoff = Backoff::new(cfg.backoff.0, cfg.backoff.1);
+    let mut retry = Retry::new(cfg.backoff.0, cfg.backoff.1);
     // Open: the manifest, leftovers, the cursor.
     let mut manifest = loop {
         let opened = {
@@ -201,7 +202,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &ParquetSink) {
                     };
                     if let Err(e) = saved {
                         tracing::error!(sink = feed.name, "{e}");
-                        if feed.pause(backoff.next_delay()).await == Wake::Stop {
+                        if feed.back_off(&mut retry, Failure::Logged, "").await == Wake::Stop {
                             return;
                         }
                         continue;
@@ -240,15 +241,14 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &ParquetSink) {
                 break m;
             }
             Err(e) => {
-                let delay = backoff.next_delay();
-                feed.retried(&format!("parquet: {e}"), delay);
-                if feed.pause(delay).await == Wake::Stop {
+                let why = format!("parquet: {e}");
+                if feed.back_off(&mut retry, Failure::Delivery, &why).await == Wake::Stop {
                     return;
                 }
             }
         }
     };
-    backoff.reset();
+    retry.handle_answered();
     const GRACE_NS: i64 = 1_000_000_000;
     loop {
         if feed.stopping() {
@@ -276,7 +276,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &ParquetSink) {
             if let Err(e) = saved {
                 tracing::error!(sink = feed.name, "{e}");
                 manifest.cursor = after;
-                if feed.pause(backoff.next_delay()).await == Wake::Stop {
+                if feed.back_off(&mut retry, Failure::Logged, "").await == Wake::Stop {
                     return;
                 }
                 continue;
@@ -301,7 +301,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &ParquetSink) {
             Ok(f) => f,
             Err(e) => {
                 tracing::error!(sink = feed.name, "{e}");
-                if feed.pause(Duration::from_secs(1)).await == Wake::Stop {
+                if feed.back_off(&mut retry, Failure::Local, "").await == Wake::Stop {
                     return;
                 }
                 continue;
@@ -364,9 +364,8 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &ParquetSink) {
             Ok(Some(w)) => w,
             Ok(None) => continue,
             Err(e) => {
-                let delay = backoff.next_delay();
-                feed.retried(&format!("parquet: {e}"), delay);
-                if feed.pause(delay).await == Wake::Stop {
+                let why = format!("parquet: {e}");
+                if feed.back_off(&mut retry, Failure::Delivery, &why).await == Wake::Stop {
                     return;
                 }
                 continue;
@@ -383,14 +382,13 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &ParquetSink) {
                 .and_then(|r| r)
         };
         if let Err(e) = saved {
-            let delay = backoff.next_delay();
-            feed.retried(&format!("parquet: {e}"), delay);
-            if feed.pause(delay).await == Wake::Stop {
+            let why = format!("parquet: {e}");
+            if feed.back_off(&mut retry, Failure::Delivery, &why).await == Wake::Stop {
                 return;
             }
             continue;
         }
-        backoff.reset();
+        retry.handle_answered();
         manifest = next;
         for f in &w.files {
             tracing::info!(

@@ -22,8 +22,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::config::SslMode;
 
+use super::duration;
 use super::feed::{Entry, Feed, Progress, Wake, gather};
-use super::{Backoff, duration};
+use super::retry::{Failure as Wait, Retry};
 use crate::fanout::LagBudget;
 
 mod connect;
@@ -148,7 +149,7 @@ impl TryFrom<PostgresRaw> for PostgresSink {
 /// transaction → the collector's cursor, until stopped.
 pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
     let schema = cfg.raw.schema.as_str();
-    let mut backoff = Backoff::new(cfg.backoff.0, cfg.backoff.1);
+    let mut retry = Retry::new(cfg.backoff.0, cfg.backoff.1);
     let mut conn: Option<Conn> = None;
     // Entries gathered but not yet in PostgreSQL (kept across retries).
     let mut pending: Option<(u64, Vec<Entry>, u64)> = None;
@@ -183,9 +184,8 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
                         c
                     }
                     Err(Failure::Retry(e) | Failure::Moved(e)) => {
-                        let delay = backoff.next_delay();
-                        feed.retried(&format!("PostgreSQL: {e}"), delay);
-                        if feed.pause(delay).await == Wake::Stop {
+                        let why = format!("PostgreSQL: {e}");
+                        if feed.back_off(&mut retry, Wait::Delivery, &why).await == Wake::Stop {
                             return;
                         }
                         continue;
@@ -231,7 +231,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
                 Err(e) => {
                     tracing::error!(sink = feed.name, "{e}");
                     conn = Some(c);
-                    if feed.pause(Duration::from_secs(1)).await == Wake::Stop {
+                    if feed.back_off(&mut retry, Wait::Local, "").await == Wake::Stop {
                         return;
                     }
                     continue;
@@ -261,7 +261,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
         };
         match written {
             Ok((rows, new_series)) => {
-                backoff.reset();
+                retry.handle_answered();
                 c.series.extend(new_series);
                 let p = Progress {
                     entries: entries.len() as u64,
@@ -276,19 +276,17 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &PostgresSink) {
             }
             Err(Failure::Retry(e)) => {
                 pending = Some((after, entries, gap));
-                let delay = backoff.next_delay();
-                feed.retried(&format!("PostgreSQL: {e}"), delay);
                 // The connection may be fine (a server-side error): keep it
                 // unless it closed.
                 conn = Some(c);
-                if feed.pause(delay).await == Wake::Stop {
+                let why = format!("PostgreSQL: {e}");
+                if feed.back_off(&mut retry, Wait::Delivery, &why).await == Wake::Stop {
                     return;
                 }
             }
             Err(Failure::Moved(e)) => {
                 tracing::error!(sink = feed.name, "{e}; reconciling");
-                let delay = backoff.next_delay();
-                if feed.pause(delay).await == Wake::Stop {
+                if feed.back_off(&mut retry, Wait::Logged, "").await == Wake::Stop {
                     return;
                 }
             }

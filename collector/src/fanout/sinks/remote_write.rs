@@ -24,9 +24,10 @@ use bytes::Bytes;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
-use super::feed::{Entry, Feed, Progress, gather};
+use super::feed::{Entry, Feed, Progress, Wake, gather};
 use super::http::{Client, Url};
-use super::{Backoff, RemoteWriteConfigError, duration};
+use super::retry::{Failure, Retry};
+use super::{RemoteWriteConfigError, duration};
 use crate::fanout::LagBudget;
 use crate::prometheus::naming::{self, AggregatePart, Labels};
 
@@ -379,7 +380,7 @@ async fn send(
     feed: &mut Feed,
     client: &mut Client,
     headers: &[(String, String)],
-    backoff: &mut Backoff,
+    retry: &mut Retry,
     req: Vec<TimeSeries>,
 ) -> Sent {
     let (mut delivered, mut refused) = (0, 0);
@@ -401,12 +402,12 @@ async fn send(
             };
             let why = match answer {
                 Ok(a) if (200..300).contains(&a.status) => {
-                    backoff.reset();
+                    retry.handle_answered();
                     delivered += count(&piece);
                     break;
                 }
                 Ok(a) if (400..500).contains(&a.status) && a.status != 429 && a.status != 408 => {
-                    backoff.reset();
+                    retry.handle_answered();
                     if count(&piece) == 1 {
                         // One sample, refused for good: counted, logged with
                         // what it was and what the server said.
@@ -434,12 +435,8 @@ async fn send(
                 Ok(a) => format!("HTTP {}: {}", a.status, a.body.trim()),
                 Err(e) => e.to_string(),
             };
-            let delay = backoff.next_delay();
-            feed.retried(&why, delay);
-            let mut stop = feed.stop_signal();
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = crate::stopped(&mut stop) => return Sent::Stopped,
+            if feed.back_off(retry, Failure::Delivery, &why).await == Wake::Stop {
+                return Sent::Stopped;
             }
         }
     }
@@ -473,7 +470,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &RemoteWriteSink) {
         ("x-prometheus-remote-write-version".into(), "0.1.0".into()),
     ];
     headers.extend(cfg.raw.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let mut backoff = Backoff::new(cfg.backoff.0, cfg.backoff.1);
+    let mut retry = Retry::new(cfg.backoff.0, cfg.backoff.1);
     let mut cache = LabelCache::default();
     loop {
         if feed.stopping() {
@@ -502,7 +499,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &RemoteWriteSink) {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::error!(sink = feed.name, "{e}");
-                    if feed.pause(Duration::from_secs(1)).await == super::feed::Wake::Stop {
+                    if feed.back_off(&mut retry, Failure::Local, "").await == Wake::Stop {
                         return;
                     }
                     continue;
@@ -527,7 +524,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &RemoteWriteSink) {
             ..Progress::default()
         };
         for req in requests(series, cfg.raw.max_samples_per_send) {
-            match send(feed, &mut client, &headers, &mut backoff, req).await {
+            match send(feed, &mut client, &headers, &mut retry, req).await {
                 Sent::Done { delivered, refused } => {
                     p.delivered += delivered;
                     p.refused += refused;

@@ -106,7 +106,7 @@ pub enum ParquetError {
     Parquet(#[from] parquet::errors::ParquetError),
     /// The event log could not be read.
     #[error("{0}")]
-    Feed(String),
+    Feed(crate::fanout::sinks::feed::FeedError),
     /// The blocking task did not finish.
     #[error("{0}")]
     Join(#[from] tokio::task::JoinError),

@@ -42,7 +42,7 @@ pub enum ConnectError {
     Timeout(crate::fanout::sinks::DurationError),
     /// The TLS config could not be built (the CA file).
     #[error("{0}")]
-    Tls(String),
+    Tls(crate::fanout::sinks::tls::TlsError),
     /// The server could not be reached, or refused.
     #[error("connecting: {0}")]
     Connecting(tokio_postgres::Error),
