@@ -4,8 +4,9 @@
 //! with `RetentionPlan::at`, compaction of settled buckets included), then
 //! on-disk bytes per reading and query latency as the store grows.
 //!
-//! - load: slowly varying temperatures (values in hundredths, a walk of at
-//!   most ±0.05 per second), 1,000 series (`temperature{device, sensor,
+//! - load: slowly varying temperatures (values in hundredths, a random walk
+//!   of −0.05…+0.05 per second, each step drawn independently: nothing
+//!   periodic for a compressor to find), 1,000 series (`temperature{device, sensor,
 //!   group}`, 100 series per `group`), one reading per second each, shipped
 //!   in 10-second batches (10,000 readings), 16 batches per durable commit;
 //! - maintenance: at every simulated hour, passes of the production plan
@@ -51,6 +52,29 @@ const TARGET_DAY_P99_MS: f64 = 100.0;
 /// A query kind, on how many series, and (p50 ms, p99 ms, points answered)
 /// or the limit that refused it.
 type QueryRow = (&'static str, usize, Result<(f64, f64, usize), StoreError>);
+
+/// SplitMix64: a well-mixed 64-bit hash of `x` (Steele, Lea, Flood 2014).
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+/// One second of series `s`'s random walk (reading `n`): a step of −5..=+5
+/// hundredths, uniform and independent of every other step (no period for a
+/// compressor to find), kept within ±20.00 of where the series started.
+fn walk_step(level: &mut i64, s: u64, n: u64) -> i64 {
+    let step = (mix((s << 40) ^ n) % 11) as i64 - 5;
+    let start = 2_000 + s as i64 * 10;
+    let next = *level + step;
+    *level = if (next - start).abs() > 2_000 {
+        *level - step
+    } else {
+        next
+    };
+    *level
+}
 
 fn disk_bytes(path: &std::path::Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
@@ -134,6 +158,8 @@ fn main() {
     let mut results = Vec::new();
     let mut last_print = Instant::now();
     let mut rs: Vec<Reading> = Vec::with_capacity(BATCH_SECS as usize);
+    // Each series' value in hundredths: 20.00 °C + 0.10 per series to start.
+    let mut level: Vec<i64> = (0..series as i64).map(|s| 2_000 + s * 10).collect();
     for h in 0..hours {
         for b in 0..3_600 / BATCH_SECS {
             seq += 1;
@@ -141,13 +167,9 @@ fn main() {
             let blocks = (0..series)
                 .map(|s| {
                     rs.clear();
-                    rs.extend((first..first + BATCH_SECS).map(|n| {
-                        // A deterministic walk of ±5 hundredths.
-                        let walk = ((n * 7919 + s as i64 * 104_729) % 11) - 5;
-                        Reading {
-                            ts_ns: t0 + n * SEC,
-                            value: (2000 + s as i64 * 10 + (n / 50) % 40 + walk) as f64 / 100.0,
-                        }
+                    rs.extend((first..first + BATCH_SECS).map(|n| Reading {
+                        ts_ns: t0 + n * SEC,
+                        value: walk_step(&mut level[s], s as u64, n as u64) as f64 / 100.0,
                     }));
                     ReadingBlock::encode(s as u32, &rs)
                 })

@@ -183,6 +183,7 @@ impl Agent {
             commit_s: metric_f64(&text, "ferry_agent_commit_seconds_sum"),
             acks: metric(&text, "ferry_agent_ack_seconds_count"),
             ack_s: metric_f64(&text, "ferry_agent_ack_seconds_sum"),
+            journal_held: metric(&text, "ferry_agent_journal_bytes"),
         }
     }
 
@@ -271,6 +272,10 @@ pub struct AgentFigures {
     /// Batches acked, and seconds from sending them to their acks.
     pub acks: u64,
     pub ack_s: f64,
+    /// Bytes of batches and pending rows the journal holds
+    /// (`ferry_agent_journal_bytes`, what its budget counts; the file is
+    /// larger: redb grows it in steps and keeps free pages).
+    pub journal_held: u64,
 }
 
 impl AgentFigures {

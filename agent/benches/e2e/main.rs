@@ -338,8 +338,9 @@ fn main() {
     match &backlog {
         Some(b) => {
             println!(
-                "  backlog    : {:>9} readings  journal {:.0} MiB, filled at {:.0} readings/s with the collector down; agent restarted on it",
+                "  backlog    : {:>9} readings  journal holds {:.0} MiB (file {:.0} MiB), filled at {:.0} readings/s with the collector down; agent restarted on it",
                 b.readings,
+                mib(b.journal_held / 1024),
                 mib(b.journal_bytes / 1024),
                 b.fill_rate
             );
