@@ -18,6 +18,8 @@
 
 use core::time::Duration;
 
+pub mod watchdog;
+
 /// Nanoseconds in a second.
 pub const SEC: i64 = 1_000_000_000;
 
