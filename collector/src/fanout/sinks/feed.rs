@@ -11,7 +11,10 @@ use ferry_proto::batch::{Reading, WindowAggregate};
 use ferry_proto::series::SeriesKey;
 use tokio::sync::watch;
 
+use ferry_clock::{Clock, SystemClock, until};
+
 use super::StorageSink;
+use super::gather::{Gathering, Step};
 use super::retry::{Failure, LOCAL_PAUSE, Retry};
 use crate::fanout::LagPolicy;
 use crate::fanout::run::commit_sink;
@@ -364,52 +367,27 @@ pub(crate) fn read_blocking(
 /// waiting up to `linger` for more while fewer are there (batching by size
 /// and time). Returns the entries in order and how many entries right
 /// after `after` are gone (trimmed while the sink was not configured; the
-/// caller counts them skipped). Empty with no gap only when stopping.
+/// caller counts them skipped). Empty with no gap only when stopping. The
+/// decisions are [`Gathering`]'s; this moves the reads, waits and clock.
 pub(crate) async fn gather(
     feed: &mut Feed,
     after: u64,
     max_rows: usize,
     linger: Duration,
 ) -> Result<(Vec<Entry>, u64), FeedError> {
-    let mut out: Vec<Entry> = Vec::new();
-    let mut rows = 0usize;
-    let mut gap = 0;
-    let mut deadline: Option<tokio::time::Instant> = None;
+    let clock = SystemClock;
+    let mut gathering = Gathering::new(after, max_rows, linger);
     loop {
-        let last = out.last().map_or(after, |e| e.seq);
-        // The head before the read: every entry up to it is committed, so
-        // one the read does not find is gone, not late.
-        let head = feed.head();
-        if last < head {
-            let got = feed.read(last, READ_ENTRIES).await?;
-            let Some(first) = got.first() else {
-                if out.is_empty() {
-                    return Ok((out, head - after));
-                }
-                return Ok((out, gap));
-            };
-            if out.is_empty() {
-                gap = first.seq - after - 1;
+        match gathering.poll(clock.now_ns(), feed.head()) {
+            Step::Read { after, head } => {
+                let got = feed.read(after, READ_ENTRIES).await?;
+                gathering.handle_read(head, got, feed.stopping());
             }
-            for e in got {
-                rows += e.reading_count() + e.aggregates.len();
-                out.push(e);
+            Step::Wait { until: deadline } => {
+                let left = deadline.map(|d| until(clock.now_ns(), d));
+                gathering.handle_wake(feed.wait(left).await);
             }
-            if rows >= max_rows || feed.stopping() {
-                return Ok((out, gap));
-            }
-            continue;
-        }
-        if out.is_empty() {
-            match feed.wait(None).await {
-                Wake::Stop => return Ok((out, 0)),
-                _ => continue,
-            }
-        }
-        let until = *deadline.get_or_insert_with(|| tokio::time::Instant::now() + linger);
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() || feed.wait(Some(left)).await == Wake::Stop {
-            return Ok((out, gap));
+            Step::Done => return Ok(gathering.finish()),
         }
     }
 }

@@ -26,6 +26,7 @@
 
 mod error;
 pub(crate) mod feed;
+mod gather;
 mod http;
 mod parquet;
 mod postgres;
