@@ -203,30 +203,27 @@ mod tests {
         assert_eq!(seqs(g), (vec![1], 0), "a stop sends what was gathered");
     }
 
+    /// A gather after seq 10 with no linger, the head at 16: it reads.
+    fn reading_after_10_up_to_16() -> Gathering {
+        let mut g = Gathering::new(10, 100, Duration::ZERO);
+        let read = Step::Read {
+            after: 10,
+            head: 16,
+        };
+        assert_eq!(g.poll(T0, 16), read);
+        g
+    }
+
     #[test]
     fn entries_gone_before_the_first_found_are_the_gap() {
         // Entries 11..=14 were trimmed: the first found is 15.
-        let mut g = Gathering::new(10, 100, Duration::ZERO);
-        assert_eq!(
-            g.poll(T0, 16),
-            Step::Read {
-                after: 10,
-                head: 16
-            }
-        );
+        let mut g = reading_after_10_up_to_16();
         g.handle_read(16, vec![entry(15, 1), entry(16, 1)], false);
         assert_eq!(g.poll(T0, 16), Step::Done, "no linger");
         assert_eq!(seqs(g), (vec![15, 16], 4));
 
         // Everything up to the head was trimmed: the whole range is gone.
-        let mut g = Gathering::new(10, 100, Duration::ZERO);
-        assert_eq!(
-            g.poll(T0, 16),
-            Step::Read {
-                after: 10,
-                head: 16
-            }
-        );
+        let mut g = reading_after_10_up_to_16();
         g.handle_read(16, Vec::new(), false);
         assert_eq!(g.poll(T0, 20), Step::Done);
         assert_eq!(seqs(g), (vec![], 6));
