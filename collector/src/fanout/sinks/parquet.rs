@@ -26,11 +26,13 @@
 //! Files are written when their period is over (plus a second of grace for
 //! batches still committing), from the event log, which holds the period's
 //! batches meanwhile; a file is cut early when its period passes
-//! `max_rows_per_file` rows or the sink's lag reaches half its budget.
+//! `max_rows_per_file` rows or the sink's lag reaches half its budget (when
+//! to write: the sans-IO [`roll::Roll`], tested with a fake clock).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ferry_clock::{Clock, SystemClock, until};
 use parquet::basic::ZstdLevel;
 use serde::{Deserialize, Serialize};
 
@@ -41,11 +43,13 @@ use crate::fanout::LagBudget;
 
 mod error;
 mod manifest;
+mod roll;
 mod write;
 
 pub use error::{ParquetConfigError, ParquetError};
 use manifest::*;
 pub use manifest::{FileEntry, MANIFEST, Manifest};
+use roll::{Close, Roll};
 use write::*;
 
 /// `[sink.<name>] kind = "parquet"` as written.
@@ -249,7 +253,7 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &ParquetSink) {
         }
     };
     retry.handle_answered();
-    const GRACE_NS: i64 = 1_000_000_000;
+    let (clock, roll) = (SystemClock, Roll::new(cfg));
     loop {
         if feed.stopping() {
             return;
@@ -328,20 +332,17 @@ pub(crate) async fn run(feed: &mut Feed, cfg: &ParquetSink) {
             continue;
         };
         let gap = first.seq - after - 1;
-        let period_end =
-            first.stored_ns - first.stored_ns.rem_euclid(cfg.period_ns) + cfg.period_ns;
-        let now = crate::now_ns();
-        let lag = head - after;
-        let early = lag >= (budget.max / 2).max(1);
-        if now < period_end + GRACE_NS && !early {
-            let wait = Duration::from_nanos((period_end + GRACE_NS - now) as u64);
-            // News may push the lag past half the budget: look again then.
-            if feed.wait(Some(wait)).await == Wake::Stop {
-                return;
+        let now = clock.now_ns();
+        let limit = match roll.poll(now, first.stored_ns, after, head, budget.max) {
+            Close::Write { limit } => limit,
+            Close::Wait { until: deadline } => {
+                // News may push the lag past half the budget: look again then.
+                if feed.wait(Some(until(now, deadline))).await == Wake::Stop {
+                    return;
+                }
+                continue;
             }
-            continue;
-        }
-        let limit = if early { head } else { u64::MAX };
+        };
         let written = {
             let store = feed.shared().store.clone();
             let name = feed.name.clone();
