@@ -13,8 +13,10 @@
 //!   (out of order, too old, a different value at the same millisecond), so
 //!   the request is split in halves and each half sent again until the
 //!   refused samples are alone: each is counted as refused and logged with
-//!   its series, timestamp, value and the server's answer; every other
-//!   sample is delivered.
+//!   its series, timestamp, value and the server's answer (the first five
+//!   of a request; the rest in one line with the count); every other
+//!   sample is delivered. These decisions are the sans-IO
+//!   [`sending::Sending`]'s, tested without a server.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +32,9 @@ use super::retry::{Failure, Retry};
 use super::{RemoteWriteConfigError, duration};
 use crate::fanout::LagBudget;
 use crate::prometheus::naming::{self, AggregatePart, Labels};
+
+mod sending;
+use sending::{Answer, Sending};
 
 /// `[sink.<name>] kind = "prometheus_remote_write"` as written.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -375,7 +380,8 @@ enum Sent {
     Stopped,
 }
 
-/// Sends `req`, retrying transient failures and bisecting refusals.
+/// Sends `req`, retrying transient failures and bisecting refusals (the
+/// decisions are [`Sending`]'s; this moves the bytes and logs).
 async fn send(
     feed: &mut Feed,
     client: &mut Client,
@@ -383,14 +389,8 @@ async fn send(
     retry: &mut Retry,
     req: Vec<TimeSeries>,
 ) -> Sent {
-    let (mut delivered, mut refused) = (0, 0);
-    // Refused samples logged one by one (the rest in one line at the end).
-    const LOG_EACH: u64 = 5;
-    let mut last_reason = String::new();
-    // Pieces still to send, the next one last.
-    let mut todo = vec![req];
-    while let Some(piece) = todo.pop() {
-        let body = encode(&piece);
+    let mut sending = Sending::new(req);
+    while let Some(body) = sending.poll_piece().map(encode) {
         loop {
             if feed.stopping() {
                 return Sent::Stopped;
@@ -401,38 +401,24 @@ async fn send(
                 _ = crate::stopped(&mut stop) => return Sent::Stopped,
             };
             let why = match answer {
-                Ok(a) if (200..300).contains(&a.status) => {
-                    retry.handle_answered();
-                    delivered += count(&piece);
-                    break;
-                }
-                Ok(a) if (400..500).contains(&a.status) && a.status != 429 && a.status != 408 => {
-                    retry.handle_answered();
-                    if count(&piece) == 1 {
-                        // One sample, refused for good: counted, logged with
-                        // what it was and what the server said.
-                        refused += 1;
-                        let ts = &piece[0];
-                        let s = ts.samples[0];
-                        last_reason = a.body.trim().to_owned();
-                        if refused <= LOG_EACH {
+                Ok(a) => match sending.handle_answer(a.status, &a.body) {
+                    Answer::Retry => format!("HTTP {}: {}", a.status, a.body.trim()),
+                    answered => {
+                        retry.handle_answered();
+                        if let Answer::Refused { log: Some(r) } = answered {
                             tracing::warn!(
                                 sink = feed.name,
                                 status = a.status,
-                                series = describe(ts),
-                                timestamp_ms = s.timestamp,
-                                value = s.value,
+                                series = r.series,
+                                timestamp_ms = r.timestamp_ms,
+                                value = r.value,
                                 "sample refused by the server (docs/sinks.md, out-of-order samples): {}",
                                 a.body.trim()
                             );
                         }
-                    } else if let Some((first, second)) = halves(piece) {
-                        todo.push(second);
-                        todo.push(first);
+                        break;
                     }
-                    break;
-                }
-                Ok(a) => format!("HTTP {}: {}", a.status, a.body.trim()),
+                },
                 Err(e) => e.to_string(),
             };
             if feed.back_off(retry, Failure::Delivery, &why).await == Wake::Stop {
@@ -440,14 +426,17 @@ async fn send(
             }
         }
     }
-    if refused > LOG_EACH {
+    let done = sending.finish();
+    if let Some((more, last_reason)) = &done.unlogged {
         tracing::warn!(
             sink = feed.name,
-            "{} more samples of this request refused by the server, the last with: {last_reason}",
-            refused - LOG_EACH
+            "{more} more samples of this request refused by the server, the last with: {last_reason}"
         );
     }
-    Sent::Done { delivered, refused }
+    Sent::Done {
+        delivered: done.delivered,
+        refused: done.refused,
+    }
 }
 
 /// The sink's loop: gather, send, commit, until stopped.

@@ -1,7 +1,9 @@
 //! Tests of the remote_write sink without a server: requests of at most
 //! `max_samples_per_send` samples, halving a refused request down to one
-//! sample, and a body that decodes back (snappy, protobuf).
+//! sample, and a body that decodes back (snappy, protobuf); what answers
+//! do to a request being sent ([`Sending`]).
 
+use super::sending::{Done, LOG_EACH, Refusal};
 use super::*;
 
 fn ts(name: &str, samples: &[(i64, f64)]) -> TimeSeries {
@@ -72,4 +74,82 @@ fn the_body_is_snappy_protobuf_that_decodes_back() {
     // Field 1 (timeseries), length-delimited; the bytes of the spec.
     assert_eq!(raw[0], 0x0a);
     assert_eq!(describe(&req[0]), "temperature{}");
+}
+
+fn names(piece: Option<&[TimeSeries]>) -> Vec<String> {
+    piece
+        .unwrap_or_default()
+        .iter()
+        .map(|t| t.labels[0].value.clone())
+        .collect()
+}
+
+#[test]
+fn a_refused_request_is_bisected_to_the_refused_sample_and_the_rest_delivered() {
+    let mut s = Sending::new(vec![
+        ts("a", &[(1, 1.0)]),
+        ts("b", &[(2, 2.0)]),
+        ts("c", &[(3, 3.0)]),
+    ]);
+    assert_eq!(names(s.poll_piece()), ["a", "b", "c"]);
+    assert_eq!(s.handle_answer(400, "out of order sample\n"), Answer::Split);
+    assert_eq!(names(s.poll_piece()), ["a"]);
+    assert_eq!(s.handle_answer(204, ""), Answer::Delivered);
+    assert_eq!(names(s.poll_piece()), ["b", "c"]);
+    assert_eq!(s.handle_answer(400, "out of order sample"), Answer::Split);
+    assert_eq!(names(s.poll_piece()), ["b"]);
+    assert_eq!(
+        s.handle_answer(400, " out of order sample\n"),
+        Answer::Refused {
+            log: Some(Refusal {
+                series: "b{}".into(),
+                timestamp_ms: 2,
+                value: 2.0,
+            })
+        }
+    );
+    assert_eq!(names(s.poll_piece()), ["c"]);
+    // Transient answers leave the piece to be sent again.
+    for status in [500, 503, 429, 408] {
+        assert_eq!(s.handle_answer(status, "busy"), Answer::Retry);
+        assert_eq!(names(s.poll_piece()), ["c"]);
+    }
+    assert_eq!(s.handle_answer(200, ""), Answer::Delivered);
+    assert_eq!(s.poll_piece(), None);
+    assert_eq!(
+        s.finish(),
+        Done {
+            delivered: 2,
+            refused: 1,
+            unlogged: None,
+        }
+    );
+}
+
+#[test]
+fn refused_samples_past_five_per_request_are_counted_in_one_closing_line() {
+    // Seven samples of one series, each refused: halved down to each alone.
+    let samples: Vec<(i64, f64)> = (1..=7).map(|t| (t, t as f64)).collect();
+    let mut s = Sending::new(vec![ts("t", &samples)]);
+    let (mut splits, mut logged, mut silent) = (0, Vec::new(), 0);
+    while s.poll_piece().is_some() {
+        match s.handle_answer(400, &format!("reason {}", logged.len() + silent)) {
+            Answer::Split => splits += 1,
+            Answer::Refused { log: Some(r) } => logged.push(r.timestamp_ms),
+            Answer::Refused { log: None } => silent += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(splits, 6, "seven samples take six splits");
+    assert_eq!(logged, [1, 2, 3, 4, 5], "in order, the first LOG_EACH");
+    assert_eq!(LOG_EACH, 5);
+    assert_eq!(silent, 2);
+    assert_eq!(
+        s.finish(),
+        Done {
+            delivered: 0,
+            refused: 7,
+            unlogged: Some((2, "reason 6".into())),
+        }
+    );
 }
