@@ -20,6 +20,7 @@ use crate::store::{MaintenanceReport, RetentionPlan, Store};
 use crate::writer::Command;
 
 mod batch;
+mod handshake;
 pub(crate) mod session;
 
 pub use session::accept_loop;

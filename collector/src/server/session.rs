@@ -1,5 +1,6 @@
 //! One agent connection: accept it, identify the agent by its certificate,
-//! run the hello exchange (journal identity recorded before the Welcome),
+//! run the hello exchange (journal identity recorded before the Welcome;
+//! its deadline and the Hello's checks: the sans-IO `server/handshake.rs`),
 //! read the agent's status reports on the control stream, and hand each
 //! batch stream to `server/batch.rs`.
 
@@ -7,10 +8,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use ferry_clock::{Clock, SystemClock, until};
 use ferry_proto::codec;
-use ferry_proto::session::{
-    self, AgentStatus, ErrorMsg, Hello, PROTOCOL_VERSION, Welcome, close, reason,
-};
+use ferry_proto::session::{self, AgentStatus, ErrorMsg, PROTOCOL_VERSION, Welcome, close, reason};
 use ferry_proto::stream::{FrameHeader, FrameType, HEADER_LEN, compression, write_frame};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
 use rustls::pki_types::CertificateDer;
@@ -18,6 +18,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::batch::batch_stream;
+use super::handshake::{Handshake, HelloRead, NO_HELLO};
 use super::{LiveConnection, STATUS_INTERVAL, Shared};
 use crate::ingest::{self, BadInput, Rejection};
 use crate::pki::agent_id_of;
@@ -128,53 +129,35 @@ async fn session(
     mut shutdown: watch::Receiver<bool>,
 ) -> String {
     let limits = &shared.config.limits;
-    let hello = tokio::time::timeout(shared.config.quic.hello_timeout, conn.accept_bi()).await;
-    let (mut send, mut recv) = match hello {
-        Err(_) => {
-            conn.close(VarInt::from_u32(close::PROTOCOL), b"no hello in time");
-            return "no hello in time".into();
-        }
-        Ok(Err(e)) => return e.to_string(),
-        Ok(Ok(s)) => s,
-    };
-    let hello = match read_frame(&mut recv, limits.max_frame_bytes).await {
-        Ok(Some((h, body))) if h.frame_type == FrameType::Hello => {
-            match codec::from_bytes_prefix::<Hello>("Hello", &body) {
-                Ok((hello, used)) if used == body.len() => Ok(hello),
-                Ok((_, used)) => Err(Rejection {
-                    kind: BadInput::MalformedMessage,
-                    code: reason::TRAILING_BYTES,
-                    reason: codec::trailing_bytes("Hello", body.len() - used, used).to_string(),
-                }),
-                Err(e) => Err(Rejection {
-                    kind: BadInput::MalformedMessage,
-                    code: reason::MALFORMED,
-                    reason: e.to_string(),
-                }),
+    // The hello exchange's decisions are `Handshake`'s; this moves the
+    // stream, the frame and the clock.
+    let clock = SystemClock;
+    let mut handshake = Handshake::new(clock.now_ns(), shared.config.quic.hello_timeout);
+    let accept = conn.accept_bi();
+    tokio::pin!(accept);
+    let (mut send, mut recv) = loop {
+        let deadline = handshake.poll_timeout().unwrap_or(i64::MAX);
+        tokio::select! {
+            opened = &mut accept => match opened {
+                Ok(s) => {
+                    handshake.handle_opened();
+                    break s;
+                }
+                Err(e) => return e.to_string(),
+            },
+            _ = tokio::time::sleep(until(clock.now_ns(), deadline)) => {
+                if handshake.handle_timeout(clock.now_ns()) {
+                    conn.close(VarInt::from_u32(close::PROTOCOL), NO_HELLO.as_bytes());
+                    return NO_HELLO.into();
+                }
             }
         }
-        Ok(Some((h, _))) => Err(Rejection {
-            kind: BadInput::UnexpectedFrame,
-            code: reason::UNEXPECTED,
-            reason: format!("expected a Hello frame first, got {:?}", h.frame_type),
-        }),
-        Ok(None) => return "hello stream ended".into(),
-        Err(r) => Err(r),
     };
-    let hello = hello.and_then(|h| {
-        if h.protocol == PROTOCOL_VERSION {
-            Ok(h)
-        } else {
-            Err(Rejection {
-                kind: BadInput::UnsupportedVersion,
-                code: reason::UNSUPPORTED,
-                reason: format!(
-                    "protocol version {} is not supported; this collector speaks {PROTOCOL_VERSION}",
-                    h.protocol
-                ),
-            })
-        }
-    });
+    let hello = match handshake.handle_frame(read_frame(&mut recv, limits.max_frame_bytes).await) {
+        HelloRead::Hello(h) => Ok(h),
+        HelloRead::Refused(r) => Err(r),
+        HelloRead::Ended => return "hello stream ended".into(),
+    };
     let hello = match hello {
         Ok(h) => h,
         Err(r) => {
