@@ -18,7 +18,10 @@
 
 use core::time::Duration;
 
+mod log_limit;
 pub mod watchdog;
+
+pub use log_limit::LogLimit;
 
 /// Nanoseconds in a second.
 pub const SEC: i64 = 1_000_000_000;

@@ -1,9 +1,9 @@
 //! Connection limits, sans-IO: which connection to evict at the limit
 //! ([`ConnectionTable`]), when a connection has been idle or stalled in a
 //! partial line for too long ([`Deadlines`]), and logging a limit at most
-//! once per interval ([`LogLimit`]). Time is a `now` in ns; the tokio
-//! drivers (line protocol over TCP, the device link) only feed bytes and
-//! instants in and act on the answers.
+//! once per interval ([`LogLimit`], `ferry_clock`'s, re-exported here).
+//! Time is a `now` in ns; the tokio drivers (line protocol over TCP, the
+//! device link) only feed bytes and instants in and act on the answers.
 //!
 //! **Fair service**: a listener always accepts. At its connection limit it
 //! closes the *idlest* connection — the one whose last complete line (or
@@ -15,6 +15,8 @@
 
 use std::collections::HashMap;
 use std::time::Duration;
+
+pub use ferry_clock::LogLimit;
 
 /// Why a connection was closed by the agent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -168,39 +170,6 @@ impl ConnectionTable {
     }
 }
 
-/// Logs at most once per `every`, counting what it held back.
-#[derive(Debug, Clone)]
-pub struct LogLimit {
-    every_ns: i64,
-    last: Option<i64>,
-    held_back: u64,
-}
-
-impl LogLimit {
-    /// At most one log line per `every`.
-    pub fn new(every: Duration) -> Self {
-        Self {
-            every_ns: ferry_clock::nanos(every),
-            last: None,
-            held_back: 0,
-        }
-    }
-
-    /// An event at `now`: `Some(events held back before it)` when it should
-    /// be logged, `None` when it is held back (and counted).
-    pub fn event(&mut self, now: i64) -> Option<u64> {
-        if self
-            .last
-            .is_some_and(|t| now.saturating_sub(t) < self.every_ns)
-        {
-            self.held_back += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.held_back))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -274,15 +243,5 @@ mod tests {
         t.remove(c);
         let (_, evicted) = t.admit(7 * S, 3);
         assert_eq!(evicted, None, "a closed connection freed its place");
-    }
-
-    #[test]
-    fn a_limit_is_logged_once_per_interval_with_the_count_held_back() {
-        let mut l = LogLimit::new(Duration::from_secs(10));
-        assert_eq!(l.event(0), Some(0));
-        assert_eq!(l.event(S), None);
-        assert_eq!(l.event(10 * S - 1), None);
-        assert_eq!(l.event(10 * S), Some(2));
-        assert_eq!(l.event(25 * S), Some(0));
     }
 }

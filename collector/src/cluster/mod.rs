@@ -21,6 +21,7 @@
 
 pub mod log;
 pub mod nats;
+mod settle;
 pub mod status;
 pub mod worker;
 

@@ -14,52 +14,42 @@
 //! `limits.max_dedupe_ranges` (docs/cluster.md).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ferry_proto::session::reason;
+use ferry_clock::{Clock, LogLimit, SystemClock};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use super::log::{Delivery, Log, LogStatus};
+use super::settle::{self, RETRY_DELAY, Reply, Settle};
 use super::{Record, RecordBody};
-use crate::ingest::{self, BadInput};
+use crate::ingest;
 use crate::server::Shared;
 use crate::store::{Applied, PreparedBatch, SessionOutcome, SessionRequest};
 use crate::writer::Command;
-
-/// How long a record whose commit failed waits before it comes again.
-const RETRY_DELAY: Duration = Duration::from_secs(1);
 
 /// At most one warning about the log per this interval.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Warnings about the log, at most one per [`WARN_EVERY`] (with the count
-/// of those left out).
+/// of those left out), as `ferry_clock::LogLimit` decides.
 struct Warn {
-    last: Option<Instant>,
-    suppressed: u64,
+    limit: LogLimit,
+    clock: SystemClock,
 }
 
 impl Warn {
     fn new() -> Self {
         Self {
-            last: None,
-            suppressed: 0,
+            limit: LogLimit::new(WARN_EVERY),
+            clock: SystemClock,
         }
     }
 
     fn warn(&mut self, message: &dyn std::fmt::Display) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|l| now.duration_since(l) < WARN_EVERY)
-        {
-            self.suppressed += 1;
-            return;
+        if let Some(suppressed) = self.limit.event(self.clock.now_ns()) {
+            tracing::warn!(suppressed, "cluster: {message}");
         }
-        self.last = Some(now);
-        let suppressed = std::mem::take(&mut self.suppressed);
-        tracing::warn!(suppressed, "cluster: {message}");
     }
 }
 
@@ -150,7 +140,9 @@ pub fn prepare(
 }
 
 /// Hands one record to the writer; the returned future waits for its
-/// commit and acks it. `None`: the record was settled here (acked).
+/// commit and acks it. `None`: the record was settled here (acked), or the
+/// writer is gone (the collector stops; the log delivers the record again
+/// after its ack wait). What to ack and count is [`settle`]'s.
 async fn submit(
     shared: &Arc<Shared>,
     d: Arc<dyn Delivery>,
@@ -159,12 +151,14 @@ async fn submit(
         Ok(r) => r,
         Err(e) => {
             // Nothing any worker could do with it: counted, acked.
-            count(shared, "unknown", "undecodable");
-            shared.metrics.bad(
-                BadInput::MalformedMessage,
+            let s = settle::undecodable();
+            finish(
+                shared,
+                "unknown",
+                &s,
                 &format_args!("cluster record undecodable: {e}"),
             );
-            let _ = d.ack().await;
+            reply(&*d, s.reply).await;
             return None;
         }
     };
@@ -197,17 +191,18 @@ async fn submit(
                 Err(r) => {
                     // The front end acked it stored: a worker whose limits
                     // differ refuses it, counted here.
-                    count(shared, kind, "rejected");
-                    shared.metrics.batch("rejected", r.code, 0);
-                    shared.metrics.bad(
-                        r.kind,
+                    let s = settle::refused_here(&r);
+                    finish(
+                        shared,
+                        kind,
+                        &s,
                         &format_args!(
                             "cluster record {}: refused by this worker's limits: {}",
                             record.id(),
                             r.reason
                         ),
                     );
-                    let _ = d.ack().await;
+                    reply(&*d, s.reply).await;
                     return None;
                 }
             };
@@ -228,86 +223,87 @@ async fn submit(
     };
     let shared = shared.clone();
     Some(async move {
-        let settled = match waiting {
+        match waiting {
             Waiting::Session(rx) => {
-                let Ok(outcome) = rx.await else { return };
-                match outcome {
-                    Ok(SessionOutcome::Recorded {
-                        previous_epoch: Some(_),
-                        ..
-                    }) => {
-                        shared.metrics.journal_resets.inc();
-                        Some("stored")
-                    }
-                    Ok(SessionOutcome::Recorded { .. }) => Some("stored"),
-                    Ok(SessionOutcome::TooManyEpochs(n)) => {
-                        shared.metrics.bad(
-                            BadInput::DedupeFull,
-                            &format_args!(
-                                "agent {agent}: {n} journal epochs, the limit (limits.max_epochs_per_agent)"
-                            ),
-                        );
-                        Some("rejected")
-                    }
+                let Ok(answer) = rx.await else { return };
+                let s = settle::session(&answer);
+                match &answer {
+                    Ok(SessionOutcome::TooManyEpochs(n)) => finish(
+                        &shared,
+                        kind,
+                        &s,
+                        &format_args!(
+                            "agent {agent}: {n} journal epochs, the limit (limits.max_epochs_per_agent)"
+                        ),
+                    ),
                     Err(e) => {
                         tracing::warn!(agent = &*agent, "cluster: recording a session: {e}");
-                        None
+                        finish(&shared, kind, &s, &"");
                     }
+                    Ok(_) => finish(&shared, kind, &s, &""),
                 }
+                reply(&*d, s.reply).await;
             }
             Waiting::Batch(rx, seq, epoch, readings) => {
-                let Ok(outcome) = rx.await else { return };
-                match outcome {
-                    Ok(Applied::Stored { readings, refused }) => {
-                        shared.metrics.batch("stored", 0, readings);
-                        shared.metrics.refused(&refused);
-                        Some("stored")
+                let Ok(answer) = rx.await else { return };
+                let s = settle::batch(&answer, readings);
+                match &answer {
+                    Ok(Applied::Stored { refused, .. }) => {
+                        shared.metrics.refused(refused);
+                        finish(&shared, kind, &s, &"");
                     }
-                    Ok(Applied::Duplicate) => {
-                        shared.metrics.batch("duplicate", 0, readings);
-                        Some("duplicate")
-                    }
-                    Ok(Applied::Rejected { code, reason }) => {
-                        shared.metrics.batch("rejected", code, 0);
-                        shared.metrics.bad(
-                            if code == reason::DEDUPE_FULL {
-                                BadInput::DedupeFull
-                            } else {
-                                BadInput::InvalidBatch
-                            },
-                            &format_args!(
-                                "agent {agent} epoch {epoch:016x} batch {seq}: refused by the store: {reason}"
-                            ),
-                        );
-                        Some("rejected")
-                    }
+                    Ok(Applied::Rejected { reason, .. }) => finish(
+                        &shared,
+                        kind,
+                        &s,
+                        &format_args!(
+                            "agent {agent} epoch {epoch:016x} batch {seq}: refused by the store: {reason}"
+                        ),
+                    ),
                     Err(e) => {
-                        shared.metrics.batch("rejected", reason::STORAGE, 0);
                         tracing::warn!(
                             agent = &*agent,
                             seq,
                             "cluster: commit failed, the record comes again: {e}"
                         );
-                        None
+                        finish(&shared, kind, &s, &"");
                     }
+                    Ok(Applied::Duplicate) => finish(&shared, kind, &s, &""),
                 }
-            }
-        };
-        match settled {
-            Some(outcome) => {
-                count(&shared, kind, outcome);
-                // An ack lost here only means a redelivery, which the
-                // dedupe entry answers.
-                if let Err(e) = d.ack().await {
-                    tracing::debug!("cluster: {e}");
-                }
-            }
-            None => {
-                count(&shared, kind, "retried");
-                let _ = d.retry_later(RETRY_DELAY).await;
+                reply(&*d, s.reply).await;
             }
         }
     })
+}
+
+/// Counts what `s` names (a bad input logged with `why`).
+fn finish(shared: &Shared, kind: &'static str, s: &Settle, why: &dyn std::fmt::Display) {
+    if let Some((outcome, code, readings)) = s.batch {
+        shared.metrics.batch(outcome, code, readings);
+    }
+    if s.journal_reset {
+        shared.metrics.journal_resets.inc();
+    }
+    if let Some(bad) = s.bad {
+        shared.metrics.bad(bad, why);
+    }
+    count(shared, kind, s.outcome);
+}
+
+/// Answers the log.
+async fn reply(d: &dyn Delivery, r: Reply) {
+    match r {
+        // An ack lost here only means a redelivery, which the dedupe entry
+        // answers.
+        Reply::Ack => {
+            if let Err(e) = d.ack().await {
+                tracing::debug!("cluster: {e}");
+            }
+        }
+        Reply::RetryAfter(delay) => {
+            let _ = d.retry_later(delay).await;
+        }
+    }
 }
 
 /// Refreshes the cluster gauges on `/metrics` every `every` until `stop`.
