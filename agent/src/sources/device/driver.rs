@@ -16,7 +16,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::intake::{Intake, SubmitError};
 use crate::journal::CommitReport;
 
-use ferry_clock::{Backoff, Clock, SystemClock};
+use ferry_clock::{Backoff, Clock, SystemClock, until};
 
 use crate::sources::conn::{Deadlines, LogLimit};
 
@@ -153,13 +153,10 @@ where
                 None => std::future::pending().await,
             }
         };
-        let due = deadlines.due().map(|due| {
-            let wait = due.saturating_sub(source.clock.now_ns()).max(0);
-            tokio::time::Instant::now() + Duration::from_nanos(wait as u64)
-        });
+        let wait = deadlines.due().map(|due| until(source.clock.now_ns(), due));
         let timeout = async {
-            match due {
-                Some(at) => tokio::time::sleep_until(at).await,
+            match wait {
+                Some(d) => tokio::time::sleep(d).await,
                 None => std::future::pending().await,
             }
         };

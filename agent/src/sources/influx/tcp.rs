@@ -1,6 +1,9 @@
 //! The TCP listener and its connections: accepting at the connection
 //! limit, reading chunks of complete lines, the memory budget's holds, and
-//! handing chunks to the journal (described in [`super`]).
+//! handing chunks to the journal (described in [`super`]). The decisions
+//! are sans-IO: `conn`'s `ConnectionTable`, `Deadlines` and `LogLimit`, the
+//! line `Chunker`, and here `closes.rs`, `submit.rs` and `waits.rs` (after
+//! a failed accept, a wait for room in the budget).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -14,7 +17,8 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 use self::closes::{CloseReport, Closes, Report};
-use self::submit::{ChunkSubmission, FIRST_RETRY_PAUSE, Step};
+use self::submit::{ChunkSubmission, Step};
+use self::waits::{AcceptFailures, NoRoom, RoomWait};
 use super::{
     InfluxConfig, LIMIT_LOG_PERIOD, SourceStats, WarnLimit, chunk_work, parse_pieces_within,
 };
@@ -25,6 +29,7 @@ use crate::sources::line::{Chunk, Chunker, KeyCache, Parsed};
 
 mod closes;
 mod submit;
+mod waits;
 
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 64 * 1024;
@@ -47,7 +52,7 @@ pub async fn run_tcp(
     let (stop_tx, stop_rx) = watch::channel(false);
     let open = Arc::new(Mutex::new(Open::default()));
     let mut limit_log = LogLimit::new(LIMIT_LOG_PERIOD);
-    let mut accept_log = LogLimit::new(LIMIT_LOG_PERIOD);
+    let mut accept_failures = AcceptFailures::new(LIMIT_LOG_PERIOD);
     let mut connections = JoinSet::new();
     let closes = tokio::spawn(report_closes(
         CloseReport::new(&cfg.name, cfg.closes_period, clock.now_ns()),
@@ -68,8 +73,8 @@ pub async fn run_tcp(
             Err(e) => {
                 // Out of file descriptors and the like: close the idlest
                 // connection (its descriptor serves the next accept), pause,
-                // don't spin.
-                let now = clock.now_ns();
+                // don't spin (`AcceptFailures`).
+                let after = accept_failures.handle_failure(clock.now_ns());
                 let evicted = open
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -77,13 +82,13 @@ pub async fn run_tcp(
                 if evicted {
                     stats.add(&stats.connections_evicted, 1);
                 }
-                if let Some(held_back) = accept_log.event(now) {
+                if let Some(held_back) = after.log {
                     tracing::warn!(source = %cfg.name, error = %e, evicted, held_back,
                         "accepting a connection failed ({held_back} more since the last message)");
                 }
                 tokio::select! {
                     _ = &mut shutdown => break,
-                    _ = tokio::time::sleep(FIRST_RETRY_PAUSE * 10) => continue,
+                    _ = tokio::time::sleep(until(clock.now_ns(), after.retry_at)) => continue,
                 }
             }
         };
@@ -287,14 +292,14 @@ impl Connection {
                     // close, the budget's pressure or readable bytes.
                     chunker.release_if_empty();
                     self.charge_buffer(&chunker);
-                    let due = self.deadlines.due().map(|due| {
-                        let wait = due.saturating_sub(self.clock.now_ns()).max(0);
-                        tokio::time::Instant::now() + Duration::from_nanos(wait as u64)
-                    });
+                    let wait = self
+                        .deadlines
+                        .due()
+                        .map(|due| until(self.clock.now_ns(), due));
                     tokio::select! {
                         _ = stopped(&mut self.stop) => return None,
                         _ = &mut kicked => return Some(Closed::Evicted),
-                        _ = sleep_until(due) => {
+                        _ = sleep_for(wait) => {
                             if let Some(why) = self.deadlines.expired(self.clock.now_ns()) {
                                 return Some(why);
                             }
@@ -374,7 +379,7 @@ impl Connection {
     /// producer waits; its own cache makes room first.
     async fn hold(&mut self, pressure: &mut Option<watch::Receiver<u64>>) -> Option<Hold> {
         let budget = self.intake.budget()?.clone();
-        let mut waited = false;
+        let mut wait = RoomWait::default();
         loop {
             let room = budget.room();
             tokio::pin!(room);
@@ -382,11 +387,11 @@ impl Connection {
             if let Some(hold) = budget.try_hold(CHUNK_HOLD) {
                 return Some(hold);
             }
-            if !waited {
-                waited = true;
+            let (count, next) = wait.handle_no_room(self.keys.charged());
+            if count {
                 budget.record_wait();
             }
-            if self.keys.charged() > 0 {
+            if next == NoRoom::EvictOwnCache {
                 self.keys.evict();
                 continue;
             }
@@ -452,10 +457,10 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|&s| s).await;
 }
 
-/// Resolves at `at`; never without one.
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+/// Resolves after `d`; never without one.
+async fn sleep_for(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
         None => std::future::pending().await,
     }
 }
