@@ -4,8 +4,9 @@
 //! per period, as sd_watchdog_enabled(3) advises, each given half a period
 //! to be answered, the next half a period after the last ended; `WATCHDOG=1`
 //! only for an answer, so a stalled writer stops the pings and the service
-//! manager restarts the process. The daemons' tokio loops send the probes
-//! and the notifications.
+//! manager restarts the process. [`run`] (feature `tokio`) is the one
+//! tokio loop around it; each daemon passes how it probes its writer and
+//! what it tells systemd.
 
 use core::time::Duration;
 
@@ -80,6 +81,35 @@ impl Watchdog {
     }
 }
 
+/// Drives a [`Watchdog`] for `WatchdogSec = timeout` with `clock` until the
+/// writer is gone: sleeps until each probe, runs `probe` (true: the writer
+/// answered, false: it is gone) for at most its deadline, and hands every
+/// notification but [`Notify::Stop`] to `notify`; returns at the stop.
+#[cfg(feature = "tokio")]
+pub async fn run<F, P>(
+    timeout: Duration,
+    clock: &dyn crate::Clock,
+    mut probe: F,
+    mut notify: impl FnMut(Notify),
+) where
+    F: FnMut() -> P,
+    P: core::future::Future<Output = bool>,
+{
+    let mut dog = Watchdog::new(timeout, clock.now_ns());
+    loop {
+        tokio::time::sleep(until(clock.now_ns(), dog.poll_probe())).await;
+        let deadline = dog.handle_probe_sent(clock.now_ns());
+        let ended = tokio::select! {
+            alive = probe() => if alive { Probe::Answered } else { Probe::WriterGone },
+            _ = tokio::time::sleep(until(clock.now_ns(), deadline)) => Probe::TimedOut,
+        };
+        match dog.handle_probe(clock.now_ns(), ended) {
+            Notify::Stop => return,
+            n => notify(n),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +173,66 @@ mod tests {
         let mut w = Watchdog::new(Duration::from_secs(2), T0);
         w.handle_probe_sent(T0);
         assert_eq!(w.handle_probe(T0, Probe::WriterGone), Notify::Stop);
+    }
+
+    /// tokio's paused time as the wall clock, so `run` is driven by a fake
+    /// clock that moves only while every task waits.
+    #[cfg(feature = "tokio")]
+    struct PausedClock(tokio::time::Instant);
+
+    #[cfg(feature = "tokio")]
+    impl crate::Clock for PausedClock {
+        fn now_ns(&self) -> i64 {
+            T0 + crate::nanos(self.0.elapsed())
+        }
+    }
+
+    #[cfg(feature = "tokio")]
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn the_loop_pings_for_answers_withholds_for_a_stall_and_stops_when_the_writer_goes() {
+        let clock = PausedClock(tokio::time::Instant::now());
+        // The writer answers at once twice, stalls one probe, answers after
+        // a second, then is gone.
+        let answers = core::cell::RefCell::new(vec![
+            (Duration::ZERO, true),
+            (Duration::ZERO, true),
+            (Duration::from_secs(3600), true),
+            (Duration::from_secs(1), true),
+            (Duration::ZERO, false),
+        ]);
+        let probed = core::cell::RefCell::new(Vec::new());
+        let mut notified = Vec::new();
+        run(
+            Duration::from_secs(10),
+            &clock,
+            || {
+                probed
+                    .borrow_mut()
+                    .push((crate::Clock::now_ns(&clock) - T0) / S);
+                let (after, alive) = answers.borrow_mut().remove(0);
+                async move {
+                    tokio::time::sleep(after).await;
+                    alive
+                }
+            },
+            |n| notified.push((n, (crate::Clock::now_ns(&clock) - T0) / S)),
+        )
+        .await;
+        assert_eq!(*probed.borrow(), [0, 5, 10, 20, 26]);
+        assert_eq!(
+            notified,
+            [
+                (Notify::Watchdog, 0),
+                (Notify::Watchdog, 5),
+                (
+                    Notify::Withhold {
+                        waited: Duration::from_secs(5)
+                    },
+                    15
+                ),
+                (Notify::Watchdog, 21),
+            ]
+        );
+        assert!(answers.borrow().is_empty(), "returned at the stop");
     }
 }

@@ -22,8 +22,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use ferry_clock::watchdog::{Notify, Probe, Watchdog};
-use ferry_clock::{Clock, SystemClock, until};
+use ferry_clock::SystemClock;
+use ferry_clock::watchdog::{self, Notify};
 use sd_notify::NotifyState;
 
 use crate::Handle;
@@ -53,32 +53,24 @@ fn send(state: &[NotifyState<'_>]) {
 
 /// Sends `WATCHDOG=1` while the store's writer answers, if systemd asked
 /// for a watchdog (`WATCHDOG_USEC`); returns at once otherwise, or when the
-/// writer has stopped. Run it as its own task; the decisions are
-/// [`Watchdog`]'s.
+/// writer has stopped. Run it as its own task; the loop and its decisions
+/// are `ferry_clock::watchdog`'s (shared with the agent).
 pub async fn watchdog(handle: Handle) {
     let Some(timeout) = sd_notify::watchdog_enabled() else {
         return;
     };
     tracing::debug!(?timeout, "systemd watchdog on");
-    let clock = SystemClock;
-    let mut dog = Watchdog::new(timeout, clock.now_ns());
-    loop {
-        tokio::time::sleep(until(clock.now_ns(), dog.poll_probe())).await;
-        let deadline = dog.handle_probe_sent(clock.now_ns());
-        let probe = tokio::select! {
-            alive = handle.writer_alive() => if alive { Probe::Answered } else { Probe::WriterGone },
-            _ = tokio::time::sleep(until(clock.now_ns(), deadline)) => Probe::TimedOut,
-        };
-        match dog.handle_probe(clock.now_ns(), probe) {
-            Notify::Watchdog => send(&[NotifyState::Watchdog]),
-            // The writer is gone: the collector is stopping.
-            Notify::Stop => return,
-            Notify::Withhold { waited } => tracing::error!(
-                waited_ms = waited.as_millis() as u64,
-                "the store writer has not answered: WATCHDOG=1 withheld, systemd restarts the collector when WatchdogSec runs out"
-            ),
-        }
-    }
+    let alive = || handle.writer_alive();
+    watchdog::run(timeout, &SystemClock, alive, |notify| match notify {
+        Notify::Watchdog => send(&[NotifyState::Watchdog]),
+        Notify::Withhold { waited } => tracing::error!(
+            waited_ms = waited.as_millis() as u64,
+            "the store writer has not answered: WATCHDOG=1 withheld, systemd restarts the collector when WatchdogSec runs out"
+        ),
+        // The writer is gone: the collector is stopping (`run` returns).
+        Notify::Stop => {}
+    })
+    .await;
 }
 
 /// The fault hook of the module docs: blocks this thread for good once the
