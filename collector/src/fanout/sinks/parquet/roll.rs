@@ -156,13 +156,7 @@ mod tests {
             Close::Write { limit: 1_080 }
         );
         // A budget of 0 or 1 cuts at a lag of one batch.
-        assert_eq!(
-            roll.poll(now, stored, 7, 8, 1),
-            Close::Write { limit: 8 }
-        );
-        assert_eq!(
-            roll.poll(now, stored, 7, 8, 0),
-            Close::Write { limit: 8 }
-        );
+        assert_eq!(roll.poll(now, stored, 7, 8, 1), Close::Write { limit: 8 });
+        assert_eq!(roll.poll(now, stored, 7, 8, 0), Close::Write { limit: 8 });
     }
 }
