@@ -147,25 +147,12 @@ pub fn run(
             break;
         };
         crate::systemd::stall_writer_if_asked();
-        let mut group = Group::default();
-        let mut other = None;
-        match group.take(first) {
-            None => {
-                while group.batches.len() + group.sessions.len() < max_group {
-                    match rx.try_recv() {
-                        Ok(cmd) => {
-                            if let Some(cmd) = group.take(cmd) {
-                                // Keep the order: the command waits for this group.
-                                pending = Some(cmd);
-                                break;
-                            }
-                        }
-                        Err(_) => break,
-                    }
-                }
-            }
-            cmd => other = cmd,
-        }
+        let Round {
+            group,
+            other,
+            pending: next,
+        } = Round::take(first, || rx.try_recv().ok(), max_group);
+        pending = next;
         if !group.is_empty() {
             state.set_event_log(bus.log_events());
             commit_group(
@@ -274,6 +261,46 @@ impl Group {
     }
 }
 
+/// One round of the writer's queue: the group to commit, the command that
+/// came first when it is neither a batch nor a session (run after the
+/// group, which is then empty), and the command that ended the group (it
+/// starts the next round, so commands keep their order).
+struct Round {
+    group: Group,
+    other: Option<Command>,
+    pending: Option<Command>,
+}
+
+impl Round {
+    /// Starts with `first`, then takes what `next` has queued (it does not
+    /// wait) while the group holds fewer than `max_group` batches and
+    /// sessions.
+    fn take(first: Command, mut next: impl FnMut() -> Option<Command>, max_group: usize) -> Self {
+        let mut group = Group::default();
+        if let Some(other) = group.take(first) {
+            return Self {
+                group,
+                other: Some(other),
+                pending: None,
+            };
+        }
+        let mut pending = None;
+        while group.batches.len() + group.sessions.len() < max_group {
+            let Some(cmd) = next() else { break };
+            if let Some(cmd) = group.take(cmd) {
+                // Keep the order: the command waits for this group.
+                pending = Some(cmd);
+                break;
+            }
+        }
+        Self {
+            group,
+            other: None,
+            pending,
+        }
+    }
+}
+
 fn commit_group(
     store: &Store,
     state: &mut WriterState,
@@ -335,5 +362,60 @@ fn commit_group(
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use super::*;
+
+    fn session(epoch: u64) -> Command {
+        let (reply, _) = oneshot::channel();
+        Command::Session {
+            session: SessionRequest {
+                agent: Arc::from("a"),
+                epoch,
+                resolved_below: 0,
+            },
+            reply,
+        }
+    }
+
+    fn ping() -> Command {
+        Command::Ping(oneshot::channel().0)
+    }
+
+    fn epochs(g: &Group) -> Vec<u64> {
+        g.sessions.iter().map(|s| s.epoch).collect()
+    }
+
+    #[test]
+    fn a_round_takes_what_is_queued_up_to_the_group_limit() {
+        let mut queue = VecDeque::from([session(2), session(3), session(4)]);
+        let r = Round::take(session(1), || queue.pop_front(), 3);
+        assert_eq!(epochs(&r.group), [1, 2, 3]);
+        assert!(r.other.is_none() && r.pending.is_none());
+        assert_eq!(queue.len(), 1, "the fourth waits for the next group");
+        let r = Round::take(queue.pop_front().unwrap(), || queue.pop_front(), 3);
+        assert_eq!(epochs(&r.group), [4], "nothing more queued: no wait");
+    }
+
+    #[test]
+    fn another_command_ends_the_group_and_runs_after_it_in_order() {
+        let mut queue = VecDeque::from([session(2), ping(), session(3)]);
+        let r = Round::take(session(1), || queue.pop_front(), 100);
+        assert_eq!(epochs(&r.group), [1, 2]);
+        assert!(r.other.is_none());
+        let pending = r.pending.expect("the ping ends the group");
+        assert!(matches!(pending, Command::Ping(_)));
+        let r = Round::take(pending, || queue.pop_front(), 100);
+        assert!(r.group.is_empty(), "the ping runs alone, after the group");
+        assert!(matches!(r.other, Some(Command::Ping(_))));
+        assert!(r.pending.is_none());
+        assert_eq!(queue.len(), 1, "nothing taken behind it");
+        let r = Round::take(queue.pop_front().unwrap(), || queue.pop_front(), 100);
+        assert_eq!(epochs(&r.group), [3]);
     }
 }
