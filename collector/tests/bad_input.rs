@@ -9,7 +9,7 @@ use common::{Agent, Answer, Fixture, HelloReply, base_ns, batch, frame, hello, z
 use ferry_collector::ingest::BadInput;
 use ferry_proto::batch::{Batch, Reading, ReadingBlock};
 use ferry_proto::codec;
-use ferry_proto::session::{Ack, Refused, close, reason};
+use ferry_proto::session::{Ack, PROTOCOL_VERSION, Refused, close, reason};
 use ferry_proto::stream::{FrameType, compression};
 
 #[tokio::test]
@@ -338,5 +338,33 @@ async fn connections_over_the_limit_are_refused_and_counted() {
         first.send(&batch(1, base_ns(), &["a"], 1)).await.unwrap(),
         Ack::stored(1)
     );
+    server.stop().await;
+}
+
+/// A control stream opened with a Hello that never completes (a byte of its
+/// header, then silence) is closed at `quic.hello_timeout` like a missing
+/// Hello, and its connection's slot freed.
+#[tokio::test]
+async fn an_unfinished_hello_is_closed_at_the_hello_timeout() {
+    let fx = Fixture::new();
+    let bundle = fx.enroll("gw-1");
+    let mut config = fx.config();
+    config.quic.hello_timeout = std::time::Duration::from_millis(300);
+    let server = common::Running::start(config).await;
+    let agent = Agent::connect(server.quic, &bundle).await.unwrap();
+    let (mut send, _recv) = agent.conn.open_bi().await.unwrap();
+    let bytes = frame(
+        FrameType::Hello,
+        0,
+        &codec::to_vec(&hello(PROTOCOL_VERSION)).unwrap(),
+    );
+    send.write_all(&bytes[..1]).await.unwrap();
+    match agent.conn.closed().await {
+        quinn::ConnectionError::ApplicationClosed(c) => {
+            assert_eq!(c.error_code, close::PROTOCOL.into());
+            assert_eq!(&c.reason[..], b"no hello in time");
+        }
+        other => panic!("{other}"),
+    }
     server.stop().await;
 }

@@ -1,7 +1,8 @@
 //! A connection's hello exchange, sans-IO: the deadline by which the agent
-//! must have opened its control stream (`quic.hello_timeout` from the
-//! handshake; docs/protocol.md, Streams), and what the first frame on it
-//! comes to (a `Hello` this collector speaks, or the refusal to answer).
+//! must have opened its control stream and sent a whole first frame on it
+//! (`quic.hello_timeout` from the handshake; docs/protocol.md, Streams: a
+//! stream opened with a Hello that never completes is closed at the same
+//! deadline), and what the first frame on it comes to (a `Hello` this collector speaks, or the refusal to answer).
 //! The session's tokio code ([`super::session`]) accepts the stream, reads
 //! the frame, reads the clock and sleeps until [`Handshake::poll_timeout`].
 
@@ -32,6 +33,8 @@ pub(super) enum HelloRead {
 pub(super) struct Handshake {
     deadline: i64,
     opened: bool,
+    /// The first frame was read (or the stream ended): no deadline.
+    read: bool,
 }
 
 impl Handshake {
@@ -40,24 +43,31 @@ impl Handshake {
         Self {
             deadline: ferry_clock::after(now, hello_timeout),
             opened: false,
+            read: false,
         }
     }
 
-    /// When to give up waiting for the control stream; `None` once it is
-    /// open.
+    /// When to give up waiting for the control stream and its first frame;
+    /// `None` once that frame is read.
     pub(super) fn poll_timeout(&self) -> Option<i64> {
-        (!self.opened).then_some(self.deadline)
+        (!self.read).then_some(self.deadline)
+    }
+
+    /// True once the control stream is open (the session then reads its
+    /// first frame, still within [`Handshake::poll_timeout`]).
+    pub(super) fn is_open(&self) -> bool {
+        self.opened
     }
 
     /// The wait of [`Handshake::poll_timeout`] ended at `now`: true when the
     /// connection is to be closed ([`NO_HELLO`]), false when it is early
     /// (a wall clock that went back) and the wait goes on.
     pub(super) fn handle_timeout(&mut self, now: i64) -> bool {
-        !self.opened && now >= self.deadline
+        !self.read && now >= self.deadline
     }
 
     /// The agent opened its control stream (at any time before the
-    /// deadline): the deadline no longer applies.
+    /// deadline): its first frame is read next, by the same deadline.
     pub(super) fn handle_opened(&mut self) {
         self.opened = true;
     }
@@ -68,6 +78,7 @@ impl Handshake {
         &mut self,
         frame: Result<Option<(FrameHeader, Vec<u8>)>, Rejection>,
     ) -> HelloRead {
+        self.read = true;
         let (header, body) = match frame {
             Ok(Some(f)) => f,
             Ok(None) => return HelloRead::Ended,
@@ -163,14 +174,29 @@ mod tests {
     }
 
     #[test]
-    fn an_opened_control_stream_has_no_deadline() {
+    fn an_opened_control_stream_without_a_whole_hello_is_closed_at_the_same_deadline() {
         let clock = ManualClock::new(T0);
         let mut h = Handshake::new(clock.now_ns(), Duration::from_secs(10));
         clock.advance(Duration::from_secs(9));
         h.handle_opened();
+        assert!(h.is_open());
+        assert_eq!(h.poll_timeout(), Some(T0 + 10 * SEC));
+        clock.advance(Duration::from_secs(1));
+        assert!(h.handle_timeout(clock.now_ns()));
+    }
+
+    #[test]
+    fn a_read_hello_has_no_deadline() {
+        let clock = ManualClock::new(T0);
+        let mut h = Handshake::new(clock.now_ns(), Duration::from_secs(10));
+        clock.advance(Duration::from_secs(9));
+        h.handle_opened();
+        assert_eq!(h.handle_frame(Ok(None)), HelloRead::Ended);
         assert_eq!(h.poll_timeout(), None);
         clock.advance(Duration::from_secs(3600));
         assert!(!h.handle_timeout(clock.now_ns()));
+        let mut h = Handshake::new(clock.now_ns(), Duration::from_secs(10));
+        h.handle_opened();
         assert_eq!(
             h.handle_frame(frame(
                 FrameType::Hello,

@@ -153,7 +153,26 @@ async fn session(
             }
         }
     };
-    let hello = match handshake.handle_frame(read_frame(&mut recv, limits.max_frame_bytes).await) {
+    // The first frame, by the same deadline (a Hello sent a byte at a time,
+    // or never finished, is closed like a missing one).
+    let first = {
+        let read = read_frame(&mut recv, limits.max_frame_bytes);
+        tokio::pin!(read);
+        loop {
+            let deadline = handshake.poll_timeout().unwrap_or(i64::MAX);
+            tokio::select! {
+                frame = &mut read => break frame,
+                _ = tokio::time::sleep(until(clock.now_ns(), deadline)) => {
+                    if handshake.handle_timeout(clock.now_ns()) {
+                        conn.close(VarInt::from_u32(close::PROTOCOL), NO_HELLO.as_bytes());
+                        return NO_HELLO.into();
+                    }
+                }
+            }
+        }
+    };
+    debug_assert!(handshake.is_open());
+    let hello = match handshake.handle_frame(first) {
         HelloRead::Hello(h) => Ok(h),
         HelloRead::Refused(r) => Err(r),
         HelloRead::Ended => return "hello stream ended".into(),
