@@ -72,13 +72,36 @@ impl Lines {
             let (prefix, value, ts) = &mut self.series[self.next];
             *value = (*value + (self.rng % 11) as i64 - 5).clamp(1000, 3500);
             buf.extend_from_slice(prefix);
-            buf.extend_from_slice(format!("{}.{:02} {}\n", *value / 100, *value % 100, ts).as_bytes());
+            push_decimal(buf, *value as u64 / 100);
+            let cents = *value as u64 % 100;
+            buf.extend_from_slice(&[
+                b'.',
+                b'0' + (cents / 10) as u8,
+                b'0' + (cents % 10) as u8,
+                b' ',
+            ]);
+            push_decimal(buf, *ts as u64);
+            buf.push(b'\n');
             *ts += 1_000_000;
             self.next = (self.next + 1) % self.series.len();
             n += 1;
         }
         n
     }
+}
+
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[i..]);
 }
 
 #[derive(Default, Clone, Copy)]
@@ -145,8 +168,13 @@ fn round(target: u64) -> Stages {
         // Parse.
         let t = Instant::now();
         let parsed = conn.chunker.take(|buf, pieces| {
-            let mut parser =
-                ChunkParser::new(Precision::Nanoseconds, now, "influx", "device", &mut conn.keys);
+            let mut parser = ChunkParser::new(
+                Precision::Nanoseconds,
+                now,
+                "influx",
+                "device",
+                &mut conn.keys,
+            );
             for piece in pieces {
                 if let Piece::Line { no, start, end } = *piece {
                     parser.push_line(no, &buf[start..end]);
