@@ -262,7 +262,8 @@ fn scaled(value: f64, scale: u8) -> Option<i64> {
     // Also false for NaN and infinities. Below 2^53 `x` rounds to an
     // integer below 2^53 too, and from 2^53 up it is one already: this is
     // `|round(x)| < 2^53`.
-    if !(libm::fabs(x) < EXACT_INT) {
+    let exact = libm::fabs(x) < EXACT_INT;
+    if !exact {
         return None;
     }
     let n = round_half_away(x);
@@ -596,7 +597,8 @@ mod tests {
         let scaled = |value: f64, scale: u8| {
             let p = POW10[scale as usize];
             let n = libm::round(value * p);
-            if !(libm::fabs(n) < EXACT_INT) {
+            let exact = libm::fabs(n) < EXACT_INT;
+            if !exact {
                 return None;
             }
             (n / p == value && !(value == 0.0 && value.is_sign_negative())).then_some(n as i64)
