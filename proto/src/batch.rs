@@ -258,12 +258,15 @@ pub(crate) fn scaled_checked(value: f64, scale: u8) -> Option<i64> {
 
 fn scaled(value: f64, scale: u8) -> Option<i64> {
     let p = POW10[scale as usize];
-    let n = libm::round(value * p);
-    // Also false for NaN and infinities.
-    let exact = libm::fabs(n) < EXACT_INT;
+    let x = value * p;
+    // Also false for NaN and infinities. Below 2^53 `x` rounds to an
+    // integer below 2^53 too, and from 2^53 up it is one already: this is
+    // `|round(x)| < 2^53`.
+    let exact = libm::fabs(x) < EXACT_INT;
     if !exact {
         return None;
     }
+    let n = round_half_away(x);
     // `n / p` is correctly rounded, so it equals `value` exactly when `value`
     // is the f64 nearest to the decimal n·10^-scale.
     if n / p == value && !(value == 0.0 && value.is_sign_negative()) {
@@ -271,6 +274,23 @@ fn scaled(value: f64, scale: u8) -> Option<i64> {
     } else {
         None
     }
+}
+
+/// `x` rounded to the nearest integer, halves away from zero (what
+/// `libm::round` gives), for `|x| < 2^53`: truncated by a conversion, the
+/// fraction left (exact) decides. Much cheaper than `libm::round` on targets
+/// without a rounding instruction.
+fn round_half_away(x: f64) -> f64 {
+    let t = x as i64;
+    let fraction = x - t as f64;
+    let n = if fraction >= 0.5 {
+        t + 1
+    } else if fraction <= -0.5 {
+        t - 1
+    } else {
+        t
+    };
+    n as f64
 }
 
 impl Default for Values {
@@ -283,19 +303,36 @@ impl Default for Values {
 impl Values {
     /// Picks the smallest exact representation of `values`.
     pub fn encode(values: &[f64]) -> Values {
+        // The smallest scale that fits each value in turn, the deltas at
+        // the scale reached so far alongside: they stand unless the scale
+        // grew after the first value.
         let mut scale = 0u8;
-        for &v in values {
-            loop {
-                if scaled(v, scale).is_some() {
-                    break;
+        let mut deltas = Vec::with_capacity(values.len());
+        let mut prev = 0i64;
+        let mut stale = false;
+        for (i, &v) in values.iter().enumerate() {
+            let n = loop {
+                if let Some(n) = scaled(v, scale) {
+                    break n;
                 }
                 if scale == MAX_DECIMAL_SCALE {
                     return Values::Float(values.to_vec());
                 }
                 scale += 1;
+                stale |= i > 0;
+            };
+            if !stale {
+                let Some(d) = n.checked_sub(prev) else {
+                    return Values::Float(values.to_vec());
+                };
+                deltas.push(d);
+                prev = n;
             }
         }
-        let mut deltas = Vec::with_capacity(values.len());
+        if !stale {
+            return Values::Decimal(DecimalValues { scale, deltas });
+        }
+        deltas.clear();
         let mut prev = 0i64;
         for &v in values {
             let Some(n) = scaled(v, scale) else {
@@ -554,7 +591,92 @@ mod tests {
         ]
     }
 
+    /// [`Values::encode`] as it was first written: the scale search, then
+    /// the deltas, with `libm::round`.
+    fn encode_reference(values: &[f64]) -> Values {
+        let scaled = |value: f64, scale: u8| {
+            let p = POW10[scale as usize];
+            let n = libm::round(value * p);
+            let exact = libm::fabs(n) < EXACT_INT;
+            if !exact {
+                return None;
+            }
+            (n / p == value && !(value == 0.0 && value.is_sign_negative())).then_some(n as i64)
+        };
+        let mut scale = 0u8;
+        for &v in values {
+            while scaled(v, scale).is_none() {
+                if scale == MAX_DECIMAL_SCALE {
+                    return Values::Float(values.to_vec());
+                }
+                scale += 1;
+            }
+        }
+        let mut deltas = Vec::new();
+        let mut prev = 0i64;
+        for &v in values {
+            let Some(n) = scaled(v, scale) else {
+                return Values::Float(values.to_vec());
+            };
+            deltas.push(n - prev);
+            prev = n;
+        }
+        Values::Decimal(DecimalValues { scale, deltas })
+    }
+
+    #[test]
+    fn rounding_halves_goes_away_from_zero_as_libm() {
+        for x in [
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -1.5,
+            2.5,
+            -2.5,
+            0.49999999999999994,
+            -0.49999999999999994,
+            4503599627370495.5,
+            -4503599627370495.5,
+            4503599627370497.0,
+            9007199254740991.0,
+            -9007199254740991.0,
+            2137.0000000000005,
+            2136.9999999999995,
+        ] {
+            assert_eq!(round_half_away(x), libm::round(x), "{x}");
+        }
+    }
+
     proptest! {
+        #[test]
+        fn rounding_matches_libm(x in -9.007199254740991e15f64..9.007199254740991e15) {
+            prop_assert_eq!(round_half_away(x), libm::round(x));
+            let half = libm::trunc(x) + 0.5;
+            prop_assert_eq!(round_half_away(half), libm::round(half));
+        }
+
+        #[test]
+        fn encoded_values_are_what_the_first_encoder_chose(
+            hundredths in proptest::collection::vec(-100_000i64..100_000, 1..40),
+            scales in proptest::collection::vec(0u32..12, 40),
+            specials in proptest::collection::vec(finite_or_special(), 0..3),
+        ) {
+            // Decimals of mixed scales (the scale grows mid-block), and
+            // sometimes a value no scale fits.
+            let mut values: Vec<f64> = hundredths.iter().zip(&scales)
+                .map(|(&h, &s)| h as f64 / 10f64.powi(s as i32)).collect();
+            values.extend(specials);
+            let same = match (Values::encode(&values), encode_reference(&values)) {
+                (Values::Float(a), Values::Float(b)) => {
+                    a.iter().map(|v| v.to_bits()).eq(b.iter().map(|v| v.to_bits()))
+                }
+                (a, b) => a == b,
+            };
+            prop_assert!(same, "{:?}", values);
+        }
+
         #[test]
         fn blocks_round_trip_bit_exact(
             ts in proptest::collection::vec(any::<i64>(), 1..50),

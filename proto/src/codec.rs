@@ -113,8 +113,26 @@ impl messagepack_serde::messagepack_core::io::IoWrite for VecWriter {
     type Error = core::convert::Infallible;
 
     fn write(&mut self, buf: &[u8]) -> Result<(), Self::Error> {
-        self.0.extend_from_slice(buf);
+        // Nearly every write is a marker byte or an integer's 1, 2, 4 or 8
+        // bytes: copied inline, not by a `memcpy` call each.
+        match buf.len() {
+            1 => self.0.push(buf[0]),
+            2 => push_array::<2>(&mut self.0, buf),
+            4 => push_array::<4>(&mut self.0, buf),
+            8 => push_array::<8>(&mut self.0, buf),
+            _ => self.0.extend_from_slice(buf),
+        }
         Ok(())
+    }
+}
+
+/// Appends `buf`, `N` bytes long, as an array (a copy of known size).
+#[cfg(feature = "alloc")]
+#[inline(always)]
+fn push_array<const N: usize>(out: &mut alloc::vec::Vec<u8>, buf: &[u8]) {
+    match <[u8; N]>::try_from(buf) {
+        Ok(array) => out.extend_from_slice(&array),
+        Err(_) => out.extend_from_slice(buf),
     }
 }
 

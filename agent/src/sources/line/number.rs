@@ -14,6 +14,11 @@ pub(super) fn parse_value(key: &[u8], v: &[u8], column: usize) -> Result<f64, Li
         value: quote(v),
         column,
     };
+    // The common case first: a short decimal is a valid float, whatever
+    // the checks below would say.
+    if let Some(x) = short_decimal(v) {
+        return Ok(x);
+    }
     let Some(&last) = v.last() else {
         return Err(LineError::EmptyFieldValue {
             key: quote(key),
@@ -65,9 +70,6 @@ pub(super) fn parse_value(key: &[u8], v: &[u8], column: usize) -> Result<f64, Li
             let first_ok = v[0].is_ascii_digit() || matches!(v[0], b'-' | b'+' | b'.');
             if !ok_chars || !first_ok || !v.iter().any(u8::is_ascii_digit) {
                 return Err(invalid());
-            }
-            if let Some(x) = short_decimal(v) {
-                return Ok(x);
             }
             let x: f64 = text(v).parse().map_err(|_| invalid())?;
             if x.is_finite() {
@@ -125,6 +127,74 @@ pub(super) fn parse_timestamp(
         Some(rest) => (true, rest),
         None => (false, t),
     };
+    // Up to 19 digits fit in a `u64` (10^19 − 1 < 2^64): no overflow to
+    // check while accumulating, eight digits at a time.
+    if (1..=19).contains(&unsigned.len()) {
+        let Some(n) = digits_u64(unsigned) else {
+            return Err(LineError::InvalidTimestamp {
+                value: quote(t),
+                column,
+            });
+        };
+        let n = if negative {
+            // i64::MIN has no positive counterpart: −2^63 wraps to itself.
+            (n <= 1 << 63).then(|| (n as i64).wrapping_neg())
+        } else {
+            i64::try_from(n).ok()
+        };
+        return n
+            .and_then(|n| n.checked_mul(precision.nanos()))
+            .ok_or_else(|| LineError::TimestampOutOfRange {
+                value: quote(t),
+                precision,
+                column,
+            });
+    }
+    parse_timestamp_long(t, negative, unsigned, column, precision)
+}
+
+/// `s` (1 to 19 ASCII digits) as a number; `None` if any byte is not a
+/// digit.
+pub(super) fn digits_u64(s: &[u8]) -> Option<u64> {
+    let (head, chunks) = s.split_at(s.len() % 8);
+    let mut n: u64 = 0;
+    for &b in head {
+        let d = b.wrapping_sub(b'0');
+        if d > 9 {
+            return None;
+        }
+        n = n * 10 + u64::from(d);
+    }
+    for chunk in chunks.chunks_exact(8) {
+        n = n * 100_000_000 + eight_digits(chunk.try_into().ok()?)?;
+    }
+    Some(n)
+}
+
+/// Eight ASCII digits (the first the most significant) as a number, SWAR;
+/// `None` if any byte is not a digit.
+fn eight_digits(chunk: [u8; 8]) -> Option<u64> {
+    const ZEROS: u64 = 0x3030_3030_3030_3030;
+    const HIGH: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    let v = u64::from_le_bytes(chunk);
+    // Every byte 0x30..=0x3F, and 0x30..=0x39 once 6 is added.
+    if (v & HIGH) | ((v.wrapping_add(0x0606_0606_0606_0606) & HIGH) >> 4) != 0x3333_3333_3333_3333 {
+        return None;
+    }
+    let v = v - ZEROS;
+    let v = (v.wrapping_mul(10) + (v >> 8)) & 0x00FF_00FF_00FF_00FF;
+    let v = (v.wrapping_mul(100) + (v >> 16)) & 0x0000_FFFF_0000_FFFF;
+    Some((v.wrapping_mul(10_000) + (v >> 32)) & 0xFFFF_FFFF)
+}
+
+/// [`parse_timestamp`] past 19 digits (leading zeros), or without any.
+fn parse_timestamp_long(
+    t: &[u8],
+    negative: bool,
+    unsigned: &[u8],
+    column: usize,
+    precision: Precision,
+) -> Result<i64, LineError> {
     if unsigned.is_empty() || !unsigned.iter().all(u8::is_ascii_digit) {
         return Err(LineError::InvalidTimestamp {
             value: quote(t),

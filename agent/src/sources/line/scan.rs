@@ -43,9 +43,11 @@ pub struct KeyCache {
     /// so that one series written with tags in different orders is one group.
     keys: HashMap<SeriesKey, usize>,
     pub(super) entries: Vec<KeyEntry>,
-    /// Per series (`KeyEntry::ids`): `(chunk, group)`, its group's index in
-    /// the groups of chunk number `chunk`. Replaces a per-chunk map.
-    group_of: Vec<(u64, u32)>,
+    /// Per series (`KeyEntry::ids`): `(chunk, group, readings)`, its
+    /// group's index in the groups of chunk number `chunk` (replaces a
+    /// per-chunk map), and how many readings that group got: the next
+    /// chunk's group is allocated for as many at once.
+    group_of: Vec<(u64, u32, u32)>,
     /// Chunks parsed with this cache (the current chunk's number).
     chunk: u64,
 }
@@ -142,6 +144,9 @@ pub struct ChunkParser<'a> {
     /// Heap bytes of the groups so far, as [`Parsed::heap_bytes`] counts
     /// them ([`ChunkParser::heap_bytes`]).
     heap: u64,
+    /// `(group, slot)`: each cached series' group and its index in
+    /// [`KeyCache::group_of`].
+    slots: Vec<(u32, u32)>,
 }
 
 #[derive(Debug)]
@@ -192,6 +197,7 @@ impl<'a> ChunkParser<'a> {
             strings: StringFields::default(),
             strings_skipped: 0,
             heap: 0,
+            slots: Vec::new(),
         }
     }
 
@@ -236,6 +242,13 @@ impl<'a> ChunkParser<'a> {
 
     /// The groups, errors and counts.
     pub fn finish(mut self) -> Parsed {
+        for &(g, slot) in &self.slots {
+            let readings = &mut self.groups[g as usize].readings;
+            self.cache.group_of[slot as usize].2 = readings.len() as u32;
+            // Allocated for the previous chunk's count: never more than
+            // the readings it holds (what the budget is charged for).
+            readings.shrink_to_fit();
+        }
         self.groups.retain(|g| !g.readings.is_empty());
         let readings_accepted = self.groups.iter().map(|g| g.readings.len() as u64).sum();
         Parsed {
@@ -416,7 +429,7 @@ impl<'a> ChunkParser<'a> {
             let id = key_entry.series.len() as u32;
             key_entry.series.push(series);
             key_entry.ids.push(cache.group_of.len() as u32);
-            cache.group_of.push((0, 0));
+            cache.group_of.push((0, 0, 0));
             key_entry.fields.insert(field.key.to_vec(), id);
             ids.push(id);
         }
@@ -431,9 +444,10 @@ impl<'a> ChunkParser<'a> {
                 self.groups.push(SeriesReadings {
                     series: key_entry.series[id as usize].clone(),
                     origin: key_entry.origin.clone(),
-                    readings: Vec::new(),
+                    readings: Vec::with_capacity(slot.2 as usize),
                 });
-                *slot = (cache.chunk, g as u32);
+                self.slots.push((g as u32, key_entry.ids[id as usize]));
+                *slot = (cache.chunk, g as u32, 0);
                 g
             };
             groups.push(group);

@@ -735,6 +735,68 @@ fn timestamps_at_the_ends_of_i64() {
     );
 }
 
+/// The fast path (up to 19 digits, eight at a time) and the long one
+/// agree with the standard parser on every length, sign and bad byte.
+#[test]
+fn timestamps_of_every_length_are_what_str_parse_gives() {
+    let ns = Precision::Nanoseconds;
+    for len in 1..=21 {
+        for digits in [
+            "1234567890123456789012",
+            "9999999999999999999999",
+            "0000000000000000000009",
+        ] {
+            for sign in ["", "-"] {
+                let text = format!("{sign}{}", &digits[..len]);
+                let want = text.parse::<i64>();
+                let got = parse_timestamp(text.as_bytes(), 1, ns);
+                match want {
+                    Ok(n) => assert_eq!(got, Ok(n), "{text}"),
+                    Err(_) => assert_eq!(
+                        got,
+                        Err(LineError::TimestampOutOfRange {
+                            value: text.clone(),
+                            precision: ns,
+                            column: 1
+                        }),
+                        "{text}"
+                    ),
+                }
+                // A bad byte anywhere is invalid, never out of range.
+                for at in 0..len {
+                    for bad in [b'/', b':', b'a', b' ', 0x80, b'0' + 0x80] {
+                        let mut bytes = text.clone().into_bytes();
+                        bytes[sign.len() + at] = bad;
+                        assert_eq!(
+                            parse_timestamp(&bytes, 1, ns),
+                            Err(LineError::InvalidTimestamp {
+                                value: quote(&bytes),
+                                column: 1
+                            }),
+                            "{}",
+                            String::from_utf8_lossy(&bytes)
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for bad in ["", "-", "--1", "+1"] {
+        assert_eq!(
+            parse_timestamp(bad.as_bytes(), 1, ns),
+            Err(LineError::InvalidTimestamp {
+                value: bad.into(),
+                column: 1
+            }),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        parse_timestamp(b"-9223372036854775", 1, Precision::Microseconds),
+        Ok(-9_223_372_036_854_775_000)
+    );
+}
+
 #[test]
 fn short_decimals_are_the_values_str_parse_gives() {
     for text in [
@@ -778,6 +840,21 @@ proptest! {
         } else {
             let digits = int.len() + frac.as_ref().map_or(0, String::len);
             prop_assert!(digits == 0 || digits > 15, "{} fell back", text);
+        }
+    }
+
+    #[test]
+    fn timestamps_match_str_parse(text in "-?[0-9]{1,21}", precision in prop::sample::select(vec![
+        Precision::Nanoseconds, Precision::Microseconds, Precision::Milliseconds, Precision::Seconds,
+    ])) {
+        let want = text.parse::<i64>().ok().and_then(|n| n.checked_mul(precision.nanos()));
+        let got = parse_timestamp(text.as_bytes(), 1, precision);
+        match want {
+            Some(n) => prop_assert_eq!(got, Ok(n)),
+            None => {
+                let out_of_range = matches!(got, Err(LineError::TimestampOutOfRange { .. }));
+                prop_assert!(out_of_range, "{}: {:?}", text, got);
+            }
         }
     }
 
