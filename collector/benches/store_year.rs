@@ -20,8 +20,11 @@
 //!   /api/v1/query` runs, with the default query limits) for the last hour,
 //!   the last day, the last 30 days, and the last 30 days at a 1 h step, on
 //!   one series and on 100 series (p50/p99 over 20 queries each, each on a
-//!   different series or group). A query over the limits is printed as
-//!   refused, with the bound it hit.
+//!   different series or group), the stepped query also decoding every
+//!   chunk as before chunk summaries (`Store::query_reading` without
+//!   summaries: the baseline, same answers), with how many chunks each
+//!   read from summaries and decoded. A query over the limits is printed
+//!   as refused, with the bound it hit.
 //!
 //! Run: `cargo bench -p ferry-collector --bench store_year`
 //! (`FERRY_BENCH_STORE_DAYS`: simulated days, default 2 — 173 M readings,
@@ -35,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use ferry_collector::config::{Limits, QueryLimits, StorageConfig};
 use ferry_collector::query::{Query, Selector};
+use ferry_collector::store::StepReads;
 use ferry_collector::{RetentionPlan, Store, StoreError};
 use ferry_proto::batch::{Batch, Reading, ReadingBlock};
 use ferry_proto::series::SeriesKey;
@@ -49,9 +53,13 @@ const QUERIES: usize = 20;
 const TARGET_BYTES: f64 = 2.5;
 const TARGET_DAY_P99_MS: f64 = 100.0;
 
-/// A query kind, on how many series, and (p50 ms, p99 ms, points answered)
-/// or the limit that refused it.
-type QueryRow = (&'static str, usize, Result<(f64, f64, usize), StoreError>);
+/// A query kind, on how many series, and (p50 ms, p99 ms, points answered,
+/// how the last query read its chunks) or the limit that refused it.
+type QueryRow = (
+    &'static str,
+    usize,
+    Result<(f64, f64, usize, StepReads), StoreError>,
+);
 
 /// SplitMix64: a well-mixed 64-bit hash of `x` (Steele, Lea, Flood 2014).
 fn mix(mut x: u64) -> u64 {
@@ -274,8 +282,16 @@ fn main() {
         }
         for (what, n, r) in &c.queries {
             match r {
-                Ok((p50, p99, points)) => println!(
-                    "               {what:<22} {n:>4} series  p50 {p50:>8.2} ms  p99 {p99:>8.2} ms  ({points} points answered){}",
+                Ok((p50, p99, points, reads)) => println!(
+                    "               {what:<22} {n:>4} series  p50 {p50:>8.2} ms  p99 {p99:>8.2} ms  ({points} points answered){}{}",
+                    if reads.summarised + reads.decoded > 0 {
+                        format!(
+                            "; chunks: {} from summaries, {} decoded",
+                            reads.summarised, reads.decoded
+                        )
+                    } else {
+                        String::new()
+                    },
                     if *what == "last day" && *n == 1 {
                         format!(
                             "   target p99 ≤ {TARGET_DAY_P99_MS} ms  {}",
@@ -297,17 +313,20 @@ fn main() {
 
 /// The query set at simulated time `now`.
 fn measure(store: &Store, limits: &QueryLimits, now: i64, series: usize) -> Vec<QueryRow> {
-    let kinds: [(&str, i64, Option<u64>); 4] = [
-        ("last hour", HOUR, None),
-        ("last day", DAY, None),
-        ("last 30 days", 30 * DAY, None),
-        ("last 30 days, 1 h step", 30 * DAY, Some(HOUR as u64)),
+    // (what, range, step, chunk summaries used)
+    let kinds: [(&str, i64, Option<u64>, bool); 5] = [
+        ("last hour", HOUR, None, true),
+        ("last day", DAY, None, true),
+        ("last 30 days", 30 * DAY, None, true),
+        ("last 30 days, 1 h step", 30 * DAY, Some(HOUR as u64), true),
+        ("  decoding every chunk", 30 * DAY, Some(HOUR as u64), false),
     ];
     let mut out = Vec::new();
-    for (what, span, step) in kinds {
+    for (what, span, step, summaries) in kinds {
         for n in [1, GROUP] {
             let mut lat = Vec::with_capacity(QUERIES);
             let mut points = 0;
+            let mut reads = StepReads::default();
             let mut refused = None;
             for i in 0..QUERIES {
                 let selector = if n == 1 {
@@ -333,9 +352,10 @@ fn measure(store: &Store, limits: &QueryLimits, now: i64, series: usize) -> Vec<
                     aggregates: true,
                 };
                 let t = Instant::now();
-                match store.query_within(&q, limits) {
-                    Ok(r) => {
+                match store.query_reading(&q, limits, summaries) {
+                    Ok((r, how)) => {
                         lat.push(t.elapsed().as_secs_f64() * 1e3);
+                        reads = how;
                         points = r
                             .iter()
                             .map(|s| s.readings.len() + s.windows.len())
@@ -353,7 +373,7 @@ fn measure(store: &Store, limits: &QueryLimits, now: i64, series: usize) -> Vec<
             }
             lat.sort_by(f64::total_cmp);
             let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
-            out.push((what, n, Ok((pct(0.5), pct(0.99), points))));
+            out.push((what, n, Ok((pct(0.5), pct(0.99), points, reads))));
         }
     }
     out

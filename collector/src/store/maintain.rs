@@ -320,7 +320,8 @@ fn compact(
         // Stable: equal timestamps keep their write order.
         readings.sort_by_key(|r| r.ts_ns);
         for (b, block) in chunk::chunks_of_sorted(&readings) {
-            work.inserts.push((sid, b, chunk::encode_settled(&block)));
+            work.inserts
+                .push((sid, b, chunk::encode_settled(b, &block)));
         }
     }
     work.report.compacted_chunks += pieces as u64;

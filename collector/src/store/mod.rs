@@ -17,6 +17,7 @@ mod events;
 mod footprint;
 mod maintain;
 mod read;
+mod stepped;
 mod write;
 
 use std::collections::HashMap;
@@ -36,6 +37,7 @@ pub use events::{AlertFilter, CursorRecord, FanoutCommit, SinkCommit};
 pub use footprint::{Footprint, TableBytes};
 pub use maintain::{COMPACT_SETTLE_NS, MaintenanceReport, MaintenanceWork, RetentionPlan};
 pub use read::{Presence, SeriesData, Want};
+pub use stepped::StepReads;
 pub use write::{
     Applied, DEFAULT_MAX_DEDUPE_RANGES, DEFAULT_MAX_EPOCHS, DedupeLimits, PreparedBatch,
     PreparedChunk, SessionOutcome, SessionRequest, WriterState,
@@ -392,26 +394,40 @@ impl Store {
     /// checked before anything is read ([`Query::plan`]), the series count
     /// from the dictionary, and every chunk, bundle and window as it is
     /// decoded, so that a refusal comes before a large allocation. With a
-    /// step, each series' readings are let go once re-bucketed.
+    /// step, a chunk lying wholly inside one step window and the range is
+    /// answered by its stored summary, and decoded chunks are let go once
+    /// in windows (docs/storage.md, "Chunk summaries").
     pub fn query_within(
         &self,
         q: &Query,
         limits: &crate::query::QueryLimits,
     ) -> Result<Vec<SeriesResult>, StoreError> {
-        use crate::query::{Held, READING_BYTES, window_bytes};
+        Ok(self.query_reading(q, limits, true)?.0)
+    }
+
+    /// [`Store::query_within`], saying how its chunks were read; with
+    /// `summaries` false a stepped query decodes every chunk (the
+    /// reference the summaries answer like, bit for bit).
+    pub fn query_reading(
+        &self,
+        q: &Query,
+        limits: &crate::query::QueryLimits,
+        summaries: bool,
+    ) -> Result<(Vec<SeriesResult>, StepReads), StoreError> {
+        use crate::query::{Held, window_bytes};
         let over = |e: crate::query::OverBudget| StoreError::OverBudget(e);
         q.plan(limits).map_err(over)?;
         let mut held = Held::new(*limits);
+        let mut reads = StepReads::default();
         let series = self.series(&q.selector)?;
         held.series(series.len()).map_err(over)?;
         let txn = self.db.begin_read()?;
         let chunks = txn.open_table(CHUNKS)?;
         let aggs = txn.open_table(AGGREGATES)?;
         let mut out = Vec::new();
-        let readings_bytes = |n: usize| n as u64 * READING_BYTES;
-        // Readings still in staged bundles: one pass over the bundles of the
-        // range for every series asked for.
-        let mut staged: HashMap<u64, Vec<ferry_proto::batch::Reading>> = HashMap::new();
+        // Readings still in staged bundles, piece by piece: one pass over
+        // the bundles of the range for every series asked for.
+        let mut staged: HashMap<u64, Vec<Vec<ferry_proto::batch::Reading>>> = HashMap::new();
         if q.raw && !series.is_empty() {
             let wanted: std::collections::HashSet<u64> = series.iter().map(|s| s.id).collect();
             let table = txn.open_table(STAGED)?;
@@ -421,31 +437,38 @@ impl Store {
                     if !wanted.contains(&sid) {
                         continue;
                     }
-                    let into = staged.entry(sid).or_default();
-                    keep(&mut held, into, chunk::decode(piece).map_err(corrupt)?, q)
-                        .map_err(over)?;
+                    let kept =
+                        keep(&mut held, chunk::decode(piece).map_err(corrupt)?, q).map_err(over)?;
+                    staged.entry(sid).or_default().push(kept);
                 }
             }
         }
         for s in series {
             let mut readings = Vec::new();
-            if q.raw {
-                let lo = (s.id, bucket_of(q.from_ns), 0u64);
-                let hi = (s.id, q.to_ns, 0u64);
-                for entry in chunks.range(lo..hi)? {
-                    let (_, bytes) = entry?;
-                    keep(
-                        &mut held,
-                        &mut readings,
-                        chunk::decode(bytes.value()).map_err(corrupt)?,
-                        q,
-                    )
-                    .map_err(over)?;
+            let mut raw_windows = Vec::new();
+            let pieces = staged.remove(&s.id).unwrap_or_default();
+            match q.step_ns {
+                Some(step) if q.raw => {
+                    raw_windows = stepped::raw_windows(
+                        &chunks, s.id, q, step, pieces, &mut held, summaries, &mut reads,
+                    )?;
                 }
-                // Staged readings were written after every chunk (already
-                // counted).
-                readings.extend(staged.remove(&s.id).unwrap_or_default());
-                readings.sort_by_key(|r| r.ts_ns);
+                _ if q.raw => {
+                    let lo = (s.id, bucket_of(q.from_ns), 0u64);
+                    let hi = (s.id, q.to_ns, 0u64);
+                    for entry in chunks.range(lo..hi)? {
+                        let (_, bytes) = entry?;
+                        let kept =
+                            keep(&mut held, chunk::decode(bytes.value()).map_err(corrupt)?, q)
+                                .map_err(over)?;
+                        readings.extend(kept);
+                    }
+                    // Staged readings were written after every chunk
+                    // (already counted).
+                    readings.extend(pieces.into_iter().flatten());
+                    readings.sort_by_key(|r| r.ts_ns);
+                }
+                _ => {}
             }
             let mut windows = Vec::new();
             let mut windows_held = 0u64;
@@ -469,15 +492,16 @@ impl Store {
                 Some(step) => {
                     // At most one window per bucket and per input, each
                     // counted as a window, before they are built.
-                    let inputs = readings.len() + windows.len();
+                    let inputs = raw_windows.len() + windows.len();
                     let n = (inputs as u128).min(crate::query::buckets(q.from_ns, q.to_ns, step))
                         as usize;
-                    let each = std::mem::size_of::<WindowAggregate>() as u64;
+                    let each = stepped::WINDOW_BYTES;
                     held.take(n, n as u64 * each).map_err(over)?;
-                    let built = rebucket(&readings, &windows, step);
+                    let raw_n = raw_windows.len();
+                    let built = rebucket(&windows, raw_windows, step);
                     let built_bytes: u64 = built.iter().map(window_bytes).sum();
                     held.give_back(n, n as u64 * each);
-                    held.give_back(readings.len(), readings_bytes(readings.len()));
+                    held.give_back(raw_n, raw_n as u64 * each);
                     held.give_back(windows.len(), windows_held);
                     held.take(built.len(), built_bytes).map_err(over)?;
                     (Vec::new(), built)
@@ -492,7 +516,7 @@ impl Store {
                 windows: windows.iter().map(window_row).collect(),
             });
         }
-        Ok(out)
+        Ok((out, reads))
     }
 
     /// Marks `agent` revoked (creating its record if needed) in its own
@@ -529,33 +553,32 @@ impl Store {
     }
 }
 
-/// Counts `decoded` (one chunk or bundle piece) against `held`, keeps its
-/// readings in the query's range in `into`, and gives back the others.
+/// Counts `decoded` (one chunk or bundle piece) against `held`, and
+/// returns its readings in the query's range, giving back the others.
 fn keep(
     held: &mut crate::query::Held,
-    into: &mut Vec<ferry_proto::batch::Reading>,
     decoded: Vec<ferry_proto::batch::Reading>,
     q: &Query,
-) -> Result<(), crate::query::OverBudget> {
+) -> Result<Vec<ferry_proto::batch::Reading>, crate::query::OverBudget> {
     use crate::query::READING_BYTES;
     let n = decoded.len();
     held.take(n, n as u64 * READING_BYTES)?;
-    let before = into.len();
-    into.extend(
-        decoded
-            .into_iter()
-            .filter(|r| r.ts_ns >= q.from_ns && r.ts_ns < q.to_ns),
-    );
-    let dropped = n - (into.len() - before);
+    let kept: Vec<_> = decoded
+        .into_iter()
+        .filter(|r| r.ts_ns >= q.from_ns && r.ts_ns < q.to_ns)
+        .collect();
+    let dropped = n - kept.len();
     held.give_back(dropped, dropped as u64 * READING_BYTES);
-    Ok(())
+    Ok(kept)
 }
 
-/// Re-buckets raw readings and stored windows into aligned windows of
-/// `step` ns, merging sketches; windows are assigned by their start.
+/// Re-buckets stored windows into aligned windows of `step` ns (assigned
+/// by their start) and merges them with the raw readings' windows of that
+/// step (`raw`, from [`stepped::raw_windows`]), stored windows first,
+/// merging sketches.
 fn rebucket(
-    readings: &[ferry_proto::batch::Reading],
     windows: &[WindowAggregate],
+    raw: Vec<WindowAggregate>,
     step: u64,
 ) -> Vec<WindowAggregate> {
     let span = i64::try_from(step).unwrap_or(i64::MAX).max(1);
@@ -568,7 +591,7 @@ fn rebucket(
             w
         })
         .collect();
-    parts.extend(chunk::downsample(readings, step));
+    parts.extend(raw);
     // Stable: equal starts keep stored windows before raw readings.
     parts.sort_by_key(|w| w.start_ns);
     let mut out: Vec<WindowAggregate> = Vec::new();
