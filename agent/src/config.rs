@@ -283,12 +283,17 @@ pub struct JournalSection {
     /// Longest a reading waits for its batch to fill.
     #[serde(deserialize_with = "duration")]
     pub batch_linger: Duration,
-    /// Seal a batch at every commit while the shipper has sent everything
-    /// sealed (low latency when it keeps up; batches grow when it does not).
-    /// At moderate rates that means small batches, each carrying its series
-    /// keys: 7–8 wire bytes per reading at 50k/s over 1000 series, against
-    /// 0.6 with `false` and a 1 s `batch_linger` (agent/README.md).
+    /// Seal a batch at a commit while the shipper has sent everything sealed
+    /// and at most `eager_seal_unacked` batches await their ack (low latency
+    /// when it keeps up; batches grow when it does not). `false`: batches
+    /// fill to `batch_max_readings` or `batch_linger` (agent/README.md).
     pub eager_seal: bool,
+    /// How many sealed batches may await the collector's ack for a commit
+    /// still to seal eagerly. 0 (default): Nagle's rule, a batch is sealed
+    /// once the previous one is answered, so a steady stream goes out in
+    /// batches of one round trip's readings (fewer wire bytes) for at most
+    /// one round trip of added latency.
+    pub eager_seal_unacked: usize,
     /// redb page cache, bytes.
     #[serde(deserialize_with = "bytes")]
     pub cache: u64,
@@ -302,6 +307,7 @@ impl Default for JournalSection {
             batch_max_readings: 16_384,
             batch_linger: Duration::from_millis(10),
             eager_seal: true,
+            eager_seal_unacked: 0,
             cache: 4 << 20,
         }
     }
@@ -539,6 +545,7 @@ impl Config {
             batch_max_readings: self.journal.batch_max_readings,
             batch_linger_ns: self.journal.batch_linger.as_nanos() as i64,
             eager_seal: self.journal.eager_seal,
+            eager_seal_unacked: self.journal.eager_seal_unacked,
             rules: self
                 .aggregate
                 .iter()

@@ -170,6 +170,7 @@ fn config(budget: u64, policy: FullPolicy) -> JournalConfig {
         budget_bytes: budget,
         policy,
         eager_seal: false,
+        eager_seal_unacked: 0,
         batch_max_readings: 50,
         batch_linger_ns: 2 * SEC,
         rules: vec![AggregateRule {
@@ -529,6 +530,7 @@ fn sealing_commits_write_readings_once_and_store_batches_compressed() {
     let config = JournalConfig {
         batch_max_readings: 10_000,
         eager_seal: true,
+        eager_seal_unacked: usize::MAX,
         ..config(1 << 30, FullPolicy::DropOldest)
     };
     let disk = CrashDisk::default();
@@ -585,6 +587,95 @@ fn sealing_commits_write_readings_once_and_store_batches_compressed() {
     assert_eq!(sent.len(), 2); // the reopen forgot what was in flight
     let batch: Batch = ferry_proto::codec::from_bytes("Batch", &sent[1].1).unwrap();
     assert_eq!((batch.seq, batch.reading_count()), (2, 15));
+}
+
+/// Nagle's rule (`eager_seal_unacked = 0`, the gateway's default): while a
+/// sealed batch awaits its ack, commits gather in a pending row; the commit
+/// that applies the ack seals them, with that commit's own readings.
+#[test]
+fn eager_sealing_waits_for_the_ack_of_the_batch_in_flight() {
+    let config = JournalConfig {
+        batch_max_readings: 10_000,
+        eager_seal: true,
+        eager_seal_unacked: 0,
+        ..config(1 << 30, FullPolicy::DropOldest)
+    };
+    let disk = CrashDisk::default();
+    let mut j = open(&disk, &config);
+    let work = |n: i64, base: i64| Work {
+        readings: vec![SeriesReadings {
+            series: series("m1", 1),
+            origin: "d1".into(),
+            readings: (0..n)
+                .map(|i| Reading {
+                    ts_ns: (base + i) * SEC,
+                    value: 20.0,
+                })
+                .collect(),
+        }],
+        ..Work::default()
+    };
+    // Nothing sealed: the first commit seals at once.
+    assert_eq!(j.commit(work(3, 0), 0).unwrap().sealed, vec![1]);
+    assert_eq!(j.next_to_send(u64::MAX, false).unwrap().len(), 1);
+    // Batch 1 in flight, unanswered: two commits wait in pending rows.
+    assert_eq!(j.commit(work(4, 3), 1).unwrap().sealed, Vec::<u64>::new());
+    assert_eq!(j.commit(work(5, 7), 2).unwrap().sealed, Vec::<u64>::new());
+    assert_eq!(j.next_due(), Some(1 + config.batch_linger_ns));
+    // The ack alone seals both, in one batch.
+    let ack = Work {
+        acks: vec![(1, true)],
+        ..Work::default()
+    };
+    let r = j.commit(ack, 3).unwrap();
+    assert_eq!((r.sealed, r.delivered_readings), (vec![2], 3));
+    let sent = j.next_to_send(u64::MAX, false).unwrap();
+    assert_eq!(sent.len(), 1);
+    let batch: Batch = ferry_proto::codec::from_bytes("Batch", &sent[0].1).unwrap();
+    assert_eq!((batch.seq, batch.reading_count()), (2, 9));
+    // With batch 2 unanswered, the linger still bounds the wait.
+    assert_eq!(j.commit(work(1, 12), 4).unwrap().sealed, Vec::<u64>::new());
+    let r = j
+        .commit(Work::default(), 4 + config.batch_linger_ns)
+        .unwrap();
+    assert_eq!(r.sealed, vec![3]);
+    let (rows, _, _) = pending_rows(j);
+    assert_eq!(rows, 0);
+}
+
+/// With `eager_seal_unacked = 1`, a second batch is sealed while the first
+/// awaits its ack, a third waits.
+#[test]
+fn eager_sealing_allows_the_configured_batches_awaiting_their_ack() {
+    let config = JournalConfig {
+        batch_max_readings: 10_000,
+        eager_seal: true,
+        eager_seal_unacked: 1,
+        ..config(1 << 30, FullPolicy::DropOldest)
+    };
+    let disk = CrashDisk::default();
+    let mut j = open(&disk, &config);
+    let work = |base: i64| Work {
+        readings: vec![SeriesReadings {
+            series: series("m1", 1),
+            origin: "d1".into(),
+            readings: vec![Reading {
+                ts_ns: base * SEC,
+                value: 1.0,
+            }],
+        }],
+        ..Work::default()
+    };
+    assert_eq!(j.commit(work(0), 0).unwrap().sealed, vec![1]);
+    assert_eq!(j.next_to_send(u64::MAX, false).unwrap().len(), 1);
+    assert_eq!(j.commit(work(1), 1).unwrap().sealed, vec![2]);
+    assert_eq!(j.next_to_send(u64::MAX, false).unwrap().len(), 1);
+    assert_eq!(j.commit(work(2), 2).unwrap().sealed, Vec::<u64>::new());
+    let ack = Work {
+        acks: vec![(1, true)],
+        ..Work::default()
+    };
+    assert_eq!(j.commit(ack, 3).unwrap().sealed, vec![3]);
 }
 
 /// The journal records its on-disk format and refuses a file of another

@@ -275,8 +275,9 @@ impl Journal {
         let since = self.pending.since_ns.or(has_content.then_some(now));
         let due = since.is_some_and(|s| now.saturating_sub(s) >= self.config.batch_linger_ns);
         let max = self.config.batch_max_readings;
-        let caught_up =
-            self.config.eager_seal && self.outbox.keys().all(|seq| self.in_flight.contains(seq));
+        let caught_up = self.config.eager_seal
+            && self.outbox.len() <= self.config.eager_seal_unacked
+            && self.outbox.keys().all(|seq| self.in_flight.contains(seq));
         let seal_now =
             has_content && (count >= max || due || row_count.saturating_mul(4) >= max || caught_up);
         if row_count > 0 {

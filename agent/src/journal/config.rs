@@ -42,6 +42,14 @@ pub struct JournalConfig {
     /// (the shipper keeps up): latency is then one journal commit, not the
     /// linger. Batches grow again as soon as the shipper falls behind.
     pub eager_seal: bool,
+    /// With `eager_seal`: how many sealed batches may await their ack for a
+    /// commit still to seal eagerly. 0: a commit seals once every sealed
+    /// batch is answered (Nagle's rule): batches then hold what arrives in
+    /// one round trip to the collector, so a steady stream goes out in
+    /// fewer, larger batches at the cost of at most one round trip of
+    /// latency; the commit that applies the ack seals what waited.
+    /// `usize::MAX`: seal whenever everything sealed is in flight.
+    pub eager_seal_unacked: usize,
 }
 
 impl Default for JournalConfig {
@@ -53,6 +61,7 @@ impl Default for JournalConfig {
             batch_linger_ns: 10_000_000,
             rules: Vec::new(),
             eager_seal: false,
+            eager_seal_unacked: 0,
         }
     }
 }

@@ -49,7 +49,8 @@
 //! 6. **Each reading is written once on the fast path**: a commit that seals
 //!    (the batch is full, the linger is up, the commit alone holds a quarter
 //!    of a batch, or, with [`JournalConfig::eager_seal`], the shipper has
-//!    nothing unsent) puts its readings straight into the sealed batch; only
+//!    nothing unsent and at most [`JournalConfig::eager_seal_unacked`]
+//!    batches await their ack) puts its readings straight into the sealed batch; only
 //!    a commit that does not seal writes a `pending` row.
 //! 7. **Device reports are journaled once**: a report `(device, boot, seq)`
 //!    is accepted only if it is the next after the one recorded in

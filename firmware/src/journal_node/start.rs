@@ -54,6 +54,7 @@ impl<F: NorFlash> JournalNode<F> {
                 batch_linger_ns: 0,
                 rules: Vec::new(),
                 eager_seal: false,
+                eager_seal_unacked: 0,
             },
         )?;
         let stored = read_resume(journal.database())?;
