@@ -525,17 +525,9 @@ fn pending_rows(j: Journal) -> (u64, Journal, JournalConfig) {
     (rows, j, config)
 }
 
-#[test]
-fn sealing_commits_write_readings_once_and_store_batches_compressed() {
-    let config = JournalConfig {
-        batch_max_readings: 10_000,
-        eager_seal: true,
-        eager_seal_unacked: usize::MAX,
-        ..config(1 << 30, FullPolicy::DropOldest)
-    };
-    let disk = CrashDisk::default();
-    let mut j = open(&disk, &config);
-    let work = |n: i64, base: i64| Work {
+/// `n` readings of series m1 (origin d1), one per second from `base` s.
+fn m1_work(n: i64, base: i64) -> Work {
+    Work {
         readings: vec![SeriesReadings {
             series: series("m1", 1),
             origin: "d1".into(),
@@ -547,7 +539,20 @@ fn sealing_commits_write_readings_once_and_store_batches_compressed() {
                 .collect(),
         }],
         ..Work::default()
+    }
+}
+
+#[test]
+fn sealing_commits_write_readings_once_and_store_batches_compressed() {
+    let config = JournalConfig {
+        batch_max_readings: 10_000,
+        eager_seal: true,
+        eager_seal_unacked: usize::MAX,
+        ..config(1 << 30, FullPolicy::DropOldest)
     };
+    let disk = CrashDisk::default();
+    let mut j = open(&disk, &config);
+    let work = m1_work;
     // Nothing waits to be sent: the commit seals its own readings directly.
     let r = j.commit(work(1000, 0), 0).unwrap();
     assert_eq!(r.sealed, vec![1]);
@@ -602,19 +607,7 @@ fn eager_sealing_waits_for_the_ack_of_the_batch_in_flight() {
     };
     let disk = CrashDisk::default();
     let mut j = open(&disk, &config);
-    let work = |n: i64, base: i64| Work {
-        readings: vec![SeriesReadings {
-            series: series("m1", 1),
-            origin: "d1".into(),
-            readings: (0..n)
-                .map(|i| Reading {
-                    ts_ns: (base + i) * SEC,
-                    value: 20.0,
-                })
-                .collect(),
-        }],
-        ..Work::default()
-    };
+    let work = m1_work;
     // Nothing sealed: the first commit seals at once.
     assert_eq!(j.commit(work(3, 0), 0).unwrap().sealed, vec![1]);
     assert_eq!(j.next_to_send(u64::MAX, false).unwrap().len(), 1);
@@ -655,17 +648,7 @@ fn eager_sealing_allows_the_configured_batches_awaiting_their_ack() {
     };
     let disk = CrashDisk::default();
     let mut j = open(&disk, &config);
-    let work = |base: i64| Work {
-        readings: vec![SeriesReadings {
-            series: series("m1", 1),
-            origin: "d1".into(),
-            readings: vec![Reading {
-                ts_ns: base * SEC,
-                value: 1.0,
-            }],
-        }],
-        ..Work::default()
-    };
+    let work = |base: i64| m1_work(1, base);
     assert_eq!(j.commit(work(0), 0).unwrap().sealed, vec![1]);
     assert_eq!(j.next_to_send(u64::MAX, false).unwrap().len(), 1);
     assert_eq!(j.commit(work(1), 1).unwrap().sealed, vec![2]);

@@ -236,6 +236,28 @@ impl WriterState {
         self.chunk_bytes += n;
     }
 
+    /// Tests: stores `bytes` as a chunk of series `sid` in `bucket` as it
+    /// is, under a new chunk id, indexed by time and counted.
+    #[cfg(test)]
+    pub(crate) fn insert_chunk(
+        &mut self,
+        txn: &WriteTransaction,
+        sid: u64,
+        bucket: i64,
+        bytes: &[u8],
+    ) {
+        let cid = self.next_chunk_id();
+        txn.open_table(super::CHUNKS)
+            .unwrap()
+            .insert((sid, bucket, cid), bytes)
+            .unwrap();
+        txn.open_table(super::CHUNKS_BY_TIME)
+            .unwrap()
+            .insert((bucket, sid, cid), bytes.len() as u32)
+            .unwrap();
+        self.add_bytes(bytes.len() as u64);
+    }
+
     pub(crate) fn save_counters(&self, txn: &WriteTransaction) -> Result<(), StoreError> {
         let mut meta = txn.open_table(META)?;
         meta.insert("next_series", self.next_series)?;

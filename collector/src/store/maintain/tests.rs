@@ -88,16 +88,7 @@ fn plain_chunks_of_older_stores_read_compact_and_downsample() {
     for (bucket, rs) in [(t0, &full), (t0, &floats), (t0 + h, &second)] {
         let bytes = chunk::encode(&ReadingBlock::encode(0, rs));
         assert_ne!(bytes[0], 0xC1);
-        let cid = state.next_chunk_id();
-        txn.open_table(CHUNKS)
-            .unwrap()
-            .insert((sid, bucket, cid), bytes.as_slice())
-            .unwrap();
-        txn.open_table(CHUNKS_BY_TIME)
-            .unwrap()
-            .insert((bucket, sid, cid), bytes.len() as u32)
-            .unwrap();
-        state.add_bytes(bytes.len() as u64);
+        state.insert_chunk(&txn, sid, bucket, &bytes);
     }
     state.save_counters(&txn).unwrap();
     txn.commit().unwrap();

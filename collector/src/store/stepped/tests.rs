@@ -10,9 +10,7 @@ use redb::{ReadableDatabase, ReadableTable};
 
 use crate::config::{Limits, QueryLimits};
 use crate::query::{Query, Selector};
-use crate::store::{
-    CHUNK_SPAN_NS, CHUNKS, CHUNKS_BY_TIME, RetentionPlan, SeriesResult, Store, WriterState, chunk,
-};
+use crate::store::{CHUNK_SPAN_NS, CHUNKS, RetentionPlan, SeriesResult, Store, WriterState, chunk};
 
 const SEC: i64 = 1_000_000_000;
 const H: i64 = CHUNK_SPAN_NS;
@@ -168,16 +166,7 @@ impl Fixture {
         assert_eq!(chunk::summary(&bytes, bucket).unwrap(), None);
         self.state.begin();
         let txn = self.store.db().begin_write().unwrap();
-        let cid = self.state.next_chunk_id();
-        txn.open_table(CHUNKS)
-            .unwrap()
-            .insert((sid, bucket, cid), bytes.as_slice())
-            .unwrap();
-        txn.open_table(CHUNKS_BY_TIME)
-            .unwrap()
-            .insert((bucket, sid, cid), bytes.len() as u32)
-            .unwrap();
-        self.state.add_bytes(bytes.len() as u64);
+        self.state.insert_chunk(&txn, sid, bucket, &bytes);
         self.state.save_counters(&txn).unwrap();
         txn.commit().unwrap();
     }
