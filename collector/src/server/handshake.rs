@@ -32,7 +32,6 @@ pub(super) enum HelloRead {
 #[derive(Debug)]
 pub(super) struct Handshake {
     deadline: i64,
-    opened: bool,
     /// The first frame was read (or the stream ended): no deadline.
     read: bool,
 }
@@ -42,7 +41,6 @@ impl Handshake {
     pub(super) fn new(now: i64, hello_timeout: Duration) -> Self {
         Self {
             deadline: ferry_clock::after(now, hello_timeout),
-            opened: false,
             read: false,
         }
     }
@@ -53,23 +51,11 @@ impl Handshake {
         (!self.read).then_some(self.deadline)
     }
 
-    /// True once the control stream is open (the session then reads its
-    /// first frame, still within [`Handshake::poll_timeout`]).
-    pub(super) fn is_open(&self) -> bool {
-        self.opened
-    }
-
     /// The wait of [`Handshake::poll_timeout`] ended at `now`: true when the
     /// connection is to be closed ([`NO_HELLO`]), false when it is early
     /// (a wall clock that went back) and the wait goes on.
     pub(super) fn handle_timeout(&mut self, now: i64) -> bool {
         !self.read && now >= self.deadline
-    }
-
-    /// The agent opened its control stream (at any time before the
-    /// deadline): its first frame is read next, by the same deadline.
-    pub(super) fn handle_opened(&mut self) {
-        self.opened = true;
     }
 
     /// The first frame on the control stream, as read (`Ok(None)`: the
@@ -178,8 +164,6 @@ mod tests {
         let clock = ManualClock::new(T0);
         let mut h = Handshake::new(clock.now_ns(), Duration::from_secs(10));
         clock.advance(Duration::from_secs(9));
-        h.handle_opened();
-        assert!(h.is_open());
         assert_eq!(h.poll_timeout(), Some(T0 + 10 * SEC));
         clock.advance(Duration::from_secs(1));
         assert!(h.handle_timeout(clock.now_ns()));
@@ -190,13 +174,11 @@ mod tests {
         let clock = ManualClock::new(T0);
         let mut h = Handshake::new(clock.now_ns(), Duration::from_secs(10));
         clock.advance(Duration::from_secs(9));
-        h.handle_opened();
         assert_eq!(h.handle_frame(Ok(None)), HelloRead::Ended);
         assert_eq!(h.poll_timeout(), None);
         clock.advance(Duration::from_secs(3600));
         assert!(!h.handle_timeout(clock.now_ns()));
         let mut h = Handshake::new(clock.now_ns(), Duration::from_secs(10));
-        h.handle_opened();
         assert_eq!(
             h.handle_frame(frame(
                 FrameType::Hello,
@@ -209,7 +191,6 @@ mod tests {
     #[test]
     fn the_first_frame_must_be_a_whole_hello_of_this_protocol() {
         let mut h = Handshake::new(T0, Duration::from_secs(10));
-        h.handle_opened();
         let refused = |r: HelloRead| match r {
             HelloRead::Refused(r) => (r.kind, r.code, r.reason),
             other => panic!("{other:?}"),

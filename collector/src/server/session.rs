@@ -133,45 +133,19 @@ async fn session(
     // stream, the frame and the clock.
     let clock = SystemClock;
     let mut handshake = Handshake::new(clock.now_ns(), shared.config.quic.hello_timeout);
-    let accept = conn.accept_bi();
-    tokio::pin!(accept);
-    let (mut send, mut recv) = loop {
-        let deadline = handshake.poll_timeout().unwrap_or(i64::MAX);
-        tokio::select! {
-            opened = &mut accept => match opened {
-                Ok(s) => {
-                    handshake.handle_opened();
-                    break s;
-                }
-                Err(e) => return e.to_string(),
-            },
-            _ = tokio::time::sleep(until(clock.now_ns(), deadline)) => {
-                if handshake.handle_timeout(clock.now_ns()) {
-                    conn.close(VarInt::from_u32(close::PROTOCOL), NO_HELLO.as_bytes());
-                    return NO_HELLO.into();
-                }
-            }
-        }
+    let Some(opened) = by_hello_deadline(conn, &mut handshake, conn.accept_bi()).await else {
+        return NO_HELLO.into();
+    };
+    let (mut send, mut recv) = match opened {
+        Ok(s) => s,
+        Err(e) => return e.to_string(),
     };
     // The first frame, by the same deadline (a Hello sent a byte at a time,
     // or never finished, is closed like a missing one).
-    let first = {
-        let read = read_frame(&mut recv, limits.max_frame_bytes);
-        tokio::pin!(read);
-        loop {
-            let deadline = handshake.poll_timeout().unwrap_or(i64::MAX);
-            tokio::select! {
-                frame = &mut read => break frame,
-                _ = tokio::time::sleep(until(clock.now_ns(), deadline)) => {
-                    if handshake.handle_timeout(clock.now_ns()) {
-                        conn.close(VarInt::from_u32(close::PROTOCOL), NO_HELLO.as_bytes());
-                        return NO_HELLO.into();
-                    }
-                }
-            }
-        }
+    let read = read_frame(&mut recv, limits.max_frame_bytes);
+    let Some(first) = by_hello_deadline(conn, &mut handshake, read).await else {
+        return NO_HELLO.into();
     };
-    debug_assert!(handshake.is_open());
     let hello = match handshake.handle_frame(first) {
         HelloRead::Hello(h) => Ok(h),
         HelloRead::Refused(r) => Err(r),
@@ -360,6 +334,30 @@ async fn session(
         );
     }
     why
+}
+
+/// `work` until the hello deadline ([`Handshake::poll_timeout`]): `None`
+/// when the deadline passed first, and the connection is closed
+/// ([`NO_HELLO`]).
+async fn by_hello_deadline<T>(
+    conn: &Connection,
+    handshake: &mut Handshake,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    let clock = SystemClock;
+    tokio::pin!(work);
+    loop {
+        let deadline = handshake.poll_timeout().unwrap_or(i64::MAX);
+        tokio::select! {
+            done = &mut work => return Some(done),
+            _ = tokio::time::sleep(until(clock.now_ns(), deadline)) => {
+                if handshake.handle_timeout(clock.now_ns()) {
+                    conn.close(VarInt::from_u32(close::PROTOCOL), NO_HELLO.as_bytes());
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 /// Reads the agent's [`AgentStatus`] frames from the control stream until
